@@ -31,9 +31,32 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def quote_identifier(name: str) -> str:
-    """Quote one identifier: ``order items`` -> ```order items```; backticks are doubled."""
+    """Quote one identifier: ``order items`` -> ```order items```.
+
+    Databend's parser cannot escape a backtick inside backticks, so a name that contains one is
+    written in double quotes instead, where a double quote is escaped by doubling it. Backslashes
+    are literal inside quoted identifiers.
+    """
     check_name(name, "identifier")
-    return "`" + name.replace("`", "``") + "`"
+    if "`" in name:
+        return '"' + name.replace('"', '""') + '"'
+    return "`" + name + "`"
+
+
+def connection_name(name: str) -> str:
+    """Validate a connection name and return it bare.
+
+    Databend stores a connection's name verbatim: ``CREATE CONNECTION `c1``` names it with the
+    backticks included, and names are case-sensitive. Connection names are therefore restricted to
+    plain identifiers (letters, digits, underscore; not starting with a digit) and never quoted.
+    """
+    check_name(name, "connection name")
+    if not _PLAIN_IDENTIFIER.match(name):
+        raise UnsafeNameError(
+            f"connection name {name!r} must be letters, digits and underscores, "
+            "not starting with a digit"
+        )
+    return name
 
 
 def quote_string(value: str) -> str:
