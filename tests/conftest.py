@@ -55,3 +55,17 @@ def valkey() -> Iterator[ValkeyProcess]:
 def unique() -> str:
     """A short unique token for names, so tests sharing a session's services never collide."""
     return uuid.uuid4().hex[:8]
+
+
+_redis_dbs = iter(range(1, 16))
+
+
+@pytest.fixture(scope="module")
+def redis_url(valkey: ValkeyProcess) -> str:
+    """A Redis database of its own for each test module, so Celery workers of different modules
+    never take each other's tasks from the shared Valkey server."""
+    import redis
+
+    url = valkey.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
+    redis.Redis.from_url(url).flushdb()
+    return url

@@ -2,15 +2,179 @@
 
 from __future__ import annotations
 
-import os
+import json
 import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
 
 import click
+
+from worker.errors import FatalError, RotatorError
+
+# Exit codes: 0 done and every table read back; 1 the run finished with failed tables;
+# 2 bad input or configuration (nothing was changed); 3 still running when --timeout passed.
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 3
+
+
+def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the project's errors into one clear line on stderr and a meaningful exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from worker.redaction import redact
+
+        try:
+            return fn(*args, **kwargs)
+        except RotatorError as exc:
+            click.echo(f"error: {redact(str(exc))}", err=True)
+            sys.exit(EXIT_BAD_INPUT if isinstance(exc, FatalError) else EXIT_FAILED)
+
+    return wrapper
+
+
+def _cli_services() -> Any:
+    from worker.logs import configure_logging
+    from worker.settings import settings
+
+    current = settings()
+    configure_logging(current.log_level, current.log_format)
+    from worker.services import services
+
+    return services()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """databend-rotator: keep Databend external tables readable while credentials rotate."""
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Tasks that run at once (threads).")
+@click.option("--pool", default="threads", show_default=True,
+              type=click.Choice(["threads", "prefork", "solo"]))
+@click.option("--loglevel", default=None, help="Celery's log level (default: ROTATOR_LOG_LEVEL).")
+@reports_errors
+def worker(concurrency: int, pool: str, loglevel: str | None) -> None:
+    """Start a Celery worker with the configuration from the environment."""
+    from worker.celery_app import configure_app
+    from worker.settings import settings
+
+    current = settings().require("databend_dsn", "redis_url", "bindings_path")
+    from worker.core.bindings import load_bindings
+
+    load_bindings(current.bindings_path or "")  # a bad bindings file fails here, at start
+    app = configure_app(current)
+    app.worker_main(["worker", f"--pool={pool}", f"--concurrency={concurrency}",
+                     f"--loglevel={loglevel or current.log_level}", "--without-gossip",
+                     "--without-mingle", "-Q", "rotator"])
+
+
+@main.command("rotate-version")
+@click.argument("secret")
+@click.option("--version-id", default=None, help="Version to apply (default: AWSCURRENT).")
+@click.option("--no-wait", is_flag=True, help="Enqueue the run, print its id and return.")
+@click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
+@reports_errors
+def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: float) -> None:
+    """Switch every table bound to SECRET to a connection made from one version of it.
+
+    SECRET is a secret name, an ARN or a binding name. Exits 0 only when every affected table is
+    switched and read back.
+    """
+    from worker.celery_app import configure_app
+    from worker.launch import enqueue_rotation, new_rotation_run, resolve_version
+
+    s = _cli_services()
+    configure_app(s.settings)
+    resolved = resolve_version(secret, version_id, secrets=s.secrets, bindings=s.bindings)
+    run_id = new_rotation_run(s.runs, resolved)
+    enqueue_rotation(run_id)
+    click.echo(f"run {run_id}: {resolved.name} version {resolved.version_id} "
+               f"(binding {resolved.binding.name})")
+    if no_wait:
+        return
+    sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
+    """Show a progress bar until the run ends; return the exit code."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from worker.launch import wait_for_run
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task("planning", total=None, counts="")
+
+        def update(p: Any) -> None:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items()))
+            bar.update(task, description=p.run.status, total=len(p.outcomes) or None,
+                       completed=p.done, counts=counts)
+
+        final = wait_for_run(runs, run_id, timeout=timeout, on_update=update)
+    print_outcomes(final, console)
+    if not final.final:
+        console.print(f"run {run_id} is still {final.run.status} after {timeout:.0f}s")
+        return EXIT_TIMEOUT
+    return 0 if final.succeeded else EXIT_FAILED
+
+
+def print_outcomes(p: Any, console: Any) -> None:
+    from rich.table import Table
+
+    from worker.launch import failed_outcomes
+
+    failed = failed_outcomes(p)
+    if p.run.error:
+        console.print(f"[red]run {p.run.run_id} {p.run.status}: {p.run.error}")
+    if failed:
+        table = Table("table", "reason", title="failed tables")
+        for outcome in failed:
+            table.add_row(str(outcome.table), outcome.reason or "")
+        console.print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items())) or "no tables"
+    console.print(f"run {p.run.run_id}: {p.run.status} ({counts})")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reports_errors
+def status(run_id: str, as_json: bool) -> None:
+    """Show a run's status and per-table outcomes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.launch import progress
+    from worker.run_store import outcome_to_json
+
+    s = _cli_services()
+    p = progress(s.runs, run_id)
+    if as_json:
+        payload = {
+            "run_id": p.run.run_id, "kind": p.run.kind, "status": p.run.status,
+            "secret": p.run.secret, "version_id": p.run.version_id, "binding": p.run.binding,
+            "connection": p.run.connection, "error": p.run.error, "notes": p.run.notes,
+            "counts": dict(p.counts), "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
+        }
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    table = Table("table", "status", "rule", "rows read", "reason")
+    for o in p.outcomes:
+        table.add_row(str(o.table), str(o.status), o.rule, "" if o.rows_read is None
+                      else str(o.rows_read), o.reason or "")
+    console.print(f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: secret {p.run.secret} "
+                  f"version {p.run.version_id} -> connection {p.run.connection}")
+    for note in p.run.notes:
+        console.print(f"note: {note}")
+    console.print(table)
+    print_outcomes(p, console)
 
 
 @main.command("databend-local")

@@ -5,6 +5,7 @@
     │   ├── DatabendUnavailable     connection refused/reset, timeouts, 5xx, busy server
     │   ├── StorageUnavailable      the object store answered 5xx / throttled / timed out
     │   ├── AwsTransientError       throttling, 5xx, connection errors from AWS APIs
+    │   ├── StateStoreUnavailable   Redis/Valkey cannot be reached
     │   └── LockBusy                another run holds the secret's lock
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
@@ -48,6 +49,10 @@ class StorageUnavailable(RetryableError):
 
 
 class AwsTransientError(RetryableError):
+    pass
+
+
+class StateStoreUnavailable(RetryableError):
     pass
 
 

@@ -94,13 +94,18 @@ def display_identifier(name: str) -> str:
 
 
 def split_qualified_name(text: str) -> list[str]:
-    """Split ``db.table`` written with Databend quoting into its unquoted parts.
+    """Split ``db.table`` written with Databend quoting into its unquoted parts."""
+    return [part for part, _quoted in split_qualified_name_parts(text)]
+
+
+def split_qualified_name_parts(text: str) -> list[tuple[str, bool]]:
+    """Like split_qualified_name, with a flag per part telling whether it was quoted.
 
     Backticks and double quotes both quote; a doubled quote character inside quotes is one
     literal quote. Unquoted parts are taken verbatim (globs like ``*`` included). Raises
     ValueError with the position at fault for unbalanced quotes or empty parts.
     """
-    parts: list[str] = []
+    parts: list[tuple[str, bool]] = []
     current: list[str] = []
     quoted_part = False
     i = 0
@@ -131,7 +136,7 @@ def split_qualified_name(text: str) -> list[str]:
         if ch == ".":
             if not current and not quoted_part:
                 raise ValueError(f"empty name part at position {i + 1} of {text!r}")
-            parts.append("".join(current))
+            parts.append(("".join(current), quoted_part))
             current, quoted_part = [], False
             i += 1
             continue
@@ -143,5 +148,5 @@ def split_qualified_name(text: str) -> list[str]:
         i += 1
     if not current and not quoted_part:
         raise ValueError(f"empty name part at the end of {text!r}")
-    parts.append("".join(current))
+    parts.append(("".join(current), quoted_part))
     return parts

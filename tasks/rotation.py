@@ -1,0 +1,68 @@
+"""Rotation tasks: plan a run, then switch and read back each table in its own task."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from worker.celery_app import RotatorTask, app
+from worker.core.model import TableOutcome, TableStatus
+from worker.core.rotation import RetryPolicy, rotate_table
+from worker.core.runs import finish_table, prepare_rotation
+from worker.errors import FatalError, RetryableError
+from worker.services import services
+from worker.sql import TableName
+
+log = structlog.get_logger("rotator.tasks")
+
+
+@app.task(base=RotatorTask, bind=True, name="rotator.rotation.start")
+def start_rotation(self: RotatorTask, run_id: str) -> None:
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    s = services()
+    try:
+        tables = prepare_rotation(run_id, runs=s.runs, secrets=s.secrets, admin=s.admin,
+                                  bindings=s.bindings)
+    except FatalError as exc:
+        log.error("rotation failed before switching any table", error=str(exc))
+        return
+    except RetryableError as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+    run = s.runs.get(run_id)
+    structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
+    log.info("rotation planned", connection=run.connection, tables=len(tables))
+    for table in tables:
+        switch_table.delay(run_id, table.database, table.table)
+
+
+@app.task(base=RotatorTask, bind=True, name="rotator.rotation.switch_table")
+def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> None:
+    name = TableName(database, table)
+    structlog.contextvars.bind_contextvars(run_id=run_id, table=str(name))
+    s = services()
+    run = s.runs.get(run_id)
+    structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
+    planned = s.runs.outcome(run_id, name)
+    if planned is None or planned.status.done:
+        return  # not part of this run, or already finished (a redelivered message)
+    started = time.perf_counter()
+    try:
+        outcome = rotate_table(s.admin, name, connection=str(run.connection),
+                               target=str(run.target), may_skip_switched=run.may_skip_switched,
+                               retry=RetryPolicy())
+    except RetryableError as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+        outcome = TableOutcome(table=name, status=TableStatus.FAILED,
+                               reason=f"gave up after retries: {exc}")
+    outcome.rule = planned.rule
+    outcome.previous = outcome.previous or planned.previous
+    closed = finish_table(run_id, outcome, runs=s.runs)
+    log.info("table done", status=str(outcome.status), reason=outcome.reason,
+             rows_read=outcome.rows_read, ms=round((time.perf_counter() - started) * 1000, 1),
+             run_closed=closed)
+
+
+def _backoff(retries: int) -> float:
+    return float(min(60, 2 ** (retries + 1)))

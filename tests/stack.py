@@ -1,0 +1,120 @@
+"""Helpers for end-to-end tests: seed IAM/S3/Secrets Manager on moto, build tables, run the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.databend_client import DatabendClient
+from worker.embedded import LocalAws
+from worker.sql import TableName, connection_name, quote_identifier, quote_string
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def s3_policy(*buckets: str) -> str:
+    resources = ["*"] if not buckets else [
+        r for b in buckets for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")
+    ]
+    return json.dumps({"Version": "2012-10-17",
+                       "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]})
+
+
+def make_user(aws: LocalAws, name: str, *buckets: str) -> dict[str, str]:
+    iam = aws.client("iam")
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=s3_policy(*buckets))
+    return new_key(aws, name)
+
+
+def new_key(aws: LocalAws, user: str, avoid_suffixes: set[str] | None = None) -> dict[str, str]:
+    """A fresh access key whose last 3 characters differ from ``avoid_suffixes``."""
+    iam = aws.client("iam")
+    while True:
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        if not avoid_suffixes or key["AccessKeyId"][-3:] not in avoid_suffixes:
+            return {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
+        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+
+
+def key_secret_json(aws: LocalAws, key: dict[str, str], **extra: Any) -> str:
+    return json.dumps({"access_key_id": key["AccessKeyId"],
+                       "secret_access_key": key["SecretAccessKey"],
+                       "endpoint_url": aws.endpoint_url, "region": aws.region, **extra})
+
+
+def create_key_connection(db: DatabendClient, aws: LocalAws, name: str, key: dict[str, str]) -> None:
+    db.execute(
+        f"CREATE CONNECTION {connection_name(name)} STORAGE_TYPE='s3'"
+        f" ACCESS_KEY_ID={quote_string(key['AccessKeyId'])}"
+        f" SECRET_ACCESS_KEY={quote_string(key['SecretAccessKey'])}"
+        f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION={quote_string(aws.region)}"
+    )
+
+
+def create_external_table(db: DatabendClient, table: TableName, bucket: str, connection: str,
+                          rows: int = 3) -> None:
+    db.execute(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(table.database)}")
+    root = f"{abs(hash((table.database, table.table))) % 10**12}/"
+    db.execute(f"CREATE TABLE {table.sql} (id INT, label STRING) 's3://{bucket}/{root}'"
+               f" CONNECTION=(connection_name={quote_string(connection)})")
+    values = ", ".join(f"({i}, {quote_string(f'row {i} of {table.table}')})" for i in range(rows))
+    db.execute(f"INSERT INTO {table.sql} VALUES {values}")
+
+
+def storage_suffix(db: DatabendClient, table: TableName) -> str | None:
+    row = db.query_one(
+        "SELECT storage_param FROM system.tables WHERE database ="
+        f" {quote_string(table.database)} AND name = {quote_string(table.table)}"
+    )
+    if row is None:
+        return None
+    for item in str(row[0]).split("|", 1)[-1].split(","):
+        if item.strip().startswith("ak="):
+            return item.strip()[3:].lstrip("*")
+    return None
+
+
+def connection_names(db: DatabendClient) -> set[str]:
+    return {row[0] for row in db.query("SHOW CONNECTIONS")}
+
+
+@dataclass
+class Stack:
+    """Everything a CLI or worker subprocess needs to reach the test's services."""
+
+    env: dict[str, str]
+    log_dir: Path
+    outputs: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.cli", *args], env=self.env, cwd=REPO,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def start_worker(self, name: str, *extra: str) -> subprocess.Popen[str]:
+        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker", *extra], env=self.env, cwd=REPO,
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def all_output(self) -> str:
+        logs = "".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))
+        return logs + "".join(self.outputs)
+
+
+def stack_env(dsn: str, redis_url: str, bindings: Path, aws: LocalAws) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
+    env.update(aws.env())
+    env.update({"DATABEND_DSN": dsn, "REDIS_URL": redis_url, "ROTATOR_BINDINGS": str(bindings),
+                "ROTATOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    return env

@@ -1,0 +1,244 @@
+"""Rotation end to end on real parts: databend-local, Valkey, moto with IAM enforced, a real Celery
+worker and the ``rotator`` CLI, each in its own process.
+
+Given an IAM user whose key K1 is in secret version v1 and 20 external tables bound to the secret
+(plus 3 on another team's key), when v2 holds K2 and ``rotator rotate-version`` runs, then every
+bound table carries K2, reads its rows, and keeps reading and writing after K1 is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.stack import (
+    Stack,
+    connection_names,
+    create_external_table,
+    create_key_connection,
+    key_secret_json,
+    make_user,
+    new_key,
+    stack_env,
+    storage_suffix,
+)
+from worker.databend_client import DatabendClient
+from worker.embedded import DatabendLocalProcess, LocalAws
+from worker.sql import TableName, quote_identifier, quote_string
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Scenario:
+    token: str
+    stack: Stack
+    worker: subprocess.Popen[str]
+
+    def secret(self, name: str) -> str:
+        return f"databend/{name}-{self.token}"
+
+
+@pytest.fixture(scope="module")
+def scenario(databend_local: DatabendLocalProcess, aws: LocalAws, redis_url: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    import uuid
+
+    token = uuid.uuid4().hex[:6]
+    work = tmp_path_factory.mktemp("rotation")
+    bindings = work / "bindings.toml"
+    bindings.write_text(f"""
+[[bindings]]
+name = "lake-main"
+secret = "databend/lake-{token}"
+connection_prefix = "lake_{token}"
+tables = ["sales_{token}.*", "`Ops Data {token}`.*"]
+discover = true
+
+[[bindings]]
+name = "bad-json"
+secret = "databend/badjson-{token}"
+connection_prefix = "badjson_{token}"
+tables = ["badjson_{token}.*"]
+
+[[bindings]]
+name = "partial"
+secret = "databend/partial-{token}"
+connection_prefix = "partial_{token}"
+tables = ["partial_{token}.*"]
+discover = false
+""")
+    log_dir = work / "logs"
+    log_dir.mkdir()
+    stack = Stack(env=stack_env(databend_local.dsn, redis_url, bindings, aws), log_dir=log_dir)
+    worker = stack.start_worker("worker", "--concurrency", "8")
+    yield Scenario(token=token, stack=stack, worker=worker)
+    worker.terminate()
+    worker.wait(timeout=30)
+
+
+def _create_secret(aws: LocalAws, name: str, value: str) -> str:
+    return aws.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
+
+
+def _put_version(aws: LocalAws, name: str, value: str) -> str:
+    return aws.client("secretsmanager").put_secret_value(SecretId=name,
+                                                         SecretString=value)["VersionId"]
+
+
+def _rows(db: DatabendClient, table: TableName) -> list[tuple[object, ...]]:
+    return db.query(f"SELECT id, label FROM {table.sql} ORDER BY id")
+
+
+def test_rotation_switches_every_bound_table_and_survives_revocation(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws
+) -> None:
+    t = scenario.token
+    bucket = f"lake-{t}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    k1 = make_user(aws, f"lake-reader-{t}")
+    other = make_user(aws, f"other-team-{t}")
+    while other["AccessKeyId"][-3:] == k1["AccessKeyId"][-3:]:
+        other = new_key(aws, f"other-team-{t}")
+    create_key_connection(databend, aws, f"seed_{t}", k1)
+    create_key_connection(databend, aws, f"other_{t}", other)
+    sales = [TableName(f"sales_{t}", n) for n in
+             ["orders", "order items", "it's", "we`ird", "ünïcode", "x'); DROP TABLE y; --",
+              "t7", "t8", "t9", "t10"]]
+    ops = [TableName(f"Ops Data {t}", f"metric {i}") for i in range(8)]
+    discovered = [TableName(f"misc_{t}", "found_1"), TableName(f"misc_{t}", "found_2")]
+    bound = sales + ops + discovered
+    others = [TableName(f"misc_{t}", f"other_{i}") for i in range(3)]
+    for table in bound:
+        create_external_table(databend, table, bucket, f"seed_{t}")
+    for table in others:
+        create_external_table(databend, table, bucket, f"other_{t}")
+    assert len(bound) == 20
+    secret = scenario.secret("lake")
+    _create_secret(aws, secret, key_secret_json(aws, k1))
+    before_rows = {table: _rows(databend, table) for table in bound}
+
+    # Given K2 as the secret's new AWSCURRENT version
+    k2 = new_key(aws, f"lake-reader-{t}", avoid_suffixes={k1["AccessKeyId"][-3:]})
+    v2 = _put_version(aws, secret, key_secret_json(aws, k2))
+
+    # When the rotation runs through the CLI and a real worker
+    result = scenario.stack.cli("rotate-version", secret, "--timeout", "240")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = result.stdout.split()[1].rstrip(":")
+
+    # Then every bound table carries K2 and reads its rows; the other team's tables are untouched
+    for table in bound:
+        assert storage_suffix(databend, table) == k2["AccessKeyId"][-3:], table
+        assert _rows(databend, table) == before_rows[table]
+    for table in others:
+        assert storage_suffix(databend, table) == other["AccessKeyId"][-3:]
+    status = json.loads(scenario.stack.cli("status", run_id, "--json").stdout)
+    assert status["status"] == "succeeded"
+    assert status["counts"] == {"validated": 20}
+    assert status["version_id"] == v2
+    rules = {tuple(row["table"]): row["rule"] for row in status["tables"]}
+    assert rules[(f"misc_{t}", "found_1")].startswith("discovered")
+    assert rules[(f"sales_{t}", "orders")] == f"selector sales_{t}.*"
+
+    # When K1 is deleted in IAM, every bound table still reads and accepts inserts
+    aws.client("iam").delete_access_key(UserName=f"lake-reader-{t}", AccessKeyId=k1["AccessKeyId"])
+    for table in bound:
+        databend.execute(f"INSERT INTO {table.sql} VALUES (100, 'after revocation')")
+        assert _rows(databend, table)[-1] == (100, "after revocation")
+    for table in others:
+        assert len(_rows(databend, table)) == 3
+
+    # Re-running the same version is a no-op that reports the tables as already switched
+    connections = connection_names(databend)
+    again = scenario.stack.cli("rotate-version", secret, "--version-id", v2, "--timeout", "240")
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun = json.loads(scenario.stack.cli("status", again.stdout.split()[1].rstrip(":"),
+                                          "--json").stdout)
+    assert rerun["counts"] == {"already_switched": 20}
+    assert connection_names(databend) == connections
+
+    # No secret value reached any log line or CLI output
+    output = scenario.stack.all_output()
+    for key in (k1, k2, other):
+        assert key["SecretAccessKey"] not in output
+        assert key["AccessKeyId"] not in output
+
+
+def test_version_missing_a_field_fails_clearly_and_changes_nothing(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws
+) -> None:
+    t = scenario.token
+    bucket = f"badjson-{t}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    k1 = make_user(aws, f"badjson-{t}")
+    create_key_connection(databend, aws, f"badseed_{t}", k1)
+    tables = [TableName(f"badjson_{t}", f"t{i}") for i in range(3)]
+    for table in tables:
+        create_external_table(databend, table, bucket, f"badseed_{t}")
+    secret = scenario.secret("badjson")
+    _create_secret(aws, secret, key_secret_json(aws, k1))
+    k2 = new_key(aws, f"badjson-{t}")
+    leaked = json.dumps({"access_key_id": k2["AccessKeyId"], "region": "us-east-1",
+                         "note": k2["SecretAccessKey"]})
+    _put_version(aws, secret, leaked)
+    connections = connection_names(databend)
+
+    result = scenario.stack.cli("rotate-version", secret, "--timeout", "120")
+
+    assert result.returncode == 1
+    assert "missing field 'secret_access_key'" in result.stderr
+    assert connection_names(databend) == connections
+    for table in tables:
+        assert storage_suffix(databend, table) == k1["AccessKeyId"][-3:]
+    assert k2["SecretAccessKey"] not in scenario.stack.all_output()
+
+
+def test_unknown_secret_and_unknown_version_are_refused(scenario: Scenario) -> None:
+    missing = scenario.stack.cli("rotate-version", f"databend/nope-{scenario.token}")
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_a_permanent_alter_failure_is_reported_and_the_others_proceed(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws
+) -> None:
+    t = scenario.token
+    good_bucket, other_bucket = f"partial-a-{t}", f"partial-b-{t}"
+    for bucket in (good_bucket, other_bucket):
+        aws.client("s3").create_bucket(Bucket=bucket)
+    k1 = make_user(aws, f"partial-old-{t}")
+    create_key_connection(databend, aws, f"partseed_{t}", k1)
+    reachable = [TableName(f"partial_{t}", f"ok_{i}") for i in range(3)]
+    unreachable = TableName(f"partial_{t}", "in another bucket")
+    for table in reachable:
+        create_external_table(databend, table, good_bucket, f"partseed_{t}")
+    create_external_table(databend, unreachable, other_bucket, f"partseed_{t}")
+    secret = scenario.secret("partial")
+    _create_secret(aws, secret, key_secret_json(aws, k1))
+    # the new version is another IAM user's key that may only reach the first bucket
+    k2 = make_user(aws, f"partial-new-{t}", good_bucket)
+    _put_version(aws, secret, key_secret_json(aws, k2))
+
+    result = scenario.stack.cli("rotate-version", secret, "--timeout", "180")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "in another bucket" in result.stderr
+    run_id = result.stdout.split()[1].rstrip(":")
+    status = json.loads(scenario.stack.cli("status", run_id, "--json").stdout)
+    by_table = {tuple(row["table"]): row for row in status["tables"]}
+    failed = by_table[(f"partial_{t}", "in another bucket")]
+    assert failed["status"] == "failed"
+    assert "[3901]" in failed["reason"] or "[3002]" in failed["reason"], failed["reason"]
+    for table in reachable:
+        assert by_table[(table.database, table.table)]["status"] == "validated"
+        assert storage_suffix(databend, table) == k2["AccessKeyId"][-3:]
+    assert storage_suffix(databend, unreachable) == k1["AccessKeyId"][-3:]
+    assert len(databend.query(f"SELECT * FROM {unreachable.sql}")) == 3, "still readable on K1"
+    assert quote_identifier(unreachable.table) and quote_string(unreachable.table)

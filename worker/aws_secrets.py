@@ -1,0 +1,71 @@
+"""SecretStore on AWS Secrets Manager (boto3; ``AWS_ENDPOINT_URL`` selects a stand-in)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.config import Config
+
+from worker.core.ports import SecretInfo, VersionInfo
+from worker.errors import RotatorError, UnknownSecretError, classify_aws_error
+from worker.redaction import register_secret_value
+
+# botocore owns retries of single API calls: standard mode, 3 attempts.
+BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3},
+                     connect_timeout=5, read_timeout=20)
+
+
+def secretsmanager_client() -> Any:
+    import boto3
+
+    return boto3.client("secretsmanager", config=BOTO_CONFIG)
+
+
+class SecretsManagerStore:
+    def __init__(self, client: Any | None = None) -> None:
+        self.client = client or secretsmanager_client()
+
+    def describe(self, secret_id: str) -> SecretInfo:
+        if not isinstance(secret_id, str) or not secret_id or len(secret_id) > 2048:
+            raise UnknownSecretError("secret id must be a non-empty string")
+        try:
+            described = self.client.describe_secret(SecretId=secret_id)
+            dates: dict[str, float] = {}
+            token: str | None = None
+            while True:  # boto3 has no paginator for this operation
+                kwargs: dict[str, Any] = {"SecretId": described["ARN"], "IncludeDeprecated": False}
+                if token:
+                    kwargs["NextToken"] = token
+                page = self.client.list_secret_version_ids(**kwargs)
+                for version in page.get("Versions", []):
+                    created = version.get("CreatedDate")
+                    if created is not None:
+                        dates[version["VersionId"]] = created.timestamp()
+                token = page.get("NextToken")
+                if not token:
+                    break
+        except Exception as exc:
+            raise _classified(exc, f"secret {secret_id}") from None
+        versions = {
+            vid: VersionInfo(vid, tuple(stages), dates.get(vid))
+            for vid, stages in (described.get("VersionIdsToStages") or {}).items()
+        }
+        return SecretInfo(arn=described["ARN"], name=described["Name"], versions=versions)
+
+    def read_version(self, arn: str, version_id: str) -> str | None:
+        try:
+            response = self.client.get_secret_value(SecretId=arn, VersionId=version_id)
+        except Exception as exc:
+            raise _classified(exc, f"version {version_id}") from None
+        value = response.get("SecretString")
+        if value is not None:
+            register_secret_value(value)
+        return value if isinstance(value, str) else None
+
+
+def _classified(exc: Exception, what: str) -> RotatorError:
+    error = classify_aws_error(exc)
+    if isinstance(error, UnknownSecretError):
+        return UnknownSecretError(f"{what} not found in Secrets Manager")
+    return error
+

@@ -1,0 +1,68 @@
+"""The Celery app. Configured from Settings when a process starts using it (worker or CLI).
+
+Delivery: tasks are acknowledged late and rejected when a worker dies, so an interrupted task runs
+again; every task is therefore idempotent and carries ids only (run id, table name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, Task, signals
+
+from worker.settings import Settings
+
+app = Celery("rotator", include=["tasks.rotation"])
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_default_queue="rotator",
+    task_serializer="json",
+    accept_content=["json"],
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    worker_send_task_events=False,
+)
+
+
+def configure_app(settings: Settings) -> Celery:
+    settings.require("redis_url")
+    app.conf.update(
+        broker_url=settings.redis_url,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_time_limit=settings.table_time_limit + 60,
+        task_soft_time_limit=settings.table_time_limit,
+    )
+    return app
+
+
+class RotatorTask(Task):  # type: ignore[misc]
+    """Shared behaviour of every task: fresh log context per task, bound to the task's identity."""
+
+    abstract = True
+    max_retries = 5
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(task=self.name, task_id=self.request.id)
+        return super().__call__(*args, **kwargs)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Celery calls this instead of configuring logging itself.
+    from worker.logs import configure_logging
+    from worker.settings import settings
+
+    current = settings()
+    configure_logging(current.log_level, current.log_format)
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    from worker.services import reset_services
+
+    reset_services()

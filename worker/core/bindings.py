@@ -1,0 +1,181 @@
+"""Bindings: which tables a secret serves, loaded from a TOML file (``ROTATOR_BINDINGS``).
+
+    [[bindings]]
+    name = "lake-main"                 # used by the CLI (--binding)
+    secret = "databend/lake-main"      # secret name or ARN
+    connection_prefix = "lake_main"    # new connections are named <prefix>_<short version id>
+    tables = ["sales.orders", "sales.`order items`", "`Ops Data`.*"]   # db.table, globs allowed
+    discover = true                    # default true
+    buckets = ["lake"]                 # optional: buckets discovery may match (see plan.py)
+    iam_user = "svc-lake"              # optional: the IAM user owning the key (issue 5)
+
+A bad file fails at load with the line at fault.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ConfigError
+from worker.sql import TableName, UnsafeNameError, connection_name, split_qualified_name_parts
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_KNOWN_KEYS = {"name", "secret", "connection_prefix", "tables", "discover", "buckets", "iam_user"}
+MAX_PREFIX_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Selector:
+    """``db.table`` with optional globs in unquoted parts; quoted parts match literally."""
+
+    text: str
+    database: str
+    table: str
+    database_is_glob: bool
+    table_is_glob: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Selector:
+        parts = split_qualified_name_parts(text)
+        if len(parts) != 2:
+            raise ValueError(f"table selector {text!r} must be database.table")
+        (db, db_quoted), (table, table_quoted) = parts
+        return cls(text=text, database=db, table=table,
+                   database_is_glob=not db_quoted and bool(_GLOB_CHARS.search(db)),
+                   table_is_glob=not table_quoted and bool(_GLOB_CHARS.search(table)))
+
+    @property
+    def is_exact(self) -> bool:
+        return not (self.database_is_glob or self.table_is_glob)
+
+    def matches(self, name: TableName) -> bool:
+        return _part_matches(name.database, self.database, self.database_is_glob) and \
+            _part_matches(name.table, self.table, self.table_is_glob)
+
+    @property
+    def exact_table(self) -> TableName:
+        return TableName(self.database, self.table)
+
+
+def _part_matches(value: str, pattern: str, is_glob: bool) -> bool:
+    return fnmatch.fnmatchcase(value, pattern) if is_glob else value == pattern
+
+
+@dataclass(frozen=True)
+class Binding:
+    name: str
+    secret: str
+    connection_prefix: str
+    selectors: tuple[Selector, ...] = ()
+    discover: bool = True
+    buckets: tuple[str, ...] = ()
+    iam_user: str | None = None
+
+    def covers_secret(self, arn: str, name: str) -> bool:
+        return self.secret in (arn, name)
+
+
+def load_bindings(path: str | Path) -> list[Binding]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"bindings file {path}: cannot read it ({exc.strerror})") from None
+    return parse_bindings(text, source=str(path))
+
+
+def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    unknown_top = set(document) - {"bindings"}
+    if unknown_top:
+        key = sorted(unknown_top)[0]
+        raise ConfigError(f"{source}, line {_line_of(text, key)}: unknown top-level key {key!r}")
+    entries = document.get("bindings", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: 'bindings' must be an array of tables ([[bindings]])")
+    headers = [i + 1 for i, line in enumerate(text.splitlines())
+               if line.strip().startswith("[[bindings]]")]
+    bindings: list[Binding] = []
+    for index, entry in enumerate(entries):
+        start = headers[index] if index < len(headers) else 1
+        bindings.append(_parse_entry(entry, text, start, source))
+    names = [b.name for b in bindings]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{source}, line {_line_of(text, name)}: binding name {name!r} "
+                              "is used twice")
+    return bindings
+
+
+def _parse_entry(entry: Any, text: str, start: int, source: str) -> Binding:
+    def fail(message: str, needle: str | None = None) -> ConfigError:
+        line = _line_of(text, needle, start) if needle else start
+        return ConfigError(f"{source}, line {line}: {message}")
+
+    if not isinstance(entry, dict):
+        raise fail("each [[bindings]] entry must be a table")
+    for key in entry:
+        if key not in _KNOWN_KEYS:
+            raise fail(f"unknown key {key!r} (known: {', '.join(sorted(_KNOWN_KEYS))})", key)
+    for key in ("name", "secret", "connection_prefix"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise fail(f"{key!r} is required and must be a non-empty string", key)
+    prefix = entry["connection_prefix"]
+    try:
+        connection_name(prefix)
+    except UnsafeNameError as exc:
+        raise fail(f"connection_prefix: {exc}", "connection_prefix") from None
+    if len(prefix) > MAX_PREFIX_LENGTH:
+        raise fail("connection_prefix is too long", "connection_prefix")
+    tables = entry.get("tables", [])
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        raise fail("'tables' must be a list of strings", "tables")
+    selectors = []
+    for selector_text in tables:
+        try:
+            selectors.append(Selector.parse(selector_text))
+        except ValueError as exc:
+            raise fail(f"bad table selector: {exc}", selector_text) from None
+    discover = entry.get("discover", True)
+    if not isinstance(discover, bool):
+        raise fail("'discover' must be true or false", "discover")
+    buckets = entry.get("buckets", [])
+    if not isinstance(buckets, list) or not all(isinstance(b, str) and b for b in buckets):
+        raise fail("'buckets' must be a list of bucket names", "buckets")
+    iam_user = entry.get("iam_user")
+    if iam_user is not None and (not isinstance(iam_user, str) or not iam_user):
+        raise fail("'iam_user' must be a non-empty string", "iam_user")
+    if not selectors and not discover:
+        raise fail("a binding needs 'tables' or discover = true", "discover")
+    return Binding(name=entry["name"], secret=entry["secret"], connection_prefix=prefix,
+                   selectors=tuple(selectors), discover=discover, buckets=tuple(buckets),
+                   iam_user=iam_user)
+
+
+def _line_of(text: str, needle: str | None, start: int = 1) -> int:
+    """First line at or after ``start`` that mentions ``needle`` (falls back to ``start``)."""
+    if needle is None:
+        return start
+    lines = text.splitlines()
+    for number in range(start, len(lines) + 1):
+        if needle in lines[number - 1]:
+            return number
+    return start
+
+
+def find_binding(bindings: list[Binding], *, name: str | None = None,
+                 secret_arn: str | None = None, secret_name: str | None = None) -> Binding | None:
+    for binding in bindings:
+        if name is not None and binding.name == name:
+            return binding
+        if secret_arn is not None and binding.covers_secret(secret_arn, secret_name or ""):
+            return binding
+    return None

@@ -1,0 +1,106 @@
+"""The interfaces the core needs; adapters in worker/ implement them, tests use small fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from worker.core.model import Credentials, ExternalTable, TableOutcome
+from worker.sql import TableName
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version_id: str
+    stages: tuple[str, ...]
+    created_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    arn: str
+    name: str
+    versions: dict[str, VersionInfo] = field(default_factory=dict)
+
+    def version_with_stage(self, stage: str) -> str | None:
+        for version in self.versions.values():
+            if stage in version.stages:
+                return version.version_id
+        return None
+
+
+class SecretStore(Protocol):
+    def describe(self, secret_id: str) -> SecretInfo:
+        """Resolve a secret name or ARN; raises UnknownSecretError when it does not exist."""
+        ...
+
+    def read_version(self, arn: str, version_id: str) -> str | None:
+        """The SecretString of exactly that version (None for binary secrets)."""
+        ...
+
+
+class DatabendAdmin(Protocol):
+    def connection_fingerprint(self, name: str) -> str | None:
+        """What the connection's credentials look like (``ak:XYZ``/``role:arn``); None if absent."""
+        ...
+
+    def create_connection(self, name: str, credentials: Credentials) -> None:
+        """CREATE CONNECTION IF NOT EXISTS."""
+        ...
+
+    def list_external_tables(self) -> list[ExternalTable]: ...
+
+    def describe_table(self, table: TableName) -> ExternalTable | None:
+        """None when the table does not exist; storage.kind is '' for a non-external table."""
+        ...
+
+    def switch_table(self, table: TableName, connection: str) -> None:
+        """ALTER TABLE … CONNECTION=(connection_name=…)."""
+        ...
+
+    def read_back(self, table: TableName) -> int:
+        """Read rows from storage (not metadata); returns how many were read."""
+        ...
+
+
+class RunStore(Protocol):
+    """Durable record of runs and per-table outcomes (Redis in production)."""
+
+    def create(self, run: RunRecord) -> None: ...
+
+    def get(self, run_id: str) -> RunRecord:
+        """Raises RunNotFound."""
+        ...
+
+    def update(self, run_id: str, **fields: object) -> None: ...
+
+    def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
+        """Write every planned table as pending (or failed) before any table is switched."""
+        ...
+
+    def outcome(self, run_id: str, table: TableName) -> TableOutcome | None: ...
+
+    def outcomes(self, run_id: str) -> list[TableOutcome]: ...
+
+    def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
+        """Store a finished table; returns how many tables are still pending (idempotent)."""
+        ...
+
+    def pending(self, run_id: str) -> list[TableName]: ...
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    kind: str  # "rotation"
+    secret: str  # ARN once resolved
+    version_id: str
+    status: str = "queued"
+    binding: str | None = None
+    connection: str | None = None
+    target: str | None = None
+    may_skip_switched: bool = True
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,179 @@
+"""Rotation steps: plan the affected tables, create the connection, switch and read back a table.
+
+Each step checks before acting and may run twice: the second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+from worker.core.bindings import Binding
+from worker.core.model import (
+    Credentials,
+    ExternalTable,
+    PlannedTable,
+    RotationPlan,
+    TableOutcome,
+    TableStatus,
+    short_version_id,
+)
+from worker.core.ports import DatabendAdmin
+from worker.errors import FatalError, RetryableError
+from worker.sql import TableName
+
+log = logging.getLogger("rotator.core")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries inside one step (tenacity): transient errors only, then give up.
+
+    Budget: ``attempts`` tries per statement, waits growing from ``initial_wait`` up to
+    ``max_wait`` seconds with jitter. Celery retries the whole task on top only when a step
+    gave up on a retryable error, so the two layers never multiply unboundedly.
+    """
+
+    attempts: int = 4
+    initial_wait: float = 0.2
+    max_wait: float = 5.0
+    sleep: Callable[[float], None] = field(default=tenacity.nap.sleep)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RetryableError),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+            sleep=self.sleep,
+            before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+def connection_name_for(binding: Binding, version_id: str) -> str:
+    """Deterministic: the same (binding, version) always names the same connection."""
+    return f"{binding.connection_prefix}_{short_version_id(version_id)}"
+
+
+class ConnectionConflict(FatalError):
+    pass
+
+
+def ensure_connection(admin: DatabendAdmin, name: str, credentials: Credentials) -> bool:
+    """Create the connection unless it exists; True when this call created it.
+
+    An existing connection of that name must carry the same credentials (as far as Databend
+    shows them), otherwise the name was taken by someone else and nothing is changed.
+    """
+    existing = admin.connection_fingerprint(name)
+    if existing is not None:
+        if existing != credentials.fingerprint:
+            raise ConnectionConflict(
+                f"connection {name} already exists with other credentials ({existing})"
+            )
+        return False
+    admin.create_connection(name, credentials)
+    return True
+
+
+def plan_rotation(
+    binding: Binding,
+    tables: Iterable[ExternalTable],
+    *,
+    connection: str,
+    target: str,
+    old_fingerprints: set[str],
+) -> RotationPlan:
+    """Which tables this rotation switches, and the rule that selected each.
+
+    - A table named by a selector is always affected.
+    - With ``discover``, an external table whose credentials look like the secret's previous
+      (or new) version AND whose bucket is one the binding serves is affected too. The buckets
+      a binding serves are its ``buckets`` list plus the buckets of its selector-matched tables;
+      with no bucket known, discovery matches nothing (a 3-character key suffix alone is too weak
+      to move someone else's table).
+    """
+    tables = list(tables)
+    planned: dict[TableName, PlannedTable] = {}
+    notes: list[str] = []
+    for table in tables:
+        for selector in binding.selectors:
+            if selector.matches(table.name):
+                planned[table.name] = PlannedTable(table.name, f"selector {selector.text}",
+                                                   table.storage.fingerprint)
+                break
+    for selector in binding.selectors:
+        if selector.is_exact and selector.exact_table not in planned:
+            planned[selector.exact_table] = PlannedTable(
+                selector.exact_table, f"selector {selector.text}", None,
+                problem="no external table of that name",
+            )
+    if binding.discover:
+        buckets = set(binding.buckets) | {
+            t.storage.bucket for t in tables if t.name in planned and t.storage.bucket
+        }
+        wanted = old_fingerprints | {target}
+        if not buckets:
+            notes.append("discover: no bucket known for this binding (set 'buckets' or name a "
+                         "table); discovery matched nothing")
+        for table in tables:
+            fp = table.storage.fingerprint
+            if table.name in planned or fp not in wanted or table.storage.bucket not in buckets:
+                continue
+            shown = fp.replace("ak:", "ak ******") if fp else "?"
+            planned[table.name] = PlannedTable(
+                table.name, f"discovered: {shown} in bucket {table.storage.bucket}", fp
+            )
+    if target in old_fingerprints:
+        notes.append("the new credentials look like an old version's to Databend; every table "
+                     "is switched even if it seems switched already")
+    ordered = tuple(sorted(planned.values(), key=lambda p: p.table))
+    return RotationPlan(connection=connection, target=target, tables=ordered, notes=tuple(notes))
+
+
+def rotate_table(
+    admin: DatabendAdmin,
+    table: TableName,
+    *,
+    connection: str,
+    target: str,
+    may_skip_switched: bool = True,
+    retry: RetryPolicy | None = None,
+) -> TableOutcome:
+    """Switch one table to ``connection`` and read it back. Never raises a FatalError: a
+    permanent failure becomes a FAILED outcome with Databend's message. A RetryableError that
+    outlives the step's retries propagates, so the task layer can retry later."""
+    retry = retry or RetryPolicy()
+    outcome = TableOutcome(table=table)
+    try:
+        current = retry.call(lambda: admin.describe_table(table))
+        if current is None:
+            return _failed(outcome, "table not found")
+        if not current.storage.kind:
+            return _failed(outcome, "not an external table")
+        outcome.previous = current.storage.fingerprint
+        if may_skip_switched and current.storage.fingerprint == target:
+            outcome.status = TableStatus.ALREADY_SWITCHED
+        else:
+            retry.call(lambda: admin.switch_table(table, connection))
+            outcome.status = TableStatus.SWITCHED
+        try:
+            outcome.rows_read = retry.call(lambda: admin.read_back(table))
+        except FatalError as exc:
+            return _failed(outcome, f"switched, but reading it back failed: {exc}")
+        if outcome.status is TableStatus.SWITCHED:
+            outcome.status = TableStatus.VALIDATED
+        return outcome
+    except FatalError as exc:
+        return _failed(outcome, str(exc))
+
+
+def _failed(outcome: TableOutcome, reason: str) -> TableOutcome:
+    outcome.status = TableStatus.FAILED
+    outcome.reason = reason
+    return outcome

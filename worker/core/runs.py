@@ -1,0 +1,98 @@
+"""A rotation run for one (secret, version): prepare it, then finish it table by table.
+
+``prepare_rotation`` reads the version, creates the connection and writes the plan (every table
+pending) before any table is touched; ``finish_table`` records one table's outcome and closes the
+run when the last one is in. Both are safe to run twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from worker.core.bindings import Binding, find_binding
+from worker.core.model import RunStatus, TableOutcome, TableStatus
+from worker.core.ports import DatabendAdmin, RunStore, SecretStore
+from worker.core.rotation import connection_name_for, ensure_connection, plan_rotation
+from worker.core.secret_value import parse_secret_value
+from worker.errors import FatalError, SecretFormatError, UnknownSecretError
+from worker.sql import TableName
+
+_ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
+
+
+def prepare_rotation(
+    run_id: str,
+    *,
+    runs: RunStore,
+    secrets: SecretStore,
+    admin: DatabendAdmin,
+    bindings: list[Binding],
+) -> list[TableName]:
+    """Plan the run and return the tables still to switch (empty when the run is over)."""
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return []
+    if run.status == RunStatus.SWITCHING:
+        return runs.pending(run_id)  # redelivered after the plan was written: same tables again
+    runs.update(run_id, status=RunStatus.PLANNING)
+    try:
+        info = secrets.describe(run.secret)
+        binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
+        if binding is None:
+            raise UnknownSecretError(f"no binding covers secret {info.name}")
+        if run.version_id not in info.versions:
+            raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
+        where = f"secret {info.name} version {run.version_id}"
+        credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
+        old = set()
+        for version in info.versions.values():
+            if version.version_id == run.version_id or not set(version.stages) & set(_ROTATION_STAGES):
+                continue
+            try:
+                raw = secrets.read_version(info.arn, version.version_id)
+                old.add(parse_secret_value(raw, where=info.name).fingerprint)
+            except SecretFormatError:
+                continue  # an unreadable old version only narrows discovery
+        connection = connection_name_for(binding, run.version_id)
+        # write-ahead: the connection's name is on record before it exists
+        runs.update(run_id, binding=binding.name, secret=info.arn, connection=connection,
+                    target=credentials.fingerprint)
+        ensure_connection(admin, connection, credentials)
+        plan = plan_rotation(binding, admin.list_external_tables(), connection=connection,
+                             target=credentials.fingerprint, old_fingerprints=old)
+    except FatalError as exc:
+        runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
+        raise
+    outcomes = []
+    for planned in plan.tables:
+        outcome = TableOutcome(table=planned.table, rule=planned.rule, previous=planned.current)
+        if planned.problem:
+            outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
+        outcomes.append(outcome)
+    runs.set_plan(run_id, outcomes)
+    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes),
+                may_skip_switched=credentials.fingerprint not in old, updated_at=time.time())
+    pending = runs.pending(run_id)
+    if not pending:
+        close_run(run_id, runs)
+    return pending
+
+
+def finish_table(run_id: str, outcome: TableOutcome, *, runs: RunStore) -> bool:
+    """Record a table's outcome; True when this closed the run."""
+    remaining = runs.record_outcome(run_id, outcome)
+    if remaining == 0:
+        return close_run(run_id, runs)
+    return False
+
+
+def close_run(run_id: str, runs: RunStore) -> bool:
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return False
+    outcomes = runs.outcomes(run_id)
+    failed = [o for o in outcomes if o.status is TableStatus.FAILED]
+    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    error = f"{len(failed)} of {len(outcomes)} tables failed" if failed else None
+    runs.update(run_id, status=status, error=error, updated_at=time.time())
+    return True

@@ -1,0 +1,98 @@
+"""DatabendAdmin over the driver: connections, system.tables, ALTER TABLE … CONNECTION, read-back.
+
+Every name goes through worker.sql quoting. Messages of failed CREATE CONNECTION statements are
+scrubbed of the credentials the statement carried (Databend echoes SQL in syntax errors).
+"""
+
+from __future__ import annotations
+
+import re
+
+from worker.core.model import (
+    AccessKeyCredentials,
+    Credentials,
+    ExternalTable,
+    StorageParam,
+    parse_storage_param,
+)
+from worker.databend_client import DatabendClient
+from worker.errors import DatabendQueryError
+from worker.sql import TableName, connection_name, quote_string
+
+_UNKNOWN_CONNECTION = 2510
+_MASKED_PARAM = re.compile(r"(\w+)=(\S*)")
+
+
+class DriverDatabendAdmin:
+    def __init__(self, client: DatabendClient) -> None:
+        self.client = client
+
+    def connection_fingerprint(self, name: str) -> str | None:
+        try:
+            row = self.client.query_one(f"DESC CONNECTION {connection_name(name)}")
+        except DatabendQueryError as exc:
+            if exc.code == _UNKNOWN_CONNECTION or "does not exist" in exc.message:
+                return None
+            raise
+        if row is None:
+            return None
+        params = dict(_MASKED_PARAM.findall(str(row[-1])))
+        if params.get("role_arn"):
+            return f"role:~{params['role_arn'].lstrip('*')[-3:]}"
+        if params.get("access_key_id"):
+            return f"ak:{params['access_key_id'].lstrip('*')[-3:]}"
+        return "unknown"
+
+    def create_connection(self, name: str, credentials: Credentials) -> None:
+        parts = [f"CREATE CONNECTION IF NOT EXISTS {connection_name(name)} STORAGE_TYPE='s3'"]
+        secrets: list[str] = []
+        if isinstance(credentials, AccessKeyCredentials):
+            parts.append(f"ACCESS_KEY_ID={quote_string(credentials.access_key_id)}")
+            parts.append(f"SECRET_ACCESS_KEY={quote_string(credentials.secret_access_key)}")
+            secrets += [credentials.access_key_id, credentials.secret_access_key]
+        else:
+            parts.append(f"ROLE_ARN={quote_string(credentials.role_arn)}")
+            if credentials.external_id:
+                parts.append(f"EXTERNAL_ID={quote_string(credentials.external_id)}")
+                secrets.append(credentials.external_id)
+        if credentials.endpoint_url:
+            parts.append(f"ENDPOINT_URL={quote_string(credentials.endpoint_url)}")
+        if credentials.region:
+            parts.append(f"REGION={quote_string(credentials.region)}")
+        try:
+            self.client.execute(" ".join(parts))
+        except DatabendQueryError as exc:
+            message = exc.message
+            for secret in secrets:
+                message = message.replace(secret, "******")
+            raise DatabendQueryError(exc.code, message) from None
+
+    def list_external_tables(self) -> list[ExternalTable]:
+        rows = self.client.query(
+            "SELECT database, name, storage_param FROM system.tables WHERE is_external"
+        )
+        tables = []
+        for database, name, param in rows:
+            storage = parse_storage_param(param or "")
+            if storage is not None:
+                tables.append(ExternalTable(TableName(database, name), storage))
+        return tables
+
+    def describe_table(self, table: TableName) -> ExternalTable | None:
+        row = self.client.query_one(
+            "SELECT is_external, storage_param FROM system.tables"
+            f" WHERE database = {quote_string(table.database)} AND name = {quote_string(table.table)}"
+        )
+        if row is None:
+            return None
+        is_external, param = row
+        storage = parse_storage_param(param or "") if is_external else None
+        return ExternalTable(table, storage or StorageParam(kind=""))
+
+    def switch_table(self, table: TableName, connection: str) -> None:
+        self.client.execute(
+            f"ALTER TABLE {table.sql} CONNECTION=(connection_name={quote_string(connection_name(connection))})"
+        )
+
+    def read_back(self, table: TableName) -> int:
+        return len(self.client.query(f"SELECT * FROM {table.sql} LIMIT 1"))

@@ -1,0 +1,135 @@
+"""RunStore on Redis: run records, per-table outcomes and the set of tables still pending.
+
+Keys (all under ``rotator:``): ``run:{id}`` hash of JSON fields; ``run:{id}:tables`` hash of
+table -> outcome JSON; ``run:{id}:pending`` set of tables not finished; ``runs`` sorted set of run
+ids by creation time. Records expire after ``ttl_seconds`` (30 days by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import redis
+
+from worker.core.model import TableOutcome, TableStatus
+from worker.core.ports import RunRecord
+from worker.errors import RunNotFound, StateStoreUnavailable
+from worker.sql import TableName
+
+PREFIX = "rotator:"
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
+
+
+def table_key(table: TableName) -> str:
+    return json.dumps([table.database, table.table], ensure_ascii=False)
+
+
+def table_from_key(key: str | bytes) -> TableName:
+    database, table = json.loads(key)
+    return TableName(database, table)
+
+
+def outcome_to_json(outcome: TableOutcome) -> str:
+    data = dataclasses.asdict(outcome)
+    data["table"] = [outcome.table.database, outcome.table.table]
+    data["status"] = str(outcome.status)
+    return json.dumps(data, ensure_ascii=False)
+
+
+def outcome_from_json(text: str | bytes) -> TableOutcome:
+    data = json.loads(text)
+    data["table"] = TableName(*data["table"])
+    data["status"] = TableStatus(data["status"])
+    return TableOutcome(**data)
+
+
+class RedisRunStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisRunStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                        health_check_interval=30))
+
+    def _key(self, run_id: str, suffix: str = "") -> str:
+        return f"{PREFIX}run:{run_id}{suffix}"
+
+    def create(self, run: RunRecord) -> None:
+        now = time.time()
+        run.created_at = run.created_at or now
+        run.updated_at = now
+        fields = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._key(run.run_id), mapping=fields)
+            pipe.expire(self._key(run.run_id), self.ttl)
+            pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
+            _execute(pipe)
+
+    def get(self, run_id: str) -> RunRecord:
+        raw = _call(self.redis.hgetall, self._key(run_id))
+        if not raw:
+            raise RunNotFound(f"no run with id {run_id}")
+        data = {k.decode(): json.loads(v) for k, v in raw.items()}
+        return RunRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _RECORD_FIELDS
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        fields.setdefault("updated_at", time.time())
+        encoded = {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
+        _call(self.redis.hset, self._key(run_id), mapping=encoded)
+
+    def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
+        tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
+        with self.redis.pipeline() as pipe:
+            pipe.delete(tables_key, pending_key)
+            for outcome in outcomes:
+                pipe.hset(tables_key, table_key(outcome.table), outcome_to_json(outcome))
+                if not outcome.status.done:
+                    pipe.sadd(pending_key, table_key(outcome.table))
+            pipe.expire(tables_key, self.ttl)
+            pipe.expire(pending_key, self.ttl)
+            _execute(pipe)
+
+    def outcome(self, run_id: str, table: TableName) -> TableOutcome | None:
+        raw = _call(self.redis.hget, self._key(run_id, ":tables"), table_key(table))
+        return outcome_from_json(raw) if raw else None
+
+    def outcomes(self, run_id: str) -> list[TableOutcome]:
+        raw = _call(self.redis.hvals, self._key(run_id, ":tables"))
+        return sorted((outcome_from_json(v) for v in raw), key=lambda o: o.table)
+
+    def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
+        key = table_key(outcome.table)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(run_id, ":tables"), key, outcome_to_json(outcome))
+            if outcome.status.done:
+                pipe.srem(self._key(run_id, ":pending"), key)
+            pipe.scard(self._key(run_id, ":pending"))
+            results = _execute(pipe)
+        return int(results[-1])
+
+    def pending(self, run_id: str) -> list[TableName]:
+        raw = _call(self.redis.smembers, self._key(run_id, ":pending"))
+        return sorted(table_from_key(k) for k in raw)
+
+    def recent_runs(self, limit: int = 20) -> list[str]:
+        raw = _call(self.redis.zrevrange, f"{PREFIX}runs", 0, limit - 1)
+        return [r.decode() for r in raw]
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateStoreUnavailable(f"redis unavailable: {exc}") from None
+
+
+def _execute(pipe: Any) -> list[Any]:
+    return list(_call(pipe.execute))

@@ -1,0 +1,54 @@
+"""One typed settings object, read from the environment at start-up (12-factor).
+
+Nothing else in the project reads ``os.environ``; AWS credentials and endpoints follow boto3's own
+chain (``AWS_ENDPOINT_URL`` points every client at a stand-in such as moto server).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    databend_dsn: str | None = Field(default=None, alias="DATABEND_DSN")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    bindings_path: Path | None = Field(default=None, alias="ROTATOR_BINDINGS")
+    log_level: str = Field(default="INFO", alias="ROTATOR_LOG_LEVEL")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", alias="ROTATOR_LOG_FORMAT")
+    # Celery: how long one table's switch + read-back may take, and the broker's redelivery delay
+    table_time_limit: int = Field(default=300, alias="ROTATOR_TABLE_TIME_LIMIT", ge=10)
+    visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
+
+    def require(self, *names: str) -> Settings:
+        """Fail fast, naming the environment variable, when a needed setting is missing."""
+        missing = [
+            (field.alias or name) for name, field in type(self).model_fields.items()
+            if name in names and getattr(self, name) in (None, "")
+        ]
+        if missing:
+            raise ConfigError(f"missing configuration: set {', '.join(missing)}")
+        return self
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"bad configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return load_settings()
