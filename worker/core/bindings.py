@@ -106,7 +106,8 @@ def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
     bindings: list[Binding] = []
     for index, entry in enumerate(entries):
         start = headers[index] if index < len(headers) else 1
-        bindings.append(_parse_entry(entry, text, start, source))
+        end = headers[index + 1] - 1 if index + 1 < len(headers) else len(text.splitlines())
+        bindings.append(_parse_entry(entry, text, (start, end), source))
     names = [b.name for b in bindings]
     for name in names:
         if names.count(name) > 1:
@@ -115,10 +116,11 @@ def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
     return bindings
 
 
-def _parse_entry(entry: Any, text: str, start: int, source: str) -> Binding:
+def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> Binding:
+    start, end = lines
+
     def fail(message: str, needle: str | None = None) -> ConfigError:
-        line = _line_of(text, needle, start) if needle else start
-        return ConfigError(f"{source}, line {line}: {message}")
+        return ConfigError(f"{source}, line {_line_of(text, needle, start, end)}: {message}")
 
     if not isinstance(entry, dict):
         raise fail("each [[bindings]] entry must be a table")
@@ -126,8 +128,10 @@ def _parse_entry(entry: Any, text: str, start: int, source: str) -> Binding:
         if key not in _KNOWN_KEYS:
             raise fail(f"unknown key {key!r} (known: {', '.join(sorted(_KNOWN_KEYS))})", key)
     for key in ("name", "secret", "connection_prefix"):
-        if not isinstance(entry.get(key), str) or not entry[key].strip():
-            raise fail(f"{key!r} is required and must be a non-empty string", key)
+        if key not in entry:
+            raise fail(f"{key!r} is required in every [[bindings]] entry")
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise fail(f"{key!r} must be a non-empty string", key)
     prefix = entry["connection_prefix"]
     try:
         connection_name(prefix)
@@ -160,12 +164,12 @@ def _parse_entry(entry: Any, text: str, start: int, source: str) -> Binding:
                    iam_user=iam_user)
 
 
-def _line_of(text: str, needle: str | None, start: int = 1) -> int:
-    """First line at or after ``start`` that mentions ``needle`` (falls back to ``start``)."""
+def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = None) -> int:
+    """First line in ``start..end`` that mentions ``needle`` (falls back to ``start``)."""
     if needle is None:
         return start
     lines = text.splitlines()
-    for number in range(start, len(lines) + 1):
+    for number in range(start, min(end or len(lines), len(lines)) + 1):
         if needle in lines[number - 1]:
             return number
     return start

@@ -47,7 +47,9 @@ class RetryPolicy:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(RetryableError),
             stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=self.initial_wait, jitter=self.initial_wait, max=self.max_wait
+            ),
             sleep=self.sleep,
             before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
             reraise=True,

@@ -1,0 +1,124 @@
+"""Small in-memory fakes of the core's own ports (never of Databend, Redis, Celery or AWS)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.core.model import (
+    AccessKeyCredentials,
+    Credentials,
+    ExternalTable,
+    StorageParam,
+    TableOutcome,
+)
+from worker.core.ports import RunRecord, SecretInfo, VersionInfo
+from worker.errors import RunNotFound, UnknownSecretError
+from worker.sql import TableName
+
+
+@dataclass
+class FakeAdmin:
+    tables: dict[TableName, StorageParam] = field(default_factory=dict)
+    connections: dict[str, Credentials] = field(default_factory=dict)
+    statements: list[str] = field(default_factory=list)
+    # per-table scripted failures: a list of exceptions raised by successive switch/read calls
+    switch_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
+    read_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
+
+    def add(self, name: TableName, key_suffix: str, bucket: str = "lake") -> None:
+        self.tables[name] = StorageParam(kind="s3", bucket=bucket, root=f"/{name.table}/",
+                                         ak_suffix=key_suffix)
+
+    def connection_fingerprint(self, name: str) -> str | None:
+        c = self.connections.get(name)
+        return None if c is None else c.fingerprint
+
+    def create_connection(self, name: str, credentials: Credentials) -> None:
+        self.statements.append(f"CREATE CONNECTION {name}")
+        self.connections.setdefault(name, credentials)
+
+    def list_external_tables(self) -> list[ExternalTable]:
+        return [ExternalTable(n, p) for n, p in self.tables.items() if p.kind]
+
+    def describe_table(self, table: TableName) -> ExternalTable | None:
+        p = self.tables.get(table)
+        return None if p is None else ExternalTable(table, p)
+
+    def switch_table(self, table: TableName, connection: str) -> None:
+        self.statements.append(f"ALTER {table}")
+        _maybe_raise(self.switch_failures, table)
+        credentials = self.connections[connection]
+        assert isinstance(credentials, AccessKeyCredentials)
+        self.tables[table] = dataclasses.replace(self.tables[table],
+                                                 ak_suffix=credentials.access_key_id[-3:])
+
+    def read_back(self, table: TableName) -> int:
+        self.statements.append(f"READ {table}")
+        _maybe_raise(self.read_failures, table)
+        return 1
+
+
+def _maybe_raise(failures: dict[TableName, list[Exception]], table: TableName) -> None:
+    queue = failures.get(table)
+    if queue:
+        raise queue.pop(0)
+
+
+@dataclass
+class FakeSecrets:
+    name: str = "databend/lake"
+    arn: str = "arn:aws:secretsmanager:us-east-1:1:secret:databend/lake-AbCdEf"
+    values: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def describe(self, secret_id: str) -> SecretInfo:
+        if secret_id not in (self.name, self.arn):
+            raise UnknownSecretError(f"secret {secret_id} not found")
+        return SecretInfo(self.arn, self.name, {
+            v: VersionInfo(v, self.stages.get(v, ()), float(i)) for i, v in enumerate(self.values)
+        })
+
+    def read_version(self, arn: str, version_id: str) -> str | None:
+        return self.values[version_id]
+
+
+@dataclass
+class MemoryRuns:
+    runs: dict[str, RunRecord] = field(default_factory=dict)
+    tables: dict[str, dict[TableName, TableOutcome]] = field(default_factory=dict)
+    pending_: dict[str, set[TableName]] = field(default_factory=dict)
+    on_update: Callable[[str, dict[str, object]], None] | None = None
+
+    def create(self, run: RunRecord) -> None:
+        self.runs[run.run_id] = run
+
+    def get(self, run_id: str) -> RunRecord:
+        if run_id not in self.runs:
+            raise RunNotFound(run_id)
+        return dataclasses.replace(self.runs[run_id])
+
+    def update(self, run_id: str, **fields: object) -> None:
+        if self.on_update:
+            self.on_update(run_id, fields)
+        self.runs[run_id] = dataclasses.replace(self.runs[run_id], **fields)  # type: ignore[arg-type]
+
+    def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
+        self.tables[run_id] = {o.table: o for o in outcomes}
+        self.pending_[run_id] = {o.table for o in outcomes if not o.status.done}
+
+    def outcome(self, run_id: str, table: TableName) -> TableOutcome | None:
+        return self.tables.get(run_id, {}).get(table)
+
+    def outcomes(self, run_id: str) -> list[TableOutcome]:
+        return sorted(self.tables.get(run_id, {}).values(), key=lambda o: o.table)
+
+    def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
+        self.tables[run_id][outcome.table] = outcome
+        if outcome.status.done:
+            self.pending_[run_id].discard(outcome.table)
+        return len(self.pending_[run_id])
+
+    def pending(self, run_id: str) -> list[TableName]:
+        return sorted(self.pending_.get(run_id, set()))

@@ -1,0 +1,194 @@
+"""Pure logic: secret values, bindings files, the error classifier, redaction of log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from worker.core.bindings import parse_bindings
+from worker.core.model import AccessKeyCredentials, RoleCredentials, parse_storage_param
+from worker.core.secret_value import parse_secret_value
+from worker.errors import (
+    AwsPermanentError,
+    AwsTransientError,
+    ConfigError,
+    DatabendQueryError,
+    DatabendUnavailable,
+    SecretFormatError,
+    StoragePermissionDenied,
+    StorageUnavailable,
+    UnknownSecretError,
+    classify_aws_error,
+    classify_databend_error,
+)
+from worker.redaction import redact, register_secret_value
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+# --- secret values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": SECRET},
+        {"AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "SecretAccessKey": SECRET, "region": "eu-west-1"},
+    ],
+)
+def test_access_key_secrets_in_both_spellings(value: dict[str, str]) -> None:
+    creds = parse_secret_value(json.dumps(value), where="s v1")
+    assert isinstance(creds, AccessKeyCredentials)
+    assert creds.fingerprint == "ak:PLE"
+    assert SECRET not in repr(creds)
+
+
+def test_role_secret() -> None:
+    creds = parse_secret_value(json.dumps({"role_arn": "arn:aws:iam::1:role/r",
+                                           "external_id": "ext"}), where="s")
+    assert isinstance(creds, RoleCredentials) and creds.external_id == "ext"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("not json " + SECRET, "not valid JSON"),
+        ('["a"]', "must be a JSON object"),
+        (json.dumps({"access_key_id": "AKIAX123"}), "missing field 'secret_access_key'"),
+        (json.dumps({"secret_access_key": SECRET}), "missing field 'access_key_id'"),
+        (json.dumps({"access_key_id": 5, "secret_access_key": SECRET}), "'access_key_id' must be"),
+        (json.dumps({"access_key_id": "AK IA", "secret_access_key": SECRET}), "look like"),
+        (json.dumps({"role_arn": "role/r"}), "not an ARN"),
+        (None, "no SecretString"),
+    ],
+)
+def test_bad_secret_values_name_the_field_not_the_value(raw: str | None, message: str) -> None:
+    with pytest.raises(SecretFormatError) as err:
+        parse_secret_value(raw, where="secret s version v")
+    assert message in str(err.value)
+    assert SECRET not in str(err.value)
+    assert str(err.value).startswith("secret s version v")
+
+
+# --- bindings -------------------------------------------------------------------------------------
+
+GOOD = """
+[[bindings]]
+name = "lake-main"
+secret = "databend/lake-main"
+connection_prefix = "lake_main"
+tables = ["sales.orders", "sales.`order items`", "`Ops Data`.*"]
+
+[[bindings]]
+name = "other"
+secret = "arn:aws:secretsmanager:us-east-1:1:secret:x"
+connection_prefix = "other"
+discover = false
+tables = ["db.t"]
+"""
+
+
+def test_a_good_bindings_file() -> None:
+    first, second = parse_bindings(GOOD)
+    assert first.discover is True and second.discover is False
+    assert [s.text for s in first.selectors][1] == "sales.`order items`"
+    assert first.selectors[1].table == "order items"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        (GOOD.replace('"sales.`order items`"', '"sales.`order items"'), 6, "bad table selector"),
+        (GOOD.replace('connection_prefix = "other"', 'connection_prefix = "oth er"'), 11,
+         "connection_prefix"),
+        (GOOD.replace('discover = false', 'discover = "no"'), 12, "'discover'"),
+        (GOOD.replace('name = "other"', 'name = "lake-main"'), 3, "used twice"),
+        (GOOD.replace('secret = "databend/lake-main"\n', ''), 2, "'secret' is required in every"),
+        (GOOD.replace('tables = ["db.t"]', 'tables = ["db.t"]\nbogus = 1'), 14, "unknown key"),
+        (GOOD + "\n[[bindings]\n", 15, ""),
+    ],
+)
+def test_bad_bindings_fail_with_the_line_at_fault(text: str, line: int, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_bindings(text, source="b.toml")
+    assert f"line {line}" in str(err.value)
+    assert fragment in str(err.value)
+
+
+# --- storage_param --------------------------------------------------------------------------------
+
+
+def test_storage_param_parsing() -> None:
+    p = parse_storage_param("s3 | bucket=testbucket,root=/t1/,endpoint=http://127.0.0.1:5055,"
+                            "ak=******7WB,iam_role=")
+    assert p is not None
+    assert (p.bucket, p.root, p.ak_suffix, p.iam_role, p.fingerprint) == (
+        "testbucket", "/t1/", "7WB", None, "ak:7WB")
+    assert parse_storage_param("") is None
+
+
+# --- error classification -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        (1005, "SyntaxException: expecting SQL statement", DatabendQueryError),
+        (1025, "Unknown table", DatabendQueryError),
+        (3002, "PermissionDenied (persistent) at write", StoragePermissionDenied),
+        (3901, "current configured storage is not valid: 403 Forbidden", StoragePermissionDenied),
+        (3901, "storage is not valid: request timed out", StorageUnavailable),
+        (3901, "storage is not valid: InvalidAccessKeyId", DatabendQueryError),
+        (1043, "aborted", DatabendUnavailable),
+        (1001, "Busy: databend-local has no free engine session", DatabendUnavailable),
+        (1302, "is not an external table, cannot alter connection", DatabendQueryError),
+    ],
+)
+def test_databend_errors_are_classified(code: int, message: str, expected: type) -> None:
+    error = classify_databend_error(code, message)
+    assert type(error) is expected
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (_client_error("ThrottlingException", 400), AwsTransientError),
+        (_client_error("InternalServiceError", 500), AwsTransientError),
+        (_client_error("ResourceNotFoundException", 400), UnknownSecretError),
+        (_client_error("AccessDeniedException", 400), AwsPermanentError),
+        (_client_error("InvalidRequestException", 400), AwsPermanentError),
+        (EndpointConnectionError(endpoint_url="http://x"), AwsTransientError),
+    ],
+)
+def test_aws_errors_are_classified(exc: Exception, expected: type) -> None:
+    assert type(classify_aws_error(exc)) is expected
+
+
+# --- redaction --------------------------------------------------------------------------------------
+
+
+def test_log_lines_never_carry_registered_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.logs import configure_logging
+
+    value = json.dumps({"access_key_id": "AKIAZZZZZZZZZZZZZABC", "secret_access_key": "tiny-secret"})
+    register_secret_value(value)
+    configure_logging("INFO", "json")
+    structlog.get_logger("t").info("read", value=value, nested={"k": ["tiny-secret"]})
+    logging.getLogger("celery.x").warning("stdlib line with tiny-secret and AKIAZZZZZZZZZZZZZABC")
+    try:
+        raise RuntimeError(f"boom {SECRET}")
+    except RuntimeError:
+        structlog.get_logger("t").exception("failed")
+    err = capsys.readouterr().err
+    assert "tiny-secret" not in err and "AKIAZZZZZZZZZZZZZABC" not in err and SECRET not in err
+    assert "******ABC" in err and "[REDACTED]" in err
+    assert redact(f"key {SECRET}.") == "key [REDACTED]."
