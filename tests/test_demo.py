@@ -19,7 +19,7 @@ def test_demo_rotates_revokes_and_every_table_still_works() -> None:
     result = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = " ".join(result.stdout.split())
+    out = " ".join((result.stdout + result.stderr).split())
     assert "succeeded (validated 5)" in out
     assert "deleted in IAM" in out
     assert out.count(" ok ") >= 6 and "FAILED" not in out
