@@ -10,11 +10,14 @@ from worker.celery_app import RotatorTask, app
 from worker.core.model import TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy, rotate_table
 from worker.core.runs import finish_table, prepare_rotation
-from worker.errors import FatalError, RetryableError
+from worker.errors import FatalError, LockBusy, RetryableError
 from worker.services import services
 from worker.sql import TableName
 
 log = structlog.get_logger("rotator.tasks")
+
+LOCK_WAIT_SECONDS = 2.0  # how often a run waiting for its secret's lock tries again
+LOCK_WAIT_ATTEMPTS = 900  # about half an hour of waiting before the run gives up
 
 
 @app.task(base=RotatorTask, bind=True, name="rotator.rotation.start")
@@ -23,15 +26,18 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
     s = services()
     try:
         tables = prepare_rotation(run_id, runs=s.runs, secrets=s.secrets, admin=s.admin,
-                                  bindings=s.bindings)
+                                  bindings=s.bindings, locks=s.locks, newest=s.intake_state)
     except FatalError as exc:
         log.error("rotation failed before switching any table", error=str(exc))
         return
+    except LockBusy as exc:
+        raise self.retry(exc=exc, countdown=LOCK_WAIT_SECONDS,
+                         max_retries=LOCK_WAIT_ATTEMPTS) from None
     except RetryableError as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
     run = s.runs.get(run_id)
     structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
-    log.info("rotation planned", connection=run.connection, tables=len(tables))
+    log.info("rotation planned", status=run.status, connection=run.connection, tables=len(tables))
     for table in tables:
         switch_table.delay(run_id, table.database, table.table)
 
@@ -46,6 +52,8 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     planned = s.runs.outcome(run_id, name)
     if planned is None or planned.status.done:
         return  # not part of this run, or already finished (a redelivered message)
+    if not s.locks.renew(run.secret, run_id):
+        log.warning("the secret's lock is no longer this run's; switching anyway (idempotent)")
     started = time.perf_counter()
     try:
         outcome = rotate_table(s.admin, name, connection=str(run.connection),
@@ -58,7 +66,7 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
                                reason=f"gave up after retries: {exc}")
     outcome.rule = planned.rule
     outcome.previous = outcome.previous or planned.previous
-    closed = finish_table(run_id, outcome, runs=s.runs)
+    closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
     log.info("table done", status=str(outcome.status), reason=outcome.reason,
              rows_read=outcome.rows_read, ms=round((time.perf_counter() - started) * 1000, 1),
              run_closed=closed)

@@ -69,7 +69,7 @@ def _maybe_raise(failures: dict[TableName, list[Exception]], table: TableName) -
 @dataclass
 class FakeSecrets:
     name: str = "databend/lake"
-    arn: str = "arn:aws:secretsmanager:us-east-1:1:secret:databend/lake-AbCdEf"
+    arn: str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-AbCdEf"
     values: dict[str, str] = field(default_factory=dict)
     stages: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -122,3 +122,39 @@ class MemoryRuns:
 
     def pending(self, run_id: str) -> list[TableName]:
         return sorted(self.pending_.get(run_id, set()))
+
+
+@dataclass
+class MemoryIntakeState:
+    claims: dict[tuple[str, str], list[object]] = field(default_factory=dict)
+    newest_: dict[str, object] = field(default_factory=dict)
+
+    def claim(self, secret_arn: str, version_id: str, run_id: str) -> tuple[str, bool]:
+        entry = self.claims.setdefault((secret_arn, version_id), [run_id, False])
+        return str(entry[0]), bool(entry[1])
+
+    def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
+        self.claims[(secret_arn, version_id)][1] = True
+
+    def newest(self, secret_arn: str):  # type: ignore[no-untyped-def]
+        return self.newest_.get(secret_arn)
+
+    def advance_newest(self, secret_arn: str, version) -> None:  # type: ignore[no-untyped-def]
+        current = self.newest_.get(secret_arn)
+        if current is None or current.created_at <= version.created_at:  # type: ignore[attr-defined]
+            self.newest_[secret_arn] = version
+
+
+@dataclass
+class MemoryLocks:
+    owners: dict[str, str] = field(default_factory=dict)
+
+    def acquire(self, secret_arn: str, owner: str) -> bool:
+        return self.owners.setdefault(secret_arn, owner) == owner
+
+    def renew(self, secret_arn: str, owner: str) -> bool:
+        return self.owners.get(secret_arn) == owner
+
+    def release(self, secret_arn: str, owner: str) -> None:
+        if self.owners.get(secret_arn) == owner:
+            del self.owners[secret_arn]

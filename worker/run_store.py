@@ -23,6 +23,11 @@ PREFIX = "rotator:"
 _RECORD_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
 
 
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
 def table_key(table: TableName) -> str:
     return json.dumps([table.database, table.table], ensure_ascii=False)
 
@@ -53,8 +58,7 @@ class RedisRunStore:
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                        health_check_interval=30))
+        return cls(redis_client(url))
 
     def _key(self, run_id: str, suffix: str = "") -> str:
         return f"{PREFIX}run:{run_id}{suffix}"

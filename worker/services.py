@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.aws_secrets import SecretsManagerStore
 from worker.core.bindings import Binding, load_bindings
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
-from worker.run_store import RedisRunStore
+from worker.redis_state import RedisIntakeState, RedisSecretLocks
+from worker.run_store import RedisRunStore, redis_client
 from worker.settings import Settings, settings
 
 
@@ -18,8 +19,19 @@ class Services:
     settings: Settings
     runs: RedisRunStore
     secrets: SecretsManagerStore
-    admin: DriverDatabendAdmin
     bindings: list[Binding]
+    intake_state: RedisIntakeState
+    locks: RedisSecretLocks
+    _admin: DriverDatabendAdmin | None = field(default=None, repr=False)
+
+    @property
+    def admin(self) -> DriverDatabendAdmin:
+        """Built on first use: the intake never talks to Databend and needs no DSN."""
+        if self._admin is None:
+            dsn = self.settings.require("databend_dsn").databend_dsn
+            assert dsn is not None
+            self._admin = DriverDatabendAdmin(DatabendClient(dsn))
+        return self._admin
 
 
 _lock = threading.Lock()
@@ -30,14 +42,16 @@ def services() -> Services:
     global _services
     with _lock:
         if _services is None:
-            current = settings().require("databend_dsn", "redis_url", "bindings_path")
-            assert current.databend_dsn and current.redis_url and current.bindings_path
+            current = settings().require("redis_url", "bindings_path")
+            assert current.redis_url and current.bindings_path
+            client = redis_client(current.redis_url)
             _services = Services(
                 settings=current,
-                runs=RedisRunStore.from_url(current.redis_url),
+                runs=RedisRunStore(client),
                 secrets=SecretsManagerStore(),
-                admin=DriverDatabendAdmin(DatabendClient(current.databend_dsn)),
                 bindings=load_bindings(current.bindings_path),
+                intake_state=RedisIntakeState(client),
+                locks=RedisSecretLocks(client, current.lock_ttl),
             )
         return _services
 

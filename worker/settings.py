@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     # Celery: how long one table's switch + read-back may take, and the broker's redelivery delay
     table_time_limit: int = Field(default=300, alias="ROTATOR_TABLE_TIME_LIMIT", ge=10)
     visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
+    # a secret's lock expires unless its run renews it (each table renews it)
+    lock_ttl: int = Field(default=600, alias="ROTATOR_LOCK_TTL", ge=5)
+    # test-only failure points (comma-separated names), see worker/faults.py
+    faults: str = Field(default="", alias="ROTATOR_FAULTS")
 
     def require(self, *names: str) -> Settings:
         """Fail fast, naming the environment variable, when a needed setting is missing."""

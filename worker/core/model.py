@@ -125,10 +125,11 @@ class RunStatus(StrEnum):
     SWITCHING = "switching"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SKIPPED = "skipped"  # a newer version was accepted before this run started
 
     @property
     def final(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,40 @@ class RunRecord:
     connection: str | None = None
     target: str | None = None
     may_skip_switched: bool = True
+    newest_wins: bool = False  # event-driven runs never apply a version older than the newest
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NewestVersion:
+    version_id: str
+    created_at: float
+
+
+class IntakeState(Protocol):
+    """What the intake remembers per secret version (Redis in production)."""
+
+    def claim(self, secret_arn: str, version_id: str, run_id: str) -> tuple[str, bool]:
+        """Record that (secret, version) has a run. Returns (run id on record, enqueued yet)."""
+        ...
+
+    def mark_enqueued(self, secret_arn: str, version_id: str) -> None: ...
+
+    def newest(self, secret_arn: str) -> NewestVersion | None: ...
+
+    def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
+        """Keep the newest accepted version per secret (by creation date); never go back."""
+        ...
+
+
+class SecretLocks(Protocol):
+    """One run per secret at a time; locks expire so a dead worker cannot hold one forever."""
+
+    def acquire(self, secret_arn: str, owner: str) -> bool: ...
+
+    def renew(self, secret_arn: str, owner: str) -> bool: ...
+
+    def release(self, secret_arn: str, owner: str) -> None: ...

@@ -1,8 +1,9 @@
 """A rotation run for one (secret, version): prepare it, then finish it table by table.
 
-``prepare_rotation`` reads the version, creates the connection and writes the plan (every table
-pending) before any table is touched; ``finish_table`` records one table's outcome and closes the
-run when the last one is in. Both are safe to run twice.
+``prepare_rotation`` takes the secret's lock, reads the version, creates the connection and writes
+the plan (every table pending) before any table is touched; ``finish_table`` records one table's
+outcome and closes the run (releasing the lock) when the last one is in. Both are safe to run
+twice.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import time
 
 from worker.core.bindings import Binding, find_binding
 from worker.core.model import RunStatus, TableOutcome, TableStatus
-from worker.core.ports import DatabendAdmin, RunStore, SecretStore
+from worker.core.ports import DatabendAdmin, IntakeState, RunStore, SecretLocks, SecretStore
 from worker.core.rotation import connection_name_for, ensure_connection, plan_rotation
 from worker.core.secret_value import parse_secret_value
-from worker.errors import FatalError, SecretFormatError, UnknownSecretError
+from worker.errors import FatalError, LockBusy, SecretFormatError, UnknownSecretError
 from worker.sql import TableName
 
 _ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
@@ -27,21 +28,36 @@ def prepare_rotation(
     secrets: SecretStore,
     admin: DatabendAdmin,
     bindings: list[Binding],
+    locks: SecretLocks | None = None,
+    newest: IntakeState | None = None,
 ) -> list[TableName]:
-    """Plan the run and return the tables still to switch (empty when the run is over)."""
+    """Plan the run and return the tables still to switch (empty when the run is over).
+
+    Raises LockBusy (retryable) while another run holds the secret.
+    """
     run = runs.get(run_id)
     if RunStatus(run.status).final:
         return []
+    if locks is not None and not locks.acquire(run.secret, run_id):
+        raise LockBusy(f"another run is rotating secret {run.secret}")
     if run.status == RunStatus.SWITCHING:
         return runs.pending(run_id)  # redelivered after the plan was written: same tables again
     runs.update(run_id, status=RunStatus.PLANNING)
     try:
         info = secrets.describe(run.secret)
+        if run.version_id not in info.versions:
+            raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
+        if run.newest_wins and newest is not None:
+            latest = newest.newest(info.arn)
+            created = info.versions[run.version_id].created_at or 0.0
+            if latest and latest.version_id != run.version_id and latest.created_at > created:
+                runs.update(run_id, status=RunStatus.SKIPPED, updated_at=time.time(),
+                            error=f"version {latest.version_id} is newer")
+                _release(locks, run.secret, run_id)
+                return []
         binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
         if binding is None:
             raise UnknownSecretError(f"no binding covers secret {info.name}")
-        if run.version_id not in info.versions:
-            raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
         where = f"secret {info.name} version {run.version_id}"
         credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
         old = set()
@@ -55,13 +71,14 @@ def prepare_rotation(
                 continue  # an unreadable old version only narrows discovery
         connection = connection_name_for(binding, run.version_id)
         # write-ahead: the connection's name is on record before it exists
-        runs.update(run_id, binding=binding.name, secret=info.arn, connection=connection,
+        runs.update(run_id, binding=binding.name, connection=connection,
                     target=credentials.fingerprint)
         ensure_connection(admin, connection, credentials)
         plan = plan_rotation(binding, admin.list_external_tables(), connection=connection,
                              target=credentials.fingerprint, old_fingerprints=old)
     except FatalError as exc:
         runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
+        _release(locks, run.secret, run_id)
         raise
     outcomes = []
     for planned in plan.tables:
@@ -74,19 +91,20 @@ def prepare_rotation(
                 may_skip_switched=credentials.fingerprint not in old, updated_at=time.time())
     pending = runs.pending(run_id)
     if not pending:
-        close_run(run_id, runs)
+        close_run(run_id, runs, locks)
     return pending
 
 
-def finish_table(run_id: str, outcome: TableOutcome, *, runs: RunStore) -> bool:
+def finish_table(run_id: str, outcome: TableOutcome, *, runs: RunStore,
+                 locks: SecretLocks | None = None) -> bool:
     """Record a table's outcome; True when this closed the run."""
     remaining = runs.record_outcome(run_id, outcome)
     if remaining == 0:
-        return close_run(run_id, runs)
+        return close_run(run_id, runs, locks)
     return False
 
 
-def close_run(run_id: str, runs: RunStore) -> bool:
+def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> bool:
     run = runs.get(run_id)
     if RunStatus(run.status).final:
         return False
@@ -95,4 +113,10 @@ def close_run(run_id: str, runs: RunStore) -> bool:
     status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
     error = f"{len(failed)} of {len(outcomes)} tables failed" if failed else None
     runs.update(run_id, status=status, error=error, updated_at=time.time())
+    _release(locks, run.secret, run_id)
     return True
+
+
+def _release(locks: SecretLocks | None, secret: str, owner: str) -> None:
+    if locks is not None:
+        locks.release(secret, owner)

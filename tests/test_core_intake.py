@@ -1,0 +1,129 @@
+"""The intake's rules against in-memory fakes: exactly once, newest wins, crash between steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.event_samples import label_updated, service_event
+from tests.fakes import FakeAdmin, FakeSecrets, MemoryIntakeState, MemoryLocks, MemoryRuns
+from tests.test_core_rotation import NEW, OLD, binding, key_json
+from worker.core.events import parse_event
+from worker.core.intake import Verdict, handle_event
+from worker.core.model import RunStatus
+from worker.core.runs import prepare_rotation
+from worker.errors import LockBusy
+from worker.sql import TableName
+
+V1 = "11111111-aaaa-bbbb-cccc-000000000001"
+V2 = "22222222-aaaa-bbbb-cccc-000000000002"
+V3 = "33333333-aaaa-bbbb-cccc-000000000003"
+
+
+class World:
+    def __init__(self) -> None:
+        self.secrets = FakeSecrets(
+            values={V1: key_json(OLD), V2: key_json(NEW), V3: key_json("AKIATHIRDTHIRD03THR")},
+            stages={V1: ("AWSPREVIOUS",), V2: ("AWSCURRENT",)})
+        self.state = MemoryIntakeState()
+        self.runs = MemoryRuns()
+        self.enqueued: list[str] = []
+        self.bindings = [binding("sales.*")]
+
+    def handle(self, event: dict[str, object]):  # type: ignore[no-untyped-def]
+        return handle_event(parse_event(json.dumps(event)), secrets=self.secrets,
+                            bindings=self.bindings, state=self.state, runs=self.runs,
+                            enqueue=self.enqueued.append)
+
+
+def event_for(world: World, version: str) -> dict[str, object]:
+    return label_updated(world.secrets.arn, world.secrets.name, version)
+
+
+def test_the_same_version_three_times_makes_one_run() -> None:
+    world = World()
+    verdicts = [world.handle(event_for(world, V2)).verdict for _ in range(3)]
+    assert verdicts == [Verdict.ACCEPTED, Verdict.DUPLICATE, Verdict.DUPLICATE]
+    assert len(world.enqueued) == 1 and len(world.runs.runs) == 1
+
+
+def test_an_older_version_after_a_newer_one_is_stale() -> None:
+    world = World()
+    assert world.handle(event_for(world, V3)).verdict is Verdict.ACCEPTED
+    late = world.handle(event_for(world, V2))
+    assert late.verdict is Verdict.STALE and V3 in late.reason
+    assert len(world.enqueued) == 1
+
+
+def test_an_event_without_version_resolves_awscurrent() -> None:
+    world = World()
+    result = world.handle(service_event("RotationSucceeded", world.secrets.arn))
+    assert (result.verdict, result.version_id) == (Verdict.ACCEPTED, V2)
+
+
+@pytest.mark.parametrize(
+    ("event", "verdict"),
+    [
+        (label_updated("arn:aws:secretsmanager:us-east-1:123456789012:secret:other-XyZ", "other",
+                       V1), Verdict.IGNORED),
+        (service_event("RotationFailed", "databend/lake"), Verdict.ALERT),
+        (service_event("RotationStarted", "databend/lake"), Verdict.IGNORED),
+        ({"id": "x", "source": "aws.secretsmanager", "detail-type": "??", "detail": {}},
+         Verdict.REJECTED),
+    ],
+)
+def test_other_events_change_nothing(event: dict[str, object], verdict: Verdict) -> None:
+    world = World()
+    assert world.handle(event).verdict is verdict
+    assert world.enqueued == [] and world.runs.runs == {}
+
+
+def test_a_secret_no_binding_covers_is_ignored() -> None:
+    world = World()
+    world.bindings = [binding("x.y")]
+    world.bindings[0] = type(world.bindings[0])(name="n", secret="elsewhere",
+                                                connection_prefix="p")
+    assert world.handle(event_for(world, V2)).verdict is Verdict.IGNORED
+
+
+def test_a_crash_before_enqueue_is_recovered_by_the_redelivered_message() -> None:
+    world = World()
+
+    def crash(_run_id: str) -> None:
+        raise ConnectionError("killed between record and enqueue")
+
+    with pytest.raises(ConnectionError):
+        handle_event(parse_event(json.dumps(event_for(world, V2))), secrets=world.secrets,
+                     bindings=world.bindings, state=world.state, runs=world.runs, enqueue=crash)
+    first_run = next(iter(world.runs.runs))
+    again = world.handle(event_for(world, V2))
+    assert again.verdict is Verdict.ACCEPTED and world.enqueued == [first_run]
+    assert world.handle(event_for(world, V2)).verdict is Verdict.DUPLICATE
+
+
+def test_a_queued_run_for_an_older_version_is_skipped_when_a_newer_one_was_accepted() -> None:
+    world = World()
+    admin = FakeAdmin()
+    admin.add(TableName("sales", "t"), "OLD")
+    older = world.handle(event_for(world, V2)).run_id
+    world.handle(event_for(world, V3))
+    locks = MemoryLocks()
+    assert prepare_rotation(str(older), runs=world.runs, secrets=world.secrets, admin=admin,
+                            bindings=world.bindings, locks=locks, newest=world.state) == []
+    assert world.runs.get(str(older)).status == RunStatus.SKIPPED
+    assert admin.statements == [] and locks.owners == {}
+
+
+def test_a_second_run_waits_for_the_secrets_lock() -> None:
+    world = World()
+    admin = FakeAdmin()
+    admin.add(TableName("sales", "t"), "OLD")
+    locks = MemoryLocks()
+    first = str(world.handle(event_for(world, V2)).run_id)
+    prepare_rotation(first, runs=world.runs, secrets=world.secrets, admin=admin,
+                     bindings=world.bindings, locks=locks, newest=world.state)
+    second = str(world.handle(event_for(world, V3)).run_id)
+    with pytest.raises(LockBusy):
+        prepare_rotation(second, runs=world.runs, secrets=world.secrets, admin=admin,
+                         bindings=world.bindings, locks=locks, newest=world.state)

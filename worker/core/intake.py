@@ -1,0 +1,94 @@
+"""Turn a parsed event into at most one rotation run per (secret ARN, version id).
+
+Order of writes, so that a crash anywhere loses nothing and duplicates nothing: claim the
+(secret, version) with a run id -> create the run record -> advance the secret's newest version
+-> enqueue -> mark enqueued. A redelivered message finds the claim; if it was never marked
+enqueued it enqueues the same run again (starting a run twice is harmless).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.core.bindings import Binding, find_binding
+from worker.core.events import Action, EventDecision
+from worker.core.ports import IntakeState, NewestVersion, RunRecord, RunStore, SecretStore
+from worker.errors import RunNotFound, UnknownSecretError
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"  # a run was recorded and enqueued
+    DUPLICATE = "duplicate"  # that version already has a run
+    STALE = "stale"  # older than the newest version already accepted for the secret
+    IGNORED = "ignored"  # nothing to do (no binding, unknown secret, a label we don't act on)
+    ALERT = "alert"  # Secrets Manager reported a failed rotation
+    REJECTED = "rejected"  # malformed or hostile: left to the queue's redrive policy
+
+    @property
+    def acknowledge(self) -> bool:
+        """Delete the SQS message? Everything but rejected events."""
+        return self is not Verdict.REJECTED
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    verdict: Verdict
+    reason: str
+    event_id: str | None = None
+    secret: str | None = None
+    version_id: str | None = None
+    run_id: str | None = None
+
+
+def handle_event(
+    decision: EventDecision,
+    *,
+    secrets: SecretStore,
+    bindings: list[Binding],
+    state: IntakeState,
+    runs: RunStore,
+    enqueue: Callable[[str], None],
+) -> IntakeResult:
+    """Act on one parsed event. Retryable errors propagate: the message stays in the queue."""
+    base = {"event_id": decision.event_id, "secret": decision.secret}
+    if decision.action is Action.REJECT:
+        return IntakeResult(Verdict.REJECTED, decision.reason, **base)
+    if decision.action is Action.ALERT:
+        return IntakeResult(Verdict.ALERT, decision.reason, **base)
+    if decision.action is Action.LOG:
+        return IntakeResult(Verdict.IGNORED, decision.reason, **base)
+    assert decision.secret is not None
+    try:
+        info = secrets.describe(decision.secret)
+    except UnknownSecretError:
+        return IntakeResult(Verdict.IGNORED, "unknown secret", **base)
+    base["secret"] = info.arn
+    binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
+    if binding is None:
+        return IntakeResult(Verdict.IGNORED, f"no binding covers secret {info.name}", **base)
+    version_id = decision.version_id or info.version_with_stage("AWSCURRENT")
+    if version_id is None or version_id not in info.versions:
+        return IntakeResult(Verdict.IGNORED, "the version no longer exists", **base,
+                            version_id=version_id)
+    created = info.versions[version_id].created_at or 0.0
+    newest = state.newest(info.arn)
+    if newest is not None and newest.version_id != version_id and newest.created_at > created:
+        return IntakeResult(Verdict.STALE, f"older than version {newest.version_id}", **base,
+                            version_id=version_id)
+    run_id, enqueued = state.claim(info.arn, version_id, uuid.uuid4().hex)
+    if enqueued:
+        return IntakeResult(Verdict.DUPLICATE, "this version already has a run", **base,
+                            version_id=version_id, run_id=run_id)
+    try:
+        runs.get(run_id)
+    except RunNotFound:
+        runs.create(RunRecord(run_id=run_id, kind="rotation", secret=info.arn,
+                              version_id=version_id, binding=binding.name, newest_wins=True))
+    state.advance_newest(info.arn, NewestVersion(version_id, created))
+    enqueue(run_id)
+    state.mark_enqueued(info.arn, version_id)
+    return IntakeResult(Verdict.ACCEPTED, decision.reason, **base, version_id=version_id,
+                        run_id=run_id)

@@ -1,0 +1,110 @@
+"""Intake state and per-secret locks on Redis.
+
+- ``rotator:claim:{arn}:{version}`` hash {run_id, enqueued}: one run per secret version;
+- ``rotator:newest:{arn}`` hash {version_id, created_at}: the newest version accepted, only ever
+  moved forward (a Lua compare-and-set);
+- ``rotator:lock:{arn}`` string = owning run id, with an expiry the owner renews.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from worker.core.ports import NewestVersion
+from worker.errors import StateStoreUnavailable
+
+PREFIX = "rotator:"
+CLAIM_TTL_SECONDS = 30 * 24 * 3600
+
+_ADVANCE_NEWEST = """
+local created = redis.call('HGET', KEYS[1], 'created_at')
+if (not created) or tonumber(created) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'version_id', ARGV[1], 'created_at', ARGV[2])
+  return 1
+end
+return 0
+"""
+_ACQUIRE = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateStoreUnavailable(f"redis unavailable: {exc}") from None
+
+
+class RedisIntakeState:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._advance = client.register_script(_ADVANCE_NEWEST)
+
+    def claim(self, secret_arn: str, version_id: str, run_id: str) -> tuple[str, bool]:
+        key = f"{PREFIX}claim:{secret_arn}:{version_id}"
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "run_id", run_id)
+            pipe.expire(key, CLAIM_TTL_SECONDS)
+            pipe.hmget(key, "run_id", "enqueued")
+            results = _guard(pipe.execute)
+        owner, enqueued = results[-1]
+        return owner.decode(), enqueued == b"1"
+
+    def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
+        _guard(self.redis.hset, f"{PREFIX}claim:{secret_arn}:{version_id}", "enqueued", "1")
+
+    def newest(self, secret_arn: str) -> NewestVersion | None:
+        version, created = _guard(self.redis.hmget, f"{PREFIX}newest:{secret_arn}",
+                                  "version_id", "created_at")
+        if version is None or created is None:
+            return None
+        return NewestVersion(version.decode(), float(created))
+
+    def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
+        _guard(self._advance, keys=[f"{PREFIX}newest:{secret_arn}"],
+               args=[version.version_id, repr(version.created_at)])
+
+
+class RedisSecretLocks:
+    def __init__(self, client: redis.Redis, ttl_seconds: float = 600) -> None:
+        self.redis = client
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def _key(self, secret_arn: str) -> str:
+        return f"{PREFIX}lock:{secret_arn}"
+
+    def acquire(self, secret_arn: str, owner: str) -> bool:
+        return bool(_guard(self._acquire, keys=[self._key(secret_arn)], args=[owner, self.ttl_ms]))
+
+    def renew(self, secret_arn: str, owner: str) -> bool:
+        return bool(_guard(self._renew, keys=[self._key(secret_arn)], args=[owner, self.ttl_ms]))
+
+    def release(self, secret_arn: str, owner: str) -> None:
+        _guard(self._release, keys=[self._key(secret_arn)], args=[owner])
