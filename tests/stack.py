@@ -26,10 +26,15 @@ def s3_policy(*buckets: str) -> str:
 
 
 def make_user(aws: LocalAws, name: str, *buckets: str) -> dict[str, str]:
+    """An IAM user allowed on S3 (optionally only on ``buckets``) and its first access key."""
+    add_user(aws, name, *buckets)
+    return new_key(aws, name)
+
+
+def add_user(aws: LocalAws, name: str, *buckets: str) -> None:
     iam = aws.client("iam")
     iam.create_user(UserName=name)
     iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=s3_policy(*buckets))
-    return new_key(aws, name)
 
 
 def new_key(aws: LocalAws, user: str, avoid_suffixes: set[str] | None = None) -> dict[str, str]:

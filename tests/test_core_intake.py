@@ -50,10 +50,28 @@ def test_the_same_version_three_times_makes_one_run() -> None:
 
 def test_an_older_version_after_a_newer_one_is_stale() -> None:
     world = World()
+    world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
     assert world.handle(event_for(world, V3)).verdict is Verdict.ACCEPTED
     late = world.handle(event_for(world, V2))
     assert late.verdict is Verdict.STALE and V3 in late.reason
     assert len(world.enqueued) == 1
+
+
+def test_a_superseded_version_is_redirected_to_awscurrent_even_when_dates_tie() -> None:
+    world = World()
+    world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
+    first = world.handle(event_for(world, V2))  # V3's own event was lost or is late
+    assert (first.verdict, first.version_id) == (Verdict.ACCEPTED, V3)
+    assert world.handle(event_for(world, V3)).verdict is Verdict.DUPLICATE
+
+
+def test_the_newest_record_refuses_an_older_current_version() -> None:
+    from worker.core.ports import NewestVersion
+
+    world = World()
+    world.state.advance_newest(world.secrets.arn, NewestVersion(V3, 99.0))
+    late = world.handle(event_for(world, V2))  # V2 is AWSCURRENT but older than V3's record
+    assert late.verdict is Verdict.STALE and world.enqueued == []
 
 
 def test_an_event_without_version_resolves_awscurrent() -> None:
@@ -107,6 +125,7 @@ def test_a_queued_run_for_an_older_version_is_skipped_when_a_newer_one_was_accep
     admin = FakeAdmin()
     admin.add(TableName("sales", "t"), "OLD")
     older = world.handle(event_for(world, V2)).run_id
+    world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
     world.handle(event_for(world, V3))
     locks = MemoryLocks()
     assert prepare_rotation(str(older), runs=world.runs, secrets=world.secrets, admin=admin,
@@ -123,6 +142,7 @@ def test_a_second_run_waits_for_the_secrets_lock() -> None:
     first = str(world.handle(event_for(world, V2)).run_id)
     prepare_rotation(first, runs=world.runs, secrets=world.secrets, admin=admin,
                      bindings=world.bindings, locks=locks, newest=world.state)
+    world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
     second = str(world.handle(event_for(world, V3)).run_id)
     with pytest.raises(LockBusy):
         prepare_rotation(second, runs=world.runs, secrets=world.secrets, admin=admin,

@@ -69,7 +69,13 @@ def handle_event(
     binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
     if binding is None:
         return IntakeResult(Verdict.IGNORED, f"no binding covers secret {info.name}", **base)
-    version_id = decision.version_id or info.version_with_stage("AWSCURRENT")
+    current = info.version_with_stage("AWSCURRENT")
+    version_id = decision.version_id or current
+    redirected = False
+    if version_id is not None and current is not None and version_id != current:
+        # The event's version is no longer AWSCURRENT: something newer took its place (creation
+        # dates alone cannot tell: they tie within a second). Apply what is current instead.
+        version_id, redirected = current, True
     if version_id is None or version_id not in info.versions:
         return IntakeResult(Verdict.IGNORED, "the version no longer exists", **base,
                             version_id=version_id)
@@ -80,6 +86,9 @@ def handle_event(
                             version_id=version_id)
     run_id, enqueued = state.claim(info.arn, version_id, uuid.uuid4().hex)
     if enqueued:
+        if redirected:
+            return IntakeResult(Verdict.STALE, f"superseded by AWSCURRENT {version_id}, which "
+                                "already has a run", **base, version_id=version_id, run_id=run_id)
         return IntakeResult(Verdict.DUPLICATE, "this version already has a run", **base,
                             version_id=version_id, run_id=run_id)
     try:
@@ -90,5 +99,5 @@ def handle_event(
     state.advance_newest(info.arn, NewestVersion(version_id, created))
     enqueue(run_id)
     state.mark_enqueued(info.arn, version_id)
-    return IntakeResult(Verdict.ACCEPTED, decision.reason, **base, version_id=version_id,
-                        run_id=run_id)
+    reason = f"{decision.reason}; superseded, applying AWSCURRENT" if redirected else decision.reason
+    return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)

@@ -23,10 +23,11 @@ class SecretInfo:
     versions: dict[str, VersionInfo] = field(default_factory=dict)
 
     def version_with_stage(self, stage: str) -> str | None:
-        for version in self.versions.values():
-            if stage in version.stages:
-                return version.version_id
-        return None
+        """The version carrying ``stage``; should two ever carry it, the newest one."""
+        carriers = [v for v in self.versions.values() if stage in v.stages]
+        if not carriers:
+            return None
+        return max(carriers, key=lambda v: v.created_at or 0.0).version_id
 
 
 class SecretStore(Protocol):
@@ -103,6 +104,7 @@ class RunRecord:
     newest_wins: bool = False  # event-driven runs never apply a version older than the newest
     error: str | None = None
     created_at: float = 0.0
+    started_at: float = 0.0
     updated_at: float = 0.0
     notes: list[str] = field(default_factory=list)
 

@@ -42,15 +42,15 @@ def prepare_rotation(
         raise LockBusy(f"another run is rotating secret {run.secret}")
     if run.status == RunStatus.SWITCHING:
         return runs.pending(run_id)  # redelivered after the plan was written: same tables again
-    runs.update(run_id, status=RunStatus.PLANNING)
+    runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
     try:
         info = secrets.describe(run.secret)
         if run.version_id not in info.versions:
             raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
         if run.newest_wins and newest is not None:
+            # the intake only ever moves "newest" forward; any other version is outdated
             latest = newest.newest(info.arn)
-            created = info.versions[run.version_id].created_at or 0.0
-            if latest and latest.version_id != run.version_id and latest.created_at > created:
+            if latest and latest.version_id != run.version_id:
                 runs.update(run_id, status=RunStatus.SKIPPED, updated_at=time.time(),
                             error=f"version {latest.version_id} is newer")
                 _release(locks, run.secret, run_id)
