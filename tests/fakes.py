@@ -39,8 +39,10 @@ class FakeAdmin:
         self.statements.append(f"CREATE CONNECTION {name}")
         self.connections.setdefault(name, credentials)
 
-    def list_external_tables(self) -> list[ExternalTable]:
-        return [ExternalTable(n, p) for n, p in self.tables.items() if p.kind]
+    def list_external_tables(self, databases: frozenset[str] | None = None
+                             ) -> list[ExternalTable]:
+        return [ExternalTable(n, p) for n, p in self.tables.items()
+                if p.kind and (databases is None or n.database in databases)]
 
     def describe_table(self, table: TableName) -> ExternalTable | None:
         p = self.tables.get(table)

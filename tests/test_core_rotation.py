@@ -258,3 +258,9 @@ def test_a_redelivered_prepare_returns_the_same_pending_tables() -> None:
     again = prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin,
                              bindings=[binding("sales.*")])
     assert again == first and len(admin.statements) == statements
+
+
+def test_narrow_bindings_scan_only_their_databases() -> None:
+    assert binding("sales.*", "ops.t", discover=False).databases_to_scan() == {"sales", "ops"}
+    assert binding("sales.*", discover=True).databases_to_scan() is None
+    assert binding("sal*.t", discover=False).databases_to_scan() is None

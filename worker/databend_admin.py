@@ -67,9 +67,16 @@ class DriverDatabendAdmin:
                 message = message.replace(secret, "******")
             raise DatabendQueryError(exc.code, message) from None
 
-    def list_external_tables(self) -> list[ExternalTable]:
+    def list_external_tables(self, databases: frozenset[str] | None = None
+                             ) -> list[ExternalTable]:
+        where = "is_external"
+        if databases is not None:
+            if not databases:
+                return []
+            listed = ", ".join(quote_string(d) for d in sorted(databases))
+            where += f" AND database IN ({listed})"
         rows = self.client.query(
-            "SELECT database, name, storage_param FROM system.tables WHERE is_external"
+            f"SELECT database, name, storage_param FROM system.tables WHERE {where}"
         )
         tables = []
         for database, name, param in rows:

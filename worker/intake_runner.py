@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -64,6 +65,9 @@ class SqsIntake:
         self.handle = handle
         self.wait_seconds = wait_seconds
         self.batch_size = batch_size
+        # the messages of one batch are decided concurrently: each waits mostly on AWS and Redis,
+        # and the claim in Redis keeps concurrent duplicates apart
+        self._pool = ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="intake")
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; the batch in hand is always finished first."""
@@ -83,16 +87,35 @@ class SqsIntake:
             threading.Event().wait(1.0)
             return []
         messages = response.get("Messages", [])
-        if messages:
-            fault_point("intake-after-receive")
-        results = []
-        for message in messages:
-            structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(message_id=message.get("MessageId"))
-            result = self._handle_one(message)
-            if result is not None:
-                results.append(result)
-        return results
+        if not messages:
+            return []
+        fault_point("intake-after-receive")
+        decided = list(self._pool.map(self._decide, messages))
+        self._settle([(m, r) for m, r in zip(messages, decided, strict=True) if r is not None])
+        return [r for r in decided if r is not None]
+
+    def _decide(self, message: dict[str, Any]) -> IntakeResult | None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(message_id=message.get("MessageId"))
+        return self._handle_one(message)
+
+    def _settle(self, decided: list[tuple[dict[str, Any], IntakeResult]]) -> None:
+        """Delete what was decided; release rejected messages at once toward the DLQ."""
+        done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, (m, r) in enumerate(decided) if r.verdict.acknowledge]
+        try:
+            if done:
+                response = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
+                for failed in response.get("Failed", []):
+                    log.warning("could not delete a message; it will come back as a duplicate",
+                                code=failed.get("Code"))
+            for message, result in decided:
+                if not result.verdict.acknowledge:
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=0)
+        except Exception as exc:  # the messages come back and are found to be duplicates
+            log.warning("could not settle messages", error=f"{type(exc).__name__}: {exc}")
 
     def _handle_one(self, message: dict[str, Any]) -> IntakeResult | None:
         try:
@@ -106,14 +129,4 @@ class SqsIntake:
             log.error("event left in the queue after an unexpected error",
                       error=f"{type(exc).__name__}: {exc}")
             return None
-        try:
-            if result.verdict.acknowledge:
-                self.sqs.delete_message(QueueUrl=self.queue_url,
-                                        ReceiptHandle=message["ReceiptHandle"])
-            else:
-                self.sqs.change_message_visibility(QueueUrl=self.queue_url,
-                                                   ReceiptHandle=message["ReceiptHandle"],
-                                                   VisibilityTimeout=0)
-        except Exception as exc:  # the message comes back and is found to be a duplicate
-            log.warning("could not settle the message", error=f"{type(exc).__name__}: {exc}")
         return result

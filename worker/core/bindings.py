@@ -76,6 +76,12 @@ class Binding:
     buckets: tuple[str, ...] = ()
     iam_user: str | None = None
 
+    def databases_to_scan(self) -> frozenset[str] | None:
+        """Databases whose tables this binding can affect; None when that may be any of them."""
+        if self.discover or any(s.database_is_glob for s in self.selectors):
+            return None
+        return frozenset(s.database for s in self.selectors)
+
     def covers_secret(self, arn: str, name: str) -> bool:
         return self.secret in (arn, name)
 

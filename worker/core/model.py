@@ -117,6 +117,7 @@ class TableOutcome:
     reason: str | None = None
     rows_read: int | None = None
     previous: str | None = None  # fingerprint before the switch
+    switched_at: float | None = None  # wall-clock time the ALTER returned
 
 
 class RunStatus(StrEnum):

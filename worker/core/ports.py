@@ -49,7 +49,10 @@ class DatabendAdmin(Protocol):
         """CREATE CONNECTION IF NOT EXISTS."""
         ...
 
-    def list_external_tables(self) -> list[ExternalTable]: ...
+    def list_external_tables(self, databases: frozenset[str] | None = None
+                             ) -> list[ExternalTable]:
+        """External tables, of the given databases only when ``databases`` is not None."""
+        ...
 
     def describe_table(self, table: TableName) -> ExternalTable | None:
         """None when the table does not exist; storage.kind is '' for a non-external table."""

@@ -6,6 +6,7 @@ Each step checks before acting and may run twice: the second run changes nothing
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +147,7 @@ def rotate_table(
     target: str,
     may_skip_switched: bool = True,
     retry: RetryPolicy | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> TableOutcome:
     """Switch one table to ``connection`` and read it back. Never raises a FatalError: a
     permanent failure becomes a FAILED outcome with Databend's message. A RetryableError that
@@ -164,6 +166,7 @@ def rotate_table(
         else:
             retry.call(lambda: admin.switch_table(table, connection))
             outcome.status = TableStatus.SWITCHED
+            outcome.switched_at = clock()
         try:
             outcome.rows_read = retry.call(lambda: admin.read_back(table))
         except FatalError as exc:

@@ -74,7 +74,8 @@ def prepare_rotation(
         runs.update(run_id, binding=binding.name, connection=connection,
                     target=credentials.fingerprint)
         ensure_connection(admin, connection, credentials)
-        plan = plan_rotation(binding, admin.list_external_tables(), connection=connection,
+        tables = admin.list_external_tables(binding.databases_to_scan())
+        plan = plan_rotation(binding, tables, connection=connection,
                              target=credentials.fingerprint, old_fingerprints=old)
     except FatalError as exc:
         runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
