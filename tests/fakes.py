@@ -131,9 +131,12 @@ class MemoryIntakeState:
     claims: dict[tuple[str, str], list[object]] = field(default_factory=dict)
     newest_: dict[str, object] = field(default_factory=dict)
 
-    def claim(self, secret_arn: str, version_id: str, run_id: str) -> tuple[str, bool]:
+    def claim(self, secret_arn: str, version_id: str, run_id: str):  # type: ignore[no-untyped-def]
+        from worker.core.ports import Claim
+
         entry = self.claims.setdefault((secret_arn, version_id), [run_id, False])
-        return str(entry[0]), bool(entry[1])
+        # in one process nothing is in flight elsewhere: an unenqueued claim is a crashed one
+        return Claim(run_id=str(entry[0]), enqueued=bool(entry[1]), mine=not entry[1])
 
     def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
         self.claims[(secret_arn, version_id)][1] = True

@@ -6,7 +6,8 @@
     │   ├── StorageUnavailable      the object store answered 5xx / throttled / timed out
     │   ├── AwsTransientError       throttling, 5xx, connection errors from AWS APIs
     │   ├── StateStoreUnavailable   Redis/Valkey cannot be reached
-    │   └── LockBusy                another run holds the secret's lock
+    │   ├── LockBusy                another run holds the secret's lock
+    │   └── ClaimInFlight           another intake is recording the same secret version
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
         ├── SecretFormatError       secret JSON missing/invalid fields (never carries the value)
@@ -57,6 +58,10 @@ class StateStoreUnavailable(RetryableError):
 
 
 class LockBusy(RetryableError):
+    pass
+
+
+class ClaimInFlight(RetryableError):
     pass
 
 

@@ -8,16 +8,33 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 
-from worker.core.ports import NewestVersion
+from worker.core.ports import Claim, NewestVersion
 from worker.errors import StateStoreUnavailable
 
 PREFIX = "rotator:"
 CLAIM_TTL_SECONDS = 30 * 24 * 3600
 
+_CLAIM = """
+local run_id = redis.call('HGET', KEYS[1], 'run_id')
+if not run_id then
+  redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'lease_until', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {ARGV[1], 0, 1}
+end
+if redis.call('HGET', KEYS[1], 'enqueued') == '1' then
+  return {run_id, 1, 0}
+end
+if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+  return {run_id, 0, 1}
+end
+return {run_id, 0, 0}
+"""
 _ADVANCE_NEWEST = """
 local created = redis.call('HGET', KEYS[1], 'created_at')
 if (not created) or tonumber(created) <= tonumber(ARGV[2]) then
@@ -60,19 +77,19 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 class RedisIntakeState:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, lease_seconds: float = 30) -> None:
         self.redis = client
+        self.lease_seconds = lease_seconds
         self._advance = client.register_script(_ADVANCE_NEWEST)
+        self._claim = client.register_script(_CLAIM)
 
-    def claim(self, secret_arn: str, version_id: str, run_id: str) -> tuple[str, bool]:
-        key = f"{PREFIX}claim:{secret_arn}:{version_id}"
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "run_id", run_id)
-            pipe.expire(key, CLAIM_TTL_SECONDS)
-            pipe.hmget(key, "run_id", "enqueued")
-            results = _guard(pipe.execute)
-        owner, enqueued = results[-1]
-        return owner.decode(), enqueued == b"1"
+    def claim(self, secret_arn: str, version_id: str, run_id: str) -> Claim:
+        now = time.time()
+        run, enqueued, mine = _guard(
+            self._claim, keys=[f"{PREFIX}claim:{secret_arn}:{version_id}"],
+            args=[run_id, repr(now + self.lease_seconds), repr(now), CLAIM_TTL_SECONDS])
+        return Claim(run_id=run.decode() if isinstance(run, bytes) else str(run),
+                     enqueued=bool(enqueued), mine=bool(mine))
 
     def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
         _guard(self.redis.hset, f"{PREFIX}claim:{secret_arn}:{version_id}", "enqueued", "1")

@@ -16,7 +16,7 @@ from enum import StrEnum
 from worker.core.bindings import Binding, find_binding
 from worker.core.events import Action, EventDecision
 from worker.core.ports import IntakeState, NewestVersion, RunRecord, RunStore, SecretStore
-from worker.errors import RunNotFound, UnknownSecretError
+from worker.errors import ClaimInFlight, RunNotFound, UnknownSecretError
 
 
 class Verdict(StrEnum):
@@ -84,13 +84,18 @@ def handle_event(
     if newest is not None and newest.version_id != version_id and newest.created_at > created:
         return IntakeResult(Verdict.STALE, f"older than version {newest.version_id}", **base,
                             version_id=version_id)
-    run_id, enqueued = state.claim(info.arn, version_id, uuid.uuid4().hex)
-    if enqueued:
+    claim = state.claim(info.arn, version_id, uuid.uuid4().hex)
+    run_id = claim.run_id
+    if claim.enqueued:
         if redirected:
             return IntakeResult(Verdict.STALE, f"superseded by AWSCURRENT {version_id}, which "
                                 "already has a run", **base, version_id=version_id, run_id=run_id)
         return IntakeResult(Verdict.DUPLICATE, "this version already has a run", **base,
                             version_id=version_id, run_id=run_id)
+    if not claim.mine:
+        # another handler is recording this version right now; if it dies, its lease runs out
+        # and this message, back from the queue, takes over
+        raise ClaimInFlight(f"secret version {version_id} is being recorded by another handler")
     try:
         runs.get(run_id)
     except RunNotFound:

@@ -113,6 +113,13 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class Claim:
+    run_id: str
+    enqueued: bool  # the run was enqueued: nothing left to do
+    mine: bool  # this handler holds the claim and must finish recording and enqueueing
+
+
+@dataclass(frozen=True)
 class NewestVersion:
     version_id: str
     created_at: float
@@ -121,8 +128,12 @@ class NewestVersion:
 class IntakeState(Protocol):
     """What the intake remembers per secret version (Redis in production)."""
 
-    def claim(self, secret_arn: str, version_id: str, run_id: str) -> tuple[str, bool]:
-        """Record that (secret, version) has a run. Returns (run id on record, enqueued yet)."""
+    def claim(self, secret_arn: str, version_id: str, run_id: str) -> Claim:
+        """Record that (secret, version) has a run, or find the claim already made.
+
+        A claim not yet marked enqueued is leased to the handler that made it; once the lease
+        runs out (that handler died) the next handler takes it over, keeping its run id.
+        """
         ...
 
     def mark_enqueued(self, secret_arn: str, version_id: str) -> None: ...

@@ -30,6 +30,7 @@ log = logging.getLogger("rotator.databend_local")
 
 _PAGE_PATH = re.compile(r"/v1/query/(?P<id>[0-9A-Za-z_-]{1,64})/page/(?P<page>\d{1,9})\Z")
 _END_PATH = re.compile(r"/v1/query/(?P<id>[0-9A-Za-z_-]{1,64})/(?P<verb>final|kill)\Z")
+_DRAIN_LIMIT_BYTES = 64 << 20  # oversized bodies up to this size are read and dropped
 _DML_COLUMNS = ("number of rows inserted", "number of rows deleted", "number of rows updated")
 
 
@@ -230,7 +231,9 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ProtocolError(HTTPStatus.BAD_REQUEST, 400, "bad Content-Length")
         if length > self.server.config.max_body_bytes:
-            self.close_connection = True  # the unread body makes the connection unusable
+            self.close_connection = True
+            if length <= _DRAIN_LIMIT_BYTES:
+                self._discard(length)  # so the client reads our answer instead of a broken pipe
             raise ProtocolError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 400,
@@ -238,6 +241,13 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
                 f"{self.server.config.max_body_bytes} bytes",
             )
         return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                return
+            length -= len(chunk)
 
     def _read_json_body(self, *, allow_empty: bool = False) -> dict[str, Any]:
         body = self._read_body()
