@@ -29,6 +29,7 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
                                   bindings=s.bindings, locks=s.locks, newest=s.intake_state)
     except FatalError as exc:
         log.error("rotation failed before switching any table", error=str(exc))
+        _wake_parent(run_id)
         return
     except LockBusy as exc:
         raise self.retry(exc=exc, countdown=LOCK_WAIT_SECONDS,
@@ -40,6 +41,8 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
     log.info("rotation planned", status=run.status, connection=run.connection, tables=len(tables))
     for table in tables:
         switch_table.delay(run_id, table.database, table.table)
+    if not tables:
+        _wake_parent(run_id)
 
 
 @app.task(base=RotatorTask, bind=True, name="rotator.rotation.switch_table")
@@ -67,9 +70,20 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     outcome.rule = planned.rule
     outcome.previous = outcome.previous or planned.previous
     closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
+    if closed:
+        _wake_parent(run_id)
     log.info("table done", status=str(outcome.status), reason=outcome.reason,
              rows_read=outcome.rows_read, ms=round((time.perf_counter() - started) * 1000, 1),
              run_closed=closed)
+
+
+def _wake_parent(run_id: str) -> None:
+    """A key rotation waits for its table run: tell it the table run has ended."""
+    from tasks.key_rotation import advance_key_rotation
+
+    run = services().runs.get(run_id)
+    if run.parent:
+        advance_key_rotation.delay(run.parent)
 
 
 def _backoff(retries: int) -> float:

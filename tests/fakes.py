@@ -125,6 +125,10 @@ class MemoryRuns:
     def pending(self, run_id: str) -> list[TableName]:
         return sorted(self.pending_.get(run_id, set()))
 
+    def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
+        self.tables[run_id][outcome.table] = outcome
+        self.pending_[run_id].add(outcome.table)
+
 
 @dataclass
 class MemoryIntakeState:

@@ -63,6 +63,42 @@ class SecretsManagerStore:
         return value if isinstance(value, str) else None
 
 
+    # --- SecretWriter ---------------------------------------------------------------------------
+
+    def put_pending(self, arn: str, version_id: str, value: str) -> None:
+        register_secret_value(value)
+        try:
+            self.client.put_secret_value(SecretId=arn, ClientRequestToken=version_id,
+                                         SecretString=value, VersionStages=["AWSPENDING"])
+        except Exception as exc:
+            if "ResourceExists" in type(exc).__name__ or "already exists" in str(exc):
+                return  # the same version was stored before
+            raise _classified(exc, f"version {version_id}") from None
+
+    def make_current(self, arn: str, version_id: str) -> None:
+        info = self.describe(arn)
+        current = info.version_with_stage("AWSCURRENT")
+        try:
+            if current != version_id:
+                self.client.update_secret_version_stage(
+                    SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=version_id,
+                    RemoveFromVersionId=current)
+        except Exception as exc:
+            raise _classified(exc, f"version {version_id}") from None
+        self.drop_pending(arn, version_id)
+
+    def drop_pending(self, arn: str, version_id: str) -> None:
+        info = self.describe(arn)
+        version = info.versions.get(version_id)
+        if version is None or "AWSPENDING" not in version.stages:
+            return
+        try:
+            self.client.update_secret_version_stage(SecretId=arn, VersionStage="AWSPENDING",
+                                                    RemoveFromVersionId=version_id)
+        except Exception as exc:
+            raise _classified(exc, f"version {version_id}") from None
+
+
 def _classified(exc: Exception, what: str) -> RotatorError:
     error = classify_aws_error(exc)
     if isinstance(error, UnknownSecretError):

@@ -13,7 +13,7 @@ from celery import Celery, Task, signals
 
 from worker.settings import Settings
 
-app = Celery("rotator", include=["tasks.rotation"])
+app = Celery("rotator", include=["tasks.rotation", "tasks.key_rotation"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -35,6 +35,8 @@ def configure_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_time_limit=settings.table_time_limit + 60,
         task_soft_time_limit=settings.table_time_limit,
+        beat_schedule={"retire-due-keys": {"task": "rotator.keys.retire_due",
+                                           "schedule": settings.retire_interval}},
     )
     return app
 

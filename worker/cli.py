@@ -52,11 +52,13 @@ def main() -> None:
 @main.command()
 @click.option("--concurrency", "-c", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Tasks that run at once (threads).")
+@click.option("--beat/--no-beat", default=False, show_default=True,
+              help="Also run the schedule that retires old keys when due (one worker only).")
 @click.option("--pool", default="threads", show_default=True,
               type=click.Choice(["threads", "prefork", "solo"]))
 @click.option("--loglevel", default=None, help="Celery's log level (default: ROTATOR_LOG_LEVEL).")
 @reports_errors
-def worker(concurrency: int, pool: str, loglevel: str | None) -> None:
+def worker(concurrency: int, pool: str, loglevel: str | None, beat: bool) -> None:
     """Start a Celery worker with the configuration from the environment."""
     from worker.celery_app import configure_app
     from worker.settings import settings
@@ -66,9 +68,15 @@ def worker(concurrency: int, pool: str, loglevel: str | None) -> None:
 
     load_bindings(current.bindings_path or "")  # a bad bindings file fails here, at start
     app = configure_app(current)
-    app.worker_main(["worker", f"--pool={pool}", f"--concurrency={concurrency}",
-                     f"--loglevel={loglevel or current.log_level}", "--without-gossip",
-                     "--without-mingle", "-Q", "rotator"])
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}",
+            f"--loglevel={loglevel or current.log_level}", "--without-gossip",
+            "--without-mingle", "-Q", "rotator"]
+    if beat:
+        import tempfile
+
+        schedule = f"{tempfile.gettempdir()}/rotator-beat-schedule"
+        argv += ["--beat", f"--schedule={schedule}"]
+    app.worker_main(argv)
 
 
 @main.command("rotate-version")
@@ -105,7 +113,7 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
 
     from worker.launch import wait_for_run
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -113,7 +121,8 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
 
         def update(p: Any) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items()))
-            bar.update(task, description=p.run.status, total=len(p.outcomes) or None,
+            label = f"{p.run.status} ({p.run.phase})" if p.run.phase else p.run.status
+            bar.update(task, description=label, total=len(p.outcomes) or None,
                        completed=p.done, counts=counts)
 
         final = wait_for_run(runs, run_id, timeout=timeout, on_update=update)
@@ -129,7 +138,11 @@ def print_outcomes(p: Any, console: Any) -> None:
 
     from worker.launch import failed_outcomes
 
+    from worker.core.rotation import STRANDED_RUNBOOK
+
     failed = failed_outcomes(p)
+    if any(o.status == "stranded" for o in failed):
+        console.print(STRANDED_RUNBOOK)
     if p.run.error:
         console.print(f"[red]run {p.run.run_id} {p.run.status}: {p.run.error}")
     if failed:
@@ -160,11 +173,14 @@ def status(run_id: str, as_json: bool) -> None:
             "run_id": p.run.run_id, "kind": p.run.kind, "status": p.run.status,
             "secret": p.run.secret, "version_id": p.run.version_id, "binding": p.run.binding,
             "connection": p.run.connection, "error": p.run.error, "notes": p.run.notes,
+            "phase": p.run.phase or None, "parent": p.run.parent,
+            "data": {k: (f"******{str(v)[-3:]}" if k.endswith("key_id") else v)
+                     for k, v in p.run.data.items() if k != "keys_before"},
             "counts": dict(p.counts), "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     table = Table("table", "status", "rule", "rows read", "reason")
     for o in p.outcomes:
         table.add_row(str(o.table), str(o.status), o.rule, "" if o.rows_read is None
@@ -209,6 +225,147 @@ def databend_local(host: str, port: int, data_dir: str, user: str | None,
         sys.stdout.flush()
 
     serve(config, on_ready=announce)
+
+
+def _duration(_ctx: Any, _param: Any, value: str) -> float:
+    from worker.core.key_rotation import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.argument("secret")
+@click.option("--commit", is_flag=True, help="Do it (default: print the plan and change nothing).")
+@click.option("--deactivate-after", default="0", callback=_duration, show_default=True,
+              help="Grace before the old key is deactivated (0, 90s, 15m, 2h, 7d).")
+@click.option("--delete-after", default="7d", callback=_duration, show_default=True,
+              help="Grace before the old key is deleted (by the worker's --beat schedule).")
+@click.option("--no-wait", is_flag=True, help="With --commit: enqueue, print the run id, return.")
+@click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
+@reports_errors
+def rotate(secret: str, commit: bool, deactivate_after: float, delete_after: float,
+           no_wait: bool, timeout: float) -> None:
+    """Rotate the IAM access key held by SECRET without downtime.
+
+    New key -> AWSPENDING -> switch and read back every table -> AWSCURRENT -> retire the old key
+    (deactivate, later delete), each only if no table still uses it. SECRET is a secret name, an
+    ARN or a binding name. Dry run unless --commit.
+    """
+    from rich.console import Console
+
+    from worker.celery_app import configure_app
+    from worker.core.bindings import find_binding
+    from worker.core.key_rotation import masked, new_key_rotation, plan_key_rotation
+    from worker.errors import UnknownSecretError
+
+    s = _cli_services()
+    by_name = find_binding(s.bindings, name=secret)
+    info = s.secrets.describe(by_name.secret if by_name else secret)
+    binding = by_name or find_binding(s.bindings, secret_arn=info.arn, secret_name=info.name)
+    if binding is None:
+        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    plan = plan_key_rotation(binding, info, secrets=s.secrets, iam=s.iam, admin=s.admin)
+    console = Console(soft_wrap=True)
+    console.print(f"secret {plan.secret_name} (binding {plan.binding}), IAM user {plan.user}")
+    for key in plan.keys:
+        role = "held by the secret" if key.key_id == plan.current_key else "not in the secret"
+        console.print(f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, "
+                      f"{role}")
+    console.print(f"{len(plan.tables)} table(s) use the current key "
+                  f"{masked(plan.current_key)}:")
+    for table in plan.tables:
+        console.print(f"  {table.name}  (bucket {table.storage.bucket})")
+    if plan.refusal:
+        click.echo(f"error: {plan.refusal}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    steps = [f"remove unused key {masked(plan.key_to_remove)}"] if plan.key_to_remove else []
+    steps += ["create a new access key and store it as AWSPENDING",
+              "create a connection from it and switch every affected table, reading each back",
+              "read every table back again", "move AWSCURRENT to the new version",
+              f"deactivate the old key after {deactivate_after:g}s and delete it after "
+              f"{delete_after:g}s, each only if no table still uses it"]
+    console.print("steps:" + "".join(f"\n  {i}. {step}" for i, step in enumerate(steps, 1)))
+    if not commit:
+        console.print("dry run: nothing changed (add --commit)")
+        return
+    configure_app(s.settings)
+    run_id = new_key_rotation(s.runs, plan, deactivate_after=deactivate_after,
+                              delete_after=delete_after)
+    from tasks.key_rotation import advance_key_rotation
+
+    advance_key_rotation.delay(run_id)
+    click.echo(f"run {run_id}: rotating the key of {plan.secret_name}")
+    if no_wait:
+        return
+    sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--no-wait", is_flag=True)
+@click.option("--timeout", default=1800.0, show_default=True)
+@reports_errors
+def resume(run_id: str, no_wait: bool, timeout: float) -> None:
+    """Continue a failed or interrupted run from where it stopped (finished tables stay done)."""
+    from worker.celery_app import configure_app
+    from worker.core.key_rotation import Phase
+    from worker.core.key_rotation import resume as resume_key_rotation
+    from worker.core.runs import reopen_failed_tables
+
+    s = _cli_services()
+    configure_app(s.settings)
+    from tasks.key_rotation import advance_key_rotation
+    from tasks.rotation import start_rotation
+
+    run = s.runs.get(run_id)
+    if run.kind == "key-rotation":
+        reopened = resume_key_rotation(s.key_rotation(), run_id)
+        run = s.runs.get(run_id)
+        if run.phase == Phase.SWITCHING:
+            start_rotation.delay(str(run.data["table_run"]))
+        else:
+            advance_key_rotation.delay(run_id)
+    else:
+        reopened = [str(t) for t in reopen_failed_tables(run_id, s.runs)]
+        start_rotation.delay(run_id)
+    click.echo(f"run {run_id} resumed" + (f"; retrying {len(reopened)} failed table(s)"
+                                          if reopened else ""))
+    if not no_wait:
+        sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+@main.command()
+@click.argument("run_id")
+@reports_errors
+def abort(run_id: str) -> None:
+    """Undo an unfinished key rotation: tables back on the old key, AWSPENDING removed, new key
+    deleted. Refused once AWSCURRENT has moved."""
+    from worker.core.bindings import find_binding
+    from worker.core.key_rotation import abort as abort_key_rotation
+    from worker.errors import FatalError as Fatal
+
+    s = _cli_services()
+    run = s.runs.get(run_id)
+    if run.kind != "key-rotation":
+        raise Fatal(f"run {run_id} is a {run.kind} run; only key rotations can be aborted")
+    binding = find_binding(s.bindings, name=run.binding) if run.binding else None
+    if binding is None:
+        raise Fatal(f"binding {run.binding} of run {run_id} is no longer configured")
+    back = abort_key_rotation(s.key_rotation(), run_id, binding)
+    click.echo(f"run {run_id} aborted; {len(back)} table(s) switched back to the old key")
+
+
+@main.command("retire-due")
+@reports_errors
+def retire_due_command() -> None:
+    """Deactivate / delete old keys whose grace period is over, now (what --beat does)."""
+    from tasks.key_rotation import retire_due
+
+    _cli_services()
+    retire_due()
 
 
 @main.group()

@@ -75,7 +75,10 @@ class RunProgress:
 
 
 def progress(runs: RedisRunStore, run_id: str) -> RunProgress:
-    return RunProgress(runs.get(run_id), runs.outcomes(run_id))
+    """A run and its tables; a key rotation shows the tables of its table run."""
+    run = runs.get(run_id)
+    tables_of = run.data.get("table_run") if run.kind == "key-rotation" else run_id
+    return RunProgress(run, runs.outcomes(str(tables_of)) if tables_of else [])
 
 
 def wait_for_run(runs: RedisRunStore, run_id: str, *, timeout: float, on_update=None,
@@ -91,4 +94,4 @@ def wait_for_run(runs: RedisRunStore, run_id: str, *, timeout: float, on_update=
 
 
 def failed_outcomes(p: RunProgress) -> list[TableOutcome]:
-    return [o for o in p.outcomes if o.status is TableStatus.FAILED]
+    return [o for o in p.outcomes if o.status.failed]

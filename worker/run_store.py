@@ -119,9 +119,26 @@ class RedisRunStore:
             results = _execute(pipe)
         return int(results[-1])
 
+    def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
+        key = table_key(outcome.table)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(run_id, ":tables"), key, outcome_to_json(outcome))
+            pipe.sadd(self._key(run_id, ":pending"), key)
+            _execute(pipe)
+
     def pending(self, run_id: str) -> list[TableName]:
         raw = _call(self.redis.smembers, self._key(run_id, ":pending"))
         return sorted(table_from_key(k) for k in raw)
+
+    # key rotations whose old key still awaits deactivation or deletion
+    def mark_retiring(self, run_id: str) -> None:
+        _call(self.redis.sadd, f"{PREFIX}retiring", run_id)
+
+    def unmark_retiring(self, run_id: str) -> None:
+        _call(self.redis.srem, f"{PREFIX}retiring", run_id)
+
+    def retiring(self) -> list[str]:
+        return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}retiring"))
 
     def recent_runs(self, limit: int = 20) -> list[str]:
         raw = _call(self.redis.zrevrange, f"{PREFIX}runs", 0, limit - 1)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from worker.aws_iam import BotoIamKeys
 from worker.aws_secrets import SecretsManagerStore
 from worker.core.bindings import Binding, load_bindings
+from worker.core.key_rotation import KeyRotationContext
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
 from worker.redis_state import RedisIntakeState, RedisSecretLocks
@@ -23,6 +25,17 @@ class Services:
     intake_state: RedisIntakeState
     locks: RedisSecretLocks
     _admin: DriverDatabendAdmin | None = field(default=None, repr=False)
+    _iam: BotoIamKeys | None = field(default=None, repr=False)
+
+    @property
+    def iam(self) -> BotoIamKeys:
+        if self._iam is None:
+            self._iam = BotoIamKeys()
+        return self._iam
+
+    def key_rotation(self) -> KeyRotationContext:
+        return KeyRotationContext(runs=self.runs, secrets=self.secrets, writer=self.secrets,
+                                  iam=self.iam, admin=self.admin, locks=self.locks)
 
     @property
     def admin(self) -> DriverDatabendAdmin:

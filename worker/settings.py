@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
     # a secret's lock expires unless its run renews it (each table renews it)
     lock_ttl: int = Field(default=600, alias="ROTATOR_LOCK_TTL", ge=5)
+    # how often the worker's embedded beat (rotator worker --beat) retires old keys that are due
+    retire_interval: float = Field(default=60.0, alias="ROTATOR_RETIRE_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
 

@@ -103,10 +103,16 @@ class TableStatus(StrEnum):
     VALIDATED = "validated"  # switched by this run and read back
     ALREADY_SWITCHED = "already_switched"  # was on the new credentials already; read back
     FAILED = "failed"
+    STRANDED = "stranded"  # its old key no longer works: ALTER cannot write (see RUNBOOK)
 
     @property
     def done(self) -> bool:
-        return self in (TableStatus.VALIDATED, TableStatus.ALREADY_SWITCHED, TableStatus.FAILED)
+        return self in (TableStatus.VALIDATED, TableStatus.ALREADY_SWITCHED, TableStatus.FAILED,
+                        TableStatus.STRANDED)
+
+    @property
+    def failed(self) -> bool:
+        return self in (TableStatus.FAILED, TableStatus.STRANDED)
 
 
 @dataclass
@@ -127,10 +133,12 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"  # a newer version was accepted before this run started
+    ABORTED = "aborted"  # a key rotation undone by `rotator abort`
 
     @property
     def final(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED)
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED,
+                        RunStatus.ABORTED)
 
 
 @dataclass(frozen=True)

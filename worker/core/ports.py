@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from worker.core.model import Credentials, ExternalTable, TableOutcome
 from worker.sql import TableName
@@ -92,6 +92,10 @@ class RunStore(Protocol):
 
     def pending(self, run_id: str) -> list[TableName]: ...
 
+    def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
+        """Put a table back to pending (resume)."""
+        ...
+
 
 @dataclass
 class RunRecord:
@@ -105,6 +109,9 @@ class RunRecord:
     target: str | None = None
     may_skip_switched: bool = True
     newest_wins: bool = False  # event-driven runs never apply a version older than the newest
+    parent: str | None = None  # the key rotation this table run belongs to
+    phase: str = ""  # key rotations: the last step completed (see core/key_rotation.py)
+    data: dict[str, Any] = field(default_factory=dict)  # key rotations: write-ahead facts
     error: str | None = None
     created_at: float = 0.0
     started_at: float = 0.0
@@ -153,3 +160,40 @@ class SecretLocks(Protocol):
     def renew(self, secret_arn: str, owner: str) -> bool: ...
 
     def release(self, secret_arn: str, owner: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    key_id: str
+    active: bool
+    created_at: float
+
+
+class IamKeys(Protocol):
+    def owner_of(self, access_key_id: str) -> str:
+        """The IAM user owning a key (GetAccessKeyLastUsed)."""
+        ...
+
+    def list_keys(self, user: str) -> list[AccessKey]: ...
+
+    def create_key(self, user: str) -> tuple[str, str]:
+        """A new active key: (access key id, secret access key)."""
+        ...
+
+    def set_active(self, user: str, key_id: str, active: bool) -> None: ...
+
+    def delete_key(self, user: str, key_id: str) -> None: ...
+
+
+class SecretWriter(Protocol):
+    def put_pending(self, arn: str, version_id: str, value: str) -> None:
+        """Store a new version labelled AWSPENDING (idempotent for the same version id)."""
+        ...
+
+    def make_current(self, arn: str, version_id: str) -> None:
+        """Move AWSCURRENT to the version and drop its AWSPENDING label (idempotent)."""
+        ...
+
+    def drop_pending(self, arn: str, version_id: str) -> None:
+        """Remove the AWSPENDING label from the version, if it has it."""
+        ...

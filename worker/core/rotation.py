@@ -24,7 +24,7 @@ from worker.core.model import (
     short_version_id,
 )
 from worker.core.ports import DatabendAdmin
-from worker.errors import FatalError, RetryableError
+from worker.errors import FatalError, RetryableError, StoragePermissionDenied
 from worker.sql import TableName
 
 log = logging.getLogger("rotator.core")
@@ -164,7 +164,15 @@ def rotate_table(
         if may_skip_switched and current.storage.fingerprint == target:
             outcome.status = TableStatus.ALREADY_SWITCHED
         else:
-            retry.call(lambda: admin.switch_table(table, connection))
+            try:
+                retry.call(lambda: admin.switch_table(table, connection))
+            except StoragePermissionDenied as exc:
+                if _old_credentials_dead(admin, table, retry):
+                    outcome.status, outcome.reason = TableStatus.STRANDED, (
+                        f"its current credentials no longer work, so Databend cannot write the "
+                        f"switch ({exc}); see the stranded-table runbook")
+                    return outcome
+                raise
             outcome.status = TableStatus.SWITCHED
             outcome.switched_at = clock()
         try:
@@ -176,6 +184,29 @@ def rotate_table(
         return outcome
     except FatalError as exc:
         return _failed(outcome, str(exc))
+
+
+def _old_credentials_dead(admin: DatabendAdmin, table: TableName, retry: RetryPolicy) -> bool:
+    """Can the table still be read with the credentials it has now? No: it is stranded."""
+    try:
+        retry.call(lambda: admin.read_back(table))
+    except StoragePermissionDenied:
+        return True
+    except FatalError:
+        return False
+    return False
+
+
+STRANDED_RUNBOOK = """Stranded tables: their current key was revoked before they were switched, and Databend writes the
+switch with the current key, so ALTER TABLE ... CONNECTION cannot succeed. Never DROP such a table:
+DROP + CREATE at the same location shows an empty table (the data is orphaned), and ATTACH TABLE
+needs an enterprise licence.
+1. If the old key was only deactivated, reactivate it (aws iam update-access-key --status Active),
+   re-run the rotation (rotator rotate-version SECRET --version-id NEW), then deactivate it again.
+2. If it was deleted, grant a key that can write the tables' location the same access and put it
+   in a connection; ask Databend support to repoint the tables, or keep them read-only elsewhere.
+3. Keep the data files in the bucket untouched until the tables read again.
+"""
 
 
 def _failed(outcome: TableOutcome, reason: str) -> TableOutcome:

@@ -12,7 +12,14 @@ import time
 
 from worker.core.bindings import Binding, find_binding
 from worker.core.model import RunStatus, TableOutcome, TableStatus
-from worker.core.ports import DatabendAdmin, IntakeState, RunStore, SecretLocks, SecretStore
+from worker.core.ports import (
+    DatabendAdmin,
+    IntakeState,
+    RunRecord,
+    RunStore,
+    SecretLocks,
+    SecretStore,
+)
 from worker.core.rotation import connection_name_for, ensure_connection, plan_rotation
 from worker.core.secret_value import parse_secret_value
 from worker.errors import FatalError, LockBusy, SecretFormatError, UnknownSecretError
@@ -38,7 +45,7 @@ def prepare_rotation(
     run = runs.get(run_id)
     if RunStatus(run.status).final:
         return []
-    if locks is not None and not locks.acquire(run.secret, run_id):
+    if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
     if run.status == RunStatus.SWITCHING:
         return runs.pending(run_id)  # redelivered after the plan was written: same tables again
@@ -53,7 +60,7 @@ def prepare_rotation(
             if latest and latest.version_id != run.version_id:
                 runs.update(run_id, status=RunStatus.SKIPPED, updated_at=time.time(),
                             error=f"version {latest.version_id} is newer")
-                _release(locks, run.secret, run_id)
+                _release(locks, run)
                 return []
         binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
         if binding is None:
@@ -79,7 +86,7 @@ def prepare_rotation(
                              target=credentials.fingerprint, old_fingerprints=old)
     except FatalError as exc:
         runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
-        _release(locks, run.secret, run_id)
+        _release(locks, run)
         raise
     outcomes = []
     for planned in plan.tables:
@@ -110,14 +117,33 @@ def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> 
     if RunStatus(run.status).final:
         return False
     outcomes = runs.outcomes(run_id)
-    failed = [o for o in outcomes if o.status is TableStatus.FAILED]
+    failed = [o for o in outcomes if o.status.failed]
     status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
     error = f"{len(failed)} of {len(outcomes)} tables failed" if failed else None
     runs.update(run_id, status=status, error=error, updated_at=time.time())
-    _release(locks, run.secret, run_id)
+    _release(locks, run)
     return True
 
 
-def _release(locks: SecretLocks | None, secret: str, owner: str) -> None:
-    if locks is not None:
-        locks.release(secret, owner)
+def reopen_failed_tables(run_id: str, runs: RunStore) -> list[TableName]:
+    """Put a run's failed tables back to pending (for ``rotator resume``); returns them."""
+    reopened = []
+    for outcome in runs.outcomes(run_id):
+        if outcome.status.failed:
+            runs.record_pending(run_id, TableOutcome(table=outcome.table, rule=outcome.rule,
+                                                     previous=outcome.previous))
+            reopened.append(outcome.table)
+    run = runs.get(run_id)
+    if reopened or not RunStatus(run.status).final:
+        runs.update(run_id, status=RunStatus.SWITCHING, error=None, updated_at=time.time())
+    return reopened
+
+
+def _lock_owner(run: RunRecord) -> str:
+    """A key rotation's table run works under its parent's lock."""
+    return run.parent or run.run_id
+
+
+def _release(locks: SecretLocks | None, run: RunRecord) -> None:
+    if locks is not None and run.parent is None:
+        locks.release(run.secret, run.run_id)
