@@ -39,7 +39,6 @@ def advance_key_rotation(self: RotatorTask, run_id: str) -> None:
         if step is Next.START_TABLES:
             start_rotation.delay(str(run.data["table_run"]))
         elif step is Next.STOP and run.phase == Phase.RETIRED:
-            s.runs.mark_retiring(run_id)
             retire_due.delay()
         return
 

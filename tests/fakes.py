@@ -91,6 +91,7 @@ class MemoryRuns:
     runs: dict[str, RunRecord] = field(default_factory=dict)
     tables: dict[str, dict[TableName, TableOutcome]] = field(default_factory=dict)
     pending_: dict[str, set[TableName]] = field(default_factory=dict)
+    retiring_: set[str] = field(default_factory=set)
     on_update: Callable[[str, dict[str, object]], None] | None = None
 
     def create(self, run: RunRecord) -> None:
@@ -124,6 +125,15 @@ class MemoryRuns:
 
     def pending(self, run_id: str) -> list[TableName]:
         return sorted(self.pending_.get(run_id, set()))
+
+    def mark_retiring(self, run_id: str) -> None:
+        self.retiring_.add(run_id)
+
+    def unmark_retiring(self, run_id: str) -> None:
+        self.retiring_.discard(run_id)
+
+    def retiring(self) -> list[str]:
+        return sorted(self.retiring_)
 
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
         self.tables[run_id][outcome.table] = outcome

@@ -326,6 +326,10 @@ def resume(run_id: str, no_wait: bool, timeout: float) -> None:
         run = s.runs.get(run_id)
         if run.phase == Phase.SWITCHING:
             start_rotation.delay(str(run.data["table_run"]))
+        elif run.phase == Phase.RETIRED:
+            from tasks.key_rotation import retire_due
+
+            retire_due.delay()
         else:
             advance_key_rotation.delay(run_id)
     else:

@@ -284,6 +284,7 @@ def _retire(ctx: KeyRotationContext, run: RunRecord) -> Next:
     data.setdefault("deactivate_at", now + float(data.get("deactivate_after", 0)))
     data.setdefault("delete_at", now + float(data.get("delete_after", 7 * 86400)))
     ctx.runs.update(run.run_id, data=data)
+    ctx.runs.mark_retiring(run.run_id)  # the schedule deletes the old key when it is due
     if float(data["deactivate_at"]) <= now:
         retire_old_key(ctx, run.run_id, "deactivate")
     ctx.runs.update(run.run_id, phase=Phase.RETIRED, status=RunStatus.SUCCEEDED,
@@ -348,6 +349,9 @@ def due_retirements(run: RunRecord, now: float) -> list[str]:
 def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     """Make a failed or stalled key rotation go on; returns the tables reopened, if any."""
     run = ctx.runs.get(run_id)
+    if run.status == RunStatus.SUCCEEDED and run.phase == Phase.RETIRED:
+        ctx.runs.mark_retiring(run_id)  # only the old key's retirement is left: keep it scheduled
+        return []
     if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED):
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
     reopened: list[str] = []

@@ -96,6 +96,14 @@ class RunStore(Protocol):
         """Put a table back to pending (resume)."""
         ...
 
+    def mark_retiring(self, run_id: str) -> None:
+        """A key rotation whose old key awaits deactivation or deletion."""
+        ...
+
+    def unmark_retiring(self, run_id: str) -> None: ...
+
+    def retiring(self) -> list[str]: ...
+
 
 @dataclass
 class RunRecord:

@@ -48,7 +48,11 @@ def prepare_rotation(
     if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
     if run.status == RunStatus.SWITCHING:
-        return runs.pending(run_id)  # redelivered after the plan was written: same tables again
+        # redelivered (or resumed) after the plan was written: the same tables again
+        pending = runs.pending(run_id)
+        if not pending:
+            close_run(run_id, runs, locks)
+        return pending
     runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
     try:
         info = secrets.describe(run.secret)
@@ -133,8 +137,7 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[TableName]:
             runs.record_pending(run_id, TableOutcome(table=outcome.table, rule=outcome.rule,
                                                      previous=outcome.previous))
             reopened.append(outcome.table)
-    run = runs.get(run_id)
-    if reopened or not RunStatus(run.status).final:
+    if reopened:
         runs.update(run_id, status=RunStatus.SWITCHING, error=None, updated_at=time.time())
     return reopened
 
