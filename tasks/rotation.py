@@ -8,8 +8,8 @@ import structlog
 
 from worker.celery_app import RotatorTask, app
 from worker.core.model import TableOutcome, TableStatus
-from worker.core.rotation import RetryPolicy, rotate_table
-from worker.core.runs import finish_table, prepare_rotation
+from worker.core.rotation import RetryPolicy
+from worker.core.runs import finish_table, prepare_rotation, switch_and_record
 from worker.errors import FatalError, LockBusy, RetryableError
 from worker.services import services
 from worker.sql import TableName
@@ -50,26 +50,20 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     name = TableName(database, table)
     structlog.contextvars.bind_contextvars(run_id=run_id, table=str(name))
     s = services()
-    run = s.runs.get(run_id)
-    structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
-    planned = s.runs.outcome(run_id, name)
-    if planned is None or planned.status.done:
-        return  # not part of this run, or already finished (a redelivered message)
-    if not s.locks.renew(run.secret, run_id):
-        log.warning("the secret's lock is no longer this run's; switching anyway (idempotent)")
     started = time.perf_counter()
     try:
-        outcome = rotate_table(s.admin, name, connection=str(run.connection),
-                               target=str(run.target), may_skip_switched=run.may_skip_switched,
-                               retry=RetryPolicy())
+        outcome, closed = switch_and_record(run_id, name, runs=s.runs, admin=s.admin,
+                                            locks=s.locks, retry=RetryPolicy())
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+        planned = s.runs.outcome(run_id, name)
         outcome = TableOutcome(table=name, status=TableStatus.FAILED,
+                               rule=planned.rule if planned else "",
                                reason=f"gave up after retries: {exc}")
-    outcome.rule = planned.rule
-    outcome.previous = outcome.previous or planned.previous
-    closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
+        closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
+    if outcome is None:
+        return  # not part of this run, or already finished (a redelivered message)
     if closed:
         _wake_parent(run_id)
     log.info("table done", status=str(outcome.status), reason=outcome.reason,

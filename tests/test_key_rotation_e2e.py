@@ -85,7 +85,7 @@ class KeyWorld:
         raise AssertionError(f"run {run_id} is {self.runs.get(run_id).status}")
 
 
-LAKES = {"main": 30, "fail": 3, "crash": 2, "abort": 3, "twokeys": 1}
+LAKES = {"main": 30, "fail": 3, "crash": 2, "abort": 3, "twokeys": 1, "stranded": 3}
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +268,25 @@ def test_a_worker_killed_at_a_step_boundary_resumes_and_retires_once(
     keys = world.keys_of(user)
     assert keys == {k1["AccessKeyId"]: "Inactive", new: "Active"}, "no orphan key left behind"
     assert run.data["deactivated_at"]
+
+
+def test_follower_mode_marks_tables_of_a_revoked_key_stranded_and_never_drops_them(
+    world: KeyWorld, databend: DatabendClient
+) -> None:
+    user, secret, tables, k1 = seed(world, databend, "stranded", LAKES["stranded"])
+    # another tool rotated the key and revoked the old one before Databend was switched
+    k2 = new_key(world.aws, user, avoid_suffixes={k1["AccessKeyId"][-3:]})
+    world.aws.client("secretsmanager").put_secret_value(
+        SecretId=secret, SecretString=key_secret_json(world.aws, k2))
+    world.aws.client("iam").delete_access_key(UserName=user, AccessKeyId=k1["AccessKeyId"])
+
+    result = world.stack.cli("rotate-version", secret, "--timeout", "120")
+
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Never DROP" in output and "stranded" in output
+    status = json.loads(world.stack.cli("status", world.run_id_of(result), "--json").stdout)
+    assert status["counts"] == {"stranded": 3}
+    for table in tables:
+        assert table.table in output
+        assert storage_suffix(databend, table) == k1["AccessKeyId"][-3:], "still there, unchanged"

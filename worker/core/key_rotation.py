@@ -47,7 +47,7 @@ from worker.core.rotation import (
 )
 from worker.core.runs import reopen_failed_tables
 from worker.core.secret_value import parse_secret_value
-from worker.errors import FatalError, LockBusy, RotatorError
+from worker.errors import FatalError, LockBusy, RotatorError, UnknownSecretError
 
 
 class Phase(StrEnum):
@@ -187,10 +187,8 @@ def advance(ctx: KeyRotationContext, run_id: str) -> Next:
 def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     data = dict(run.data)
     info = ctx.secrets.describe(run.secret)
-    if run.version_id in info.versions:  # stored before a crash: take the key id from it
-        raw = ctx.secrets.read_version(info.arn, run.version_id)
-        stored = parse_secret_value(raw, where=f"pending version {run.version_id}")
-        assert isinstance(stored, AccessKeyCredentials)
+    stored = _stored_pending(ctx, info, run.version_id)
+    if stored is not None:  # stored before a crash: take the key id from it
         data["new_key_id"] = stored.access_key_id
         ctx.runs.update(run.run_id, phase=Phase.PENDING_STORED, data=data)
         return Next.CONTINUE
@@ -224,6 +222,24 @@ def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     data["new_key_id"] = key_id
     ctx.runs.update(run.run_id, phase=Phase.PENDING_STORED, data=data)
     return Next.CONTINUE
+
+
+def _stored_pending(ctx: KeyRotationContext, info: SecretInfo, version_id: str
+                    ) -> AccessKeyCredentials | None:
+    """The key already stored in the pending version, if any. (Secrets Manager's own scheduler
+    creates the AWSPENDING version id before the value exists.)"""
+    if version_id not in info.versions:
+        return None
+    try:
+        raw = ctx.secrets.read_version(info.arn, version_id)
+    except UnknownSecretError:
+        return None
+    if raw is None:
+        return None
+    stored = parse_secret_value(raw, where=f"pending version {version_id}")
+    if not isinstance(stored, AccessKeyCredentials):
+        raise NotAKeySecret(f"pending version {version_id} does not hold an access key")
+    return stored
 
 
 _KEY_FIELDS = {"access_key_id", "secret_access_key", "AccessKeyId", "SecretAccessKey",

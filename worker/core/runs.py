@@ -20,7 +20,13 @@ from worker.core.ports import (
     SecretLocks,
     SecretStore,
 )
-from worker.core.rotation import connection_name_for, ensure_connection, plan_rotation
+from worker.core.rotation import (
+    RetryPolicy,
+    connection_name_for,
+    ensure_connection,
+    plan_rotation,
+    rotate_table,
+)
 from worker.core.secret_value import parse_secret_value
 from worker.errors import FatalError, LockBusy, SecretFormatError, UnknownSecretError
 from worker.sql import TableName
@@ -105,6 +111,27 @@ def prepare_rotation(
     if not pending:
         close_run(run_id, runs, locks)
     return pending
+
+
+def switch_and_record(run_id: str, table: TableName, *, runs: RunStore, admin: DatabendAdmin,
+                      locks: SecretLocks | None = None, retry: RetryPolicy | None = None
+                      ) -> tuple[TableOutcome | None, bool]:
+    """Switch one planned table of a run and record the outcome: (outcome, closed the run).
+
+    Returns (None, False) when the table is not in the run or already finished (redelivery).
+    A RetryableError that outlives the step's retries propagates to the caller.
+    """
+    run = runs.get(run_id)
+    planned = runs.outcome(run_id, table)
+    if planned is None or planned.status.done or RunStatus(run.status).final:
+        return None, False
+    if locks is not None:
+        locks.renew(run.secret, _lock_owner(run))
+    outcome = rotate_table(admin, table, connection=str(run.connection), target=str(run.target),
+                           may_skip_switched=run.may_skip_switched, retry=retry)
+    outcome.rule = planned.rule
+    outcome.previous = outcome.previous or planned.previous
+    return outcome, finish_table(run_id, outcome, runs=runs, locks=locks)
 
 
 def finish_table(run_id: str, outcome: TableOutcome, *, runs: RunStore,
