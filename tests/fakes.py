@@ -177,3 +177,52 @@ class MemoryLocks:
     def release(self, secret_arn: str, owner: str) -> None:
         if self.owners.get(secret_arn) == owner:
             del self.owners[secret_arn]
+
+
+@dataclass
+class FakeIam:
+    keys: dict[str, list[list[object]]] = field(default_factory=dict)  # user -> [id, active, t]
+    crash_after_create: bool = False
+    counter: int = 0
+
+    def owner_of(self, access_key_id: str) -> str:
+        return next(u for u, ks in self.keys.items() if any(k[0] == access_key_id for k in ks))
+
+    def list_keys(self, user: str):  # type: ignore[no-untyped-def]
+        from worker.core.ports import AccessKey
+
+        return [AccessKey(str(k[0]), bool(k[1]), float(k[2]))  # type: ignore[arg-type]
+                for k in self.keys.get(user, [])]
+
+    def create_key(self, user: str) -> tuple[str, str]:
+        self.counter += 1
+        key_id = f"AKIAFAKEFAKEFAKE{self.counter:04d}"
+        self.keys.setdefault(user, []).append([key_id, True, 100.0 + self.counter])
+        return key_id, "s" * 40
+
+    def set_active(self, user: str, key_id: str, active: bool) -> None:
+        for k in self.keys[user]:
+            if k[0] == key_id:
+                k[1] = active
+
+    def delete_key(self, user: str, key_id: str) -> None:
+        self.keys[user] = [k for k in self.keys[user] if k[0] != key_id]
+
+
+@dataclass
+class FakeWriter:
+    secrets: FakeSecrets
+
+    def put_pending(self, arn: str, version_id: str, value: str) -> None:
+        self.secrets.values.setdefault(version_id, value)
+        self.secrets.stages[version_id] = ("AWSPENDING",)
+
+    def make_current(self, arn: str, version_id: str) -> None:
+        for v, stages in list(self.secrets.stages.items()):
+            if "AWSCURRENT" in stages and v != version_id:
+                self.secrets.stages[v] = ("AWSPREVIOUS",)
+        self.secrets.stages[version_id] = ("AWSCURRENT",)
+
+    def drop_pending(self, arn: str, version_id: str) -> None:
+        self.secrets.stages[version_id] = tuple(
+            s for s in self.secrets.stages.get(version_id, ()) if s != "AWSPENDING")

@@ -1,0 +1,128 @@
+"""The key-rotation state machine against in-memory fakes: order, crash recovery, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
+from tests.test_core_rotation import binding, key_json, no_sleep_policy
+from worker.core.key_rotation import (
+    KeyInUse,
+    KeyRotationContext,
+    Next,
+    Phase,
+    advance,
+    due_retirements,
+    new_key_rotation,
+    parse_duration,
+    plan_key_rotation,
+    retire_old_key,
+)
+from worker.core.model import RunStatus
+from worker.core.runs import prepare_rotation, switch_and_record
+from worker.sql import TableName
+
+K1 = "AKIAORIGINALKEY00K01"
+
+
+class Crash(Exception):
+    pass
+
+
+def world(extra_key_in_use: bool = False):  # type: ignore[no-untyped-def]
+    secrets = FakeSecrets(values={"v1": key_json(K1)}, stages={"v1": ("AWSCURRENT",)})
+    iam = FakeIam(keys={"svc": [[K1, True, 1.0]]})
+    admin = FakeAdmin()
+    for i in range(3):
+        admin.add(TableName("sales", f"t{i}"), K1[-3:])
+    if extra_key_in_use:
+        iam.keys["svc"].insert(0, ["AKIAOLDEROLDEROLDOLD", True, 0.5])
+        admin.add(TableName("sales", "old"), "OLD")
+    ctx = KeyRotationContext(runs=MemoryRuns(), secrets=secrets, writer=FakeWriter(secrets),
+                             iam=iam, admin=admin, locks=MemoryLocks(), retry=no_sleep_policy(),
+                             clock=lambda: 1000.0)
+    plan = plan_key_rotation(binding("sales.*"), secrets.describe(secrets.name),
+                             secrets=secrets, iam=iam, admin=admin)
+    return ctx, plan
+
+
+def drive(ctx: KeyRotationContext, run_id: str) -> None:
+    """What the tasks do: advance, switching the table run when asked."""
+    while True:
+        step = advance(ctx, run_id)
+        if step is Next.START_TABLES:
+            table_run = str(ctx.runs.get(run_id).data["table_run"])
+            for t in prepare_rotation(table_run, runs=ctx.runs, secrets=ctx.secrets,
+                                      admin=ctx.admin, bindings=[binding("sales.*")],
+                                      locks=ctx.locks):
+                switch_and_record(table_run, t, runs=ctx.runs, admin=ctx.admin, locks=ctx.locks,
+                                  retry=no_sleep_policy())
+        elif step is Next.STOP:
+            return
+
+
+def test_the_old_key_is_deactivated_only_after_every_table_moved() -> None:
+    ctx, plan = world()
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    run = ctx.runs.get(run_id)
+    assert (run.status, run.phase) == (RunStatus.SUCCEEDED, Phase.RETIRED)
+    new = str(run.data["new_key_id"])
+    assert {p.ak_suffix for p in ctx.admin.tables.values()} == {new[-3:]}
+    assert [(k.key_id, k.active) for k in ctx.iam.list_keys("svc")] == [(K1, False), (new, True)]
+    assert "AWSCURRENT" in ctx.secrets.stages[run.version_id]
+    assert due_retirements(ctx.runs.get(run_id), now=1000.0) == []
+    assert due_retirements(ctx.runs.get(run_id), now=1061.0) == ["delete"]
+    assert retire_old_key(ctx, run_id, "delete") == "done"
+    assert retire_old_key(ctx, run_id, "delete") == "already done"
+    assert [k.key_id for k in ctx.iam.list_keys("svc")] == [new]
+
+
+def test_a_key_created_but_never_stored_is_found_and_removed_on_resume() -> None:
+    ctx, plan = world()
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+
+    def crash(name: str) -> None:
+        if name == "after-create-key":
+            raise Crash
+
+    ctx.checkpoint = crash
+    with pytest.raises(Crash):
+        advance(ctx, run_id)
+    assert len(ctx.iam.list_keys("svc")) == 2  # the orphan: created, never stored
+    ctx.checkpoint = lambda _name: None
+    drive(ctx, run_id)
+    keys = ctx.iam.list_keys("svc")
+    assert len(keys) == 2 and keys[0].key_id == K1 and not keys[0].active
+    assert keys[1].key_id == ctx.runs.get(run_id).data["new_key_id"]
+
+
+def test_a_second_key_in_use_by_a_table_is_refused_before_anything_changes() -> None:
+    ctx, plan = world(extra_key_in_use=True)
+    assert plan.refusal and "still used by" in plan.refusal
+    with pytest.raises(KeyInUse):
+        new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    assert len(ctx.iam.list_keys("svc")) == 2 and ctx.runs.runs == {}
+
+
+def test_an_unused_second_key_is_removed_to_make_room() -> None:
+    ctx, plan = world()
+    ctx.iam.keys["svc"].insert(0, ["AKIAUNUSEDUNUSED0UNU", False, 0.5])
+    plan = plan_key_rotation(binding("sales.*"), ctx.secrets.describe(ctx.secrets.name),
+                             secrets=ctx.secrets, iam=ctx.iam, admin=ctx.admin)
+    assert plan.key_to_remove == "AKIAUNUSEDUNUSED0UNU"
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    assert "AKIAUNUSEDUNUSED0UNU" not in {k.key_id for k in ctx.iam.list_keys("svc")}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0", 0), ("90s", 90), ("15m", 900),
+                                                ("2h", 7200), ("7d", 604800)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "-1s", "7y", "soon"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
