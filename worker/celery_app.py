@@ -13,7 +13,7 @@ from celery import Celery, Task, signals
 
 from worker.settings import Settings
 
-app = Celery("rotator", include=["tasks.rotation", "tasks.key_rotation"])
+app = Celery("rotator", include=["tasks.rotation", "tasks.key_rotation", "tasks.migration"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

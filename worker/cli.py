@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -109,21 +110,29 @@ def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: 
 def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
     """Show a progress bar until the run ends; return the exit code."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from worker.launch import wait_for_run
 
     console = Console(stderr=True, soft_wrap=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                   console=console, transient=False) as bar:
-        task = bar.add_task("planning", total=None, counts="")
+        task = bar.add_task("planning", total=None, counts="", rate="")
 
         def update(p: Any) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items()))
             label = f"{p.run.status} ({p.run.phase})" if p.run.phase else p.run.status
             bar.update(task, description=label, total=len(p.outcomes) or None,
-                       completed=p.done, counts=counts)
+                       completed=p.done, counts=counts, rate=_rate_text(p))
 
         final = wait_for_run(runs, run_id, timeout=timeout, on_update=update)
     print_outcomes(final, console)
@@ -131,6 +140,16 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
         console.print(f"run {run_id} is still {final.run.status} after {timeout:.0f}s")
         return EXIT_TIMEOUT
     return 0 if final.succeeded else EXIT_FAILED
+
+
+def _rate_text(p: Any) -> str:
+    from worker.core.migration import estimate
+
+    rate, left = estimate(p.outcomes, p.run.started_at or p.run.created_at, time.time())
+    if not rate:
+        return ""
+    eta = "" if left is None else f", {left:.0f}s left"
+    return f"{rate:.1f} tables/s{eta}"
 
 
 def print_outcomes(p: Any, console: Any) -> None:
@@ -157,9 +176,10 @@ def print_outcomes(p: Any, console: Any) -> None:
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Follow the run with a live progress bar until it ends.")
 @reports_errors
-def status(run_id: str, as_json: bool) -> None:
-    """Show a run's status and per-table outcomes."""
+def status(run_id: str, as_json: bool, watch: bool) -> None:
+    """Show a run's status and per-table outcomes (counts, rate and ETA while it runs)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -167,6 +187,8 @@ def status(run_id: str, as_json: bool) -> None:
     from worker.run_store import outcome_to_json
 
     s = _cli_services()
+    if watch and not as_json:
+        sys.exit(follow_run(s.runs, run_id, timeout=float("inf")))
     p = progress(s.runs, run_id)
     if as_json:
         payload = {
@@ -176,7 +198,8 @@ def status(run_id: str, as_json: bool) -> None:
             "phase": p.run.phase or None, "parent": p.run.parent,
             "data": {k: (f"******{str(v)[-3:]}" if k.endswith("key_id") else v)
                      for k, v in p.run.data.items() if k != "keys_before"},
-            "counts": dict(p.counts), "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
+            "counts": dict(p.counts), "rate": _rate_text(p),
+            "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
@@ -191,6 +214,8 @@ def status(run_id: str, as_json: bool) -> None:
         console.print(f"note: {note}")
     console.print(table)
     print_outcomes(p, console)
+    if not p.final and _rate_text(p):
+        console.print(_rate_text(p))
 
 
 @main.command("databend-local")
@@ -321,7 +346,9 @@ def resume(run_id: str, no_wait: bool, timeout: float) -> None:
     from tasks.rotation import start_rotation
 
     run = s.runs.get(run_id)
-    if run.kind == "key-rotation":
+    if run.kind == "migration":
+        reopened = _resume_migration(s, run)
+    elif run.kind == "key-rotation":
         reopened = resume_key_rotation(s.key_rotation(), run_id)
         run = s.runs.get(run_id)
         if run.phase == Phase.SWITCHING:
@@ -339,6 +366,28 @@ def resume(run_id: str, no_wait: bool, timeout: float) -> None:
                                           if reopened else ""))
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _resume_migration(s: Any, run: Any) -> list[str]:
+    from tasks.migration import release_wave
+    from worker.core.migration import wave_tables
+    from worker.core.model import RunStatus, TableOutcome
+    from worker.errors import FatalError as Fatal
+
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.ROLLED_BACK):
+        raise Fatal(f"run {run.run_id} is {run.status}: nothing to resume")
+    wave = int(run.data["wave"])
+    reopened = []
+    for outcome in s.runs.outcomes_for(run.run_id, wave_tables(run, wave)):
+        if outcome.status.failed:  # retried after a halt or a failed finish
+            s.runs.record_pending(run.run_id, TableOutcome(
+                table=outcome.table, rule=outcome.rule, previous=outcome.previous))
+            reopened.append(str(outcome.table))
+    data = dict(run.data)
+    data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
+    s.runs.update(run.run_id, status=RunStatus.SWITCHING, error=None, data=data)
+    release_wave.delay(run.run_id)
+    return reopened
 
 
 @main.command()
@@ -360,6 +409,151 @@ def abort(run_id: str) -> None:
         raise Fatal(f"binding {run.binding} of run {run_id} is no longer configured")
     back = abort_key_rotation(s.key_rotation(), run_id, binding)
     click.echo(f"run {run_id} aborted; {len(back)} table(s) switched back to the old key")
+
+
+@main.command()
+@click.option("--to", "target", required=True, help="The connection to move the tables to.")
+@click.option("--from", "source", default=None, help="Move the tables now on this connection's "
+              "credentials.")
+@click.option("--tables", "selectors", multiple=True,
+              help="db.table selector (globs allowed, Databend quoting); repeatable.")
+@click.option("--binding", default=None, help="Move the tables a binding's selectors name.")
+@click.option("--commit", is_flag=True, help="Do it (default: print the plan, change nothing).")
+@click.option("--wave-size", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--canary", default=5, show_default=True, type=click.IntRange(0, 100_000),
+              help="Tables in the first wave.")
+@click.option("--max-error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Halt when a wave's share of failed tables passes this.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Tables switched at once, across all workers.")
+@click.option("--rate", default=None, type=click.FloatRange(min=0.01),
+              help="At most this many tables per second, across all workers.")
+@click.option("--no-wait", is_flag=True)
+@click.option("--timeout", default=7200.0, show_default=True)
+@reports_errors
+def migrate(target: str, source: str | None, selectors: tuple[str, ...], binding: str | None,
+            commit: bool, wave_size: int, canary: int, max_error_rate: float, concurrency: int,
+            rate: float | None, no_wait: bool, timeout: float) -> None:
+    """Move many tables to connection --to, in waves (a canary wave first), resumable.
+
+    Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
+    """
+    from worker.core.bindings import Selector, find_binding
+    from worker.core.migration import (
+        MigrationOptions,
+        MigrationRefused,
+        new_migration,
+        plan_migration,
+    )
+
+    if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
+        raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
+    try:
+        parsed = tuple(Selector.parse(t) for t in selectors)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tables") from None
+    s = _cli_services()
+    if binding is not None:
+        found = find_binding(s.bindings, name=binding)
+        if found is None:
+            raise MigrationRefused(f"no binding named {binding}")
+        parsed = found.selectors
+    options = MigrationOptions(wave_size=wave_size, canary=canary, max_error_rate=max_error_rate,
+                               concurrency=concurrency, rate=rate)
+    plan = plan_migration(s.admin, target=target, from_connection=source, selectors=parsed,
+                          options=options,
+                          connection_fingerprints=s.admin.connection_fingerprints())
+    shown = plan.target_fingerprint.replace("ak:", "ak ******")
+    click.echo(f"{len(plan.tables)} table(s) -> connection {target} ({shown}) in "
+               f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else ""))
+    for table in plan.tables:
+        current = (table.storage.fingerprint or "?").replace("ak:", "ak ******")
+        click.echo(f"  {table.name}\t{current}\t-> {target}")
+    if not commit:
+        click.echo("dry run: nothing changed (add --commit)")
+        return
+    for bucket in sorted({t.storage.bucket for t in plan.tables if t.storage.bucket}):
+        try:
+            s.admin.probe_connection(target, bucket)
+        except RotatorError as exc:
+            raise MigrationRefused(f"connection {target} cannot reach bucket {bucket}: {exc}"
+                                   ) from None
+    from worker.celery_app import configure_app
+
+    configure_app(s.settings)
+    what = (f"from {source}" if source else f"binding {binding}" if binding
+            else "tables " + " ".join(selectors))
+    run_id = new_migration(s.runs, plan, options, f"migrate {what} to {target}")
+    from tasks.migration import release_wave
+
+    release_wave.delay(run_id)
+    click.echo(f"run {run_id}: migrating {len(plan.tables)} table(s) to {target}")
+    if not no_wait:
+        sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+@main.command()
+@click.argument("run_id")
+@reports_errors
+def pause(run_id: str) -> None:
+    """Pause a migration: tables in flight finish, the rest wait for `rotator resume`."""
+    from worker.core.model import RunStatus
+    from worker.errors import FatalError as Fatal
+
+    s = _cli_services()
+    run = s.runs.get(run_id)
+    if run.kind != "migration" or run.status != RunStatus.SWITCHING:
+        raise Fatal(f"run {run_id} is a {run.status} {run.kind} run: only a running migration "
+                    "can be paused")
+    s.runs.update(run_id, status=RunStatus.PAUSED)
+    click.echo(f"run {run_id} paused")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256))
+@reports_errors
+def rollback(run_id: str, concurrency: int) -> None:
+    """Move the tables a migration switched back to their previous connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.core.migration import rollback_targets
+    from worker.core.model import RunStatus, TableStatus
+    from worker.core.rotation import rotate_table
+    from worker.errors import FatalError as Fatal
+
+    s = _cli_services()
+    run = s.runs.get(run_id)
+    if run.kind != "migration":
+        raise Fatal(f"run {run_id} is a {run.kind} run; only migrations roll back")
+    if run.status == RunStatus.SWITCHING:
+        s.runs.update(run_id, status=RunStatus.PAUSED)  # stop new tables first
+    deadline = time.monotonic() + 120
+    while s.limits.busy_slots(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)  # tables in flight finish and are recorded
+    back, unknown = rollback_targets(s.runs.outcomes(run_id),
+                                     run.data.get("previous_connections", {}))
+
+    def undo(item: Any) -> tuple[Any, Any]:
+        table, connection, fingerprint = item
+        return table, rotate_table(s.admin, table, connection=connection, target=fingerprint)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(undo, back))
+    failed = [(t, o.reason) for t, o in results if o.status.failed]
+    for table, outcome in results:
+        if not outcome.status.failed:
+            s.runs.record_outcome(run_id, type(outcome)(
+                table=table, status=TableStatus.PENDING, rule="rolled back",
+                previous=outcome.previous))
+    s.runs.update(run_id, status=RunStatus.ROLLED_BACK, error=(
+        f"{len(failed)} table(s) could not be moved back" if failed else None))
+    click.echo(f"run {run_id}: {len(results) - len(failed)} table(s) moved back")
+    for table, reason in failed:
+        click.echo(f"  could not move back {table}: {reason}", err=True)
+    for table in unknown:
+        click.echo(f"  no connection with {table}'s previous credentials: left as is", err=True)
+    sys.exit(EXIT_FAILED if failed or unknown else 0)
 
 
 @main.command("retire-due")

@@ -14,6 +14,7 @@ from worker.core.model import (
     ExternalTable,
     StorageParam,
     parse_storage_param,
+    role_fingerprint,
 )
 from worker.databend_client import DatabendClient
 from worker.errors import DatabendQueryError
@@ -21,6 +22,15 @@ from worker.sql import TableName, connection_name, quote_string
 
 _UNKNOWN_CONNECTION = 2510
 _MASKED_PARAM = re.compile(r"(\w+)=(\S*)")
+
+
+def _connection_fingerprint(params_text: str) -> str:
+    params = dict(_MASKED_PARAM.findall(params_text))
+    if params.get("role_arn"):
+        return role_fingerprint(params["role_arn"])
+    if params.get("access_key_id"):
+        return f"ak:{params['access_key_id'].lstrip('*')[-3:]}"
+    return "unknown"
 
 
 class DriverDatabendAdmin:
@@ -36,12 +46,12 @@ class DriverDatabendAdmin:
             raise
         if row is None:
             return None
-        params = dict(_MASKED_PARAM.findall(str(row[-1])))
-        if params.get("role_arn"):
-            return f"role:~{params['role_arn'].lstrip('*')[-3:]}"
-        if params.get("access_key_id"):
-            return f"ak:{params['access_key_id'].lstrip('*')[-3:]}"
-        return "unknown"
+        return _connection_fingerprint(str(row[-1]))
+
+    def connection_fingerprints(self) -> dict[str, str]:
+        """Every connection's name -> what its credentials look like (``ak:XYZ``/``role:~XYZ``)."""
+        return {str(name): _connection_fingerprint(str(params))
+                for name, _kind, params in self.client.query("SHOW CONNECTIONS")}
 
     def create_connection(self, name: str, credentials: Credentials) -> None:
         parts = [f"CREATE CONNECTION IF NOT EXISTS {connection_name(name)} STORAGE_TYPE='s3'"]
@@ -100,6 +110,21 @@ class DriverDatabendAdmin:
         self.client.execute(
             f"ALTER TABLE {table.sql} CONNECTION=(connection_name={quote_string(connection_name(connection))})"
         )
+
+    def probe_connection(self, connection: str, bucket: str) -> None:
+        """Prove the connection can list the bucket, through a throwaway stage on an empty prefix
+        (no table is touched). Raises the classified error when it cannot."""
+        import uuid
+
+        token = uuid.uuid4().hex[:12]
+        stage = f"rotator_probe_{token}"
+        url = quote_string(f"s3://{bucket}/.rotator-probe-{token}/")
+        self.client.execute(f"CREATE STAGE {stage} URL={url}"
+                            f" CONNECTION=(connection_name={quote_string(connection_name(connection))})")
+        try:
+            self.client.query(f"LIST @{stage}")
+        finally:
+            self.client.execute(f"DROP STAGE IF EXISTS {stage}")
 
     def read_back(self, table: TableName) -> int:
         return len(self.client.query(f"SELECT * FROM {table.sql} LIMIT 1"))

@@ -138,8 +138,10 @@ def classify_driver_error(exc: BaseException) -> RotatorError:
 
 
 def _driver_message(text: str) -> str:
+    from worker.redaction import redact  # Databend echoes SQL (and so credentials) in some errors
+
     text = re.sub(r"^APIError: ", "", text.strip())
-    return re.sub(r"\s*\[v\d+\.\d+\.\d+\]\s*$", "", text)
+    return redact(re.sub(r"\s*\[v\d+\.\d+\.\d+\]\s*$", "", text))
 
 
 # botocore error codes, grouped.

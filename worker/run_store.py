@@ -105,6 +105,12 @@ class RedisRunStore:
         raw = _call(self.redis.hget, self._key(run_id, ":tables"), table_key(table))
         return outcome_from_json(raw) if raw else None
 
+    def outcomes_for(self, run_id: str, tables: list[TableName]) -> list[TableOutcome]:
+        if not tables:
+            return []
+        raw = _call(self.redis.hmget, self._key(run_id, ":tables"), [table_key(t) for t in tables])
+        return [outcome_from_json(v) for v in raw if v]
+
     def outcomes(self, run_id: str) -> list[TableOutcome]:
         raw = _call(self.redis.hvals, self._key(run_id, ":tables"))
         return sorted((outcome_from_json(v) for v in raw), key=lambda o: o.table)

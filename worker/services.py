@@ -11,6 +11,7 @@ from worker.core.bindings import Binding, load_bindings
 from worker.core.key_rotation import KeyRotationContext
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
+from worker.limits import RedisLimits
 from worker.redis_state import RedisIntakeState, RedisSecretLocks
 from worker.run_store import RedisRunStore, redis_client
 from worker.settings import Settings, settings
@@ -24,6 +25,7 @@ class Services:
     bindings: list[Binding]
     intake_state: RedisIntakeState
     locks: RedisSecretLocks
+    limits: RedisLimits
     _admin: DriverDatabendAdmin | None = field(default=None, repr=False)
     _iam: BotoIamKeys | None = field(default=None, repr=False)
 
@@ -65,6 +67,7 @@ def services() -> Services:
                 bindings=load_bindings(current.bindings_path),
                 intake_state=RedisIntakeState(client),
                 locks=RedisSecretLocks(client, current.lock_ttl),
+                limits=RedisLimits(client),
             )
         return _services
 

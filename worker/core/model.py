@@ -34,10 +34,15 @@ class RoleCredentials:
 
     @property
     def fingerprint(self) -> str:
-        return f"role:{self.role_arn}"
+        return role_fingerprint(self.role_arn)
 
 
 Credentials = AccessKeyCredentials | RoleCredentials
+
+
+def role_fingerprint(role_arn: str) -> str:
+    """Databend shows only a role ARN's last 3 characters on a connection; compare those."""
+    return f"role:~{role_arn.lstrip('*')[-3:]}"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class StorageParam:
     @property
     def fingerprint(self) -> str | None:
         if self.iam_role:
-            return f"role:{self.iam_role}"
+            return role_fingerprint(self.iam_role)
         if self.ak_suffix:
             return f"ak:{self.ak_suffix}"
         return None
@@ -134,11 +139,14 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"  # a newer version was accepted before this run started
     ABORTED = "aborted"  # a key rotation undone by `rotator abort`
+    PAUSED = "paused"  # a migration stopped by `rotator pause`; `rotator resume` goes on
+    HALTED = "halted"  # a migration wave's error rate passed the threshold
+    ROLLED_BACK = "rolled_back"  # a migration undone by `rotator rollback`
 
     @property
     def final(self) -> bool:
         return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED,
-                        RunStatus.ABORTED)
+                        RunStatus.ABORTED, RunStatus.HALTED, RunStatus.ROLLED_BACK)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""Migration tasks: release a wave, switch one table under the run's shared limits, judge waves."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from worker.celery_app import RotatorTask, app
+from worker.core.migration import judge_wave, wave_tables
+from worker.core.model import RunStatus, TableOutcome, TableStatus
+from worker.core.rotation import RetryPolicy
+from worker.core.runs import finish_table, switch_and_record
+from worker.errors import RetryableError
+from worker.services import services
+from worker.sql import TableName
+
+log = structlog.get_logger("rotator.tasks")
+
+
+@app.task(base=RotatorTask, name="rotator.migration.release_wave")
+def release_wave(run_id: str) -> None:
+    """Enqueue the current wave's unfinished tables (again, after a pause or crash)."""
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    s = services()
+    run = s.runs.get(run_id)
+    if run.status != RunStatus.SWITCHING:
+        return
+    wave = int(run.data["wave"])
+    tables = wave_tables(run, wave)
+    finished = {o.table for o in s.runs.outcomes_for(run_id, tables) if o.status.done}
+    todo = [t for t in tables if t not in finished]
+    log.info("wave released", wave=wave, tables=len(todo))
+    if not todo:
+        judge(run_id, wave)
+    for table in todo:
+        migrate_table.delay(run_id, table.database, table.table)
+
+
+@app.task(base=RotatorTask, bind=True, name="rotator.migration.table")
+def migrate_table(self: RotatorTask, run_id: str, database: str, table: str) -> None:
+    name = TableName(database, table)
+    structlog.contextvars.bind_contextvars(run_id=run_id, table=str(name))
+    s = services()
+    run = s.runs.get(run_id)
+    if run.status != RunStatus.SWITCHING:
+        return  # paused, halted or over: the table stays pending for `rotator resume`
+    options = run.data["options"]
+    started = time.perf_counter()
+    try:
+        with s.limits.slot(run_id, int(options["concurrency"])):
+            s.limits.pace(run_id, options.get("rate"))
+            outcome, closed = switch_and_record(run_id, name, runs=s.runs, admin=s.admin,
+                                                retry=RetryPolicy())
+    except RetryableError as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from None
+        planned = s.runs.outcome(run_id, name)
+        outcome = TableOutcome(table=name, status=TableStatus.FAILED, reason=f"gave up: {exc}",
+                               rule=planned.rule if planned else "")
+        closed = finish_table(run_id, outcome, runs=s.runs)
+    if outcome is None:
+        return
+    log.info("table done", status=str(outcome.status), reason=outcome.reason,
+             ms=round((time.perf_counter() - started) * 1000, 1))
+    if not closed:
+        judge(run_id, int(run.data["wave"]))
+
+
+def judge(run_id: str, wave: int) -> None:
+    """When the wave is complete: halt on too many failures, else release the next wave."""
+    s = services()
+    run = s.runs.get(run_id)
+    if run.status != RunStatus.SWITCHING or int(run.data["wave"]) != wave:
+        return
+    outcomes = s.runs.outcomes_for(run_id, wave_tables(run, wave))
+    verdict = judge_wave(outcomes, float(run.data["options"]["max_error_rate"]))
+    if not verdict.complete:
+        return
+    if not s.limits.once(f"judged:{run_id}:{run.data.get('epoch', 0)}:{wave}"):
+        return
+    if verdict.halt:
+        s.runs.update(run_id, status=RunStatus.HALTED, error=(
+            f"wave {wave}: {verdict.failed} of {verdict.total} tables failed "
+            f"({verdict.error_rate:.0%}), over the limit of "
+            f"{float(run.data['options']['max_error_rate']):.0%}; the rest was not touched"))
+        log.warning("migration halted", wave=wave, failed=verdict.failed, total=verdict.total)
+        return
+    data = dict(run.data)
+    if wave + 1 < len(data["waves"]):
+        data["wave"] = wave + 1
+        s.runs.update(run_id, data=data)
+        release_wave.delay(run_id)

@@ -1,0 +1,245 @@
+"""Bulk migrations end to end: `rotator migrate` with real workers on moto (IAM enforced),
+Valkey and databend-local: 200 tables, canary halts, error-rate thresholds, a killed worker,
+pause/resume and rollback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.stack import (
+    Stack,
+    add_user,
+    create_external_table,
+    create_key_connection,
+    new_key,
+    stack_env,
+    storage_suffix,
+)
+from worker.databend_client import DatabendClient
+from worker.embedded import DatabendLocalProcess, LocalAws
+from worker.run_store import RedisRunStore
+from worker.sql import TableName
+
+pytestmark = pytest.mark.slow
+
+
+def policy(statements: list[tuple[str | list[str], list[str]]]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": action, "Resource": resources}
+        for action, resources in statements]})
+
+
+def bucket_arns(*buckets: str) -> list[str]:
+    return [r for b in buckets for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
+
+
+@dataclass
+class MigrationWorld:
+    token: str
+    stack: Stack
+    aws: LocalAws
+    runs: RedisRunStore
+    worker: subprocess.Popen[str]
+    keys: dict[str, dict[str, str]]
+
+    def user(self, name: str, policy_document: str) -> dict[str, str]:
+        user = f"mig-{self.token}-{name}"
+        add_user(self.aws, user)
+        self.aws.client("iam").put_user_policy(UserName=user, PolicyName="s3",
+                                               PolicyDocument=policy_document)
+        key = new_key(self.aws, user)
+        self.keys[name] = key
+        return key
+
+    def run_id_of(self, result: subprocess.CompletedProcess[str]) -> str:
+        for line in result.stdout.splitlines():
+            if line.startswith("run "):
+                return line.split()[1].rstrip(":")
+        raise AssertionError(result.stdout + result.stderr)
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        result = self.stack.cli("status", run_id, "--json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def restart_worker(self, name: str) -> None:
+        self.worker = self.stack.start_worker(name, "--concurrency", "8")
+
+
+@pytest.fixture(scope="module")
+def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: LocalAws,
+          redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigrationWorld]:
+    t = uuid.uuid4().hex[:6]
+    work = tmp_path_factory.mktemp("migration")
+    (work / "bindings.toml").write_text(
+        f'[[bindings]]\nname = "mig"\nsecret = "unused-{t}"\nconnection_prefix = "mig_{t}"\n'
+        f'tables = ["mig_{t}_main.*"]\n')
+    (work / "logs").mkdir()
+    stack = Stack(env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
+                  log_dir=work / "logs")
+    w = MigrationWorld(token=t, stack=stack, aws=aws, runs=RedisRunStore.from_url(redis_url),
+                       worker=stack.start_worker("worker", "--concurrency", "8"), keys={})
+    for bucket in ("a", "b"):
+        aws.client("s3").create_bucket(Bucket=f"mig-{t}-{bucket}")
+    a, b = f"mig-{t}-a", f"mig-{t}-b"
+    everything = bucket_arns(a, b)
+    for name, document in {
+        "source": policy([("s3:*", everything)]),
+        "ratesource": policy([("s3:*", everything)]),
+        "target": policy([("s3:*", everything)]),
+        # can list both buckets (so it passes the target check) but read/write only bucket a
+        "partial": policy([("s3:*", bucket_arns(a)), ("s3:ListBucket", [f"arn:aws:s3:::{b}"])]),
+        "listonly": policy([("s3:ListBucket", [f"arn:aws:s3:::{a}", f"arn:aws:s3:::{b}"])]),
+        "nothing": policy([("s3:ListAllMyBuckets", ["*"])]),
+    }.items():
+        create_key_connection(databend, aws, f"mig_{t}_{name}", w.user(name, document))
+    yield w
+    w.worker.terminate()
+    w.worker.wait(timeout=30)
+
+
+def make_tables(world: MigrationWorld, databend: DatabendClient, group: str, count: int,
+                *, in_b_every: int = 0, source: str = "source") -> list[TableName]:
+    tables = []
+    for i in range(count):
+        table = TableName(f"mig_{world.token}_{group}", f"table {i:03d}")
+        bucket = "b" if in_b_every and i % in_b_every == in_b_every - 1 else "a"
+        create_external_table(databend, table, f"mig-{world.token}-{bucket}",
+                              f"mig_{world.token}_{source}", rows=1)
+        tables.append(table)
+    return tables
+
+
+def suffix(world: MigrationWorld, name: str) -> str:
+    return world.keys[name]["AccessKeyId"][-3:]
+
+
+def test_two_hundred_tables_migrate_then_roll_back(world: MigrationWorld,
+                                                   databend: DatabendClient) -> None:
+    t = world.token
+    tables = make_tables(world, databend, "main", 200)
+    dry = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables", f"mig_{t}_main.*")
+    assert dry.returncode == 0 and "200 table(s)" in dry.stdout and "dry run" in dry.stdout
+    assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
+
+    result = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables", f"mig_{t}_main.*",
+                             "--commit", "--wave-size", "50", "--canary", "5", "--timeout", "300")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = world.run_id_of(result)
+    status = world.status(run_id)
+    assert status["status"] == "succeeded" and status["counts"] == {"validated": 200}
+    for table in tables:
+        assert storage_suffix(databend, table) == suffix(world, "target")
+    assert all(len(databend.query(f"SELECT * FROM {x.sql}")) == 1 for x in tables)
+
+    back = world.stack.cli("rollback", run_id)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "200 table(s) moved back" in back.stdout
+    for table in tables:
+        assert storage_suffix(databend, table) == suffix(world, "source")
+        assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
+    assert world.status(run_id)["status"] == "rolled_back"
+
+
+def test_a_target_that_cannot_reach_the_bucket_is_refused_before_any_table(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    t = world.token
+    tables = make_tables(world, databend, "refused", 3)
+    result = world.stack.cli("migrate", "--to", f"mig_{t}_nothing", "--tables",
+                             f"mig_{t}_refused.*", "--commit")
+    assert result.returncode == 2
+    assert "cannot reach bucket" in result.stderr
+    assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
+    missing = world.stack.cli("migrate", "--to", "no_such_connection", "--from",
+                              f"mig_{t}_source")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_failing_canary_halts_with_everything_readable(world: MigrationWorld,
+                                                         databend: DatabendClient) -> None:
+    t = world.token
+    tables = make_tables(world, databend, "canary", 20)
+    result = world.stack.cli("migrate", "--to", f"mig_{t}_listonly", "--tables",
+                             f"mig_{t}_canary.*", "--commit", "--canary", "3",
+                             "--timeout", "120")
+    assert result.returncode == 1, result.stdout + result.stderr
+    status = world.status(world.run_id_of(result))
+    assert status["status"] == "halted" and "wave 0" in status["error"]
+    assert status["counts"] == {"failed": 3, "pending": 17}
+    for table in tables:
+        assert storage_suffix(databend, table) == suffix(world, "source")
+        assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
+
+
+def test_error_rate_threshold_halts_at_two_percent_and_completes_at_ten(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    t = world.token
+    # 10 tables of 200 (5 %) in the bucket the target may list but not read or write
+    tables = make_tables(world, databend, "rate", 200, in_b_every=20, source="ratesource")
+    common = ["--to", f"mig_{t}_partial", "--from", f"mig_{t}_ratesource", "--commit",
+              "--wave-size", "50", "--canary", "0", "--timeout", "300"]
+    strict = world.stack.cli("migrate", *common, "--max-error-rate", "0.02",
+                             "--tables", f"mig_{t}_rate.*")
+    assert strict.returncode == 2, "--from and --tables together are refused"
+    strict = world.stack.cli("migrate", *common, "--max-error-rate", "0.02")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    halted = world.status(world.run_id_of(strict))
+    assert halted["status"] == "halted"
+    assert halted["counts"]["failed"] <= 3 and halted["counts"].get("pending", 0) >= 150
+
+    # the tables the halted run moved are on the target now; a tolerant run takes the rest
+    tolerant = world.stack.cli("migrate", *common, "--max-error-rate", "0.10")
+    assert tolerant.returncode == 1, "finished, with failures reported"
+    done = world.status(world.run_id_of(tolerant))
+    assert done["status"] == "failed" and done["counts"]["failed"] == 10
+    assert "10 of" in done["error"]
+    in_b = [x for i, x in enumerate(tables) if i % 20 == 19]
+    for table in tables:
+        expected = "ratesource" if table in in_b else "partial"
+        assert storage_suffix(databend, table) == suffix(world, expected), table
+        assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
+
+
+def test_a_killed_worker_resumes_without_switching_any_table_twice(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    t = world.token
+    tables = make_tables(world, databend, "kill", 200)
+    result = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables",
+                             f"mig_{t}_kill.*", "--commit", "--rate", "25", "--no-wait")
+    run_id = world.run_id_of(result)
+    deadline = time.monotonic() + 60
+    while world.status(run_id)["counts"].get("validated", 0) < 40:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    paused = world.stack.cli("pause", run_id)
+    assert paused.returncode == 0
+    world.worker.send_signal(signal.SIGKILL)
+    world.worker.wait(timeout=30)
+    before = {tuple(x["table"]): x for x in world.status(run_id)["tables"]
+              if x["status"] == "validated"}
+    assert 40 <= len(before) < 200
+
+    world.restart_worker("worker-after-kill")
+    resumed = world.stack.cli("resume", run_id, "--timeout", "300")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = world.status(run_id)
+    assert after["status"] == "succeeded"
+    assert set(after["counts"]) <= {"validated", "already_switched"}
+    assert sum(after["counts"].values()) == 200
+    by_table = {tuple(x["table"]): x for x in after["tables"]}
+    for key, outcome in before.items():
+        assert by_table[key] == outcome, "a table finished before the kill was not switched again"
+    for table in tables:
+        assert storage_suffix(databend, table) == suffix(world, "target")
