@@ -7,10 +7,10 @@ import time
 import structlog
 
 from worker.celery_app import RotatorTask, app
-from worker.core.migration import judge_wave, wave_tables
+from worker.core.migration import judge_wave
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
-from worker.core.runs import finish_table, switch_and_record
+from worker.core.runs import close_run, switch_and_record
 from worker.errors import RetryableError
 from worker.services import services
 from worker.sql import TableName
@@ -22,23 +22,30 @@ log = structlog.get_logger("rotator.tasks")
 def release_wave(run_id: str) -> None:
     """Enqueue the current wave's unfinished tables (again, after a pause or crash)."""
     structlog.contextvars.bind_contextvars(run_id=run_id)
+    enqueue_wave(run_id)
+
+
+def enqueue_wave(run_id: str) -> None:
     s = services()
     run = s.runs.get(run_id)
     if run.status != RunStatus.SWITCHING:
         return
     wave = int(run.data["wave"])
-    tables = wave_tables(run, wave)
-    finished = {o.table for o in s.runs.outcomes_for(run_id, tables) if o.status.done}
-    todo = [t for t in tables if t not in finished]
+    tables = s.runs.wave(run_id, wave)
+    outcomes = s.runs.outcomes_for(run_id, tables)
+    for outcome in outcomes:  # finished before a pause or crash: counted for this epoch
+        if outcome.status.done:
+            s.runs.wave_finished(run_id, wave, outcome.table, int(run.data.get("epoch", 0)))
+    todo = [o.table for o in outcomes if not o.status.done]
     log.info("wave released", wave=wave, tables=len(todo))
     if not todo:
         judge(run_id, wave)
     for table in todo:
-        migrate_table.delay(run_id, table.database, table.table)
+        migrate_table.delay(run_id, table.database, table.table, wave)
 
 
 @app.task(base=RotatorTask, bind=True, name="rotator.migration.table")
-def migrate_table(self: RotatorTask, run_id: str, database: str, table: str) -> None:
+def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wave: int) -> None:
     name = TableName(database, table)
     structlog.contextvars.bind_contextvars(run_id=run_id, table=str(name))
     s = services()
@@ -46,34 +53,40 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str) -> 
     if run.status != RunStatus.SWITCHING:
         return  # paused, halted or over: the table stays pending for `rotator resume`
     options = run.data["options"]
+    epoch = int(run.data.get("epoch", 0))
     started = time.perf_counter()
     try:
         with s.limits.slot(run_id, int(options["concurrency"])):
             s.limits.pace(run_id, options.get("rate"))
-            outcome, closed = switch_and_record(run_id, name, runs=s.runs, admin=s.admin,
-                                                retry=RetryPolicy())
+            result = switch_and_record(run_id, name, runs=s.runs, admin=s.admin,
+                                       retry=RetryPolicy(), run=run, wave=(wave, epoch))
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from None
         planned = s.runs.outcome(run_id, name)
         outcome = TableOutcome(table=name, status=TableStatus.FAILED, reason=f"gave up: {exc}",
                                rule=planned.rule if planned else "")
-        closed = finish_table(run_id, outcome, runs=s.runs)
-    if outcome is None:
+        remaining, finished, size = s.runs.record_wave_outcome(run_id, outcome, wave, epoch)
+        if remaining == 0:
+            close_run(run_id, s.runs)
+        elif finished >= size:
+            judge(run_id, wave)
         return
-    log.info("table done", status=str(outcome.status), reason=outcome.reason,
-             ms=round((time.perf_counter() - started) * 1000, 1))
-    if not closed:
-        judge(run_id, int(run.data["wave"]))
+    if result is None:
+        return
+    log.debug("table done", status=str(result.outcome.status), reason=result.outcome.reason,
+              ms=round((time.perf_counter() - started) * 1000, 1))
+    if result.wave_complete:
+        judge(run_id, wave)
 
 
 def judge(run_id: str, wave: int) -> None:
-    """When the wave is complete: halt on too many failures, else release the next wave."""
+    """The wave is complete: halt on too many failures, else release the next wave."""
     s = services()
     run = s.runs.get(run_id)
     if run.status != RunStatus.SWITCHING or int(run.data["wave"]) != wave:
         return
-    outcomes = s.runs.outcomes_for(run_id, wave_tables(run, wave))
+    outcomes = s.runs.outcomes_for(run_id, s.runs.wave(run_id, wave))
     verdict = judge_wave(outcomes, float(run.data["options"]["max_error_rate"]))
     if not verdict.complete:
         return
@@ -86,8 +99,8 @@ def judge(run_id: str, wave: int) -> None:
             f"{float(run.data['options']['max_error_rate']):.0%}; the rest was not touched"))
         log.warning("migration halted", wave=wave, failed=verdict.failed, total=verdict.total)
         return
-    data = dict(run.data)
-    if wave + 1 < len(data["waves"]):
+    if wave + 1 < s.runs.wave_count(run_id):
+        data = dict(run.data)
         data["wave"] = wave + 1
         s.runs.update(run_id, data=data)
-        release_wave.delay(run_id)
+        enqueue_wave(run_id)  # from here: no extra task hop between waves

@@ -52,8 +52,11 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     s = services()
     started = time.perf_counter()
     try:
-        outcome, closed = switch_and_record(run_id, name, runs=s.runs, admin=s.admin,
-                                            locks=s.locks, retry=RetryPolicy())
+        result = switch_and_record(run_id, name, runs=s.runs, admin=s.admin, locks=s.locks,
+                                   retry=RetryPolicy())
+        if result is None:
+            return  # not part of this run, or already finished (a redelivered message)
+        outcome, closed = result.outcome, result.closed
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
@@ -62,8 +65,6 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
                                rule=planned.rule if planned else "",
                                reason=f"gave up after retries: {exc}")
         closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
-    if outcome is None:
-        return  # not part of this run, or already finished (a redelivered message)
     if closed:
         _wake_parent(run_id)
     log.info("table done", status=str(outcome.status), reason=outcome.reason,

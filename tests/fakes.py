@@ -92,6 +92,8 @@ class MemoryRuns:
     tables: dict[str, dict[TableName, TableOutcome]] = field(default_factory=dict)
     pending_: dict[str, set[TableName]] = field(default_factory=dict)
     retiring_: set[str] = field(default_factory=set)
+    waves_: dict[str, list[list[TableName]]] = field(default_factory=dict)
+    wave_done_: dict[tuple[str, int, int], set[TableName]] = field(default_factory=dict)
     on_update: Callable[[str, dict[str, object]], None] | None = None
 
     def create(self, run: RunRecord) -> None:
@@ -114,6 +116,20 @@ class MemoryRuns:
     def outcome(self, run_id: str, table: TableName) -> TableOutcome | None:
         return self.tables.get(run_id, {}).get(table)
 
+    def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
+        outcome = self.tables.get(run_id, {}).get(table)
+        if outcome is None or outcome.status.done:
+            return outcome
+        outcome = dataclasses.replace(outcome, attempts=outcome.attempts + 1)
+        self.tables[run_id][table] = outcome
+        return dataclasses.replace(outcome)
+
+    def record_wave_outcome(self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+                            ) -> tuple[int, int, int]:
+        remaining = self.record_outcome(run_id, outcome)
+        return remaining, self.wave_finished(run_id, wave, outcome.table, epoch), \
+            self.wave_size(run_id, wave)
+
     def outcomes(self, run_id: str) -> list[TableOutcome]:
         return sorted(self.tables.get(run_id, {}).values(), key=lambda o: o.table)
 
@@ -125,6 +141,24 @@ class MemoryRuns:
 
     def pending(self, run_id: str) -> list[TableName]:
         return sorted(self.pending_.get(run_id, set()))
+
+    def set_waves(self, run_id: str, waves: list[list[TableName]]) -> None:
+        self.waves_[run_id] = [list(w) for w in waves]
+
+    def wave(self, run_id: str, index: int) -> list[TableName]:
+        waves = self.waves_.get(run_id, [])
+        return list(waves[index]) if index < len(waves) else []
+
+    def wave_size(self, run_id: str, index: int) -> int:
+        return len(self.wave(run_id, index))
+
+    def wave_count(self, run_id: str) -> int:
+        return len(self.waves_.get(run_id, []))
+
+    def wave_finished(self, run_id: str, index: int, table: TableName, epoch: int) -> int:
+        done = self.wave_done_.setdefault((run_id, index, epoch), set())
+        done.add(table)
+        return len(done)
 
     def mark_retiring(self, run_id: str) -> None:
         self.retiring_.add(run_id)

@@ -138,10 +138,11 @@ def test_rotate_commit_switches_thirty_tables_then_retires_the_old_key(
     assert "dry run" in dry.stdout and f"IAM user {user}" in dry.stdout
     assert len(world.keys_of(user)) == 1, "a dry run changes nothing"
 
-    result = world.stack.cli("rotate", f"main-{world.token}", "--commit", "--delete-after", "3s",
+    result = world.stack.cli("rotate", f"main-{world.token}", "--commit", "--delete-after", "8s",
                              "--timeout", "240")
     assert result.returncode == 0, result.stdout + result.stderr
     run_id = world.run_id_of(result)
+    assert world.keys_of(user)[k1["AccessKeyId"]] == "Inactive"
 
     value = world.current_value(secret)
     k2 = value["access_key_id"]
@@ -151,7 +152,6 @@ def test_rotate_commit_switches_thirty_tables_then_retires_the_old_key(
         assert storage_suffix(databend, table) == k2[-3:]
         databend.execute(f"INSERT INTO {table.sql} VALUES (9, 'with K2')")
     assert all_read(databend, tables)
-    assert world.keys_of(user)[k1["AccessKeyId"]] == "Inactive"
 
     # after the (shortened) delete grace the worker's schedule deletes K1
     deadline = time.monotonic() + 60

@@ -370,7 +370,6 @@ def resume(run_id: str, no_wait: bool, timeout: float) -> None:
 
 def _resume_migration(s: Any, run: Any) -> list[str]:
     from tasks.migration import release_wave
-    from worker.core.migration import wave_tables
     from worker.core.model import RunStatus, TableOutcome
     from worker.errors import FatalError as Fatal
 
@@ -378,7 +377,7 @@ def _resume_migration(s: Any, run: Any) -> list[str]:
         raise Fatal(f"run {run.run_id} is {run.status}: nothing to resume")
     wave = int(run.data["wave"])
     reopened = []
-    for outcome in s.runs.outcomes_for(run.run_id, wave_tables(run, wave)):
+    for outcome in s.runs.outcomes_for(run.run_id, s.runs.wave(run.run_id, wave)):
         if outcome.status.failed:  # retried after a halt or a failed finish
             s.runs.record_pending(run.run_id, TableOutcome(
                 table=outcome.table, rule=outcome.rule, previous=outcome.previous))
@@ -419,7 +418,7 @@ def abort(run_id: str) -> None:
               help="db.table selector (globs allowed, Databend quoting); repeatable.")
 @click.option("--binding", default=None, help="Move the tables a binding's selectors name.")
 @click.option("--commit", is_flag=True, help="Do it (default: print the plan, change nothing).")
-@click.option("--wave-size", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--wave-size", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--canary", default=5, show_default=True, type=click.IntRange(0, 100_000),
               help="Tables in the first wave.")
 @click.option("--max-error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),

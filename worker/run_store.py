@@ -51,10 +51,28 @@ def outcome_from_json(text: str | bytes) -> TableOutcome:
     return TableOutcome(**data)
 
 
+# Read a table's outcome and, unless it is finished, count one more attempt: one round trip.
+_BEGIN_ATTEMPT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return false end
+local outcome = cjson.decode(raw)
+local status = outcome['status']
+if status == 'validated' or status == 'already_switched' or status == 'failed'
+   or status == 'stranded' then
+  return raw
+end
+outcome['attempts'] = (tonumber(outcome['attempts']) or 0) + 1
+local updated = cjson.encode(outcome)
+redis.call('HSET', KEYS[1], ARGV[1], updated)
+return updated
+"""
+
+
 class RedisRunStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
+        self._begin = client.register_script(_BEGIN_ATTEMPT)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -101,6 +119,10 @@ class RedisRunStore:
             pipe.expire(pending_key, self.ttl)
             _execute(pipe)
 
+    def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
+        raw = _call(self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(table)])
+        return outcome_from_json(raw) if raw else None
+
     def outcome(self, run_id: str, table: TableName) -> TableOutcome | None:
         raw = _call(self.redis.hget, self._key(run_id, ":tables"), table_key(table))
         return outcome_from_json(raw) if raw else None
@@ -125,6 +147,23 @@ class RedisRunStore:
             results = _execute(pipe)
         return int(results[-1])
 
+    def record_wave_outcome(self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+                            ) -> tuple[int, int, int]:
+        """record_outcome, and count the table as finished in its wave, in one round trip.
+        Returns (tables still pending in the run, finished in the wave, size of the wave)."""
+        key = table_key(outcome.table)
+        done_key = self._key(run_id, f":wave:{wave}:done:{epoch}")
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(run_id, ":tables"), key, outcome_to_json(outcome))
+            pipe.srem(self._key(run_id, ":pending"), key)
+            pipe.scard(self._key(run_id, ":pending"))
+            pipe.sadd(done_key, key)
+            pipe.expire(done_key, self.ttl)
+            pipe.scard(done_key)
+            pipe.llen(self._key(run_id, f":wave:{wave}"))
+            results = _execute(pipe)
+        return int(results[2]), int(results[5]), int(results[6])
+
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
         key = table_key(outcome.table)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -135,6 +174,37 @@ class RedisRunStore:
     def pending(self, run_id: str) -> list[TableName]:
         raw = _call(self.redis.smembers, self._key(run_id, ":pending"))
         return sorted(table_from_key(k) for k in raw)
+
+    # --- migration waves --------------------------------------------------------------------------
+
+    def set_waves(self, run_id: str, waves: list[list[TableName]]) -> None:
+        with self.redis.pipeline() as pipe:
+            for index, wave in enumerate(waves):
+                key = self._key(run_id, f":wave:{index}")
+                pipe.delete(key)
+                if wave:
+                    pipe.rpush(key, *[table_key(t) for t in wave])
+                pipe.expire(key, self.ttl)
+            pipe.set(self._key(run_id, ":waves"), len(waves), ex=self.ttl)
+            _execute(pipe)
+
+    def wave(self, run_id: str, index: int) -> list[TableName]:
+        raw = _call(self.redis.lrange, self._key(run_id, f":wave:{index}"), 0, -1)
+        return [table_from_key(k) for k in raw]
+
+    def wave_size(self, run_id: str, index: int) -> int:
+        return int(_call(self.redis.llen, self._key(run_id, f":wave:{index}")))
+
+    def wave_count(self, run_id: str) -> int:
+        return int(_call(self.redis.get, self._key(run_id, ":waves")) or 0)
+
+    def wave_finished(self, run_id: str, index: int, table: TableName, epoch: int) -> int:
+        key = self._key(run_id, f":wave:{index}:done:{epoch}")
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, table_key(table))
+            pipe.expire(key, self.ttl)
+            pipe.scard(key)
+            return int(_execute(pipe)[-1])
 
     # key rotations whose old key still awaits deactivation or deletion
     def mark_retiring(self, run_id: str) -> None:

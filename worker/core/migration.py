@@ -25,7 +25,7 @@ class MigrationRefused(FatalError):
 
 @dataclass(frozen=True)
 class MigrationOptions:
-    wave_size: int = 50
+    wave_size: int = 100
     canary: int = 5
     max_error_rate: float = 0.0
     concurrency: int = 8
@@ -108,19 +108,15 @@ def new_migration(runs: RunStore, plan: MigrationPlan, options: MigrationOptions
         run_id=run_id, kind="migration", secret="", version_id="", status=RunStatus.SWITCHING,
         connection=plan.target, target=plan.target_fingerprint, started_at=time.time(),
         notes=[description],
-        data={"waves": [[[t.database, t.table] for t in w] for w in plan.waves], "wave": 0,
+        data={"wave": 0, "epoch": 0,
               "options": {"wave_size": options.wave_size, "canary": options.canary,
                           "max_error_rate": options.max_error_rate,
                           "concurrency": options.concurrency, "rate": options.rate},
               "previous_connections": plan.previous_connections}))
+    runs.set_waves(run_id, plan.waves)
     runs.set_plan(run_id, [TableOutcome(table=t.name, rule=f"wave {wave_of[t.name]}",
                                         previous=t.storage.fingerprint) for t in plan.tables])
     return run_id
-
-
-def wave_tables(run: RunRecord, wave: int) -> list[TableName]:
-    waves = run.data.get("waves", [])
-    return [TableName(d, t) for d, t in waves[wave]] if wave < len(waves) else []
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class TableOutcome:
     rows_read: int | None = None
     previous: str | None = None  # fingerprint before the switch
     switched_at: float | None = None  # wall-clock time the ALTER returned
+    attempts: int = 0  # switch attempts begun (written before the ALTER: a retry checks first)
 
 
 class RunStatus(StrEnum):

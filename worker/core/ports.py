@@ -84,6 +84,16 @@ class RunStore(Protocol):
 
     def outcome(self, run_id: str, table: TableName) -> TableOutcome | None: ...
 
+    def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
+        """The table's outcome; unless finished, with one more attempt recorded (write-ahead)."""
+        ...
+
+    def record_wave_outcome(self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+                            ) -> tuple[int, int, int]:
+        """record_outcome for a finished table of a migration wave: (pending in the run,
+        finished in the wave, size of the wave)."""
+        ...
+
     def outcomes(self, run_id: str) -> list[TableOutcome]: ...
 
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
@@ -98,6 +108,20 @@ class RunStore(Protocol):
 
     def mark_retiring(self, run_id: str) -> None:
         """A key rotation whose old key awaits deactivation or deletion."""
+        ...
+
+    def set_waves(self, run_id: str, waves: list[list[TableName]]) -> None:
+        """A migration's waves, kept apart from the run record (they can be large)."""
+        ...
+
+    def wave(self, run_id: str, index: int) -> list[TableName]: ...
+
+    def wave_size(self, run_id: str, index: int) -> int: ...
+
+    def wave_count(self, run_id: str) -> int: ...
+
+    def wave_finished(self, run_id: str, index: int, table: TableName, epoch: int) -> int:
+        """Count a finished table of a wave (idempotent); returns how many are finished."""
         ...
 
     def unmark_retiring(self, run_id: str) -> None: ...

@@ -148,20 +148,27 @@ def rotate_table(
     may_skip_switched: bool = True,
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] = time.time,
+    known_current: str | None = None,
 ) -> TableOutcome:
     """Switch one table to ``connection`` and read it back. Never raises a FatalError: a
     permanent failure becomes a FAILED outcome with Databend's message. A RetryableError that
-    outlives the step's retries propagates, so the task layer can retry later."""
+    outlives the step's retries propagates, so the task layer can retry later.
+
+    ``known_current``: the table's credentials as the plan saw them, for a first attempt; the
+    lookup in system.tables (a scan of every table) is then skipped. A retry passes None and
+    checks before acting."""
     retry = retry or RetryPolicy()
     outcome = TableOutcome(table=table)
     try:
-        current = retry.call(lambda: admin.describe_table(table))
-        if current is None:
-            return _failed(outcome, "table not found")
-        if not current.storage.kind:
-            return _failed(outcome, "not an external table")
-        outcome.previous = current.storage.fingerprint
-        if may_skip_switched and current.storage.fingerprint == target:
+        if known_current is None:
+            current = retry.call(lambda: admin.describe_table(table))
+            if current is None:
+                return _failed(outcome, "table not found")
+            if not current.storage.kind:
+                return _failed(outcome, "not an external table")
+            known_current = current.storage.fingerprint
+        outcome.previous = known_current
+        if may_skip_switched and known_current == target:
             outcome.status = TableStatus.ALREADY_SWITCHED
         else:
             try:

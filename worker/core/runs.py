@@ -9,6 +9,7 @@ twice.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from worker.core.bindings import Binding, find_binding
 from worker.core.model import RunStatus, TableOutcome, TableStatus
@@ -113,25 +114,45 @@ def prepare_rotation(
     return pending
 
 
-def switch_and_record(run_id: str, table: TableName, *, runs: RunStore, admin: DatabendAdmin,
-                      locks: SecretLocks | None = None, retry: RetryPolicy | None = None
-                      ) -> tuple[TableOutcome | None, bool]:
-    """Switch one planned table of a run and record the outcome: (outcome, closed the run).
+@dataclass(frozen=True)
+class Switched:
+    outcome: TableOutcome
+    closed: bool  # this table closed the run
+    wave_complete: bool = False  # (migrations) this table completed its wave
 
-    Returns (None, False) when the table is not in the run or already finished (redelivery).
-    A RetryableError that outlives the step's retries propagates to the caller.
+
+def switch_and_record(run_id: str, table: TableName, *, runs: RunStore, admin: DatabendAdmin,
+                      locks: SecretLocks | None = None, retry: RetryPolicy | None = None,
+                      run: RunRecord | None = None, wave: tuple[int, int] | None = None
+                      ) -> Switched | None:
+    """Switch one planned table of a run and record the outcome.
+
+    Returns None when the table is not in the run or already finished (redelivery). A
+    RetryableError that outlives the step's retries propagates to the caller. The attempt is
+    written down before the ALTER: a first attempt trusts the plan's view of the table, a later
+    one (after a crash or an error) looks at the table before acting. ``wave`` = (index, epoch)
+    for a migration's table.
     """
-    run = runs.get(run_id)
-    planned = runs.outcome(run_id, table)
-    if planned is None or planned.status.done or RunStatus(run.status).final:
-        return None, False
+    run = run or runs.get(run_id)
+    if RunStatus(run.status).final:
+        return None
+    planned = runs.begin_attempt(run_id, table)
+    if planned is None or planned.status.done:
+        return None
     if locks is not None:
         locks.renew(run.secret, _lock_owner(run))
+    first_attempt = planned.attempts == 1 and planned.previous is not None
     outcome = rotate_table(admin, table, connection=str(run.connection), target=str(run.target),
-                           may_skip_switched=run.may_skip_switched, retry=retry)
+                           may_skip_switched=run.may_skip_switched, retry=retry,
+                           known_current=planned.previous if first_attempt else None)
     outcome.rule = planned.rule
     outcome.previous = outcome.previous or planned.previous
-    return outcome, finish_table(run_id, outcome, runs=runs, locks=locks)
+    outcome.attempts = planned.attempts
+    if wave is None:
+        return Switched(outcome, finish_table(run_id, outcome, runs=runs, locks=locks))
+    remaining, finished, size = runs.record_wave_outcome(run_id, outcome, *wave)
+    closed = close_run(run_id, runs, locks) if remaining == 0 else False
+    return Switched(outcome, closed, wave_complete=not closed and finished >= size)
 
 
 def finish_table(run_id: str, outcome: TableOutcome, *, runs: RunStore,

@@ -1,0 +1,161 @@
+"""Bulk migration throughput: N external tables switched and read back, three ways, in one run.
+
+(a) the naive loop: ALTER TABLE … CONNECTION + read back, one table after another, one client;
+(b) the raw parallel floor: the same statements from K threads, no Celery, no bookkeeping;
+(c) `rotator migrate --commit --concurrency K` with one `rotator worker --concurrency K`.
+
+Each way moves the same N tables to a connection of its own, so every ALTER really changes the
+table. Prints the times, the ratios c/b and c/a, and the worker's peak RSS (VmHWM). Goals
+(issue 6): c <= 1.15 x b, c <= 0.6 x a; at N = 10,000, c <= 10.5 x the 1,000 case and the worker's
+RSS <= 300 MB. Everything runs on this machine (databend-local, Valkey, moto without IAM
+enforcement: any key is accepted, which keeps moto's CPU out of the comparison).
+
+    python benchmarks/migration_throughput.py [--tables 1000] [--threads 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--wave-size", type=int, default=100)
+    parser.add_argument("--only-rotator", action="store_true",
+                        help="skip (a) and (b): for the 10,000-table scaling run")
+    args = parser.parse_args()
+
+    from worker.databend_client import DatabendClient
+    from worker.embedded import start_databend_local, start_moto, start_valkey, stop_process
+    from worker.run_store import RedisRunStore
+    from worker.sql import TableName, quote_string
+
+    work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
+    databend = start_databend_local(pool_size=max(8, args.threads))
+    valkey, aws = start_valkey(), start_moto(enforce_iam=False)
+    worker = None
+    try:
+        db = DatabendClient(databend.dsn)
+        aws.client("s3").create_bucket(Bucket="bench-migrate")
+        for i, name in enumerate(("src", "dst_a", "dst_b", "dst_c")):
+            db.execute(f"CREATE CONNECTION {name} STORAGE_TYPE='s3'"
+                       f" ACCESS_KEY_ID='AKIABENCHBENCH{i:06d}' SECRET_ACCESS_KEY='x'"
+                       f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION='us-east-1'")
+        db.execute("CREATE DATABASE bench")
+        tables = [TableName("bench", f"t{i:05d}") for i in range(args.tables)]
+        print(f"creating {len(tables)} external tables ...", flush=True)
+        started = time.perf_counter()
+
+        def create(table: TableName) -> None:
+            client = clients()
+            client.execute(f"CREATE TABLE {table.sql} (id INT, v STRING)"
+                           f" 's3://bench-migrate/{table.table}/' CONNECTION=(connection_name='src')")
+            client.execute(f"INSERT INTO {table.sql} VALUES (1, 'x')")
+
+        local = threading.local()
+
+        def clients() -> DatabendClient:
+            if not hasattr(local, "client"):
+                local.client = DatabendClient(databend.dsn)
+            return local.client  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(create, tables))
+        print(f"  created in {time.perf_counter() - started:.1f}s", flush=True)
+
+        def switch(table: TableName, connection: str) -> None:
+            client = clients()
+            client.execute(f"ALTER TABLE {table.sql} CONNECTION=(connection_name='{connection}')")
+            assert client.query(f"SELECT * FROM {table.sql} LIMIT 1")
+
+        naive = floor = float("nan")
+        if not args.only_rotator:
+            # (a) naive sequential loop through one client
+            started = time.perf_counter()
+            for table in tables:
+                switch(table, "dst_a")
+            naive = time.perf_counter() - started
+            print(f"(a) sequential loop:        {naive:8.2f}s  {len(tables) / naive:7.1f} "
+                  "tables/s", flush=True)
+
+        # (b) raw parallel floor: K threads, no Celery (with --only-rotator: just moves the
+        # tables to dst_b so that (c) starts from the same place)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(lambda t: switch(t, "dst_b"), tables))
+        if not args.only_rotator:
+            floor = time.perf_counter() - started
+            print(f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
+                  f"{len(tables) / floor:7.1f} tables/s", flush=True)
+
+        # (c) rotator migrate --commit with a worker of K threads
+        (work / "bindings.toml").write_text(
+            '[[bindings]]\nname = "b"\nsecret = "unused"\nconnection_prefix = "b"\n'
+            'tables = ["bench.*"]\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(aws.env())
+        env.update({"DATABEND_DSN": databend.dsn, "REDIS_URL": valkey.url,
+                    "ROTATOR_BINDINGS": str(work / "bindings.toml"),
+                    "ROTATOR_LOG_LEVEL": "WARNING"})
+        cli = [sys.executable, "-m", "worker.cli"]
+        with open(work / "worker.log", "wb") as log:
+            worker = subprocess.Popen([*cli, "worker", "--concurrency", str(args.threads)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            time.sleep(3)
+            started = time.perf_counter()
+            profiler = None
+            if os.environ.get("BENCH_PROFILE"):  # py-spy flame of the worker during (c)
+                profiler = subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-o",
+                                             os.environ["BENCH_PROFILE"], "-f", "raw",
+                                             "--nonblocking"])
+            result = subprocess.run(
+                [*cli, "migrate", "--to", "dst_c", "--from", "dst_b", "--commit",
+                 "--concurrency", str(args.threads), "--wave-size", str(args.wave_size),
+                 "--timeout", "7200"],
+                env=env, capture_output=True, text=True, cwd=REPO)
+            wall = time.perf_counter() - started
+            if profiler is not None:
+                profiler.send_signal(2)
+                profiler.wait()
+            if result.returncode != 0:
+                print(result.stdout[-2000:], result.stderr[-2000:])
+                sys.exit(1)
+            runs = RedisRunStore.from_url(valkey.url)
+            run = runs.get(runs.recent_runs(1)[0])
+            migrate = run.updated_at - run.started_at
+            rss = peak_rss_mb(worker.pid)
+        print(f"(c) rotator migrate:        {migrate:8.2f}s  {len(tables) / migrate:7.1f} tables/s"
+              f"  (CLI wall clock incl. planning: {wall:.2f}s)")
+        print(f"c / b = {migrate / floor:.2f}  (goal <= 1.15)   c / a = {migrate / naive:.2f}"
+              f"  (goal <= 0.6)")
+        print(f"worker peak RSS: {rss:.0f} MB  (goal <= 300 MB at 10,000 tables)")
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        databend.stop()
+        valkey.stop()
+        aws.stop()
+
+
+if __name__ == "__main__":
+    main()
