@@ -55,8 +55,10 @@ def main() -> None:
             worst = max(worst, remote - local)
             print(f"{label:<22} {local:>14.3f} {remote:>17.3f} {remote - local:>9.3f}")
         verdict = "meets" if worst <= 1.5 else "MISSES"
-        print(f"worst added latency: {worst:.3f} ms per query (median of {args.queries}); "
-              f"{verdict} the 1.5 ms goal")
+        print(
+            f"worst added latency: {worst:.3f} ms per query (median of {args.queries}); "
+            f"{verdict} the 1.5 ms goal"
+        )
     finally:
         server.stop()
 

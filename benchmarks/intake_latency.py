@@ -46,48 +46,94 @@ def main() -> None:
         sm, sqs, events = (aws.client(s) for s in ("secretsmanager", "sqs", "events"))
         aws.client("s3").create_bucket(Bucket="bench")
         db.execute("CREATE DATABASE bench")
-        db.execute("CREATE CONNECTION bench_seed STORAGE_TYPE='s3' ACCESS_KEY_ID='AKIASEEDSEEDSEED0001'"
-                   f" SECRET_ACCESS_KEY='seed' ENDPOINT_URL={quote_string(aws.endpoint_url)}"
-                   " REGION='us-east-1'")
+        db.execute(
+            "CREATE CONNECTION bench_seed STORAGE_TYPE='s3' ACCESS_KEY_ID='AKIASEEDSEEDSEED0001'"
+            f" SECRET_ACCESS_KEY='seed' ENDPOINT_URL={quote_string(aws.endpoint_url)}"
+            " REGION='us-east-1'"
+        )
         bindings, secrets = [], []
         print(f"seeding {args.events} secrets with one external table each ...", flush=True)
         for i in range(args.events):
             name = f"databend/bench-{i}"
             table = TableName("bench", f"t{i}")
-            db.execute(f"CREATE TABLE {table.sql} (x INT) 's3://bench/t{i}/'"
-                       " CONNECTION=(connection_name='bench_seed')")
+            db.execute(
+                f"CREATE TABLE {table.sql} (x INT) 's3://bench/t{i}/'"
+                " CONNECTION=(connection_name='bench_seed')"
+            )
             db.execute(f"INSERT INTO {table.sql} VALUES (1)")
-            arn = sm.create_secret(Name=name, SecretString=json.dumps(
-                {"access_key_id": "AKIASEEDSEEDSEED0001", "secret_access_key": "seed",
-                 "endpoint_url": aws.endpoint_url}))["ARN"]
+            arn = sm.create_secret(
+                Name=name,
+                SecretString=json.dumps(
+                    {
+                        "access_key_id": "AKIASEEDSEEDSEED0001",
+                        "secret_access_key": "seed",
+                        "endpoint_url": aws.endpoint_url,
+                    }
+                ),
+            )["ARN"]
             secrets.append((name, arn))
-            bindings.append(f'[[bindings]]\nname = "b{i}"\nsecret = "{name}"\n'
-                            f'connection_prefix = "bench_{i}"\ndiscover = false\n'
-                            f'tables = [{json.dumps("bench." + quote_identifier(table.table))}]\n')
+            bindings.append(
+                f'[[bindings]]\nname = "b{i}"\nsecret = "{name}"\n'
+                f'connection_prefix = "bench_{i}"\ndiscover = false\n'
+                f"tables = [{json.dumps('bench.' + quote_identifier(table.table))}]\n"
+            )
         (work / "bindings.toml").write_text("\n".join(bindings))
         queue = sqs.create_queue(QueueName="bench")["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        events.put_rule(Name="bench", EventPattern=json.dumps(eventbridge_rule_pattern(
-            "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/bench-")))
+            "Attributes"
+        ]["QueueArn"]
+        events.put_rule(
+            Name="bench",
+            EventPattern=json.dumps(
+                eventbridge_rule_pattern(
+                    "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/bench-"
+                )
+            ),
+        )
         events.put_targets(Rule="bench", Targets=[{"Id": "q", "Arn": queue_arn}])
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(aws.env())
-        env.update({"DATABEND_DSN": databend.dsn, "REDIS_URL": valkey.url,
-                    "ROTATOR_BINDINGS": str(work / "bindings.toml"), "ROTATOR_LOG_LEVEL": os.environ.get("ROTATOR_LOG_LEVEL", "WARNING")})
+        env.update(
+            {
+                "DATABEND_DSN": databend.dsn,
+                "REDIS_URL": valkey.url,
+                "ROTATOR_BINDINGS": str(work / "bindings.toml"),
+                "ROTATOR_LOG_LEVEL": os.environ.get("ROTATOR_LOG_LEVEL", "WARNING"),
+            }
+        )
         cli = [sys.executable, "-m", "worker.cli"]
         with open(work / "worker.log", "wb") as wlog, open(work / "intake.log", "wb") as ilog:
-            processes.append(subprocess.Popen([*cli, "worker", "--concurrency", "8"], env=env,
-                                              stdout=wlog, stderr=subprocess.STDOUT, cwd=REPO))
-            processes.append(subprocess.Popen([*cli, "intake", "sqs", "--queue-url", queue,
-                                               "--wait-seconds", "1"], env=env, stdout=ilog,
-                                              stderr=subprocess.STDOUT, cwd=REPO))
+            processes.append(
+                subprocess.Popen(
+                    [*cli, "worker", "--concurrency", "8"],
+                    env=env,
+                    stdout=wlog,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                )
+            )
+            processes.append(
+                subprocess.Popen(
+                    [*cli, "intake", "sqs", "--queue-url", queue, "--wait-seconds", "1"],
+                    env=env,
+                    stdout=ilog,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                )
+            )
             time.sleep(3)  # both processes connected
             versions = {}
             for i, (name, _arn) in enumerate(secrets):
-                versions[name] = sm.put_secret_value(SecretId=name, SecretString=json.dumps(
-                    {"access_key_id": f"AKIANEWNEWNEW{i:07d}", "secret_access_key": "new",
-                     "endpoint_url": aws.endpoint_url}))["VersionId"]
+                versions[name] = sm.put_secret_value(
+                    SecretId=name,
+                    SecretString=json.dumps(
+                        {
+                            "access_key_id": f"AKIANEWNEWNEW{i:07d}",
+                            "secret_access_key": "new",
+                            "endpoint_url": aws.endpoint_url,
+                        }
+                    ),
+                )["VersionId"]
             sent: dict[str, float] = {}
             interval = 1.0 / args.rate
             start = time.time()
@@ -96,9 +142,16 @@ def main() -> None:
                 time.sleep(max(0.0, target - time.time()))
                 sent[arn] = time.time()
                 detail = {"name": name, "labelUpdated": "AWSCURRENT", "versionId": versions[name]}
-                events.put_events(Entries=[{"Source": "aws.secretsmanager",
-                                            "DetailType": "Secret Label Updated",
-                                            "Detail": json.dumps(detail), "Resources": [arn]}])
+                events.put_events(
+                    Entries=[
+                        {
+                            "Source": "aws.secretsmanager",
+                            "DetailType": "Secret Label Updated",
+                            "Detail": json.dumps(detail),
+                            "Resources": [arn],
+                        }
+                    ]
+                )
             runs = RedisRunStore.from_url(valkey.url)
             deadline = time.time() + 300
             latencies: dict[str, float] = {}
@@ -116,13 +169,19 @@ def main() -> None:
             print("no run reached its first ALTER; see", work)
             sys.exit(1)
         p50 = statistics.median(values)
-        p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
-        print(f"events sent: {len(sent)} at {args.rate:g}/s; runs that reached an ALTER: "
-              f"{len(values)}")
-        print(f"event -> first ALTER latency: p50 {p50:.3f} s, p99 {p99:.3f} s, "
-              f"max {values[-1]:.3f} s")
-        print(f"goals: p50 <= 0.5 s ({'met' if p50 <= 0.5 else 'MISSED'}), "
-              f"p99 <= 2 s ({'met' if p99 <= 2 else 'MISSED'})")
+        p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+        print(
+            f"events sent: {len(sent)} at {args.rate:g}/s; runs that reached an ALTER: "
+            f"{len(values)}"
+        )
+        print(
+            f"event -> first ALTER latency: p50 {p50:.3f} s, p99 {p99:.3f} s, "
+            f"max {values[-1]:.3f} s"
+        )
+        print(
+            f"goals: p50 <= 0.5 s ({'met' if p50 <= 0.5 else 'MISSED'}), "
+            f"p99 <= 2 s ({'met' if p99 <= 2 else 'MISSED'})"
+        )
     finally:
         for process in processes:
             stop_process(process)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,8 +42,11 @@ def main() -> None:
     parser.add_argument("--tables", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--wave-size", type=int, default=100)
-    parser.add_argument("--only-rotator", action="store_true",
-                        help="skip (a) and (b): for the 10,000-table scaling run")
+    parser.add_argument(
+        "--only-rotator",
+        action="store_true",
+        help="skip (a) and (b): for the 10,000-table scaling run",
+    )
     args = parser.parse_args()
 
     from worker.databend_client import DatabendClient
@@ -58,9 +62,11 @@ def main() -> None:
         db = DatabendClient(databend.dsn)
         aws.client("s3").create_bucket(Bucket="bench-migrate")
         for i, name in enumerate(("src", "dst_a", "dst_b", "dst_c")):
-            db.execute(f"CREATE CONNECTION {name} STORAGE_TYPE='s3'"
-                       f" ACCESS_KEY_ID='AKIABENCHBENCH{i:06d}' SECRET_ACCESS_KEY='x'"
-                       f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION='us-east-1'")
+            db.execute(
+                f"CREATE CONNECTION {name} STORAGE_TYPE='s3'"
+                f" ACCESS_KEY_ID='AKIABENCHBENCH{i:06d}' SECRET_ACCESS_KEY='x'"
+                f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION='us-east-1'"
+            )
         db.execute("CREATE DATABASE bench")
         tables = [TableName("bench", f"t{i:05d}") for i in range(args.tables)]
         print(f"creating {len(tables)} external tables ...", flush=True)
@@ -68,8 +74,10 @@ def main() -> None:
 
         def create(table: TableName) -> None:
             client = clients()
-            client.execute(f"CREATE TABLE {table.sql} (id INT, v STRING)"
-                           f" 's3://bench-migrate/{table.table}/' CONNECTION=(connection_name='src')")
+            client.execute(
+                f"CREATE TABLE {table.sql} (id INT, v STRING)"
+                f" 's3://bench-migrate/{table.table}/' CONNECTION=(connection_name='src')"
+            )
             client.execute(f"INSERT INTO {table.sql} VALUES (1, 'x')")
 
         local = threading.local()
@@ -95,8 +103,10 @@ def main() -> None:
             for table in tables:
                 switch(table, "dst_a")
             naive = time.perf_counter() - started
-            print(f"(a) sequential loop:        {naive:8.2f}s  {len(tables) / naive:7.1f} "
-                  "tables/s", flush=True)
+            print(
+                f"(a) sequential loop:        {naive:8.2f}s  {len(tables) / naive:7.1f} tables/s",
+                flush=True,
+            )
 
         # (b) raw parallel floor: K threads, no Celery (with --only-rotator: just moves the
         # tables to dst_b so that (c) starts from the same place)
@@ -105,34 +115,74 @@ def main() -> None:
             list(pool.map(lambda t: switch(t, "dst_b"), tables))
         if not args.only_rotator:
             floor = time.perf_counter() - started
-            print(f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
-                  f"{len(tables) / floor:7.1f} tables/s", flush=True)
+            print(
+                f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
+                f"{len(tables) / floor:7.1f} tables/s",
+                flush=True,
+            )
 
         # (c) rotator migrate --commit with a worker of K threads
         (work / "bindings.toml").write_text(
             '[[bindings]]\nname = "b"\nsecret = "unused"\nconnection_prefix = "b"\n'
-            'tables = ["bench.*"]\n')
+            'tables = ["bench.*"]\n'
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(aws.env())
-        env.update({"DATABEND_DSN": databend.dsn, "REDIS_URL": valkey.url,
-                    "ROTATOR_BINDINGS": str(work / "bindings.toml"),
-                    "ROTATOR_LOG_LEVEL": "WARNING"})
+        env.update(
+            {
+                "DATABEND_DSN": databend.dsn,
+                "REDIS_URL": valkey.url,
+                "ROTATOR_BINDINGS": str(work / "bindings.toml"),
+                "ROTATOR_LOG_LEVEL": "WARNING",
+            }
+        )
         cli = [sys.executable, "-m", "worker.cli"]
         with open(work / "worker.log", "wb") as log:
-            worker = subprocess.Popen([*cli, "worker", "--concurrency", str(args.threads)],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            worker = subprocess.Popen(
+                [*cli, "worker", "--concurrency", str(args.threads)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
             time.sleep(3)
             started = time.perf_counter()
             profiler = None
             if os.environ.get("BENCH_PROFILE"):  # py-spy flame of the worker during (c)
-                profiler = subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-o",
-                                             os.environ["BENCH_PROFILE"], "-f", "raw",
-                                             "--nonblocking"])
+                profiler = subprocess.Popen(
+                    [
+                        shutil.which("py-spy") or "py-spy",
+                        "record",
+                        "-p",
+                        str(worker.pid),
+                        "-o",
+                        os.environ["BENCH_PROFILE"],
+                        "-f",
+                        "raw",
+                        "--nonblocking",
+                    ]
+                )
             result = subprocess.run(
-                [*cli, "migrate", "--to", "dst_c", "--from", "dst_b", "--commit",
-                 "--concurrency", str(args.threads), "--wave-size", str(args.wave_size),
-                 "--timeout", "7200"],
-                env=env, capture_output=True, text=True, cwd=REPO)
+                [
+                    *cli,
+                    "migrate",
+                    "--to",
+                    "dst_c",
+                    "--from",
+                    "dst_b",
+                    "--commit",
+                    "--concurrency",
+                    str(args.threads),
+                    "--wave-size",
+                    str(args.wave_size),
+                    "--timeout",
+                    "7200",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
             wall = time.perf_counter() - started
             if profiler is not None:
                 profiler.send_signal(2)
@@ -144,10 +194,14 @@ def main() -> None:
             run = runs.get(runs.recent_runs(1)[0])
             migrate = run.updated_at - run.started_at
             rss = peak_rss_mb(worker.pid)
-        print(f"(c) rotator migrate:        {migrate:8.2f}s  {len(tables) / migrate:7.1f} tables/s"
-              f"  (CLI wall clock incl. planning: {wall:.2f}s)")
-        print(f"c / b = {migrate / floor:.2f}  (goal <= 1.15)   c / a = {migrate / naive:.2f}"
-              f"  (goal <= 0.6)")
+        print(
+            f"(c) rotator migrate:        {migrate:8.2f}s  {len(tables) / migrate:7.1f} tables/s"
+            f"  (CLI wall clock incl. planning: {wall:.2f}s)"
+        )
+        print(
+            f"c / b = {migrate / floor:.2f}  (goal <= 1.15)   c / a = {migrate / naive:.2f}"
+            f"  (goal <= 0.6)"
+        )
         print(f"worker peak RSS: {rss:.0f} MB  (goal <= 300 MB at 10,000 tables)")
     finally:
         if worker is not None:

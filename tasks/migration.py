@@ -58,14 +58,25 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
     try:
         with s.limits.slot(run_id, int(options["concurrency"])):
             s.limits.pace(run_id, options.get("rate"))
-            result = switch_and_record(run_id, name, runs=s.runs, admin=s.admin,
-                                       retry=RetryPolicy(), run=run, wave=(wave, epoch))
+            result = switch_and_record(
+                run_id,
+                name,
+                runs=s.runs,
+                admin=s.admin,
+                retry=RetryPolicy(),
+                run=run,
+                wave=(wave, epoch),
+            )
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from None
         planned = s.runs.outcome(run_id, name)
-        outcome = TableOutcome(table=name, status=TableStatus.FAILED, reason=f"gave up: {exc}",
-                               rule=planned.rule if planned else "")
+        outcome = TableOutcome(
+            table=name,
+            status=TableStatus.FAILED,
+            reason=f"gave up: {exc}",
+            rule=planned.rule if planned else "",
+        )
         remaining, finished, size = s.runs.record_wave_outcome(run_id, outcome, wave, epoch)
         if remaining == 0:
             close_run(run_id, s.runs)
@@ -74,8 +85,12 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
         return
     if result is None:
         return
-    log.debug("table done", status=str(result.outcome.status), reason=result.outcome.reason,
-              ms=round((time.perf_counter() - started) * 1000, 1))
+    log.debug(
+        "table done",
+        status=str(result.outcome.status),
+        reason=result.outcome.reason,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )
     if result.wave_complete:
         judge(run_id, wave)
 
@@ -93,10 +108,15 @@ def judge(run_id: str, wave: int) -> None:
     if not s.limits.once(f"judged:{run_id}:{run.data.get('epoch', 0)}:{wave}"):
         return
     if verdict.halt:
-        s.runs.update(run_id, status=RunStatus.HALTED, error=(
-            f"wave {wave}: {verdict.failed} of {verdict.total} tables failed "
-            f"({verdict.error_rate:.0%}), over the limit of "
-            f"{float(run.data['options']['max_error_rate']):.0%}; the rest was not touched"))
+        s.runs.update(
+            run_id,
+            status=RunStatus.HALTED,
+            error=(
+                f"wave {wave}: {verdict.failed} of {verdict.total} tables failed "
+                f"({verdict.error_rate:.0%}), over the limit of "
+                f"{float(run.data['options']['max_error_rate']):.0%}; the rest was not touched"
+            ),
+        )
         log.warning("migration halted", wave=wave, failed=verdict.failed, total=verdict.total)
         return
     if wave + 1 < s.runs.wave_count(run_id):

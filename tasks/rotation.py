@@ -25,15 +25,23 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     s = services()
     try:
-        tables = prepare_rotation(run_id, runs=s.runs, secrets=s.secrets, admin=s.admin,
-                                  bindings=s.bindings, locks=s.locks, newest=s.intake_state)
+        tables = prepare_rotation(
+            run_id,
+            runs=s.runs,
+            secrets=s.secrets,
+            admin=s.admin,
+            bindings=s.bindings,
+            locks=s.locks,
+            newest=s.intake_state,
+        )
     except FatalError as exc:
         log.error("rotation failed before switching any table", error=str(exc))
         _wake_parent(run_id)
         return
     except LockBusy as exc:
-        raise self.retry(exc=exc, countdown=LOCK_WAIT_SECONDS,
-                         max_retries=LOCK_WAIT_ATTEMPTS) from None
+        raise self.retry(
+            exc=exc, countdown=LOCK_WAIT_SECONDS, max_retries=LOCK_WAIT_ATTEMPTS
+        ) from None
     except RetryableError as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
     run = s.runs.get(run_id)
@@ -52,8 +60,9 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     s = services()
     started = time.perf_counter()
     try:
-        result = switch_and_record(run_id, name, runs=s.runs, admin=s.admin, locks=s.locks,
-                                   retry=RetryPolicy())
+        result = switch_and_record(
+            run_id, name, runs=s.runs, admin=s.admin, locks=s.locks, retry=RetryPolicy()
+        )
         if result is None:
             return  # not part of this run, or already finished (a redelivered message)
         outcome, closed = result.outcome, result.closed
@@ -61,15 +70,23 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
         planned = s.runs.outcome(run_id, name)
-        outcome = TableOutcome(table=name, status=TableStatus.FAILED,
-                               rule=planned.rule if planned else "",
-                               reason=f"gave up after retries: {exc}")
+        outcome = TableOutcome(
+            table=name,
+            status=TableStatus.FAILED,
+            rule=planned.rule if planned else "",
+            reason=f"gave up after retries: {exc}",
+        )
         closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
     if closed:
         _wake_parent(run_id)
-    log.info("table done", status=str(outcome.status), reason=outcome.reason,
-             rows_read=outcome.rows_read, ms=round((time.perf_counter() - started) * 1000, 1),
-             run_closed=closed)
+    log.info(
+        "table done",
+        status=str(outcome.status),
+        reason=outcome.reason,
+        rows_read=outcome.rows_read,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+        run_closed=closed,
+    )
 
 
 def _wake_parent(run_id: str) -> None:

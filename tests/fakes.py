@@ -28,8 +28,9 @@ class FakeAdmin:
     read_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
 
     def add(self, name: TableName, key_suffix: str, bucket: str = "lake") -> None:
-        self.tables[name] = StorageParam(kind="s3", bucket=bucket, root=f"/{name.table}/",
-                                         ak_suffix=key_suffix)
+        self.tables[name] = StorageParam(
+            kind="s3", bucket=bucket, root=f"/{name.table}/", ak_suffix=key_suffix
+        )
 
     def connection_fingerprint(self, name: str) -> str | None:
         c = self.connections.get(name)
@@ -39,10 +40,12 @@ class FakeAdmin:
         self.statements.append(f"CREATE CONNECTION {name}")
         self.connections.setdefault(name, credentials)
 
-    def list_external_tables(self, databases: frozenset[str] | None = None
-                             ) -> list[ExternalTable]:
-        return [ExternalTable(n, p) for n, p in self.tables.items()
-                if p.kind and (databases is None or n.database in databases)]
+    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
+        return [
+            ExternalTable(n, p)
+            for n, p in self.tables.items()
+            if p.kind and (databases is None or n.database in databases)
+        ]
 
     def describe_table(self, table: TableName) -> ExternalTable | None:
         p = self.tables.get(table)
@@ -53,8 +56,9 @@ class FakeAdmin:
         _maybe_raise(self.switch_failures, table)
         credentials = self.connections[connection]
         assert isinstance(credentials, AccessKeyCredentials)
-        self.tables[table] = dataclasses.replace(self.tables[table],
-                                                 ak_suffix=credentials.access_key_id[-3:])
+        self.tables[table] = dataclasses.replace(
+            self.tables[table], ak_suffix=credentials.access_key_id[-3:]
+        )
 
     def read_back(self, table: TableName) -> int:
         self.statements.append(f"READ {table}")
@@ -78,9 +82,14 @@ class FakeSecrets:
     def describe(self, secret_id: str) -> SecretInfo:
         if secret_id not in (self.name, self.arn):
             raise UnknownSecretError(f"secret {secret_id} not found")
-        return SecretInfo(self.arn, self.name, {
-            v: VersionInfo(v, self.stages.get(v, ()), float(i)) for i, v in enumerate(self.values)
-        })
+        return SecretInfo(
+            self.arn,
+            self.name,
+            {
+                v: VersionInfo(v, self.stages.get(v, ()), float(i))
+                for i, v in enumerate(self.values)
+            },
+        )
 
     def read_version(self, arn: str, version_id: str) -> str | None:
         return self.values[version_id]
@@ -124,11 +133,15 @@ class MemoryRuns:
         self.tables[run_id][table] = outcome
         return dataclasses.replace(outcome)
 
-    def record_wave_outcome(self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
-                            ) -> tuple[int, int, int]:
+    def record_wave_outcome(
+        self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+    ) -> tuple[int, int, int]:
         remaining = self.record_outcome(run_id, outcome)
-        return remaining, self.wave_finished(run_id, wave, outcome.table, epoch), \
-            self.wave_size(run_id, wave)
+        return (
+            remaining,
+            self.wave_finished(run_id, wave, outcome.table, epoch),
+            self.wave_size(run_id, wave),
+        )
 
     def outcomes(self, run_id: str) -> list[TableOutcome]:
         return sorted(self.tables.get(run_id, {}).values(), key=lambda o: o.table)
@@ -225,8 +238,10 @@ class FakeIam:
     def list_keys(self, user: str):  # type: ignore[no-untyped-def]
         from worker.core.ports import AccessKey
 
-        return [AccessKey(str(k[0]), bool(k[1]), float(k[2]))  # type: ignore[arg-type]
-                for k in self.keys.get(user, [])]
+        return [
+            AccessKey(str(k[0]), bool(k[1]), float(k[2]))  # type: ignore[arg-type]
+            for k in self.keys.get(user, [])
+        ]
 
     def create_key(self, user: str) -> tuple[str, str]:
         self.counter += 1
@@ -259,4 +274,5 @@ class FakeWriter:
 
     def drop_pending(self, arn: str, version_id: str) -> None:
         self.secrets.stages[version_id] = tuple(
-            s for s in self.secrets.stages.get(version_id, ()) if s != "AWSPENDING")
+            s for s in self.secrets.stages.get(version_id, ()) if s != "AWSPENDING"
+        )

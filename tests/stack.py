@@ -18,11 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def s3_policy(*buckets: str) -> str:
-    resources = ["*"] if not buckets else [
-        r for b in buckets for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")
-    ]
-    return json.dumps({"Version": "2012-10-17",
-                       "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]})
+    resources = (
+        ["*"]
+        if not buckets
+        else [r for b in buckets for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
+    )
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}],
+        }
+    )
 
 
 def make_user(aws: LocalAws, name: str, *buckets: str) -> dict[str, str]:
@@ -48,12 +54,20 @@ def new_key(aws: LocalAws, user: str, avoid_suffixes: set[str] | None = None) ->
 
 
 def key_secret_json(aws: LocalAws, key: dict[str, str], **extra: Any) -> str:
-    return json.dumps({"access_key_id": key["AccessKeyId"],
-                       "secret_access_key": key["SecretAccessKey"],
-                       "endpoint_url": aws.endpoint_url, "region": aws.region, **extra})
+    return json.dumps(
+        {
+            "access_key_id": key["AccessKeyId"],
+            "secret_access_key": key["SecretAccessKey"],
+            "endpoint_url": aws.endpoint_url,
+            "region": aws.region,
+            **extra,
+        }
+    )
 
 
-def create_key_connection(db: DatabendClient, aws: LocalAws, name: str, key: dict[str, str]) -> None:
+def create_key_connection(
+    db: DatabendClient, aws: LocalAws, name: str, key: dict[str, str]
+) -> None:
     db.execute(
         f"CREATE CONNECTION {connection_name(name)} STORAGE_TYPE='s3'"
         f" ACCESS_KEY_ID={quote_string(key['AccessKeyId'])}"
@@ -62,12 +76,15 @@ def create_key_connection(db: DatabendClient, aws: LocalAws, name: str, key: dic
     )
 
 
-def create_external_table(db: DatabendClient, table: TableName, bucket: str, connection: str,
-                          rows: int = 3) -> None:
+def create_external_table(
+    db: DatabendClient, table: TableName, bucket: str, connection: str, rows: int = 3
+) -> None:
     db.execute(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(table.database)}")
     root = f"{abs(hash((table.database, table.table))) % 10**12}/"
-    db.execute(f"CREATE TABLE {table.sql} (id INT, label STRING) 's3://{bucket}/{root}'"
-               f" CONNECTION=(connection_name={quote_string(connection)})")
+    db.execute(
+        f"CREATE TABLE {table.sql} (id INT, label STRING) 's3://{bucket}/{root}'"
+        f" CONNECTION=(connection_name={quote_string(connection)})"
+    )
     values = ", ".join(f"({i}, {quote_string(f'row {i} of {table.table}')})" for i in range(rows))
     db.execute(f"INSERT INTO {table.sql} VALUES {values}")
 
@@ -99,8 +116,12 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args], env=self.env, cwd=REPO,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "worker.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         self.outputs += [result.stdout, result.stderr]
         return result
@@ -108,8 +129,12 @@ class Stack:
     def start_worker(self, name: str, *extra: str) -> subprocess.Popen[str]:
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", *extra], env=self.env, cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "worker.cli", "worker", *extra],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def all_output(self) -> str:
@@ -120,6 +145,13 @@ class Stack:
 def stack_env(dsn: str, redis_url: str, bindings: Path, aws: LocalAws) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
     env.update(aws.env())
-    env.update({"DATABEND_DSN": dsn, "REDIS_URL": redis_url, "ROTATOR_BINDINGS": str(bindings),
-                "ROTATOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "DATABEND_DSN": dsn,
+            "REDIS_URL": redis_url,
+            "ROTATOR_BINDINGS": str(bindings),
+            "ROTATOR_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env

@@ -48,8 +48,9 @@ def test_access_key_secrets_in_both_spellings(value: dict[str, str]) -> None:
 
 
 def test_role_secret() -> None:
-    creds = parse_secret_value(json.dumps({"role_arn": "arn:aws:iam::1:role/r",
-                                           "external_id": "ext"}), where="s")
+    creds = parse_secret_value(
+        json.dumps({"role_arn": "arn:aws:iam::1:role/r", "external_id": "ext"}), where="s"
+    )
     assert isinstance(creds, RoleCredentials) and creds.external_id == "ext"
 
 
@@ -103,11 +104,14 @@ def test_a_good_bindings_file() -> None:
     ("text", "line", "fragment"),
     [
         (GOOD.replace('"sales.`order items`"', '"sales.`order items"'), 6, "bad table selector"),
-        (GOOD.replace('connection_prefix = "other"', 'connection_prefix = "oth er"'), 11,
-         "connection_prefix"),
-        (GOOD.replace('discover = false', 'discover = "no"'), 12, "'discover'"),
+        (
+            GOOD.replace('connection_prefix = "other"', 'connection_prefix = "oth er"'),
+            11,
+            "connection_prefix",
+        ),
+        (GOOD.replace("discover = false", 'discover = "no"'), 12, "'discover'"),
         (GOOD.replace('name = "other"', 'name = "lake-main"'), 3, "used twice"),
-        (GOOD.replace('secret = "databend/lake-main"\n', ''), 2, "'secret' is required in every"),
+        (GOOD.replace('secret = "databend/lake-main"\n', ""), 2, "'secret' is required in every"),
         (GOOD.replace('tables = ["db.t"]', 'tables = ["db.t"]\nbogus = 1'), 14, "unknown key"),
         (GOOD + "\n[[bindings]\n", 15, ""),
     ],
@@ -123,11 +127,17 @@ def test_bad_bindings_fail_with_the_line_at_fault(text: str, line: int, fragment
 
 
 def test_storage_param_parsing() -> None:
-    p = parse_storage_param("s3 | bucket=testbucket,root=/t1/,endpoint=http://127.0.0.1:5055,"
-                            "ak=******7WB,iam_role=")
+    p = parse_storage_param(
+        "s3 | bucket=testbucket,root=/t1/,endpoint=http://127.0.0.1:5055,ak=******7WB,iam_role="
+    )
     assert p is not None
     assert (p.bucket, p.root, p.ak_suffix, p.iam_role, p.fingerprint) == (
-        "testbucket", "/t1/", "7WB", None, "ak:7WB")
+        "testbucket",
+        "/t1/",
+        "7WB",
+        None,
+        "ak:7WB",
+    )
     assert parse_storage_param("") is None
 
 
@@ -154,8 +164,10 @@ def test_databend_errors_are_classified(code: int, message: str, expected: type)
 
 
 def _client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "m"},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "Op",
+    )
 
 
 @pytest.mark.parametrize(
@@ -173,13 +185,15 @@ def test_aws_errors_are_classified(exc: Exception, expected: type) -> None:
     assert type(classify_aws_error(exc)) is expected
 
 
-# --- redaction --------------------------------------------------------------------------------------
+# --- redaction ---------------------------------------------------------------------------------
 
 
 def test_log_lines_never_carry_registered_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     from worker.logs import configure_logging
 
-    value = json.dumps({"access_key_id": "AKIAZZZZZZZZZZZZZABC", "secret_access_key": "tiny-secret"})
+    value = json.dumps(
+        {"access_key_id": "AKIAZZZZZZZZZZZZZABC", "secret_access_key": "tiny-secret"}
+    )
     register_secret_value(value)
     configure_logging("INFO", "json")
     structlog.get_logger("t").info("read", value=value, nested={"k": ["tiny-secret"]})

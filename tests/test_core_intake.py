@@ -25,16 +25,22 @@ class World:
     def __init__(self) -> None:
         self.secrets = FakeSecrets(
             values={V1: key_json(OLD), V2: key_json(NEW), V3: key_json("AKIATHIRDTHIRD03THR")},
-            stages={V1: ("AWSPREVIOUS",), V2: ("AWSCURRENT",)})
+            stages={V1: ("AWSPREVIOUS",), V2: ("AWSCURRENT",)},
+        )
         self.state = MemoryIntakeState()
         self.runs = MemoryRuns()
         self.enqueued: list[str] = []
         self.bindings = [binding("sales.*")]
 
     def handle(self, event: dict[str, object]):  # type: ignore[no-untyped-def]
-        return handle_event(parse_event(json.dumps(event)), secrets=self.secrets,
-                            bindings=self.bindings, state=self.state, runs=self.runs,
-                            enqueue=self.enqueued.append)
+        return handle_event(
+            parse_event(json.dumps(event)),
+            secrets=self.secrets,
+            bindings=self.bindings,
+            state=self.state,
+            runs=self.runs,
+            enqueue=self.enqueued.append,
+        )
 
 
 def event_for(world: World, version: str) -> dict[str, object]:
@@ -83,12 +89,18 @@ def test_an_event_without_version_resolves_awscurrent() -> None:
 @pytest.mark.parametrize(
     ("event", "verdict"),
     [
-        (label_updated("arn:aws:secretsmanager:us-east-1:123456789012:secret:other-XyZ", "other",
-                       V1), Verdict.IGNORED),
+        (
+            label_updated(
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:other-XyZ", "other", V1
+            ),
+            Verdict.IGNORED,
+        ),
         (service_event("RotationFailed", "databend/lake"), Verdict.ALERT),
         (service_event("RotationStarted", "databend/lake"), Verdict.IGNORED),
-        ({"id": "x", "source": "aws.secretsmanager", "detail-type": "??", "detail": {}},
-         Verdict.REJECTED),
+        (
+            {"id": "x", "source": "aws.secretsmanager", "detail-type": "??", "detail": {}},
+            Verdict.REJECTED,
+        ),
     ],
 )
 def test_other_events_change_nothing(event: dict[str, object], verdict: Verdict) -> None:
@@ -100,8 +112,7 @@ def test_other_events_change_nothing(event: dict[str, object], verdict: Verdict)
 def test_a_secret_no_binding_covers_is_ignored() -> None:
     world = World()
     world.bindings = [binding("x.y")]
-    world.bindings[0] = type(world.bindings[0])(name="n", secret="elsewhere",
-                                                connection_prefix="p")
+    world.bindings[0] = type(world.bindings[0])(name="n", secret="elsewhere", connection_prefix="p")
     assert world.handle(event_for(world, V2)).verdict is Verdict.IGNORED
 
 
@@ -112,8 +123,14 @@ def test_a_crash_before_enqueue_is_recovered_by_the_redelivered_message() -> Non
         raise ConnectionError("killed between record and enqueue")
 
     with pytest.raises(ConnectionError):
-        handle_event(parse_event(json.dumps(event_for(world, V2))), secrets=world.secrets,
-                     bindings=world.bindings, state=world.state, runs=world.runs, enqueue=crash)
+        handle_event(
+            parse_event(json.dumps(event_for(world, V2))),
+            secrets=world.secrets,
+            bindings=world.bindings,
+            state=world.state,
+            runs=world.runs,
+            enqueue=crash,
+        )
     first_run = next(iter(world.runs.runs))
     again = world.handle(event_for(world, V2))
     assert again.verdict is Verdict.ACCEPTED and world.enqueued == [first_run]
@@ -128,8 +145,18 @@ def test_a_queued_run_for_an_older_version_is_skipped_when_a_newer_one_was_accep
     world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
     world.handle(event_for(world, V3))
     locks = MemoryLocks()
-    assert prepare_rotation(str(older), runs=world.runs, secrets=world.secrets, admin=admin,
-                            bindings=world.bindings, locks=locks, newest=world.state) == []
+    assert (
+        prepare_rotation(
+            str(older),
+            runs=world.runs,
+            secrets=world.secrets,
+            admin=admin,
+            bindings=world.bindings,
+            locks=locks,
+            newest=world.state,
+        )
+        == []
+    )
     assert world.runs.get(str(older)).status == RunStatus.SKIPPED
     assert admin.statements == [] and locks.owners == {}
 
@@ -140,10 +167,24 @@ def test_a_second_run_waits_for_the_secrets_lock() -> None:
     admin.add(TableName("sales", "t"), "OLD")
     locks = MemoryLocks()
     first = str(world.handle(event_for(world, V2)).run_id)
-    prepare_rotation(first, runs=world.runs, secrets=world.secrets, admin=admin,
-                     bindings=world.bindings, locks=locks, newest=world.state)
+    prepare_rotation(
+        first,
+        runs=world.runs,
+        secrets=world.secrets,
+        admin=admin,
+        bindings=world.bindings,
+        locks=locks,
+        newest=world.state,
+    )
     world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
     second = str(world.handle(event_for(world, V3)).run_id)
     with pytest.raises(LockBusy):
-        prepare_rotation(second, runs=world.runs, secrets=world.secrets, admin=admin,
-                         bindings=world.bindings, locks=locks, newest=world.state)
+        prepare_rotation(
+            second,
+            runs=world.runs,
+            secrets=world.secrets,
+            admin=admin,
+            bindings=world.bindings,
+            locks=locks,
+            newest=world.state,
+        )

@@ -38,11 +38,19 @@ def world(extra_key_in_use: bool = False):  # type: ignore[no-untyped-def]
     if extra_key_in_use:
         iam.keys["svc"].insert(0, ["AKIAOLDEROLDEROLDOLD", True, 0.5])
         admin.add(TableName("sales", "old"), "OLD")
-    ctx = KeyRotationContext(runs=MemoryRuns(), secrets=secrets, writer=FakeWriter(secrets),
-                             iam=iam, admin=admin, locks=MemoryLocks(), retry=no_sleep_policy(),
-                             clock=lambda: 1000.0)
-    plan = plan_key_rotation(binding("sales.*"), secrets.describe(secrets.name),
-                             secrets=secrets, iam=iam, admin=admin)
+    ctx = KeyRotationContext(
+        runs=MemoryRuns(),
+        secrets=secrets,
+        writer=FakeWriter(secrets),
+        iam=iam,
+        admin=admin,
+        locks=MemoryLocks(),
+        retry=no_sleep_policy(),
+        clock=lambda: 1000.0,
+    )
+    plan = plan_key_rotation(
+        binding("sales.*"), secrets.describe(secrets.name), secrets=secrets, iam=iam, admin=admin
+    )
     return ctx, plan
 
 
@@ -52,11 +60,22 @@ def drive(ctx: KeyRotationContext, run_id: str) -> None:
         step = advance(ctx, run_id)
         if step is Next.START_TABLES:
             table_run = str(ctx.runs.get(run_id).data["table_run"])
-            for t in prepare_rotation(table_run, runs=ctx.runs, secrets=ctx.secrets,
-                                      admin=ctx.admin, bindings=[binding("sales.*")],
-                                      locks=ctx.locks):
-                switch_and_record(table_run, t, runs=ctx.runs, admin=ctx.admin, locks=ctx.locks,
-                                  retry=no_sleep_policy())
+            for t in prepare_rotation(
+                table_run,
+                runs=ctx.runs,
+                secrets=ctx.secrets,
+                admin=ctx.admin,
+                bindings=[binding("sales.*")],
+                locks=ctx.locks,
+            ):
+                switch_and_record(
+                    table_run,
+                    t,
+                    runs=ctx.runs,
+                    admin=ctx.admin,
+                    locks=ctx.locks,
+                    retry=no_sleep_policy(),
+                )
         elif step is Next.STOP:
             return
 
@@ -108,16 +127,22 @@ def test_a_second_key_in_use_by_a_table_is_refused_before_anything_changes() -> 
 def test_an_unused_second_key_is_removed_to_make_room() -> None:
     ctx, plan = world()
     ctx.iam.keys["svc"].insert(0, ["AKIAUNUSEDUNUSED0UNU", False, 0.5])
-    plan = plan_key_rotation(binding("sales.*"), ctx.secrets.describe(ctx.secrets.name),
-                             secrets=ctx.secrets, iam=ctx.iam, admin=ctx.admin)
+    plan = plan_key_rotation(
+        binding("sales.*"),
+        ctx.secrets.describe(ctx.secrets.name),
+        secrets=ctx.secrets,
+        iam=ctx.iam,
+        admin=ctx.admin,
+    )
     assert plan.key_to_remove == "AKIAUNUSEDUNUSED0UNU"
     run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
     drive(ctx, run_id)
     assert "AKIAUNUSEDUNUSED0UNU" not in {k.key_id for k in ctx.iam.list_keys("svc")}
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("0", 0), ("90s", 90), ("15m", 900),
-                                                ("2h", 7200), ("7d", 604800)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("0", 0), ("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 604800)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -40,14 +40,23 @@ def key_json(key_id: str, secret: str = "s" * 40) -> str:
 
 
 def binding(*selectors: str, discover: bool = True, buckets: tuple[str, ...] = ()) -> Binding:
-    return Binding(name="lake-main", secret="databend/lake", connection_prefix="lake_main",
-                   selectors=tuple(Selector.parse(s) for s in selectors), discover=discover,
-                   buckets=buckets)
+    return Binding(
+        name="lake-main",
+        secret="databend/lake",
+        connection_prefix="lake_main",
+        selectors=tuple(Selector.parse(s) for s in selectors),
+        discover=discover,
+        buckets=buckets,
+    )
 
 
 def no_sleep_policy(sleeps: list[float] | None = None) -> RetryPolicy:
-    return RetryPolicy(attempts=4, initial_wait=0.5, max_wait=4,
-                       sleep=(sleeps.append if sleeps is not None else lambda _: None))
+    return RetryPolicy(
+        attempts=4,
+        initial_wait=0.5,
+        max_wait=4,
+        sleep=(sleeps.append if sleeps is not None else lambda _: None),
+    )
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -61,8 +70,13 @@ def test_plan_names_the_rule_that_selected_each_table() -> None:
     admin.add(TableName("misc", "found"), "OLD")  # same key, same bucket: discovered
     admin.add(TableName("misc", "elsewhere"), "OLD", bucket="other")  # other bucket: left alone
     admin.add(TableName("misc", "other key"), "ZZZ")  # another key: left alone
-    plan = plan_rotation(binding("sales.*", "`Ops Data`.*"), admin.list_external_tables(),
-                         connection="lake_main_abc", target="ak:NEW", old_fingerprints={"ak:OLD"})
+    plan = plan_rotation(
+        binding("sales.*", "`Ops Data`.*"),
+        admin.list_external_tables(),
+        connection="lake_main_abc",
+        target="ak:NEW",
+        old_fingerprints={"ak:OLD"},
+    )
     rules = {str(p.table): p.rule for p in plan.tables}
     assert rules == {
         "`Ops Data`.m1": "selector `Ops Data`.*",
@@ -75,20 +89,36 @@ def test_plan_names_the_rule_that_selected_each_table() -> None:
 def test_discovery_without_a_known_bucket_matches_nothing_and_says_so() -> None:
     admin = FakeAdmin()
     admin.add(TableName("misc", "found"), "OLD")
-    plan = plan_rotation(binding(), admin.list_external_tables(), connection="c",
-                         target="ak:NEW", old_fingerprints={"ak:OLD"})
+    plan = plan_rotation(
+        binding(),
+        admin.list_external_tables(),
+        connection="c",
+        target="ak:NEW",
+        old_fingerprints={"ak:OLD"},
+    )
     assert plan.tables == ()
     assert "no bucket known" in plan.notes[0]
-    with_bucket = plan_rotation(binding(buckets=("lake",)), admin.list_external_tables(),
-                                connection="c", target="ak:NEW", old_fingerprints={"ak:OLD"})
+    with_bucket = plan_rotation(
+        binding(buckets=("lake",)),
+        admin.list_external_tables(),
+        connection="c",
+        target="ak:NEW",
+        old_fingerprints={"ak:OLD"},
+    )
     assert [p.table for p in with_bucket.tables] == [TableName("misc", "found")]
 
 
 def test_an_exact_selector_for_a_missing_table_is_planned_as_a_problem() -> None:
-    plan = plan_rotation(binding("sales.ghost", discover=False), [], connection="c",
-                         target="ak:NEW", old_fingerprints=set())
+    plan = plan_rotation(
+        binding("sales.ghost", discover=False),
+        [],
+        connection="c",
+        target="ak:NEW",
+        old_fingerprints=set(),
+    )
     assert [(p.table, p.problem) for p in plan.tables] == [
-        (TableName("sales", "ghost"), "no external table of that name")]
+        (TableName("sales", "ghost"), "no external table of that name")
+    ]
 
 
 def test_quoted_selector_parts_match_literally() -> None:
@@ -126,8 +156,9 @@ def _admin_with_connection() -> tuple[FakeAdmin, TableName]:
 
 def test_rotate_table_switches_then_reads_back() -> None:
     admin, table = _admin_with_connection()
-    outcome = rotate_table(admin, table, connection="c_new", target="ak:NEW",
-                           retry=no_sleep_policy())
+    outcome = rotate_table(
+        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
+    )
     assert outcome.status is TableStatus.VALIDATED
     assert outcome.previous == "ak:OLD"
     assert admin.tables[table].ak_suffix == "NEW"
@@ -138,18 +169,18 @@ def test_rotate_table_twice_changes_nothing_the_second_time() -> None:
     admin, table = _admin_with_connection()
     rotate_table(admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy())
     before = list(admin.statements)
-    again = rotate_table(admin, table, connection="c_new", target="ak:NEW",
-                         retry=no_sleep_policy())
+    again = rotate_table(admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy())
     assert again.status is TableStatus.ALREADY_SWITCHED
-    assert [s for s in admin.statements[len(before):] if s.startswith("ALTER")] == []
+    assert [s for s in admin.statements[len(before) :] if s.startswith("ALTER")] == []
 
 
 def test_transient_errors_are_retried_with_growing_waits() -> None:
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendUnavailable("reset"), StorageUnavailable("503")]
     sleeps: list[float] = []
-    outcome = rotate_table(admin, table, connection="c_new", target="ak:NEW",
-                           retry=no_sleep_policy(sleeps))
+    outcome = rotate_table(
+        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy(sleeps)
+    )
     assert outcome.status is TableStatus.VALIDATED
     assert admin.statements.count(f"ALTER {table}") == 3
     assert len(sleeps) == 2 and 0.5 <= sleeps[0] <= 1.5 and 1.0 <= sleeps[1] <= 2.5
@@ -158,8 +189,9 @@ def test_transient_errors_are_retried_with_growing_waits() -> None:
 def test_permanent_errors_are_not_retried_and_carry_databends_message() -> None:
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendQueryError(1302, "not an external table")]
-    outcome = rotate_table(admin, table, connection="c_new", target="ak:NEW",
-                           retry=no_sleep_policy())
+    outcome = rotate_table(
+        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
+    )
     assert outcome.status is TableStatus.FAILED
     assert outcome.reason == "[1302] not an external table"
     assert admin.statements.count(f"ALTER {table}") == 1
@@ -176,21 +208,24 @@ def test_retryable_errors_that_outlast_the_budget_propagate_to_the_task_layer() 
 def test_a_failed_read_back_fails_the_table() -> None:
     admin, table = _admin_with_connection()
     admin.read_failures[table] = [DatabendQueryError(3002, "PermissionDenied at read")]
-    outcome = rotate_table(admin, table, connection="c_new", target="ak:NEW",
-                           retry=no_sleep_policy())
+    outcome = rotate_table(
+        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
+    )
     assert outcome.status is TableStatus.FAILED
     assert outcome.reason and outcome.reason.startswith("switched, but reading it back failed")
 
 
-@pytest.mark.parametrize(("present", "reason"), [(False, "table not found"),
-                                                  (True, "not an external table")])
+@pytest.mark.parametrize(
+    ("present", "reason"), [(False, "table not found"), (True, "not an external table")]
+)
 def test_missing_or_internal_tables_fail_without_an_alter(present: bool, reason: str) -> None:
     admin, _ = _admin_with_connection()
     table = TableName("db", "internal")
     if present:
         admin.tables[table] = parse_storage_param("") or _internal()
-    outcome = rotate_table(admin, table, connection="c_new", target="ak:NEW",
-                           retry=no_sleep_policy())
+    outcome = rotate_table(
+        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
+    )
     assert (outcome.status, outcome.reason) == (TableStatus.FAILED, reason)
     assert not any(s.startswith("ALTER") for s in admin.statements)
 
@@ -208,8 +243,10 @@ def _run_setup(new_value: str) -> tuple[FakeAdmin, FakeSecrets, MemoryRuns]:
     admin = FakeAdmin()
     for i in range(3):
         admin.add(TableName("sales", f"t{i}"), "OLD")
-    secrets = FakeSecrets(values={"v1": key_json(OLD), "v2": new_value},
-                          stages={"v1": ("AWSPREVIOUS",), "v2": ("AWSCURRENT",)})
+    secrets = FakeSecrets(
+        values={"v1": key_json(OLD), "v2": new_value},
+        stages={"v1": ("AWSPREVIOUS",), "v2": ("AWSCURRENT",)},
+    )
     runs = MemoryRuns()
     runs.create(RunRecord(run_id="r1", kind="rotation", secret=secrets.name, version_id="v2"))
     return admin, secrets, runs
@@ -217,25 +254,38 @@ def _run_setup(new_value: str) -> tuple[FakeAdmin, FakeSecrets, MemoryRuns]:
 
 def test_a_run_plans_switches_and_closes() -> None:
     admin, secrets, runs = _run_setup(key_json(NEW))
-    pending = prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin,
-                               bindings=[binding("sales.*")])
+    pending = prepare_rotation(
+        "r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")]
+    )
     assert len(pending) == 3
     assert runs.get("r1").status == RunStatus.SWITCHING
-    closed = [finish_table("r1", rotate_table(admin, t, connection="lake_main_v2",
-                                              target="ak:NEW", retry=no_sleep_policy()),
-                           runs=runs) for t in pending]
+    closed = [
+        finish_table(
+            "r1",
+            rotate_table(
+                admin, t, connection="lake_main_v2", target="ak:NEW", retry=no_sleep_policy()
+            ),
+            runs=runs,
+        )
+        for t in pending
+    ]
     assert closed == [False, False, True]
     assert runs.get("r1").status == RunStatus.SUCCEEDED
     # preparing again after the run closed changes nothing
-    assert prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin,
-                            bindings=[binding("sales.*")]) == []
+    assert (
+        prepare_rotation(
+            "r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")]
+        )
+        == []
+    )
 
 
 def test_a_bad_version_fails_the_run_before_any_change() -> None:
     admin, secrets, runs = _run_setup(json.dumps({"access_key_id": NEW}))
     with pytest.raises(SecretFormatError, match="missing field 'secret_access_key'"):
-        prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin,
-                         bindings=[binding("sales.*")])
+        prepare_rotation(
+            "r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")]
+        )
     assert admin.statements == []
     run = runs.get("r1")
     assert run.status == RunStatus.FAILED and "secret_access_key" in (run.error or "")
@@ -245,18 +295,21 @@ def test_the_connection_name_is_recorded_before_the_connection_exists() -> None:
     admin, secrets, runs = _run_setup(key_json(NEW))
     seen: list[tuple[str | None, int]] = []
     runs.on_update = lambda _id, fields: seen.append(
-        (fields.get("connection"), len(admin.connections)))  # type: ignore[arg-type]
+        (fields.get("connection"), len(admin.connections))
+    )  # type: ignore[arg-type]
     prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")])
     assert ("lake_main_v2", 0) in seen
 
 
 def test_a_redelivered_prepare_returns_the_same_pending_tables() -> None:
     admin, secrets, runs = _run_setup(key_json(NEW))
-    first = prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin,
-                             bindings=[binding("sales.*")])
+    first = prepare_rotation(
+        "r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")]
+    )
     statements = len(admin.statements)
-    again = prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin,
-                             bindings=[binding("sales.*")])
+    again = prepare_rotation(
+        "r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")]
+    )
     assert again == first and len(admin.statements) == statements
 
 

@@ -46,10 +46,26 @@ def test_typed_rows_round_trip(databend: DatabendClient, unique: str) -> None:
     rows = databend.query(f"SELECT * FROM {table.sql} ORDER BY i DESC")
     utc = dt.UTC
     assert rows == [
-        (1, 18446744073709551615, "it's", dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=utc),
-         Decimal("12.345"), 2.5, True, dt.date(2024, 2, 29)),
-        (-2, 0, None, dt.datetime(1970, 1, 1, tzinfo=utc), Decimal("-0.001"), -0.001, False,
-         dt.date(1999, 12, 31)),
+        (
+            1,
+            18446744073709551615,
+            "it's",
+            dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=utc),
+            Decimal("12.345"),
+            2.5,
+            True,
+            dt.date(2024, 2, 29),
+        ),
+        (
+            -2,
+            0,
+            None,
+            dt.datetime(1970, 1, 1, tzinfo=utc),
+            Decimal("-0.001"),
+            -0.001,
+            False,
+            dt.date(1999, 12, 31),
+        ),
     ]
 
 
@@ -69,8 +85,9 @@ def test_bad_sql_raises_with_databend_code(databend: DatabendClient) -> None:
     assert unknown_table.value.code == 1025
 
 
-def test_current_database_is_carried_across_queries(databend_local: DatabendLocalProcess,
-                                                    unique: str) -> None:
+def test_current_database_is_carried_across_queries(
+    databend_local: DatabendLocalProcess, unique: str
+) -> None:
     conn = BlockingDatabendClient(databend_local.dsn).get_conn()
     db = f"session_{unique}"
     conn.exec(f"CREATE DATABASE {quote_identifier(db)}")
@@ -87,20 +104,21 @@ def test_current_database_is_carried_across_queries(databend_local: DatabendLoca
 
 def test_hostile_names_are_inert_once_quoted(databend: DatabendClient, unique: str) -> None:
     db = f"we`ird db {unique}"
-    table = TableName(db, "x'); DROP DATABASE default; -- ünï \"t\"")
+    table = TableName(db, 'x\'); DROP DATABASE default; -- ünï "t"')
     databend.execute(f"CREATE DATABASE {quote_identifier(db)}")
     databend.execute(f"CREATE TABLE {table.sql} (v STRING)")
     databend.execute(f"INSERT INTO {table.sql} VALUES ({quote_string(table.table)})")
     assert databend.query(f"SELECT v FROM {table.sql}") == [(table.table,)]
-    names = databend.query(
-        f"SELECT name FROM system.tables WHERE database = {quote_string(db)}"
-    )
+    names = databend.query(f"SELECT name FROM system.tables WHERE database = {quote_string(db)}")
     assert names == [(table.table,)]
-    assert databend.query_one("SELECT count(*) FROM system.databases WHERE name = 'default'") == (1,)
+    assert databend.query_one("SELECT count(*) FROM system.databases WHERE name = 'default'") == (
+        1,
+    )
 
 
-def test_external_tables_on_s3_with_connections(databend: DatabendClient, aws: LocalAws,
-                                                unique: str) -> None:
+def test_external_tables_on_s3_with_connections(
+    databend: DatabendClient, aws: LocalAws, unique: str
+) -> None:
     bucket = f"lake-{unique}"
     aws.client("s3").create_bucket(Bucket=bucket)
     conn_name = f"c_{unique}"
@@ -128,14 +146,22 @@ def test_external_tables_on_s3_with_connections(databend: DatabendClient, aws: L
     assert objects["KeyCount"] > 0, "the rows must really be in the moto bucket"
 
 
-def test_storage_permission_denied_is_classified(databend: DatabendClient, aws: LocalAws,
-                                                 unique: str) -> None:
+def test_storage_permission_denied_is_classified(
+    databend: DatabendClient, aws: LocalAws, unique: str
+) -> None:
     iam = aws.client("iam")
     user = f"u-{unique}"
     iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17",
-         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="s3",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName=user)["AccessKey"]
     bucket = f"deny-{unique}"
     aws.client("s3").create_bucket(Bucket=bucket)
@@ -147,8 +173,10 @@ def test_storage_permission_denied_is_classified(databend: DatabendClient, aws: 
         f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION='us-east-1'"
     )
     table = TableName("default", f"deny_{unique}")
-    databend.execute(f"CREATE TABLE {table.sql} (x INT) 's3://{bucket}/x/'"
-                     f" CONNECTION=(connection_name={quote_string(conn_name)})")
+    databend.execute(
+        f"CREATE TABLE {table.sql} (x INT) 's3://{bucket}/x/'"
+        f" CONNECTION=(connection_name={quote_string(conn_name)})"
+    )
     databend.execute(f"INSERT INTO {table.sql} VALUES (1)")
     iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
     with pytest.raises(StoragePermissionDenied) as denied:
@@ -157,7 +185,9 @@ def test_storage_permission_denied_is_classified(databend: DatabendClient, aws: 
     assert key["SecretAccessKey"] not in str(denied.value)
 
 
-def test_two_processes_eight_clients_fifty_queries_each(databend_local: DatabendLocalProcess) -> None:
+def test_two_processes_eight_clients_fifty_queries_each(
+    databend_local: DatabendLocalProcess,
+) -> None:
     cmd = [sys.executable, "-m", "tests.load_clients", databend_local.dsn, "8", "50"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     results = [json.loads(p.communicate(timeout=240)[0]) for p in procs]
@@ -165,9 +195,9 @@ def test_two_processes_eight_clients_fifty_queries_each(databend_local: Databend
     assert [r["ok"] for r in results] == [400, 400]
 
 
-def test_state_written_by_one_process_is_seen_by_another(databend_local: DatabendLocalProcess,
-                                                         databend: DatabendClient,
-                                                         unique: str) -> None:
+def test_state_written_by_one_process_is_seen_by_another(
+    databend_local: DatabendLocalProcess, databend: DatabendClient, unique: str
+) -> None:
     table = TableName("default", f"shared_{unique}")
     script = (
         "import sys; from worker.databend_client import DatabendClient as C;"
@@ -182,11 +212,13 @@ def test_state_written_by_one_process_is_seen_by_another(databend_local: Databen
 # --- bad input never crashes the server -----------------------------------------------------------
 
 
-def _post(dsn: str, path: str, body: bytes, headers: dict[str, str] | None = None
-          ) -> tuple[int, dict[str, object]]:
+def _post(
+    dsn: str, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
     conn = _http(dsn)
-    conn.request("POST", path, body=body, headers={"Content-Type": "application/json",
-                                                   **(headers or {})})
+    conn.request(
+        "POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     resp = conn.getresponse()
     payload = json.loads(resp.read() or b"{}")
     conn.close()
@@ -203,15 +235,17 @@ def _post(dsn: str, path: str, body: bytes, headers: dict[str, str] | None = Non
         (b"\xff\xfe\x00", 400, "not valid JSON"),
     ],
 )
-def test_malformed_query_bodies_get_clear_errors(databend_local: DatabendLocalProcess,
-                                                 body: bytes, status: int, fragment: str) -> None:
+def test_malformed_query_bodies_get_clear_errors(
+    databend_local: DatabendLocalProcess, body: bytes, status: int, fragment: str
+) -> None:
     code, payload = _post(databend_local.dsn, "/v1/query", body)
     assert code == status
     assert fragment in str(payload["error"])
 
 
-def test_unknown_paths_and_oversized_bodies(databend_local: DatabendLocalProcess,
-                                            databend: DatabendClient) -> None:
+def test_unknown_paths_and_oversized_bodies(
+    databend_local: DatabendLocalProcess, databend: DatabendClient
+) -> None:
     code, payload = _post(databend_local.dsn, "/v1/nothing/here", b"{}")
     assert code == 404 and "no such endpoint" in str(payload["error"])
     code, payload = _post(databend_local.dsn, "/v1/query/abc/page/9", b"")
@@ -237,5 +271,5 @@ def test_credentials_are_checked_when_configured(guarded_server: DatabendLocalPr
         DatabendClient(wrong).query_one("SELECT 1")
     assert "wrong user name or password" in str(denied.value)
     code, payload = _post(guarded_server.dsn, "/v1/query", b'{"sql": "SELECT 1"}')
-    assert code == 401
+    assert code == 401 and "AuthenticateFailure" in str(payload["error"])
     assert DatabendClient(guarded_server.dsn).query_one("SELECT 2") == (2,)

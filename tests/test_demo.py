@@ -14,10 +14,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_rotates_revokes_and_every_table_still_works() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "ROTATOR_", "REDIS_URL", "DATABEND_DSN"))}
-    result = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "ROTATOR_", "REDIS_URL", "DATABEND_DSN"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = " ".join((result.stdout + result.stderr).split())
     assert "succeeded (validated 5)" in out

@@ -65,10 +65,16 @@ class World:
         assigns each event its id: the sample's ``id`` is replaced by it."""
         client = self.aws.client("events")
         for i in range(0, len(events), 10):
-            chunk = events[i:i + 10]
-            entries = [{"Source": e["source"], "DetailType": e["detail-type"],
-                        "Detail": json.dumps(e["detail"]), "Resources": e["resources"]}
-                       for e in chunk]
+            chunk = events[i : i + 10]
+            entries = [
+                {
+                    "Source": e["source"],
+                    "DetailType": e["detail-type"],
+                    "Detail": json.dumps(e["detail"]),
+                    "Resources": e["resources"],
+                }
+                for e in chunk
+            ]
             response = client.put_events(Entries=entries)
             assert response["FailedEntryCount"] == 0
             for event, entry in zip(chunk, response["Entries"], strict=True):
@@ -90,23 +96,31 @@ class World:
         value = key_secret_json(self.aws, key)
         if not staged:
             return str(sm.put_secret_value(SecretId=lake.name, SecretString=value)["VersionId"])
-        version = sm.put_secret_value(SecretId=lake.name, SecretString=value,
-                                      VersionStages=["AWSPENDING"])["VersionId"]
+        version = sm.put_secret_value(
+            SecretId=lake.name, SecretString=value, VersionStages=["AWSPENDING"]
+        )["VersionId"]
         # finishSecret moves AWSCURRENT to the pending version. moto's UpdateSecretVersionStage
         # leaves its own notion of the current version behind (the next PutSecretValue would then
         # leave two AWSCURRENT versions), so the move is made by re-putting the same version
         # with AWSCURRENT, which moto handles like Secrets Manager. The test still sends the
         # UpdateSecretVersionStage event that AWS would emit.
-        sm.put_secret_value(SecretId=lake.name, SecretString=value, ClientRequestToken=version,
-                            VersionStages=["AWSCURRENT"])
+        sm.put_secret_value(
+            SecretId=lake.name,
+            SecretString=value,
+            ClientRequestToken=version,
+            VersionStages=["AWSCURRENT"],
+        )
         return str(version)
 
     # --- observing -------------------------------------------------------------------------------
 
     def verdicts(self) -> dict[str, list[dict[str, Any]]]:
         seen: dict[str, list[dict[str, Any]]] = {}
-        lines = [line for log in sorted(self.stack.log_dir.glob("intake*.log"))
-                 for line in log.read_text().splitlines()]
+        lines = [
+            line
+            for log in sorted(self.stack.log_dir.glob("intake*.log"))
+            for line in log.read_text().splitlines()
+        ]
         for line in lines:
             try:
                 entry = json.loads(line)
@@ -145,7 +159,11 @@ class World:
         log = open(self.stack.log_dir / f"{log_name}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
             [*_cli(), "intake", "sqs", "--queue-url", queue_url, "--wait-seconds", "1"],
-            env={**self.stack.env, **env}, stdout=log, stderr=subprocess.STDOUT, text=True)
+            env={**self.stack.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.processes.append(process)
         return process
 
@@ -160,19 +178,28 @@ def _make_queue(aws: LocalAws, name: str, dlq_arn: str | None, visibility: int) 
     sqs = aws.client("sqs")
     attributes = {"VisibilityTimeout": str(visibility)}
     if dlq_arn:
-        attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq_arn,
-                                                  "maxReceiveCount": "2"})
+        attributes["RedrivePolicy"] = json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}
+        )
     return str(sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"])
 
 
 def _queue_arn(aws: LocalAws, url: str) -> str:
-    return str(aws.client("sqs").get_queue_attributes(
-        QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+    return str(
+        aws.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+    )
 
 
 @pytest.fixture(scope="module")
-def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: LocalAws,
-          redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    databend_local: DatabendLocalProcess,
+    databend: DatabendClient,
+    aws: LocalAws,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[World]:
     t = uuid.uuid4().hex[:6]
     prefix = f"databend/intake-{t}"
     bucket = f"intake-{t}"
@@ -188,25 +215,40 @@ def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: L
         for table in tables:
             create_external_table(databend, table, bucket, f"intake_{t}_{label}_seed", rows=2)
         arn = aws.client("secretsmanager").create_secret(
-            Name=name, SecretString=key_secret_json(aws, key))["ARN"]
+            Name=name, SecretString=key_secret_json(aws, key)
+        )["ARN"]
         lakes[label] = Lake(name=name, arn=arn, user=user, tables=tables, keys=[key])
-        bindings.append(f'[[bindings]]\nname = "intake-{label}"\nsecret = "{name}"\n'
-                        f'connection_prefix = "intake_{t}_{label}"\n'
-                        f'tables = ["intake_{t}_{label}.*"]\n')
+        bindings.append(
+            f'[[bindings]]\nname = "intake-{label}"\nsecret = "{name}"\n'
+            f'connection_prefix = "intake_{t}_{label}"\n'
+            f'tables = ["intake_{t}_{label}.*"]\n'
+        )
     work = tmp_path_factory.mktemp("intake")
     (work / "bindings.toml").write_text("\n".join(bindings))
     (work / "logs").mkdir()
-    stack = Stack(env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
-                  log_dir=work / "logs")
+    stack = Stack(
+        env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
+        log_dir=work / "logs",
+    )
     dlq = _make_queue(aws, f"rotations-dlq-{t}", None, 30)
     queue = _make_queue(aws, f"rotations-{t}", _queue_arn(aws, dlq), 3)
     events = aws.client("events")
     arn_prefix = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{prefix}"
-    events.put_rule(Name=f"rotations-{t}", EventPattern=json.dumps(
-        eventbridge_rule_pattern(arn_prefix)))
-    events.put_targets(Rule=f"rotations-{t}", Targets=[{"Id": "sqs", "Arn": _queue_arn(aws, queue)}])
-    w = World(token=t, stack=stack, aws=aws, runs=RedisRunStore.from_url(redis_url),
-              queue_url=queue, dlq_url=dlq, lakes=lakes)
+    events.put_rule(
+        Name=f"rotations-{t}", EventPattern=json.dumps(eventbridge_rule_pattern(arn_prefix))
+    )
+    events.put_targets(
+        Rule=f"rotations-{t}", Targets=[{"Id": "sqs", "Arn": _queue_arn(aws, queue)}]
+    )
+    w = World(
+        token=t,
+        stack=stack,
+        aws=aws,
+        runs=RedisRunStore.from_url(redis_url),
+        queue_url=queue,
+        dlq_url=dlq,
+        lakes=lakes,
+    )
     w.processes.append(stack.start_worker("worker", "--concurrency", "8"))
     w.start_intake(queue, "intake")
     yield w
@@ -216,8 +258,9 @@ def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: L
         process.wait(timeout=30)
 
 
-def test_each_event_shape_leads_to_the_right_outcome(world: World, databend: DatabendClient
-                                                     ) -> None:
+def test_each_event_shape_leads_to_the_right_outcome(
+    world: World, databend: DatabendClient
+) -> None:
     lake = world.lakes["a"]
     sm_arn, name = lake.arn, lake.name
 
@@ -226,8 +269,9 @@ def test_each_event_shape_leads_to_the_right_outcome(world: World, databend: Dat
             world.publish([event])
         else:
             world.send_raw(raw)
-        verdict = world.wait_verdict(event["id"] if raw is None else json.loads(
-            json.loads(raw)["Message"])["id"])
+        verdict = world.wait_verdict(
+            event["id"] if raw is None else json.loads(json.loads(raw)["Message"])["id"]
+        )
         assert verdict["verdict"] == "accepted", verdict
         run = world.wait_final(verdict["run_id"])
         assert run.status == "succeeded", run
@@ -237,11 +281,12 @@ def test_each_event_shape_leads_to_the_right_outcome(world: World, databend: Dat
     v2 = world.new_version(lake)
     rotated_by(label_updated(sm_arn, name, v2))
     # events that rotate nothing
-    quiet = [service_event("RotationStarted", sm_arn),
-             service_event("RotationFailed", sm_arn, "the rotation function timed out"),
-             api_call("PutSecretValue", name, sm_arn, version=str(uuid.uuid4()),
-                      stages=["AWSPENDING"]),
-             label_updated(sm_arn, name, v2, label="AWSPREVIOUS")]
+    quiet = [
+        service_event("RotationStarted", sm_arn),
+        service_event("RotationFailed", sm_arn, "the rotation function timed out"),
+        api_call("PutSecretValue", name, sm_arn, version=str(uuid.uuid4()), stages=["AWSPENDING"]),
+        label_updated(sm_arn, name, v2, label="AWSPREVIOUS"),
+    ]
     world.publish(quiet)
     outcomes = [world.wait_verdict(e["id"])["verdict"] for e in quiet]
     assert outcomes == ["ignored", "alert", "ignored", "ignored"]
@@ -271,8 +316,9 @@ def test_each_event_shape_leads_to_the_right_outcome(world: World, databend: Dat
         assert key["SecretAccessKey"] not in output
 
 
-def test_duplicated_and_shuffled_events_make_one_run_per_version(world: World,
-                                                                  databend: DatabendClient) -> None:
+def test_duplicated_and_shuffled_events_make_one_run_per_version(
+    world: World, databend: DatabendClient
+) -> None:
     lake = world.lakes["b"]
     versions = [world.new_version(lake) for _ in range(3)]
     events = []
@@ -305,31 +351,38 @@ def test_duplicated_and_shuffled_events_make_one_run_per_version(world: World,
 
 def test_two_secrets_rotate_in_parallel(world: World, databend: DatabendClient) -> None:
     a, b = world.lakes["a"], world.lakes["b"]
-    events = [label_updated(a.arn, a.name, world.new_version(a)),
-              label_updated(b.arn, b.name, world.new_version(b))]
+    events = [
+        label_updated(a.arn, a.name, world.new_version(a)),
+        label_updated(b.arn, b.name, world.new_version(b)),
+    ]
     world.publish(events)
     runs = [world.wait_final(world.wait_verdict(e["id"])["run_id"]) for e in events]
     assert [r.status for r in runs] == ["succeeded", "succeeded"]
-    assert max(r.started_at for r in runs) < min(r.updated_at for r in runs), \
+    assert max(r.started_at for r in runs) < min(r.updated_at for r in runs), (
         "neither run waited for the other"
+    )
     for lake in (a, b):
         assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
 
 
 def test_malformed_messages_are_rejected_and_reach_the_dead_letter_queue(world: World) -> None:
     before = len(world.runs.recent_runs(1000))
-    bodies = ["not json at all", json.dumps({"id": "x", "source": "aws.secretsmanager",
-                                             "detail-type": "Nope", "detail": {}}),
-              json.dumps(label_updated("arn:aws:secretsmanager:us-east-1:1:secret:`; DROP",
-                                       "x", "v"))]
+    bodies = [
+        "not json at all",
+        json.dumps(
+            {"id": "x", "source": "aws.secretsmanager", "detail-type": "Nope", "detail": {}}
+        ),
+        json.dumps(label_updated("arn:aws:secretsmanager:us-east-1:1:secret:`; DROP", "x", "v")),
+    ]
     for body in bodies:
         world.send_raw(body)
     sqs = world.aws.client("sqs")
     arrived: list[str] = []
     deadline = time.monotonic() + 60
     while len(arrived) < len(bodies) and time.monotonic() < deadline:
-        response = sqs.receive_message(QueueUrl=world.dlq_url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=1)
+        response = sqs.receive_message(
+            QueueUrl=world.dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        )
         for message in response.get("Messages", []):
             arrived.append(message["Body"])
             sqs.delete_message(QueueUrl=world.dlq_url, ReceiptHandle=message["ReceiptHandle"])
@@ -347,7 +400,9 @@ def test_killing_the_intake_between_receive_and_enqueue_loses_no_event(
     event = label_updated(lake.arn, lake.name, version)
     world.send_raw(json.dumps(event), crash_queue)
 
-    crashing = world.start_intake(crash_queue, "intake-crash", ROTATOR_FAULTS="intake-after-receive")
+    crashing = world.start_intake(
+        crash_queue, "intake-crash", ROTATOR_FAULTS="intake-after-receive"
+    )
     assert crashing.wait(timeout=60) == 86
     assert world.runs_of(lake) == []
 

@@ -31,8 +31,10 @@ class Services:
         self.runs = RedisRunStore(client)
         self.intake_state = RedisIntakeState(client)
         self.secrets = SecretsManagerStore(aws.client("secretsmanager"))
-        self.bindings = parse_bindings(f'[[bindings]]\nname = "h"\nsecret = "{NAME}"\n'
-                                       'connection_prefix = "h"\ntables = ["h.*"]\n')
+        self.bindings = parse_bindings(
+            f'[[bindings]]\nname = "h"\nsecret = "{NAME}"\n'
+            'connection_prefix = "h"\ntables = ["h.*"]\n'
+        )
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +49,27 @@ def handler(aws: LocalAws, redis_url: str) -> Any:
 
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/hostile-target-AbCdEf"
-hostile = st.sampled_from([
-    "", "'", "`", "\"; DROP TABLE sales.orders; --", "x\x00y", "ünï", "a" * 5000,
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:", "../../etc/passwd", "${jndi:x}",
-    "arn:aws:secretsmanager:us-east-1:123456789012:secret:x' OR '1'='1",
-]) | st.text(max_size=40)
+hostile = st.sampled_from(
+    [
+        "",
+        "'",
+        "`",
+        '"; DROP TABLE sales.orders; --',
+        "x\x00y",
+        "ünï",
+        "a" * 5000,
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:",
+        "../../etc/passwd",
+        "${jndi:x}",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:x' OR '1'='1",
+    ]
+) | st.text(max_size=40)
 shapes = st.sampled_from(["label", "service", "api", "raw"])
-values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                      lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
-                                                                          max_size=3),
-                      max_leaves=12)
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=12,
+)
 
 
 def build(shape: str, secret: Any, version: Any, junk: Any) -> str:
@@ -75,11 +88,15 @@ def build(shape: str, secret: Any, version: Any, junk: Any) -> str:
     return json.dumps(sns_wrapped(event)) if isinstance(junk, bool) and junk else json.dumps(event)
 
 
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(shape=shapes, secret=hostile, version=hostile | values, junk=values)
-def test_hostile_envelopes_are_answered_and_change_nothing(handler: Any, shape: str, secret: Any,
-                                                           version: Any, junk: Any) -> None:
+def test_hostile_envelopes_are_answered_and_change_nothing(
+    handler: Any, shape: str, secret: Any, version: Any, junk: Any
+) -> None:
     handle, services, enqueued = handler
     before = services.runs.recent_runs(10)
     result = handle(build(shape, secret, version, junk))

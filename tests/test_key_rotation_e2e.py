@@ -52,8 +52,9 @@ class KeyWorld:
         stages = sm.describe_secret(SecretId=secret)["VersionIdsToStages"]
         current = [v for v, s in stages.items() if "AWSCURRENT" in s]
         assert len(current) == 1, stages
-        return json.loads(sm.get_secret_value(SecretId=secret, VersionId=current[0])[
-            "SecretString"])
+        return json.loads(
+            sm.get_secret_value(SecretId=secret, VersionId=current[0])["SecretString"]
+        )
 
     def start_worker(self, name: str, **env: str) -> subprocess.Popen[str]:
         self.stack.env.update(env)
@@ -89,19 +90,28 @@ LAKES = {"main": 30, "fail": 3, "crash": 2, "abort": 3, "twokeys": 1, "stranded"
 
 
 @pytest.fixture(scope="module")
-def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: LocalAws,
-          redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyWorld]:
+def world(
+    databend_local: DatabendLocalProcess,
+    databend: DatabendClient,
+    aws: LocalAws,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[KeyWorld]:
     t = uuid.uuid4().hex[:6]
     work = tmp_path_factory.mktemp("keys")
     entries = []
     for lake in list(LAKES) + [f"crash{i}" for i in range(8)]:
-        entries.append(f'[[bindings]]\nname = "{lake}-{t}"\nsecret = "databend/keys-{t}-{lake}"\n'
-                       f'connection_prefix = "keys_{t}_{lake}"\n'
-                       f'tables = ["keys_{t}_{lake}.*"]\ndiscover = false\n')
+        entries.append(
+            f'[[bindings]]\nname = "{lake}-{t}"\nsecret = "databend/keys-{t}-{lake}"\n'
+            f'connection_prefix = "keys_{t}_{lake}"\n'
+            f'tables = ["keys_{t}_{lake}.*"]\ndiscover = false\n'
+        )
     (work / "bindings.toml").write_text("\n".join(entries))
     (work / "logs").mkdir()
-    stack = Stack(env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
-                  log_dir=work / "logs")
+    stack = Stack(
+        env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
+        log_dir=work / "logs",
+    )
     stack.env["ROTATOR_RETIRE_INTERVAL"] = "1"
     w = KeyWorld(token=t, stack=stack, aws=aws, runs=RedisRunStore.from_url(redis_url))
     w.start_worker("worker")
@@ -109,8 +119,9 @@ def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: L
     w.stop_worker()
 
 
-def seed(world: KeyWorld, databend: DatabendClient, lake: str, tables: int
-         ) -> tuple[str, str, list[TableName], dict[str, str]]:
+def seed(
+    world: KeyWorld, databend: DatabendClient, lake: str, tables: int
+) -> tuple[str, str, list[TableName], dict[str, str]]:
     t = world.token
     user, secret, bucket = f"keys-{t}-{lake}", f"databend/keys-{t}-{lake}", f"keys-{t}-{lake}"
     world.aws.client("s3").create_bucket(Bucket=bucket)
@@ -119,8 +130,9 @@ def seed(world: KeyWorld, databend: DatabendClient, lake: str, tables: int
     names = [TableName(f"keys_{t}_{lake}", f"table {i}") for i in range(tables)]
     for name in names:
         create_external_table(databend, name, bucket, f"keys_{t}_{lake}_seed", rows=2)
-    world.aws.client("secretsmanager").create_secret(Name=secret,
-                                                     SecretString=key_secret_json(world.aws, k1))
+    world.aws.client("secretsmanager").create_secret(
+        Name=secret, SecretString=key_secret_json(world.aws, k1)
+    )
     return user, secret, names, k1
 
 
@@ -138,8 +150,9 @@ def test_rotate_commit_switches_thirty_tables_then_retires_the_old_key(
     assert "dry run" in dry.stdout and f"IAM user {user}" in dry.stdout
     assert len(world.keys_of(user)) == 1, "a dry run changes nothing"
 
-    result = world.stack.cli("rotate", f"main-{world.token}", "--commit", "--delete-after", "8s",
-                             "--timeout", "240")
+    result = world.stack.cli(
+        "rotate", f"main-{world.token}", "--commit", "--delete-after", "8s", "--timeout", "240"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     run_id = world.run_id_of(result)
     assert world.keys_of(user)[k1["AccessKeyId"]] == "Inactive"
@@ -183,9 +196,24 @@ def test_a_table_that_cannot_switch_stops_the_rotation_before_finishing(
     blocked = TableName(f"keys_{t}_fail", "on another account")
     create_external_table(databend, blocked, other_bucket, f"keys_{t}_outsider", rows=2)
     world.aws.client("iam").put_user_policy(
-        UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
-            "Resource": [f"arn:aws:s3:::keys-{t}-fail", f"arn:aws:s3:::keys-{t}-fail/*"]}]}))
+        UserName=user,
+        PolicyName="s3",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:*",
+                        "Resource": [
+                            f"arn:aws:s3:::keys-{t}-fail",
+                            f"arn:aws:s3:::keys-{t}-fail/*",
+                        ],
+                    }
+                ],
+            }
+        ),
+    )
 
     result = world.stack.cli("rotate", secret, "--commit", "--timeout", "120")
 
@@ -202,12 +230,13 @@ def test_a_table_that_cannot_switch_stops_the_rotation_before_finishing(
 def test_a_user_with_two_keys_whose_other_key_is_in_use_is_refused(
     world: KeyWorld, databend: DatabendClient
 ) -> None:
-    user, secret, tables, k1 = seed(world, databend, "twokeys", LAKES["twokeys"])
+    user, secret, _tables, _k1 = seed(world, databend, "twokeys", LAKES["twokeys"])
     older = new_key(world.aws, user)
     create_key_connection(databend, world.aws, f"keys_{world.token}_older", older)
     in_use = TableName(f"keys_{world.token}_twokeys", "uses the other key")
-    create_external_table(databend, in_use, f"keys-{world.token}-twokeys",
-                          f"keys_{world.token}_older")
+    create_external_table(
+        databend, in_use, f"keys-{world.token}-twokeys", f"keys_{world.token}_older"
+    )
     before = world.keys_of(user)
 
     result = world.stack.cli("rotate", secret, "--commit")
@@ -234,16 +263,24 @@ def test_abort_restores_the_previous_state(world: KeyWorld, databend: DatabendCl
     world.start_worker("worker-after-abort")
     assert {storage_suffix(databend, t) for t in tables} == {k1["AccessKeyId"][-3:]}
     assert world.keys_of(user) == {k1["AccessKeyId"]: "Active"}
-    stages = world.aws.client("secretsmanager").describe_secret(
-        SecretId=secret)["VersionIdsToStages"]
+    stages = world.aws.client("secretsmanager").describe_secret(SecretId=secret)[
+        "VersionIdsToStages"
+    ]
     assert not any("AWSPENDING" in s for s in stages.values())
     assert world.current_value(secret)["access_key_id"] == k1["AccessKeyId"]
     assert world.runs.get(run_id).status == "aborted"
     assert all_read(databend, tables)
 
 
-CRASH_POINTS = ["after-create-key", "after-pending_stored", "after-switching", "after-switched",
-                "after-tested", "after-finished", "after-retired"]
+CRASH_POINTS = [
+    "after-create-key",
+    "after-pending_stored",
+    "after-switching",
+    "after-switched",
+    "after-tested",
+    "after-finished",
+    "after-retired",
+]
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -277,7 +314,8 @@ def test_follower_mode_marks_tables_of_a_revoked_key_stranded_and_never_drops_th
     # another tool rotated the key and revoked the old one before Databend was switched
     k2 = new_key(world.aws, user, avoid_suffixes={k1["AccessKeyId"][-3:]})
     world.aws.client("secretsmanager").put_secret_value(
-        SecretId=secret, SecretString=key_secret_json(world.aws, k2))
+        SecretId=secret, SecretString=key_secret_json(world.aws, k2)
+    )
     world.aws.client("iam").delete_access_key(UserName=user, AccessKeyId=k1["AccessKeyId"])
 
     result = world.stack.cli("rotate-version", secret, "--timeout", "120")

@@ -33,9 +33,15 @@ pytestmark = pytest.mark.slow
 
 
 def policy(statements: list[tuple[str | list[str], list[str]]]) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": action, "Resource": resources}
-        for action, resources in statements]})
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": action, "Resource": resources}
+                for action, resources in statements
+            ],
+        }
+    )
 
 
 def bucket_arns(*buckets: str) -> list[str]:
@@ -54,8 +60,9 @@ class MigrationWorld:
     def user(self, name: str, policy_document: str) -> dict[str, str]:
         user = f"mig-{self.token}-{name}"
         add_user(self.aws, user)
-        self.aws.client("iam").put_user_policy(UserName=user, PolicyName="s3",
-                                               PolicyDocument=policy_document)
+        self.aws.client("iam").put_user_policy(
+            UserName=user, PolicyName="s3", PolicyDocument=policy_document
+        )
         key = new_key(self.aws, user)
         self.keys[name] = key
         return key
@@ -76,18 +83,32 @@ class MigrationWorld:
 
 
 @pytest.fixture(scope="module")
-def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: LocalAws,
-          redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigrationWorld]:
+def world(
+    databend_local: DatabendLocalProcess,
+    databend: DatabendClient,
+    aws: LocalAws,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[MigrationWorld]:
     t = uuid.uuid4().hex[:6]
     work = tmp_path_factory.mktemp("migration")
     (work / "bindings.toml").write_text(
         f'[[bindings]]\nname = "mig"\nsecret = "unused-{t}"\nconnection_prefix = "mig_{t}"\n'
-        f'tables = ["mig_{t}_main.*"]\n')
+        f'tables = ["mig_{t}_main.*"]\n'
+    )
     (work / "logs").mkdir()
-    stack = Stack(env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
-                  log_dir=work / "logs")
-    w = MigrationWorld(token=t, stack=stack, aws=aws, runs=RedisRunStore.from_url(redis_url),
-                       worker=stack.start_worker("worker", "--concurrency", "8"), keys={})
+    stack = Stack(
+        env=stack_env(databend_local.dsn, redis_url, work / "bindings.toml", aws),
+        log_dir=work / "logs",
+    )
+    w = MigrationWorld(
+        token=t,
+        stack=stack,
+        aws=aws,
+        runs=RedisRunStore.from_url(redis_url),
+        worker=stack.start_worker("worker", "--concurrency", "8"),
+        keys={},
+    )
     for bucket in ("a", "b"):
         aws.client("s3").create_bucket(Bucket=f"mig-{t}-{bucket}")
     a, b = f"mig-{t}-a", f"mig-{t}-b"
@@ -107,14 +128,22 @@ def world(databend_local: DatabendLocalProcess, databend: DatabendClient, aws: L
     w.worker.wait(timeout=30)
 
 
-def make_tables(world: MigrationWorld, databend: DatabendClient, group: str, count: int,
-                *, in_b_every: int = 0, source: str = "source") -> list[TableName]:
+def make_tables(
+    world: MigrationWorld,
+    databend: DatabendClient,
+    group: str,
+    count: int,
+    *,
+    in_b_every: int = 0,
+    source: str = "source",
+) -> list[TableName]:
     tables = []
     for i in range(count):
         table = TableName(f"mig_{world.token}_{group}", f"table {i:03d}")
         bucket = "b" if in_b_every and i % in_b_every == in_b_every - 1 else "a"
-        create_external_table(databend, table, f"mig-{world.token}-{bucket}",
-                              f"mig_{world.token}_{source}", rows=1)
+        create_external_table(
+            databend, table, f"mig-{world.token}-{bucket}", f"mig_{world.token}_{source}", rows=1
+        )
         tables.append(table)
     return tables
 
@@ -123,16 +152,29 @@ def suffix(world: MigrationWorld, name: str) -> str:
     return world.keys[name]["AccessKeyId"][-3:]
 
 
-def test_two_hundred_tables_migrate_then_roll_back(world: MigrationWorld,
-                                                   databend: DatabendClient) -> None:
+def test_two_hundred_tables_migrate_then_roll_back(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
     t = world.token
     tables = make_tables(world, databend, "main", 200)
     dry = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables", f"mig_{t}_main.*")
     assert dry.returncode == 0 and "200 table(s)" in dry.stdout and "dry run" in dry.stdout
     assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
 
-    result = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables", f"mig_{t}_main.*",
-                             "--commit", "--wave-size", "50", "--canary", "5", "--timeout", "300")
+    result = world.stack.cli(
+        "migrate",
+        "--to",
+        f"mig_{t}_target",
+        "--tables",
+        f"mig_{t}_main.*",
+        "--commit",
+        "--wave-size",
+        "50",
+        "--canary",
+        "5",
+        "--timeout",
+        "300",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     run_id = world.run_id_of(result)
     status = world.status(run_id)
@@ -155,23 +197,33 @@ def test_a_target_that_cannot_reach_the_bucket_is_refused_before_any_table(
 ) -> None:
     t = world.token
     tables = make_tables(world, databend, "refused", 3)
-    result = world.stack.cli("migrate", "--to", f"mig_{t}_nothing", "--tables",
-                             f"mig_{t}_refused.*", "--commit")
+    result = world.stack.cli(
+        "migrate", "--to", f"mig_{t}_nothing", "--tables", f"mig_{t}_refused.*", "--commit"
+    )
     assert result.returncode == 2
     assert "cannot reach bucket" in result.stderr
     assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
-    missing = world.stack.cli("migrate", "--to", "no_such_connection", "--from",
-                              f"mig_{t}_source")
+    missing = world.stack.cli("migrate", "--to", "no_such_connection", "--from", f"mig_{t}_source")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_a_failing_canary_halts_with_everything_readable(world: MigrationWorld,
-                                                         databend: DatabendClient) -> None:
+def test_a_failing_canary_halts_with_everything_readable(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
     t = world.token
     tables = make_tables(world, databend, "canary", 20)
-    result = world.stack.cli("migrate", "--to", f"mig_{t}_listonly", "--tables",
-                             f"mig_{t}_canary.*", "--commit", "--canary", "3",
-                             "--timeout", "120")
+    result = world.stack.cli(
+        "migrate",
+        "--to",
+        f"mig_{t}_listonly",
+        "--tables",
+        f"mig_{t}_canary.*",
+        "--commit",
+        "--canary",
+        "3",
+        "--timeout",
+        "120",
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     status = world.status(world.run_id_of(result))
     assert status["status"] == "halted" and "wave 0" in status["error"]
@@ -187,10 +239,22 @@ def test_error_rate_threshold_halts_at_two_percent_and_completes_at_ten(
     t = world.token
     # 10 tables of 200 (5 %) in the bucket the target may list but not read or write
     tables = make_tables(world, databend, "rate", 200, in_b_every=20, source="ratesource")
-    common = ["--to", f"mig_{t}_partial", "--from", f"mig_{t}_ratesource", "--commit",
-              "--wave-size", "50", "--canary", "0", "--timeout", "300"]
-    strict = world.stack.cli("migrate", *common, "--max-error-rate", "0.02",
-                             "--tables", f"mig_{t}_rate.*")
+    common = [
+        "--to",
+        f"mig_{t}_partial",
+        "--from",
+        f"mig_{t}_ratesource",
+        "--commit",
+        "--wave-size",
+        "50",
+        "--canary",
+        "0",
+        "--timeout",
+        "300",
+    ]
+    strict = world.stack.cli(
+        "migrate", *common, "--max-error-rate", "0.02", "--tables", f"mig_{t}_rate.*"
+    )
     assert strict.returncode == 2, "--from and --tables together are refused"
     strict = world.stack.cli("migrate", *common, "--max-error-rate", "0.02")
     assert strict.returncode == 1, strict.stdout + strict.stderr
@@ -216,8 +280,17 @@ def test_a_killed_worker_resumes_without_switching_any_table_twice(
 ) -> None:
     t = world.token
     tables = make_tables(world, databend, "kill", 200)
-    result = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables",
-                             f"mig_{t}_kill.*", "--commit", "--rate", "25", "--no-wait")
+    result = world.stack.cli(
+        "migrate",
+        "--to",
+        f"mig_{t}_target",
+        "--tables",
+        f"mig_{t}_kill.*",
+        "--commit",
+        "--rate",
+        "25",
+        "--no-wait",
+    )
     run_id = world.run_id_of(result)
     deadline = time.monotonic() + 60
     while world.status(run_id)["counts"].get("validated", 0) < 40:
@@ -227,8 +300,9 @@ def test_a_killed_worker_resumes_without_switching_any_table_twice(
     assert paused.returncode == 0
     world.worker.send_signal(signal.SIGKILL)
     world.worker.wait(timeout=30)
-    before = {tuple(x["table"]): x for x in world.status(run_id)["tables"]
-              if x["status"] == "validated"}
+    before = {
+        tuple(x["table"]): x for x in world.status(run_id)["tables"] if x["status"] == "validated"
+    }
     assert 40 <= len(before) < 200
 
     world.restart_worker("worker-after-kill")

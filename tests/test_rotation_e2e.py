@@ -12,7 +12,6 @@ import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -45,8 +44,12 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def scenario(databend_local: DatabendLocalProcess, aws: LocalAws, redis_url: str,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+def scenario(
+    databend_local: DatabendLocalProcess,
+    aws: LocalAws,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Scenario]:
     import uuid
 
     token = uuid.uuid4().hex[:6]
@@ -87,8 +90,9 @@ def _create_secret(aws: LocalAws, name: str, value: str) -> str:
 
 
 def _put_version(aws: LocalAws, name: str, value: str) -> str:
-    return aws.client("secretsmanager").put_secret_value(SecretId=name,
-                                                         SecretString=value)["VersionId"]
+    return aws.client("secretsmanager").put_secret_value(SecretId=name, SecretString=value)[
+        "VersionId"
+    ]
 
 
 def _rows(db: DatabendClient, table: TableName) -> list[tuple[object, ...]]:
@@ -107,9 +111,21 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
         other = new_key(aws, f"other-team-{t}")
     create_key_connection(databend, aws, f"seed_{t}", k1)
     create_key_connection(databend, aws, f"other_{t}", other)
-    sales = [TableName(f"sales_{t}", n) for n in
-             ["orders", "order items", "it's", "we`ird", "ünïcode", "x'); DROP TABLE y; --",
-              "t7", "t8", "t9", "t10"]]
+    sales = [
+        TableName(f"sales_{t}", n)
+        for n in [
+            "orders",
+            "order items",
+            "it's",
+            "we`ird",
+            "ünïcode",
+            "x'); DROP TABLE y; --",
+            "t7",
+            "t8",
+            "t9",
+            "t10",
+        ]
+    ]
     ops = [TableName(f"Ops Data {t}", f"metric {i}") for i in range(8)]
     discovered = [TableName(f"misc_{t}", "found_1"), TableName(f"misc_{t}", "found_2")]
     bound = sales + ops + discovered
@@ -158,8 +174,9 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     connections = connection_names(databend)
     again = scenario.stack.cli("rotate-version", secret, "--version-id", v2, "--timeout", "240")
     assert again.returncode == 0, again.stdout + again.stderr
-    rerun = json.loads(scenario.stack.cli("status", again.stdout.split()[1].rstrip(":"),
-                                          "--json").stdout)
+    rerun = json.loads(
+        scenario.stack.cli("status", again.stdout.split()[1].rstrip(":"), "--json").stdout
+    )
     assert rerun["counts"] == {"already_switched": 20}
     assert connection_names(databend) == connections
 
@@ -184,8 +201,9 @@ def test_version_missing_a_field_fails_clearly_and_changes_nothing(
     secret = scenario.secret("badjson")
     _create_secret(aws, secret, key_secret_json(aws, k1))
     k2 = new_key(aws, f"badjson-{t}")
-    leaked = json.dumps({"access_key_id": k2["AccessKeyId"], "region": "us-east-1",
-                         "note": k2["SecretAccessKey"]})
+    leaked = json.dumps(
+        {"access_key_id": k2["AccessKeyId"], "region": "us-east-1", "note": k2["SecretAccessKey"]}
+    )
     _put_version(aws, secret, leaked)
     connections = connection_names(databend)
 

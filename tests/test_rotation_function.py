@@ -31,21 +31,30 @@ pytestmark = pytest.mark.slow
 
 
 class Services:
-    def __init__(self, aws: LocalAws, redis_url: str, databend: DatabendClient, secret: str,
-                 db: str) -> None:
+    def __init__(
+        self, aws: LocalAws, redis_url: str, databend: DatabendClient, secret: str, db: str
+    ) -> None:
         client = redis.Redis.from_url(redis_url)
         self.runs = RedisRunStore(client)
         self.locks = RedisSecretLocks(client)
         self.secrets = SecretsManagerStore(aws.client("secretsmanager"))
         self.iam = BotoIamKeys(aws.client("iam"))
         self.admin = DriverDatabendAdmin(databend)
-        self.bindings = parse_bindings(f'[[bindings]]\nname = "fn"\nsecret = "{secret}"\n'
-                                       f'connection_prefix = "fn_{db}"\ntables = ["{db}.*"]\n'
-                                       'discover = false\n')
+        self.bindings = parse_bindings(
+            f'[[bindings]]\nname = "fn"\nsecret = "{secret}"\n'
+            f'connection_prefix = "fn_{db}"\ntables = ["{db}.*"]\n'
+            "discover = false\n"
+        )
 
     def key_rotation(self) -> KeyRotationContext:
-        return KeyRotationContext(runs=self.runs, secrets=self.secrets, writer=self.secrets,
-                                  iam=self.iam, admin=self.admin, locks=self.locks)
+        return KeyRotationContext(
+            runs=self.runs,
+            secrets=self.secrets,
+            writer=self.secrets,
+            iam=self.iam,
+            admin=self.admin,
+            locks=self.locks,
+        )
 
 
 def test_the_four_steps_rotate_the_key_and_each_step_may_run_twice(
@@ -58,15 +67,15 @@ def test_the_four_steps_rotate_the_key_and_each_step_may_run_twice(
     tables = [TableName(db, f"t{i}") for i in range(4)]
     for table in tables:
         create_external_table(databend, table, f"fn-{unique}", f"fn_{unique}_seed")
-    aws.client("secretsmanager").create_secret(Name=secret,
-                                               SecretString=key_secret_json(aws, k1))
+    aws.client("secretsmanager").create_secret(Name=secret, SecretString=key_secret_json(aws, k1))
     services = Services(aws, redis_url, databend, secret, db)
     token = str(uuid.uuid4())
 
     for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
         for _ in range(2):
-            result = handler({"SecretId": secret, "ClientRequestToken": token, "Step": step},
-                             services=services)
+            result = handler(
+                {"SecretId": secret, "ClientRequestToken": token, "Step": step}, services=services
+            )
         if step == "setSecret":
             pending = services.secrets.describe(secret).versions[token]
             assert "AWSPENDING" in pending.stages and "AWSCURRENT" not in pending.stages
@@ -74,8 +83,10 @@ def test_the_four_steps_rotate_the_key_and_each_step_may_run_twice(
 
     info = services.secrets.describe(secret)
     assert "AWSCURRENT" in info.versions[token].stages
-    keys = {k["AccessKeyId"]: k["Status"] for k in aws.client("iam").list_access_keys(
-        UserName=user)["AccessKeyMetadata"]}
+    keys = {
+        k["AccessKeyId"]: k["Status"]
+        for k in aws.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+    }
     assert keys[k1["AccessKeyId"]] == "Inactive" and len(keys) == 2
     new = next(k for k in keys if k != k1["AccessKeyId"])
     for table in tables:
@@ -83,11 +94,15 @@ def test_the_four_steps_rotate_the_key_and_each_step_may_run_twice(
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 3
 
 
-@pytest.mark.parametrize("event", [
-    {}, {"SecretId": "x", "ClientRequestToken": "short", "Step": "createSecret"},
-    {"SecretId": "x", "ClientRequestToken": "a" * 36, "Step": "dropEverything"},
-    {"SecretId": 5, "ClientRequestToken": "a" * 36, "Step": "setSecret"},
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"SecretId": "x", "ClientRequestToken": "short", "Step": "createSecret"},
+        {"SecretId": "x", "ClientRequestToken": "a" * 36, "Step": "dropEverything"},
+        {"SecretId": 5, "ClientRequestToken": "a" * 36, "Step": "setSecret"},
+    ],
+)
 def test_malformed_rotation_events_are_refused(event: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         handler(event, services=object())

@@ -75,7 +75,11 @@ def test_split_qualified_name_rejects_malformed(text: str) -> None:
         split_qualified_name(text)
 
 
-@given(st.text(min_size=1, max_size=40).filter(lambda s: all(ord(c) >= 0x20 and c != "\x7f" for c in s)))
+@given(
+    st.text(min_size=1, max_size=40).filter(
+        lambda s: all(ord(c) >= 0x20 and c != "\x7f" for c in s)
+    )
+)
 def test_quoted_identifiers_round_trip_through_the_parser(name: str) -> None:
     quoted = quote_identifier(name)
     assert split_qualified_name(f"{quoted}.{quoted}") == [name, name]

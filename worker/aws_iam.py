@@ -25,8 +25,9 @@ class BotoIamKeys:
             raise _classified(exc) from None
         user = response.get("UserName")
         if not user:
-            raise UnknownSecretError("IAM does not know who owns the secret's key; set iam_user "
-                                     "in the binding")
+            raise UnknownSecretError(
+                "IAM does not know who owns the secret's key; set iam_user in the binding"
+            )
         return str(user)
 
     def list_keys(self, user: str) -> list[AccessKey]:
@@ -34,8 +35,10 @@ class BotoIamKeys:
             keys = self.client.list_access_keys(UserName=user)["AccessKeyMetadata"]
         except Exception as exc:
             raise _classified(exc) from None
-        return [AccessKey(k["AccessKeyId"], k["Status"] == "Active", k["CreateDate"].timestamp())
-                for k in keys]
+        return [
+            AccessKey(k["AccessKeyId"], k["Status"] == "Active", k["CreateDate"].timestamp())
+            for k in keys
+        ]
 
     def create_key(self, user: str) -> tuple[str, str]:
         try:
@@ -48,8 +51,9 @@ class BotoIamKeys:
 
     def set_active(self, user: str, key_id: str, active: bool) -> None:
         try:
-            self.client.update_access_key(UserName=user, AccessKeyId=key_id,
-                                          Status="Active" if active else "Inactive")
+            self.client.update_access_key(
+                UserName=user, AccessKeyId=key_id, Status="Active" if active else "Inactive"
+            )
         except Exception as exc:
             raise _classified(exc) from None
 

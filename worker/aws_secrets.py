@@ -11,8 +11,9 @@ from worker.errors import RotatorError, UnknownSecretError, classify_aws_error
 from worker.redaction import register_secret_value
 
 # botocore owns retries of single API calls: standard mode, 3 attempts.
-BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3},
-                     connect_timeout=5, read_timeout=20)
+BOTO_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20
+)
 
 
 def secretsmanager_client() -> Any:
@@ -62,14 +63,17 @@ class SecretsManagerStore:
             register_secret_value(value)
         return value if isinstance(value, str) else None
 
-
     # --- SecretWriter ---------------------------------------------------------------------------
 
     def put_pending(self, arn: str, version_id: str, value: str) -> None:
         register_secret_value(value)
         try:
-            self.client.put_secret_value(SecretId=arn, ClientRequestToken=version_id,
-                                         SecretString=value, VersionStages=["AWSPENDING"])
+            self.client.put_secret_value(
+                SecretId=arn,
+                ClientRequestToken=version_id,
+                SecretString=value,
+                VersionStages=["AWSPENDING"],
+            )
         except Exception as exc:
             if "ResourceExists" in type(exc).__name__ or "already exists" in str(exc):
                 return  # the same version was stored before
@@ -81,8 +85,11 @@ class SecretsManagerStore:
         try:
             if current != version_id:
                 self.client.update_secret_version_stage(
-                    SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=version_id,
-                    RemoveFromVersionId=current)
+                    SecretId=arn,
+                    VersionStage="AWSCURRENT",
+                    MoveToVersionId=version_id,
+                    RemoveFromVersionId=current,
+                )
         except Exception as exc:
             raise _classified(exc, f"version {version_id}") from None
         self.drop_pending(arn, version_id)
@@ -93,8 +100,9 @@ class SecretsManagerStore:
         if version is None or "AWSPENDING" not in version.stages:
             return
         try:
-            self.client.update_secret_version_stage(SecretId=arn, VersionStage="AWSPENDING",
-                                                    RemoveFromVersionId=version_id)
+            self.client.update_secret_version_stage(
+                SecretId=arn, VersionStage="AWSPENDING", RemoveFromVersionId=version_id
+            )
         except Exception as exc:
             raise _classified(exc, f"version {version_id}") from None
 
@@ -104,4 +112,3 @@ def _classified(exc: Exception, what: str) -> RotatorError:
     if isinstance(error, UnknownSecretError):
         return UnknownSecretError(f"{what} not found in Secrets Manager")
     return error
-

@@ -35,8 +35,12 @@ def configure_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_time_limit=settings.table_time_limit + 60,
         task_soft_time_limit=settings.table_time_limit,
-        beat_schedule={"retire-due-keys": {"task": "rotator.keys.retire_due",
-                                           "schedule": settings.retire_interval}},
+        beat_schedule={
+            "retire-due-keys": {
+                "task": "rotator.keys.retire_due",
+                "schedule": settings.retire_interval,
+            }
+        },
     )
     return app
 

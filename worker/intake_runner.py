@@ -25,8 +25,9 @@ log = structlog.get_logger("rotator.intake")
 
 EVENTS = Counter("rotator_intake_events", "Events handled by the intake, by verdict", ["verdict"])
 RECEIVE_ERRORS = Counter("rotator_intake_receive_errors", "Failed SQS receive calls")
-HANDLER_ERRORS = Counter("rotator_intake_handler_errors",
-                         "Messages left in the queue after an error, by kind", ["kind"])
+HANDLER_ERRORS = Counter(
+    "rotator_intake_handler_errors", "Messages left in the queue after an error, by kind", ["kind"]
+)
 
 Handler = Callable[[str | bytes], IntakeResult]
 
@@ -35,13 +36,25 @@ def make_handler(services: Any, enqueue: Callable[[str], None]) -> Handler:
     def handle(body: str | bytes) -> IntakeResult:
         decision = parse_event(body)
         structlog.contextvars.bind_contextvars(event_id=decision.event_id)
-        result = handle_event(decision, secrets=services.secrets, bindings=services.bindings,
-                              state=services.intake_state, runs=services.runs, enqueue=enqueue)
+        result = handle_event(
+            decision,
+            secrets=services.secrets,
+            bindings=services.bindings,
+            state=services.intake_state,
+            runs=services.runs,
+            enqueue=enqueue,
+        )
         EVENTS.labels(result.verdict.value).inc()
         level = log.warning if result.verdict in (Verdict.REJECTED, Verdict.ALERT) else log.info
-        level("event " + result.verdict.value, verdict=result.verdict.value, reason=result.reason,
-              kind=decision.kind, secret=result.secret, version=result.version_id,
-              run_id=result.run_id)
+        level(
+            "event " + result.verdict.value,
+            verdict=result.verdict.value,
+            reason=result.reason,
+            kind=decision.kind,
+            secret=result.secret,
+            version=result.version_id,
+            run_id=result.run_id,
+        )
         return result
 
     return handle
@@ -58,8 +71,15 @@ def replay(lines: Iterable[str], handle: Handler) -> list[IntakeResult]:
 
 
 class SqsIntake:
-    def __init__(self, sqs: Any, queue_url: str, handle: Handler, *, wait_seconds: int = 20,
-                 batch_size: int = 10) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        handle: Handler,
+        *,
+        wait_seconds: int = 20,
+        batch_size: int = 10,
+    ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.handle = handle
@@ -79,8 +99,11 @@ class SqsIntake:
     def poll_once(self) -> list[IntakeResult]:
         try:
             response = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size,
-                WaitTimeSeconds=self.wait_seconds, AttributeNames=["ApproximateReceiveCount"])
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=self.batch_size,
+                WaitTimeSeconds=self.wait_seconds,
+                AttributeNames=["ApproximateReceiveCount"],
+            )
         except Exception as exc:
             RECEIVE_ERRORS.inc()
             log.warning("receive failed; trying again", error=f"{type(exc).__name__}: {exc}")
@@ -101,19 +124,26 @@ class SqsIntake:
 
     def _settle(self, decided: list[tuple[dict[str, Any], IntakeResult]]) -> None:
         """Delete what was decided; release rejected messages at once toward the DLQ."""
-        done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                for i, (m, r) in enumerate(decided) if r.verdict.acknowledge]
+        done = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+            for i, (m, r) in enumerate(decided)
+            if r.verdict.acknowledge
+        ]
         try:
             if done:
                 response = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
                 for failed in response.get("Failed", []):
-                    log.warning("could not delete a message; it will come back as a duplicate",
-                                code=failed.get("Code"))
+                    log.warning(
+                        "could not delete a message; it will come back as a duplicate",
+                        code=failed.get("Code"),
+                    )
             for message, result in decided:
                 if not result.verdict.acknowledge:
                     self.sqs.change_message_visibility(
-                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
-                        VisibilityTimeout=0)
+                        QueueUrl=self.queue_url,
+                        ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=0,
+                    )
         except Exception as exc:  # the messages come back and are found to be duplicates
             log.warning("could not settle messages", error=f"{type(exc).__name__}: {exc}")
 
@@ -126,7 +156,9 @@ class SqsIntake:
             return None
         except Exception as exc:  # never let one message stop the intake
             HANDLER_ERRORS.labels("unexpected").inc()
-            log.error("event left in the queue after an unexpected error",
-                      error=f"{type(exc).__name__}: {exc}")
+            log.error(
+                "event left in the queue after an unexpected error",
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return None
         return result

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from worker.core.bindings import Binding, find_binding
-from worker.core.model import RunStatus, TableOutcome, TableStatus
+from worker.core.model import RunStatus, TableOutcome
 from worker.core.ports import RunRecord, SecretStore
 from worker.errors import UnknownSecretError
 from worker.run_store import RedisRunStore
@@ -22,8 +22,9 @@ class ResolvedVersion:
     binding: Binding
 
 
-def resolve_version(secret: str, version_id: str | None, *, secrets: SecretStore,
-                    bindings: list[Binding]) -> ResolvedVersion:
+def resolve_version(
+    secret: str, version_id: str | None, *, secrets: SecretStore, bindings: list[Binding]
+) -> ResolvedVersion:
     """SECRET may be a secret name, an ARN or a binding name; the version defaults to AWSCURRENT."""
     by_name = find_binding(bindings, name=secret)
     info = secrets.describe(by_name.secret if by_name else secret)
@@ -41,8 +42,15 @@ def resolve_version(secret: str, version_id: str | None, *, secrets: SecretStore
 
 def new_rotation_run(runs: RedisRunStore, resolved: ResolvedVersion) -> str:
     run_id = uuid.uuid4().hex
-    runs.create(RunRecord(run_id=run_id, kind="rotation", secret=resolved.arn,
-                          version_id=resolved.version_id, binding=resolved.binding.name))
+    runs.create(
+        RunRecord(
+            run_id=run_id,
+            kind="rotation",
+            secret=resolved.arn,
+            version_id=resolved.version_id,
+            binding=resolved.binding.name,
+        )
+    )
     return run_id
 
 
@@ -81,8 +89,9 @@ def progress(runs: RedisRunStore, run_id: str) -> RunProgress:
     return RunProgress(run, runs.outcomes(str(tables_of)) if tables_of else [])
 
 
-def wait_for_run(runs: RedisRunStore, run_id: str, *, timeout: float, on_update=None,
-                 poll: float = 0.2) -> RunProgress:
+def wait_for_run(
+    runs: RedisRunStore, run_id: str, *, timeout: float, on_update=None, poll: float = 0.2
+) -> RunProgress:
     deadline = time.monotonic() + timeout
     while True:
         current = progress(runs, run_id)

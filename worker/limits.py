@@ -45,8 +45,9 @@ class RedisLimits:
         self._reserve = client.register_script(_RESERVE)
 
     @contextmanager
-    def slot(self, run_id: str, limit: int, *, wait: float = 60, poll: float = 0.02
-             ) -> Iterator[None]:
+    def slot(
+        self, run_id: str, limit: int, *, wait: float = 60, poll: float = 0.02
+    ) -> Iterator[None]:
         """Hold one of ``limit`` concurrency slots of the run (across all workers)."""
         key, token = f"{PREFIX}slots:{run_id}", uuid.uuid4().hex
         deadline = time.monotonic() + wait
@@ -70,8 +71,9 @@ class RedisLimits:
         """Sleep until this caller's turn under a shared rate of ``per_second``."""
         if not per_second:
             return
-        delay = float(self._reserve(keys=[f"{PREFIX}rate:{run_id}"],
-                                    args=[time.time(), 1.0 / per_second]))
+        delay = float(
+            self._reserve(keys=[f"{PREFIX}rate:{run_id}"], args=[time.time(), 1.0 / per_second])
+        )
         if delay > 0:
             time.sleep(delay)
 

@@ -31,8 +31,11 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: Any = (structlog.processors.JSONRenderer() if json_output
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

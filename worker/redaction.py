@@ -57,9 +57,16 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: (MASK if _SENSITIVE_FIELDS.search(str(k)) and isinstance(v, str)
-                    and not str(k).lower().endswith("_id") else redact_value(v))
-                for k, v in value.items()}
+        return {
+            k: (
+                MASK
+                if _SENSITIVE_FIELDS.search(str(k))
+                and isinstance(v, str)
+                and not str(k).lower().endswith("_id")
+                else redact_value(v)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(redact_value(v) for v in value)
     if isinstance(value, BaseException):

@@ -86,24 +86,33 @@ class RedisIntakeState:
     def claim(self, secret_arn: str, version_id: str, run_id: str) -> Claim:
         now = time.time()
         run, enqueued, mine = _guard(
-            self._claim, keys=[f"{PREFIX}claim:{secret_arn}:{version_id}"],
-            args=[run_id, repr(now + self.lease_seconds), repr(now), CLAIM_TTL_SECONDS])
-        return Claim(run_id=run.decode() if isinstance(run, bytes) else str(run),
-                     enqueued=bool(enqueued), mine=bool(mine))
+            self._claim,
+            keys=[f"{PREFIX}claim:{secret_arn}:{version_id}"],
+            args=[run_id, repr(now + self.lease_seconds), repr(now), CLAIM_TTL_SECONDS],
+        )
+        return Claim(
+            run_id=run.decode() if isinstance(run, bytes) else str(run),
+            enqueued=bool(enqueued),
+            mine=bool(mine),
+        )
 
     def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
         _guard(self.redis.hset, f"{PREFIX}claim:{secret_arn}:{version_id}", "enqueued", "1")
 
     def newest(self, secret_arn: str) -> NewestVersion | None:
-        version, created = _guard(self.redis.hmget, f"{PREFIX}newest:{secret_arn}",
-                                  "version_id", "created_at")
+        version, created = _guard(
+            self.redis.hmget, f"{PREFIX}newest:{secret_arn}", "version_id", "created_at"
+        )
         if version is None or created is None:
             return None
         return NewestVersion(version.decode(), float(created))
 
     def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
-        _guard(self._advance, keys=[f"{PREFIX}newest:{secret_arn}"],
-               args=[version.version_id, repr(version.created_at)])
+        _guard(
+            self._advance,
+            keys=[f"{PREFIX}newest:{secret_arn}"],
+            args=[version.version_id, repr(version.created_at)],
+        )
 
 
 class RedisSecretLocks:

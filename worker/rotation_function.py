@@ -34,8 +34,12 @@ from worker.core.rotation import RetryPolicy
 from worker.core.runs import prepare_rotation, switch_and_record
 from worker.errors import FatalError, RunNotFound, UnknownSecretError
 
-STEP_TARGETS = {"createSecret": Phase.PENDING_STORED, "setSecret": Phase.SWITCHED,
-                "testSecret": Phase.TESTED, "finishSecret": Phase.RETIRED}
+STEP_TARGETS = {
+    "createSecret": Phase.PENDING_STORED,
+    "setSecret": Phase.SWITCHED,
+    "testSecret": Phase.TESTED,
+    "finishSecret": Phase.RETIRED,
+}
 _TOKEN = re.compile(r"[A-Za-z0-9-]{32,64}\Z")
 
 
@@ -43,8 +47,9 @@ class RotationStepFailed(RuntimeError):
     """Raised to Secrets Manager so that it marks the rotation failed."""
 
 
-def handler(event: dict[str, Any], context: Any = None, *, services: Any = None,
-            table_threads: int = 8) -> dict[str, str]:
+def handler(
+    event: dict[str, Any], context: Any = None, *, services: Any = None, table_threads: int = 8
+) -> dict[str, str]:
     secret_id, token, step = _validated(event)
     if services is None:
         from worker.services import services as process_services
@@ -60,8 +65,9 @@ def handler(event: dict[str, Any], context: Any = None, *, services: Any = None,
     while PHASES.index(Phase(run.phase or Phase.PLANNED)) < PHASES.index(target):
         step_result = advance(ctx, run_id)
         if step_result in (Next.START_TABLES, Next.WAIT):
-            _switch_tables_inline(services, str(services.runs.get(run_id).data["table_run"]),
-                                  table_threads)
+            _switch_tables_inline(
+                services, str(services.runs.get(run_id).data["table_run"]), table_threads
+            )
         elif step_result is Next.STOP:
             break
         run = services.runs.get(run_id)
@@ -91,28 +97,50 @@ def _new_run(services: Any, secret_id: str, token: str, run_id: str) -> RunRecor
         raise UnknownSecretError(f"no binding covers secret {info.name}")
     if token in info.versions and "AWSCURRENT" in info.versions[token].stages:
         raise FatalError(f"version {token} is already AWSCURRENT")
-    plan = plan_key_rotation(binding, info, secrets=services.secrets, iam=services.iam,
-                             admin=services.admin)
+    plan = plan_key_rotation(
+        binding, info, secrets=services.secrets, iam=services.iam, admin=services.admin
+    )
     if plan.refusal:
         raise FatalError(plan.refusal)
-    run = RunRecord(run_id=run_id, kind="key-rotation", secret=info.arn, version_id=token,
-                    binding=binding.name, phase=Phase.PLANNED,
-                    data={"user": plan.user, "old_key_id": plan.current_key,
-                          "old_version": plan.current_version, "deactivate_after": 0,
-                          "delete_after": 7 * 86400})
+    run = RunRecord(
+        run_id=run_id,
+        kind="key-rotation",
+        secret=info.arn,
+        version_id=token,
+        binding=binding.name,
+        phase=Phase.PLANNED,
+        data={
+            "user": plan.user,
+            "old_key_id": plan.current_key,
+            "old_version": plan.current_version,
+            "deactivate_after": 0,
+            "delete_after": 7 * 86400,
+        },
+    )
     services.runs.create(run)
     return run
 
 
 def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
-    tables = prepare_rotation(table_run, runs=services.runs, secrets=services.secrets,
-                              admin=services.admin, bindings=services.bindings,
-                              locks=services.locks)
+    tables = prepare_rotation(
+        table_run,
+        runs=services.runs,
+        secrets=services.secrets,
+        admin=services.admin,
+        bindings=services.bindings,
+        locks=services.locks,
+    )
     retry = RetryPolicy()
 
     def switch(table: Any) -> None:
-        switch_and_record(table_run, table, runs=services.runs, admin=services.admin,
-                          locks=services.locks, retry=retry)
+        switch_and_record(
+            table_run,
+            table,
+            runs=services.runs,
+            admin=services.admin,
+            locks=services.locks,
+            retry=retry,
+        )
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(switch, tables))

@@ -24,8 +24,9 @@ _RECORD_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
 
 
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30)
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
 
 
 def table_key(table: TableName) -> str:
@@ -147,8 +148,9 @@ class RedisRunStore:
             results = _execute(pipe)
         return int(results[-1])
 
-    def record_wave_outcome(self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
-                            ) -> tuple[int, int, int]:
+    def record_wave_outcome(
+        self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+    ) -> tuple[int, int, int]:
         """record_outcome, and count the table as finished in its wave, in one round trip.
         Returns (tables still pending in the run, finished in the wave, size of the wave)."""
         key = table_key(outcome.table)

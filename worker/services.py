@@ -36,8 +36,14 @@ class Services:
         return self._iam
 
     def key_rotation(self) -> KeyRotationContext:
-        return KeyRotationContext(runs=self.runs, secrets=self.secrets, writer=self.secrets,
-                                  iam=self.iam, admin=self.admin, locks=self.locks)
+        return KeyRotationContext(
+            runs=self.runs,
+            secrets=self.secrets,
+            writer=self.secrets,
+            iam=self.iam,
+            admin=self.admin,
+            locks=self.locks,
+        )
 
     @property
     def admin(self) -> DriverDatabendAdmin:

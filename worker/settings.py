@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     bindings_path: Path | None = Field(default=None, alias="ROTATOR_BINDINGS")
     log_level: str = Field(default="INFO", alias="ROTATOR_LOG_LEVEL")
-    log_format: Literal["auto", "json", "console"] = Field(default="auto", alias="ROTATOR_LOG_FORMAT")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", alias="ROTATOR_LOG_FORMAT"
+    )
     # Celery: how long one table's switch + read-back may take, and the broker's redelivery delay
     table_time_limit: int = Field(default=300, alias="ROTATOR_TABLE_TIME_LIMIT", ge=10)
     visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
@@ -37,7 +39,8 @@ class Settings(BaseSettings):
     def require(self, *names: str) -> Settings:
         """Fail fast, naming the environment variable, when a needed setting is missing."""
         missing = [
-            (field.alias or name) for name, field in type(self).model_fields.items()
+            (field.alias or name)
+            for name, field in type(self).model_fields.items()
             if name in names and getattr(self, name) in (None, "")
         ]
         if missing:

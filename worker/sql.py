@@ -112,7 +112,7 @@ def split_qualified_name_parts(text: str) -> list[tuple[str, bool]]:
     n = len(text)
     while i < n:
         ch = text[i]
-        if ch in "`\"":
+        if ch in '`"':
             if current:
                 raise ValueError(f"quote in the middle of a name at position {i + 1} of {text!r}")
             quote = ch
@@ -131,7 +131,9 @@ def split_qualified_name_parts(text: str) -> list[tuple[str, bool]]:
                 i += 1
             quoted_part = True
             if i < n and text[i] != ".":
-                raise ValueError(f"expected '.' after a quoted name at position {i + 1} of {text!r}")
+                raise ValueError(
+                    f"expected '.' after a quoted name at position {i + 1} of {text!r}"
+                )
             continue
         if ch == ".":
             if not current and not quoted_part:

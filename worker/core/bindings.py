@@ -45,17 +45,22 @@ class Selector:
         if len(parts) != 2:
             raise ValueError(f"table selector {text!r} must be database.table")
         (db, db_quoted), (table, table_quoted) = parts
-        return cls(text=text, database=db, table=table,
-                   database_is_glob=not db_quoted and bool(_GLOB_CHARS.search(db)),
-                   table_is_glob=not table_quoted and bool(_GLOB_CHARS.search(table)))
+        return cls(
+            text=text,
+            database=db,
+            table=table,
+            database_is_glob=not db_quoted and bool(_GLOB_CHARS.search(db)),
+            table_is_glob=not table_quoted and bool(_GLOB_CHARS.search(table)),
+        )
 
     @property
     def is_exact(self) -> bool:
         return not (self.database_is_glob or self.table_is_glob)
 
     def matches(self, name: TableName) -> bool:
-        return _part_matches(name.database, self.database, self.database_is_glob) and \
-            _part_matches(name.table, self.table, self.table_is_glob)
+        return _part_matches(name.database, self.database, self.database_is_glob) and _part_matches(
+            name.table, self.table, self.table_is_glob
+        )
 
     @property
     def exact_table(self) -> TableName:
@@ -107,8 +112,9 @@ def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
     entries = document.get("bindings", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: 'bindings' must be an array of tables ([[bindings]])")
-    headers = [i + 1 for i, line in enumerate(text.splitlines())
-               if line.strip().startswith("[[bindings]]")]
+    headers = [
+        i + 1 for i, line in enumerate(text.splitlines()) if line.strip().startswith("[[bindings]]")
+    ]
     bindings: list[Binding] = []
     for index, entry in enumerate(entries):
         start = headers[index] if index < len(headers) else 1
@@ -117,8 +123,9 @@ def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
     names = [b.name for b in bindings]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError(f"{source}, line {_line_of(text, name)}: binding name {name!r} "
-                              "is used twice")
+            raise ConfigError(
+                f"{source}, line {_line_of(text, name)}: binding name {name!r} is used twice"
+            )
     return bindings
 
 
@@ -165,9 +172,15 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
         raise fail("'iam_user' must be a non-empty string", "iam_user")
     if not selectors and not discover:
         raise fail("a binding needs 'tables' or discover = true", "discover")
-    return Binding(name=entry["name"], secret=entry["secret"], connection_prefix=prefix,
-                   selectors=tuple(selectors), discover=discover, buckets=tuple(buckets),
-                   iam_user=iam_user)
+    return Binding(
+        name=entry["name"],
+        secret=entry["secret"],
+        connection_prefix=prefix,
+        selectors=tuple(selectors),
+        discover=discover,
+        buckets=tuple(buckets),
+        iam_user=iam_user,
+    )
 
 
 def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = None) -> int:
@@ -181,8 +194,13 @@ def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = No
     return start
 
 
-def find_binding(bindings: list[Binding], *, name: str | None = None,
-                 secret_arn: str | None = None, secret_name: str | None = None) -> Binding | None:
+def find_binding(
+    bindings: list[Binding],
+    *,
+    name: str | None = None,
+    secret_arn: str | None = None,
+    secret_name: str | None = None,
+) -> Binding | None:
     for binding in bindings:
         if name is not None and binding.name == name:
             return binding

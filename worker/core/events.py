@@ -109,8 +109,13 @@ def _label_updated(event: dict[str, Any], detail: dict[str, Any], event_id: str)
     if problem:
         return reject(problem, event_id)
     if label != "AWSCURRENT":
-        return EventDecision(Action.LOG, f"label {_shown(label)} moved; only AWSCURRENT rotates",
-                             event_id, secret, kind=kind)
+        return EventDecision(
+            Action.LOG,
+            f"label {_shown(label)} moved; only AWSCURRENT rotates",
+            event_id,
+            secret,
+            kind=kind,
+        )
     version = detail.get("versionId")
     if version is not None and (not isinstance(version, str) or not _VERSION_ID.match(version)):
         return reject("Secret Label Updated with a malformed 'versionId'", event_id)
@@ -125,16 +130,19 @@ def _service_event(detail: dict[str, Any], event_id: str) -> EventDecision:
     if problem:
         return reject(problem, event_id)
     if name == "RotationSucceeded":
-        return EventDecision(Action.ROTATE, "rotation succeeded in Secrets Manager", event_id,
-                             secret, None, name)
+        return EventDecision(
+            Action.ROTATE, "rotation succeeded in Secrets Manager", event_id, secret, None, name
+        )
     if name == "RotationStarted":
-        return EventDecision(Action.LOG, "rotation started in Secrets Manager", event_id, secret,
-                             kind=name)
+        return EventDecision(
+            Action.LOG, "rotation started in Secrets Manager", event_id, secret, kind=name
+        )
     if name in ("RotationFailed", "RotationAbandoned"):
         message = detail.get("errorMessage")
         why = f": {str(message)[:300]}" if isinstance(message, str) and message else ""
-        return EventDecision(Action.ALERT, f"{name} in Secrets Manager{why}", event_id, secret,
-                             kind=name)
+        return EventDecision(
+            Action.ALERT, f"{name} in Secrets Manager{why}", event_id, secret, kind=name
+        )
     return reject(f"unknown service event {_shown(name)}", event_id)
 
 
@@ -152,20 +160,36 @@ def _api_call(detail: dict[str, Any], event_id: str) -> EventDecision:
     problem = _check_secret(secret)
     if problem:
         return reject(problem, event_id)
+    assert isinstance(secret, str)
     if detail.get("errorCode"):
-        return EventDecision(Action.LOG, f"{name} failed in AWS ({_shown(detail['errorCode'])})",
-                             event_id, secret, kind=name)
+        return EventDecision(
+            Action.LOG,
+            f"{name} failed in AWS ({_shown(detail['errorCode'])})",
+            event_id,
+            secret,
+            kind=name,
+        )
     if name == "PutSecretValue":
         stages = params.get("versionStages")
         if stages is not None and (not isinstance(stages, list) or "AWSCURRENT" not in stages):
-            return EventDecision(Action.LOG, "PutSecretValue did not make the version AWSCURRENT",
-                                 event_id, secret, kind=name)
+            return EventDecision(
+                Action.LOG,
+                "PutSecretValue did not make the version AWSCURRENT",
+                event_id,
+                secret,
+                kind=name,
+            )
         version = params.get("clientRequestToken", response.get("versionId"))
         return _rotate_to(version, "new value put", event_id, secret, name)
     if name == "UpdateSecretVersionStage":
         if params.get("versionStage") != "AWSCURRENT":
-            return EventDecision(Action.LOG, f"stage {_shown(params.get('versionStage'))} moved; "
-                                 "only AWSCURRENT rotates", event_id, secret, kind=name)
+            return EventDecision(
+                Action.LOG,
+                f"stage {_shown(params.get('versionStage'))} moved; only AWSCURRENT rotates",
+                event_id,
+                secret,
+                kind=name,
+            )
         return _rotate_to(params.get("moveToVersionId"), "AWSCURRENT moved", event_id, secret, name)
     # RotateSecret: a rotation function may still be creating the version; act on AWSCURRENT now
     return EventDecision(Action.ROTATE, "RotateSecret called", event_id, secret, None, name)
@@ -210,13 +234,25 @@ def eventbridge_rule_pattern(secret_arn_prefix: str) -> dict[str, Any]:
         "source": ["aws.secretsmanager"],
         "$or": [
             {"detail-type": ["Secret Label Updated"], "resources": prefix},
-            {"detail-type": ["AWS Service Event via CloudTrail"],
-             "detail": {"eventName": ["RotationStarted", "RotationSucceeded", "RotationFailed",
-                                      "RotationAbandoned"],
-                        "additionalEventData": {"SecretId": prefix}}},
-            {"detail-type": ["AWS API Call via CloudTrail"],
-             "detail": {"eventName": api_calls, "responseElements": {"arn": prefix}}},
-            {"detail-type": ["AWS API Call via CloudTrail"],
-             "detail": {"eventName": api_calls, "responseElements": {"aRN": prefix}}},
+            {
+                "detail-type": ["AWS Service Event via CloudTrail"],
+                "detail": {
+                    "eventName": [
+                        "RotationStarted",
+                        "RotationSucceeded",
+                        "RotationFailed",
+                        "RotationAbandoned",
+                    ],
+                    "additionalEventData": {"SecretId": prefix},
+                },
+            },
+            {
+                "detail-type": ["AWS API Call via CloudTrail"],
+                "detail": {"eventName": api_calls, "responseElements": {"arn": prefix}},
+            },
+            {
+                "detail-type": ["AWS API Call via CloudTrail"],
+                "detail": {"eventName": api_calls, "responseElements": {"aRN": prefix}},
+            },
         ],
     }

@@ -77,21 +77,33 @@ def handle_event(
         # dates alone cannot tell: they tie within a second). Apply what is current instead.
         version_id, redirected = current, True
     if version_id is None or version_id not in info.versions:
-        return IntakeResult(Verdict.IGNORED, "the version no longer exists", **base,
-                            version_id=version_id)
+        return IntakeResult(
+            Verdict.IGNORED, "the version no longer exists", **base, version_id=version_id
+        )
     created = info.versions[version_id].created_at or 0.0
     newest = state.newest(info.arn)
     if newest is not None and newest.version_id != version_id and newest.created_at > created:
-        return IntakeResult(Verdict.STALE, f"older than version {newest.version_id}", **base,
-                            version_id=version_id)
+        return IntakeResult(
+            Verdict.STALE, f"older than version {newest.version_id}", **base, version_id=version_id
+        )
     claim = state.claim(info.arn, version_id, uuid.uuid4().hex)
     run_id = claim.run_id
     if claim.enqueued:
         if redirected:
-            return IntakeResult(Verdict.STALE, f"superseded by AWSCURRENT {version_id}, which "
-                                "already has a run", **base, version_id=version_id, run_id=run_id)
-        return IntakeResult(Verdict.DUPLICATE, "this version already has a run", **base,
-                            version_id=version_id, run_id=run_id)
+            return IntakeResult(
+                Verdict.STALE,
+                f"superseded by AWSCURRENT {version_id}, which already has a run",
+                **base,
+                version_id=version_id,
+                run_id=run_id,
+            )
+        return IntakeResult(
+            Verdict.DUPLICATE,
+            "this version already has a run",
+            **base,
+            version_id=version_id,
+            run_id=run_id,
+        )
     if not claim.mine:
         # another handler is recording this version right now; if it dies, its lease runs out
         # and this message, back from the queue, takes over
@@ -99,10 +111,20 @@ def handle_event(
     try:
         runs.get(run_id)
     except RunNotFound:
-        runs.create(RunRecord(run_id=run_id, kind="rotation", secret=info.arn,
-                              version_id=version_id, binding=binding.name, newest_wins=True))
+        runs.create(
+            RunRecord(
+                run_id=run_id,
+                kind="rotation",
+                secret=info.arn,
+                version_id=version_id,
+                binding=binding.name,
+                newest_wins=True,
+            )
+        )
     state.advance_newest(info.arn, NewestVersion(version_id, created))
     enqueue(run_id)
     state.mark_enqueued(info.arn, version_id)
-    reason = f"{decision.reason}; superseded, applying AWSCURRENT" if redirected else decision.reason
+    reason = (
+        f"{decision.reason}; superseded, applying AWSCURRENT" if redirected else decision.reason
+    )
     return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)

@@ -2,7 +2,8 @@
 
     planned --create key, store AWSPENDING--> pending_stored --start table run--> switching
     --every table switched and read back--> switched --read back again--> tested
-    --AWSCURRENT moved--> finished --old key deactivated (or scheduled), deletion scheduled--> retired
+    --AWSCURRENT moved--> finished --old key deactivated (or scheduled), deletion scheduled-->
+    retired
 
 Databend writes ``ALTER TABLE … CONNECTION`` with the table's OLD key, so the old key stays active
 until every table is switched and read back; retiring it re-checks that no table still uses it.
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 
 from worker.core.bindings import Binding
 from worker.core.model import (
@@ -110,15 +112,18 @@ def masked(key_id: str) -> str:
     return f"******{key_id[-3:]}"
 
 
-def current_credentials(secrets: SecretStore, info: SecretInfo
-                        ) -> tuple[str, AccessKeyCredentials, dict[str, object]]:
+def current_credentials(
+    secrets: SecretStore, info: SecretInfo
+) -> tuple[str, AccessKeyCredentials, dict[str, object]]:
     version = info.version_with_stage("AWSCURRENT")
     if version is None:
         raise NotAKeySecret(f"secret {info.name} has no AWSCURRENT version")
     raw = secrets.read_version(info.arn, version)
     credentials = parse_secret_value(raw, where=f"secret {info.name} version {version}")
     if not isinstance(credentials, AccessKeyCredentials):
-        raise NotAKeySecret(f"secret {info.name} holds a role, not an access key: nothing to rotate")
+        raise NotAKeySecret(
+            f"secret {info.name} holds a role, not an access key: nothing to rotate"
+        )
     return version, credentials, json.loads(raw or "{}")
 
 
@@ -127,8 +132,9 @@ def tables_using(admin: DatabendAdmin, key_id: str) -> list[ExternalTable]:
     return [t for t in admin.list_external_tables() if t.storage.ak_suffix == key_id[-3:]]
 
 
-def plan_key_rotation(binding: Binding, info: SecretInfo, *, secrets: SecretStore, iam: IamKeys,
-                      admin: DatabendAdmin) -> KeyRotationPlan:
+def plan_key_rotation(
+    binding: Binding, info: SecretInfo, *, secrets: SecretStore, iam: IamKeys, admin: DatabendAdmin
+) -> KeyRotationPlan:
     version, credentials, _ = current_credentials(secrets, info)
     user = binding.iam_user or iam.owner_of(credentials.access_key_id)
     keys = sorted(iam.list_keys(user), key=lambda k: k.created_at)
@@ -139,31 +145,51 @@ def plan_key_rotation(binding: Binding, info: SecretInfo, *, secrets: SecretStor
         users = tables_using(admin, victim.key_id)
         if users:
             names = ", ".join(str(t.name) for t in users[:5])
-            refusal = (f"user {user} already has two access keys and {masked(victim.key_id)}, "
-                       f"the one the secret does not hold, is still used by {len(users)} "
-                       f"table(s): {names}. Switch those tables first; nothing was changed.")
+            refusal = (
+                f"user {user} already has two access keys and {masked(victim.key_id)}, "
+                f"the one the secret does not hold, is still used by {len(users)} "
+                f"table(s): {names}. Switch those tables first; nothing was changed."
+            )
         else:
             to_remove = victim.key_id
     return KeyRotationPlan(
-        secret_arn=info.arn, secret_name=info.name, binding=binding.name, user=user,
-        current_version=version, current_key=credentials.access_key_id, keys=keys,
-        key_to_remove=to_remove, refusal=refusal,
-        tables=tables_using(admin, credentials.access_key_id))
+        secret_arn=info.arn,
+        secret_name=info.name,
+        binding=binding.name,
+        user=user,
+        current_version=version,
+        current_key=credentials.access_key_id,
+        keys=keys,
+        key_to_remove=to_remove,
+        refusal=refusal,
+        tables=tables_using(admin, credentials.access_key_id),
+    )
 
 
-def new_key_rotation(runs: RunStore, plan: KeyRotationPlan, *, deactivate_after: float,
-                     delete_after: float) -> str:
+def new_key_rotation(
+    runs: RunStore, plan: KeyRotationPlan, *, deactivate_after: float, delete_after: float
+) -> str:
     """Record a key rotation run (nothing external is changed yet)."""
     if plan.refusal:
         raise KeyInUse(plan.refusal)
     run_id = uuid.uuid4().hex
-    runs.create(RunRecord(
-        run_id=run_id, kind="key-rotation", secret=plan.secret_arn,
-        version_id=str(uuid.uuid4()),  # the AWSPENDING version to be (its ClientRequestToken)
-        binding=plan.binding, phase=Phase.PLANNED,
-        data={"user": plan.user, "old_key_id": plan.current_key,
-              "old_version": plan.current_version, "deactivate_after": deactivate_after,
-              "delete_after": delete_after}))
+    runs.create(
+        RunRecord(
+            run_id=run_id,
+            kind="key-rotation",
+            secret=plan.secret_arn,
+            version_id=str(uuid.uuid4()),  # the AWSPENDING version to be (its ClientRequestToken)
+            binding=plan.binding,
+            phase=Phase.PLANNED,
+            data={
+                "user": plan.user,
+                "old_key_id": plan.current_key,
+                "old_version": plan.current_version,
+                "deactivate_after": deactivate_after,
+                "delete_after": delete_after,
+            },
+        )
+    )
     return run_id
 
 
@@ -204,16 +230,20 @@ def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
         victim = sorted((k for k in keys if k.key_id != old_key), key=lambda k: k.created_at)[0]
         users = tables_using(ctx.admin, victim.key_id)
         if users:
-            raise KeyInUse(f"user {user} has two keys and {masked(victim.key_id)} is still used "
-                           f"by {', '.join(str(t.name) for t in users[:5])}")
+            raise KeyInUse(
+                f"user {user} has two keys and {masked(victim.key_id)} is still used "
+                f"by {', '.join(str(t.name) for t in users[:5])}"
+            )
         data["removed_key_id"] = victim.key_id
         data["keys_before"] = [k for k in data["keys_before"] if k != victim.key_id]
         ctx.runs.update(run.run_id, data=data)
         ctx.iam.delete_key(user, victim.key_id)
     _, current, current_value = current_credentials(ctx.secrets, info)
     if current.access_key_id != old_key:
-        raise FatalError(f"the secret's current key changed to {masked(current.access_key_id)} "
-                         "since this rotation was planned")
+        raise FatalError(
+            f"the secret's current key changed to {masked(current.access_key_id)} "
+            "since this rotation was planned"
+        )
     key_id, secret_key = ctx.iam.create_key(user)
     ctx.checkpoint("after-create-key")
     value = {k: v for k, v in current_value.items() if k not in _KEY_FIELDS}
@@ -224,8 +254,9 @@ def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     return Next.CONTINUE
 
 
-def _stored_pending(ctx: KeyRotationContext, info: SecretInfo, version_id: str
-                    ) -> AccessKeyCredentials | None:
+def _stored_pending(
+    ctx: KeyRotationContext, info: SecretInfo, version_id: str
+) -> AccessKeyCredentials | None:
     """The key already stored in the pending version, if any. (Secrets Manager's own scheduler
     creates the AWSPENDING version id before the value exists.)"""
     if version_id not in info.versions:
@@ -242,8 +273,14 @@ def _stored_pending(ctx: KeyRotationContext, info: SecretInfo, version_id: str
     return stored
 
 
-_KEY_FIELDS = {"access_key_id", "secret_access_key", "AccessKeyId", "SecretAccessKey",
-               "aws_access_key_id", "aws_secret_access_key"}
+_KEY_FIELDS = {
+    "access_key_id",
+    "secret_access_key",
+    "AccessKeyId",
+    "SecretAccessKey",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+}
 
 
 def _start_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
@@ -255,9 +292,16 @@ def _start_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
     try:
         ctx.runs.get(table_run)
     except RotatorError:
-        ctx.runs.create(RunRecord(run_id=table_run, kind="rotation", secret=run.secret,
-                                  version_id=run.version_id, binding=run.binding,
-                                  parent=run.run_id))
+        ctx.runs.create(
+            RunRecord(
+                run_id=table_run,
+                kind="rotation",
+                secret=run.secret,
+                version_id=run.version_id,
+                binding=run.binding,
+                parent=run.run_id,
+            )
+        )
     ctx.runs.update(run.run_id, phase=Phase.SWITCHING)
     return Next.START_TABLES
 
@@ -269,9 +313,11 @@ def _await_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
     if table_run.status != RunStatus.SUCCEEDED:
         failed = [o for o in ctx.runs.outcomes(table_run.run_id) if o.status.failed]
         names = "; ".join(f"{o.table}: {o.reason}" for o in failed[:10])
-        raise FatalError(f"stopped before finishing: {table_run.error or 'the table run failed'}"
-                         f" ({names}); the old key stays active — fix the cause, then "
-                         f"`rotator resume {run.run_id}`, or `rotator abort {run.run_id}`")
+        raise FatalError(
+            f"stopped before finishing: {table_run.error or 'the table run failed'}"
+            f" ({names}); the old key stays active — fix the cause, then "
+            f"`rotator resume {run.run_id}`, or `rotator abort {run.run_id}`"
+        )
     ctx.runs.update(run.run_id, phase=Phase.SWITCHED)
     return Next.CONTINUE
 
@@ -280,10 +326,10 @@ def _test_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
     """testSecret: every table reads with the new key, and none still shows the old one."""
     new_suffix = str(run.data["new_key_id"])[-3:]
     for outcome in ctx.runs.outcomes(str(run.data["table_run"])):
-        current = ctx.retry.call(lambda t=outcome.table: ctx.admin.describe_table(t))
+        current = ctx.retry.call(partial(ctx.admin.describe_table, outcome.table))
         if current is None or current.storage.ak_suffix != new_suffix:
             raise FatalError(f"table {outcome.table} is not on the new key")
-        ctx.retry.call(lambda t=outcome.table: ctx.admin.read_back(t))
+        ctx.retry.call(partial(ctx.admin.read_back, outcome.table))
     ctx.runs.update(run.run_id, phase=Phase.TESTED)
     return Next.CONTINUE
 
@@ -303,8 +349,9 @@ def _retire(ctx: KeyRotationContext, run: RunRecord) -> Next:
     ctx.runs.mark_retiring(run.run_id)  # the schedule deletes the old key when it is due
     if float(data["deactivate_at"]) <= now:
         retire_old_key(ctx, run.run_id, "deactivate")
-    ctx.runs.update(run.run_id, phase=Phase.RETIRED, status=RunStatus.SUCCEEDED,
-                    updated_at=ctx.clock())
+    ctx.runs.update(
+        run.run_id, phase=Phase.RETIRED, status=RunStatus.SUCCEEDED, updated_at=ctx.clock()
+    )
     _release(ctx, run)
     return Next.STOP
 
@@ -388,8 +435,10 @@ def abort(ctx: KeyRotationContext, run_id: str, binding: Binding) -> list[str]:
     data = dict(run.data)
     info = ctx.secrets.describe(run.secret)
     old_version = str(data["old_version"])
-    old = parse_secret_value(ctx.secrets.read_version(info.arn, old_version),
-                             where=f"secret {info.name} version {old_version}")
+    old = parse_secret_value(
+        ctx.secrets.read_version(info.arn, old_version),
+        where=f"secret {info.name} version {old_version}",
+    )
     back = connection_name_for(binding, old_version)
     ensure_connection(ctx.admin, back, old)
     switched_back = []
@@ -399,8 +448,9 @@ def abort(ctx: KeyRotationContext, run_id: str, binding: Binding) -> list[str]:
             current = ctx.admin.describe_table(outcome.table)
             if current is None or current.storage.ak_suffix != str(new_key)[-3:]:
                 continue
-            result = rotate_table(ctx.admin, outcome.table, connection=back,
-                                  target=old.fingerprint, retry=ctx.retry)
+            result = rotate_table(
+                ctx.admin, outcome.table, connection=back, target=old.fingerprint, retry=ctx.retry
+            )
             if result.status is TableStatus.FAILED:
                 raise FatalError(f"could not switch {outcome.table} back: {result.reason}")
             switched_back.append(str(outcome.table))
@@ -431,10 +481,8 @@ def parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     text = text.strip().lower()
     try:
-        if text and text[-1] in units:
-            value = float(text[:-1]) * units[text[-1]]
-        else:
-            value = float(text)
+        has_unit = bool(text) and text[-1] in units
+        value = float(text[:-1]) * units[text[-1]] if has_unit else float(text)
     except ValueError:
         raise ValueError(f"bad duration {text!r}: use e.g. 0, 90s, 15m, 2h, 7d") from None
     if value < 0:

@@ -49,8 +49,12 @@ class MigrationPlan:
     previous_connections: dict[str, str]  # fingerprint -> a connection with those credentials
 
 
-def select_tables(tables: list[ExternalTable], *, from_fingerprint: str | None = None,
-                  selectors: tuple[Selector, ...] = ()) -> list[ExternalTable]:
+def select_tables(
+    tables: list[ExternalTable],
+    *,
+    from_fingerprint: str | None = None,
+    selectors: tuple[Selector, ...] = (),
+) -> list[ExternalTable]:
     chosen = []
     for table in tables:
         if from_fingerprint is not None and table.storage.fingerprint != from_fingerprint:
@@ -68,13 +72,19 @@ def assign_waves(tables: list[TableName], *, canary: int, wave_size: int) -> lis
     if canary:
         waves.append(rest[:canary])
         rest = rest[canary:]
-    waves += [rest[i:i + wave_size] for i in range(0, len(rest), wave_size)]
+    waves += [rest[i : i + wave_size] for i in range(0, len(rest), wave_size)]
     return [w for w in waves if w]
 
 
-def plan_migration(admin: DatabendAdmin, *, target: str, from_connection: str | None,
-                   selectors: tuple[Selector, ...], options: MigrationOptions,
-                   connection_fingerprints: dict[str, str]) -> MigrationPlan:
+def plan_migration(
+    admin: DatabendAdmin,
+    *,
+    target: str,
+    from_connection: str | None,
+    selectors: tuple[Selector, ...],
+    options: MigrationOptions,
+    connection_fingerprints: dict[str, str],
+) -> MigrationPlan:
     """``connection_fingerprints``: every connection's name -> what it looks like to Databend."""
     target_fp = connection_fingerprints.get(target)
     if target_fp is None:
@@ -84,38 +94,69 @@ def plan_migration(admin: DatabendAdmin, *, target: str, from_connection: str | 
         from_fp = connection_fingerprints.get(from_connection)
         if from_fp is None:
             raise MigrationRefused(f"connection {from_connection} does not exist")
-    tables = select_tables(admin.list_external_tables(), from_fingerprint=from_fp,
-                           selectors=selectors)
+    tables = select_tables(
+        admin.list_external_tables(), from_fingerprint=from_fp, selectors=selectors
+    )
     previous: dict[str, str] = {}
     for name, fp in sorted(connection_fingerprints.items()):
         previous.setdefault(fp, name)
     if from_connection is not None and from_fp is not None:
         previous[from_fp] = from_connection
-    waves = assign_waves([t.name for t in tables], canary=options.canary,
-                         wave_size=options.wave_size)
-    return MigrationPlan(target=target, target_fingerprint=target_fp, tables=tables,
-                         waves=waves, previous_connections=previous)
+    waves = assign_waves(
+        [t.name for t in tables], canary=options.canary, wave_size=options.wave_size
+    )
+    return MigrationPlan(
+        target=target,
+        target_fingerprint=target_fp,
+        tables=tables,
+        waves=waves,
+        previous_connections=previous,
+    )
 
 
-def new_migration(runs: RunStore, plan: MigrationPlan, options: MigrationOptions,
-                  description: str) -> str:
+def new_migration(
+    runs: RunStore, plan: MigrationPlan, options: MigrationOptions, description: str
+) -> str:
     """Record the run and its plan: every table pending, before anything is switched."""
     if not plan.tables:
         raise MigrationRefused("no table matches: nothing to migrate")
     run_id = uuid.uuid4().hex
     wave_of = {t: i for i, wave in enumerate(plan.waves) for t in wave}
-    runs.create(RunRecord(
-        run_id=run_id, kind="migration", secret="", version_id="", status=RunStatus.SWITCHING,
-        connection=plan.target, target=plan.target_fingerprint, started_at=time.time(),
-        notes=[description],
-        data={"wave": 0, "epoch": 0,
-              "options": {"wave_size": options.wave_size, "canary": options.canary,
-                          "max_error_rate": options.max_error_rate,
-                          "concurrency": options.concurrency, "rate": options.rate},
-              "previous_connections": plan.previous_connections}))
+    runs.create(
+        RunRecord(
+            run_id=run_id,
+            kind="migration",
+            secret="",
+            version_id="",
+            status=RunStatus.SWITCHING,
+            connection=plan.target,
+            target=plan.target_fingerprint,
+            started_at=time.time(),
+            notes=[description],
+            data={
+                "wave": 0,
+                "epoch": 0,
+                "options": {
+                    "wave_size": options.wave_size,
+                    "canary": options.canary,
+                    "max_error_rate": options.max_error_rate,
+                    "concurrency": options.concurrency,
+                    "rate": options.rate,
+                },
+                "previous_connections": plan.previous_connections,
+            },
+        )
+    )
     runs.set_waves(run_id, plan.waves)
-    runs.set_plan(run_id, [TableOutcome(table=t.name, rule=f"wave {wave_of[t.name]}",
-                                        previous=t.storage.fingerprint) for t in plan.tables])
+    runs.set_plan(
+        run_id,
+        [
+            TableOutcome(
+                table=t.name, rule=f"wave {wave_of[t.name]}", previous=t.storage.fingerprint
+            )
+            for t in plan.tables
+        ],
+    )
     return run_id
 
 
@@ -136,12 +177,17 @@ def judge_wave(outcomes: list[TableOutcome], max_error_rate: float) -> WaveVerdi
     failed = sum(1 for o in done if o.status.failed)
     complete = len(done) == len(outcomes)
     rate = failed / len(outcomes) if outcomes else 0.0
-    return WaveVerdict(complete=complete, failed=failed, total=len(outcomes),
-                       halt=complete and rate > max_error_rate + 1e-12)
+    return WaveVerdict(
+        complete=complete,
+        failed=failed,
+        total=len(outcomes),
+        halt=complete and rate > max_error_rate + 1e-12,
+    )
 
 
-def estimate(outcomes: list[TableOutcome], started_at: float, now: float
-             ) -> tuple[float, float | None]:
+def estimate(
+    outcomes: list[TableOutcome], started_at: float, now: float
+) -> tuple[float, float | None]:
     """(tables per second so far, seconds left) from the outcomes recorded."""
     done = sum(1 for o in outcomes if o.status.done)
     elapsed = max(now - started_at, 1e-6)
@@ -150,8 +196,9 @@ def estimate(outcomes: list[TableOutcome], started_at: float, now: float
     return rate, (left / rate if rate else None) if left else 0.0
 
 
-def rollback_targets(outcomes: list[TableOutcome], previous_connections: dict[str, str]
-                     ) -> tuple[list[tuple[TableName, str, str]], list[TableName]]:
+def rollback_targets(
+    outcomes: list[TableOutcome], previous_connections: dict[str, str]
+) -> tuple[list[tuple[TableName, str, str]], list[TableName]]:
     """Tables this migration switched, with the connection to go back to (and its fingerprint);
     and those with no known connection for their previous credentials."""
     back, unknown = [], []
@@ -164,4 +211,3 @@ def rollback_targets(outcomes: list[TableOutcome], previous_connections: dict[st
         else:
             back.append((o.table, connection, o.previous))
     return back, unknown
-

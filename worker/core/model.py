@@ -112,8 +112,12 @@ class TableStatus(StrEnum):
 
     @property
     def done(self) -> bool:
-        return self in (TableStatus.VALIDATED, TableStatus.ALREADY_SWITCHED, TableStatus.FAILED,
-                        TableStatus.STRANDED)
+        return self in (
+            TableStatus.VALIDATED,
+            TableStatus.ALREADY_SWITCHED,
+            TableStatus.FAILED,
+            TableStatus.STRANDED,
+        )
 
     @property
     def failed(self) -> bool:
@@ -146,8 +150,14 @@ class RunStatus(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED,
-                        RunStatus.ABORTED, RunStatus.HALTED, RunStatus.ROLLED_BACK)
+        return self in (
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.SKIPPED,
+            RunStatus.ABORTED,
+            RunStatus.HALTED,
+            RunStatus.ROLLED_BACK,
+        )
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,7 @@ class DatabendAdmin(Protocol):
         """CREATE CONNECTION IF NOT EXISTS."""
         ...
 
-    def list_external_tables(self, databases: frozenset[str] | None = None
-                             ) -> list[ExternalTable]:
+    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
         """External tables, of the given databases only when ``databases`` is not None."""
         ...
 
@@ -88,8 +87,9 @@ class RunStore(Protocol):
         """The table's outcome; unless finished, with one more attempt recorded (write-ahead)."""
         ...
 
-    def record_wave_outcome(self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
-                            ) -> tuple[int, int, int]:
+    def record_wave_outcome(
+        self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+    ) -> tuple[int, int, int]:
         """record_outcome for a finished table of a migration wave: (pending in the run,
         finished in the wave, size of the wave)."""
         ...

@@ -107,13 +107,16 @@ def plan_rotation(
     for table in tables:
         for selector in binding.selectors:
             if selector.matches(table.name):
-                planned[table.name] = PlannedTable(table.name, f"selector {selector.text}",
-                                                   table.storage.fingerprint)
+                planned[table.name] = PlannedTable(
+                    table.name, f"selector {selector.text}", table.storage.fingerprint
+                )
                 break
     for selector in binding.selectors:
         if selector.is_exact and selector.exact_table not in planned:
             planned[selector.exact_table] = PlannedTable(
-                selector.exact_table, f"selector {selector.text}", None,
+                selector.exact_table,
+                f"selector {selector.text}",
+                None,
                 problem="no external table of that name",
             )
     if binding.discover:
@@ -122,8 +125,10 @@ def plan_rotation(
         }
         wanted = old_fingerprints | {target}
         if not buckets:
-            notes.append("discover: no bucket known for this binding (set 'buckets' or name a "
-                         "table); discovery matched nothing")
+            notes.append(
+                "discover: no bucket known for this binding (set 'buckets' or name a "
+                "table); discovery matched nothing"
+            )
         for table in tables:
             fp = table.storage.fingerprint
             if table.name in planned or fp not in wanted or table.storage.bucket not in buckets:
@@ -133,8 +138,10 @@ def plan_rotation(
                 table.name, f"discovered: {shown} in bucket {table.storage.bucket}", fp
             )
     if target in old_fingerprints:
-        notes.append("the new credentials look like an old version's to Databend; every table "
-                     "is switched even if it seems switched already")
+        notes.append(
+            "the new credentials look like an old version's to Databend; every table "
+            "is switched even if it seems switched already"
+        )
     ordered = tuple(sorted(planned.values(), key=lambda p: p.table))
     return RotationPlan(connection=connection, target=target, tables=ordered, notes=tuple(notes))
 
@@ -175,9 +182,13 @@ def rotate_table(
                 retry.call(lambda: admin.switch_table(table, connection))
             except StoragePermissionDenied as exc:
                 if _old_credentials_dead(admin, table, retry):
-                    outcome.status, outcome.reason = TableStatus.STRANDED, (
-                        f"its current credentials no longer work, so Databend cannot write the "
-                        f"switch ({exc}); see the stranded-table runbook")
+                    outcome.status, outcome.reason = (
+                        TableStatus.STRANDED,
+                        (
+                            f"its current credentials no longer work, so Databend cannot write the "
+                            f"switch ({exc}); see the stranded-table runbook"
+                        ),
+                    )
                     return outcome
                 raise
             outcome.status = TableStatus.SWITCHED
@@ -204,7 +215,8 @@ def _old_credentials_dead(admin: DatabendAdmin, table: TableName, retry: RetryPo
     return False
 
 
-STRANDED_RUNBOOK = """Stranded tables: their current key was revoked before they were switched, and Databend writes the
+STRANDED_RUNBOOK = """\
+Stranded tables: their current key was revoked before they were switched, and Databend writes the
 switch with the current key, so ALTER TABLE ... CONNECTION cannot succeed. Never DROP such a table:
 DROP + CREATE at the same location shows an empty table (the data is orphaned), and ATTACH TABLE
 needs an enterprise licence.

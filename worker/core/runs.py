@@ -69,18 +69,26 @@ def prepare_rotation(
             # the intake only ever moves "newest" forward; any other version is outdated
             latest = newest.newest(info.arn)
             if latest and latest.version_id != run.version_id:
-                runs.update(run_id, status=RunStatus.SKIPPED, updated_at=time.time(),
-                            error=f"version {latest.version_id} is newer")
+                runs.update(
+                    run_id,
+                    status=RunStatus.SKIPPED,
+                    updated_at=time.time(),
+                    error=f"version {latest.version_id} is newer",
+                )
                 _release(locks, run)
                 return []
         binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
         if binding is None:
             raise UnknownSecretError(f"no binding covers secret {info.name}")
         where = f"secret {info.name} version {run.version_id}"
-        credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
+        credentials = parse_secret_value(
+            secrets.read_version(info.arn, run.version_id), where=where
+        )
         old = set()
         for version in info.versions.values():
-            if version.version_id == run.version_id or not set(version.stages) & set(_ROTATION_STAGES):
+            if version.version_id == run.version_id or not set(version.stages) & set(
+                _ROTATION_STAGES
+            ):
                 continue
             try:
                 raw = secrets.read_version(info.arn, version.version_id)
@@ -89,12 +97,18 @@ def prepare_rotation(
                 continue  # an unreadable old version only narrows discovery
         connection = connection_name_for(binding, run.version_id)
         # write-ahead: the connection's name is on record before it exists
-        runs.update(run_id, binding=binding.name, connection=connection,
-                    target=credentials.fingerprint)
+        runs.update(
+            run_id, binding=binding.name, connection=connection, target=credentials.fingerprint
+        )
         ensure_connection(admin, connection, credentials)
         tables = admin.list_external_tables(binding.databases_to_scan())
-        plan = plan_rotation(binding, tables, connection=connection,
-                             target=credentials.fingerprint, old_fingerprints=old)
+        plan = plan_rotation(
+            binding,
+            tables,
+            connection=connection,
+            target=credentials.fingerprint,
+            old_fingerprints=old,
+        )
     except FatalError as exc:
         runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
         _release(locks, run)
@@ -106,8 +120,13 @@ def prepare_rotation(
             outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
         outcomes.append(outcome)
     runs.set_plan(run_id, outcomes)
-    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes),
-                may_skip_switched=credentials.fingerprint not in old, updated_at=time.time())
+    runs.update(
+        run_id,
+        status=RunStatus.SWITCHING,
+        notes=list(plan.notes),
+        may_skip_switched=credentials.fingerprint not in old,
+        updated_at=time.time(),
+    )
     pending = runs.pending(run_id)
     if not pending:
         close_run(run_id, runs, locks)
@@ -121,10 +140,17 @@ class Switched:
     wave_complete: bool = False  # (migrations) this table completed its wave
 
 
-def switch_and_record(run_id: str, table: TableName, *, runs: RunStore, admin: DatabendAdmin,
-                      locks: SecretLocks | None = None, retry: RetryPolicy | None = None,
-                      run: RunRecord | None = None, wave: tuple[int, int] | None = None
-                      ) -> Switched | None:
+def switch_and_record(
+    run_id: str,
+    table: TableName,
+    *,
+    runs: RunStore,
+    admin: DatabendAdmin,
+    locks: SecretLocks | None = None,
+    retry: RetryPolicy | None = None,
+    run: RunRecord | None = None,
+    wave: tuple[int, int] | None = None,
+) -> Switched | None:
     """Switch one planned table of a run and record the outcome.
 
     Returns None when the table is not in the run or already finished (redelivery). A
@@ -142,9 +168,15 @@ def switch_and_record(run_id: str, table: TableName, *, runs: RunStore, admin: D
     if locks is not None:
         locks.renew(run.secret, _lock_owner(run))
     first_attempt = planned.attempts == 1 and planned.previous is not None
-    outcome = rotate_table(admin, table, connection=str(run.connection), target=str(run.target),
-                           may_skip_switched=run.may_skip_switched, retry=retry,
-                           known_current=planned.previous if first_attempt else None)
+    outcome = rotate_table(
+        admin,
+        table,
+        connection=str(run.connection),
+        target=str(run.target),
+        may_skip_switched=run.may_skip_switched,
+        retry=retry,
+        known_current=planned.previous if first_attempt else None,
+    )
     outcome.rule = planned.rule
     outcome.previous = outcome.previous or planned.previous
     outcome.attempts = planned.attempts
@@ -155,8 +187,9 @@ def switch_and_record(run_id: str, table: TableName, *, runs: RunStore, admin: D
     return Switched(outcome, closed, wave_complete=not closed and finished >= size)
 
 
-def finish_table(run_id: str, outcome: TableOutcome, *, runs: RunStore,
-                 locks: SecretLocks | None = None) -> bool:
+def finish_table(
+    run_id: str, outcome: TableOutcome, *, runs: RunStore, locks: SecretLocks | None = None
+) -> bool:
     """Record a table's outcome; True when this closed the run."""
     remaining = runs.record_outcome(run_id, outcome)
     if remaining == 0:
@@ -182,8 +215,10 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[TableName]:
     reopened = []
     for outcome in runs.outcomes(run_id):
         if outcome.status.failed:
-            runs.record_pending(run_id, TableOutcome(table=outcome.table, rule=outcome.rule,
-                                                     previous=outcome.previous))
+            runs.record_pending(
+                run_id,
+                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
+            )
             reopened.append(outcome.table)
     if reopened:
         runs.update(run_id, status=RunStatus.SWITCHING, error=None, updated_at=time.time())

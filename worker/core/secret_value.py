@@ -15,8 +15,9 @@ _SECRET_FIELDS = ("secret_access_key", "SecretAccessKey", "aws_secret_access_key
 def parse_secret_value(raw: str | None, *, where: str) -> Credentials:
     """Parse the JSON of one secret version. ``where`` names it in errors (never the value)."""
     if raw is None:
-        raise SecretFormatError(f"{where}: the secret has no SecretString (binary secrets are not "
-                                "supported)")
+        raise SecretFormatError(
+            f"{where}: the secret has no SecretString (binary secrets are not supported)"
+        )
     try:
         data = json.loads(raw)
     except ValueError:
@@ -29,14 +30,21 @@ def parse_secret_value(raw: str | None, *, where: str) -> Credentials:
         role = _first(data, ("role_arn", "RoleArn"), where, "role_arn")
         if not role.startswith("arn:"):
             raise SecretFormatError(f"{where}: field 'role_arn' is not an ARN")
-        return RoleCredentials(role_arn=role, external_id=_optional_str(data, "external_id", where),
-                               region=region, endpoint_url=endpoint)
+        return RoleCredentials(
+            role_arn=role,
+            external_id=_optional_str(data, "external_id", where),
+            region=region,
+            endpoint_url=endpoint,
+        )
     key_id = _first(data, _KEY_ID_FIELDS, where, "access_key_id")
     secret = _first(data, _SECRET_FIELDS, where, "secret_access_key")
     if len(key_id) < 4 or not key_id.isalnum():
-        raise SecretFormatError(f"{where}: field 'access_key_id' does not look like an access key id")
-    return AccessKeyCredentials(access_key_id=key_id, secret_access_key=secret, region=region,
-                                endpoint_url=endpoint)
+        raise SecretFormatError(
+            f"{where}: field 'access_key_id' does not look like an access key id"
+        )
+    return AccessKeyCredentials(
+        access_key_id=key_id, secret_access_key=secret, region=region, endpoint_url=endpoint
+    )
 
 
 def _first(data: dict[str, Any], names: tuple[str, ...], where: str, label: str) -> str:

@@ -25,7 +25,8 @@ ENGINE_VERSION = "1.2.895"
 
 # "Error: SyntaxException. Code: 1005, Text = error: ..." or "DataFrame collect error: UnknownTable.
 # Code: 1025, Text = ..." is how the engine words its errors; the first coded error is the one a
-# Databend server would report. Backtrace lines ("  12: <unknown>@e0ac329", "at :3150:19") are noise.
+# Databend server would report. Backtrace lines ("  12: <unknown>@e0ac329", "at :3150:19") are
+# noise.
 _ENGINE_ERROR = re.compile(r"(?P<name>[A-Z]\w*)\. Code: (?P<code>\d+), Text = (?P<text>.*)", re.S)
 _BACKTRACE_LINE = re.compile(r"^\s*(\d+: .*|at .*)$")
 
@@ -50,7 +51,9 @@ def parse_engine_error(exc: BaseException) -> EngineError:
     match = _ENGINE_ERROR.search(text)
     if match is None:
         return EngineError(code=1001, name="Internal", message=text)
-    return EngineError(code=int(match["code"]), name=match["name"], message=_strip_backtrace(match["text"]))
+    return EngineError(
+        code=int(match["code"]), name=match["name"], message=_strip_backtrace(match["text"])
+    )
 
 
 def _strip_backtrace(text: str) -> str:
@@ -185,11 +188,14 @@ def _column_to_wire(values: list[Any], field: pa.Field) -> list[str | None]:
     is_variant = bool(field.metadata and field.metadata.get(b"Extension") == b"Variant")
     if pa.types.is_integer(field.type) or pa.types.is_string(field.type):
         return [None if v is None else str(v) for v in values]
-    return [None if v is None else format_wire_value(v, nested=False, variant=is_variant) for v in values]
+    return [
+        None if v is None else format_wire_value(v, nested=False, variant=is_variant)
+        for v in values
+    ]
 
 
 def format_wire_value(value: Any, *, nested: bool, variant: bool = False) -> str:
-    """Render one value the way Databend's HTTP handler does (strings; nested values in SQL form)."""
+    """Render one value as Databend's HTTP handler does (strings; nested values in SQL form)."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):

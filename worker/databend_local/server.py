@@ -269,7 +269,9 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
     def _start_query(self, body: dict[str, Any]) -> dict[str, Any]:
         sql = body.get("sql")
         if not isinstance(sql, str) or not sql.strip():
-            raise ProtocolError(HTTPStatus.BAD_REQUEST, 400, "field 'sql' must be a non-empty string")
+            raise ProtocolError(
+                HTTPStatus.BAD_REQUEST, 400, "field 'sql' must be a non-empty string"
+            )
         session = body.get("session") or {}
         if not isinstance(session, dict):
             raise ProtocolError(HTTPStatus.BAD_REQUEST, 400, "field 'session' must be an object")
@@ -329,7 +331,7 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             self.close_connection = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
 

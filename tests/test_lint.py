@@ -1,0 +1,28 @@
+"""The project's own style gates: ruff on everything, mypy strict on the pure core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.stack import REPO
+
+
+def test_ruff_finds_nothing() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "worker", "tasks", "tests", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_the_core_type_checks_strictly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "-p", "worker.core"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
