@@ -142,6 +142,14 @@ class Stack:
         return logs + "".join(self.outputs)
 
 
+def run_id_of(result: subprocess.CompletedProcess[str]) -> str:
+    """The run id a rotator command announced on its ``run <id>: …`` line."""
+    for line in result.stdout.splitlines():
+        if line.startswith("run "):
+            return line.split()[1].rstrip(":")
+    raise AssertionError(f"no run announced:\n{result.stdout}\n{result.stderr}")
+
+
 def stack_env(dsn: str, redis_url: str, bindings: Path, aws: LocalAws) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
     env.update(aws.env())

@@ -20,6 +20,7 @@ from tests.stack import (
     key_secret_json,
     make_user,
     new_key,
+    run_id_of,
     stack_env,
     storage_suffix,
 )
@@ -69,12 +70,6 @@ class KeyWorld:
         if self.worker and self.worker.poll() is None:
             self.worker.terminate()
             self.worker.wait(timeout=30)
-
-    def run_id_of(self, result: subprocess.CompletedProcess[str]) -> str:
-        for line in result.stdout.splitlines():
-            if line.startswith("run "):
-                return line.split()[1].rstrip(":")
-        raise AssertionError(result.stdout + result.stderr)
 
     def wait_status(self, run_id: str, *statuses: str, timeout: float = 120) -> Any:
         deadline = time.monotonic() + timeout
@@ -154,7 +149,7 @@ def test_rotate_commit_switches_thirty_tables_then_retires_the_old_key(
         "rotate", f"main-{world.token}", "--commit", "--delete-after", "8s", "--timeout", "240"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    run_id = world.run_id_of(result)
+    run_id = run_id_of(result)
     assert world.keys_of(user)[k1["AccessKeyId"]] == "Inactive"
 
     value = world.current_value(secret)
@@ -219,7 +214,7 @@ def test_a_table_that_cannot_switch_stops_the_rotation_before_finishing(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "on another account" in result.stdout + result.stderr
-    run = world.runs.get(world.run_id_of(result))
+    run = world.runs.get(run_id_of(result))
     assert run.status == "failed" and run.phase == "switching"
     assert "old key stays active" in (run.error or "")
     assert world.keys_of(user)[k1["AccessKeyId"]] == "Active"
@@ -253,7 +248,7 @@ def test_abort_restores_the_previous_state(world: KeyWorld, databend: DatabendCl
     world.stop_worker()
     world.start_worker("worker-abort", ROTATOR_FAULTS="key-rotation-after-switched")
     result = world.stack.cli("rotate", secret, "--commit", "--no-wait")
-    run_id = world.run_id_of(result)
+    run_id = run_id_of(result)
     assert world.worker is not None and world.worker.wait(timeout=120) == 86
     new = world.runs.get(run_id).data["new_key_id"]
     assert {storage_suffix(databend, t) for t in tables} == {new[-3:]}
@@ -291,7 +286,7 @@ def test_a_worker_killed_at_a_step_boundary_resumes_and_retires_once(
     user, secret, tables, k1 = seed(world, databend, lake, LAKES["crash"])
     world.stop_worker()
     world.start_worker(f"worker-{lake}", ROTATOR_FAULTS=f"key-rotation-{point}")
-    run_id = world.run_id_of(world.stack.cli("rotate", secret, "--commit", "--no-wait"))
+    run_id = run_id_of(world.stack.cli("rotate", secret, "--commit", "--no-wait"))
     assert world.worker is not None and world.worker.wait(timeout=120) == 86
 
     world.start_worker(f"worker-{lake}-after")
@@ -323,7 +318,7 @@ def test_follower_mode_marks_tables_of_a_revoked_key_stranded_and_never_drops_th
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Never DROP" in output and "stranded" in output
-    status = json.loads(world.stack.cli("status", world.run_id_of(result), "--json").stdout)
+    status = json.loads(world.stack.cli("status", run_id_of(result), "--json").stdout)
     assert status["counts"] == {"stranded": 3}
     for table in tables:
         assert table.table in output

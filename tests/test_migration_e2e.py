@@ -21,6 +21,7 @@ from tests.stack import (
     create_external_table,
     create_key_connection,
     new_key,
+    run_id_of,
     stack_env,
     storage_suffix,
 )
@@ -66,12 +67,6 @@ class MigrationWorld:
         key = new_key(self.aws, user)
         self.keys[name] = key
         return key
-
-    def run_id_of(self, result: subprocess.CompletedProcess[str]) -> str:
-        for line in result.stdout.splitlines():
-            if line.startswith("run "):
-                return line.split()[1].rstrip(":")
-        raise AssertionError(result.stdout + result.stderr)
 
     def status(self, run_id: str) -> dict[str, Any]:
         result = self.stack.cli("status", run_id, "--json")
@@ -176,7 +171,7 @@ def test_two_hundred_tables_migrate_then_roll_back(
         "300",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    run_id = world.run_id_of(result)
+    run_id = run_id_of(result)
     status = world.status(run_id)
     assert status["status"] == "succeeded" and status["counts"] == {"validated": 200}
     for table in tables:
@@ -225,7 +220,7 @@ def test_a_failing_canary_halts_with_everything_readable(
         "120",
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    status = world.status(world.run_id_of(result))
+    status = world.status(run_id_of(result))
     assert status["status"] == "halted" and "wave 0" in status["error"]
     assert status["counts"] == {"failed": 3, "pending": 17}
     for table in tables:
@@ -258,14 +253,14 @@ def test_error_rate_threshold_halts_at_two_percent_and_completes_at_ten(
     assert strict.returncode == 2, "--from and --tables together are refused"
     strict = world.stack.cli("migrate", *common, "--max-error-rate", "0.02")
     assert strict.returncode == 1, strict.stdout + strict.stderr
-    halted = world.status(world.run_id_of(strict))
+    halted = world.status(run_id_of(strict))
     assert halted["status"] == "halted"
     assert halted["counts"]["failed"] <= 3 and halted["counts"].get("pending", 0) >= 150
 
     # the tables the halted run moved are on the target now; a tolerant run takes the rest
     tolerant = world.stack.cli("migrate", *common, "--max-error-rate", "0.10")
     assert tolerant.returncode == 1, "finished, with failures reported"
-    done = world.status(world.run_id_of(tolerant))
+    done = world.status(run_id_of(tolerant))
     assert done["status"] == "failed" and done["counts"]["failed"] == 10
     assert "10 of" in done["error"]
     in_b = [x for i, x in enumerate(tables) if i % 20 == 19]
@@ -291,7 +286,7 @@ def test_a_killed_worker_resumes_without_switching_any_table_twice(
         "25",
         "--no-wait",
     )
-    run_id = world.run_id_of(result)
+    run_id = run_id_of(result)
     deadline = time.monotonic() + 60
     while world.status(run_id)["counts"].get("validated", 0) < 40:
         assert time.monotonic() < deadline

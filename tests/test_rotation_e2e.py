@@ -23,6 +23,7 @@ from tests.stack import (
     key_secret_json,
     make_user,
     new_key,
+    run_id_of,
     stack_env,
     storage_suffix,
 )
@@ -146,7 +147,7 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     # When the rotation runs through the CLI and a real worker
     result = scenario.stack.cli("rotate-version", secret, "--timeout", "240")
     assert result.returncode == 0, result.stdout + result.stderr
-    run_id = result.stdout.split()[1].rstrip(":")
+    run_id = run_id_of(result)
 
     # Then every bound table carries K2 and reads its rows; the other team's tables are untouched
     for table in bound:
@@ -174,9 +175,7 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     connections = connection_names(databend)
     again = scenario.stack.cli("rotate-version", secret, "--version-id", v2, "--timeout", "240")
     assert again.returncode == 0, again.stdout + again.stderr
-    rerun = json.loads(
-        scenario.stack.cli("status", again.stdout.split()[1].rstrip(":"), "--json").stdout
-    )
+    rerun = json.loads(scenario.stack.cli("status", run_id_of(again), "--json").stdout)
     assert rerun["counts"] == {"already_switched": 20}
     assert connection_names(databend) == connections
 
@@ -248,7 +247,7 @@ def test_a_permanent_alter_failure_is_reported_and_the_others_proceed(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "in another bucket" in result.stderr
-    run_id = result.stdout.split()[1].rstrip(":")
+    run_id = run_id_of(result)
     status = json.loads(scenario.stack.cli("status", run_id, "--json").stdout)
     by_table = {tuple(row["table"]): row for row in status["tables"]}
     failed = by_table[(f"partial_{t}", "in another bucket")]
