@@ -414,3 +414,16 @@ def test_killing_the_intake_between_receive_and_enqueue_loses_no_event(
     runs = world.runs_of(lake)
     assert [r.version_id for r in runs] == [version]
     assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+
+
+def test_sigterm_stops_the_intake_cleanly(world: World) -> None:
+    queue = _make_queue(world.aws, f"stop-{world.token}", None, 5)
+    intake = world.start_intake(queue, "intake-stop")
+    log = world.stack.log_dir / "intake-stop.log"
+    deadline = time.monotonic() + 60
+    while "intake started" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and intake.poll() is None
+        time.sleep(0.1)
+    intake.send_signal(15)
+    assert intake.wait(timeout=30) == 0
+    assert "intake stopped" in log.read_text()
