@@ -1,0 +1,149 @@
+"""Migration planning rules, pure: waves, verdicts, estimates, rollback targets, role matching."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes import FakeAdmin, MemoryRuns
+from worker.core.bindings import Selector
+from worker.core.migration import (
+    MigrationOptions,
+    MigrationRefused,
+    assign_waves,
+    estimate,
+    judge_wave,
+    new_migration,
+    plan_migration,
+    rollback_targets,
+)
+from worker.core.model import (
+    RoleCredentials,
+    StorageParam,
+    TableOutcome,
+    TableStatus,
+    parse_storage_param,
+)
+from worker.sql import TableName
+
+
+def names(n: int) -> list[TableName]:
+    return [TableName("db", f"t{i:02d}") for i in range(n)]
+
+
+def test_the_canary_wave_comes_first_then_waves_of_the_given_size() -> None:
+    waves = assign_waves(names(12), canary=2, wave_size=4)
+    assert [len(w) for w in waves] == [2, 4, 4, 2]
+    assert [t for w in waves for t in w] == names(12)
+    assert [len(w) for w in assign_waves(names(5), canary=0, wave_size=10)] == [5]
+
+
+def outcomes(ok: int, failed: int, pending: int = 0) -> list[TableOutcome]:
+    tables = iter(names(ok + failed + pending))
+    return (
+        [TableOutcome(next(tables), TableStatus.VALIDATED) for _ in range(ok)]
+        + [TableOutcome(next(tables), TableStatus.FAILED) for _ in range(failed)]
+        + [TableOutcome(next(tables)) for _ in range(pending)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("ok", "failed", "pending", "limit", "complete", "halt"),
+    [
+        (48, 2, 0, 0.02, True, True),
+        (49, 1, 0, 0.02, True, False),
+        (45, 5, 0, 0.10, True, False),
+        (3, 2, 5, 0.0, False, False),
+        (5, 0, 0, 0.0, True, False),
+        (0, 1, 0, 0.0, True, True),
+    ],
+)
+def test_a_wave_halts_the_run_only_once_complete_and_over_the_limit(
+    ok: int, failed: int, pending: int, limit: float, complete: bool, halt: bool
+) -> None:
+    verdict = judge_wave(outcomes(ok, failed, pending), limit)
+    assert (verdict.complete, verdict.halt) == (complete, halt)
+
+
+def test_rate_and_eta() -> None:
+    rate, left = estimate(outcomes(10, 0, 30), started_at=100.0, now=110.0)
+    assert rate == 1.0 and left == 30.0
+    assert estimate(outcomes(0, 0, 5), 100.0, 110.0) == (0.0, None)
+
+
+def test_rollback_goes_to_a_connection_with_the_previous_credentials() -> None:
+    switched = TableOutcome(TableName("db", "a"), TableStatus.VALIDATED, previous="ak:OLD")
+    orphan = TableOutcome(TableName("db", "b"), TableStatus.VALIDATED, previous="ak:ZZZ")
+    untouched = TableOutcome(TableName("db", "c"), TableStatus.FAILED, previous="ak:OLD")
+    back, unknown = rollback_targets([switched, orphan, untouched], {"ak:OLD": "src"})
+    assert back == [(TableName("db", "a"), "src", "ak:OLD")]
+    assert unknown == [TableName("db", "b")]
+
+
+def test_plans_select_by_source_credentials_or_selectors_and_refuse_unknown_targets() -> None:
+    admin = FakeAdmin()
+    for i in range(3):
+        admin.add(TableName("sales", f"t{i}"), "SRC")
+    admin.add(TableName("ops", "x"), "OTH")
+    fingerprints = {"src": "ak:SRC", "dst": "ak:DST", "role": "role:~ake"}
+    by_source = plan_migration(
+        admin,
+        target="dst",
+        from_connection="src",
+        selectors=(),
+        options=MigrationOptions(canary=1, wave_size=1),
+        connection_fingerprints=fingerprints,
+    )
+    assert [str(t.name) for t in by_source.tables] == ["sales.t0", "sales.t1", "sales.t2"]
+    assert len(by_source.waves) == 3 and by_source.previous_connections["ak:SRC"] == "src"
+    by_selector = plan_migration(
+        admin,
+        target="role",
+        from_connection=None,
+        selectors=(Selector.parse("ops.*"),),
+        options=MigrationOptions(),
+        connection_fingerprints=fingerprints,
+    )
+    assert [str(t.name) for t in by_selector.tables] == ["ops.x"]
+    with pytest.raises(MigrationRefused, match="does not exist"):
+        plan_migration(
+            admin,
+            target="nope",
+            from_connection=None,
+            selectors=(),
+            options=MigrationOptions(),
+            connection_fingerprints=fingerprints,
+        )
+    empty = plan_migration(
+        admin,
+        target="dst",
+        from_connection=None,
+        selectors=(Selector.parse("none.*"),),
+        options=MigrationOptions(),
+        connection_fingerprints=fingerprints,
+    )
+    with pytest.raises(MigrationRefused, match="nothing to migrate"):
+        new_migration(MemoryRuns(), empty, MigrationOptions(), "x")
+
+
+def test_role_connections_and_tables_match_on_what_databend_shows() -> None:
+    table = parse_storage_param(
+        "s3 | bucket=b,root=/t/,endpoint=,ak=,iam_role=arn:aws:iam::123456789012:role/lake"
+    )
+    assert table is not None and table.fingerprint == "role:~ake"
+    assert RoleCredentials("arn:aws:iam::123456789012:role/lake").fingerprint == "role:~ake"
+    assert StorageParam(kind="s3").fingerprint is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(wave_size=0),
+        dict(concurrency=0),
+        dict(canary=-1),
+        dict(max_error_rate=1.5),
+        dict(rate=0.0),
+    ],
+)
+def test_bad_options_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        MigrationOptions(**bad)  # type: ignore[arg-type]
