@@ -96,8 +96,8 @@ def main() -> None:
             client.execute(f"ALTER TABLE {table.sql} CONNECTION=(connection_name='{connection}')")
             assert client.query(f"SELECT * FROM {table.sql} LIMIT 1")
 
-        naive = floor = float("nan")
-        if not args.only_rotator:
+        naive = float("nan")
+        if not args.skip_sequential:
             # (a) naive sequential loop through one client
             started = time.perf_counter()
             for table in tables:
@@ -108,18 +108,16 @@ def main() -> None:
                 flush=True,
             )
 
-        # (b) raw parallel floor: K threads, no Celery (with --only-rotator: just moves the
-        # tables to dst_b so that (c) starts from the same place)
+        # (b) raw parallel floor: K threads, no Celery
         started = time.perf_counter()
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(lambda t: switch(t, "dst_b"), tables))
-        if not args.only_rotator:
-            floor = time.perf_counter() - started
-            print(
-                f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
-                f"{len(tables) / floor:7.1f} tables/s",
-                flush=True,
-            )
+        floor = time.perf_counter() - started
+        print(
+            f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
+            f"{len(tables) / floor:7.1f} tables/s",
+            flush=True,
+        )
 
         # (c) rotator migrate --commit with a worker of K threads
         (work / "bindings.toml").write_text(
