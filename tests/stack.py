@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     outputs: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -127,19 +131,44 @@ class Stack:
         return result
 
     def start_worker(self, name: str, *extra: str) -> subprocess.Popen[str]:
+        return self.start(name, "worker", *extra)
+
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """A long-running rotator process in a process group of its own, so that ``close``
+        also ends what it started (a worker's embedded beat outlives a killed worker)."""
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", *extra],
-            env=self.env,
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *args],
+            env=env or self.env,
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        """End every process group started here: SIGTERM, then SIGKILL what is left."""
+        for process in self.processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)
 
     def all_output(self) -> str:
         logs = "".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))
         return logs + "".join(self.outputs)
+
+
+def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
 
 
 def run_id_of(result: subprocess.CompletedProcess[str]) -> str:

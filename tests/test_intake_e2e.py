@@ -156,22 +156,18 @@ class World:
         return {storage_suffix(db, t) for t in lake.tables}
 
     def start_intake(self, queue_url: str, log_name: str, **env: str) -> subprocess.Popen[str]:
-        log = open(self.stack.log_dir / f"{log_name}.log", "w")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*_cli(), "intake", "sqs", "--queue-url", queue_url, "--wait-seconds", "1"],
+        process = self.stack.start(
+            log_name,
+            "intake",
+            "sqs",
+            "--queue-url",
+            queue_url,
+            "--wait-seconds",
+            "1",
             env={**self.stack.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
         self.processes.append(process)
         return process
-
-
-def _cli() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "worker.cli"]
 
 
 def _make_queue(aws: LocalAws, name: str, dlq_arn: str | None, visibility: int) -> str:
@@ -252,10 +248,7 @@ def world(
     w.processes.append(stack.start_worker("worker", "--concurrency", "8"))
     w.start_intake(queue, "intake")
     yield w
-    for process in w.processes:
-        process.terminate()
-    for process in w.processes:
-        process.wait(timeout=30)
+    stack.close()
 
 
 def test_each_event_shape_leads_to_the_right_outcome(

@@ -111,7 +111,7 @@ def world(
     w = KeyWorld(token=t, stack=stack, aws=aws, runs=RedisRunStore.from_url(redis_url))
     w.start_worker("worker")
     yield w
-    w.stop_worker()
+    stack.close()
 
 
 def seed(

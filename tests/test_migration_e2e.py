@@ -119,8 +119,7 @@ def world(
     }.items():
         create_key_connection(databend, aws, f"mig_{t}_{name}", w.user(name, document))
     yield w
-    w.worker.terminate()
-    w.worker.wait(timeout=30)
+    stack.close()
 
 
 def make_tables(

@@ -82,8 +82,7 @@ discover = false
     stack = Stack(env=stack_env(databend_local.dsn, redis_url, bindings, aws), log_dir=log_dir)
     worker = stack.start_worker("worker", "--concurrency", "8")
     yield Scenario(token=token, stack=stack, worker=worker)
-    worker.terminate()
-    worker.wait(timeout=30)
+    stack.close()
 
 
 def _create_secret(aws: LocalAws, name: str, value: str) -> str:
