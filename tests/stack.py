@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
 from worker.embedded import LocalAws
 from worker.sql import TableName, connection_name, quote_identifier, quote_string
@@ -93,16 +94,9 @@ def create_external_table(
 
 
 def storage_suffix(db: DatabendClient, table: TableName) -> str | None:
-    row = db.query_one(
-        "SELECT storage_param FROM system.tables WHERE database ="
-        f" {quote_string(table.database)} AND name = {quote_string(table.table)}"
-    )
-    if row is None:
-        return None
-    for item in str(row[0]).split("|", 1)[-1].split(","):
-        if item.strip().startswith("ak="):
-            return item.strip()[3:].lstrip("*")
-    return None
+    """The access-key suffix Databend shows for the table (None when absent)."""
+    described = DriverDatabendAdmin(db).describe_table(table)
+    return described.storage.ak_suffix if described else None
 
 
 def connection_names(db: DatabendClient) -> set[str]:
@@ -179,8 +173,18 @@ def run_id_of(result: subprocess.CompletedProcess[str]) -> str:
     raise AssertionError(f"no run announced:\n{result.stdout}\n{result.stderr}")
 
 
+def isolated_env() -> dict[str, str]:
+    """This process's environment without any rotator, Redis, Databend or AWS setting, so a
+    subprocess uses only what a test gives it (or its embedded defaults)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "ROTATOR_", "REDIS_URL", "DATABEND_DSN"))
+    }
+
+
 def stack_env(dsn: str, redis_url: str, bindings: Path, aws: LocalAws) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ROTATOR_"))}
+    env = isolated_env()
     env.update(aws.env())
     env.update(
         {

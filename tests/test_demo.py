@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.stack import REPO
+from tests.stack import REPO, isolated_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_rotates_revokes_and_every_table_still_works() -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "ROTATOR_", "REDIS_URL", "DATABEND_DSN"))
-    }
+    env = isolated_env()
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "demo"],
         cwd=REPO,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import subprocess
@@ -12,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import REPO
+from tests.stack import REPO, isolated_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_up_serves_a_stack_that_the_printed_commands_can_rotate(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "ROTATOR_", "REDIS_URL", "DATABEND_DSN"))
-    }
+    env = isolated_env()
     up = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "up"],
         cwd=tmp_path,

@@ -92,10 +92,12 @@ class SecretsManagerStore:
                 )
         except Exception as exc:
             raise _classified(exc, f"version {version_id}") from None
-        self.drop_pending(arn, version_id)
+        self._drop_pending(arn, version_id, info)  # moving AWSCURRENT left AWSPENDING as it was
 
     def drop_pending(self, arn: str, version_id: str) -> None:
-        info = self.describe(arn)
+        self._drop_pending(arn, version_id, self.describe(arn))
+
+    def _drop_pending(self, arn: str, version_id: str, info: SecretInfo) -> None:
         version = info.versions.get(version_id)
         if version is None or "AWSPENDING" not in version.stages:
             return

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
 from worker.embedded import (
     LocalAws,
@@ -210,15 +211,9 @@ def put_new_key_version(stack: LocalStack) -> tuple[dict[str, str], str]:
 
 
 def _suffix_of(db: DatabendClient, table: TableName) -> str:
-    row = db.query_one(
-        "SELECT storage_param FROM system.tables WHERE database ="
-        f" {quote_string(table.database)} AND name = {quote_string(table.table)}"
-    )
-    text = str(row[0]) if row else ""
-    for item in text.split("|", 1)[-1].split(","):
-        if item.strip().startswith("ak="):
-            return item.strip()[3:]
-    return "?"
+    described = DriverDatabendAdmin(db).describe_table(table)
+    suffix = described.storage.ak_suffix if described else None
+    return f"******{suffix}" if suffix else "?"
 
 
 def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:

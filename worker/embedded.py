@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -166,7 +166,6 @@ class LocalAws:
     process: subprocess.Popen[bytes] | None
     region: str = "us-east-1"
     enforce_iam: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         """Environment for a process (worker, CLI) that should use this stand-in via boto3."""
