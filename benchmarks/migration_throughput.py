@@ -10,7 +10,12 @@ table. Prints the times, the ratios c/b and c/a, and the worker's peak RSS (VmHW
 RSS <= 300 MB. Everything runs on this machine (databend-local, Valkey, moto without IAM
 enforcement: any key is accepted, which keeps moto's CPU out of the comparison).
 
-    python benchmarks/migration_throughput.py [--tables 1000] [--threads 8]
+    python benchmarks/migration_throughput.py [--tables 1000] [--threads 8] [--skip-sequential]
+    python benchmarks/migration_throughput.py --tables 10000 --baseline 1000 --skip-sequential
+
+With --baseline the smaller case is measured first, on fresh processes and with exactly the same
+steps, so both cases see tables with the same history: (a) warms every table for (b) and (c), so
+a 10,000-table run without (a) must not be compared with a 1,000-table run with it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,23 +43,55 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+@dataclass
+class Figures:
+    """One measurement at N tables; times in seconds (nan where a way was skipped)."""
+
+    tables: int
+    naive: float
+    floor: float
+    migrate: float
+    rss_mb: float
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--wave-size", type=int, default=100)
     parser.add_argument(
-        "--only-rotator",
+        "--skip-sequential",
         action="store_true",
-        help="skip (a) and (b): for the 10,000-table scaling run",
+        help="skip (a): (b) is then the first pass over the new tables, (c) the second",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first measure N tables the same way (fresh processes), then print --tables / N",
     )
     args = parser.parse_args()
+    baseline = measure(args.baseline, args) if args.baseline else None
+    figures = measure(args.tables, args)
+    if baseline is not None:
+        scale = figures.tables / baseline.tables
+        print(
+            f"scaling {baseline.tables} -> {figures.tables} tables ({scale:.0f} x):"
+            f" (c) {figures.migrate / baseline.migrate:.2f} x"
+            f" (goal <= {1.05 * scale:.1f} x), (b) {figures.floor / baseline.floor:.2f} x;"
+            f" worker peak RSS {baseline.rss_mb:.0f} -> {figures.rss_mb:.0f} MB"
+        )
 
+
+def measure(n: int, args: argparse.Namespace) -> Figures:
+    """Fresh databend-local, Valkey and moto; N new external tables; the three ways."""
     from worker.databend_client import DatabendClient
     from worker.embedded import start_databend_local, start_moto, start_valkey, stop_process
     from worker.run_store import RedisRunStore
     from worker.sql import TableName, quote_string
 
+    print(f"== {n} tables", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
     databend = start_databend_local(pool_size=max(8, args.threads))
     valkey, aws = start_valkey(), start_moto(enforce_iam=False)
@@ -68,7 +106,7 @@ def main() -> None:
                 f" ENDPOINT_URL={quote_string(aws.endpoint_url)} REGION='us-east-1'"
             )
         db.execute("CREATE DATABASE bench")
-        tables = [TableName("bench", f"t{i:05d}") for i in range(args.tables)]
+        tables = [TableName("bench", f"t{i:05d}") for i in range(n)]
         print(f"creating {len(tables)} external tables ...", flush=True)
         started = time.perf_counter()
 
@@ -200,7 +238,8 @@ def main() -> None:
             f"c / b = {migrate / floor:.2f}  (goal <= 1.15)   c / a = {migrate / naive:.2f}"
             f"  (goal <= 0.6)"
         )
-        print(f"worker peak RSS: {rss:.0f} MB  (goal <= 300 MB at 10,000 tables)")
+        print(f"worker peak RSS: {rss:.0f} MB  (goal <= 300 MB at 10,000 tables)", flush=True)
+        return Figures(n, naive, floor, migrate, rss)
     finally:
         if worker is not None:
             stop_process(worker)
