@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -323,3 +325,34 @@ def test_follower_mode_marks_tables_of_a_revoked_key_stranded_and_never_drops_th
     for table in tables:
         assert table.table in output
         assert storage_suffix(databend, table) == k1["AccessKeyId"][-3:], "still there, unchanged"
+
+
+def child_pids(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_embedded_beat_ends_when_its_worker_is_killed(world: KeyWorld) -> None:
+    world.stop_worker()
+    worker = world.start_worker("worker-beat-orphan")
+    deadline = time.monotonic() + 60
+    while not (beat := child_pids(worker.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert beat, "the worker started no beat process"
+    worker.kill()  # SIGKILL: the worker cannot stop its beat itself
+    worker.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in beat) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in beat), "beat outlived its killed worker"
+    world.start_worker("worker-after-beat-orphan")

@@ -72,3 +72,25 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from worker.services import reset_services
 
     reset_services()
+
+
+@signals.beat_embedded_init.connect
+def _beat_ends_with_its_worker(**_: Any) -> None:
+    """`rotator worker --beat` runs beat as a child process: it must not outlive a killed worker.
+
+    A SIGTERM'd worker stops its beat itself; a SIGKILL'd one cannot, so the child asks Linux to
+    send it SIGTERM when its parent dies (and exits at once if that already happened).
+    """
+    import ctypes
+    import multiprocessing
+    import os
+    import signal
+    import sys
+
+    worker = multiprocessing.parent_process()
+    if worker is None or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != worker.pid:  # the worker died before prctl took effect
+        os._exit(0)
