@@ -65,9 +65,10 @@ def test_a_wave_halts_the_run_only_once_complete_and_over_the_limit(
 
 
 def test_rate_and_eta() -> None:
-    rate, left = estimate(outcomes(10, 0, 30), started_at=100.0, now=110.0)
+    rate, left = estimate(10, 40, started_at=100.0, now=110.0)
     assert rate == 1.0 and left == 30.0
-    assert estimate(outcomes(0, 0, 5), 100.0, 110.0) == (0.0, None)
+    assert estimate(0, 5, 100.0, 110.0) == (0.0, None)
+    assert estimate(5, 5, 100.0, 110.0) == (0.5, 0.0)
 
 
 def test_rollback_goes_to_a_connection_with_the_previous_credentials() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import redis
 
+from worker.core.model import TableOutcome, TableStatus
 from worker.core.ports import NewestVersion
 from worker.redis_state import RedisIntakeState, RedisSecretLocks
+from worker.run_store import RedisRunStore
+from worker.sql import TableName
 
 
 def test_a_claim_is_leased_to_its_maker_until_enqueued(redis_url: str, unique: str) -> None:
@@ -48,3 +52,30 @@ def test_locks_exclude_expire_and_belong_to_their_owner(redis_url: str, unique: 
     assert locks.acquire(arn, "run-2"), "an expired lock is free"
     locks.release(arn, "run-2")
     assert locks.acquire(arn, "run-3")
+
+
+def test_run_counts_follow_every_outcome_write(redis_url: str, unique: str) -> None:
+    """Following a run reads per-status counts; they must always equal what the tables say."""
+    runs = RedisRunStore.from_url(redis_url)
+    run_id = f"counts-{unique}"
+    tables = [TableName("db", f"t{i}") for i in range(5)]
+
+    def counts_agree() -> Counter[str]:
+        from_tables = Counter(str(o.status) for o in runs.outcomes(run_id))
+        assert runs.status_counts(run_id) == from_tables
+        return from_tables
+
+    assert runs.status_counts(run_id) is None, "no counts before a plan"
+    runs.set_plan(run_id, [TableOutcome(t) for t in tables])
+    assert counts_agree() == {"pending": 5}
+    runs.set_waves(run_id, [tables[:3], tables[3:]])
+    runs.record_wave_outcome(run_id, TableOutcome(tables[0], TableStatus.VALIDATED), 0, 0)
+    runs.record_wave_outcome(run_id, TableOutcome(tables[1], TableStatus.FAILED), 0, 0)
+    runs.record_outcome(run_id, TableOutcome(tables[2], TableStatus.ALREADY_SWITCHED))
+    assert runs.begin_attempt(run_id, tables[3]) is not None  # attempts change, status does not
+    assert counts_agree() == {"pending": 2, "validated": 1, "failed": 1, "already_switched": 1}
+    runs.record_pending(run_id, TableOutcome(tables[1]))  # a failed table queued again
+    runs.record_outcome(run_id, TableOutcome(tables[0], TableStatus.VALIDATED))  # redelivery
+    assert counts_agree() == {"pending": 3, "validated": 1, "already_switched": 1}
+    runs.set_plan(run_id, [TableOutcome(t) for t in tables[:2]])  # a new plan starts afresh
+    assert counts_agree() == {"pending": 2}

@@ -165,7 +165,7 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
             bar.update(
                 task,
                 description=label,
-                total=len(p.outcomes) or None,
+                total=p.total or None,
                 completed=p.done,
                 counts=counts,
                 rate=_rate_text(p),
@@ -182,7 +182,7 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
 def _rate_text(p: Any) -> str:
     from worker.core.migration import estimate
 
-    rate, left = estimate(p.outcomes, p.run.started_at or p.run.created_at, time.time())
+    rate, left = estimate(p.done, p.total, p.run.started_at or p.run.created_at, time.time())
     if not rate:
         return ""
     eta = "" if left is None else f", {left:.0f}s left"

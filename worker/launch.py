@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from worker.core.bindings import Binding, find_binding
-from worker.core.model import RunStatus, TableOutcome
+from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import RunRecord, SecretStore
 from worker.errors import UnknownSecretError
 from worker.run_store import RedisRunStore
@@ -62,16 +62,25 @@ def enqueue_rotation(run_id: str) -> None:
 
 @dataclass(frozen=True)
 class RunProgress:
+    """A run and its tables: every outcome, or only the counts per status while following."""
+
     run: RunRecord
     outcomes: list[TableOutcome]
+    status_counts: Counter[str] | None = None
 
     @property
     def counts(self) -> Counter[str]:
+        if self.status_counts is not None:
+            return self.status_counts
         return Counter(str(o.status) for o in self.outcomes)
 
     @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
     def done(self) -> int:
-        return sum(1 for o in self.outcomes if o.status.done)
+        return sum(n for status, n in self.counts.items() if TableStatus(status).done)
 
     @property
     def final(self) -> bool:
@@ -82,23 +91,31 @@ class RunProgress:
         return self.run.status == RunStatus.SUCCEEDED
 
 
-def progress(runs: RedisRunStore, run_id: str) -> RunProgress:
-    """A run and its tables; a key rotation shows the tables of its table run."""
+def progress(runs: RedisRunStore, run_id: str, *, tables: bool = True) -> RunProgress:
+    """A run and its tables; a key rotation shows the tables of its table run. With
+    ``tables=False`` only the counts per status are read (cheap at any size, for polling)."""
     run = runs.get(run_id)
     tables_of = run.data.get("table_run") if run.kind == "key-rotation" else run_id
-    return RunProgress(run, runs.outcomes(str(tables_of)) if tables_of else [])
+    if not tables_of:
+        return RunProgress(run, [])
+    if not tables:
+        counts = runs.status_counts(str(tables_of))
+        if counts is not None:
+            return RunProgress(run, [], counts)
+    return RunProgress(run, runs.outcomes(str(tables_of)))
 
 
 def wait_for_run(
     runs: RedisRunStore, run_id: str, *, timeout: float, on_update=None, poll: float = 0.2
 ) -> RunProgress:
+    """Poll the run's counts until it ends (or ``timeout``); then read every table once."""
     deadline = time.monotonic() + timeout
     while True:
-        current = progress(runs, run_id)
+        current = progress(runs, run_id, tables=False)
         if on_update:
             on_update(current)
         if current.final or time.monotonic() > deadline:
-            return current
+            return progress(runs, run_id)
         time.sleep(poll)
 
 

@@ -1,8 +1,9 @@
 """RunStore on Redis: run records, per-table outcomes and the set of tables still pending.
 
 Keys (all under ``rotator:``): ``run:{id}`` hash of JSON fields; ``run:{id}:tables`` hash of
-table -> outcome JSON; ``run:{id}:pending`` set of tables not finished; ``runs`` sorted set of run
-ids by creation time. Records expire after ``ttl_seconds`` (30 days by default).
+table -> outcome JSON; ``run:{id}:pending`` set of tables not finished; ``run:{id}:counts`` hash of
+status -> tables; ``runs`` sorted set of run ids by creation time. Records expire after
+``ttl_seconds`` (30 days by default).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import redis
@@ -69,11 +71,23 @@ return updated
 """
 
 
+# Write a table's outcome and keep the run's per-status counts in step with it, so that following
+# a run reads a few counters instead of every table (which grew with the size of the run).
+_PUT_OUTCOME = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('HINCRBY', KEYS[2], cjson.decode(old)['status'], -1) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+"""
+
+
 class RedisRunStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
         self._begin = client.register_script(_BEGIN_ATTEMPT)
+        self._put = client.register_script(_PUT_OUTCOME)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -110,15 +124,40 @@ class RedisRunStore:
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
+        counts_key = self._key(run_id, ":counts")
+        counts = Counter(str(o.status) for o in {o.table: o for o in outcomes}.values())
         with self.redis.pipeline() as pipe:
-            pipe.delete(tables_key, pending_key)
+            pipe.delete(tables_key, pending_key, counts_key)
             for outcome in outcomes:
                 pipe.hset(tables_key, table_key(outcome.table), outcome_to_json(outcome))
                 if not outcome.status.done:
                     pipe.sadd(pending_key, table_key(outcome.table))
-            pipe.expire(tables_key, self.ttl)
-            pipe.expire(pending_key, self.ttl)
+            if counts:
+                pipe.hset(counts_key, mapping=dict(counts))
+            for key in (tables_key, pending_key, counts_key):
+                pipe.expire(key, self.ttl)
             _execute(pipe)
+
+    def status_counts(self, run_id: str) -> Counter[str] | None:
+        """Tables per status, kept with every write; None for a run recorded without counts."""
+        raw = _call(self.redis.hgetall, self._key(run_id, ":counts"))
+        if not raw:
+            return None
+        counts = Counter({k.decode(): int(v) for k, v in raw.items()})
+        return +counts  # drop statuses no table has any more
+
+    def _put_outcome(self, pipe: Any, run_id: str, outcome: TableOutcome) -> None:
+        """Queue the outcome's write (and its status count) on ``pipe``."""
+        self._put(
+            keys=[self._key(run_id, ":tables"), self._key(run_id, ":counts")],
+            args=[
+                table_key(outcome.table),
+                outcome_to_json(outcome),
+                str(outcome.status),
+                self.ttl,
+            ],
+            client=pipe,
+        )
 
     def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
         raw = _call(self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(table)])
@@ -141,7 +180,7 @@ class RedisRunStore:
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
         key = table_key(outcome.table)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(run_id, ":tables"), key, outcome_to_json(outcome))
+            self._put_outcome(pipe, run_id, outcome)
             if outcome.status.done:
                 pipe.srem(self._key(run_id, ":pending"), key)
             pipe.scard(self._key(run_id, ":pending"))
@@ -156,7 +195,7 @@ class RedisRunStore:
         key = table_key(outcome.table)
         done_key = self._key(run_id, f":wave:{wave}:done:{epoch}")
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(run_id, ":tables"), key, outcome_to_json(outcome))
+            self._put_outcome(pipe, run_id, outcome)
             pipe.srem(self._key(run_id, ":pending"), key)
             pipe.scard(self._key(run_id, ":pending"))
             pipe.sadd(done_key, key)
@@ -169,7 +208,7 @@ class RedisRunStore:
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
         key = table_key(outcome.table)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(run_id, ":tables"), key, outcome_to_json(outcome))
+            self._put_outcome(pipe, run_id, outcome)
             pipe.sadd(self._key(run_id, ":pending"), key)
             _execute(pipe)
 

@@ -185,14 +185,11 @@ def judge_wave(outcomes: list[TableOutcome], max_error_rate: float) -> WaveVerdi
     )
 
 
-def estimate(
-    outcomes: list[TableOutcome], started_at: float, now: float
-) -> tuple[float, float | None]:
-    """(tables per second so far, seconds left) from the outcomes recorded."""
-    done = sum(1 for o in outcomes if o.status.done)
+def estimate(done: int, total: int, started_at: float, now: float) -> tuple[float, float | None]:
+    """(tables per second so far, seconds left) from the tables finished out of ``total``."""
     elapsed = max(now - started_at, 1e-6)
     rate = done / elapsed if done else 0.0
-    left = len(outcomes) - done
+    left = total - done
     return rate, (left / rate if rate else None) if left else 0.0
 
 
