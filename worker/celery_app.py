@@ -6,6 +6,7 @@ again; every task is therefore idempotent and carries ids only (run id, table na
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import structlog
@@ -74,6 +75,10 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     reset_services()
 
 
+# The worker's pid, inherited by the beat child it forks (billiard's, not multiprocessing's).
+_PROCESS_AT_IMPORT = os.getpid()
+
+
 @signals.beat_embedded_init.connect
 def _beat_ends_with_its_worker(**_: Any) -> None:
     """`rotator worker --beat` runs beat as a child process: it must not outlive a killed worker.
@@ -82,15 +87,12 @@ def _beat_ends_with_its_worker(**_: Any) -> None:
     send it SIGTERM when its parent dies (and exits at once if that already happened).
     """
     import ctypes
-    import multiprocessing
-    import os
     import signal
     import sys
 
-    worker = multiprocessing.parent_process()
-    if worker is None or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.getpid() == _PROCESS_AT_IMPORT:
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != worker.pid:  # the worker died before prctl took effect
+    if os.getppid() != _PROCESS_AT_IMPORT:  # the worker died before prctl took effect
         os._exit(0)
