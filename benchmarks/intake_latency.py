@@ -33,7 +33,13 @@ def main() -> None:
 
     from worker.core.events import eventbridge_rule_pattern
     from worker.databend_client import DatabendClient
-    from worker.embedded import start_databend_local, start_moto, start_valkey, stop_process
+    from worker.embedded import (
+        rotator_env,
+        start_databend_local,
+        start_moto,
+        start_valkey,
+        stop_process,
+    )
     from worker.run_store import RedisRunStore
     from worker.sql import TableName, quote_identifier, quote_string
 
@@ -91,16 +97,10 @@ def main() -> None:
             ),
         )
         events.put_targets(Rule="bench", Targets=[{"Id": "q", "Arn": queue_arn}])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(aws.env())
-        env.update(
-            {
-                "DATABEND_DSN": databend.dsn,
-                "REDIS_URL": valkey.url,
-                "ROTATOR_BINDINGS": str(work / "bindings.toml"),
-                "ROTATOR_LOG_LEVEL": os.environ.get("ROTATOR_LOG_LEVEL", "WARNING"),
-            }
+        env = rotator_env(
+            dsn=databend.dsn, redis_url=valkey.url, bindings=work / "bindings.toml", aws=aws
         )
+        env["ROTATOR_LOG_LEVEL"] = os.environ.get("ROTATOR_LOG_LEVEL", "WARNING")
         cli = [sys.executable, "-m", "worker.cli"]
         with open(work / "worker.log", "wb") as wlog, open(work / "intake.log", "wb") as ilog:
             processes.append(

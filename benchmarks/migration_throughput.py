@@ -87,7 +87,13 @@ def main() -> None:
 def measure(n: int, args: argparse.Namespace) -> Figures:
     """Fresh databend-local, Valkey and moto; N new external tables; the three ways."""
     from worker.databend_client import DatabendClient
-    from worker.embedded import start_databend_local, start_moto, start_valkey, stop_process
+    from worker.embedded import (
+        rotator_env,
+        start_databend_local,
+        start_moto,
+        start_valkey,
+        stop_process,
+    )
     from worker.run_store import RedisRunStore
     from worker.sql import TableName, quote_string
 
@@ -162,16 +168,10 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             '[[bindings]]\nname = "b"\nsecret = "unused"\nconnection_prefix = "b"\n'
             'tables = ["bench.*"]\n'
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(aws.env())
-        env.update(
-            {
-                "DATABEND_DSN": databend.dsn,
-                "REDIS_URL": valkey.url,
-                "ROTATOR_BINDINGS": str(work / "bindings.toml"),
-                "ROTATOR_LOG_LEVEL": "WARNING",
-            }
+        env = rotator_env(
+            dsn=databend.dsn, redis_url=valkey.url, bindings=work / "bindings.toml", aws=aws
         )
+        env["ROTATOR_LOG_LEVEL"] = "WARNING"
         cli = [sys.executable, "-m", "worker.cli"]
         with open(work / "worker.log", "wb") as log:
             worker = subprocess.Popen(

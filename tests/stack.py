@@ -15,7 +15,7 @@ from typing import Any
 
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
-from worker.embedded import LocalAws
+from worker.embedded import LocalAws, rotator_env
 from worker.sql import TableName, connection_name, quote_identifier, quote_string
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,15 +184,6 @@ def isolated_env() -> dict[str, str]:
 
 
 def stack_env(dsn: str, redis_url: str, bindings: Path, aws: LocalAws) -> dict[str, str]:
-    env = isolated_env()
-    env.update(aws.env())
-    env.update(
-        {
-            "DATABEND_DSN": dsn,
-            "REDIS_URL": redis_url,
-            "ROTATOR_BINDINGS": str(bindings),
-            "ROTATOR_LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = rotator_env(dsn=dsn, redis_url=redis_url, bindings=bindings, aws=aws, base=isolated_env())
+    env.update({"ROTATOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
     return env

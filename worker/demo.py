@@ -8,7 +8,6 @@ tables in two databases bound to the secret, plus tables on another team's key.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
 from worker.embedded import (
     LocalAws,
+    rotator_env,
     start_databend_local,
     start_moto,
     start_valkey,
@@ -81,16 +81,9 @@ class LocalStack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(self.aws.env())
-        env.update(
-            {
-                "DATABEND_DSN": self.dsn,
-                "REDIS_URL": self.redis_url,
-                "ROTATOR_BINDINGS": str(self.bindings_path),
-            }
+        return rotator_env(
+            dsn=self.dsn, redis_url=self.redis_url, bindings=self.bindings_path, aws=self.aws
         )
-        return env
 
     def databend(self) -> DatabendClient:
         return DatabendClient(self.dsn)

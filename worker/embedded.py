@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -197,6 +198,24 @@ ADMIN_POLICY = json.dumps(
 )
 # create_user, put_user_policy, create_access_key: the requests made before auth is enforced
 _BOOTSTRAP_REQUESTS = 3
+
+
+def rotator_env(
+    *,
+    dsn: str,
+    redis_url: str,
+    bindings: Path,
+    aws: LocalAws,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Environment for a rotator process (worker, CLI, intake) that uses these services: ``base``
+    (default: this process's environment) without its AWS settings, plus the stand-ins'."""
+    env = {
+        k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("AWS_")
+    }
+    env.update(aws.env())
+    env.update({"DATABEND_DSN": dsn, "REDIS_URL": redis_url, "ROTATOR_BINDINGS": str(bindings)})
+    return env
 
 
 def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) -> LocalAws:

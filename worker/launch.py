@@ -6,6 +6,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 from worker.core.bindings import Binding, find_binding
 from worker.core.model import RunStatus, TableOutcome, TableStatus
@@ -68,7 +69,7 @@ class RunProgress:
     outcomes: list[TableOutcome]
     status_counts: Counter[str] | None = None
 
-    @property
+    @cached_property
     def counts(self) -> Counter[str]:
         if self.status_counts is not None:
             return self.status_counts
