@@ -345,9 +345,11 @@ def alive(pid: int) -> bool:
 def test_the_embedded_beat_ends_when_its_worker_is_killed(world: KeyWorld) -> None:
     world.stop_worker()
     worker = world.start_worker("worker-beat-orphan")
+    log = world.stack.log_dir / "worker-beat-orphan.log"
     deadline = time.monotonic() + 60
-    while not (beat := child_pids(worker.pid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while "beat: Starting" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the beat child logs this once forked (a snapshot before could miss it)
+    beat = child_pids(worker.pid)
     assert beat, "the worker started no beat process"
     worker.kill()  # SIGKILL: the worker cannot stop its beat itself
     worker.wait(timeout=30)

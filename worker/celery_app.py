@@ -84,7 +84,9 @@ def _beat_ends_with_its_worker(**_: Any) -> None:
     """`rotator worker --beat` runs beat as a child process: it must not outlive a killed worker.
 
     A SIGTERM'd worker stops its beat itself; a SIGKILL'd one cannot, so the child asks Linux to
-    send it SIGTERM when its parent dies (and exits at once if that already happened).
+    kill it when its parent dies (and exits at once if that already happened). SIGKILL, as Celery
+    does for pool children: beat keeps no state to save, and SIGTERM's handler can be swallowed or
+    held up by whatever beat is doing when it lands.
     """
     import ctypes
     import signal
@@ -93,6 +95,6 @@ def _beat_ends_with_its_worker(**_: Any) -> None:
     if not sys.platform.startswith("linux") or os.getpid() == _PROCESS_AT_IMPORT:
         return
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != _PROCESS_AT_IMPORT:  # the worker died before prctl took effect
         os._exit(0)

@@ -94,10 +94,9 @@ def worker(concurrency: int, pool: str, loglevel: str | None, beat: bool) -> Non
         "rotator",
     ]
     if beat:
-        import tempfile
-
-        schedule = f"{tempfile.gettempdir()}/rotator-beat-schedule"
-        argv += ["--beat", f"--schedule={schedule}"]
+        # The schedule is one sweep every ROTATOR_RETIRE_INTERVAL: nothing worth persisting, and a
+        # shelve file in /tmp would be shared (and locked) by every worker on the machine.
+        argv += ["--beat", "--scheduler=celery.beat:Scheduler"]
     app.worker_main(argv)
 
 
