@@ -71,14 +71,28 @@ return updated
 """
 
 
-# Write a table's outcome and keep the run's per-status counts in step with it, so that following
-# a run reads a few counters instead of every table (which grew with the size of the run).
-_PUT_OUTCOME = """
+# Write a table's outcome, keep the run's per-status counts in step with it (so following a run
+# reads a few counters instead of every table), keep the pending set, and for a migration count the
+# table as finished in its wave: one round trip, atomic.
+#   KEYS: tables, counts, pending [, the wave's done set, the wave's list]
+#   ARGV: table key, outcome JSON, status, ttl, 'add' | 'remove' | 'keep' (the pending set)
+#   returns {tables pending [, finished in the wave, size of the wave]}
+_RECORD_OUTCOME = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then redis.call('HINCRBY', KEYS[2], cjson.decode(old)['status'], -1) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+if ARGV[5] == 'add' then
+  redis.call('SADD', KEYS[3], ARGV[1])
+elseif ARGV[5] == 'remove' then
+  redis.call('SREM', KEYS[3], ARGV[1])
+end
+local pending = redis.call('SCARD', KEYS[3])
+if #KEYS < 5 then return {pending} end
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+return {pending, redis.call('SCARD', KEYS[4]), redis.call('LLEN', KEYS[5])}
 """
 
 
@@ -87,7 +101,7 @@ class RedisRunStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._begin = client.register_script(_BEGIN_ATTEMPT)
-        self._put = client.register_script(_PUT_OUTCOME)
+        self._record = client.register_script(_RECORD_OUTCOME)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -146,18 +160,13 @@ class RedisRunStore:
         counts = Counter({k.decode(): int(v) for k, v in raw.items()})
         return +counts  # drop statuses no table has any more
 
-    def _put_outcome(self, pipe: Any, run_id: str, outcome: TableOutcome) -> None:
-        """Queue the outcome's write (and its status count) on ``pipe``."""
-        self._put(
-            keys=[self._key(run_id, ":tables"), self._key(run_id, ":counts")],
-            args=[
-                table_key(outcome.table),
-                outcome_to_json(outcome),
-                str(outcome.status),
-                self.ttl,
-            ],
-            client=pipe,
-        )
+    def _record_outcome(
+        self, run_id: str, outcome: TableOutcome, pending: str, *wave_keys: str
+    ) -> list[int]:
+        keys = [self._key(run_id, suffix) for suffix in (":tables", ":counts", ":pending")]
+        args = [table_key(outcome.table), outcome_to_json(outcome), str(outcome.status)]
+        result = _call(self._record, keys=keys + list(wave_keys), args=[*args, self.ttl, pending])
+        return [int(n) for n in result]
 
     def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
         raw = _call(self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(table)])
@@ -178,39 +187,24 @@ class RedisRunStore:
         return sorted((outcome_from_json(v) for v in raw), key=lambda o: o.table)
 
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
-        key = table_key(outcome.table)
-        with self.redis.pipeline(transaction=True) as pipe:
-            self._put_outcome(pipe, run_id, outcome)
-            if outcome.status.done:
-                pipe.srem(self._key(run_id, ":pending"), key)
-            pipe.scard(self._key(run_id, ":pending"))
-            results = _execute(pipe)
-        return int(results[-1])
+        """Write a table's outcome; returns how many tables of the run are still pending."""
+        pending = "remove" if outcome.status.done else "keep"
+        return self._record_outcome(run_id, outcome, pending)[0]
 
     def record_wave_outcome(
         self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
     ) -> tuple[int, int, int]:
         """record_outcome, and count the table as finished in its wave, in one round trip.
         Returns (tables still pending in the run, finished in the wave, size of the wave)."""
-        key = table_key(outcome.table)
         done_key = self._key(run_id, f":wave:{wave}:done:{epoch}")
-        with self.redis.pipeline(transaction=True) as pipe:
-            self._put_outcome(pipe, run_id, outcome)
-            pipe.srem(self._key(run_id, ":pending"), key)
-            pipe.scard(self._key(run_id, ":pending"))
-            pipe.sadd(done_key, key)
-            pipe.expire(done_key, self.ttl)
-            pipe.scard(done_key)
-            pipe.llen(self._key(run_id, f":wave:{wave}"))
-            results = _execute(pipe)
-        return int(results[2]), int(results[5]), int(results[6])
+        wave_key = self._key(run_id, f":wave:{wave}")
+        remaining, finished, size = self._record_outcome(
+            run_id, outcome, "remove", done_key, wave_key
+        )
+        return remaining, finished, size
 
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
-        key = table_key(outcome.table)
-        with self.redis.pipeline(transaction=True) as pipe:
-            self._put_outcome(pipe, run_id, outcome)
-            pipe.sadd(self._key(run_id, ":pending"), key)
-            _execute(pipe)
+        self._record_outcome(run_id, outcome, "add")
 
     def pending(self, run_id: str) -> list[TableName]:
         raw = _call(self.redis.smembers, self._key(run_id, ":pending"))
