@@ -5,13 +5,16 @@
 (c) `rotator migrate --commit --concurrency K` with one `rotator worker --concurrency K`.
 
 Each way moves the same N tables to a connection of its own, so every ALTER really changes the
-table. Prints the times, the ratios c/b and c/a, and the worker's peak RSS (VmHWM). Goals
+table. (b) and (c) alternate for --rounds rounds (default 3) and their medians are compared: on
+2 shared cores one pass varies by +-10 %. Prints the times, the CPU each process spent, the ratios
+c/b and c/a, and the worker's peak RSS (VmHWM). Goals
 (issue 6): c <= 1.15 x b, c <= 0.6 x a; at N = 10,000, c <= 10.5 x the 1,000 case and the worker's
 RSS <= 300 MB. Everything runs on this machine (databend-local, Valkey, moto without IAM
 enforcement: any key is accepted, which keeps moto's CPU out of the comparison).
 
     python benchmarks/migration_throughput.py [--tables 1000] [--threads 8] [--skip-sequential]
-    python benchmarks/migration_throughput.py --tables 10000 --baseline 1000 --skip-sequential
+    python benchmarks/migration_throughput.py --tables 10000 --baseline 1000 --skip-sequential \
+        --rounds 1
 
 With --baseline the smaller case is measured first, on fresh processes and with exactly the same
 steps, so both cases see tables with the same history: (a) warms every table for (b) and (c), so
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,31 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process spent between ``start`` and ``report``: on these 2-core
+    machines every way is CPU-bound, so this says who a way's extra time went to."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.before["self"] = time.process_time()
+
+    def report(self, own: bool = True) -> str:
+        used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        if own:
+            used["this script"] = time.process_time() - self.before["self"]
+        return "  CPU: " + ", ".join(f"{name} {s:.1f}s" for name, s in used.items())
 
 
 @dataclass
@@ -63,6 +93,12 @@ def main() -> None:
         "--skip-sequential",
         action="store_true",
         help="skip (a): (b) is then the first pass over the new tables, (c) the second",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="(b) and (c) measured this many times, alternating; their medians are compared",
     )
     parser.add_argument(
         "--baseline",
@@ -105,7 +141,8 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
     try:
         db = DatabendClient(databend.dsn)
         aws.client("s3").create_bucket(Bucket="bench-migrate")
-        for i, name in enumerate(("src", "dst_a", "dst_b", "dst_c")):
+        names = ["src", "dst_a"] + [f"dst_{w}{r}" for r in range(args.rounds) for w in "bc"]
+        for i, name in enumerate(names):
             db.execute(
                 f"CREATE CONNECTION {name} STORAGE_TYPE='s3'"
                 f" ACCESS_KEY_ID='AKIABENCHBENCH{i:06d}' SECRET_ACCESS_KEY='x'"
@@ -152,18 +189,13 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
                 flush=True,
             )
 
-        # (b) raw parallel floor: K threads, no Celery
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.threads) as pool:
-            list(pool.map(lambda t: switch(t, "dst_b"), tables))
-        floor = time.perf_counter() - started
-        print(
-            f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
-            f"{len(tables) / floor:7.1f} tables/s",
-            flush=True,
-        )
+        import redis
 
-        # (c) rotator migrate --commit with a worker of K threads
+        services = {
+            "databend-local": databend.process.pid,
+            "moto": aws.process.pid if aws.process else os.getpid(),
+            "valkey": int(redis.Redis.from_url(valkey.url).info("server")["process_id"]),
+        }
         (work / "bindings.toml").write_text(
             '[[bindings]]\nname = "b"\nsecret = "unused"\nconnection_prefix = "b"\n'
             'tables = ["bench.*"]\n'
@@ -173,46 +205,61 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         )
         env["ROTATOR_LOG_LEVEL"] = "WARNING"
         cli = [sys.executable, "-m", "worker.cli"]
-        with open(work / "worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [*cli, "worker", "--concurrency", str(args.threads)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
+        log = open(work / "worker.log", "wb")  # noqa: SIM115 (closed with the worker)
+        worker = subprocess.Popen(
+            [*cli, "worker", "--concurrency", str(args.threads)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        time.sleep(3)
+        runs = RedisRunStore.from_url(valkey.url)
+        broker = redis.Redis.from_url(valkey.url)
+
+        def redis_calls() -> dict[str, int]:
+            stats = broker.info("commandstats")
+            return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+        def raw_floor(target: str) -> float:
+            """(b) K threads, no Celery."""
+            meter = CpuMeter(services)
+            meter.start()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(lambda t: switch(t, target), tables))
+            floor = time.perf_counter() - started
+            print(
+                f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
+                f"{len(tables) / floor:7.1f} tables/s",
+                flush=True,
             )
-            time.sleep(3)
+            print(meter.report(), flush=True)
+            return floor
+
+        def rotator_migrate(source: str, target: str) -> float:
+            """(c) `rotator migrate --commit` on the worker of K threads; the run's own time."""
+            meter = CpuMeter({**services, "worker": worker.pid})
+            meter.start()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cli_cpu = children.ru_utime + children.ru_stime
+            calls = redis_calls()
             started = time.perf_counter()
             profiler = None
             if os.environ.get("BENCH_PROFILE"):  # py-spy flame of the worker during (c)
                 profiler = subprocess.Popen(
                     [
                         shutil.which("py-spy") or "py-spy",
-                        "record",
-                        "-p",
-                        str(worker.pid),
-                        "-o",
-                        os.environ["BENCH_PROFILE"],
-                        "-f",
-                        "raw",
-                        "--nonblocking",
+                        *("record", "-p", str(worker.pid), "-o", os.environ["BENCH_PROFILE"]),
+                        *("-f", "raw", "--nonblocking", "--gil"),
                     ]
                 )
             result = subprocess.run(
                 [
                     *cli,
-                    "migrate",
-                    "--to",
-                    "dst_c",
-                    "--from",
-                    "dst_b",
-                    "--commit",
-                    "--concurrency",
-                    str(args.threads),
-                    "--wave-size",
-                    str(args.wave_size),
-                    "--timeout",
-                    "7200",
+                    *("migrate", "--to", target, "--from", source, "--commit"),
+                    *("--concurrency", str(args.threads), "--wave-size", str(args.wave_size)),
+                    *("--timeout", "7200"),
                 ],
                 env=env,
                 capture_output=True,
@@ -220,20 +267,47 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
                 cwd=REPO,
             )
             wall = time.perf_counter() - started
+            cpu = meter.report(own=False)
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cli_cpu = children.ru_utime + children.ru_stime - cli_cpu
             if profiler is not None:
                 profiler.send_signal(2)
                 profiler.wait()
             if result.returncode != 0:
                 print(result.stdout[-2000:], result.stderr[-2000:])
                 sys.exit(1)
-            runs = RedisRunStore.from_url(valkey.url)
             run = runs.get(runs.recent_runs(1)[0])
             migrate = run.updated_at - run.started_at
-            rss = peak_rss_mb(worker.pid)
-        print(
-            f"(c) rotator migrate:        {migrate:8.2f}s  {len(tables) / migrate:7.1f} tables/s"
-            f"  (CLI wall clock incl. planning: {wall:.2f}s)"
-        )
+            print(
+                f"(c) rotator migrate:        {migrate:8.2f}s  {len(tables) / migrate:7.1f} "
+                f"tables/s  (CLI wall clock incl. planning: {wall:.2f}s)"
+            )
+            print(f"{cpu}, migrate CLI {cli_cpu:.1f}s", flush=True)
+            after = redis_calls()
+            per_table = {k: (after[k] - calls.get(k, 0)) / len(tables) for k in after}
+            top = sorted(per_table.items(), key=lambda kv: -kv[1])[:20]
+            print(
+                f"  Redis commands per table: {sum(per_table.values()):.1f} ("
+                + ", ".join(f"{k} {v:.1f}" for k, v in top if v >= 0.05)
+                + ")",
+                flush=True,
+            )
+            return migrate
+
+        # (b) and (c) alternate, each round moving every table twice more, so both see tables
+        # with the same history and the machine's drift falls on both; the medians are compared.
+        floors: list[float] = []
+        migrates: list[float] = []
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                print(f"-- round {r + 1} of {args.rounds}", flush=True)
+            floors.append(raw_floor(f"dst_b{r}"))
+            migrates.append(rotator_migrate(f"dst_b{r}", f"dst_c{r}"))
+        floor, migrate = statistics.median(floors), statistics.median(migrates)
+        rss = peak_rss_mb(worker.pid)
+        if args.rounds > 1:
+            ratios = ", ".join(f"{c / b:.2f}" for b, c in zip(floors, migrates, strict=True))
+            print(f"c / b per round: {ratios}; medians: (b) {floor:.2f}s, (c) {migrate:.2f}s")
         print(
             f"c / b = {migrate / floor:.2f}  (goal <= 1.15)   c / a = {migrate / naive:.2f}"
             f"  (goal <= 0.6)"
@@ -243,6 +317,7 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
     finally:
         if worker is not None:
             stop_process(worker)
+            log.close()
         databend.stop()
         valkey.stop()
         aws.stop()
