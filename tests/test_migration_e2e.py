@@ -201,6 +201,28 @@ def test_a_target_that_cannot_reach_the_bucket_is_refused_before_any_table(
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+def test_tables_takes_several_selectors_and_nothing_else_takes_any(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    t = world.token
+    tables = make_tables(world, databend, "several", 4)
+    quoted = [f"mig_{t}_several.`{x.table}`" for x in tables]
+    target = f"mig_{t}_target"
+    dry = world.stack.cli("migrate", "--to", target, "--tables", *quoted[:2], "--tables", quoted[2])
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "3 table(s)" in dry.stdout and "dry run" in dry.stdout
+    assert tables[3].table not in dry.stdout
+    for args in (
+        (quoted[0],),  # a selector with no --tables before it
+        ("--from", f"mig_{t}_source", quoted[0]),
+        ("--tables", quoted[0], "--from", f"mig_{t}_source"),
+    ):
+        refused = world.stack.cli("migrate", "--to", target, *args, "--commit")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
+
+
 def test_a_failing_canary_halts_with_everything_readable(
     world: MigrationWorld, databend: DatabendClient
 ) -> None:

@@ -521,8 +521,9 @@ def abort(run_id: str) -> None:
     "--tables",
     "selectors",
     multiple=True,
-    help="db.table selector (globs allowed, Databend quoting); repeatable.",
+    help="db.table selector (globs allowed, Databend quoting); more may follow it.",
 )
+@click.argument("more_selectors", nargs=-1, metavar="[SELECTOR]...")
 @click.option("--binding", default=None, help="Move the tables a binding's selectors name.")
 @click.option("--commit", is_flag=True, help="Do it (default: print the plan, change nothing).")
 @click.option("--wave-size", default=100, show_default=True, type=click.IntRange(1, 100_000))
@@ -560,6 +561,7 @@ def migrate(
     target: str,
     source: str | None,
     selectors: tuple[str, ...],
+    more_selectors: tuple[str, ...],
     binding: str | None,
     commit: bool,
     wave_size: int,
@@ -573,6 +575,7 @@ def migrate(
     """Move many tables to connection --to, in waves (a canary wave first), resumable.
 
     Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
+    --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
     """
     from worker.core.bindings import Selector, find_binding
     from worker.core.migration import (
@@ -582,6 +585,11 @@ def migrate(
         plan_migration,
     )
 
+    if more_selectors and not selectors:
+        raise click.UsageError(
+            f"unexpected argument {more_selectors[0]!r}: table selectors follow --tables"
+        )
+    selectors += more_selectors
     if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
         raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
     try:
