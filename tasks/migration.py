@@ -12,6 +12,7 @@ from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import close_run, switch_and_record
 from worker.errors import RetryableError
+from worker.metrics import TABLE_RETRIES, table_finished
 from worker.services import services
 from worker.sql import TableName
 
@@ -69,6 +70,7 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
             )
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
+            TABLE_RETRIES.labels(kind="migration").inc()
             raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from None
         planned = s.runs.outcome(run_id, name)
         outcome = TableOutcome(
@@ -78,6 +80,7 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
             rule=planned.rule if planned else "",
         )
         remaining, finished, size = s.runs.record_wave_outcome(run_id, outcome, wave, epoch)
+        table_finished("migration", str(outcome.status), time.perf_counter() - started)
         if remaining == 0:
             close_run(run_id, s.runs)
         elif finished >= size:
@@ -85,11 +88,13 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
         return
     if result is None:
         return
+    seconds = time.perf_counter() - started
+    table_finished("migration", str(result.outcome.status), seconds)
     log.debug(
         "table done",
         status=str(result.outcome.status),
         reason=result.outcome.reason,
-        ms=round((time.perf_counter() - started) * 1000, 1),
+        ms=round(seconds * 1000, 1),
     )
     if result.wave_complete:
         judge(run_id, wave)

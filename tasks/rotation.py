@@ -11,6 +11,7 @@ from worker.core.model import TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import finish_table, prepare_rotation, switch_and_record
 from worker.errors import FatalError, LockBusy, RetryableError
+from worker.metrics import TABLE_RETRIES, table_finished
 from worker.services import services
 from worker.sql import TableName
 
@@ -68,6 +69,7 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
         outcome, closed = result.outcome, result.closed
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
+            TABLE_RETRIES.labels(kind="rotation").inc()
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
         planned = s.runs.outcome(run_id, name)
         outcome = TableOutcome(
@@ -77,6 +79,8 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
             reason=f"gave up after retries: {exc}",
         )
         closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
+    seconds = time.perf_counter() - started
+    table_finished("rotation", str(outcome.status), seconds)
     if closed:
         _wake_parent(run_id)
     log.info(
@@ -84,7 +88,7 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
         status=str(outcome.status),
         reason=outcome.reason,
         rows_read=outcome.rows_read,
-        ms=round((time.perf_counter() - started) * 1000, 1),
+        ms=round(seconds * 1000, 1),
         run_closed=closed,
     )
 

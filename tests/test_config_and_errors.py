@@ -206,3 +206,30 @@ def test_log_lines_never_carry_registered_secrets(capsys: pytest.CaptureFixture[
     assert "tiny-secret" not in err and "AKIAZZZZZZZZZZZZZABC" not in err and SECRET not in err
     assert "******ABC" in err and "[REDACTED]" in err
     assert redact(f"key {SECRET}.") == "key [REDACTED]."
+
+
+# --- worker options -----------------------------------------------------------------------------
+
+
+def test_metrics_need_a_single_process_pool() -> None:
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    result = CliRunner().invoke(main, ["worker", "--pool", "prefork", "--metrics-port", "9"])
+    assert result.exit_code == 2
+    assert "--metrics-port needs --pool threads or solo" in result.output
+
+
+def test_a_taken_metrics_port_is_a_clear_error() -> None:
+    import socket
+
+    from worker.cli import serve_metrics
+    from worker.errors import FatalError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(FatalError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            serve_metrics(port)

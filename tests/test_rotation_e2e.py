@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,7 +30,7 @@ from tests.stack import (
     storage_suffix,
 )
 from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
+from worker.embedded import DatabendLocalProcess, LocalAws, free_port
 from worker.sql import TableName, quote_identifier, quote_string
 
 pytestmark = pytest.mark.slow
@@ -39,9 +41,26 @@ class Scenario:
     token: str
     stack: Stack
     worker: subprocess.Popen[str]
+    metrics_port: int
 
     def secret(self, name: str) -> str:
         return f"databend/{name}-{self.token}"
+
+    def tables_counted(self, kind: str, status: str) -> float:
+        """The worker's rotator_tables_total{kind, status} as Prometheus serves it."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        deadline = time.monotonic() + 60
+        while True:  # the worker serves them from its start
+            try:
+                text = urllib.request.urlopen(url, timeout=10).read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.worker.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        line = f'rotator_tables_total{{kind="{kind}",status="{status}"}} '
+        values = [float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line)]
+        return values[0] if values else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +99,9 @@ discover = false
     log_dir = work / "logs"
     log_dir.mkdir()
     stack = Stack(env=stack_env(databend_local.dsn, redis_url, bindings, aws), log_dir=log_dir)
-    worker = stack.start_worker("worker", "--concurrency", "8")
-    yield Scenario(token=token, stack=stack, worker=worker)
+    port = free_port()
+    worker = stack.start_worker("worker", "--concurrency", "8", "--metrics-port", str(port))
+    yield Scenario(token=token, stack=stack, worker=worker, metrics_port=port)
     stack.close()
 
 
@@ -144,6 +164,7 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     v2 = _put_version(aws, secret, key_secret_json(aws, k2))
 
     # When the rotation runs through the CLI and a real worker
+    validated_before = scenario.tables_counted("rotation", "validated")
     result = scenario.stack.cli("rotate-version", secret, "--timeout", "240")
     assert result.returncode == 0, result.stdout + result.stderr
     run_id = run_id_of(result)
@@ -158,6 +179,7 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     assert status["status"] == "succeeded"
     assert status["counts"] == {"validated": 20}
     assert status["version_id"] == v2
+    assert scenario.tables_counted("rotation", "validated") - validated_before == 20
     rules = {tuple(row["table"]): row["rule"] for row in status["tables"]}
     assert rules[(f"misc_{t}", "found_1")].startswith("discovered")
     assert rules[(f"sales_{t}", "orders")] == f"selector sales_{t}.*"
@@ -176,6 +198,7 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     assert again.returncode == 0, again.stdout + again.stderr
     rerun = json.loads(scenario.stack.cli("status", run_id_of(again), "--json").stdout)
     assert rerun["counts"] == {"already_switched": 20}
+    assert scenario.tables_counted("rotation", "already_switched") >= 20
     assert connection_names(databend) == connections
 
     # No secret value reached any log line or CLI output

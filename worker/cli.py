@@ -72,9 +72,19 @@ def main() -> None:
     type=click.Choice(["threads", "prefork", "solo"]),
 )
 @click.option("--loglevel", default=None, help="Celery's log level (default: ROTATOR_LOG_LEVEL).")
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics (tables by outcome, time per table) on 127.0.0.1:PORT.",
+)
 @reports_errors
-def worker(concurrency: int, pool: str, loglevel: str | None, beat: bool) -> None:
+def worker(
+    concurrency: int, pool: str, loglevel: str | None, beat: bool, metrics_port: int | None
+) -> None:
     """Start a Celery worker with the configuration from the environment."""
+    if metrics_port is not None and pool == "prefork":
+        raise click.UsageError("--metrics-port needs --pool threads or solo (one process)")
     from worker.celery_app import configure_app
     from worker.settings import settings
 
@@ -97,7 +107,19 @@ def worker(concurrency: int, pool: str, loglevel: str | None, beat: bool) -> Non
         # The schedule is one sweep every ROTATOR_RETIRE_INTERVAL: nothing worth persisting, and a
         # shelve file in /tmp would be shared (and locked) by every worker on the machine.
         argv += ["--beat", "--scheduler=celery.beat:Scheduler"]
+    if metrics_port is not None:
+        serve_metrics(metrics_port)
     app.worker_main(argv)
+
+
+def serve_metrics(port: int) -> None:
+    """Prometheus metrics of this process on 127.0.0.1:PORT, in a background thread."""
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise FatalError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
 
 
 @main.command("rotate-version")
@@ -782,9 +804,7 @@ def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> N
     import boto3
 
     if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1")
+        serve_metrics(metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

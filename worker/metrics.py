@@ -1,0 +1,31 @@
+"""Prometheus metrics of a worker process, served by `rotator worker --metrics-port`.
+
+Counted where the Celery tasks finish a table, so they cover every run kind that switches tables
+through the worker. The default registry is per process: the thread and solo pools only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+TABLES = Counter(
+    "rotator_tables",
+    "Tables this worker finished, by run kind and outcome (validated, already_switched, failed)",
+    ["kind", "status"],
+)
+TABLE_SECONDS = Histogram(
+    "rotator_table_seconds",
+    "Time to switch one table and read it back (with its retries)",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+TABLE_RETRIES = Counter(
+    "rotator_table_retries",
+    "Table tasks put back on the queue after a retryable error, by run kind",
+    ["kind"],
+)
+
+
+def table_finished(kind: str, status: str, seconds: float) -> None:
+    TABLES.labels(kind=kind, status=status).inc()
+    TABLE_SECONDS.labels(kind=kind).observe(seconds)
