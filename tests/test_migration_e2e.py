@@ -173,6 +173,8 @@ def test_two_hundred_tables_migrate_then_roll_back(
     run_id = run_id_of(result)
     status = world.status(run_id)
     assert status["status"] == "succeeded" and status["counts"] == {"validated": 200}
+    assert (status["total"], status["done"], status["eta_seconds"]) == (200, 200, 0.0)
+    assert status["tables_per_second"] > 0
     for table in tables:
         assert storage_suffix(databend, table) == suffix(world, "target")
     assert all(len(databend.query(f"SELECT * FROM {x.sql}")) == 1 for x in tables)

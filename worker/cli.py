@@ -200,10 +200,16 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
     return 0 if final.succeeded else EXIT_FAILED
 
 
-def _rate_text(p: Any) -> str:
+def _rate(p: Any) -> tuple[float, float | None]:
+    """(tables per second, seconds left) of a run so far; an ended run's rate is over its span."""
     from worker.core.migration import estimate
 
-    rate, left = estimate(p.done, p.total, p.run.started_at or p.run.created_at, time.time())
+    now = (p.run.updated_at or time.time()) if p.final else time.time()
+    return estimate(p.done, p.total, p.run.started_at or p.run.created_at, now)
+
+
+def _rate_text(p: Any) -> str:
+    rate, left = _rate(p)
     if not rate:
         return ""
     eta = "" if left is None else f", {left:.0f}s left"
@@ -250,6 +256,7 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
         sys.exit(follow_run(s.runs, run_id, timeout=float("inf")))
     p = progress(s.runs, run_id)
     if as_json:
+        rate, left = _rate(p)
         payload = {
             "run_id": p.run.run_id,
             "kind": p.run.kind,
@@ -268,6 +275,10 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
                 if k != "keys_before"
             },
             "counts": dict(p.counts),
+            "total": p.total,
+            "done": p.done,
+            "tables_per_second": round(rate, 3),
+            "eta_seconds": None if left is None else round(left, 1),
             "rate": _rate_text(p),
             "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
         }
