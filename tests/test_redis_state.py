@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 
+import pytest
 import redis
 
 from worker.core.model import TableOutcome, TableStatus
@@ -79,3 +82,47 @@ def test_run_counts_follow_every_outcome_write(redis_url: str, unique: str) -> N
     assert counts_agree() == {"pending": 3, "validated": 1, "already_switched": 1}
     runs.set_plan(run_id, [TableOutcome(t) for t in tables[:2]])  # a new plan starts afresh
     assert counts_agree() == {"pending": 2}
+
+
+def test_slots_are_leases_renewed_while_held_and_freed_when_their_holder_dies(
+    redis_url: str, unique: str
+) -> None:
+    from worker.limits import RedisLimits, SlotTimeout
+
+    client = redis.Redis.from_url(redis_url)
+    limits = RedisLimits(client, lease=0.6)
+    run = f"run-{unique}"
+    with limits.slot(run, 2):
+        time.sleep(1.5)  # well past one lease: renewed, still held
+        assert limits.busy_slots(run) == 1
+        with limits.slot(run, 2):
+            assert limits.busy_slots(run) == 2
+            with pytest.raises(SlotTimeout), limits.slot(run, 2, wait=0.3):
+                pass
+    assert limits.busy_slots(run) == 0
+
+    # A worker killed while it holds a slot renews nothing: its slot frees itself after a lease
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_SLOT, redis_url, run],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    time.sleep(1.0)  # over a lease: the living holder renewed it
+    with pytest.raises(SlotTimeout), limits.slot(run, 1, wait=0.2):
+        pass
+    holder.kill()
+    holder.wait()
+    time.sleep(0.7)
+    with limits.slot(run, 1, wait=0.2):
+        assert limits.busy_slots(run) == 1
+
+
+HOLD_A_SLOT = """
+import sys, time, redis
+from worker.limits import RedisLimits
+slot = RedisLimits(redis.Redis.from_url(sys.argv[1]), lease=0.6).slot(sys.argv[2], 1)
+slot.__enter__()
+print("held", flush=True)
+time.sleep(120)
+"""

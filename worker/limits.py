@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+import structlog
 
 from worker.errors import RetryableError, StateStoreUnavailable
 
 PREFIX = "rotator:"
+log = structlog.get_logger("rotator.limits")
 
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -38,11 +41,18 @@ class SlotTimeout(RetryableError):
 
 
 class RedisLimits:
-    def __init__(self, client: redis.Redis, slot_ttl: float = 600) -> None:
+    """Concurrency slots are leases: a holder's process renews them while the table is in flight,
+    so the slots of a worker that died (SIGKILL, OOM, lost host) free themselves within
+    ``lease`` seconds instead of holding a resumed run up."""
+
+    def __init__(self, client: redis.Redis, lease: float = 30) -> None:
         self.redis = client
-        self.slot_ttl = slot_ttl
+        self.lease = lease
         self._acquire = client.register_script(_ACQUIRE)
         self._reserve = client.register_script(_RESERVE)
+        self._held: dict[str, str] = {}  # token -> slots key, for the renewing thread
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     @contextmanager
     def slot(
@@ -54,7 +64,7 @@ class RedisLimits:
         while True:
             now = time.time()
             try:
-                got = self._acquire(keys=[key], args=[now, limit, now + self.slot_ttl, token])
+                got = self._acquire(keys=[key], args=[now, limit, now + self.lease, token])
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise StateStoreUnavailable(f"redis unavailable: {exc}") from None
             if got:
@@ -62,10 +72,39 @@ class RedisLimits:
             if time.monotonic() > deadline:
                 raise SlotTimeout(f"no free slot for run {run_id} within {wait:.0f}s")
             time.sleep(poll)
+        self._hold(token, key)
         try:
             yield
         finally:
+            with self._held_lock:
+                self._held.pop(token, None)
             self.redis.zrem(key, token)
+
+    def _hold(self, token: str, key: str) -> None:
+        with self._held_lock:
+            self._held[token] = key
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(
+                    target=self._renew_leases, name="rotator-slot-leases", daemon=True
+                )
+                self._renewer.start()
+
+    def _renew_leases(self) -> None:
+        """Every third of a lease, push the expiry of every slot this process holds."""
+        while True:
+            time.sleep(self.lease / 3)
+            with self._held_lock:
+                held = list(self._held.items())
+            if not held:
+                continue
+            expiry = time.time() + self.lease
+            try:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for token, key in held:
+                        pipe.zadd(key, {token: expiry}, xx=True)  # a released slot stays gone
+                    pipe.execute()
+            except redis.RedisError as exc:  # the next round tries again; leases outlast two
+                log.warning("could not renew slot leases", error=str(exc))
 
     def pace(self, run_id: str, per_second: float | None) -> None:
         """Sleep until this caller's turn under a shared rate of ``per_second``."""
