@@ -11,6 +11,7 @@ from worker.core.model import TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import finish_table, prepare_rotation, switch_and_record
 from worker.errors import FatalError, LockBusy, RetryableError
+from worker.faults import fault_point
 from worker.metrics import TABLE_RETRIES, table_finished
 from worker.services import services
 from worker.sql import TableName
@@ -79,6 +80,7 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
             reason=f"gave up after retries: {exc}",
         )
         closed = finish_table(run_id, outcome, runs=s.runs, locks=s.locks)
+    fault_point("rotation-after-table")  # crash tests: die with the other tables in flight
     seconds = time.perf_counter() - started
     table_finished("rotation", str(outcome.status), seconds)
     if closed:

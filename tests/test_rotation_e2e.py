@@ -90,6 +90,13 @@ connection_prefix = "badjson_{token}"
 tables = ["badjson_{token}.*"]
 
 [[bindings]]
+name = "crash"
+secret = "databend/crash-{token}"
+connection_prefix = "crash_{token}"
+tables = ["crash_{token}.*"]
+discover = false
+
+[[bindings]]
 name = "partial"
 secret = "databend/partial-{token}"
 connection_prefix = "partial_{token}"
@@ -281,3 +288,55 @@ def test_a_permanent_alter_failure_is_reported_and_the_others_proceed(
     assert storage_suffix(databend, unreachable) == k1["AccessKeyId"][-3:]
     assert len(databend.query(f"SELECT * FROM {unreachable.sql}")) == 3, "still readable on K1"
     assert quote_identifier(unreachable.table) and quote_string(unreachable.table)
+
+
+def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws
+) -> None:
+    t = scenario.token
+    bucket = f"crash-{t}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    k1 = make_user(aws, f"crash-{t}")
+    create_key_connection(databend, aws, f"crashseed_{t}", k1)
+    tables = [TableName(f"crash_{t}", f"table {i}") for i in range(12)]
+    for table in tables:
+        create_external_table(databend, table, bucket, f"crashseed_{t}")
+    secret = scenario.secret("crash")
+    _create_secret(aws, secret, key_secret_json(aws, k1))
+    k2 = new_key(aws, f"crash-{t}", avoid_suffixes={k1["AccessKeyId"][-3:]})
+    _put_version(aws, secret, key_secret_json(aws, k2))
+
+    # Given a worker that dies (as kill -9 would) once its first table is done, others in flight
+    scenario.worker.terminate()
+    scenario.worker.wait(timeout=30)
+    crashing = scenario.stack.start(
+        "worker-crashing",
+        "worker",
+        "--concurrency",
+        "4",
+        env={**scenario.stack.env, "ROTATOR_FAULTS": "rotation-after-table"},
+    )
+    first = scenario.stack.cli("rotate-version", secret, "--no-wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert crashing.wait(timeout=60) == 86
+    cut_short = json.loads(scenario.stack.cli("status", run_id_of(first), "--json").stdout)
+    assert cut_short["status"] == "switching" and cut_short["counts"].get("pending", 0) > 0
+
+    # When a worker is back and the same version is asked for again
+    scenario.worker = scenario.stack.start_worker(
+        "worker-after-crash", "--concurrency", "8", "--metrics-port", str(scenario.metrics_port)
+    )
+    started = time.monotonic()
+    again = scenario.stack.cli("rotate-version", secret, "--timeout", "120")
+
+    # Then it finishes promptly: every table on K2 and read back, none left behind
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert time.monotonic() - started < 60
+    assert run_id_of(again) == run_id_of(first) and "continuing" in again.stdout
+    for table in tables:
+        assert storage_suffix(databend, table) == k2["AccessKeyId"][-3:], table
+        assert len(_rows(databend, table)) == 3
+    finished = json.loads(scenario.stack.cli("status", run_id_of(again), "--json").stdout)
+    assert finished["status"] == "succeeded"
+    assert set(finished["counts"]) <= {"validated", "already_switched"}
+    assert sum(finished["counts"].values()) == 12

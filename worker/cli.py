@@ -135,16 +135,23 @@ def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: 
     switched and read back.
     """
     from worker.celery_app import configure_app
-    from worker.launch import enqueue_rotation, new_rotation_run, resolve_version
+    from worker.launch import (
+        enqueue_rotation,
+        new_rotation_run,
+        resolve_version,
+        unfinished_run_for,
+    )
 
     s = _cli_services()
     configure_app(s.settings)
     resolved = resolve_version(secret, version_id, secrets=s.secrets, bindings=s.bindings)
-    run_id = new_rotation_run(s.runs, resolved)
-    enqueue_rotation(run_id)
+    unfinished = unfinished_run_for(s.runs, resolved)
+    run_id = unfinished or new_rotation_run(s.runs, resolved)
+    enqueue_rotation(run_id)  # an unfinished run's pending tables are queued again
     click.echo(
         f"run {run_id}: {resolved.name} version {resolved.version_id} "
         f"(binding {resolved.binding.name})"
+        + ("; continuing this version's unfinished run" if unfinished else "")
     )
     if no_wait:
         return

@@ -119,7 +119,17 @@ class RedisRunStore:
             pipe.hset(self._key(run.run_id), mapping=fields)
             pipe.expire(self._key(run.run_id), self.ttl)
             pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
+            if run.kind == "rotation" and run.version_id:
+                pipe.set(self._version_key(run.secret, run.version_id), run.run_id, ex=self.ttl)
             _execute(pipe)
+
+    def _version_key(self, secret: str, version_id: str) -> str:
+        return f"{PREFIX}version-run:{secret}:{version_id}"
+
+    def latest_run_for_version(self, secret: str, version_id: str) -> str | None:
+        """The newest rotation run created for (secret ARN, version), if any."""
+        raw = _call(self.redis.get, self._version_key(secret, version_id))
+        return raw.decode() if raw else None
 
     def get(self, run_id: str) -> RunRecord:
         raw = _call(self.redis.hgetall, self._key(run_id))
