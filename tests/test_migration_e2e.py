@@ -185,7 +185,11 @@ def test_two_hundred_tables_migrate_then_roll_back(
     for table in tables:
         assert storage_suffix(databend, table) == suffix(world, "source")
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
-    assert world.status(run_id)["status"] == "rolled_back"
+    rolled = world.status(run_id)
+    assert rolled["status"] == "rolled_back" and rolled["counts"] == {"rolled_back": 200}
+    assert {row["rule"] for row in rolled["tables"]} == {f"rolled back to mig_{t}_source"}
+    again = world.stack.cli("rollback", run_id)
+    assert again.returncode == 0 and "0 table(s) moved back" in again.stdout
 
 
 def test_a_target_that_cannot_reach_the_bucket_is_refused_before_any_table(

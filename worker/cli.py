@@ -301,10 +301,12 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
             "" if o.rows_read is None else str(o.rows_read),
             o.reason or "",
         )
-    console.print(
-        f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: secret {p.run.secret} "
-        f"version {p.run.version_id} -> connection {p.run.connection}"
+    what = (
+        f"to connection {p.run.connection}"
+        if p.run.kind == "migration"
+        else f"secret {p.run.secret} version {p.run.version_id} -> connection {p.run.connection}"
     )
+    console.print(f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: {what}")
     for note in p.run.notes:
         console.print(f"note: {note}")
     console.print(table)
@@ -738,21 +740,23 @@ def rollback(run_id: str, concurrency: int) -> None:
         s.runs.outcomes(run_id), run.data.get("previous_connections", {})
     )
 
-    def undo(item: Any) -> tuple[Any, Any]:
+    def undo(item: Any) -> tuple[Any, str, Any]:
         table, connection, fingerprint = item
-        return table, rotate_table(s.admin, table, connection=connection, target=fingerprint)
+        outcome = rotate_table(s.admin, table, connection=connection, target=fingerprint)
+        return table, connection, outcome
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(undo, back))
-    failed = [(t, o.reason) for t, o in results if o.status.failed]
-    for table, outcome in results:
+    failed = [(t, o.reason) for t, _, o in results if o.status.failed]
+    for table, connection, outcome in results:
         if not outcome.status.failed:
             s.runs.record_outcome(
                 run_id,
                 type(outcome)(
                     table=table,
-                    status=TableStatus.PENDING,
-                    rule="rolled back",
+                    status=TableStatus.ROLLED_BACK,
+                    rule=f"rolled back to {connection}",
+                    rows_read=outcome.rows_read,
                     previous=outcome.previous,
                 ),
             )

@@ -55,13 +55,13 @@ def outcome_from_json(text: str | bytes) -> TableOutcome:
 
 
 # Read a table's outcome and, unless it is finished, count one more attempt: one round trip.
-_BEGIN_ATTEMPT = """
+_FINISHED = "{" + ", ".join(f"['{s}'] = true" for s in TableStatus if s.done) + "}"
+_BEGIN_ATTEMPT = f"""
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return false end
 local outcome = cjson.decode(raw)
-local status = outcome['status']
-if status == 'validated' or status == 'already_switched' or status == 'failed'
-   or status == 'stranded' then
+local finished = {_FINISHED}
+if finished[outcome['status']] then
   return raw
 end
 outcome['attempts'] = (tonumber(outcome['attempts']) or 0) + 1

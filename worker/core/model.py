@@ -109,6 +109,7 @@ class TableStatus(StrEnum):
     ALREADY_SWITCHED = "already_switched"  # was on the new credentials already; read back
     FAILED = "failed"
     STRANDED = "stranded"  # its old key no longer works: ALTER cannot write (see RUNBOOK)
+    ROLLED_BACK = "rolled_back"  # a migration's switch undone: previous connection, read back
 
     @property
     def done(self) -> bool:
@@ -117,6 +118,7 @@ class TableStatus(StrEnum):
             TableStatus.ALREADY_SWITCHED,
             TableStatus.FAILED,
             TableStatus.STRANDED,
+            TableStatus.ROLLED_BACK,
         )
 
     @property
