@@ -54,6 +54,29 @@ def test_the_same_version_three_times_makes_one_run() -> None:
     assert len(world.enqueued) == 1 and len(world.runs.runs) == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "queued_again"),
+    [
+        (RunStatus.SWITCHING, True),  # a crashed worker may hold its tables: start them again
+        (RunStatus.QUEUED, False),  # not planned yet: starting twice would plan twice
+        (RunStatus.PLANNING, False),
+        (RunStatus.SUCCEEDED, False),
+        (RunStatus.FAILED, False),
+    ],
+)
+def test_a_repeated_event_restarts_only_a_run_still_switching(
+    status: RunStatus, queued_again: bool
+) -> None:
+    world = World()
+    run_id = world.handle(event_for(world, V2)).run_id
+    assert run_id is not None
+    world.runs.update(run_id, status=status)
+    again = world.handle(event_for(world, V2))
+    assert again.verdict is Verdict.DUPLICATE and again.run_id == run_id
+    assert world.enqueued == [run_id] * (2 if queued_again else 1)
+    assert len(world.runs.runs) == 1
+
+
 def test_an_older_version_after_a_newer_one_is_stale() -> None:
     world = World()
     world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}

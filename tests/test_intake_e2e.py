@@ -420,3 +420,37 @@ def test_sigterm_stops_the_intake_cleanly(world: World) -> None:
     intake.send_signal(15)
     assert intake.wait(timeout=30) == 0
     assert "intake stopped" in log.read_text()
+
+
+def test_a_repeated_event_restarts_a_run_a_crashed_worker_cut_short(
+    world: World, databend: DatabendClient
+) -> None:
+    lake = world.lakes["b"]
+    worker = world.processes[0]  # the module's worker gives way to one that crashes
+    worker.terminate()
+    worker.wait(timeout=30)
+    crashing = world.stack.start(
+        "worker-crashing",
+        "worker",
+        "--concurrency",
+        "2",
+        env={**world.stack.env, "ROTATOR_FAULTS": "rotation-after-table"},
+    )
+    version = world.new_version(lake)
+    first = label_updated(lake.arn, lake.name, version)
+    world.publish([first])
+    accepted = world.wait_verdict(first["id"])
+    assert accepted["verdict"] == "accepted"
+    assert crashing.wait(timeout=60) == 86  # one table done, the others in flight or queued
+    cut_short = world.runs.get(accepted["run_id"])
+    assert cut_short.status == "switching"
+
+    world.processes[0] = world.stack.start_worker("worker-after-crash", "--concurrency", "8")
+    repeated = label_updated(lake.arn, lake.name, version)  # EventBridge delivers it again
+    world.publish([repeated])
+    verdict = world.wait_verdict(repeated["id"])
+    assert verdict["verdict"] == "duplicate" and "queued again" in verdict["reason"]
+    # long before the broker's visibility timeout (an hour) would bring the tasks back
+    assert world.wait_final(accepted["run_id"], timeout=60).status == "succeeded"
+    assert [r.version_id for r in world.runs_of(lake) if r.version_id == version] == [version]
+    assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from worker.core.bindings import Binding, find_binding
 from worker.core.events import Action, EventDecision
+from worker.core.model import RunStatus
 from worker.core.ports import IntakeState, NewestVersion, RunRecord, RunStore, SecretStore
 from worker.errors import ClaimInFlight, RunNotFound, UnknownSecretError
 
@@ -97,9 +98,11 @@ def handle_event(
                 version_id=version_id,
                 run_id=run_id,
             )
+        restarted = _restart_if_cut_short(runs, run_id, enqueue)
         return IntakeResult(
             Verdict.DUPLICATE,
-            "this version already has a run",
+            "this version already has a run"
+            + (", still switching: its pending tables queued again" if restarted else ""),
             **base,
             version_id=version_id,
             run_id=run_id,
@@ -128,3 +131,19 @@ def handle_event(
         f"{decision.reason}; superseded, applying AWSCURRENT" if redirected else decision.reason
     )
     return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)
+
+
+def _restart_if_cut_short(runs: RunStore, run_id: str, enqueue: Callable[[str], None]) -> bool:
+    """A repeated event for a version whose run is still switching: queue its pending tables
+    again, in case a crashed worker took them down with it (redelivery by the broker would take
+    its whole visibility timeout). Harmless when the run is alive: a table already finished is
+    skipped, one in flight is looked at before it is switched again. Earlier states re-plan, so
+    they are left to the broker."""
+    try:
+        run = runs.get(run_id)
+    except RunNotFound:
+        return False
+    if run.status != RunStatus.SWITCHING:
+        return False
+    enqueue(run_id)
+    return True
