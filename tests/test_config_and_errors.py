@@ -15,6 +15,7 @@ from worker.core.secret_value import parse_secret_value
 from worker.errors import (
     AwsPermanentError,
     AwsTransientError,
+    ConcurrentTableChange,
     ConfigError,
     DatabendQueryError,
     DatabendUnavailable,
@@ -156,6 +157,11 @@ def test_storage_param_parsing() -> None:
         (1043, "aborted", DatabendUnavailable),
         (1001, "Busy: databend-local has no free engine session", DatabendUnavailable),
         (1302, "is not an external table, cannot alter connection", DatabendQueryError),
+        (
+            2009,
+            "TableVersionMismatched: Due to concurrent transactions, transaction commit failed.",
+            ConcurrentTableChange,
+        ),
     ],
 )
 def test_databend_errors_are_classified(code: int, message: str, expected: type) -> None:

@@ -49,6 +49,11 @@ class StorageUnavailable(RetryableError):
     pass
 
 
+class ConcurrentTableChange(RetryableError):
+    """Another statement committed to the same table first (Databend's optimistic commit):
+    trying again sees the table as it is now."""
+
+
 class AwsTransientError(RetryableError):
     pass
 
@@ -116,6 +121,8 @@ def classify_databend_error(code: int, message: str) -> RotatorError:
         if _TRANSIENT_TEXT.search(message):
             return StorageUnavailable(f"[{code}] {message}")
         return DatabendQueryError(code, message)
+    if code == 2009 or "TableVersionMismatched" in message:
+        return ConcurrentTableChange(f"[{code}] {message}")
     if code in (1043, 1079) or (code in (1001, 0) and _TRANSIENT_TEXT.search(message)):
         return DatabendUnavailable(f"[{code}] {message}")
     return DatabendQueryError(code, message)
