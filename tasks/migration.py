@@ -58,7 +58,10 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
     started = time.perf_counter()
     try:
         with s.limits.slot(run_id, int(options["concurrency"])):
-            s.limits.pace(run_id, options.get("rate"))
+            if options.get("rate"):
+                s.limits.pace(run_id, options["rate"])
+                if s.runs.get(run_id).status != RunStatus.SWITCHING:
+                    return  # paused while this table waited for its turn
             result = switch_and_record(
                 run_id,
                 name,

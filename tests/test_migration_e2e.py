@@ -308,12 +308,11 @@ def test_pause_stops_a_run_and_resume_finishes_it(
     while world.status(run_id)["counts"].get("validated", 0) < 5:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    paused = world.stack.cli("pause", run_id)
+    paused = world.stack.cli("pause", run_id)  # returns once the tables in flight are recorded
     assert paused.returncode == 0, paused.stdout + paused.stderr
-    time.sleep(1.5)  # tables already in flight finish and are recorded
     held = world.status(run_id)
     assert held["status"] == "paused"
-    time.sleep(2)
+    time.sleep(3)
     assert world.status(run_id)["counts"] == held["counts"], "a paused run went on"
     assert held["counts"].get("pending", 0) > 0
 
@@ -356,8 +355,8 @@ def test_a_killed_worker_resumes_without_switching_any_table_twice(
     started = time.monotonic()
     resumed = world.stack.cli("resume", run_id, "--timeout", "300")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    # 160 tables at 25/s: the crashed worker's slots and messages must not hold the run up
-    assert time.monotonic() - started < 60
+    # 160 tables at 25/s, after the dead worker's slot leases (30 s) run out: not its 10 minutes
+    assert time.monotonic() - started < 90
     after = world.status(run_id)
     assert after["status"] == "succeeded"
     assert set(after["counts"]) <= {"validated", "already_switched"}

@@ -711,7 +711,21 @@ def pause(run_id: str) -> None:
             f"run {run_id} is a {run.status} {run.kind} run: only a running migration can be paused"
         )
     s.runs.update(run_id, status=RunStatus.PAUSED)
-    click.echo(f"run {run_id} paused")
+    if not _wait_for_tables_in_flight(s, run_id):
+        click.echo(f"run {run_id} paused, but tables are still in flight after 120s", err=True)
+        sys.exit(EXIT_TIMEOUT)
+    click.echo(f"run {run_id} paused; no table is in flight")
+
+
+def _wait_for_tables_in_flight(s: Any, run_id: str, timeout: float = 120) -> bool:
+    """Wait until no worker holds one of the run's slots (tables in flight finish and are
+    recorded); False when some still do after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while s.limits.busy_slots(run_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 @main.command()
@@ -733,9 +747,7 @@ def rollback(run_id: str, concurrency: int) -> None:
         raise Fatal(f"run {run_id} is a {run.kind} run; only migrations roll back")
     if run.status == RunStatus.SWITCHING:
         s.runs.update(run_id, status=RunStatus.PAUSED)  # stop new tables first
-    deadline = time.monotonic() + 120
-    while s.limits.busy_slots(run_id) and time.monotonic() < deadline:
-        time.sleep(0.2)  # tables in flight finish and are recorded
+    _wait_for_tables_in_flight(s, run_id)
     back, unknown = rollback_targets(
         s.runs.outcomes(run_id), run.data.get("previous_connections", {})
     )
