@@ -428,8 +428,13 @@ def rotate(
     binding = by_name or find_binding(s.bindings, secret_arn=info.arn, secret_name=info.name)
     if binding is None:
         raise UnknownSecretError(f"no binding covers secret {info.name}")
+    unfinished = _unfinished_key_rotation(s.runs, info.arn)
+    if unfinished and commit:
+        raise FatalError(unfinished)
     plan = plan_key_rotation(binding, info, secrets=s.secrets, iam=s.iam, admin=s.admin)
     console = Console(soft_wrap=True)
+    if unfinished:
+        console.print(f"note: {unfinished}")
     console.print(f"secret {plan.secret_name} (binding {plan.binding}), IAM user {plan.user}")
     for key in plan.keys:
         role = "held by the secret" if key.key_id == plan.current_key else "not in the secret"
@@ -466,6 +471,29 @@ def rotate(
     if no_wait:
         return
     sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
+    """Why a new key rotation of the secret may not start, if one has not ended: a second
+    would create a third key behind the first's back. One cut short by a crash is resumed or
+    aborted, not started over."""
+    from worker.core.model import RunStatus
+    from worker.errors import RunNotFound
+
+    run_id = runs.latest_key_rotation_for(secret_arn)
+    if run_id is None:
+        return None
+    try:
+        run = runs.get(run_id)
+    except RunNotFound:
+        return None
+    if RunStatus(run.status).final:
+        return None
+    return (
+        f"key rotation {run_id} of this secret has not ended ({run.status}, phase "
+        f"{run.phase}): follow it with `rotator status {run_id}`, or if its worker died, "
+        f"`rotator resume {run_id}` (or `rotator abort {run_id}`)"
+    )
 
 
 @main.command()

@@ -121,7 +121,14 @@ class RedisRunStore:
             pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
             if run.kind == "rotation" and run.version_id:
                 pipe.set(self._version_key(run.secret, run.version_id), run.run_id, ex=self.ttl)
+            if run.kind == "key-rotation":
+                pipe.set(f"{PREFIX}key-rotation:{run.secret}", run.run_id, ex=self.ttl)
             _execute(pipe)
+
+    def latest_key_rotation_for(self, secret: str) -> str | None:
+        """The newest key rotation created for the secret ARN, if any."""
+        raw = _call(self.redis.get, f"{PREFIX}key-rotation:{secret}")
+        return raw.decode() if raw else None
 
     def _version_key(self, secret: str, version_id: str) -> str:
         return f"{PREFIX}version-run:{secret}:{version_id}"
