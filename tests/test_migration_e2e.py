@@ -229,6 +229,34 @@ def test_tables_takes_several_selectors_and_nothing_else_takes_any(
     assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
 
 
+def test_hostile_names_migrate_and_roll_back(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    t = world.token
+    database = f"mig {t} `odd` ünï"
+    names = ["it's", "we`ird", 'dou"ble', "x'); DROP TABLE y; --", "ünïcode", "a.b c"]
+    tables = [TableName(database, name) for name in names]
+    for table in tables:
+        create_external_table(databend, table, f"mig-{t}-a", f"mig_{t}_source", rows=2)
+    selector = '"' + database.replace('"', '""') + '".*'
+    result = world.stack.cli(
+        "migrate", "--to", f"mig_{t}_target", "--tables", selector, "--commit", "--canary", "2"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = run_id_of(result)
+    status = world.status(run_id)
+    assert status["counts"] == {"validated": len(names)}
+    assert {tuple(row["table"]) for row in status["tables"]} == {(database, n) for n in names}
+    for table in tables:
+        assert storage_suffix(databend, table) == suffix(world, "target")
+        assert len(databend.query(f"SELECT * FROM {table.sql}")) == 2
+    back = world.stack.cli("rollback", run_id)
+    assert back.returncode == 0, back.stdout + back.stderr
+    for table in tables:
+        assert storage_suffix(databend, table) == suffix(world, "source")
+        assert len(databend.query(f"SELECT * FROM {table.sql}")) == 2
+
+
 def test_a_failing_canary_halts_with_everything_readable(
     world: MigrationWorld, databend: DatabendClient
 ) -> None:
