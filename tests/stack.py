@@ -124,8 +124,12 @@ class Stack:
         self.outputs += [result.stdout, result.stderr]
         return result
 
-    def start_worker(self, name: str, *extra: str) -> subprocess.Popen[str]:
-        return self.start(name, "worker", *extra)
+    def start_worker(
+        self, name: str, *extra: str, faults: str | None = None
+    ) -> subprocess.Popen[str]:
+        """``faults``: ROTATOR_FAULTS for this worker only (it dies at that fault point)."""
+        env = {**self.env, "ROTATOR_FAULTS": faults} if faults else None
+        return self.start(name, "worker", *extra, env=env)
 
     def start(
         self, name: str, *args: str, env: dict[str, str] | None = None

@@ -429,12 +429,8 @@ def test_a_repeated_event_restarts_a_run_a_crashed_worker_cut_short(
     worker = world.processes[0]  # the module's worker gives way to one that crashes
     worker.terminate()
     worker.wait(timeout=30)
-    crashing = world.stack.start(
-        "worker-crashing",
-        "worker",
-        "--concurrency",
-        "2",
-        env={**world.stack.env, "ROTATOR_FAULTS": "rotation-after-table"},
+    crashing = world.stack.start_worker(
+        "worker-crashing", "--concurrency", "2", faults="rotation-after-table"
     )
     version = world.new_version(lake)
     first = label_updated(lake.arn, lake.name, version)

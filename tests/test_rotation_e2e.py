@@ -122,6 +122,23 @@ def _put_version(aws: LocalAws, name: str, value: str) -> str:
     ]
 
 
+def _seed_lake(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws, name: str, tables: list[TableName]
+) -> tuple[dict[str, str], str]:
+    """Bucket, IAM user and key K1, a connection on K1, ``tables`` on it (3 rows each) and the
+    secret ``name`` holding K1 (bound in the bindings above): returns (K1, secret name)."""
+    t = scenario.token
+    bucket = f"{name}-{t}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    k1 = make_user(aws, f"{name}-{t}")
+    create_key_connection(databend, aws, f"{name}seed_{t}", k1)
+    for table in tables:
+        create_external_table(databend, table, bucket, f"{name}seed_{t}")
+    secret = scenario.secret(name)
+    _create_secret(aws, secret, key_secret_json(aws, k1))
+    return k1, secret
+
+
 def _rows(db: DatabendClient, table: TableName) -> list[tuple[object, ...]]:
     return db.query(f"SELECT id, label FROM {table.sql} ORDER BY id")
 
@@ -219,15 +236,8 @@ def test_version_missing_a_field_fails_clearly_and_changes_nothing(
     scenario: Scenario, databend: DatabendClient, aws: LocalAws
 ) -> None:
     t = scenario.token
-    bucket = f"badjson-{t}"
-    aws.client("s3").create_bucket(Bucket=bucket)
-    k1 = make_user(aws, f"badjson-{t}")
-    create_key_connection(databend, aws, f"badseed_{t}", k1)
     tables = [TableName(f"badjson_{t}", f"t{i}") for i in range(3)]
-    for table in tables:
-        create_external_table(databend, table, bucket, f"badseed_{t}")
-    secret = scenario.secret("badjson")
-    _create_secret(aws, secret, key_secret_json(aws, k1))
+    k1, secret = _seed_lake(scenario, databend, aws, "badjson", tables)
     k2 = new_key(aws, f"badjson-{t}")
     leaked = json.dumps(
         {"access_key_id": k2["AccessKeyId"], "region": "us-east-1", "note": k2["SecretAccessKey"]}
@@ -294,27 +304,16 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
     scenario: Scenario, databend: DatabendClient, aws: LocalAws
 ) -> None:
     t = scenario.token
-    bucket = f"crash-{t}"
-    aws.client("s3").create_bucket(Bucket=bucket)
-    k1 = make_user(aws, f"crash-{t}")
-    create_key_connection(databend, aws, f"crashseed_{t}", k1)
     tables = [TableName(f"crash_{t}", f"table {i}") for i in range(12)]
-    for table in tables:
-        create_external_table(databend, table, bucket, f"crashseed_{t}")
-    secret = scenario.secret("crash")
-    _create_secret(aws, secret, key_secret_json(aws, k1))
+    k1, secret = _seed_lake(scenario, databend, aws, "crash", tables)
     k2 = new_key(aws, f"crash-{t}", avoid_suffixes={k1["AccessKeyId"][-3:]})
     _put_version(aws, secret, key_secret_json(aws, k2))
 
     # Given a worker that dies (as kill -9 would) once its first table is done, others in flight
     scenario.worker.terminate()
     scenario.worker.wait(timeout=30)
-    crashing = scenario.stack.start(
-        "worker-crashing",
-        "worker",
-        "--concurrency",
-        "4",
-        env={**scenario.stack.env, "ROTATOR_FAULTS": "rotation-after-table"},
+    crashing = scenario.stack.start_worker(
+        "worker-crashing", "--concurrency", "4", faults="rotation-after-table"
     )
     first = scenario.stack.cli("rotate-version", secret, "--no-wait")
     assert first.returncode == 0, first.stdout + first.stderr

@@ -311,8 +311,9 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
         console.print(f"note: {note}")
     console.print(table)
     print_outcomes(p, console)
-    if not p.final and _rate_text(p):
-        console.print(_rate_text(p))
+    rate = "" if p.final else _rate_text(p)
+    if rate:
+        console.print(rate)
 
 
 @main.command("databend-local")
@@ -477,18 +478,10 @@ def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
     """Why a new key rotation of the secret may not start, if one has not ended: a second
     would create a third key behind the first's back. One cut short by a crash is resumed or
     aborted, not started over."""
-    from worker.core.model import RunStatus
-    from worker.errors import RunNotFound
-
-    run_id = runs.latest_key_rotation_for(secret_arn)
-    if run_id is None:
+    run = runs.unfinished_run("key-rotation", secret_arn)
+    if run is None:
         return None
-    try:
-        run = runs.get(run_id)
-    except RunNotFound:
-        return None
-    if RunStatus(run.status).final:
-        return None
+    run_id = run.run_id
     return (
         f"key rotation {run_id} of this secret has not ended ({run.status}, phase "
         f"{run.phase}): follow it with `rotator status {run_id}`, or if its worker died, "

@@ -11,7 +11,7 @@ from functools import cached_property
 from worker.core.bindings import Binding, find_binding
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import RunRecord, SecretStore
-from worker.errors import RunNotFound, UnknownSecretError
+from worker.errors import UnknownSecretError
 from worker.run_store import RedisRunStore
 
 
@@ -58,14 +58,8 @@ def new_rotation_run(runs: RedisRunStore, resolved: ResolvedVersion) -> str:
 def unfinished_run_for(runs: RedisRunStore, resolved: ResolvedVersion) -> str | None:
     """A run of this very version that has not ended: a crash or a lost worker may have cut it
     short, and a new run would wait behind its secret lock. Asking again continues that run."""
-    run_id = runs.latest_run_for_version(resolved.arn, resolved.version_id)
-    if run_id is None:
-        return None
-    try:
-        run = runs.get(run_id)
-    except RunNotFound:
-        return None
-    return None if RunStatus(run.status).final else run_id
+    run = runs.unfinished_run("rotation", resolved.arn, resolved.version_id)
+    return run.run_id if run else None
 
 
 def enqueue_rotation(run_id: str) -> None:

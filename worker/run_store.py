@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from worker.core.model import TableOutcome, TableStatus
+from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import RunRecord
 from worker.errors import RunNotFound, StateStoreUnavailable
 from worker.sql import TableName
@@ -119,24 +119,27 @@ class RedisRunStore:
             pipe.hset(self._key(run.run_id), mapping=fields)
             pipe.expire(self._key(run.run_id), self.ttl)
             pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
-            if run.kind == "rotation" and run.version_id:
-                pipe.set(self._version_key(run.secret, run.version_id), run.run_id, ex=self.ttl)
-            if run.kind == "key-rotation":
-                pipe.set(f"{PREFIX}key-rotation:{run.secret}", run.run_id, ex=self.ttl)
+            latest = self._latest_key(run.kind, run.secret, run.version_id)
+            pipe.set(latest, run.run_id, ex=self.ttl)
             _execute(pipe)
 
-    def latest_key_rotation_for(self, secret: str) -> str | None:
-        """The newest key rotation created for the secret ARN, if any."""
-        raw = _call(self.redis.get, f"{PREFIX}key-rotation:{secret}")
-        return raw.decode() if raw else None
+    def _latest_key(self, kind: str, secret: str, version_id: str) -> str:
+        """Index of the newest run of a kind for its secret: a rotation per version, a key
+        rotation (whose version id is only the token of the version it will make) per secret."""
+        scope = version_id if kind == "rotation" else ""
+        return f"{PREFIX}latest:{kind}:{secret}:{scope}"
 
-    def _version_key(self, secret: str, version_id: str) -> str:
-        return f"{PREFIX}version-run:{secret}:{version_id}"
-
-    def latest_run_for_version(self, secret: str, version_id: str) -> str | None:
-        """The newest rotation run created for (secret ARN, version), if any."""
-        raw = _call(self.redis.get, self._version_key(secret, version_id))
-        return raw.decode() if raw else None
+    def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        """The newest run of ``kind`` for the secret ARN (and, for a rotation, the version) if
+        it has not ended: a crash or a lost worker may have cut it short."""
+        run_id = _call(self.redis.get, self._latest_key(kind, secret, version_id))
+        if run_id is None:
+            return None
+        try:
+            run = self.get(run_id.decode())
+        except RunNotFound:
+            return None
+        return None if RunStatus(run.status).final else run
 
     def get(self, run_id: str) -> RunRecord:
         raw = _call(self.redis.hgetall, self._key(run_id))
