@@ -70,6 +70,8 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
                 retry=RetryPolicy(),
                 run=run,
                 wave=(wave, epoch),
+                fences=s.fences,
+                lease_seconds=s.lease_seconds,
             )
     except RetryableError as exc:
         if self.request.retries < self.max_retries:

@@ -35,6 +35,7 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
             bindings=s.bindings,
             locks=s.locks,
             newest=s.intake_state,
+            fences=s.fences,
         )
     except FatalError as exc:
         log.error("rotation failed before switching any table", error=str(exc))
@@ -63,7 +64,14 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     started = time.perf_counter()
     try:
         result = switch_and_record(
-            run_id, name, runs=s.runs, admin=s.admin, locks=s.locks, retry=RetryPolicy()
+            run_id,
+            name,
+            runs=s.runs,
+            admin=s.admin,
+            locks=s.locks,
+            retry=RetryPolicy(),
+            fences=s.fences,
+            lease_seconds=s.lease_seconds,
         )
         if result is None:
             return  # not part of this run, or already finished (a redelivered message)

@@ -6,35 +6,56 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from worker.core.masking import MaskForm, mask
 from worker.core.model import (
     AccessKeyCredentials,
     Credentials,
     ExternalTable,
+    RunStatus,
     StorageParam,
     TableOutcome,
 )
-from worker.core.ports import RunRecord, SecretInfo, VersionInfo
+from worker.core.ports import Admission, RunRecord, SecretInfo, VersionInfo
 from worker.errors import RunNotFound, UnknownSecretError
 from worker.sql import TableName
 
 
+def fake_key(suffix: str) -> str:
+    """A 20-character access key id ending in ``suffix`` (tests name keys by their tail)."""
+    return suffix if len(suffix) >= 16 else "AKIA" + "FAKE" * 3 + suffix[-4:].rjust(4, "0")
+
+
 @dataclass
 class FakeAdmin:
+    """Databend as the core sees it: tables show their key masked in ``form`` (legacy ******XYZ or
+    current AK***YZ); ``keys`` is the truth behind the mask."""
+
     tables: dict[TableName, StorageParam] = field(default_factory=dict)
     connections: dict[str, Credentials] = field(default_factory=dict)
     statements: list[str] = field(default_factory=list)
+    keys: dict[TableName, str] = field(default_factory=dict)
+    form: MaskForm = MaskForm.LEGACY
     # per-table scripted failures: a list of exceptions raised by successive switch/read calls
     switch_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
     read_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
+    probe_failures: dict[str, Exception] = field(default_factory=dict)  # bucket -> error
 
-    def add(self, name: TableName, key_suffix: str, bucket: str = "lake") -> None:
+    def add(self, name: TableName, key: str, bucket: str = "lake") -> None:
+        self.keys[name] = fake_key(key)
         self.tables[name] = StorageParam(
-            kind="s3", bucket=bucket, root=f"/{name.table}/", ak_suffix=key_suffix
+            kind="s3", bucket=bucket, root=f"/{name.table}/", ak=mask(self.keys[name], self.form)
         )
+
+    def key_of(self, name: TableName) -> str:
+        return self.keys[name]
 
     def connection_fingerprint(self, name: str) -> str | None:
         c = self.connections.get(name)
-        return None if c is None else c.fingerprint
+        if c is None:
+            return None
+        if isinstance(c, AccessKeyCredentials):
+            return f"ak:{mask(c.access_key_id, self.form)}"
+        return c.fingerprint
 
     def create_connection(self, name: str, credentials: Credentials) -> None:
         self.statements.append(f"CREATE CONNECTION {name}")
@@ -56,9 +77,15 @@ class FakeAdmin:
         _maybe_raise(self.switch_failures, table)
         credentials = self.connections[connection]
         assert isinstance(credentials, AccessKeyCredentials)
+        self.keys[table] = credentials.access_key_id
         self.tables[table] = dataclasses.replace(
-            self.tables[table], ak_suffix=credentials.access_key_id[-3:]
+            self.tables[table], ak=mask(credentials.access_key_id, self.form)
         )
+
+    def probe_connection(self, connection: str, bucket: str) -> None:
+        self.statements.append(f"PROBE {connection} {bucket}")
+        if bucket in self.probe_failures:
+            raise self.probe_failures[bucket]
 
     def read_back(self, table: TableName) -> int:
         self.statements.append(f"READ {table}")
@@ -276,3 +303,50 @@ class FakeWriter:
         self.secrets.stages[version_id] = tuple(
             s for s in self.secrets.stages.get(version_id, ()) if s != "AWSPENDING"
         )
+
+
+@dataclass
+class MemoryFences:
+    """Fences over a MemoryRuns: the same rules as worker.redis_state.RedisFences."""
+
+    runs: MemoryRuns
+    clock: Callable[[], float] = lambda: 0.0
+    newest: dict[str, tuple[int, str]] = field(default_factory=dict)
+    flying: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
+        token, previous = self.newest.get(secret_arn, (0, None))
+        self.newest[secret_arn] = (token + 1, run_id)
+        return token + 1, previous
+
+    def enter(
+        self,
+        run_id: str,
+        item: str,
+        *,
+        secret_arn: str | None = None,
+        token: int = 0,
+        lease_seconds: float = 600,
+    ) -> Admission:
+        run = self.runs.runs.get(run_id)
+        if run is None:
+            return Admission.ENDED
+        status = RunStatus(run.status)
+        if status is RunStatus.PAUSED:
+            return Admission.PAUSED
+        if not status.active:
+            return Admission.ENDED
+        if secret_arn and token and self.newest.get(secret_arn, (0, ""))[0] != token:
+            return Admission.SUPERSEDED
+        self.flying.setdefault(run_id, {})[item] = self.clock() + lease_seconds
+        return Admission.ADMITTED
+
+    def leave(self, run_id: str, item: str) -> None:
+        self.flying.get(run_id, {}).pop(item, None)
+
+    def in_flight(self, run_id: str) -> list[str]:
+        now = self.clock()
+        return sorted(k for k, until in self.flying.get(run_id, {}).items() if until > now)
+
+    def is_newest(self, secret_arn: str, token: int) -> bool:
+        return self.newest.get(secret_arn, (0, ""))[0] == token

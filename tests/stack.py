@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,22 @@ def add_user(aws: LocalAws, name: str, *buckets: str) -> None:
     iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=s3_policy(*buckets))
 
 
-def new_key(aws: LocalAws, user: str, avoid_suffixes: set[str] | None = None) -> dict[str, str]:
-    """A fresh access key whose last 3 characters differ from ``avoid_suffixes``."""
+def new_key(aws: LocalAws, user: str, avoid: Iterable[str] = ()) -> dict[str, str]:
+    """A fresh access key that Databend shows differently from every key in ``avoid`` (key ids),
+    in both masking forms: tests tell keys apart by what a table shows."""
     iam = aws.client("iam")
+    avoid = set(avoid)
     while True:
         key = iam.create_access_key(UserName=user)["AccessKey"]
-        if not avoid_suffixes or key["AccessKeyId"][-3:] not in avoid_suffixes:
-            return {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
-        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+        key_id = key["AccessKeyId"]
+        if not any(tail(key_id) == tail(other) for other in avoid):
+            return {"AccessKeyId": key_id, "SecretAccessKey": key["SecretAccessKey"]}
+        iam.delete_access_key(UserName=user, AccessKeyId=key_id)
+
+
+def tail(key_id: str) -> str:
+    """The characters of a key id that both masking forms show (``******XYZ``, ``AK***YZ``)."""
+    return key_id[-2:]
 
 
 def key_secret_json(aws: LocalAws, key: dict[str, str], **extra: Any) -> str:
@@ -93,10 +102,12 @@ def create_external_table(
     db.execute(f"INSERT INTO {table.sql} VALUES {values}")
 
 
-def storage_suffix(db: DatabendClient, table: TableName) -> str | None:
-    """The access-key suffix Databend shows for the table (None when absent)."""
+def storage_tail(db: DatabendClient, table: TableName) -> str | None:
+    """The last 2 characters of the access key Databend shows for the table, in either masking
+    form (None when it shows none): compare with ``tail(key_id)``."""
     described = DriverDatabendAdmin(db).describe_table(table)
-    return described.storage.ak_suffix if described else None
+    shown = described.storage.ak if described else None
+    return shown[-2:] if shown else None
 
 
 def connection_names(db: DatabendClient) -> set[str]:

@@ -44,7 +44,7 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 def test_access_key_secrets_in_both_spellings(value: dict[str, str]) -> None:
     creds = parse_secret_value(json.dumps(value), where="s v1")
     assert isinstance(creds, AccessKeyCredentials)
-    assert creds.fingerprint == "ak:PLE"
+    assert creds.fingerprint == "ak:AKIAIOSFODNN7EXAMPLE"  # compared through worker.core.masking
     assert SECRET not in repr(creds)
 
 
@@ -131,15 +131,19 @@ def test_storage_param_parsing() -> None:
     p = parse_storage_param(
         "s3 | bucket=testbucket,root=/t1/,endpoint=http://127.0.0.1:5055,ak=******7WB,iam_role="
     )
-    assert p is not None
-    assert (p.bucket, p.root, p.ak_suffix, p.iam_role, p.fingerprint) == (
+    assert (p.bucket, p.root, p.ak, p.iam_role, p.fingerprint, p.unreadable) == (
         "testbucket",
         "/t1/",
-        "7WB",
+        "******7WB",
         None,
-        "ak:7WB",
+        "ak:******7WB",
+        None,
     )
-    assert parse_storage_param("") is None
+    current = parse_storage_param("s3 | bucket=b,root=/t1/,endpoint=,ak=AK***WB,iam_role=")
+    assert (current.ak, current.unreadable) == ("AK***WB", None)
+    # a row that cannot be read is kept, marked, never dropped
+    assert parse_storage_param("").unreadable
+    assert parse_storage_param("s3 | bucket=b,ak=*WB,iam_role=").unreadable
 
 
 # --- error classification -------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_the_old_key_is_deactivated_only_after_every_table_moved() -> None:
     run = ctx.runs.get(run_id)
     assert (run.status, run.phase) == (RunStatus.SUCCEEDED, Phase.RETIRED)
     new = str(run.data["new_key_id"])
-    assert {p.ak_suffix for p in ctx.admin.tables.values()} == {new[-3:]}
+    assert set(ctx.admin.keys.values()) == {new}
     assert [(k.key_id, k.active) for k in ctx.iam.list_keys("svc")] == [(K1, False), (new, True)]
     assert "AWSCURRENT" in ctx.secrets.stages[run.version_id]
     assert due_retirements(ctx.runs.get(run_id), now=1000.0) == []
@@ -118,7 +118,7 @@ def test_a_key_created_but_never_stored_is_found_and_removed_on_resume() -> None
 
 def test_a_second_key_in_use_by_a_table_is_refused_before_anything_changes() -> None:
     ctx, plan = world(extra_key_in_use=True)
-    assert plan.refusal and "still used by" in plan.refusal
+    assert plan.refusal and "may still use it: sales.old" in plan.refusal
     with pytest.raises(KeyInUse):
         new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
     assert len(ctx.iam.list_keys("svc")) == 2 and ctx.runs.runs == {}

@@ -12,7 +12,6 @@ from worker.core.model import (
     AccessKeyCredentials,
     RunStatus,
     TableStatus,
-    parse_storage_param,
 )
 from worker.core.ports import RunRecord
 from worker.core.rotation import (
@@ -33,6 +32,7 @@ from worker.errors import (
 from worker.sql import TableName
 
 OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
+T_OLD, T_NEW = f"ak:{OLD}", f"ak:{NEW}"  # the credentials a run holds, as fingerprints
 
 
 def key_json(key_id: str, secret: str = "s" * 40) -> str:
@@ -64,18 +64,18 @@ def no_sleep_policy(sleeps: list[float] | None = None) -> RetryPolicy:
 
 def test_plan_names_the_rule_that_selected_each_table() -> None:
     admin = FakeAdmin()
-    admin.add(TableName("sales", "orders"), "OLD")
-    admin.add(TableName("sales", "order items"), "OLD")
-    admin.add(TableName("Ops Data", "m1"), "OLD")
-    admin.add(TableName("misc", "found"), "OLD")  # same key, same bucket: discovered
-    admin.add(TableName("misc", "elsewhere"), "OLD", bucket="other")  # other bucket: left alone
+    admin.add(TableName("sales", "orders"), OLD)
+    admin.add(TableName("sales", "order items"), OLD)
+    admin.add(TableName("Ops Data", "m1"), OLD)
+    admin.add(TableName("misc", "found"), OLD)  # same key, same bucket: discovered
+    admin.add(TableName("misc", "elsewhere"), OLD, bucket="other")  # other bucket: left alone
     admin.add(TableName("misc", "other key"), "ZZZ")  # another key: left alone
     plan = plan_rotation(
         binding("sales.*", "`Ops Data`.*"),
         admin.list_external_tables(),
         connection="lake_main_abc",
-        target="ak:NEW",
-        old_fingerprints={"ak:OLD"},
+        target=T_NEW,
+        old_fingerprints={T_OLD},
     )
     rules = {str(p.table): p.rule for p in plan.tables}
     assert rules == {
@@ -88,13 +88,13 @@ def test_plan_names_the_rule_that_selected_each_table() -> None:
 
 def test_discovery_without_a_known_bucket_matches_nothing_and_says_so() -> None:
     admin = FakeAdmin()
-    admin.add(TableName("misc", "found"), "OLD")
+    admin.add(TableName("misc", "found"), OLD)
     plan = plan_rotation(
         binding(),
         admin.list_external_tables(),
         connection="c",
-        target="ak:NEW",
-        old_fingerprints={"ak:OLD"},
+        target=T_NEW,
+        old_fingerprints={T_OLD},
     )
     assert plan.tables == ()
     assert "no bucket known" in plan.notes[0]
@@ -102,8 +102,8 @@ def test_discovery_without_a_known_bucket_matches_nothing_and_says_so() -> None:
         binding(buckets=("lake",)),
         admin.list_external_tables(),
         connection="c",
-        target="ak:NEW",
-        old_fingerprints={"ak:OLD"},
+        target=T_NEW,
+        old_fingerprints={T_OLD},
     )
     assert [p.table for p in with_bucket.tables] == [TableName("misc", "found")]
 
@@ -113,7 +113,7 @@ def test_an_exact_selector_for_a_missing_table_is_planned_as_a_problem() -> None
         binding("sales.ghost", discover=False),
         [],
         connection="c",
-        target="ak:NEW",
+        target=T_NEW,
         old_fingerprints=set(),
     )
     assert [(p.table, p.problem) for p in plan.tables] == [
@@ -149,27 +149,25 @@ def test_ensure_connection_refuses_a_name_taken_by_other_credentials() -> None:
 def _admin_with_connection() -> tuple[FakeAdmin, TableName]:
     admin = FakeAdmin()
     table = TableName("sales", "orders")
-    admin.add(table, "OLD")
+    admin.add(table, OLD)
     admin.create_connection("c_new", AccessKeyCredentials(NEW, "x" * 40))
     return admin, table
 
 
 def test_rotate_table_switches_then_reads_back() -> None:
     admin, table = _admin_with_connection()
-    outcome = rotate_table(
-        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
-    )
+    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert outcome.status is TableStatus.VALIDATED
-    assert outcome.previous == "ak:OLD"
-    assert admin.tables[table].ak_suffix == "NEW"
+    assert outcome.previous == "ak:******OLD"  # what Databend showed before the switch
+    assert admin.keys[table] == NEW
     assert admin.statements[-2:] == [f"ALTER {table}", f"READ {table}"]
 
 
 def test_rotate_table_twice_changes_nothing_the_second_time() -> None:
     admin, table = _admin_with_connection()
-    rotate_table(admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy())
+    rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     before = list(admin.statements)
-    again = rotate_table(admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy())
+    again = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert again.status is TableStatus.ALREADY_SWITCHED
     assert [s for s in admin.statements[len(before) :] if s.startswith("ALTER")] == []
 
@@ -179,7 +177,7 @@ def test_transient_errors_are_retried_with_growing_waits() -> None:
     admin.switch_failures[table] = [DatabendUnavailable("reset"), StorageUnavailable("503")]
     sleeps: list[float] = []
     outcome = rotate_table(
-        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy(sleeps)
+        admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy(sleeps)
     )
     assert outcome.status is TableStatus.VALIDATED
     assert admin.statements.count(f"ALTER {table}") == 3
@@ -189,9 +187,7 @@ def test_transient_errors_are_retried_with_growing_waits() -> None:
 def test_permanent_errors_are_not_retried_and_carry_databends_message() -> None:
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendQueryError(1302, "not an external table")]
-    outcome = rotate_table(
-        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
-    )
+    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert outcome.status is TableStatus.FAILED
     assert outcome.reason == "[1302] not an external table"
     assert admin.statements.count(f"ALTER {table}") == 1
@@ -201,16 +197,14 @@ def test_retryable_errors_that_outlast_the_budget_propagate_to_the_task_layer() 
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendUnavailable("down")] * 4
     with pytest.raises(DatabendUnavailable):
-        rotate_table(admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy())
+        rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert admin.statements.count(f"ALTER {table}") == 4
 
 
 def test_a_failed_read_back_fails_the_table() -> None:
     admin, table = _admin_with_connection()
     admin.read_failures[table] = [DatabendQueryError(3002, "PermissionDenied at read")]
-    outcome = rotate_table(
-        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
-    )
+    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert outcome.status is TableStatus.FAILED
     assert outcome.reason and outcome.reason.startswith("switched, but reading it back failed")
 
@@ -222,10 +216,8 @@ def test_missing_or_internal_tables_fail_without_an_alter(present: bool, reason:
     admin, _ = _admin_with_connection()
     table = TableName("db", "internal")
     if present:
-        admin.tables[table] = parse_storage_param("") or _internal()
-    outcome = rotate_table(
-        admin, table, connection="c_new", target="ak:NEW", retry=no_sleep_policy()
-    )
+        admin.tables[table] = _internal()
+    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert (outcome.status, outcome.reason) == (TableStatus.FAILED, reason)
     assert not any(s.startswith("ALTER") for s in admin.statements)
 
@@ -242,7 +234,7 @@ def _internal():  # type: ignore[no-untyped-def]
 def _run_setup(new_value: str) -> tuple[FakeAdmin, FakeSecrets, MemoryRuns]:
     admin = FakeAdmin()
     for i in range(3):
-        admin.add(TableName("sales", f"t{i}"), "OLD")
+        admin.add(TableName("sales", f"t{i}"), OLD)
     secrets = FakeSecrets(
         values={"v1": key_json(OLD), "v2": new_value},
         stages={"v1": ("AWSPREVIOUS",), "v2": ("AWSCURRENT",)},
@@ -263,7 +255,7 @@ def test_a_run_plans_switches_and_closes() -> None:
         finish_table(
             "r1",
             rotate_table(
-                admin, t, connection="lake_main_v2", target="ak:NEW", retry=no_sleep_policy()
+                admin, t, connection="lake_main_v2", target=T_NEW, retry=no_sleep_policy()
             ),
             runs=runs,
         )

@@ -24,7 +24,8 @@ from tests.stack import (
     make_user,
     new_key,
     stack_env,
-    storage_suffix,
+    storage_tail,
+    tail,
 )
 from worker.core.events import eventbridge_rule_pattern
 from worker.databend_client import DatabendClient
@@ -86,11 +87,11 @@ class World:
     def new_version(self, lake: Lake, *, staged: bool = False) -> str:
         """A new key for the lake's user as a new AWSCURRENT version (optionally via AWSPENDING,
         the way a rotation function does it)."""
-        avoid = {k["AccessKeyId"][-3:] for k in lake.keys}
+        avoid = {k["AccessKeyId"] for k in lake.keys}
         if len(lake.keys) % 2 == 0:  # IAM allows two keys per user: the next key, a new user
             lake.user = f"{lake.user.split('~')[0]}~{len(lake.keys)}"
             add_user(self.aws, lake.user)
-        key = new_key(self.aws, lake.user, avoid_suffixes=avoid)
+        key = new_key(self.aws, lake.user, avoid=avoid)
         lake.keys.append(key)
         sm = self.aws.client("secretsmanager")
         value = key_secret_json(self.aws, key)
@@ -153,7 +154,7 @@ class World:
         raise AssertionError(f"run {run_id} did not end")
 
     def suffixes(self, db: DatabendClient, lake: Lake) -> set[str | None]:
-        return {storage_suffix(db, t) for t in lake.tables}
+        return {storage_tail(db, t) for t in lake.tables}
 
     def start_intake(self, queue_url: str, log_name: str, **env: str) -> subprocess.Popen[str]:
         process = self.stack.start(
@@ -268,7 +269,7 @@ def test_each_event_shape_leads_to_the_right_outcome(
         assert verdict["verdict"] == "accepted", verdict
         run = world.wait_final(verdict["run_id"])
         assert run.status == "succeeded", run
-        assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+        assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
 
     # Secret Label Updated (AWSCURRENT) with the version id
     v2 = world.new_version(lake)
@@ -330,7 +331,7 @@ def test_duplicated_and_shuffled_events_make_one_run_per_version(
     assert verdicts.count("accepted") == len(runs)
     for run in runs:
         world.wait_final(run.run_id)
-    assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+    assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
     newest = [r for r in runs if r.version_id == versions[-1]]
     assert newest and world.runs.get(newest[0].run_id).status == "succeeded"
 
@@ -339,7 +340,7 @@ def test_duplicated_and_shuffled_events_make_one_run_per_version(
     world.publish([late])
     assert world.wait_verdict(late["id"])["verdict"] == "stale"
     assert len(world.runs_of(lake)) == len(runs)
-    assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+    assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
 
 
 def test_two_secrets_rotate_in_parallel(world: World, databend: DatabendClient) -> None:
@@ -355,7 +356,7 @@ def test_two_secrets_rotate_in_parallel(world: World, databend: DatabendClient) 
         "neither run waited for the other"
     )
     for lake in (a, b):
-        assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+        assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
 
 
 def test_malformed_messages_are_rejected_and_reach_the_dead_letter_queue(world: World) -> None:
@@ -406,7 +407,7 @@ def test_killing_the_intake_between_receive_and_enqueue_loses_no_event(
     time.sleep(3)  # longer than the queue's visibility timeout: nothing comes back
     runs = world.runs_of(lake)
     assert [r.version_id for r in runs] == [version]
-    assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+    assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
 
 
 def test_sigterm_stops_the_intake_cleanly(world: World) -> None:
@@ -449,4 +450,4 @@ def test_a_repeated_event_restarts_a_run_a_crashed_worker_cut_short(
     # long before the broker's visibility timeout (an hour) would bring the tasks back
     assert world.wait_final(accepted["run_id"], timeout=60).status == "succeeded"
     assert [r.version_id for r in world.runs_of(lake) if r.version_id == version] == [version]
-    assert world.suffixes(databend, lake) == {lake.keys[-1]["AccessKeyId"][-3:]}
+    assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}

@@ -23,7 +23,8 @@ from tests.stack import (
     new_key,
     run_id_of,
     stack_env,
-    storage_suffix,
+    storage_tail,
+    tail,
 )
 from worker.databend_client import DatabendClient
 from worker.embedded import DatabendLocalProcess, LocalAws
@@ -64,7 +65,7 @@ class MigrationWorld:
         self.aws.client("iam").put_user_policy(
             UserName=user, PolicyName="s3", PolicyDocument=policy_document
         )
-        key = new_key(self.aws, user)
+        key = new_key(self.aws, user, avoid=[k["AccessKeyId"] for k in self.keys.values()])
         self.keys[name] = key
         return key
 
@@ -143,7 +144,7 @@ def make_tables(
 
 
 def suffix(world: MigrationWorld, name: str) -> str:
-    return world.keys[name]["AccessKeyId"][-3:]
+    return tail(world.keys[name]["AccessKeyId"])
 
 
 def test_two_hundred_tables_migrate_then_roll_back(
@@ -153,7 +154,7 @@ def test_two_hundred_tables_migrate_then_roll_back(
     tables = make_tables(world, databend, "main", 200)
     dry = world.stack.cli("migrate", "--to", f"mig_{t}_target", "--tables", f"mig_{t}_main.*")
     assert dry.returncode == 0 and "200 table(s)" in dry.stdout and "dry run" in dry.stdout
-    assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
+    assert {storage_tail(databend, x) for x in tables} == {suffix(world, "source")}
 
     result = world.stack.cli(
         "migrate",
@@ -176,14 +177,14 @@ def test_two_hundred_tables_migrate_then_roll_back(
     assert (status["total"], status["done"], status["eta_seconds"]) == (200, 200, 0.0)
     assert status["tables_per_second"] > 0
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "target")
+        assert storage_tail(databend, table) == suffix(world, "target")
     assert all(len(databend.query(f"SELECT * FROM {x.sql}")) == 1 for x in tables)
 
     back = world.stack.cli("rollback", run_id)
     assert back.returncode == 0, back.stdout + back.stderr
     assert "200 table(s) moved back" in back.stdout
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "source")
+        assert storage_tail(databend, table) == suffix(world, "source")
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
     rolled = world.status(run_id)
     assert rolled["status"] == "rolled_back" and rolled["counts"] == {"rolled_back": 200}
@@ -202,7 +203,7 @@ def test_a_target_that_cannot_reach_the_bucket_is_refused_before_any_table(
     )
     assert result.returncode == 2
     assert "cannot reach bucket" in result.stderr
-    assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
+    assert {storage_tail(databend, x) for x in tables} == {suffix(world, "source")}
     missing = world.stack.cli("migrate", "--to", "no_such_connection", "--from", f"mig_{t}_source")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
@@ -226,7 +227,7 @@ def test_tables_takes_several_selectors_and_nothing_else_takes_any(
         refused = world.stack.cli("migrate", "--to", target, *args, "--commit")
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "Traceback" not in refused.stderr
-    assert {storage_suffix(databend, x) for x in tables} == {suffix(world, "source")}
+    assert {storage_tail(databend, x) for x in tables} == {suffix(world, "source")}
 
 
 def test_hostile_names_migrate_and_roll_back(
@@ -248,12 +249,12 @@ def test_hostile_names_migrate_and_roll_back(
     assert status["counts"] == {"validated": len(names)}
     assert {tuple(row["table"]) for row in status["tables"]} == {(database, n) for n in names}
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "target")
+        assert storage_tail(databend, table) == suffix(world, "target")
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 2
     back = world.stack.cli("rollback", run_id)
     assert back.returncode == 0, back.stdout + back.stderr
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "source")
+        assert storage_tail(databend, table) == suffix(world, "source")
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 2
 
 
@@ -279,7 +280,7 @@ def test_a_failing_canary_halts_with_everything_readable(
     assert status["status"] == "halted" and "wave 0" in status["error"]
     assert status["counts"] == {"failed": 3, "pending": 17}
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "source")
+        assert storage_tail(databend, table) == suffix(world, "source")
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
 
 
@@ -321,7 +322,7 @@ def test_error_rate_threshold_halts_at_two_percent_and_completes_at_ten(
     in_b = [x for i, x in enumerate(tables) if i % 20 == 19]
     for table in tables:
         expected = "ratesource" if table in in_b else "partial"
-        assert storage_suffix(databend, table) == suffix(world, expected), table
+        assert storage_tail(databend, table) == suffix(world, expected), table
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
 
 
@@ -348,7 +349,7 @@ def test_pause_stops_a_run_and_resume_finishes_it(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert world.status(run_id)["counts"] == {"validated": 40}
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "target")
+        assert storage_tail(databend, table) == suffix(world, "target")
 
 
 def test_a_killed_worker_resumes_without_switching_any_table_twice(
@@ -393,4 +394,4 @@ def test_a_killed_worker_resumes_without_switching_any_table_twice(
     for key, outcome in before.items():
         assert by_table[key] == outcome, "a table finished before the kill was not switched again"
     for table in tables:
-        assert storage_suffix(databend, table) == suffix(world, "target")
+        assert storage_tail(databend, table) == suffix(world, "target")

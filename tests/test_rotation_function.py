@@ -13,7 +13,8 @@ from tests.stack import (
     create_key_connection,
     key_secret_json,
     make_user,
-    storage_suffix,
+    storage_tail,
+    tail,
 )
 from worker.aws_iam import BotoIamKeys
 from worker.aws_secrets import SecretsManagerStore
@@ -90,7 +91,7 @@ def test_the_four_steps_rotate_the_key_and_each_step_may_run_twice(
     assert keys[k1["AccessKeyId"]] == "Inactive" and len(keys) == 2
     new = next(k for k in keys if k != k1["AccessKeyId"])
     for table in tables:
-        assert storage_suffix(databend, table) == new[-3:]
+        assert storage_tail(databend, table) == tail(new)
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 3
 
 

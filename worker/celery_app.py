@@ -68,6 +68,13 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(current.log_level, current.log_format)
 
 
+@signals.worker_ready.connect
+def _log_databend_server(**_: Any) -> None:
+    from worker.services import log_server, services
+
+    log_server(services().admin)
+
+
 @signals.worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     from worker.services import reset_services

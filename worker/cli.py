@@ -276,11 +276,7 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
             "notes": p.run.notes,
             "phase": p.run.phase or None,
             "parent": p.run.parent,
-            "data": {
-                k: (f"******{str(v)[-3:]}" if k.endswith("key_id") else v)
-                for k, v in p.run.data.items()
-                if k != "keys_before"
-            },
+            "data": _shown_data(p.run.data),
             "counts": dict(p.counts),
             "total": p.total,
             "done": p.done,
@@ -399,6 +395,11 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
     show_default=True,
     help="Grace before the old key is deleted (by the worker's --beat schedule).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Rotate even when the binding selects no table (nothing then proves the new key).",
+)
 @click.option("--no-wait", is_flag=True, help="With --commit: enqueue, print the run id, return.")
 @click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
 @reports_errors
@@ -407,6 +408,7 @@ def rotate(
     commit: bool,
     deactivate_after: float,
     delete_after: float,
+    allow_empty: bool,
     no_wait: bool,
     timeout: float,
 ) -> None:
@@ -432,7 +434,15 @@ def rotate(
     unfinished = _unfinished_key_rotation(s.runs, info.arn)
     if unfinished and commit:
         raise FatalError(unfinished)
-    plan = plan_key_rotation(binding, info, secrets=s.secrets, iam=s.iam, admin=s.admin)
+    plan = plan_key_rotation(
+        binding,
+        info,
+        secrets=s.secrets,
+        iam=s.iam,
+        admin=s.admin,
+        allow_empty=allow_empty,
+        bound_secrets=tuple(b.secret for b in s.bindings),
+    )
     console = Console(soft_wrap=True)
     if unfinished:
         console.print(f"note: {unfinished}")
@@ -445,6 +455,9 @@ def rotate(
     console.print(f"{len(plan.tables)} table(s) use the current key {masked(plan.current_key)}:")
     for table in plan.tables:
         console.print(f"  {table.name}  (bucket {table.storage.bucket})")
+    console.print(f"binding {plan.binding} switches {len(plan.planned)} table(s)")
+    for table in plan.unreadable:
+        console.print(f"  warning: {table.name} shows credentials that cannot be read")
     if plan.refusal:
         click.echo(f"error: {plan.refusal}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -474,6 +487,23 @@ def rotate(
     sys.exit(follow_run(s.runs, run_id, timeout=timeout))
 
 
+def _shown_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's write-ahead facts for people: every key id masked (``******XYZ``)."""
+    from worker.core.masking import show_key
+
+    def shown(key: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: shown(k, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(key, v) for v in value]
+        if isinstance(value, str) and (key.endswith(("key_id", "_keys")) or key == "target"):
+            kind, sep, rest = value.rpartition(":")
+            return f"{kind}{sep}{show_key(rest)}" if rest.startswith(("AK", "AS")) else value
+        return value
+
+    return {k: shown(k, v) for k, v in data.items() if k != "keys_before"}
+
+
 def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
     """Why a new key rotation of the secret may not start, if one has not ended: a second
     would create a third key behind the first's back. One cut short by a crash is resumed or
@@ -497,61 +527,36 @@ def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
 def resume(run_id: str, no_wait: bool, timeout: float) -> None:
     """Continue a failed or interrupted run from where it stopped (finished tables stay done)."""
     from worker.celery_app import configure_app
-    from worker.core.key_rotation import Phase
-    from worker.core.key_rotation import resume as resume_key_rotation
-    from worker.core.runs import reopen_failed_tables
+    from worker.core.lifecycle import resume as resume_run
 
     s = _cli_services()
     configure_app(s.settings)
-    from tasks.key_rotation import advance_key_rotation
-    from tasks.rotation import start_rotation
-
-    run = s.runs.get(run_id)
-    if run.kind == "migration":
-        reopened = _resume_migration(s, run)
-    elif run.kind == "key-rotation":
-        reopened = resume_key_rotation(s.key_rotation(), run_id)
-        run = s.runs.get(run_id)
-        if run.phase == Phase.SWITCHING:
-            start_rotation.delay(str(run.data["table_run"]))
-        elif run.phase == Phase.RETIRED:
-            from tasks.key_rotation import retire_due
-
-            retire_due.delay()
-        else:
-            advance_key_rotation.delay(run_id)
-    else:
-        reopened = [str(t) for t in reopen_failed_tables(run_id, s.runs)]
-        start_rotation.delay(run_id)
+    resumed = resume_run(s.key_rotation(), run_id)
+    _enqueue(resumed)
     click.echo(
         f"run {run_id} resumed"
-        + (f"; retrying {len(reopened)} failed table(s)" if reopened else "")
+        + (f"; retrying {len(resumed.reopened)} failed table(s)" if resumed.reopened else "")
     )
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
 
 
-def _resume_migration(s: Any, run: Any) -> list[str]:
+def _enqueue(resumed: Any) -> None:
+    """Hand what a lifecycle call decided to the task that does it."""
+    from tasks.key_rotation import advance_key_rotation, retire_due
     from tasks.migration import release_wave
-    from worker.core.model import RunStatus, TableOutcome
-    from worker.errors import FatalError as Fatal
+    from tasks.rotation import start_rotation
+    from worker.core.lifecycle import Followup
 
-    if run.status in (RunStatus.SUCCEEDED, RunStatus.ROLLED_BACK):
-        raise Fatal(f"run {run.run_id} is {run.status}: nothing to resume")
-    wave = int(run.data["wave"])
-    reopened = []
-    for outcome in s.runs.outcomes_for(run.run_id, s.runs.wave(run.run_id, wave)):
-        if outcome.status.failed:  # retried after a halt or a failed finish
-            s.runs.record_pending(
-                run.run_id,
-                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
-            )
-            reopened.append(str(outcome.table))
-    data = dict(run.data)
-    data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
-    s.runs.update(run.run_id, status=RunStatus.SWITCHING, error=None, data=data)
-    release_wave.delay(run.run_id)
-    return reopened
+    task = {
+        Followup.START_ROTATION: start_rotation,
+        Followup.ADVANCE_KEY_ROTATION: advance_key_rotation,
+        Followup.RELEASE_WAVE: release_wave,
+    }.get(resumed.followup)
+    if task is not None:
+        task.delay(resumed.run_id)
+    elif resumed.followup == Followup.RETIRE_DUE:
+        retire_due.delay()
 
 
 @main.command()
@@ -560,161 +565,11 @@ def _resume_migration(s: Any, run: Any) -> list[str]:
 def abort(run_id: str) -> None:
     """Undo an unfinished key rotation: tables back on the old key, AWSPENDING removed, new key
     deleted. Refused once AWSCURRENT has moved."""
-    from worker.core.bindings import find_binding
-    from worker.core.key_rotation import abort as abort_key_rotation
-    from worker.errors import FatalError as Fatal
+    from worker.core.lifecycle import abort as abort_run
 
     s = _cli_services()
-    run = s.runs.get(run_id)
-    if run.kind != "key-rotation":
-        raise Fatal(f"run {run_id} is a {run.kind} run; only key rotations can be aborted")
-    binding = find_binding(s.bindings, name=run.binding) if run.binding else None
-    if binding is None:
-        raise Fatal(f"binding {run.binding} of run {run_id} is no longer configured")
-    back = abort_key_rotation(s.key_rotation(), run_id, binding)
+    back = abort_run(s.key_rotation(), run_id, s.bindings)
     click.echo(f"run {run_id} aborted; {len(back)} table(s) switched back to the old key")
-
-
-@main.command()
-@click.option("--to", "target", required=True, help="The connection to move the tables to.")
-@click.option(
-    "--from", "source", default=None, help="Move the tables now on this connection's credentials."
-)
-@click.option(
-    "--tables",
-    "selectors",
-    multiple=True,
-    help="db.table selector (globs allowed, Databend quoting); more may follow it.",
-)
-@click.argument("more_selectors", nargs=-1, metavar="[SELECTOR]...")
-@click.option("--binding", default=None, help="Move the tables a binding's selectors name.")
-@click.option("--commit", is_flag=True, help="Do it (default: print the plan, change nothing).")
-@click.option("--wave-size", default=100, show_default=True, type=click.IntRange(1, 100_000))
-@click.option(
-    "--canary",
-    default=5,
-    show_default=True,
-    type=click.IntRange(0, 100_000),
-    help="Tables in the first wave.",
-)
-@click.option(
-    "--max-error-rate",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Halt when a wave's share of failed tables passes this.",
-)
-@click.option(
-    "--concurrency",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Tables switched at once, across all workers.",
-)
-@click.option(
-    "--rate",
-    default=None,
-    type=click.FloatRange(min=0.01),
-    help="At most this many tables per second, across all workers.",
-)
-@click.option("--no-wait", is_flag=True)
-@click.option("--timeout", default=7200.0, show_default=True)
-@reports_errors
-def migrate(
-    target: str,
-    source: str | None,
-    selectors: tuple[str, ...],
-    more_selectors: tuple[str, ...],
-    binding: str | None,
-    commit: bool,
-    wave_size: int,
-    canary: int,
-    max_error_rate: float,
-    concurrency: int,
-    rate: float | None,
-    no_wait: bool,
-    timeout: float,
-) -> None:
-    """Move many tables to connection --to, in waves (a canary wave first), resumable.
-
-    Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
-    --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
-    """
-    from worker.core.bindings import Selector, find_binding
-    from worker.core.migration import (
-        MigrationOptions,
-        MigrationRefused,
-        new_migration,
-        plan_migration,
-    )
-
-    if more_selectors and not selectors:
-        raise click.UsageError(
-            f"unexpected argument {more_selectors[0]!r}: table selectors follow --tables"
-        )
-    selectors += more_selectors
-    if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
-        raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
-    try:
-        parsed = tuple(Selector.parse(t) for t in selectors)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tables") from None
-    s = _cli_services()
-    if binding is not None:
-        found = find_binding(s.bindings, name=binding)
-        if found is None:
-            raise MigrationRefused(f"no binding named {binding}")
-        parsed = found.selectors
-    options = MigrationOptions(
-        wave_size=wave_size,
-        canary=canary,
-        max_error_rate=max_error_rate,
-        concurrency=concurrency,
-        rate=rate,
-    )
-    plan = plan_migration(
-        s.admin,
-        target=target,
-        from_connection=source,
-        selectors=parsed,
-        options=options,
-        connection_fingerprints=s.admin.connection_fingerprints(),
-    )
-    shown = plan.target_fingerprint.replace("ak:", "ak ******")
-    click.echo(
-        f"{len(plan.tables)} table(s) -> connection {target} ({shown}) in "
-        f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
-    )
-    for table in plan.tables:
-        current = (table.storage.fingerprint or "?").replace("ak:", "ak ******")
-        click.echo(f"  {table.name}\t{current}\t-> {target}")
-    if not commit:
-        click.echo("dry run: nothing changed (add --commit)")
-        return
-    for bucket in sorted({t.storage.bucket for t in plan.tables if t.storage.bucket}):
-        try:
-            s.admin.probe_connection(target, bucket)
-        except RotatorError as exc:
-            raise MigrationRefused(
-                f"connection {target} cannot reach bucket {bucket}: {exc}"
-            ) from None
-    from worker.celery_app import configure_app
-
-    configure_app(s.settings)
-    what = (
-        f"from {source}"
-        if source
-        else f"binding {binding}"
-        if binding
-        else "tables " + " ".join(selectors)
-    )
-    run_id = new_migration(s.runs, plan, options, f"migrate {what} to {target}")
-    from tasks.migration import release_wave
-
-    release_wave.delay(run_id)
-    click.echo(f"run {run_id}: migrating {len(plan.tables)} table(s) to {target}")
-    if not no_wait:
-        sys.exit(follow_run(s.runs, run_id, timeout=timeout))
 
 
 @main.command()
@@ -722,31 +577,17 @@ def migrate(
 @reports_errors
 def pause(run_id: str) -> None:
     """Pause a migration: tables in flight finish, the rest wait for `rotator resume`."""
-    from worker.core.model import RunStatus
-    from worker.errors import FatalError as Fatal
+    from worker.core.lifecycle import pause as pause_run
 
     s = _cli_services()
-    run = s.runs.get(run_id)
-    if run.kind != "migration" or run.status != RunStatus.SWITCHING:
-        raise Fatal(
-            f"run {run_id} is a {run.status} {run.kind} run: only a running migration can be paused"
+    flying = pause_run(s.runs, s.fences, run_id, busy_slots=s.limits.busy_slots)
+    if flying:
+        click.echo(
+            f"run {run_id} paused, but still in flight after 120s: {', '.join(flying[:5])}",
+            err=True,
         )
-    s.runs.update(run_id, status=RunStatus.PAUSED)
-    if not _wait_for_tables_in_flight(s, run_id):
-        click.echo(f"run {run_id} paused, but tables are still in flight after 120s", err=True)
         sys.exit(EXIT_TIMEOUT)
     click.echo(f"run {run_id} paused; no table is in flight")
-
-
-def _wait_for_tables_in_flight(s: Any, run_id: str, timeout: float = 120) -> bool:
-    """Wait until no worker holds one of the run's slots (tables in flight finish and are
-    recorded); False when some still do after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while s.limits.busy_slots(run_id):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 @main.command()
@@ -755,55 +596,25 @@ def _wait_for_tables_in_flight(s: Any, run_id: str, timeout: float = 120) -> boo
 @reports_errors
 def rollback(run_id: str, concurrency: int) -> None:
     """Move the tables a migration switched back to their previous connection."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from worker.core.migration import rollback_targets
-    from worker.core.model import RunStatus, TableStatus
-    from worker.core.rotation import rotate_table
-    from worker.errors import FatalError as Fatal
+    from worker.core.lifecycle import rollback as rollback_run
 
     s = _cli_services()
-    run = s.runs.get(run_id)
-    if run.kind != "migration":
-        raise Fatal(f"run {run_id} is a {run.kind} run; only migrations roll back")
-    if run.status == RunStatus.SWITCHING:
-        s.runs.update(run_id, status=RunStatus.PAUSED)  # stop new tables first
-    _wait_for_tables_in_flight(s, run_id)
-    back, unknown = rollback_targets(
-        s.runs.outcomes(run_id), run.data.get("previous_connections", {})
-    )
-
-    def undo(item: Any) -> tuple[Any, str, Any]:
-        table, connection, fingerprint = item
-        outcome = rotate_table(s.admin, table, connection=connection, target=fingerprint)
-        return table, connection, outcome
-
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(undo, back))
-    failed = [(t, o.reason) for t, _, o in results if o.status.failed]
-    for table, connection, outcome in results:
-        if not outcome.status.failed:
-            s.runs.record_outcome(
-                run_id,
-                type(outcome)(
-                    table=table,
-                    status=TableStatus.ROLLED_BACK,
-                    rule=f"rolled back to {connection}",
-                    rows_read=outcome.rows_read,
-                    previous=outcome.previous,
-                ),
-            )
-    s.runs.update(
+    result = rollback_run(
+        s.runs,
+        s.admin,
+        s.fences,
         run_id,
-        status=RunStatus.ROLLED_BACK,
-        error=(f"{len(failed)} table(s) could not be moved back" if failed else None),
+        busy_slots=s.limits.busy_slots,
+        concurrency=concurrency,
     )
-    click.echo(f"run {run_id}: {len(results) - len(failed)} table(s) moved back")
-    for table, reason in failed:
+    click.echo(f"run {run_id}: {len(result.moved)} table(s) moved back")
+    for table, reason in result.failed:
         click.echo(f"  could not move back {table}: {reason}", err=True)
-    for table in unknown:
+    for table, reason in result.unreachable:
+        click.echo(f"  not moved back {table}: {reason}", err=True)
+    for table in result.unknown:
         click.echo(f"  no connection with {table}'s previous credentials: left as is", err=True)
-    sys.exit(EXIT_FAILED if failed or unknown else 0)
+    sys.exit(0 if result.complete else EXIT_FAILED)
 
 
 @main.command("retire-due")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 
+from worker.core import masking
 from worker.core.model import (
     AccessKeyCredentials,
     Credentials,
     ExternalTable,
     StorageParam,
     parse_storage_param,
-    role_fingerprint,
 )
 from worker.databend_client import DatabendClient
 from worker.errors import DatabendQueryError
@@ -25,17 +25,30 @@ _MASKED_PARAM = re.compile(r"(\w+)=(\S*)")
 
 
 def _connection_fingerprint(params_text: str) -> str:
+    """What a connection's credentials look like (``ak:<as shown>``), from SHOW CONNECTIONS."""
     params = dict(_MASKED_PARAM.findall(params_text))
     if params.get("role_arn"):
-        return role_fingerprint(params["role_arn"])
+        return masking.observed("role", params["role_arn"])
     if params.get("access_key_id"):
-        return f"ak:{params['access_key_id'].lstrip('*')[-3:]}"
+        return masking.observed("ak", params["access_key_id"])
     return "unknown"
 
 
 class DriverDatabendAdmin:
     def __init__(self, client: DatabendClient) -> None:
         self.client = client
+        self._version: str | None = None
+
+    def server_version(self) -> str:
+        """``SELECT version()``, read once: e.g. ``Databend Query v1.2.895-nightly-…``."""
+        if self._version is None:
+            row = self.client.query_one("SELECT version()")
+            self._version = str(row[0]) if row else ""
+        return self._version
+
+    def mask_form(self) -> masking.MaskForm | None:
+        """How this server masks keys, from its version (None when the version cannot be read)."""
+        return masking.form_of_version(self.server_version())
 
     def connection_fingerprint(self, name: str) -> str | None:
         try:
@@ -89,12 +102,11 @@ class DriverDatabendAdmin:
         rows = self.client.query(
             f"SELECT database, name, storage_param FROM system.tables WHERE {where}"
         )
-        tables = []
-        for database, name, param in rows:
-            storage = parse_storage_param(param or "")
-            if storage is not None:
-                tables.append(ExternalTable(TableName(database, name), storage))
-        return tables
+        # every row comes back, readable or not: a destructive step must see what it cannot read
+        return [
+            ExternalTable(TableName(database, name), parse_storage_param(param or ""))
+            for database, name, param in rows
+        ]
 
     def describe_table(self, table: TableName) -> ExternalTable | None:
         row = self.client.query_one(
@@ -105,8 +117,9 @@ class DriverDatabendAdmin:
         if row is None:
             return None
         is_external, param = row
-        storage = parse_storage_param(param or "") if is_external else None
-        return ExternalTable(table, storage or StorageParam(kind=""))
+        if not _truthy(is_external):
+            return ExternalTable(table, StorageParam(kind=""))
+        return ExternalTable(table, parse_storage_param(param or ""))
 
     def switch_table(self, table: TableName, connection: str) -> None:
         self.client.execute(
@@ -133,3 +146,7 @@ class DriverDatabendAdmin:
 
     def read_back(self, table: TableName) -> int:
         return len(self.client.query(f"SELECT * FROM {table.sql} LIMIT 1"))
+
+
+def _truthy(value: object) -> bool:
+    return value not in (None, False, 0, "0", "false", "False", "")

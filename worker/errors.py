@@ -15,7 +15,12 @@
         ├── DatabendQueryError      bad SQL, unknown table, unknown connection, ...
         │   └── StoragePermissionDenied  the storage refused the credentials (403)
         ├── AwsPermanentError       access denied, validation errors from AWS APIs
-        └── RunNotFound             no run with that id
+        ├── RunNotFound             no run with that id
+        ├── UnreadableEvidence      Databend showed a credential in a form we cannot read
+        ├── PreflightFailed         the new connection cannot list a bucket: nothing was touched
+        └── Refused                 a destructive or irreversible step found a reason not to act
+            ├── KeyInUse            an object or a secret version may still use the key
+            └── BrownOut            a table failed while the old key was inactive: reactivated
 
 Exceptions carry facts (codes, names) and have no side effects. The classifiers below turn
 driver and botocore exceptions into this tree; tasks retry only the RetryableError branch.
@@ -88,6 +93,27 @@ class RunNotFound(FatalError):
 
 class AwsPermanentError(FatalError):
     pass
+
+
+class UnreadableEvidence(FatalError):
+    """Databend showed a credential in a form the masking model cannot read: nothing that rests on
+    "no object uses this key" may go ahead."""
+
+
+class PreflightFailed(FatalError):
+    """Before the first ALTER, the new connection could not list a bucket the run touches."""
+
+
+class Refused(FatalError):
+    """A destructive or irreversible step found a reason not to act; the message names it."""
+
+
+class KeyInUse(Refused):
+    """An object, or a current/pending secret version, may still use the key."""
+
+
+class BrownOut(Refused):
+    """A table could not be read while the old key was inactive: the key was reactivated."""
 
 
 class DatabendQueryError(FatalError):

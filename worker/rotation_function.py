@@ -72,7 +72,7 @@ def handler(
             break
         run = services.runs.get(run_id)
     run = services.runs.get(run_id)
-    if run.status in (RunStatus.FAILED, RunStatus.ABORTED):
+    if run.status in (RunStatus.FAILED, RunStatus.ABORTED, RunStatus.SUPERSEDED):
         raise RotationStepFailed(f"{step} failed: {run.error or run.status}")
     return {"run_id": run_id, "phase": str(run.phase), "status": str(run.status)}
 
@@ -98,7 +98,12 @@ def _new_run(services: Any, secret_id: str, token: str, run_id: str) -> RunRecor
     if token in info.versions and "AWSCURRENT" in info.versions[token].stages:
         raise FatalError(f"version {token} is already AWSCURRENT")
     plan = plan_key_rotation(
-        binding, info, secrets=services.secrets, iam=services.iam, admin=services.admin
+        binding,
+        info,
+        secrets=services.secrets,
+        iam=services.iam,
+        admin=services.admin,
+        bound_secrets=tuple(b.secret for b in services.bindings),
     )
     if plan.refusal:
         raise FatalError(plan.refusal)
@@ -129,6 +134,7 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
         admin=services.admin,
         bindings=services.bindings,
         locks=services.locks,
+        fences=services.fences,
     )
     retry = RetryPolicy()
 
@@ -140,6 +146,8 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
             admin=services.admin,
             locks=services.locks,
             retry=retry,
+            fences=services.fences,
+            lease_seconds=services.lease_seconds,
         )
 
     with ThreadPoolExecutor(max_workers=threads) as pool:

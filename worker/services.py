@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import structlog
+
 from worker.aws_iam import BotoIamKeys
 from worker.aws_secrets import SecretsManagerStore
 from worker.core.bindings import Binding, load_bindings
 from worker.core.key_rotation import KeyRotationContext
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
+from worker.errors import RotatorError
 from worker.limits import RedisLimits
-from worker.redis_state import RedisIntakeState, RedisSecretLocks
+from worker.redis_state import RedisFences, RedisIntakeState, RedisSecretLocks
 from worker.run_store import RedisRunStore, redis_client
 from worker.settings import Settings, settings
 
@@ -26,6 +29,7 @@ class Services:
     intake_state: RedisIntakeState
     locks: RedisSecretLocks
     limits: RedisLimits
+    fences: RedisFences
     _admin: DriverDatabendAdmin | None = field(default=None, repr=False)
     _iam: BotoIamKeys | None = field(default=None, repr=False)
 
@@ -43,7 +47,14 @@ class Services:
             iam=self.iam,
             admin=self.admin,
             locks=self.locks,
+            fences=self.fences,
+            bound_secrets=tuple(b.secret for b in self.bindings),
         )
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long an admitted change counts as in flight: one table's time limit and a margin."""
+        return float(self.settings.table_time_limit + 60)
 
     @property
     def admin(self) -> DriverDatabendAdmin:
@@ -53,6 +64,18 @@ class Services:
             assert dsn is not None
             self._admin = DriverDatabendAdmin(DatabendClient(dsn))
         return self._admin
+
+
+def log_server(admin: DriverDatabendAdmin) -> None:
+    """Log which Databend this process talks to and how it masks keys (once per process)."""
+    log = structlog.get_logger("rotator.databend")
+    try:
+        version = admin.server_version()
+    except RotatorError as exc:
+        log.warning("databend server version unknown", error=str(exc))
+        return
+    form = admin.mask_form()
+    log.info("databend server", version=version, key_masking=str(form) if form else "unknown")
 
 
 _lock = threading.Lock()
@@ -74,6 +97,7 @@ def services() -> Services:
                 intake_state=RedisIntakeState(client),
                 locks=RedisSecretLocks(client, current.lock_ttl),
                 limits=RedisLimits(client),
+                fences=RedisFences(client),
             )
         return _services
 

@@ -23,16 +23,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 
+from worker.core import masking
 from worker.core.bindings import Binding
+from worker.core.evidence import key_usage, refuse_if_used
+from worker.core.fencing import admitted, take_fence, wait_until_idle
 from worker.core.model import (
     AccessKeyCredentials,
     ExternalTable,
+    PlannedTable,
     RunStatus,
-    TableStatus,
 )
 from worker.core.ports import (
     AccessKey,
+    Admission,
     DatabendAdmin,
+    Fences,
     IamKeys,
     RunRecord,
     RunStore,
@@ -45,11 +50,21 @@ from worker.core.rotation import (
     RetryPolicy,
     connection_name_for,
     ensure_connection,
+    plan_rotation,
     rotate_table,
 )
 from worker.core.runs import reopen_failed_tables
 from worker.core.secret_value import parse_secret_value
-from worker.errors import FatalError, LockBusy, RotatorError, UnknownSecretError
+from worker.errors import (
+    BrownOut,
+    FatalError,
+    KeyInUse,
+    LockBusy,
+    Refused,
+    RotatorError,
+    UnknownSecretError,
+    UnreadableEvidence,
+)
 
 
 class Phase(StrEnum):
@@ -63,10 +78,6 @@ class Phase(StrEnum):
 
 
 PHASES = list(Phase)
-
-
-class KeyInUse(FatalError):
-    pass
 
 
 class NotAKeySecret(FatalError):
@@ -92,6 +103,9 @@ class KeyRotationContext:
     clock: Callable[[], float] = time.time
     # called at named points inside a step (crash tests hook a failure point here)
     checkpoint: Callable[[str], None] = lambda _name: None
+    # every secret a binding names: a key one of them holds as AWSCURRENT/AWSPENDING is live
+    bound_secrets: tuple[str, ...] = ()
+    fences: Fences | None = None
 
 
 @dataclass(frozen=True)
@@ -105,11 +119,13 @@ class KeyRotationPlan:
     keys: list[AccessKey]
     key_to_remove: str | None
     refusal: str | None
-    tables: list[ExternalTable]
+    tables: list[ExternalTable]  # every table that may use the current key
+    planned: list[PlannedTable] = field(default_factory=list)  # what the binding will switch
+    unreadable: list[ExternalTable] = field(default_factory=list)
+    allow_empty: bool = False
 
 
-def masked(key_id: str) -> str:
-    return f"******{key_id[-3:]}"
+masked = masking.show_key
 
 
 def current_credentials(
@@ -127,14 +143,18 @@ def current_credentials(
     return version, credentials, json.loads(raw or "{}")
 
 
-def tables_using(admin: DatabendAdmin, key_id: str) -> list[ExternalTable]:
-    """External tables whose storage_param shows this key's suffix."""
-    return [t for t in admin.list_external_tables() if t.storage.ak_suffix == key_id[-3:]]
-
-
 def plan_key_rotation(
-    binding: Binding, info: SecretInfo, *, secrets: SecretStore, iam: IamKeys, admin: DatabendAdmin
+    binding: Binding,
+    info: SecretInfo,
+    *,
+    secrets: SecretStore,
+    iam: IamKeys,
+    admin: DatabendAdmin,
+    allow_empty: bool = False,
+    bound_secrets: tuple[str, ...] = (),
 ) -> KeyRotationPlan:
+    """What ``rotate --commit`` would do, or why it must not: a spare key that may still be used
+    (or cannot be shown unused), or a binding that selects no table (unless ``allow_empty``)."""
     version, credentials, _ = current_credentials(secrets, info)
     user = binding.iam_user or iam.owner_of(credentials.access_key_id)
     keys = sorted(iam.list_keys(user), key=lambda k: k.created_at)
@@ -142,16 +162,35 @@ def plan_key_rotation(
     to_remove, refusal = None, None
     if len(keys) >= 2:
         victim = others[0] if others else keys[0]
-        users = tables_using(admin, victim.key_id)
-        if users:
-            names = ", ".join(str(t.name) for t in users[:5])
-            refusal = (
-                f"user {user} already has two access keys and {masked(victim.key_id)}, "
-                f"the one the secret does not hold, is still used by {len(users)} "
-                f"table(s): {names}. Switch those tables first; nothing was changed."
+        try:
+            refuse_if_used(
+                admin, secrets, (*bound_secrets, info.arn), victim.key_id, "remove the spare key"
             )
-        else:
             to_remove = victim.key_id
+        except (KeyInUse, UnreadableEvidence) as exc:
+            refusal = (
+                f"user {user} already has two access keys and {masked(victim.key_id)} is the one "
+                f"the secret does not hold: {exc}. Switch those first; nothing was changed."
+            )
+    usage = key_usage(admin, credentials.access_key_id)
+    switchable = [
+        p
+        for p in plan_rotation(
+            binding,
+            admin.list_external_tables(binding.databases_to_scan()),
+            connection="",
+            target=credentials.fingerprint,
+            old_fingerprints={credentials.fingerprint},
+        ).tables
+        if not p.problem
+    ]
+    if refusal is None and not switchable and not allow_empty:
+        refusal = (
+            f"binding {binding.name} selects no table to switch (its selectors and discovery "
+            "match nothing), so nothing would prove the new key before the old one is retired; "
+            "fix the binding, or pass --allow-empty to rotate a key no table uses. "
+            "Nothing was changed."
+        )
     return KeyRotationPlan(
         secret_arn=info.arn,
         secret_name=info.name,
@@ -162,7 +201,10 @@ def plan_key_rotation(
         keys=keys,
         key_to_remove=to_remove,
         refusal=refusal,
-        tables=tables_using(admin, credentials.access_key_id),
+        tables=usage.users,
+        planned=switchable,
+        unreadable=usage.unreadable,
+        allow_empty=allow_empty,
     )
 
 
@@ -187,6 +229,7 @@ def new_key_rotation(
                 "old_version": plan.current_version,
                 "deactivate_after": deactivate_after,
                 "delete_after": delete_after,
+                "allow_empty": plan.allow_empty,
             },
         )
     )
@@ -194,23 +237,39 @@ def new_key_rotation(
 
 
 def advance(ctx: KeyRotationContext, run_id: str) -> Next:
-    """Do the next step of a key rotation. Fatal errors fail the run (resumable)."""
+    """Do the next step of a key rotation. Fatal errors fail the run (resumable).
+
+    Every step runs fenced: once a newer run of the secret has taken over, or the run was
+    aborted, a late step changes nothing."""
     run = ctx.runs.get(run_id)
-    if RunStatus(run.status).final:
+    if not RunStatus(run.status).active:
         return Next.STOP
     if ctx.locks is not None and not ctx.locks.acquire(run.secret, run_id):
         raise LockBusy(f"another run is rotating secret {run.secret}")
+    take_fence(run, ctx.runs, ctx.fences)
     if run.status == RunStatus.QUEUED:
         ctx.runs.update(run_id, status=RunStatus.SWITCHING, started_at=ctx.clock())
-    step = _STEPS[Phase(run.phase or Phase.PLANNED)]
-    try:
-        return step(ctx, run)
-    except FatalError as exc:
-        _fail(ctx, run, str(exc))
-        return Next.STOP
+        run.status = RunStatus.SWITCHING
+    phase = Phase(run.phase or Phase.PLANNED)
+    with admitted(ctx.fences, run, f"step:{phase}") as verdict:
+        if verdict is not Admission.ADMITTED:
+            return Next.STOP
+        try:
+            return _STEPS[phase](ctx, run)
+        except FatalError as exc:
+            _fail(ctx, run, str(exc))
+            return Next.STOP
 
 
 def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
+    """createSecret: a new key for the user, stored as the AWSPENDING version.
+
+    Order matters for safety: first prove the secret still holds the key this run was planned
+    from (a newer rotation may have happened meanwhile), then clean up what this run itself left
+    behind, then make room, then create. Every key this run creates is written down before and
+    after CreateAccessKey, so a crash between the two is found again; no other key is ever
+    deleted as an "orphan", and nothing is deleted that may still be used.
+    """
     data = dict(run.data)
     info = ctx.secrets.describe(run.secret)
     stored = _stored_pending(ctx, info, run.version_id)
@@ -219,39 +278,86 @@ def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
         ctx.runs.update(run.run_id, phase=Phase.PENDING_STORED, data=data)
         return Next.CONTINUE
     user, old_key = str(data["user"]), str(data["old_key_id"])
+    _, current, current_value = current_credentials(ctx.secrets, info)
+    if current.access_key_id != old_key:
+        raise Refused(
+            f"the secret's current key changed to {masked(current.access_key_id)} since this "
+            "rotation was planned (another rotation ran); nothing was deleted or created: "
+            f"`rotator abort {run.run_id}` and start a new rotation if one is still wanted"
+        )
     keys = ctx.iam.list_keys(user)
     if "keys_before" not in data:
         data["keys_before"] = [k.key_id for k in keys]
         ctx.runs.update(run.run_id, data=data)  # write-ahead: what existed before we create one
-    for orphan in [k for k in keys if k.key_id not in data["keys_before"]]:
-        ctx.iam.delete_key(user, orphan.key_id)  # created by a crashed attempt, never stored
-    keys = [k for k in keys if k.key_id in data["keys_before"]]
+    for orphan in _own_orphans(data, keys):
+        _delete_key(ctx, run, user, orphan, "delete the key this run created but never stored")
+    keys = ctx.iam.list_keys(user)
     if len(keys) >= 2:
         victim = sorted((k for k in keys if k.key_id != old_key), key=lambda k: k.created_at)[0]
-        users = tables_using(ctx.admin, victim.key_id)
-        if users:
-            raise KeyInUse(
-                f"user {user} has two keys and {masked(victim.key_id)} is still used "
-                f"by {', '.join(str(t.name) for t in users[:5])}"
-            )
         data["removed_key_id"] = victim.key_id
-        data["keys_before"] = [k for k in data["keys_before"] if k != victim.key_id]
         ctx.runs.update(run.run_id, data=data)
-        ctx.iam.delete_key(user, victim.key_id)
-    _, current, current_value = current_credentials(ctx.secrets, info)
-    if current.access_key_id != old_key:
-        raise FatalError(
-            f"the secret's current key changed to {masked(current.access_key_id)} "
-            "since this rotation was planned"
-        )
-    key_id, secret_key = ctx.iam.create_key(user)
-    ctx.checkpoint("after-create-key")
+        _delete_key(ctx, run, user, victim.key_id, "remove the spare key")
+    key_id, secret_key = _create_distinct_key(ctx, run, user, old_key)
+    data = dict(ctx.runs.get(run.run_id).data)
     value = {k: v for k, v in current_value.items() if k not in _KEY_FIELDS}
     value.update(access_key_id=key_id, secret_access_key=secret_key)
     ctx.writer.put_pending(info.arn, run.version_id, json.dumps(value))
     data["new_key_id"] = key_id
     ctx.runs.update(run.run_id, phase=Phase.PENDING_STORED, data=data)
     return Next.CONTINUE
+
+
+_LOOK_ALIKE_ATTEMPTS = 8
+
+
+def _create_distinct_key(
+    ctx: KeyRotationContext, run: RunRecord, user: str, old_key: str
+) -> tuple[str, str]:
+    """CreateAccessKey, recorded before and after; a key Databend would show like the old one
+    (same ``******XYZ`` or ``AK***YZ``) is deleted and made again, so that what a table shows
+    always tells the two apart."""
+    for _ in range(_LOOK_ALIKE_ATTEMPTS):
+        data = dict(ctx.runs.get(run.run_id).data)
+        data["creating_since"] = data.get("creating_since") or ctx.clock()
+        ctx.runs.update(run.run_id, data=data)
+        key_id, secret_key = ctx.iam.create_key(user)
+        ctx.checkpoint("after-create-key")
+        data["created_keys"] = [*data.get("created_keys", []), key_id]
+        ctx.runs.update(run.run_id, data=data)
+        if not masking.look_alike(key_id, old_key):
+            return key_id, secret_key
+        _delete_key(ctx, run, user, key_id, "delete a new key that looks like the old one")
+    raise FatalError(f"IAM kept returning keys that Databend would show like {masked(old_key)}")
+
+
+def _own_orphans(data: dict[str, object], keys: list[AccessKey]) -> list[str]:
+    """Keys this run created and never stored: recorded after CreateAccessKey, or (a crash came
+    between the call and the record) absent from ``keys_before`` and created after this run
+    announced it was creating one. The fail-closed check before deleting still applies."""
+    before = set(map(str, data.get("keys_before", [])))  # type: ignore[call-overload]
+    created = set(map(str, data.get("created_keys", [])))  # type: ignore[call-overload]
+    since = data.get("creating_since")
+    orphans = []
+    for key in keys:
+        if key.key_id in before:
+            continue
+        recorded = key.key_id in created
+        unrecorded_own = since is not None and key.created_at >= float(since) - 5  # type: ignore[arg-type]
+        if recorded or unrecorded_own:
+            orphans.append(key.key_id)
+    return orphans
+
+
+def _delete_key(
+    ctx: KeyRotationContext, run: RunRecord, user: str, key_id: str, action: str
+) -> None:
+    """DeleteAccessKey, only when the key is provably unused (refuses otherwise)."""
+    refuse_if_used(ctx.admin, ctx.secrets, _secrets_to_check(ctx, run), key_id, action)
+    ctx.iam.delete_key(user, key_id)
+
+
+def _secrets_to_check(ctx: KeyRotationContext, run: RunRecord) -> tuple[str, ...]:
+    return (*ctx.bound_secrets, run.secret)
 
 
 def _stored_pending(
@@ -318,16 +424,25 @@ def _await_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
             f" ({names}); the old key stays active — fix the cause, then "
             f"`rotator resume {run.run_id}`, or `rotator abort {run.run_id}`"
         )
+    if not ctx.runs.outcomes(table_run.run_id) and not run.data.get("allow_empty"):
+        raise Refused(
+            "the table run switched no table, so nothing proves the new key before the old one "
+            "would be retired; stopped before moving AWSCURRENT (the old key stays active). "
+            f"Fix the binding and `rotator resume {run.run_id}`, or `rotator abort {run.run_id}`"
+        )
     ctx.runs.update(run.run_id, phase=Phase.SWITCHED)
     return Next.CONTINUE
 
 
 def _test_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
     """testSecret: every table reads with the new key, and none still shows the old one."""
-    new_suffix = str(run.data["new_key_id"])[-3:]
+    new = masking.held("ak", str(run.data["new_key_id"]))
+    old = masking.held("ak", str(run.data["old_key_id"]))
     for outcome in ctx.runs.outcomes(str(run.data["table_run"])):
         current = ctx.retry.call(partial(ctx.admin.describe_table, outcome.table))
-        if current is None or current.storage.ak_suffix != new_suffix:
+        if current is None or current.storage.unreadable is not None:
+            raise FatalError(f"table {outcome.table} cannot be read back from system.tables")
+        if not current.storage.may_hold(new) or current.storage.may_hold(old):
             raise FatalError(f"table {outcome.table} is not on the new key")
         ctx.retry.call(partial(ctx.admin.read_back, outcome.table))
     ctx.runs.update(run.run_id, phase=Phase.TESTED)
@@ -372,7 +487,13 @@ _STEPS = {
 
 
 def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
-    """Deactivate or delete the rotation's old key, once, and only if no table still uses it."""
+    """Deactivate or delete the rotation's old key, once, and only if nothing may still use it.
+
+    Fail closed: every table row must have been read, none may show the key, and no current or
+    pending version of a bound secret may hold it. Before deleting, every table of the rotation
+    is read again (the old key has been inactive meanwhile): if one cannot be read, the key is
+    reactivated and the retirement stops with an alert (a brown-out caught in time).
+    """
     run = ctx.runs.get(run_id)
     data = dict(run.data)
     done_field = "deactivated_at" if action == "deactivate" else "deleted_at"
@@ -381,11 +502,15 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     if run.phase not in (Phase.FINISHED, Phase.RETIRED):
         return "not finished"
     user, key = str(data["user"]), str(data["old_key_id"])
-    users = tables_using(ctx.admin, key)
-    if users:
-        data["retire_blocked"] = f"{len(users)} table(s) still use {masked(key)}"
+    try:
+        refuse_if_used(ctx.admin, ctx.secrets, _secrets_to_check(ctx, run), key, action)
+        if action == "delete":
+            _brownout_check(ctx, run)
+    except (Refused, UnreadableEvidence) as exc:
+        data = dict(ctx.runs.get(run_id).data)
+        data["retire_blocked"] = str(exc)
         ctx.runs.update(run_id, data=data)
-        return str(data["retire_blocked"])
+        return str(exc)
     existing = {k.key_id: k for k in ctx.iam.list_keys(user)}
     if key in existing:
         if action == "deactivate":
@@ -396,6 +521,29 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     data.pop("retire_blocked", None)
     ctx.runs.update(run_id, data=data)
     return "done"
+
+
+def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
+    """Read back every table the rotation switched; on any failure reactivate the old key."""
+    failures = []
+    for outcome in ctx.runs.outcomes(str(run.data.get("table_run", ""))):
+        try:
+            ctx.retry.call(partial(ctx.admin.read_back, outcome.table))
+        except RotatorError as exc:
+            failures.append(f"{outcome.table}: {exc}")
+    if not failures:
+        return
+    user, key = str(run.data["user"]), str(run.data["old_key_id"])
+    if any(k.key_id == key and not k.active for k in ctx.iam.list_keys(user)):
+        ctx.iam.set_active(user, key, True)
+    data = dict(ctx.runs.get(run.run_id).data)
+    data.pop("deactivated_at", None)
+    data["alert"] = f"brown-out: reactivated {masked(key)}"
+    ctx.runs.update(run.run_id, data=data)
+    raise BrownOut(
+        f"ALERT: {len(failures)} table(s) could not be read while {masked(key)} was inactive, "
+        f"so it was reactivated and not deleted: {'; '.join(failures[:5])}"
+    )
 
 
 def due_retirements(run: RunRecord, now: float) -> list[str]:
@@ -410,13 +558,14 @@ def due_retirements(run: RunRecord, now: float) -> list[str]:
 
 
 def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
-    """Make a failed or stalled key rotation go on; returns the tables reopened, if any."""
+    """Make a failed, stuck or stalled key rotation go on; returns the tables reopened, if any."""
     run = ctx.runs.get(run_id)
     if run.status == RunStatus.SUCCEEDED and run.phase == Phase.RETIRED:
         ctx.runs.mark_retiring(run_id)  # only the old key's retirement is left: keep it scheduled
         return []
-    if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED):
-        raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED, RunStatus.SUPERSEDED):
+        hint = f": `rotator abort {run_id}` cleans up its key" if run.status == "superseded" else ""
+        raise FatalError(f"run {run_id} is {run.status}: nothing to resume{hint}")
     reopened: list[str] = []
     if run.phase == Phase.SWITCHING and run.data.get("table_run"):
         reopened = [str(t) for t in reopen_failed_tables(str(run.data["table_run"]), ctx.runs)]
@@ -424,45 +573,109 @@ def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     return reopened
 
 
-def abort(ctx: KeyRotationContext, run_id: str, binding: Binding) -> list[str]:
-    """Undo a key rotation that has not finished: tables back on the old key's connection,
-    AWSPENDING removed, the new key deleted. Returns the tables switched back."""
+ABORT_WAIT_SECONDS = 120.0
+
+
+def abort(
+    ctx: KeyRotationContext,
+    run_id: str,
+    binding: Binding,
+    *,
+    wait_seconds: float = ABORT_WAIT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Undo a key rotation that has not moved AWSCURRENT. Returns the tables switched back.
+
+    1. The run (and its table run) is marked final first: no change of it is admitted any more.
+    2. Changes admitted before are waited for (bounded; on time-out nothing more is done and
+       ``abort`` may be asked again).
+    3. Every table that may show the new key is switched back to a connection made from the old
+       version and read back — only while no newer run of the secret holds the fence.
+    4. AWSPENDING is removed, then each key this run created is deleted under the fail-closed
+       rule (no table may show it, no live version of a bound secret may hold it).
+    Asking again after a refusal or a time-out goes on from where it stopped.
+    """
     run = ctx.runs.get(run_id)
     if run.phase in (Phase.FINISHED, Phase.RETIRED):
         raise FatalError(f"run {run_id} already moved AWSCURRENT: rotate again instead of aborting")
-    if run.status == RunStatus.ABORTED:
+    if run.status == RunStatus.ABORTED and run.data.get("abort_done"):
         return []
-    data = dict(run.data)
+    table_run = run.data.get("table_run")
+    runs_of_it = [run_id] + ([str(table_run)] if table_run else [])
+    for rid in runs_of_it:
+        _end_for_abort(ctx, rid)
+    flying = wait_until_idle(ctx.fences, runs_of_it, timeout=wait_seconds, sleep=sleep)
+    if flying:
+        raise FatalError(
+            f"run {run_id} is marked aborted, but {len(flying)} change(s) were still in flight "
+            f"after {wait_seconds:g}s ({', '.join(flying[:5])}); nothing was switched back yet: "
+            f"ask `rotator abort {run_id}` again once they have ended"
+        )
+    switched_back = _switch_back(ctx, run, binding)
     info = ctx.secrets.describe(run.secret)
-    old_version = str(data["old_version"])
+    if "AWSPENDING" in getattr(info.versions.get(run.version_id), "stages", ()):
+        ctx.writer.drop_pending(info.arn, run.version_id)
+    user = str(run.data["user"])
+    data = dict(ctx.runs.get(run_id).data)
+    mine = set(map(str, data.get("created_keys", []))) | set(
+        _own_orphans(data, ctx.iam.list_keys(user))
+    )
+    if data.get("new_key_id"):
+        mine.add(str(data["new_key_id"]))
+    for key in sorted(mine):
+        if any(k.key_id == key for k in ctx.iam.list_keys(user)):
+            _delete_key(ctx, run, user, key, "delete the aborted rotation's new key")
+    data["abort_done"] = ctx.clock()
+    ctx.runs.update(run_id, data=data, error=None, updated_at=ctx.clock())
+    _release(ctx, run)
+    return switched_back
+
+
+def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
+    try:
+        run = ctx.runs.get(run_id)
+    except RotatorError:
+        return
+    if run.status not in (RunStatus.SUPERSEDED, RunStatus.ABORTED):
+        ctx.runs.update(run_id, status=RunStatus.ABORTED, error="aborted", updated_at=ctx.clock())
+
+
+def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> list[str]:
+    """Tables that may show the new key, back onto the old version's credentials."""
+    new_key = run.data.get("new_key_id")
+    if not new_key:
+        return []
+    if ctx.fences is not None and run.fence and not ctx.fences.is_newest(run.secret, run.fence):
+        return []  # a newer run of the secret owns the tables now: not ours to move
+    info = ctx.secrets.describe(run.secret)
+    old_version = str(run.data["old_version"])
     old = parse_secret_value(
         ctx.secrets.read_version(info.arn, old_version),
         where=f"secret {info.name} version {old_version}",
     )
+    new = masking.held("ak", str(new_key))
+    usage = key_usage(ctx.admin, str(new_key))
+    if usage.unreadable:
+        names = ", ".join(str(t.name) for t in usage.unreadable[:5])
+        raise UnreadableEvidence(f"cannot tell which tables show the new key: {names}")
+    candidates = sorted({t.name for t in usage.users})
+    if not candidates:
+        return []
     back = connection_name_for(binding, old_version)
     ensure_connection(ctx.admin, back, old)
     switched_back = []
-    new_key = data.get("new_key_id")
-    if new_key and data.get("table_run"):
-        for outcome in ctx.runs.outcomes(str(data["table_run"])):
-            current = ctx.admin.describe_table(outcome.table)
-            if current is None or current.storage.ak_suffix != str(new_key)[-3:]:
-                continue
-            result = rotate_table(
-                ctx.admin, outcome.table, connection=back, target=old.fingerprint, retry=ctx.retry
-            )
-            if result.status is TableStatus.FAILED:
-                raise FatalError(f"could not switch {outcome.table} back: {result.reason}")
-            switched_back.append(str(outcome.table))
-    if run.version_id in info.versions:
-        ctx.writer.drop_pending(info.arn, run.version_id)
-    if new_key:
-        if tables_using(ctx.admin, str(new_key)):
-            raise FatalError(f"tables still use the new key {masked(str(new_key))}; not deleted")
-        if any(k.key_id == new_key for k in ctx.iam.list_keys(str(data["user"]))):
-            ctx.iam.delete_key(str(data["user"]), str(new_key))
-    ctx.runs.update(run_id, status=RunStatus.ABORTED, error=None, updated_at=ctx.clock())
-    _release(ctx, run)
+    for table in candidates:
+        if ctx.fences is not None and run.fence and not ctx.fences.is_newest(run.secret, run.fence):
+            break  # taken over while switching back: stop touching its tables
+        current = ctx.admin.describe_table(table)
+        if current is None or not current.storage.may_hold(new):
+            continue
+        result = rotate_table(
+            ctx.admin, table, connection=back, target=old.fingerprint, retry=ctx.retry
+        )
+        if result.status.failed:
+            raise FatalError(f"could not switch {table} back: {result.reason}")
+        switched_back.append(str(table))
     return switched_back
 
 

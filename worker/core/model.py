@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from worker.core import masking
 from worker.sql import TableName
 
 
@@ -18,11 +20,11 @@ class AccessKeyCredentials:
 
     @property
     def fingerprint(self) -> str:
-        """What Databend's storage_param shows of these credentials: the key's last 3 chars."""
-        return f"ak:{self.access_key_id[-3:]}"
+        """These credentials' identity, compared with what objects show through masking.compare."""
+        return masking.held("ak", self.access_key_id)
 
     def __repr__(self) -> str:  # never show the key pair
-        return f"AccessKeyCredentials(access_key_id=******{self.access_key_id[-3:]})"
+        return f"AccessKeyCredentials(access_key_id={masking.show_key(self.access_key_id)})"
 
 
 @dataclass(frozen=True)
@@ -34,15 +36,10 @@ class RoleCredentials:
 
     @property
     def fingerprint(self) -> str:
-        return role_fingerprint(self.role_arn)
+        return masking.held("role", self.role_arn)
 
 
 Credentials = AccessKeyCredentials | RoleCredentials
-
-
-def role_fingerprint(role_arn: str) -> str:
-    """Databend shows only a role ARN's last 3 characters on a connection; compare those."""
-    return f"role:~{role_arn.lstrip('*')[-3:]}"
 
 
 @dataclass(frozen=True)
@@ -58,42 +55,62 @@ class SecretVersion:
 
 @dataclass(frozen=True)
 class StorageParam:
-    """Parsed ``system.tables.storage_param`` of an external table."""
+    """Parsed ``system.tables.storage_param`` of an external table.
+
+    ``ak`` / ``iam_role`` hold the values as Databend shows them (masked); ``unreadable`` is set,
+    with the text at fault, when the row could not be read: such a row is evidence of nothing,
+    and every destructive step refuses while one exists.
+    """
 
     kind: str
     bucket: str | None = None
     root: str | None = None
     endpoint: str | None = None
-    ak_suffix: str | None = None
+    ak: str | None = None
     iam_role: str | None = None
+    unreadable: str | None = None
 
     @property
     def fingerprint(self) -> str | None:
         if self.iam_role:
-            return role_fingerprint(self.iam_role)
-        if self.ak_suffix:
-            return f"ak:{self.ak_suffix}"
+            return masking.observed("role", self.iam_role)
+        if self.ak:
+            return masking.observed("ak", self.ak)
         return None
+
+    def may_hold(self, credentials_fingerprint: str) -> bool:
+        """May this object hold those credentials? (True for an unreadable row: fail closed.)"""
+        if self.unreadable is not None:
+            return True
+        return masking.may_hold(self.fingerprint, credentials_fingerprint)
 
 
 _PARAM_ITEM = re.compile(r"(\w+)=([^,]*)")
 
 
-def parse_storage_param(text: str) -> StorageParam | None:
-    """``s3 | bucket=b,root=/t/,endpoint=http://..,ak=******XYZ,iam_role=`` -> StorageParam."""
+def parse_storage_param(text: str) -> StorageParam:
+    """``s3 | bucket=b,root=/t/,endpoint=http://..,ak=******XYZ,iam_role=`` -> StorageParam.
+
+    Never drops a row: text it cannot read comes back with ``unreadable`` set."""
     if not text or "|" not in text:
-        return None
+        return StorageParam(kind="?", unreadable=text or "(empty storage_param)")
     kind, _, rest = text.partition("|")
     items = {k: v.strip() for k, v in _PARAM_ITEM.findall(rest)}
-    ak = items.get("ak", "")
-    return StorageParam(
+    ak, role = items.get("ak") or None, items.get("iam_role") or None
+    param = StorageParam(
         kind=kind.strip(),
         bucket=items.get("bucket") or None,
         root=items.get("root") or None,
         endpoint=items.get("endpoint") or None,
-        ak_suffix=ak.lstrip("*")[-3:] if ak.strip("*") else None,
-        iam_role=items.get("iam_role") or None,
+        ak=ak,
+        iam_role=role,
     )
+    for value in (ak, role):
+        if value is not None and not masking.readable(masking.observed("ak", value)):
+            return dataclasses.replace(
+                param, unreadable=f"{kind.strip()} credentials shown as {value!r}"
+            )
+    return param
 
 
 @dataclass(frozen=True)
@@ -110,20 +127,16 @@ class TableStatus(StrEnum):
     FAILED = "failed"
     STRANDED = "stranded"  # its old key no longer works: ALTER cannot write (see RUNBOOK)
     ROLLED_BACK = "rolled_back"  # a migration's switch undone: previous connection, read back
+    REVERTED = "reverted"  # read-back failed on the new credentials: switched back, read back
+    SUPERSEDED = "superseded"  # a newer run of the secret owns it now: left untouched
 
     @property
     def done(self) -> bool:
-        return self in (
-            TableStatus.VALIDATED,
-            TableStatus.ALREADY_SWITCHED,
-            TableStatus.FAILED,
-            TableStatus.STRANDED,
-            TableStatus.ROLLED_BACK,
-        )
+        return self is not TableStatus.PENDING and self is not TableStatus.SWITCHED
 
     @property
     def failed(self) -> bool:
-        return self in (TableStatus.FAILED, TableStatus.STRANDED)
+        return self in (TableStatus.FAILED, TableStatus.STRANDED, TableStatus.REVERTED)
 
 
 @dataclass
@@ -149,17 +162,17 @@ class RunStatus(StrEnum):
     PAUSED = "paused"  # a migration stopped by `rotator pause`; `rotator resume` goes on
     HALTED = "halted"  # a migration wave's error rate passed the threshold
     ROLLED_BACK = "rolled_back"  # a migration undone by `rotator rollback`
+    SUPERSEDED = "superseded"  # a newer run of the same secret took over (fencing)
+    STUCK = "stuck"  # no progress for ROTATOR_STUCK_AFTER and not safe to re-enqueue: see error
 
     @property
     def final(self) -> bool:
-        return self in (
-            RunStatus.SUCCEEDED,
-            RunStatus.FAILED,
-            RunStatus.SKIPPED,
-            RunStatus.ABORTED,
-            RunStatus.HALTED,
-            RunStatus.ROLLED_BACK,
-        )
+        return not self.active and self is not RunStatus.PAUSED
+
+    @property
+    def active(self) -> bool:
+        """May the run's work change anything now?"""
+        return self in (RunStatus.QUEUED, RunStatus.PLANNING, RunStatus.SWITCHING)
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,7 @@ class PlannedTable:
     rule: str  # which rule selected it: "selector sales.orders" / "discovered ak ******XYZ in b"
     current: str | None  # fingerprint now, None when the table is missing / not external
     problem: str | None = None  # set when the table cannot be switched at all
+    bucket: str | None = None  # where its data lives (the pre-flight lists it first)
 
 
 @dataclass(frozen=True)

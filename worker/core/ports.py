@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.core.model import Credentials, ExternalTable, TableOutcome
@@ -59,6 +60,10 @@ class DatabendAdmin(Protocol):
 
     def switch_table(self, table: TableName, connection: str) -> None:
         """ALTER TABLE … CONNECTION=(connection_name=…)."""
+        ...
+
+    def probe_connection(self, connection: str, bucket: str) -> None:
+        """Prove the connection can list the bucket (touching no object); raises when not."""
         ...
 
     def read_back(self, table: TableName) -> int:
@@ -142,6 +147,7 @@ class RunRecord:
     may_skip_switched: bool = True
     newest_wins: bool = False  # event-driven runs never apply a version older than the newest
     parent: str | None = None  # the key rotation this table run belongs to
+    fence: int = 0  # fencing token taken with the secret's lock (0: none yet); see Fences
     phase: str = ""  # key rotations: the last step completed (see core/key_rotation.py)
     data: dict[str, Any] = field(default_factory=dict)  # key rotations: write-ahead facts
     error: str | None = None
@@ -182,6 +188,48 @@ class IntakeState(Protocol):
     def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
         """Keep the newest accepted version per secret (by creation date); never go back."""
         ...
+
+
+class Admission(StrEnum):
+    ADMITTED = "admitted"  # go ahead: registered as in flight until ``leave``
+    SUPERSEDED = "superseded"  # a newer run of the secret holds the fence: change nothing
+    PAUSED = "paused"  # the run is paused: leave the object pending for ``resume``
+    ENDED = "ended"  # the run is final, or unknown (a Redis flush): change nothing
+
+
+class Fences(Protocol):
+    """Fencing tokens per secret and the changes in flight per run (Redis in production).
+
+    A lock with an expiry is no lock for late work (a redelivered task, a resumed run): every
+    change is therefore preceded by ``enter``, one atomic check that the run is still active and
+    its token still the secret's newest, which also registers the change as in flight so that
+    ``abort``/``pause`` can wait for it to end.
+    """
+
+    def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
+        """A token for ``run_id`` greater than every earlier one of the secret, and the run that
+        held the newest token before (None when none did)."""
+        ...
+
+    def enter(
+        self,
+        run_id: str,
+        item: str,
+        *,
+        secret_arn: str | None = None,
+        token: int = 0,
+        lease_seconds: float = 600,
+    ) -> Admission:
+        """Check (run active; ``token`` still the newest when given) and register ``item``."""
+        ...
+
+    def leave(self, run_id: str, item: str) -> None: ...
+
+    def in_flight(self, run_id: str) -> list[str]:
+        """Items registered by ``enter`` whose lease has not run out."""
+        ...
+
+    def is_newest(self, secret_arn: str, token: int) -> bool: ...
 
 
 class SecretLocks(Protocol):

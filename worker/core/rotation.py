@@ -13,6 +13,7 @@ from typing import Any
 
 import tenacity
 
+from worker.core import masking
 from worker.core.bindings import Binding
 from worker.core.model import (
     Credentials,
@@ -75,9 +76,10 @@ def ensure_connection(admin: DatabendAdmin, name: str, credentials: Credentials)
     """
     existing = admin.connection_fingerprint(name)
     if existing is not None:
-        if existing != credentials.fingerprint:
+        if not _may_show(existing, credentials.fingerprint):
             raise ConnectionConflict(
-                f"connection {name} already exists with other credentials ({existing})"
+                f"connection {name} already exists with other credentials "
+                f"({masking.display(existing)})"
             )
         return False
     admin.create_connection(name, credentials)
@@ -108,7 +110,10 @@ def plan_rotation(
         for selector in binding.selectors:
             if selector.matches(table.name):
                 planned[table.name] = PlannedTable(
-                    table.name, f"selector {selector.text}", table.storage.fingerprint
+                    table.name,
+                    f"selector {selector.text}",
+                    table.storage.fingerprint,
+                    bucket=table.storage.bucket,
                 )
                 break
     for selector in binding.selectors:
@@ -129,15 +134,29 @@ def plan_rotation(
                 "discover: no bucket known for this binding (set 'buckets' or name a "
                 "table); discovery matched nothing"
             )
+        unreadable = []
         for table in tables:
-            fp = table.storage.fingerprint
-            if table.name in planned or fp not in wanted or table.storage.bucket not in buckets:
+            if table.name in planned or table.storage.bucket not in buckets:
                 continue
-            shown = fp.replace("ak:", "ak ******") if fp else "?"
+            if table.storage.unreadable is not None:
+                unreadable.append(f"{table.name} ({table.storage.unreadable})")
+                continue
+            fp = table.storage.fingerprint
+            if not any(_may_show(fp, w) for w in wanted):
+                continue
             planned[table.name] = PlannedTable(
-                table.name, f"discovered: {shown} in bucket {table.storage.bucket}", fp
+                table.name,
+                f"discovered: {masking.display(fp)} in bucket {table.storage.bucket}",
+                fp,
+                bucket=table.storage.bucket,
             )
-    if target in old_fingerprints:
+        if unreadable:
+            notes.append(
+                f"discover: {len(unreadable)} table(s) show credentials that cannot be read and "
+                f"were not discovered (no key is retired while they exist): "
+                f"{', '.join(unreadable[:5])}"
+            )
+    if not all(masking.distinguishable(target, old) for old in old_fingerprints):
         notes.append(
             "the new credentials look like an old version's to Databend; every table "
             "is switched even if it seems switched already"
@@ -156,6 +175,7 @@ def rotate_table(
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] = time.time,
     known_current: str | None = None,
+    revert_to: tuple[str, str] | None = None,
 ) -> TableOutcome:
     """Switch one table to ``connection`` and read it back. Never raises a FatalError: a
     permanent failure becomes a FAILED outcome with Databend's message. A RetryableError that
@@ -163,7 +183,9 @@ def rotate_table(
 
     ``known_current``: the table's credentials as the plan saw them, for a first attempt; the
     lookup in system.tables (a scan of every table) is then skipped. A retry passes None and
-    checks before acting."""
+    checks before acting. ``revert_to`` = (connection, its credentials' fingerprint): when the
+    read-back fails after a switch and the table was on those credentials, it is switched back
+    (and read back) and recorded REVERTED instead of being left on credentials that fail."""
     retry = retry or RetryPolicy()
     outcome = TableOutcome(table=table)
     try:
@@ -175,7 +197,7 @@ def rotate_table(
                 return _failed(outcome, "not an external table")
             known_current = current.storage.fingerprint
         outcome.previous = known_current
-        if may_skip_switched and known_current == target:
+        if may_skip_switched and _may_show(known_current, target):
             outcome.status = TableStatus.ALREADY_SWITCHED
         else:
             try:
@@ -196,12 +218,52 @@ def rotate_table(
         try:
             outcome.rows_read = retry.call(lambda: admin.read_back(table))
         except FatalError as exc:
+            if outcome.status is TableStatus.SWITCHED and revert_to is not None:
+                return _revert(admin, outcome, revert_to, retry, f"{exc}")
             return _failed(outcome, f"switched, but reading it back failed: {exc}")
         if outcome.status is TableStatus.SWITCHED:
             outcome.status = TableStatus.VALIDATED
         return outcome
     except FatalError as exc:
         return _failed(outcome, str(exc))
+
+
+def _revert(
+    admin: DatabendAdmin,
+    outcome: TableOutcome,
+    revert_to: tuple[str, str],
+    retry: RetryPolicy,
+    failure: str,
+) -> TableOutcome:
+    """The new credentials cannot read the table: put it back on the previous ones, if it was on
+    them, while they still work."""
+    back, previous = revert_to
+    if not _may_show(outcome.previous, previous):
+        return _failed(outcome, f"switched, but reading it back failed: {failure}")
+    try:
+        retry.call(lambda: admin.switch_table(outcome.table, back))
+        outcome.rows_read = retry.call(lambda: admin.read_back(outcome.table))
+    except FatalError as exc:
+        return _failed(
+            outcome,
+            f"switched, but reading it back failed: {failure}; switching it back to {back} "
+            f"failed too: {exc}",
+        )
+    outcome.status = TableStatus.REVERTED
+    outcome.reason = (
+        f"reading it back on the new credentials failed ({failure}); switched back to {back} "
+        "and read back"
+    )
+    return outcome
+
+
+def _may_show(seen: str | None, target: str) -> bool:
+    """May an object showing ``seen`` hold ``target``? An unreadable view says no: the object is
+    switched (again) rather than trusted."""
+    try:
+        return masking.may_hold(seen, target)
+    except FatalError:
+        return False
 
 
 def _old_credentials_dead(admin: DatabendAdmin, table: TableName, retry: RetryPolicy) -> bool:

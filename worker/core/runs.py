@@ -11,13 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from worker.core import masking
 from worker.core.bindings import Binding, find_binding
-from worker.core.model import RunStatus, TableOutcome, TableStatus
+from worker.core.fencing import DEFAULT_LEASE_SECONDS, admitted, take_fence
+from worker.core.model import Credentials, RotationPlan, RunStatus, TableOutcome, TableStatus
 from worker.core.ports import (
+    Admission,
     DatabendAdmin,
+    Fences,
     IntakeState,
     RunRecord,
     RunStore,
+    SecretInfo,
     SecretLocks,
     SecretStore,
 )
@@ -29,7 +34,13 @@ from worker.core.rotation import (
     rotate_table,
 )
 from worker.core.secret_value import parse_secret_value
-from worker.errors import FatalError, LockBusy, SecretFormatError, UnknownSecretError
+from worker.errors import (
+    FatalError,
+    LockBusy,
+    PreflightFailed,
+    SecretFormatError,
+    UnknownSecretError,
+)
 from worker.sql import TableName
 
 _ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
@@ -44,16 +55,20 @@ def prepare_rotation(
     bindings: list[Binding],
     locks: SecretLocks | None = None,
     newest: IntakeState | None = None,
+    fences: Fences | None = None,
 ) -> list[TableName]:
     """Plan the run and return the tables still to switch (empty when the run is over).
 
-    Raises LockBusy (retryable) while another run holds the secret.
+    Takes the secret's lock and fencing token, reads the version, creates the connection, proves
+    it can list every bucket involved (pre-flight), and writes the plan (every table pending)
+    before any table is touched. Raises LockBusy (retryable) while another run holds the secret.
     """
     run = runs.get(run_id)
-    if RunStatus(run.status).final:
+    if not RunStatus(run.status).active:
         return []
     if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
+    take_fence(run, runs, fences)
     if run.status == RunStatus.SWITCHING:
         # redelivered (or resumed) after the plan was written: the same tables again
         pending = runs.pending(run_id)
@@ -61,58 +76,22 @@ def prepare_rotation(
             close_run(run_id, runs, locks)
         return pending
     runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
-    try:
-        info = secrets.describe(run.secret)
-        if run.version_id not in info.versions:
-            raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
-        if run.newest_wins and newest is not None:
-            # the intake only ever moves "newest" forward; any other version is outdated
-            latest = newest.newest(info.arn)
-            if latest and latest.version_id != run.version_id:
-                runs.update(
-                    run_id,
-                    status=RunStatus.SKIPPED,
-                    updated_at=time.time(),
-                    error=f"version {latest.version_id} is newer",
-                )
-                _release(locks, run)
-                return []
-        binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
-        if binding is None:
-            raise UnknownSecretError(f"no binding covers secret {info.name}")
-        where = f"secret {info.name} version {run.version_id}"
-        credentials = parse_secret_value(
-            secrets.read_version(info.arn, run.version_id), where=where
-        )
-        old = set()
-        for version in info.versions.values():
-            if version.version_id == run.version_id or not set(version.stages) & set(
-                _ROTATION_STAGES
-            ):
-                continue
-            try:
-                raw = secrets.read_version(info.arn, version.version_id)
-                old.add(parse_secret_value(raw, where=info.name).fingerprint)
-            except SecretFormatError:
-                continue  # an unreadable old version only narrows discovery
-        connection = connection_name_for(binding, run.version_id)
-        # write-ahead: the connection's name is on record before it exists
-        runs.update(
-            run_id, binding=binding.name, connection=connection, target=credentials.fingerprint
-        )
-        ensure_connection(admin, connection, credentials)
-        tables = admin.list_external_tables(binding.databases_to_scan())
-        plan = plan_rotation(
-            binding,
-            tables,
-            connection=connection,
-            target=credentials.fingerprint,
-            old_fingerprints=old,
-        )
-    except FatalError as exc:
-        runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
+    run.status = RunStatus.PLANNING
+    with admitted(fences, run, "plan") as verdict:
+        if verdict is not Admission.ADMITTED:
+            _release(locks, run)
+            return []
+        try:
+            plan = _plan(
+                run, runs=runs, secrets=secrets, admin=admin, bindings=bindings, newest=newest
+            )
+        except FatalError as exc:
+            runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
+            _release(locks, run)
+            raise
+    if plan is None:  # skipped: a newer version was accepted
         _release(locks, run)
-        raise
+        return []
     outcomes = []
     for planned in plan.tables:
         outcome = TableOutcome(table=planned.table, rule=planned.rule, previous=planned.current)
@@ -120,17 +99,109 @@ def prepare_rotation(
             outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
         outcomes.append(outcome)
     runs.set_plan(run_id, outcomes)
-    runs.update(
-        run_id,
-        status=RunStatus.SWITCHING,
-        notes=list(plan.notes),
-        may_skip_switched=credentials.fingerprint not in old,
-        updated_at=time.time(),
-    )
+    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes), updated_at=time.time())
     pending = runs.pending(run_id)
     if not pending:
         close_run(run_id, runs, locks)
     return pending
+
+
+def _plan(
+    run: RunRecord,
+    *,
+    runs: RunStore,
+    secrets: SecretStore,
+    admin: DatabendAdmin,
+    bindings: list[Binding],
+    newest: IntakeState | None,
+) -> RotationPlan | None:
+    """Read the version, make its connection (and one to revert to), plan, pre-flight."""
+    info = secrets.describe(run.secret)
+    if run.version_id not in info.versions:
+        raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
+    if run.newest_wins and newest is not None:
+        # the intake only ever moves "newest" forward; any other version is outdated
+        latest = newest.newest(info.arn)
+        if latest and latest.version_id != run.version_id:
+            runs.update(
+                run.run_id,
+                status=RunStatus.SKIPPED,
+                updated_at=time.time(),
+                error=f"version {latest.version_id} is newer",
+            )
+            return None
+    binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
+    if binding is None:
+        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    where = f"secret {info.name} version {run.version_id}"
+    credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
+    old = _old_credentials(secrets, info, run.version_id)
+    connection = connection_name_for(binding, run.version_id)
+    # write-ahead: the connection's name is on record before it exists
+    runs.update(
+        run.run_id,
+        binding=binding.name,
+        connection=connection,
+        target=credentials.fingerprint,
+        may_skip_switched=all(
+            masking.distinguishable(credentials.fingerprint, o.fingerprint) for o in old.values()
+        ),
+    )
+    ensure_connection(admin, connection, credentials)
+    data = dict(run.data)
+    previous = _previous_version(info, run.version_id)
+    if previous in old:  # a connection on the previous credentials, to switch back to
+        back = connection_name_for(binding, previous)
+        ensure_connection(admin, back, old[previous])
+        data["revert"] = {"connection": back, "target": old[previous].fingerprint}
+    runs.update(run.run_id, data=data)
+    plan = plan_rotation(
+        binding,
+        admin.list_external_tables(binding.databases_to_scan()),
+        connection=connection,
+        target=credentials.fingerprint,
+        old_fingerprints={c.fingerprint for c in old.values()},
+    )
+    preflight(admin, connection, plan)
+    return plan
+
+
+def _old_credentials(
+    secrets: SecretStore, info: SecretInfo, version_id: str
+) -> dict[str, Credentials]:
+    """The credentials of the secret's other current/previous/pending versions, by version."""
+    old: dict[str, Credentials] = {}
+    for version in info.versions.values():
+        if version.version_id == version_id or not set(version.stages) & set(_ROTATION_STAGES):
+            continue
+        try:
+            raw = secrets.read_version(info.arn, version.version_id)
+            old[version.version_id] = parse_secret_value(raw, where=info.name)
+        except SecretFormatError:
+            continue  # an unreadable old version only narrows discovery
+    return old
+
+
+def _previous_version(info: SecretInfo, version_id: str) -> str | None:
+    """The version the tables are on before this run: AWSCURRENT unless that is this version
+    (an event after the label moved), then AWSPREVIOUS."""
+    current = info.version_with_stage("AWSCURRENT")
+    if current and current != version_id:
+        return current
+    return info.version_with_stage("AWSPREVIOUS")
+
+
+def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None:
+    """Before the first ALTER: the new connection must list every bucket the plan touches."""
+    buckets = sorted({t.bucket for t in plan.tables if t.bucket and not t.problem})
+    for bucket in buckets:
+        try:
+            admin.probe_connection(connection, bucket)
+        except FatalError as exc:
+            raise PreflightFailed(
+                f"pre-flight: connection {connection} cannot list bucket {bucket} ({exc}); "
+                "no table was touched"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -150,14 +221,17 @@ def switch_and_record(
     retry: RetryPolicy | None = None,
     run: RunRecord | None = None,
     wave: tuple[int, int] | None = None,
+    fences: Fences | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> Switched | None:
     """Switch one planned table of a run and record the outcome.
 
-    Returns None when the table is not in the run or already finished (redelivery). A
-    RetryableError that outlives the step's retries propagates to the caller. The attempt is
-    written down before the ALTER: a first attempt trusts the plan's view of the table, a later
-    one (after a crash or an error) looks at the table before acting. ``wave`` = (index, epoch)
-    for a migration's table.
+    Returns None when the table is not in the run, already finished (redelivery), or its run no
+    longer admits changes (ended or paused). Late work of a run that a newer run of the secret
+    superseded records the table ``superseded`` and changes nothing. A RetryableError that
+    outlives the step's retries propagates to the caller. The attempt is written down before the
+    ALTER: a first attempt trusts the plan's view of the table, a later one (after a crash or an
+    error) looks at the table before acting. ``wave`` = (index, epoch) for a migration's table.
     """
     run = run or runs.get(run_id)
     if RunStatus(run.status).final:
@@ -167,22 +241,37 @@ def switch_and_record(
         return None
     if locks is not None:
         locks.renew(run.secret, _lock_owner(run))
-    first_attempt = planned.attempts == 1 and planned.previous is not None
-    outcome = rotate_table(
-        admin,
-        table,
-        connection=str(run.connection),
-        target=str(run.target),
-        may_skip_switched=run.may_skip_switched,
-        retry=retry,
-        known_current=planned.previous if first_attempt else None,
-    )
-    outcome.rule = planned.rule
-    outcome.previous = outcome.previous or planned.previous
-    outcome.attempts = planned.attempts
-    if wave is None:
-        return Switched(outcome, finish_table(run_id, outcome, runs=runs, locks=locks))
-    remaining, finished, size = runs.record_wave_outcome(run_id, outcome, *wave)
+    with admitted(fences, run, str(table), lease_seconds=lease_seconds) as verdict:
+        if verdict is Admission.SUPERSEDED:
+            outcome = TableOutcome(
+                table=table,
+                status=TableStatus.SUPERSEDED,
+                rule=planned.rule,
+                reason="a newer run of the same secret took over; left untouched",
+                previous=planned.previous,
+                attempts=planned.attempts,
+            )
+        elif verdict is not Admission.ADMITTED:
+            return None
+        else:
+            first_attempt = planned.attempts == 1 and planned.previous is not None
+            revert = run.data.get("revert") or {}
+            outcome = rotate_table(
+                admin,
+                table,
+                connection=str(run.connection),
+                target=str(run.target),
+                may_skip_switched=run.may_skip_switched,
+                retry=retry,
+                known_current=planned.previous if first_attempt else None,
+                revert_to=(revert["connection"], revert["target"]) if revert else None,
+            )
+            outcome.rule = planned.rule
+            outcome.previous = outcome.previous or planned.previous
+            outcome.attempts = planned.attempts
+        if wave is None:
+            return Switched(outcome, finish_table(run_id, outcome, runs=runs, locks=locks))
+        remaining, finished, size = runs.record_wave_outcome(run_id, outcome, *wave)
     closed = close_run(run_id, runs, locks) if remaining == 0 else False
     return Switched(outcome, closed, wave_complete=not closed and finished >= size)
 

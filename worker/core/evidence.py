@@ -1,0 +1,110 @@
+"""May anything still use this key? The evidence every destructive step rests on, read fail-closed.
+
+A key may be deactivated or deleted (and a spare or orphan key removed) only when
+
+- every external table's storage_param was read and parsed (an unreadable row blocks),
+- no table shows a value that may be this key (masking.compare is not NO for any), and
+- no AWSCURRENT or AWSPENDING version of any bound secret holds it (a secret that cannot be read
+  blocks).
+
+Anything else is a refusal that names what blocks, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from worker.core import masking
+from worker.core.model import ExternalTable
+from worker.core.ports import DatabendAdmin, SecretStore
+from worker.errors import KeyInUse, RotatorError, UnknownSecretError, UnreadableEvidence
+
+LIVE_STAGES = ("AWSCURRENT", "AWSPENDING")
+_KEY_FIELDS = ("access_key_id", "AccessKeyId", "aws_access_key_id")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What Databend shows of one key: the tables that may hold it, and rows it could not read."""
+
+    users: list[ExternalTable]
+    unreadable: list[ExternalTable]
+
+    @property
+    def clear(self) -> bool:
+        return not self.users and not self.unreadable
+
+
+def key_usage(admin: DatabendAdmin, key_id: str) -> Usage:
+    holding = masking.held("ak", key_id)
+    users, unreadable = [], []
+    for table in admin.list_external_tables():
+        if table.storage.unreadable is not None:
+            unreadable.append(table)
+        elif masking.may_hold(table.storage.fingerprint, holding):
+            users.append(table)
+    return Usage(users, unreadable)
+
+
+def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str) -> list[str]:
+    """The bound secrets whose AWSCURRENT or AWSPENDING version holds ``key_id``, as
+    ``name (STAGE)``. A secret that cannot be read counts as holding it (fail closed)."""
+    holders = []
+    for secret_id in sorted(set(secret_ids)):
+        try:
+            info = secrets.describe(secret_id)
+            for stage in LIVE_STAGES:
+                version = info.version_with_stage(stage)
+                if version is None:
+                    continue
+                if _key_id_of(secrets.read_version(info.arn, version)) == key_id:
+                    holders.append(f"{info.name} ({stage})")
+        except UnknownSecretError:
+            continue  # a bound secret that does not exist holds no key
+        except RotatorError as exc:
+            holders.append(f"{secret_id} (unreadable: {exc})")
+    return holders
+
+
+def _key_id_of(raw: str | None) -> str | None:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    for field in _KEY_FIELDS:
+        if isinstance(value.get(field), str):
+            return str(value[field])
+    return None
+
+
+def refuse_if_used(
+    admin: DatabendAdmin,
+    secrets: SecretStore,
+    secret_ids: Iterable[str],
+    key_id: str,
+    action: str,
+) -> None:
+    """Raise KeyInUse / UnreadableEvidence, naming what blocks, unless ``key_id`` is provably
+    unused; ``action`` says what was about to happen ("delete", "deactivate", …)."""
+    shown = masking.show_key(key_id)
+    usage = key_usage(admin, key_id)
+    if usage.unreadable:
+        names = ", ".join(f"{t.name} ({t.storage.unreadable})" for t in usage.unreadable[:5])
+        raise UnreadableEvidence(
+            f"not going to {action} {shown}: {len(usage.unreadable)} table(s) show credentials "
+            f"that cannot be read, so non-use cannot be proven: {names}"
+        )
+    if usage.users:
+        names = ", ".join(str(t.name) for t in usage.users[:5])
+        raise KeyInUse(
+            f"not going to {action} {shown}: {len(usage.users)} table(s) may still use it: {names}"
+        )
+    holders = secrets_holding(secrets, secret_ids, key_id)
+    if holders:
+        raise KeyInUse(
+            f"not going to {action} {shown}: secret version(s) still hold it: {', '.join(holders)}"
+        )
