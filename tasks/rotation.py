@@ -42,10 +42,16 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
         _wake_parent(run_id)
         return
     except LockBusy as exc:
+        if self.request.retries >= LOCK_WAIT_ATTEMPTS:
+            _give_up(run_id, f"gave up waiting for the secret's lock: {exc}")
+            return
         raise self.retry(
             exc=exc, countdown=LOCK_WAIT_SECONDS, max_retries=LOCK_WAIT_ATTEMPTS
         ) from None
     except RetryableError as exc:
+        if self.request.retries >= self.max_retries:
+            _give_up(run_id, f"planning gave up after {self.request.retries} retries: {exc}")
+            return
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
     run = s.runs.get(run_id)
     structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
@@ -101,6 +107,15 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
         ms=round(seconds * 1000, 1),
         run_closed=closed,
     )
+
+
+def _give_up(run_id: str, reason: str) -> None:
+    """Planning ran out of retries: the run is failed (resumable), never left queued."""
+    from worker.core.runs import give_up
+
+    give_up(run_id, reason, runs=services().runs, locks=services().locks)
+    log.error("rotation failed before switching any table", error=reason)
+    _wake_parent(run_id)
 
 
 def _wake_parent(run_id: str) -> None:

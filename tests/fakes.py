@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -131,9 +132,18 @@ class MemoryRuns:
     waves_: dict[str, list[list[TableName]]] = field(default_factory=dict)
     wave_done_: dict[tuple[str, int, int], set[TableName]] = field(default_factory=dict)
     on_update: Callable[[str, dict[str, object]], None] | None = None
+    clock: Callable[[], float] = time.time
 
     def create(self, run: RunRecord) -> None:
+        run.created_at = run.created_at or self.clock()
+        run.updated_at = self.clock()
         self.runs[run.run_id] = run
+
+    def unfinished(self) -> list[str]:
+        return sorted(r for r, run in self.runs.items() if not RunStatus(run.status).final)
+
+    def forget_unfinished(self, run_id: str) -> None:
+        pass
 
     def get(self, run_id: str) -> RunRecord:
         if run_id not in self.runs:
@@ -141,6 +151,7 @@ class MemoryRuns:
         return dataclasses.replace(self.runs[run_id])
 
     def update(self, run_id: str, **fields: object) -> None:
+        fields.setdefault("updated_at", self.clock())
         if self.on_update:
             self.on_update(run_id, fields)
         self.runs[run_id] = dataclasses.replace(self.runs[run_id], **fields)  # type: ignore[arg-type]
@@ -175,6 +186,8 @@ class MemoryRuns:
 
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
         self.tables[run_id][outcome.table] = outcome
+        if run_id in self.runs:
+            self.runs[run_id].updated_at = self.clock()
         if outcome.status.done:
             self.pending_[run_id].discard(outcome.table)
         return len(self.pending_[run_id])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -58,19 +59,19 @@ def test_the_same_version_three_times_makes_one_run() -> None:
     ("status", "queued_again"),
     [
         (RunStatus.SWITCHING, True),  # a crashed worker may hold its tables: start them again
-        (RunStatus.QUEUED, False),  # not planned yet: starting twice would plan twice
-        (RunStatus.PLANNING, False),
+        (RunStatus.QUEUED, True),  # its start task may be lost: planning twice writes one plan
+        (RunStatus.PLANNING, True),
         (RunStatus.SUCCEEDED, False),
         (RunStatus.FAILED, False),
     ],
 )
-def test_a_repeated_event_restarts_only_a_run_still_switching(
+def test_a_repeated_event_restarts_a_run_that_has_not_finished(
     status: RunStatus, queued_again: bool
 ) -> None:
     world = World()
     run_id = world.handle(event_for(world, V2)).run_id
     assert run_id is not None
-    world.runs.update(run_id, status=status)
+    world.runs.update(run_id, status=status, updated_at=time.time() - 60)  # quiet for a minute
     again = world.handle(event_for(world, V2))
     assert again.verdict is Verdict.DUPLICATE and again.run_id == run_id
     assert world.enqueued == [run_id] * (2 if queued_again else 1)

@@ -126,3 +126,78 @@ slot.__enter__()
 print("held", flush=True)
 time.sleep(120)
 """
+
+
+# --- fencing on the real server -------------------------------------------------------------------
+
+
+def _fenced_run(store: RedisRunStore, run_id: str, arn: str, status: str = "switching") -> None:
+    from worker.core.ports import RunRecord
+
+    store.create(RunRecord(run_id=run_id, kind="rotation", secret=arn, version_id="v"))
+    store.update(run_id, status=status)
+
+
+def test_tokens_grow_per_secret_and_name_the_run_that_held_the_last(
+    redis_url: str, unique: str
+) -> None:
+    from worker.redis_state import RedisFences
+
+    fences = RedisFences(redis.Redis.from_url(redis_url))
+    arn = f"arn-{unique}"
+    assert fences.issue(arn, "run-a") == (1, None)
+    assert fences.issue(arn, "run-b") == (2, "run-a")
+    assert fences.issue(f"other-{unique}", "run-c") == (1, None)
+    assert fences.is_newest(arn, 2) and not fences.is_newest(arn, 1)
+
+
+def test_a_change_is_admitted_only_for_an_active_run_holding_the_newest_token(
+    redis_url: str, unique: str
+) -> None:
+    from worker.core.ports import Admission
+    from worker.redis_state import RedisFences
+
+    client = redis.Redis.from_url(redis_url)
+    store, fences = RedisRunStore(client), RedisFences(client)
+    arn = f"arn-{unique}"
+    _fenced_run(store, f"old-{unique}", arn)
+    _fenced_run(store, f"new-{unique}", arn)
+    old, _ = fences.issue(arn, f"old-{unique}")
+    new, _ = fences.issue(arn, f"new-{unique}")
+
+    late = fences.enter(f"old-{unique}", "t1", secret_arn=arn, token=old)
+    assert late is Admission.SUPERSEDED
+    assert fences.in_flight(f"old-{unique}") == []
+    ok = fences.enter(f"new-{unique}", "t1", secret_arn=arn, token=new, lease_seconds=30)
+    assert ok is Admission.ADMITTED
+    assert fences.in_flight(f"new-{unique}") == ["t1"]
+    fences.leave(f"new-{unique}", "t1")
+    assert fences.in_flight(f"new-{unique}") == []
+
+    store.update(f"new-{unique}", status="paused")
+    assert fences.enter(f"new-{unique}", "t2", secret_arn=arn, token=new) is Admission.PAUSED
+    store.update(f"new-{unique}", status="aborted")
+    assert fences.enter(f"new-{unique}", "t2", secret_arn=arn, token=new) is Admission.ENDED
+    assert fences.enter(f"gone-{unique}", "t2", secret_arn=arn, token=new) is Admission.ENDED
+
+
+def test_a_change_in_flight_counts_until_its_lease_ends(redis_url: str, unique: str) -> None:
+    from worker.redis_state import RedisFences
+
+    client = redis.Redis.from_url(redis_url)
+    store, fences = RedisRunStore(client), RedisFences(client)
+    _fenced_run(store, f"r-{unique}", f"arn-{unique}")
+    fences.enter(f"r-{unique}", "t", lease_seconds=0.2)  # its worker died mid-change
+    assert fences.in_flight(f"r-{unique}") == ["t"]
+    time.sleep(0.3)
+    assert fences.in_flight(f"r-{unique}") == []
+
+
+def test_unfinished_runs_are_indexed_until_they_end(redis_url: str, unique: str) -> None:
+    store = RedisRunStore(redis.Redis.from_url(redis_url))
+    _fenced_run(store, f"u-{unique}", f"arn-{unique}", status="planning")
+    assert f"u-{unique}" in store.unfinished()
+    store.update(f"u-{unique}", status="paused")
+    assert f"u-{unique}" in store.unfinished()
+    store.update(f"u-{unique}", status="succeeded")
+    assert f"u-{unique}" not in store.unfinished()

@@ -14,7 +14,10 @@ from celery import Celery, Task, signals
 
 from worker.settings import Settings
 
-app = Celery("rotator", include=["tasks.rotation", "tasks.key_rotation", "tasks.migration"])
+app = Celery(
+    "rotator",
+    include=["tasks.rotation", "tasks.key_rotation", "tasks.migration", "tasks.runs"],
+)
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -40,7 +43,11 @@ def configure_app(settings: Settings) -> Celery:
             "retire-due-keys": {
                 "task": "rotator.keys.retire_due",
                 "schedule": settings.retire_interval,
-            }
+            },
+            "reap-stuck-runs": {
+                "task": "rotator.runs.reap",
+                "schedule": min(settings.reap_interval, settings.stuck_after),
+            },
         },
     )
     return app

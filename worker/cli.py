@@ -282,6 +282,7 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
             "done": p.done,
             "tables_per_second": round(rate, 3),
             "eta_seconds": None if left is None else round(left, 1),
+            "seconds_since_progress": round(max(0.0, time.time() - p.run.updated_at), 1),
             "rate": _rate_text(p),
             "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
         }
@@ -310,6 +311,8 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
     rate = "" if p.final else _rate_text(p)
     if rate:
         console.print(rate)
+    if not p.final:
+        console.print(f"last progress {max(0.0, time.time() - p.run.updated_at):.0f}s ago")
 
 
 @main.command("databend-local")
@@ -528,35 +531,18 @@ def resume(run_id: str, no_wait: bool, timeout: float) -> None:
     """Continue a failed or interrupted run from where it stopped (finished tables stay done)."""
     from worker.celery_app import configure_app
     from worker.core.lifecycle import resume as resume_run
+    from worker.launch import enqueue_followup
 
     s = _cli_services()
     configure_app(s.settings)
     resumed = resume_run(s.key_rotation(), run_id)
-    _enqueue(resumed)
+    enqueue_followup(resumed.followup, resumed.run_id)
     click.echo(
         f"run {run_id} resumed"
         + (f"; retrying {len(resumed.reopened)} failed table(s)" if resumed.reopened else "")
     )
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
-
-
-def _enqueue(resumed: Any) -> None:
-    """Hand what a lifecycle call decided to the task that does it."""
-    from tasks.key_rotation import advance_key_rotation, retire_due
-    from tasks.migration import release_wave
-    from tasks.rotation import start_rotation
-    from worker.core.lifecycle import Followup
-
-    task = {
-        Followup.START_ROTATION: start_rotation,
-        Followup.ADVANCE_KEY_ROTATION: advance_key_rotation,
-        Followup.RELEASE_WAVE: release_wave,
-    }.get(resumed.followup)
-    if task is not None:
-        task.delay(resumed.run_id)
-    elif resumed.followup == Followup.RETIRE_DUE:
-        retire_due.delay()
 
 
 @main.command()

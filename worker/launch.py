@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from worker.core.bindings import Binding, find_binding
+from worker.core.lifecycle import Followup
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import RunRecord, SecretStore
 from worker.errors import UnknownSecretError
@@ -66,6 +67,22 @@ def enqueue_rotation(run_id: str) -> None:
     from tasks.rotation import start_rotation
 
     start_rotation.delay(run_id)
+
+
+def enqueue_followup(followup: Followup, run_id: str) -> None:
+    """Hand what a lifecycle call or the reaper decided to the task that does it."""
+    from tasks.key_rotation import advance_key_rotation, retire_due
+    from tasks.migration import release_wave
+    from tasks.rotation import start_rotation
+
+    if followup is Followup.START_ROTATION:
+        start_rotation.delay(run_id)
+    elif followup is Followup.ADVANCE_KEY_ROTATION:
+        advance_key_rotation.delay(run_id)
+    elif followup is Followup.RELEASE_WAVE:
+        release_wave.delay(run_id)
+    elif followup is Followup.RETIRE_DUE:
+        retire_due.delay()
 
 
 @dataclass(frozen=True)

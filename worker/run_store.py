@@ -2,7 +2,8 @@
 
 Keys (all under ``rotator:``): ``run:{id}`` hash of JSON fields; ``run:{id}:tables`` hash of
 table -> outcome JSON; ``run:{id}:pending`` set of tables not finished; ``run:{id}:counts`` hash of
-status -> tables; ``runs`` sorted set of run ids by creation time. Records expire after
+status -> tables; ``runs`` sorted set of run ids by creation time; ``unfinished`` set of run ids
+not yet final (the reaper's work list). Records expire after
 ``ttl_seconds`` (30 days by default).
 """
 
@@ -73,9 +74,10 @@ return updated
 
 # Write a table's outcome, keep the run's per-status counts in step with it (so following a run
 # reads a few counters instead of every table), keep the pending set, and for a migration count the
-# table as finished in its wave: one round trip, atomic.
-#   KEYS: tables, counts, pending [, the wave's done set, the wave's list]
-#   ARGV: table key, outcome JSON, status, ttl, 'add' | 'remove' | 'keep' (the pending set)
+# table as finished in its wave, and mark the run's progress (its updated_at, which the reaper
+# reads): one round trip, atomic.
+#   KEYS: tables, counts, pending, the run's record [, the wave's done set, the wave's list]
+#   ARGV: table key, outcome JSON, status, ttl, 'add' | 'remove' | 'keep' (the pending set), now
 #   returns {tables pending [, finished in the wave, size of the wave]}
 _RECORD_OUTCOME = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -89,10 +91,11 @@ elseif ARGV[5] == 'remove' then
   redis.call('SREM', KEYS[3], ARGV[1])
 end
 local pending = redis.call('SCARD', KEYS[3])
-if #KEYS < 5 then return {pending} end
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('EXPIRE', KEYS[4], ARGV[4])
-return {pending, redis.call('SCARD', KEYS[4]), redis.call('LLEN', KEYS[5])}
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'updated_at', ARGV[6]) end
+if #KEYS < 6 then return {pending} end
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+return {pending, redis.call('SCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
 """
 
 
@@ -119,6 +122,7 @@ class RedisRunStore:
             pipe.hset(self._key(run.run_id), mapping=fields)
             pipe.expire(self._key(run.run_id), self.ttl)
             pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
+            pipe.sadd(f"{PREFIX}unfinished", run.run_id)
             latest = self._latest_key(run.kind, run.secret, run.version_id)
             pipe.set(latest, run.run_id, ex=self.ttl)
             _execute(pipe)
@@ -154,7 +158,22 @@ class RedisRunStore:
             raise ValueError(f"unknown run fields: {sorted(unknown)}")
         fields.setdefault("updated_at", time.time())
         encoded = {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
-        _call(self.redis.hset, self._key(run_id), mapping=encoded)
+        if "status" not in fields:
+            _call(self.redis.hset, self._key(run_id), mapping=encoded)
+            return
+        ended = RunStatus(str(fields["status"])).final
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._key(run_id), mapping=encoded)
+            (pipe.srem if ended else pipe.sadd)(f"{PREFIX}unfinished", run_id)
+            _execute(pipe)
+
+    def unfinished(self) -> list[str]:
+        """Runs not yet final (paused ones included): what the reaper looks at."""
+        return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}unfinished"))
+
+    def forget_unfinished(self, run_id: str) -> None:
+        """Drop a run from the index (its record expired or was flushed)."""
+        _call(self.redis.srem, f"{PREFIX}unfinished", run_id)
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
@@ -183,9 +202,12 @@ class RedisRunStore:
     def _record_outcome(
         self, run_id: str, outcome: TableOutcome, pending: str, *wave_keys: str
     ) -> list[int]:
-        keys = [self._key(run_id, suffix) for suffix in (":tables", ":counts", ":pending")]
+        keys = [self._key(run_id, suffix) for suffix in (":tables", ":counts", ":pending", "")]
         args = [table_key(outcome.table), outcome_to_json(outcome), str(outcome.status)]
-        result = _call(self._record, keys=keys + list(wave_keys), args=[*args, self.ttl, pending])
+        now = json.dumps(time.time())
+        result = _call(
+            self._record, keys=keys + list(wave_keys), args=[*args, self.ttl, pending, now]
+        )
         return [int(n) for n in result]
 
     def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     lock_ttl: int = Field(default=600, alias="ROTATOR_LOCK_TTL", ge=5)
     # how often the worker's embedded beat (rotator worker --beat) retires old keys that are due
     retire_interval: float = Field(default=60.0, alias="ROTATOR_RETIRE_INTERVAL", gt=0)
+    # the reaper (worker --beat): a run with no progress for this long is re-enqueued or flagged
+    stuck_after: float = Field(default=900.0, alias="ROTATOR_STUCK_AFTER", gt=0)
+    reap_interval: float = Field(default=60.0, alias="ROTATOR_REAP_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
 

@@ -8,6 +8,7 @@ enqueued it enqueues the same run again (starting a run twice is harmless).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def handle_event(
         return IntakeResult(
             Verdict.DUPLICATE,
             "this version already has a run"
-            + (", still switching: its pending tables queued again" if restarted else ""),
+            + (", not finished: queued again" if restarted else ""),
             **base,
             version_id=version_id,
             run_id=run_id,
@@ -133,17 +134,24 @@ def handle_event(
     return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)
 
 
+# a queued or planning run younger than this is most likely fine: its start task is on its way
+RESTART_QUIET_SECONDS = 10.0
+
+
 def _restart_if_cut_short(runs: RunStore, run_id: str, enqueue: Callable[[str], None]) -> bool:
-    """A repeated event for a version whose run is still switching: queue its pending tables
-    again, in case a crashed worker took them down with it (redelivery by the broker would take
-    its whole visibility timeout). Harmless when the run is alive: a table already finished is
-    skipped, one in flight is looked at before it is switched again. Earlier states re-plan, so
-    they are left to the broker."""
+    """A repeated event for a version whose run has not finished (queued, planning or switching):
+    queue it again, in case a crashed worker took it down (redelivery by the broker would take its
+    whole visibility timeout). Harmless when the run is alive: a table already finished is
+    skipped, one in flight is looked at before it is switched again, and every change is fenced;
+    a second planner writes the same plan."""
     try:
         run = runs.get(run_id)
     except RunNotFound:
         return False
-    if run.status != RunStatus.SWITCHING:
+    if not RunStatus(run.status).active:
+        return False
+    quiet = time.time() - (run.updated_at or run.created_at)
+    if run.status != RunStatus.SWITCHING and quiet < RESTART_QUIET_SECONDS:
         return False
     enqueue(run_id)
     return True

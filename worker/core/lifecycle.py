@@ -48,6 +48,9 @@ class Resumed:
 def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     """Make a failed, stuck, paused or interrupted run go on (finished tables stay done)."""
     run = ctx.runs.get(run_id)
+    if run.status == RunStatus.STUCK:  # back to where the reaper found it
+        ctx.runs.update(run_id, status=run.data.get("stuck_from", RunStatus.QUEUED), error=None)
+        run = ctx.runs.get(run_id)
     if run.kind == "migration":
         return _resume_migration(ctx.runs, run_id)
     if run.kind == "key-rotation":

@@ -133,6 +133,12 @@ class RunStore(Protocol):
 
     def retiring(self) -> list[str]: ...
 
+    def unfinished(self) -> list[str]:
+        """Ids of runs not yet final (paused ones included)."""
+        ...
+
+    def forget_unfinished(self, run_id: str) -> None: ...
+
 
 @dataclass
 class RunRecord:

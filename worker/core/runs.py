@@ -299,6 +299,15 @@ def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> 
     return True
 
 
+def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | None) -> None:
+    """A run whose planning ran out of retries ends ``failed`` with the reason (resumable)."""
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return
+    runs.update(run_id, status=RunStatus.FAILED, error=reason, updated_at=time.time())
+    _release(locks, run)
+
+
 def reopen_failed_tables(run_id: str, runs: RunStore) -> list[TableName]:
     """Put a run's failed tables back to pending (for ``rotator resume``); returns them."""
     reopened = []

@@ -1,0 +1,119 @@
+"""The reaper against the fakes: no run hangs silently in queued, planning or switching."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes import FakeAdmin, FakeSecrets, MemoryFences, MemoryRuns
+from tests.test_core_key_rotation import world
+from tests.test_core_rotation import binding, key_json
+from worker.core.key_rotation import new_key_rotation
+from worker.core.lifecycle import Followup, resume
+from worker.core.model import RunStatus
+from worker.core.ports import RunRecord
+from worker.core.reaper import MAX_REQUEUES, reap
+from worker.core.runs import prepare_rotation
+from worker.errors import UnknownSecretError
+
+STUCK_AFTER = 900.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rotation_run(runs: MemoryRuns, run_id: str = "r1", status: str = "queued") -> None:
+    runs.create(RunRecord(run_id=run_id, kind="rotation", secret="arn", version_id="v"))
+    runs.update(run_id, status=status)
+
+
+def test_a_quiet_queued_run_is_requeued_then_flagged_stuck_with_the_reason() -> None:
+    clock = Clock()
+    runs = MemoryRuns(clock=clock)
+    rotation_run(runs)
+
+    clock.now += STUCK_AFTER - 1
+    assert reap(runs, None, now=clock.now, stuck_after=STUCK_AFTER) == []  # not yet
+
+    for attempt in range(MAX_REQUEUES):
+        clock.now += STUCK_AFTER + 1
+        (reaped,) = reap(runs, None, now=clock.now, stuck_after=STUCK_AFTER)
+        assert (reaped.run_id, reaped.followup) == ("r1", Followup.START_ROTATION), attempt
+    clock.now += STUCK_AFTER + 1
+    (flagged,) = reap(runs, None, now=clock.now, stuck_after=STUCK_AFTER)
+    assert flagged.followup is Followup.NOTHING
+    run = runs.get("r1")
+    assert run.status == RunStatus.STUCK and "re-enqueued 3 times" in str(run.error)
+    assert "no progress for" in str(run.error)
+
+
+def test_progress_resets_the_requeue_count() -> None:
+    clock = Clock()
+    runs = MemoryRuns(clock=clock)
+    rotation_run(runs, status="switching")
+    for _ in range(MAX_REQUEUES + 2):
+        clock.now += STUCK_AFTER + 1
+        (reaped,) = reap(runs, None, now=clock.now, stuck_after=STUCK_AFTER)
+        assert reaped.followup is Followup.START_ROTATION
+        clock.now += 5
+        runs.update("r1", notes=["a table finished"])  # the requeued task made progress
+
+
+def test_paused_finished_and_busy_runs_are_left_alone() -> None:
+    clock = Clock()
+    runs = MemoryRuns(clock=clock)
+    fences = MemoryFences(runs, clock=clock)
+    rotation_run(runs, "paused", status="paused")
+    rotation_run(runs, "done", status="succeeded")
+    rotation_run(runs, "busy", status="switching")
+    fences.enter("busy", "sales.t", lease_seconds=STUCK_AFTER * 3)  # a slow ALTER, not a lost one
+    clock.now += STUCK_AFTER + 1
+    assert reap(runs, fences, now=clock.now, stuck_after=STUCK_AFTER) == []
+
+
+def test_a_rotation_function_run_is_flagged_not_requeued() -> None:
+    clock = Clock()
+    runs = MemoryRuns(clock=clock)
+    rotation_run(runs, "sm-token", status="switching")
+    clock.now += STUCK_AFTER + 1
+    (flagged,) = reap(runs, None, now=clock.now, stuck_after=STUCK_AFTER)
+    assert flagged.followup is Followup.NOTHING and "rotation function" in flagged.reason
+
+
+def test_a_key_rotation_waiting_on_its_table_run_is_reaped_through_that_run() -> None:
+    ctx, plan = world()
+    clock = Clock()
+    ctx.runs.clock = clock  # type: ignore[attr-defined]
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    ctx.runs.update(
+        run_id,
+        status="switching",
+        phase="switching",
+        data={**ctx.runs.get(run_id).data, "table_run": "child"},
+    )
+    rotation_run(ctx.runs, "child", status="planning")  # type: ignore[arg-type]
+    clock.now += STUCK_AFTER + 1
+    reaped = reap(ctx.runs, None, now=clock.now, stuck_after=STUCK_AFTER)
+    assert [(r.run_id, r.followup) for r in reaped] == [("child", Followup.START_ROTATION)]
+
+
+def test_resume_puts_a_stuck_run_back_where_it_stopped() -> None:
+    ctx, _ = world()
+    secrets = FakeSecrets(
+        values={"v1": key_json("AKIAOLDOLDOLDOLD1OLD")}, stages={"v1": ("AWSCURRENT",)}
+    )
+    ctx.secrets, ctx.admin = secrets, FakeAdmin()
+    rotation_run(ctx.runs, "r1", status="planning")  # type: ignore[arg-type]
+    ctx.runs.update("r1", status="stuck", data={"stuck_from": "planning"})
+    resumed = resume(ctx, "r1")
+    assert (resumed.followup, ctx.runs.get("r1").status) == (Followup.START_ROTATION, "planning")
+    # planning again from there: a run whose secret is gone fails with the reason, never hangs
+    with pytest.raises(UnknownSecretError, match="not found"):
+        prepare_rotation(
+            "r1", runs=ctx.runs, secrets=secrets, admin=ctx.admin, bindings=[binding("sales.*")]
+        )
+    assert ctx.runs.get("r1").status == RunStatus.FAILED
