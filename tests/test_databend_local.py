@@ -69,6 +69,20 @@ def test_typed_rows_round_trip(databend: DatabendClient, unique: str) -> None:
     ]
 
 
+def test_variant_values_come_back_as_json_text(databend: DatabendClient) -> None:
+    document = {"a": [1, -2.5, True, None, 'x"y'], "b": {"c": "ü"}, "big": 12345678901234567890}
+    literal = quote_string(json.dumps(document, ensure_ascii=False) + " ")
+    row = databend.query_one(
+        f"SELECT parse_json({literal}), parse_json({literal})::String, parse_json('1e-7'),"
+        " parse_json('[]'), parse_json('\"s\"')"
+    )
+    assert row is not None
+    value, engine_text, small, empty, scalar = row
+    assert value == engine_text, "the same text the engine's own cast gives"
+    assert json.loads(value) == document
+    assert (small, empty, scalar) == ("1e-7", "[]", '"s"')
+
+
 def test_large_result_pages_through_next_uri(databend: DatabendClient) -> None:
     rows = databend.query("SELECT number FROM numbers(200000) ORDER BY number")
     assert len(rows) == 200_000
