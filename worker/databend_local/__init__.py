@@ -8,9 +8,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.databend_local.masking import MaskFormat
 from worker.databend_local.server import DatabendLocalServer, ServerConfig
 
-__all__ = ["ServerConfig", "serve"]
+__all__ = ["MaskFormat", "ServerConfig", "serve"]
 
 
 def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:

@@ -111,6 +111,7 @@ class EnginePool:
         self.size = size
         self._free: queue.LifoQueue[EngineSession] = queue.LifoQueue()
         first = databend.SessionContext(data_path=data_dir)
+        self.version_text = str(first.sql("SELECT version()").arrow().column(0).to_pylist()[0])
         self._free.put(EngineSession(first))
         for _ in range(size - 1):
             self._free.put(EngineSession(databend.SessionContext(data_path=data_dir)))

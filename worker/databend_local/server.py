@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from worker.databend_local.engine import ENGINE_VERSION, EngineError, EnginePool, QueryResult
+from worker.databend_local.masking import CURRENT_MASKING_VERSION, MaskFormat, MaskTracker
 
 log = logging.getLogger("rotator.databend_local")
 
@@ -46,6 +47,14 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     result_ttl_seconds: float = 300.0
     borrow_timeout_seconds: float = 120.0
+    mask_format: MaskFormat = MaskFormat.LEGACY
+
+    @property
+    def reported_version(self) -> str:
+        """The Databend version clients are told (the current mask format's in that mode)."""
+        if self.mask_format is MaskFormat.CURRENT:
+            return CURRENT_MASKING_VERSION
+        return ENGINE_VERSION
 
     def dsn(self, port: int | None = None, *, show_password: bool = False) -> str:
         user = quote(self.user or "root", safe="")
@@ -127,6 +136,9 @@ class DatabendLocalServer(ThreadingHTTPServer):
         self.config = config
         self.pool = pool
         self.pending = PendingResults(config.result_ttl_seconds)
+        self.masking = (
+            MaskTracker(pool.version_text) if config.mask_format is MaskFormat.CURRENT else None
+        )
         super().__init__((config.host, config.port), DatabendLocalHandler)
 
     @property
@@ -159,7 +171,7 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         try:
             if method == "GET" and path in ("/", "/health", "/v1/health"):
-                self._send_json(HTTPStatus.OK, {"status": "ok", "version": ENGINE_VERSION})
+                self._send_json(HTTPStatus.OK, self._health())
                 return
             self._check_auth()
             if method == "POST" and path == "/v1/query":
@@ -192,6 +204,15 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
             )
 
     # --- requests -------------------------------------------------------------------------------
+
+    def _health(self) -> dict[str, Any]:
+        config = self.server.config
+        return {
+            "status": "ok",
+            "version": config.reported_version,
+            "engine_version": ENGINE_VERSION,
+            "mask_format": str(config.mask_format),
+        }
 
     def _check_auth(self) -> None:
         config = self.server.config
@@ -264,7 +285,11 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         return parsed
 
     def _login_response(self) -> dict[str, Any]:
-        return {"version": ENGINE_VERSION, "session_id": str(uuid.uuid4()), "tokens": None}
+        return {
+            "version": self.server.config.reported_version,
+            "session_id": str(uuid.uuid4()),
+            "tokens": None,
+        }
 
     def _start_query(self, body: dict[str, Any]) -> dict[str, Any]:
         sql = body.get("sql")
@@ -281,14 +306,19 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         page_rows = self._page_rows(body.get("pagination"))
         query_id = _query_id(self.headers.get("X-DATABEND-QUERY-ID"))
         started = time.perf_counter()
+        masking = self.server.masking
+        sequence = masking.sequence if masking else 0
         try:
             with self.server.pool.borrow(timeout=self.server.config.borrow_timeout_seconds) as es:
+                statement_database = database or es.database
                 result = es.run(sql, database or None)
         except EngineError as exc:
             return _failed_response(query_id, session, exc)
         except TimeoutError:
             busy = EngineError(1001, "Busy", "databend-local has no free engine session")
             return _failed_response(query_id, session, busy)
+        if masking:
+            masking.after_success(sql, statement_database, result, sequence)
         elapsed_ms = (time.perf_counter() - started) * 1000
         written = _rows_written(result)
         first = result.rows[:page_rows]
