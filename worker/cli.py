@@ -357,6 +357,13 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
     help="How masked credentials look: legacy = the engine's (******XYZ, Databend <= 1.2.918); "
     "current = Databend >= 1.2.919's (AK***YZ), emulated, with version() reporting 1.2.919.",
 )
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable). Others get 403.",
+)
 def databend_local(
     host: str,
     port: int,
@@ -365,13 +372,20 @@ def databend_local(
     password: str | None,
     pool_size: int,
     mask_format: str,
+    allowed_hosts: tuple[str, ...],
 ) -> None:
     """Run the embedded Databend engine as a local Databend server (not for production data).
 
     Prints the DSN to use and serves until SIGINT/SIGTERM. The catalog (databases, tables,
     connections) lives only as long as this process.
     """
-    from worker.databend_local import MaskFormat, ServerConfig, serve
+    from worker.databend_local import (
+        ListenError,
+        MaskFormat,
+        ServerConfig,
+        exposure_warning,
+        serve,
+    )
 
     if password and not user:
         raise click.UsageError("--password needs --user")
@@ -383,14 +397,21 @@ def databend_local(
         password=password,
         pool_size=pool_size,
         mask_format=MaskFormat(mask_format),
+        allowed_hosts=tuple(h.strip().lower() for h in allowed_hosts if h.strip()),
     )
+    warning = exposure_warning(config)
+    if warning:
+        click.echo(warning, err=True)
 
     def announce(dsn: str) -> None:
         click.echo(f"DSN: {dsn}")
         click.echo("databend-local is ready; stop it with Ctrl-C.", err=True)
         sys.stdout.flush()
 
-    serve(config, on_ready=announce)
+    try:
+        serve(config, on_ready=announce)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _duration(_ctx: Any, _param: Any, value: str) -> float:
