@@ -352,7 +352,7 @@ def test_requests_naming_another_host_are_refused(databend_local: DatabendLocalP
 def test_listening_beyond_loopback_without_a_user_warns_loudly(
     databend_local: DatabendLocalProcess,
 ) -> None:
-    from worker.databend_local import ServerConfig, exposure_warning
+    from worker.databend_local import exposure_warning
 
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes, then the server
     # fails to listen, so nothing is ever exposed by this test.
@@ -375,9 +375,22 @@ def test_listening_beyond_loopback_without_a_user_warns_loudly(
     assert "WARNING: databend-local listens on 192.0.2.1 with no --user" in result.stderr
     assert "cannot listen on 192.0.2.1:0" in result.stderr, "a clear error, not a traceback"
     assert "Traceback" not in result.stderr
-    assert exposure_warning(ServerConfig(host="0.0.0.0"))
-    assert exposure_warning(ServerConfig(host="0.0.0.0", user="u", password="p")) is None
+    assert exposure_warning("0.0.0.0", None)
+    assert exposure_warning("0.0.0.0", "u") is None
     for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
-        assert exposure_warning(ServerConfig(host=loopback)) is None
+        assert exposure_warning(loopback, None) is None
     assert databend_local.log_path is not None
     assert "WARNING" not in Path(databend_local.log_path).read_text()
+
+
+def test_host_guard_rules() -> None:
+    from worker.databend_local.guards import HostGuard
+
+    loopback = HostGuard("127.0.0.1", ("rotator.internal",))
+    assert all(loopback.accepts(h) for h in ("127.0.0.1:80", "[::1]", "Rotator.Internal:8000"))
+    assert not any(loopback.accepts(h) for h in ("10.0.0.5", "evil.example", "[::1", "a:b", ""))
+    everywhere = HostGuard("0.0.0.0")
+    assert all(everywhere.accepts(h) for h in ("10.0.0.5:8000", "[fe80::1]:8000", "localhost"))
+    assert not everywhere.accepts("evil.example:8000"), "a name could be DNS rebinding"
+    one_address = HostGuard("10.0.0.5")
+    assert one_address.accepts("10.0.0.5:8000") and not one_address.accepts("localhost")

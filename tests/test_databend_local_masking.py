@@ -102,6 +102,22 @@ def test_statements_name_objects_as_databend_stores_them() -> None:
     assert parse_statement("INSERT INTO t VALUES ('CREATE CONNECTION x')", "default") is None
 
 
+def test_quoted_text_stays_one_token() -> None:
+    from worker.databend_local.sqltokens import tokenize
+
+    tokens = tokenize(r"""SELECT 'it''s \\ \' x', `a "b` /* ' */, "b""c" -- 'no""")
+    assert tokens is not None
+    assert [(t.kind, t.value) for t in tokens] == [
+        ("word", "SELECT"),
+        ("string", "it's \\ ' x"),
+        ("punct", ","),
+        ("quoted", 'a "b'),
+        ("punct", ","),
+        ("quoted", 'b"c'),
+    ]
+    assert tokenize("SELECT 'open") is None
+
+
 def test_an_object_changed_while_a_query_ran_is_not_trusted_for_its_rows() -> None:
     from worker.databend_local.engine import QueryResult
 

@@ -399,7 +399,7 @@ def databend_local(
         mask_format=MaskFormat(mask_format),
         allowed_hosts=tuple(h.strip().lower() for h in allowed_hosts if h.strip()),
     )
-    warning = exposure_warning(config)
+    warning = exposure_warning(config.host, config.user)
     if warning:
         click.echo(warning, err=True)
 

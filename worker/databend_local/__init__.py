@@ -8,8 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.databend_local.guards import exposure_warning
 from worker.databend_local.masking import MaskFormat
-from worker.databend_local.server import DatabendLocalServer, ServerConfig, exposure_warning
+from worker.databend_local.server import DatabendLocalServer, ServerConfig
 
 __all__ = ["ListenError", "MaskFormat", "ServerConfig", "exposure_warning", "serve"]
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.databend_local.engine import ENGINE_VERSION, QueryResult
+from worker.databend_local.sqltokens import assigned_literals
 from worker.databend_local.statements import (
     AlterDatabaseConnection,
     AlterStage,
@@ -62,7 +63,6 @@ from worker.databend_local.statements import (
     ShowCreateTable,
     Statement,
     TableRef,
-    assigned_literals,
     parse_statement,
 )
 

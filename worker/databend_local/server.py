@@ -10,19 +10,16 @@ SQL text is never logged: CREATE CONNECTION statements carry secret keys.
 Guards for a server that runs any SQL it is sent: a request whose Host header names another host
 gets 403 (a web page cannot reach it through DNS rebinding), a POST body that is not declared
 ``application/json`` gets 415 (a web page cannot send one without a CORS preflight, which this
-server never grants), and ``exposure_warning`` is what the CLI prints when it listens beyond
-loopback with no user configured.
+server never grants); see guards.py.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
-import ipaddress
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -33,6 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from worker.databend_local.engine import ENGINE_VERSION, EngineError, EnginePool, QueryResult
+from worker.databend_local.guards import HostGuard
 from worker.databend_local.masking import CURRENT_MASKING_VERSION, MaskFormat, MaskTracker
 
 log = logging.getLogger("rotator.databend_local")
@@ -41,8 +39,6 @@ _PAGE_PATH = re.compile(r"/v1/query/(?P<id>[0-9A-Za-z_-]{1,64})/page/(?P<page>\d
 _END_PATH = re.compile(r"/v1/query/(?P<id>[0-9A-Za-z_-]{1,64})/(?P<verb>final|kill)\Z")
 _DRAIN_LIMIT_BYTES = 64 << 20  # oversized bodies up to this size are read and dropped
 _DML_COLUMNS = ("number of rows inserted", "number of rows deleted", "number of rows updated")
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ class DatabendLocalServer(ThreadingHTTPServer):
         self.masking = (
             MaskTracker(pool.version_text) if config.mask_format is MaskFormat.CURRENT else None
         )
-        self.host_names = _accepted_host_names(config)
+        self.host_guard = HostGuard(config.host, config.allowed_hosts)
         super().__init__((config.host, config.port), DatabendLocalHandler)
 
     @property
@@ -221,8 +217,7 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
     # --- requests -------------------------------------------------------------------------------
 
     def _check_host(self) -> None:
-        host = _host_name(self.headers.get("Host", ""))
-        if host is None or not _host_accepted(host, self.server.config, self.server.host_names):
+        if not self.server.host_guard.accepts(self.headers.get("Host", "")):
             self._read_body()
             raise ProtocolError(
                 HTTPStatus.FORBIDDEN,
@@ -403,68 +398,6 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
-
-
-def exposure_warning(config: ServerConfig) -> str | None:
-    """A loud warning when the server listens beyond loopback with no user name required."""
-    if config.user is not None or _is_loopback(config.host):
-        return None
-    bar = "!" * 78
-    return (
-        f"{bar}\n"
-        f"WARNING: databend-local listens on {config.host or 'every interface'} with no --user.\n"
-        "Anyone who can reach this address can run any SQL: read and drop every table and use\n"
-        "every connection's cloud credentials. Bind to 127.0.0.1, or set --user and --password\n"
-        "(env DATABEND_LOCAL_USER / DATABEND_LOCAL_PASSWORD).\n"
-        f"{bar}"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(header: str) -> str | None:
-    """The host part of a Host header, lower-cased, without port or IPv6 brackets."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        end = header.find("]")
-        rest = header[end + 1 :]
-        if end < 0 or (rest and not re.fullmatch(r":\d{1,5}", rest)):
-            return None
-        return header[1:end]
-    name, colon, port = header.partition(":")
-    if colon and not re.fullmatch(r"\d{1,5}", port):
-        return None
-    return name or None
-
-
-def _accepted_host_names(config: ServerConfig) -> frozenset[str]:
-    names = {config.host.lower().strip("[]"), *(h.lower() for h in config.allowed_hosts)}
-    if _is_loopback(config.host) or config.host in _WILDCARD_ADDRESSES:
-        names |= _LOOPBACK_NAMES
-    if config.host in _WILDCARD_ADDRESSES:
-        names.add(socket.gethostname().lower())
-    return frozenset(names)
-
-
-def _host_accepted(host: str, config: ServerConfig, names: frozenset[str]) -> bool:
-    if host in names:
-        return True
-    if config.host in _WILDCARD_ADDRESSES:
-        # listening everywhere: clients may use any of the machine's addresses, and an address
-        # literal cannot come from DNS rebinding, which needs a name the attacker controls
-        try:
-            ipaddress.ip_address(host)
-            return True
-        except ValueError:
-            return False
-    return False
 
 
 def _query_id(header: str | None) -> str:
