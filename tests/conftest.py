@@ -33,6 +33,18 @@ def databend_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databen
 
 
 @pytest.fixture(scope="session")
+def databend_local_current(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[DatabendLocalProcess]:
+    """A second databend-local that masks keys as Databend >= 1.2.919 does (``AK***YZ``)."""
+    log = open(tmp_path_factory.mktemp("logs") / "databend-local-current.log", "w")  # noqa: SIM115
+    server = start_databend_local(log_file=log, mask_format="current")
+    yield server
+    server.stop()
+    log.close()
+
+
+@pytest.fixture(scope="session")
 def databend(databend_local: DatabendLocalProcess) -> DatabendClient:
     return DatabendClient(databend_local.dsn)
 

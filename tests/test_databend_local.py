@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -67,6 +68,20 @@ def test_typed_rows_round_trip(databend: DatabendClient, unique: str) -> None:
             dt.date(1999, 12, 31),
         ),
     ]
+
+
+def test_variant_values_come_back_as_json_text(databend: DatabendClient) -> None:
+    document = {"a": [1, -2.5, True, None, 'x"y'], "b": {"c": "ü"}, "big": 12345678901234567890}
+    literal = quote_string(json.dumps(document, ensure_ascii=False) + " ")
+    row = databend.query_one(
+        f"SELECT parse_json({literal}), parse_json({literal})::String, parse_json('1e-7'),"
+        " parse_json('[]'), parse_json('\"s\"')"
+    )
+    assert row is not None
+    value, engine_text, small, empty, scalar = row
+    assert value == engine_text, "the same text the engine's own cast gives"
+    assert json.loads(value) == document
+    assert (small, empty, scalar) == ("1e-7", "[]", '"s"')
 
 
 def test_large_result_pages_through_next_uri(databend: DatabendClient) -> None:
@@ -273,3 +288,109 @@ def test_credentials_are_checked_when_configured(guarded_server: DatabendLocalPr
     code, payload = _post(guarded_server.dsn, "/v1/query", b'{"sql": "SELECT 1"}')
     assert code == 401 and "AuthenticateFailure" in str(payload["error"])
     assert DatabendClient(guarded_server.dsn).query_one("SELECT 2") == (2,)
+
+
+# --- guards: JSON bodies only, this server's Host only, a warning when exposed ------------------
+
+
+def _raw(
+    dsn: str, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, object]]:
+    """A request with exactly these headers (Host included: http.client adds none)."""
+    conn = _http(dsn)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for name, value in {**headers, "Content-Length": str(len(body))}.items():
+        conn.putheader(name, value)
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    payload = json.loads(resp.read() or b"{}")
+    conn.close()
+    return resp.status, payload
+
+
+def _port(dsn: str) -> int:
+    return urlsplit(dsn).port or 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_post_bodies_must_be_declared_json(
+    databend_local: DatabendLocalProcess, content_type: str | None
+) -> None:
+    headers = {"Host": f"127.0.0.1:{_port(databend_local.dsn)}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    code, payload = _raw(databend_local.dsn, "POST", "/v1/query", b'{"sql": "SELECT 1"}', headers)
+    assert code == 415
+    assert "Content-Type: application/json" in str(payload["error"])
+    headers["Content-Type"] = "Application/JSON; charset=utf-8"
+    code, payload = _raw(databend_local.dsn, "POST", "/v1/query", b'{"sql": "SELECT 1"}', headers)
+    assert code == 200 and payload["data"] == [["1"]]
+
+
+def test_requests_naming_another_host_are_refused(databend_local: DatabendLocalProcess) -> None:
+    port = _port(databend_local.dsn)
+    body = b'{"sql": "SELECT 1"}'
+    json_body = {"Content-Type": "application/json"}
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.nip.io", "localhost.evil", ""):
+        code, payload = _raw(
+            databend_local.dsn, "POST", "/v1/query", body, {**json_body, "Host": host}
+        )
+        assert code == 403, host
+        assert "Host header" in str(payload["error"])
+        code, _ = _raw(databend_local.dsn, "GET", "/health", b"", {"Host": host})
+        assert code == 403, host
+    for host in ("localhost", f"LOCALHOST:{port}", "127.0.0.1", f"127.0.0.1:{port}", "[::1]"):
+        code, payload = _raw(
+            databend_local.dsn, "POST", "/v1/query", body, {**json_body, "Host": host}
+        )
+        assert code == 200 and payload["data"] == [["1"]], host
+
+
+def test_listening_beyond_loopback_without_a_user_warns_loudly(
+    databend_local: DatabendLocalProcess,
+) -> None:
+    from worker.databend_local import exposure_warning
+
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes, then the server
+    # fails to listen, so nothing is ever exposed by this test.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "databend-local",
+            "--host",
+            "192.0.2.1",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "WARNING: databend-local listens on 192.0.2.1 with no --user" in result.stderr
+    assert "cannot listen on 192.0.2.1:0" in result.stderr, "a clear error, not a traceback"
+    assert "Traceback" not in result.stderr
+    assert exposure_warning("0.0.0.0", None)
+    assert exposure_warning("0.0.0.0", "u") is None
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert exposure_warning(loopback, None) is None
+    assert databend_local.log_path is not None
+    assert "WARNING" not in Path(databend_local.log_path).read_text()
+
+
+def test_host_guard_rules() -> None:
+    from worker.databend_local.guards import HostGuard
+
+    loopback = HostGuard("127.0.0.1", ("rotator.internal",))
+    assert all(loopback.accepts(h) for h in ("127.0.0.1:80", "[::1]", "Rotator.Internal:8000"))
+    assert not any(loopback.accepts(h) for h in ("10.0.0.5", "evil.example", "[::1", "a:b", ""))
+    everywhere = HostGuard("0.0.0.0")
+    assert all(everywhere.accepts(h) for h in ("10.0.0.5:8000", "[fe80::1]:8000", "localhost"))
+    assert not everywhere.accepts("evil.example:8000"), "a name could be DNS rebinding"
+    one_address = HostGuard("10.0.0.5")
+    assert one_address.accepts("10.0.0.5:8000") and not one_address.accepts("localhost")

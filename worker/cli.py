@@ -348,28 +348,69 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
     type=click.IntRange(1, 256),
     help="Engine sessions, i.e. queries that run at the same time.",
 )
+@click.option(
+    "--mask-format",
+    type=click.Choice(["legacy", "current"]),
+    default="legacy",
+    show_default=True,
+    help="How masked credentials look: legacy = the engine's (******XYZ, Databend <= 1.2.918); "
+    "current = Databend >= 1.2.919's (AK***YZ), emulated, with version() reporting 1.2.919.",
+)
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable). Others get 403.",
+)
 def databend_local(
-    host: str, port: int, data_dir: str, user: str | None, password: str | None, pool_size: int
+    host: str,
+    port: int,
+    data_dir: str,
+    user: str | None,
+    password: str | None,
+    pool_size: int,
+    mask_format: str,
+    allowed_hosts: tuple[str, ...],
 ) -> None:
     """Run the embedded Databend engine as a local Databend server (not for production data).
 
     Prints the DSN to use and serves until SIGINT/SIGTERM. The catalog (databases, tables,
     connections) lives only as long as this process.
     """
-    from worker.databend_local import ServerConfig, serve
+    from worker.databend_local import (
+        ListenError,
+        MaskFormat,
+        ServerConfig,
+        exposure_warning,
+        serve,
+    )
 
     if password and not user:
         raise click.UsageError("--password needs --user")
     config = ServerConfig(
-        host=host, port=port, data_dir=data_dir, user=user, password=password, pool_size=pool_size
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        user=user,
+        password=password,
+        pool_size=pool_size,
+        mask_format=MaskFormat(mask_format),
+        allowed_hosts=tuple(h.strip().lower() for h in allowed_hosts if h.strip()),
     )
+    warning = exposure_warning(config.host, config.user)
+    if warning:
+        click.echo(warning, err=True)
 
     def announce(dsn: str) -> None:
         click.echo(f"DSN: {dsn}")
         click.echo("databend-local is ready; stop it with Ctrl-C.", err=True)
         sys.stdout.flush()
 
-    serve(config, on_ready=announce)
+    try:
+        serve(config, on_ready=announce)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _duration(_ctx: Any, _param: Any, value: str) -> float:
@@ -703,10 +744,20 @@ def intake_replay(file: Any) -> None:
     sys.exit(EXIT_FAILED if rejected else 0)
 
 
+_MASK_FORMAT_OPTION = click.option(
+    "--mask-format",
+    type=click.Choice(["legacy", "current"]),
+    default="legacy",
+    show_default=True,
+    help="How databend-local masks keys: the engine's ******XYZ or Databend >= 1.2.919's AK***YZ.",
+)
+
+
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the work directory (logs, bindings) afterwards.")
+@_MASK_FORMAT_OPTION
 @reports_errors
-def demo(keep: bool) -> None:
+def demo(keep: bool, mask_format: str) -> None:
     """Run a whole rotation locally on embedded defaults and show every table still working.
 
     Starts databend-local, Valkey (unless REDIS_URL is set), moto server with IAM authentication
@@ -728,7 +779,9 @@ def demo(keep: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
     console = Console()
     try:
-        code = run_demo(console, redis_url=current.redis_url, work_dir=work)
+        code = run_demo(
+            console, redis_url=current.redis_url, work_dir=work, mask_format=mask_format
+        )
     finally:
         if keep or "code" not in locals() or code != 0:
             console.print(f"logs and bindings kept in {work}")
@@ -738,8 +791,9 @@ def demo(keep: bool) -> None:
 
 
 @main.command()
+@_MASK_FORMAT_OPTION
 @reports_errors
-def up() -> None:
+def up(mask_format: str) -> None:
     """Start the local stack (as in ``demo``) and keep it running for hands-on use."""
     from pathlib import Path
 
@@ -751,7 +805,12 @@ def up() -> None:
 
     current = settings()
     configure_logging("WARNING", current.log_format)
-    run_up(Console(), redis_url=current.redis_url, work_dir=Path(".rotator/up").resolve())
+    run_up(
+        Console(),
+        redis_url=current.redis_url,
+        work_dir=Path(".rotator/up").resolve(),
+        mask_format=mask_format,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,6 +99,7 @@ def start_local_stack(
     work_dir: Path | None = None,
     worker_log: IO[bytes] | None = None,
     concurrency: int = 8,
+    mask_format: str = "legacy",
 ) -> LocalStack:
     exit_stack = ExitStack()
     try:
@@ -106,7 +107,7 @@ def start_local_stack(
             exit_stack.enter_context(tempfile.TemporaryDirectory(prefix="rotator-local-"))
         )
         work.mkdir(parents=True, exist_ok=True)
-        databend = start_databend_local()
+        databend = start_databend_local(mask_format=mask_format)
         exit_stack.callback(databend.stop)
         if not redis_url:
             valkey = start_valkey()
@@ -209,7 +210,9 @@ def _suffix_of(db: DatabendClient, table: TableName) -> str:
     return f"******{suffix}" if suffix else "?"
 
 
-def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:
+def run_demo(
+    console: Any, *, redis_url: str | None, work_dir: Path, mask_format: str = "legacy"
+) -> int:
     from rich.table import Table
 
     from worker.aws_secrets import SecretsManagerStore
@@ -222,7 +225,9 @@ def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:
 
     with console.status("starting databend-local, Valkey, moto server (IAM enforced), a worker"):
         worker_log = open(work_dir / "worker.log", "wb")  # noqa: SIM115 (closed below)
-        stack = start_local_stack(redis_url, work_dir=work_dir, worker_log=worker_log)
+        stack = start_local_stack(
+            redis_url, work_dir=work_dir, worker_log=worker_log, mask_format=mask_format
+        )
     try:
         db = stack.databend()
         console.print(
@@ -284,14 +289,18 @@ def run_demo(console: Any, *, redis_url: str | None, work_dir: Path) -> int:
         worker_log.close()
 
 
-def run_up(console: Any, *, redis_url: str | None, work_dir: Path) -> None:
+def run_up(
+    console: Any, *, redis_url: str | None, work_dir: Path, mask_format: str = "legacy"
+) -> None:
     import signal
     import threading
 
     work_dir.mkdir(parents=True, exist_ok=True)
     worker_log = open(work_dir / "worker.log", "wb")  # noqa: SIM115 (closed below)
     with console.status("starting the local stack"):
-        stack = start_local_stack(redis_url, work_dir=work_dir, worker_log=worker_log)
+        stack = start_local_stack(
+            redis_url, work_dir=work_dir, worker_log=worker_log, mask_format=mask_format
+        )
     env_file = work_dir / "env"
     env_file.touch(mode=0o600)
     env_file.write_text(
@@ -302,7 +311,7 @@ def run_up(console: Any, *, redis_url: str | None, work_dir: Path) -> None:
         )
     )
     console.print(f"""[bold]local stack is up[/bold] (stop with Ctrl-C)
-  DATABEND_DSN={stack.dsn}
+  DATABEND_DSN={stack.dsn} (masked keys shown in the {mask_format} form)
   REDIS_URL={stack.redis_url}
   AWS stand-in: {stack.aws.endpoint_url} (moto, IAM authentication enforced)
   bindings: {stack.bindings_path}; worker log: {work_dir / "worker.log"}

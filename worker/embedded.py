@@ -70,6 +70,8 @@ def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 10) -> 
 class DatabendLocalProcess:
     dsn: str
     process: subprocess.Popen[str]
+    mask_format: str = "legacy"
+    log_path: str | None = None  # where its stderr goes, when a named file was given
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -83,8 +85,15 @@ def start_databend_local(
     log_file: IO[str] | None = None,
     pool_size: int = 8,
     timeout: float = 60,
+    mask_format: str = "legacy",
 ) -> DatabendLocalProcess:
-    """Start ``rotator databend-local`` and return its DSN once it is ready."""
+    """Start ``rotator databend-local`` and return its DSN once it is ready.
+
+    ``mask_format``: ``legacy`` (the engine's ``******XYZ``) or ``current`` (Databend ≥ 1.2.919's
+    ``AK***YZ``, emulated).
+    """
+    if mask_format not in ("legacy", "current"):
+        raise ValueError(f"mask_format must be 'legacy' or 'current', not {mask_format!r}")
     cmd = [
         sys.executable,
         "-m",
@@ -94,6 +103,8 @@ def start_databend_local(
         str(port),
         "--pool-size",
         str(pool_size),
+        "--mask-format",
+        mask_format,
     ]
     env = dict(os.environ)
     if user:
@@ -119,7 +130,12 @@ def start_databend_local(
             dsn = line.removeprefix("DSN: ").strip()
             if password:
                 dsn = dsn.replace(":***@", f":{quote(password, safe='')}@")
-            return DatabendLocalProcess(dsn=dsn, process=process)
+            return DatabendLocalProcess(
+                dsn=dsn,
+                process=process,
+                mask_format=mask_format,
+                log_path=getattr(log_file, "name", None),
+            )
     stop_process(process)
     raise ServiceStartError("databend-local printed no DSN in time")
 

@@ -8,9 +8,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.databend_local.guards import exposure_warning
+from worker.databend_local.masking import MaskFormat
 from worker.databend_local.server import DatabendLocalServer, ServerConfig
 
-__all__ = ["ServerConfig", "serve"]
+__all__ = ["ListenError", "MaskFormat", "ServerConfig", "exposure_warning", "serve"]
+
+
+class ListenError(RuntimeError):
+    """The server could not bind its address."""
 
 
 def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
@@ -21,7 +27,12 @@ def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -
         data_dir = config.data_dir or scratch
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         pool = EnginePool(data_dir, config.pool_size)
-        server = DatabendLocalServer(config, pool)
+        try:
+            server = DatabendLocalServer(config, pool)
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+            ) from None
         stop = threading.Event()
 
         def request_stop(signum: int, frame: object) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from worker.databend_local.jsonb import JsonbError, jsonb_to_json
 from worker.sql import quote_identifier
 
 ENGINE_VERSION = "1.2.895"
@@ -110,6 +111,7 @@ class EnginePool:
         self.size = size
         self._free: queue.LifoQueue[EngineSession] = queue.LifoQueue()
         first = databend.SessionContext(data_path=data_dir)
+        self.version_text = str(first.sql("SELECT version()").arrow().column(0).to_pylist()[0])
         self._free.put(EngineSession(first))
         for _ in range(size - 1):
             self._free.put(EngineSession(databend.SessionContext(data_path=data_dir)))
@@ -215,8 +217,12 @@ def format_wire_value(value: Any, *, nested: bool, variant: bool = False) -> str
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, bytes):
-        # Variant values arrive in Databend's binary JSON encoding, which pyarrow cannot decode;
-        # they are shown as hex like other binary values (a documented limit of databend-local).
+        if variant:
+            # Variant values arrive in Databend's binary JSON encoding; a server sends JSON text
+            try:
+                return jsonb_to_json(value)
+            except JsonbError:
+                pass  # an encoding this decoder does not know: shown as hex, like binary values
         return value.hex().upper()
     if isinstance(value, str):
         if nested:

@@ -6,6 +6,11 @@ the real driver works unchanged: login, ``POST /v1/query``, paging through ``nex
 across queries. Not for production data: the engine's catalog lives only as long as this process.
 
 SQL text is never logged: CREATE CONNECTION statements carry secret keys.
+
+Guards for a server that runs any SQL it is sent: a request whose Host header names another host
+gets 403 (a web page cannot reach it through DNS rebinding), a POST body that is not declared
+``application/json`` gets 415 (a web page cannot send one without a CORS preflight, which this
+server never grants); see guards.py.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from worker.databend_local.engine import ENGINE_VERSION, EngineError, EnginePool, QueryResult
+from worker.databend_local.guards import HostGuard
+from worker.databend_local.masking import CURRENT_MASKING_VERSION, MaskFormat, MaskTracker
 
 log = logging.getLogger("rotator.databend_local")
 
@@ -46,6 +53,15 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     result_ttl_seconds: float = 300.0
     borrow_timeout_seconds: float = 120.0
+    mask_format: MaskFormat = MaskFormat.LEGACY
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the bind address
+
+    @property
+    def reported_version(self) -> str:
+        """The Databend version clients are told (the current mask format's in that mode)."""
+        if self.mask_format is MaskFormat.CURRENT:
+            return CURRENT_MASKING_VERSION
+        return ENGINE_VERSION
 
     def dsn(self, port: int | None = None, *, show_password: bool = False) -> str:
         user = quote(self.user or "root", safe="")
@@ -127,6 +143,10 @@ class DatabendLocalServer(ThreadingHTTPServer):
         self.config = config
         self.pool = pool
         self.pending = PendingResults(config.result_ttl_seconds)
+        self.masking = (
+            MaskTracker(pool.version_text) if config.mask_format is MaskFormat.CURRENT else None
+        )
+        self.host_guard = HostGuard(config.host, config.allowed_hosts)
         super().__init__((config.host, config.port), DatabendLocalHandler)
 
     @property
@@ -158,8 +178,11 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = urlsplit(self.path).path
         try:
+            self._check_host()
+            if method in ("POST", "PUT"):
+                self._check_content_type()
             if method == "GET" and path in ("/", "/health", "/v1/health"):
-                self._send_json(HTTPStatus.OK, {"status": "ok", "version": ENGINE_VERSION})
+                self._send_json(HTTPStatus.OK, self._health())
                 return
             self._check_auth()
             if method == "POST" and path == "/v1/query":
@@ -192,6 +215,39 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
             )
 
     # --- requests -------------------------------------------------------------------------------
+
+    def _check_host(self) -> None:
+        if not self.server.host_guard.accepts(self.headers.get("Host", "")):
+            self._read_body()
+            raise ProtocolError(
+                HTTPStatus.FORBIDDEN,
+                403,
+                "Host header does not name this server; databend-local answers only requests for"
+                f" {self.server.config.host} (add other names with --allow-host)",
+            )
+
+    def _check_content_type(self) -> None:
+        has_body = self.headers.get("Content-Length", "0").strip() not in ("", "0") or (
+            "Transfer-Encoding" in self.headers
+        )
+        media_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if has_body and media_type != "application/json":
+            self._read_body()
+            raise ProtocolError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                415,
+                f"request bodies must be sent as Content-Type: application/json, not "
+                f"{media_type[:80] or 'no Content-Type'}",
+            )
+
+    def _health(self) -> dict[str, Any]:
+        config = self.server.config
+        return {
+            "status": "ok",
+            "version": config.reported_version,
+            "engine_version": ENGINE_VERSION,
+            "mask_format": str(config.mask_format),
+        }
 
     def _check_auth(self) -> None:
         config = self.server.config
@@ -264,7 +320,11 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         return parsed
 
     def _login_response(self) -> dict[str, Any]:
-        return {"version": ENGINE_VERSION, "session_id": str(uuid.uuid4()), "tokens": None}
+        return {
+            "version": self.server.config.reported_version,
+            "session_id": str(uuid.uuid4()),
+            "tokens": None,
+        }
 
     def _start_query(self, body: dict[str, Any]) -> dict[str, Any]:
         sql = body.get("sql")
@@ -281,14 +341,19 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         page_rows = self._page_rows(body.get("pagination"))
         query_id = _query_id(self.headers.get("X-DATABEND-QUERY-ID"))
         started = time.perf_counter()
+        masking = self.server.masking
+        sequence = masking.sequence if masking else 0
         try:
             with self.server.pool.borrow(timeout=self.server.config.borrow_timeout_seconds) as es:
+                statement_database = database or es.database
                 result = es.run(sql, database or None)
         except EngineError as exc:
             return _failed_response(query_id, session, exc)
         except TimeoutError:
             busy = EngineError(1001, "Busy", "databend-local has no free engine session")
             return _failed_response(query_id, session, busy)
+        if masking:
+            masking.after_success(sql, statement_database, result, sequence)
         elapsed_ms = (time.perf_counter() - started) * 1000
         written = _rows_written(result)
         first = result.rows[:page_rows]
