@@ -23,7 +23,7 @@ from worker.core.key_rotation import KeyRotationContext
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
 from worker.embedded import LocalAws
-from worker.redis_state import RedisSecretLocks
+from worker.redis_state import RedisFences, RedisSecretLocks
 from worker.rotation_function import handler
 from worker.run_store import RedisRunStore
 from worker.sql import TableName
@@ -38,6 +38,8 @@ class Services:
         client = redis.Redis.from_url(redis_url)
         self.runs = RedisRunStore(client)
         self.locks = RedisSecretLocks(client)
+        self.fences = RedisFences(client)
+        self.lease_seconds = 360.0
         self.secrets = SecretsManagerStore(aws.client("secretsmanager"))
         self.iam = BotoIamKeys(aws.client("iam"))
         self.admin = DriverDatabendAdmin(databend)
@@ -55,6 +57,8 @@ class Services:
             iam=self.iam,
             admin=self.admin,
             locks=self.locks,
+            fences=self.fences,
+            bound_secrets=tuple(b.secret for b in self.bindings),
         )
 
 

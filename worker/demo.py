@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from worker.core.masking import look_alike, show_key
 from worker.databend_admin import DriverDatabendAdmin
 from worker.databend_client import DatabendClient
 from worker.embedded import (
@@ -148,7 +149,7 @@ def seed(stack: LocalStack) -> dict[str, str]:
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="lake", PolicyDocument=_s3_policy(BUCKET))
         keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
-    while keys[OTHER_USER]["AccessKeyId"][-3:] == keys[LAKE_USER]["AccessKeyId"][-3:]:
+    while look_alike(keys[OTHER_USER]["AccessKeyId"], keys[LAKE_USER]["AccessKeyId"]):
         iam.delete_access_key(UserName=OTHER_USER, AccessKeyId=keys[OTHER_USER]["AccessKeyId"])
         keys[OTHER_USER] = iam.create_access_key(UserName=OTHER_USER)["AccessKey"]
     aws.client("secretsmanager").create_secret(
@@ -189,10 +190,10 @@ def key_secret_value(aws: LocalAws, key: dict[str, Any]) -> str:
 def put_new_key_version(stack: LocalStack) -> tuple[dict[str, str], str]:
     """Create a second key for the lake user and store it as the secret's AWSCURRENT version."""
     iam = stack.aws.client("iam")
-    old_suffix = stack.lake_key["AccessKeyId"][-3:]
+    old_key = stack.lake_key["AccessKeyId"]
     while True:
         key = iam.create_access_key(UserName=LAKE_USER)["AccessKey"]
-        if key["AccessKeyId"][-3:] != old_suffix:
+        if not look_alike(key["AccessKeyId"], old_key):
             break
         iam.delete_access_key(UserName=LAKE_USER, AccessKeyId=key["AccessKeyId"])
     version = stack.aws.client("secretsmanager").put_secret_value(
@@ -205,9 +206,9 @@ def put_new_key_version(stack: LocalStack) -> tuple[dict[str, str], str]:
 
 
 def _suffix_of(db: DatabendClient, table: TableName) -> str:
+    """The key the table is on, as Databend shows it (``******XYZ`` or ``AK***YZ``)."""
     described = DriverDatabendAdmin(db).describe_table(table)
-    suffix = described.storage.ak_suffix if described else None
-    return f"******{suffix}" if suffix else "?"
+    return (described.storage.ak if described else None) or "?"
 
 
 def run_demo(
@@ -238,8 +239,8 @@ def run_demo(
         new_key, version = put_new_key_version(stack)
         console.print(
             f"secret {SECRET_NAME}: new version {version} holds key "
-            f"******{new_key['AccessKeyId'][-3:]} (old key ******"
-            f"{stack.lake_key['AccessKeyId'][-3:]})"
+            f"{show_key(new_key['AccessKeyId'])} "
+            f"(old key {show_key(stack.lake_key['AccessKeyId'])})"
         )
 
         runs = RedisRunStore.from_url(stack.redis_url)
@@ -260,7 +261,7 @@ def run_demo(
         stack.aws.client("iam").delete_access_key(
             UserName=LAKE_USER, AccessKeyId=stack.lake_key["AccessKeyId"]
         )
-        console.print(f"old key ******{stack.lake_key['AccessKeyId'][-3:]} deleted in IAM")
+        console.print(f"old key {show_key(stack.lake_key['AccessKeyId'])} deleted in IAM")
 
         table = Table(
             "table", "key before", "key now", "rows read", "insert", title="after revocation"
@@ -344,6 +345,6 @@ def rotate_key_locally() -> None:
     current.update(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
     version = sm.put_secret_value(SecretId=SECRET_NAME, SecretString=json.dumps(current))
     print(
-        f"new version {version['VersionId']} with key ******{key['AccessKeyId'][-3:]}; now run: "
+        f"new version {version['VersionId']} with key {show_key(key['AccessKeyId'])}; now run: "
         "rotator rotate-version lake-main"
     )

@@ -94,7 +94,7 @@ def mask(value: str, form: MaskForm) -> str:
     if not value:
         return ""
     if form is MaskForm.LEGACY:
-        return "******" + value[-3:]
+        return value if len(value) <= 3 else "******" + value[-3:]
     if form is MaskForm.CURRENT:
         return f"{value[:2]}***{value[-2:]}" if len(value) > 4 else _SHORT
     return value

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from worker.core import masking
 from worker.databend_local.engine import ENGINE_VERSION, QueryResult
 from worker.databend_local.sqltokens import assigned_literals
 from worker.databend_local.statements import (
@@ -96,12 +97,12 @@ class MaskFormat(StrEnum):
 
 def mask_legacy(value: str) -> str:
     """What Databend ≤ 1.2.918 (and the embedded engine) shows for ``value``."""
-    return value if len(value) <= 3 else LEGACY_PREFIX + value[-3:]
+    return masking.mask(value, masking.MaskForm.LEGACY)
 
 
 def mask_current(value: str) -> str:
     """What Databend ≥ 1.2.919 shows for ``value``."""
-    return "***" if len(value) <= 4 else f"{value[:2]}***{value[-2:]}"
+    return masking.mask(value, masking.MaskForm.CURRENT) or "***"
 
 
 def current_version_text() -> str:
