@@ -1,0 +1,379 @@
+"""The chaos suite's contact with the core (issue 10), and the world its scenarios start from.
+
+The chaos suite drives the core through seeded random schedules over a faulty world and checks the
+safety invariants after every step — Jepsen's way: generate schedules, check invariants. Its parts,
+in reading order:
+
+- **tests/chaos.py** (this module): section 1, *the adapter* — the only code of the suite that
+  calls ``worker.core``, always with keyword arguments; when the core's API changes, adjust this
+  section and nothing else. Section 2, ``build_world``: one secret, its IAM user(s), a lake.
+- **tests/chaos_world.py**: the faulty fakes — real IAM keys, an ALTER that needs both keys,
+  transient faults, crashes, Redis flushes, a second worker between two calls.
+- **tests/chaos_invariants.py**: the four invariants, each explained.
+- **tests/chaos_schedule.py**: the schedule generator (``Scenario``) and ``run_scenarios``, used
+  by tests/test_chaos.py and benchmarks/chaos.py.
+
+Every scenario replays exactly from its seed, with a readable trace:
+``python benchmarks/chaos.py --scenarios 1 --seed 17 --trace``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from tests.chaos_world import (
+    LOCK_TTL,
+    ChaosAdmin,
+    ChaosIam,
+    ChaosIntake,
+    ChaosLocks,
+    ChaosRuns,
+    ChaosWriter,
+    Clock,
+    Env,
+    Faults,
+    World,
+)
+from tests.fakes import FakeSecrets
+from worker.core import key_rotation as _key_rotation
+from worker.core import runs as _runs
+from worker.core.bindings import Binding, Selector
+from worker.core.events import Action, EventDecision
+from worker.core.intake import handle_event
+from worker.core.model import RunStatus, TableOutcome, TableStatus, parse_storage_param
+from worker.core.rotation import RetryPolicy
+from worker.errors import FatalError
+from worker.sql import TableName
+
+USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either
+
+# =================================================================================================
+# 1. The adapter: everything below, down to section 2, calls the core. Adjust it when the API
+#    changes; nothing else in the chaos suite imports worker.core.
+# =================================================================================================
+
+BINDING = Binding(
+    name="lake-main",
+    secret="databend/lake",
+    connection_prefix="lake_main",
+    selectors=(Selector.parse("sales.*"),),
+    discover=True,
+    buckets=("lake",),
+)
+
+
+def secret_value(key_id: str, secret_key: str) -> str:
+    return json.dumps({"access_key_id": key_id, "secret_access_key": secret_key})
+
+
+def render_storage(mask: str) -> Callable[[str, str, str, bool], Any]:
+    """What Databend shows of a table in system.tables, parsed by the core's own parser. ``mask``:
+    'legacy' (≤ 1.2.918, ``******XYZ``) or 'current' (≥ 1.2.919, ``AK***YZ``). A blind row shows
+    ``***``: a storage_param from which no key can be read."""
+
+    def render(key_id: str, bucket: str, root: str, blind: bool) -> Any:
+        if blind:
+            shown = "***"
+        elif mask == "legacy":
+            shown = f"******{key_id[-3:]}"
+        else:
+            shown = f"{key_id[:2]}***{key_id[-2:]}"
+        text = f"s3 | bucket={bucket},root={root},endpoint=https://s3.amazonaws.com,ak={shown},iam_role="
+        return parse_storage_param(text)
+
+    return render
+
+
+def _no_sleep() -> RetryPolicy:
+    return RetryPolicy(attempts=4, initial_wait=0.0, max_wait=0.0, sleep=lambda _s: None)
+
+
+def intake(world: World, version_id: str, enqueue: Callable[[str], None]) -> tuple[str, str, str]:
+    """An EventBridge "Secret Label Updated" (AWSCURRENT → version_id) through the intake:
+    (verdict, reason, run id or '')."""
+    decision = EventDecision(
+        Action.ROTATE,
+        "AWSCURRENT label moved",
+        event_id=f"evt-{version_id[:8]}",
+        secret=world.secrets.arn,
+        version_id=version_id,
+        kind="Secret Label Updated",
+    )
+    result = handle_event(
+        decision,
+        secrets=world.secrets,
+        bindings=world.bindings,
+        state=world.intake,
+        runs=world.runs,
+        enqueue=enqueue,
+    )
+    return str(result.verdict), result.reason, result.run_id or ""
+
+
+def prepare(world: World, run_id: str) -> list[TableName]:
+    """tasks/rotation.start_rotation: plan a rotation run; the tables still to switch."""
+    return _runs.prepare_rotation(
+        run_id=run_id,
+        runs=world.runs,
+        secrets=world.secrets,
+        admin=world.admin,
+        bindings=world.bindings,
+        locks=world.locks,
+        newest=world.intake,
+    )
+
+
+def switch(world: World, run_id: str, table: TableName) -> tuple[str, bool] | None:
+    """tasks/rotation.switch_table: (the table's status, whether this closed the run), or None
+    when there was nothing to do."""
+    result = _runs.switch_and_record(
+        run_id=run_id,
+        table=table,
+        runs=world.runs,
+        admin=world.admin,
+        locks=world.locks,
+        retry=_no_sleep(),
+    )
+    return None if result is None else (str(result.outcome.status), result.closed)
+
+
+def give_up(world: World, run_id: str, table: TableName, reason: str) -> bool:
+    """A switch task out of retries records the table failed; True when that closed the run."""
+    planned = world.runs.outcome(run_id, table)
+    outcome = TableOutcome(
+        table=table, status=TableStatus.FAILED, rule=planned.rule if planned else "", reason=reason
+    )
+    return _runs.finish_table(run_id=run_id, outcome=outcome, runs=world.runs, locks=world.locks)
+
+
+def key_context(world: World) -> Any:
+    return _key_rotation.KeyRotationContext(
+        runs=world.runs,
+        secrets=world.secrets,
+        writer=world.writer,
+        iam=world.iam,
+        admin=world.admin,
+        locks=world.locks,
+        retry=_no_sleep(),
+        clock=world.clock,
+        checkpoint=lambda name: world.env.faults.done("", f"checkpoint {name}", False, name),
+    )
+
+
+Followup = tuple[str, str]  # (task kind, run id): what the caller enqueues next
+
+
+def advance(world: World, run_id: str) -> tuple[str, list[Followup]]:
+    """tasks/key_rotation.advance_key_rotation, one step: ('continue' | 'start_tables' | 'wait' |
+    'stop', the tasks to enqueue)."""
+    step = _key_rotation.advance(ctx=key_context(world), run_id=run_id)
+    run = world.runs.peek(run_id)
+    followups: list[Followup] = []
+    if step is _key_rotation.Next.START_TABLES and run is not None:
+        followups.append(("start", str(run.data["table_run"])))
+    elif step is _key_rotation.Next.STOP and run is not None and run.phase == "retired":
+        followups.append(("retire_due", ""))
+    return str(step.value), followups
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A key rotation the core would not start, and why."""
+
+    reason: str
+
+
+def start_key_rotation(
+    world: World, *, deactivate_after: float = 0.0, delete_after: float = 3600.0
+) -> str | Refused:
+    """`rotator rotate --commit` (or Secrets Manager's schedule): plan, then record the run.
+    Returns its run id, or Refused."""
+    info = world.secrets.describe(BINDING.secret)
+    try:
+        plan = _key_rotation.plan_key_rotation(
+            binding=BINDING, info=info, secrets=world.secrets, iam=world.iam, admin=world.admin
+        )
+        if plan.refusal:
+            return Refused(plan.refusal)
+        return str(
+            _key_rotation.new_key_rotation(
+                runs=world.runs,
+                plan=plan,
+                deactivate_after=deactivate_after,
+                delete_after=delete_after,
+            )
+        )
+    except FatalError as exc:
+        return Refused(str(exc))
+
+
+def abort(world: World, run_id: str) -> list[str]:
+    """`rotator abort`: the tables switched back."""
+    return [
+        str(t) for t in _key_rotation.abort(ctx=key_context(world), run_id=run_id, binding=BINDING)
+    ]
+
+
+def resume(world: World, run_id: str) -> list[Followup]:
+    """`rotator resume` (worker/cli.py): the tasks it enqueues."""
+    run = world.runs.get(run_id)
+    if run.kind == "key-rotation":
+        _key_rotation.resume(ctx=key_context(world), run_id=run_id)
+        run = world.runs.get(run_id)
+        if run.phase == "switching":
+            return [("start", str(run.data["table_run"]))]
+        if run.phase == "retired":
+            return [("retire_due", "")]
+        return [("advance", run_id)]
+    _runs.reopen_failed_tables(run_id=run_id, runs=world.runs)
+    return [("start", run_id)]
+
+
+def retire_due(world: World) -> list[str]:
+    """tasks/key_rotation.retire_due (the beat): deactivate / delete old keys that are due."""
+    ctx, lines = key_context(world), []
+    for run_id in world.runs.retiring():
+        run = world.runs.get(run_id)
+        for action in _key_rotation.due_retirements(run=run, now=world.clock()):
+            result = _key_rotation.retire_old_key(ctx=ctx, run_id=run_id, action=action)
+            lines.append(f"{world.env.label(run_id)}: {action} the old key: {result}")
+        data = world.runs.get(run_id).data
+        if data.get("deactivated_at") and data.get("deleted_at"):
+            world.runs.unmark_retiring(run_id)
+    return lines
+
+
+def reap(world: World) -> list[Followup]:
+    """Issue 10's reaper (re-enqueue a run with no progress where safe, else flag it `stuck`).
+    There is none yet: plug it in here."""
+    return []
+
+
+def is_final(run: Any) -> bool:
+    try:
+        return RunStatus(run.status).final
+    except ValueError:
+        return False
+
+
+def is_flagged(run: Any) -> bool:
+    """Marked for a human by the reaper (issue 10: `stuck`, with the reason)."""
+    return str(run.status) == "stuck"
+
+
+def run_started(fields: dict[str, Any]) -> bool:
+    """Does this run-store write mark a run (re)starting? prepare_rotation sets started_at each
+    time it begins to plan, advance when a key rotation takes its first step."""
+    return "started_at" in fields
+
+
+def describe_run(run: Any) -> str:
+    return f"{run.status}" + (f", phase {run.phase}" if run.phase else "")
+
+
+def unfinished_key_rotation(world: World) -> str | None:
+    """What `rotate --commit` looks for in the run store before it starts (worker/cli.py)."""
+    for run_id, run in sorted(world.runs.runs.items()):
+        if run.kind == "key-rotation" and not is_final(run):
+            return run_id
+    return None
+
+
+@contextmanager
+def seeded_uuids(seed: int) -> Iterator[None]:
+    """The core names runs and versions with uuid4: seed it, so a scenario replays exactly."""
+    rng, original = random.Random(seed ^ 0x5EED), uuid.uuid4
+    uuid.uuid4 = lambda: uuid.UUID(int=rng.getrandbits(128), version=4)
+    try:
+        yield
+    finally:
+        uuid.uuid4 = original
+
+
+def drive_key_rotation(world: World, run_id: str, limit: int = 50) -> str:
+    """What the tasks do for a key rotation, inline and in order: advance, switching the table
+    run when asked. Returns the last step ('stop' or 'wait')."""
+    for _ in range(limit):
+        step, followups = advance(world, run_id)
+        for kind, table_run in followups:
+            if kind == "start":
+                for table in prepare(world, table_run):
+                    switch(world, table_run, table)
+        if step in ("stop", "wait"):
+            return step
+    raise AssertionError(f"key rotation {run_id} did not stop in {limit} steps")
+
+
+# =================================================================================================
+# 2. The world a scenario starts from
+# =================================================================================================
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The lake a scenario starts with: every table on the secret's key K0 (version v0)."""
+
+    sales: int = 3  # sales.t0, …: named by the binding's selector "sales.*"
+    discovered: int = 0  # misc.d0, …: same key, bucket "lake": found by discovery
+    blind: int = 0  # misc.b0, …: bucket "lake", but storage_param shows no readable key
+    uncovered: int = 0  # ops.u0, …: same key, bucket "elsewhere": no rule of the binding selects it
+
+    def __str__(self) -> str:
+        parts = [f"{self.sales} sales"] + [
+            f"{n} {name}"
+            for name, n in (
+                ("discovered", self.discovered),
+                ("blind", self.blind),
+                ("uncovered", self.uncovered),
+            )
+            if n
+        ]
+        return ", ".join(parts) + " table(s) on K0"
+
+
+def build_world(
+    shape: Shape = Shape(),
+    *,
+    rng: random.Random | None = None,
+    faults: Faults | None = None,
+    mask: str = "legacy",
+    log: Callable[[str], None] = lambda _line: None,
+    on_current: Callable[[str], None] = lambda _version: None,
+) -> World:
+    """One secret (databend/lake, version v0 holding key K0 of IAM user svc) and a lake of external
+    tables on K0. No faults unless ``faults`` says so; ``on_current`` hears of every AWSCURRENT
+    move (the scenario turns it into an EventBridge event)."""
+    rng = rng or random.Random(0)
+    env = Env(faults=faults or Faults(rng=rng, log=log), clock=Clock(), rng=rng)
+    env.faults.log = log
+    iam = ChaosIam(env)
+    k0 = iam.add_key(USERS[0])
+    secrets = FakeSecrets(values={"v0": secret_value(k0, "s" * 40)}, stages={"v0": ("AWSCURRENT",)})
+    env.labels["v0"] = "v0"
+    admin = ChaosAdmin(env, iam, render_storage(mask))
+    for prefix, db, bucket, count, blind in (
+        ("t", "sales", "lake", shape.sales, False),
+        ("d", "misc", "lake", shape.discovered, False),
+        ("b", "misc", "lake", shape.blind, True),
+        ("u", "ops", "elsewhere", shape.uncovered, False),
+    ):
+        for i in range(count):
+            admin.put_table(TableName(db, f"{prefix}{i}"), k0, bucket, blind=blind)
+    return World(
+        env=env,
+        secrets=secrets,
+        writer=ChaosWriter(env, secrets, on_current),
+        iam=iam,
+        admin=admin,
+        runs=ChaosRuns(env),
+        locks=ChaosLocks(env, LOCK_TTL),
+        intake=ChaosIntake(env),
+        bindings=[BINDING],
+        value_of=secret_value,
+    )

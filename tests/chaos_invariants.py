@@ -1,0 +1,168 @@
+"""The chaos suite's invariants (issue 10), checked after every step of every scenario.
+
+The world (tests/chaos_world.py) reports what happens as it happens — a table switched, a key
+about to be deactivated or deleted, a run written — and the checker judges it against ground
+truth: the key each table really holds, the keys IAM really has, the secret's labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.chaos import describe_run, is_final, is_flagged, run_started
+from tests.chaos_world import World
+from worker.sql import TableName
+
+STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER (issue 10's reaper)
+HANG_BOUND = 2 * STUCK_AFTER  # a run silent for longer, neither final nor flagged, hangs
+
+INVARIANTS = {
+    "stranded": "no table on a deleted IAM key",
+    "live-key-retired": "no key deleted or deactivated while a table uses it or the secret's "
+    "AWSCURRENT/AWSPENDING holds it",
+    "moved-behind": "no table moved behind the version AWSCURRENT held when the newest run started",
+    "hung-run": f"every run final or flagged within {HANG_BOUND:.0f} s of its last progress",
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    step: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"[{self.invariant}] step {self.step}: {self.text}"
+
+
+class Invariants:
+    """Listens to the world (table switched, key about to be retired, run written) and checks,
+    after every step of a scenario:
+
+    - **stranded** — no table is on a deleted IAM key. Such a table cannot be read, and cannot be
+      switched either (Databend writes the switch with the old key): unreadable for good.
+    - **live-key-retired** — at the moment a key is deactivated or deleted, no table uses it (by
+      ground truth: the key the table really holds, not what Databend shows of it), and neither
+      AWSCURRENT nor AWSPENDING of the secret holds it (its readers would break). The check runs
+      inside the IAM call, before it takes effect.
+    - **moved-behind** — at every ALTER: the key a table moves to is not held only by a version
+      older than the one AWSCURRENT held when the newest run started (the run that most recently
+      began — or began again — to plan, or took its first step). Late work of an older run — a
+      redelivered task, a resumed run — must not undo a newer version; nor may a run that
+      (re)starts after AWSCURRENT moved on apply its older version. An operator who moves
+      AWSCURRENT back starts a run on that older version, so the newest start sets the floor.
+    - **hung-run** — every run in the run store is final, or flagged for a human, within
+      HANG_BOUND seconds of its last progress (any write to it, its outcomes or its table run).
+      A run with a message ready in the broker is not judged: real workers would have taken it at
+      once, and the scenario letting time pass meanwhile is its own doing (a message delayed
+      beyond the bound — a dead worker's task — does not excuse it). Runs lost to a Redis flush
+      are not in the store and not judged.
+    """
+
+    def __init__(self, world: World, log: Callable[[str], None] = lambda _line: None) -> None:
+        self.world, self.log = world, log
+        world.env.observer = self
+        self.violations: list[Violation] = []
+        self.step = 0
+        self.progress: dict[str, float] = {}
+        self.floor: tuple[str, str] | None = None  # (AWSCURRENT version, run that started then)
+        # set by the scenario: is a message for this run ready (at that time) in the broker?
+        self.ready_work: Callable[[str, float], bool] = lambda _run_id, _at: False
+        self._reported: set[tuple[str, object]] = set()
+
+    def _violate(self, invariant: str, subject: object, text: str) -> None:
+        if (invariant, subject) in self._reported:
+            return
+        self._reported.add((invariant, subject))
+        self.violations.append(Violation(invariant, self.step, text))
+        self.log(f"!!! VIOLATION [{invariant}] {text}")
+
+    def _k(self, key_id: str) -> str:
+        return f"{self.world.env.label(key_id)}(…{key_id[-3:]})"
+
+    # --- what the world tells us, as it happens ------------------------------------------------
+
+    def on_run_written(self, run_id: str, fields: dict[str, Any]) -> None:
+        env, now = self.world.env, self.world.clock()
+        run = self.world.runs.peek(run_id)
+        self.progress[run_id] = now
+        if run is not None and run.parent:
+            self.progress[run.parent] = now
+        if run_started(fields):
+            current = self.world.version_with("AWSCURRENT")
+            if current is not None:
+                self.floor = (current, env.label(run_id))
+
+    def on_switch(self, table: TableName, old_key: str, new_key: str, connection: str) -> None:
+        if self.floor is None:
+            return
+        floor, starter = self.floor
+        version = self.world.version_of_key(new_key)
+        if version is not None and self.world.order(version) < self.world.order(floor):
+            label = self.world.env.label
+            movers = [
+                label(r.run_id) for r in self.world.runs.runs.values() if r.connection == connection
+            ]
+            mover = " / ".join(movers) or "a run"
+            why = (
+                f"it (re)started when AWSCURRENT was already {label(floor)}"
+                if starter in movers
+                else f"late: {starter} started after it, when AWSCURRENT was {label(floor)}"
+            )
+            self._violate(
+                "moved-behind",
+                (table, new_key, floor),
+                f"{mover} moved {table} from {self._k(old_key)} to {self._k(new_key)} of "
+                f"{label(version)}, behind {label(floor)} ({why})",
+            )
+
+    def on_retire(self, key_id: str, action: str) -> None:
+        users = [str(t) for t, k in sorted(self.world.admin.true_keys.items()) if k == key_id]
+        holders = [
+            f"{stage} {self.world.env.label(v)}"
+            for v, stages in sorted(self.world.secrets.stages.items())
+            for stage in stages
+            if stage in ("AWSCURRENT", "AWSPENDING") and self.world.key_of(v) == key_id
+        ]
+        if users or holders:
+            self._violate(
+                "live-key-retired",
+                (key_id, action),
+                f"{self._k(key_id)} {action}d while "
+                + "; ".join(
+                    ([f"{len(users)} table(s) use it ({', '.join(users[:4])})"] if users else [])
+                    + ([f"{', '.join(holders)} holds it"] if holders else [])
+                ),
+            )
+
+    # --- after every step ------------------------------------------------------------------------
+
+    def check(self, ready_at: float | None = None) -> None:
+        """``ready_at``: judge "a message was ready" at that earlier time (the clock just jumped
+        over a silence in which nothing was ready)."""
+        for table, key in self.world.stranded():
+            self._violate(
+                "stranded",
+                (table, key),
+                f"{table} is on {self._k(key)}, which was deleted: unreadable for good",
+            )
+        now = self.world.clock()
+        for run_id, run in sorted(self.world.runs.runs.items()):
+            if is_final(run) or is_flagged(run) or self.ready_work(run_id, ready_at or now):
+                continue
+            idle = now - self.progress.get(run_id, now)
+            if idle > HANG_BOUND:
+                self._violate(
+                    "hung-run",
+                    run_id,
+                    f"{self.world.env.label(run_id)} has made no progress for {idle:.0f} s "
+                    f"({describe_run(run)}) and nothing flagged it",
+                )
+
+
+def invariants_of(world: World) -> Invariants:
+    """The checker watching ``world`` (one is attached on first use)."""
+    observer = world.env.observer
+    return observer if isinstance(observer, Invariants) else Invariants(world)

@@ -1,0 +1,614 @@
+"""The chaos suite's schedule generator (issue 10): from one seed, a sequence of actions over the
+core and a faulty world, with the invariants checked after every step; and ``run_scenarios`` to
+run many seeds (tests/test_chaos.py, benchmarks/chaos.py).
+
+``Scenario``'s docstring lists the actions and how often each is chosen; its task handlers
+(``_task_*``) mirror tasks/*.py: what Celery would do with each message (retries with backoff up to
+RotatorTask.max_retries, a lock wait of half an hour, redelivery of a dead worker's task after the
+visibility timeout).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tests.chaos import (
+    USERS,
+    Followup,
+    Refused,
+    Shape,
+    abort,
+    advance,
+    build_world,
+    describe_run,
+    give_up,
+    intake,
+    is_final,
+    prepare,
+    reap,
+    resume,
+    retire_due,
+    seeded_uuids,
+    start_key_rotation,
+    switch,
+    unfinished_key_rotation,
+)
+from tests.chaos_invariants import HANG_BOUND, INVARIANTS, Invariants, Violation
+from tests.chaos_world import Faults, WorkerCrash
+from worker.errors import FatalError, LockBusy, RetryableError, RotatorError
+from worker.sql import TableName
+
+VISIBILITY_TIMEOUT = 3600.0  # ROTATOR_VISIBILITY_TIMEOUT: a dead worker's task comes back then
+BEAT_PERIOD = 300.0  # how often the beat enqueues retire_due (and the reaper)
+MAX_RETRIES = 5  # RotatorTask.max_retries
+LOCK_WAIT = 1800.0  # a run waits this long for its secret's lock (900 tries, 2 s apart)
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    steps: int = 50  # random actions before the drain
+    fault_rate: float = 0.2  # transient Databend / S3 / IAM faults per call
+    crash_rate: float = 0.004  # worker deaths per step boundary (at most max_crashes)
+    max_crashes: int = 2
+    crash_at: int | None = None  # die at exactly this boundary instead (a sweep)
+    interleave_rate: float = 0.03  # another worker's task between two port calls
+    mask: str = "legacy"  # how Databend masks keys: 'legacy' or 'current'
+    drain_limit: int = 300  # deliveries after the random actions, at most
+    script: tuple[str, ...] | None = None  # fixed actions instead of random ones
+    shape: Shape | None = None  # fixed lake instead of a random one
+
+
+@dataclass
+class Message:
+    """A task (Celery) or an event (SQS) waiting in the broker."""
+
+    kind: str  # event | start | switch | advance | retire_due | reap
+    run_id: str = ""
+    table: TableName | None = None
+    version_id: str = ""
+    not_before: float = 0.0
+    retries: int = 0
+    waiting_since: float | None = None  # when it first found the secret's lock taken
+
+
+BEAT_KINDS = ("retire_due", "reap")
+_REDELIVERABLE = ("start", "switch", "advance")
+
+
+@dataclass
+class ScenarioResult:
+    seed: int
+    violations: list[Violation]
+    unexpected: list[str]
+    trace: list[str]
+    faults: int
+    crashes: int
+    steps: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.unexpected
+
+    def short_trace(self, lines: int = 40) -> str:
+        """The trace up to the first violation (its last ``lines`` lines)."""
+        end = next((i for i, line in enumerate(self.trace) if "!!!" in line), len(self.trace))
+        start = max(1, end - lines)
+        cut = ["…"] if start > 1 else []
+        return "\n".join([self.trace[0], *cut, *self.trace[start : end + 1]])
+
+
+class Scenario:
+    """One seeded schedule. The actions (``_do_*``) and how often each is chosen:
+
+    ========================  ======  ===========================================================
+    deliver                   50      a worker takes a ready message from the broker (any order)
+    new_version               5       an outside rotation: new IAM key, new version AWSCURRENT
+    old_event                 4       an event for a random version again (duplicate / late)
+    redeliver                 6       a task delivered before comes back later (acks_late)
+    rotate_key                6       `rotate --commit` (refused while one is unfinished) or the
+                                      rotation function's schedule (does not look)
+    abort                     3       `rotator abort` of a key rotation, finished or not
+    resume                    4       `rotator resume` of any run that did not succeed
+    rollback_label            1       an operator moves AWSCURRENT back to AWSPREVIOUS
+    tick                      8       time passes (60-900 s): locks expire, retirements fall due
+    flush                     1       Redis loses everything (in 1 scenario of 5, at most once)
+    ========================  ======  ===========================================================
+
+    Underneath every action: transient faults, crashes at step boundaries, and another worker's
+    task landing between two port calls (see tests/chaos_world.py). Each step also moves the clock
+    0.5-20 s and lets the beat enqueue retire_due and the reaper every BEAT_PERIOD. After the
+    random actions the broker is drained, then the clock jumps past every bound and it is drained
+    again, so that whatever can still happen does.
+    """
+
+    WEIGHTS = (
+        ("deliver", 50),
+        ("new_version", 5),
+        ("old_event", 4),
+        ("redeliver", 6),
+        ("rotate_key", 6),
+        ("abort", 3),
+        ("resume", 4),
+        ("rollback_label", 1),
+        ("tick", 8),
+        ("flush", 1),
+    )
+
+    def __init__(self, seed: int, settings: ChaosSettings = ChaosSettings()) -> None:
+        self.seed, self.settings = seed, settings
+        self.rng = random.Random(seed)
+        rng = self.rng
+        self.shape = settings.shape or Shape(
+            sales=rng.randint(2, 5),
+            discovered=rng.choice((0, 0, 1, 2)),
+            blind=1 if rng.random() < 0.25 else 0,
+            uncovered=1 if rng.random() < 0.15 else 0,
+        )
+        self.may_flush = rng.random() < 0.2
+        self.queue: list[Message] = []
+        self.history: list[Message] = []
+        self.trace: list[str] = []
+        self.unexpected: list[str] = []
+        self.step_no, self.depth, self.next_beat = 0, 0, BEAT_PERIOD
+        self.flushed = False
+        self._stamp = ""
+        self.faults = Faults(
+            rng=rng,
+            rate=settings.fault_rate,
+            crash_rate=settings.crash_rate,
+            max_crashes=settings.max_crashes,
+            crash_at=settings.crash_at,
+            interleave_rate=settings.interleave_rate,
+            interleave=self._interleave,
+        )
+        self.world = build_world(
+            self.shape,
+            rng=rng,
+            faults=self.faults,
+            mask=settings.mask,
+            log=self.log,
+            on_current=self._announce,
+        )
+        self.invariants = Invariants(self.world, self.log)
+        self.invariants.ready_work = self._has_ready_work
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self) -> ScenarioResult:
+        with seeded_uuids(self.seed):
+            self.trace.append(
+                f"seed {self.seed}: {self.shape}; faults {self.settings.fault_rate:.0%}, "
+                f"mask {self.settings.mask}" + (", Redis may be flushed" if self.may_flush else "")
+            )
+            script = self.settings.script
+            for i in range(len(script) if script is not None else self.settings.steps):
+                self._step(script[i] if script is not None else self._choose())
+            self.log_line("— drain: no new events or commands —")
+            self._settle()
+            self.world.clock.now += max(HANG_BOUND, VISIBILITY_TIMEOUT) + BEAT_PERIOD
+            self.log_line("— the clock jumps past every timeout and bound —")
+            self._beat()
+            self._settle()
+        return ScenarioResult(
+            seed=self.seed,
+            violations=list(self.invariants.violations),
+            unexpected=list(self.unexpected),
+            trace=self.trace,
+            faults=sum(self.faults.injected.values()),
+            crashes=self.faults.crashes,
+            steps=self.step_no,
+        )
+
+    def _choose(self) -> str:
+        actions = [
+            (a, w) for a, w in self.WEIGHTS if a != "flush" or (self.may_flush and not self.flushed)
+        ]
+        return self.rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
+
+    def _step(self, action: str) -> None:
+        self.step_no += 1
+        self.invariants.step = self.step_no
+        self.world.clock.now += self.rng.uniform(0.5, 20)
+        self._beat()
+        self._stamp = f"#{self.step_no:03d}"
+        getattr(self, f"_do_{action}")()
+        self.invariants.check()
+
+    def _settle(self) -> None:
+        """Deliver until only the beat's own messages are left."""
+        for _ in range(self.settings.drain_limit):
+            if all(m.kind in BEAT_KINDS for m in self.queue) and not self._ready():
+                return
+            self._step("deliver")
+
+    def _beat(self) -> None:
+        while self.world.clock() >= self.next_beat:
+            self.next_beat += BEAT_PERIOD
+            for kind in BEAT_KINDS:
+                if not any(m.kind == kind for m in self.queue):
+                    self.queue.append(Message(kind, not_before=self.world.clock()))
+
+    # --- the trace ----------------------------------------------------------------------------
+
+    def log(self, line: str) -> None:
+        indent = "    " * max(0, self.depth - 1)
+        self.log_line(f"{indent}{line}")
+
+    def log_line(self, line: str) -> None:
+        stamp, self._stamp = self._stamp, ""
+        if stamp:
+            stamp = f"{stamp} t={self.world.clock():6.0f}s "
+        self.trace.append(f"{stamp or ' ' * 14}{line}")
+
+    def _named(self, text: str) -> str:
+        """Run, version and key ids in the core's messages, named as the trace names them."""
+        for ident, label in self.world.env.labels.items():
+            if len(ident) > 3 and ident in text:
+                text = text.replace(ident, label)
+        return text
+
+    def describe(self, msg: Message) -> str:
+        label = self.world.env.label
+        if msg.kind == "event":
+            return f"event: AWSCURRENT is {label(msg.version_id)}"
+        if msg.kind == "switch":
+            return f"switch({label(msg.run_id)}, {msg.table})"
+        if msg.kind in BEAT_KINDS:
+            return f"{msg.kind} (beat)"
+        return f"{msg.kind}({label(msg.run_id)})"
+
+    # --- the broker ---------------------------------------------------------------------------
+
+    def enqueue(self, kind: str, run_id: str = "", *, delay: float = 0.0, **extra: Any) -> None:
+        msg = Message(kind, run_id=run_id, not_before=self.world.clock() + delay, **extra)
+        self.queue.append(msg)
+
+    def _ready(self) -> list[Message]:
+        return [m for m in self.queue if m.not_before <= self.world.clock()]
+
+    def _take(self, *, wait: bool) -> Message | None:
+        ready = self._ready()
+        if not ready and wait and self.queue:
+            before = self.world.clock()
+            self.world.clock.now = min(m.not_before for m in self.queue)
+            self.invariants.check(ready_at=before)  # the silence up to this delivery counts
+            ready = self._ready()
+        if not ready:
+            return None
+        msg = self.rng.choice(ready)
+        self.queue.remove(msg)
+        return msg
+
+    def _has_ready_work(self, run_id: str, at: float) -> bool:
+        """A message for the run, its table run or its parent was ready at time ``at``."""
+        run = self.world.runs.peek(run_id)
+        family = {run_id, run.parent, run.data.get("table_run")} if run else {run_id}
+        return any(m.run_id in family and m.not_before <= at for m in self.queue)
+
+    def _announce(self, version_id: str) -> None:
+        """EventBridge: AWSCURRENT moved. Sometimes delivered twice."""
+        self.enqueue("event", version_id=version_id, delay=self.rng.uniform(1, 30))
+        if self.rng.random() < 0.2:
+            self.enqueue("event", version_id=version_id, delay=self.rng.uniform(30, 900))
+
+    def _interleave(self) -> None:
+        """Called by the world before a port call: maybe another worker's task lands here."""
+        if self.depth != 1:
+            return  # one level of concurrency is enough to show every race we know of
+        msg = self._take(wait=False)
+        if msg is not None:
+            self.log("↳ meanwhile, another worker:")
+            self.execute(msg)
+
+    def execute(self, msg: Message) -> None:
+        self.log(f"deliver {self.describe(msg)}")
+        if msg.kind in _REDELIVERABLE:
+            self.history.append(msg)
+
+        def back_later() -> None:
+            self.queue.append(replace(msg, not_before=self.world.clock() + VISIBILITY_TIMEOUT))
+            self.log(f"  its message comes back in {VISIBILITY_TIMEOUT:.0f} s")
+
+        self._armed(msg.kind, lambda: getattr(self, f"_task_{msg.kind}")(msg), back_later)
+
+    def _armed(self, what: str, fn: Callable[[], None], on_crash: Callable[[], None]) -> None:
+        """Run a task or a command with the world's faults armed."""
+        self.depth += 1
+        self.faults.armed = True
+        try:
+            fn()
+        except WorkerCrash:
+            on_crash()
+        except RotatorError as exc:
+            self.log(f"  {what} failed: {type(exc).__name__}: {self._named(str(exc))}")
+        except Exception as exc:  # outside the error tree: a bug the suite reports
+            self.unexpected.append(f"seed {self.seed} step {self.step_no}: {exc!r}")
+            self.log(f"  UNEXPECTED {type(exc).__name__}: {exc}")
+        finally:
+            self.depth -= 1
+            self.faults.armed = self.depth > 0
+
+    def _retry(self, msg: Message, exc: Exception) -> bool:
+        """Celery's self.retry: later, with backoff, up to MAX_RETRIES; False once exhausted."""
+        if msg.retries >= MAX_RETRIES:
+            self.log(f"  gave up after {MAX_RETRIES} retries: {exc}")
+            return False
+        delay = min(60.0, 2.0 ** (msg.retries + 1))
+        self.queue.append(
+            replace(msg, retries=msg.retries + 1, not_before=self.world.clock() + delay)
+        )
+        self.log(f"  retry in {delay:.0f} s: {type(exc).__name__}")
+        return True
+
+    def _wait_for_lock(self, msg: Message) -> None:
+        """LockBusy: try again until LOCK_WAIT has passed (coarser polls than 2 s, same budget)."""
+        since = msg.waiting_since if msg.waiting_since is not None else self.world.clock()
+        if self.world.clock() - since > LOCK_WAIT:
+            self.log("  gave up waiting for the secret's lock")
+            return
+        delay = self.rng.uniform(2, 60)
+        self.queue.append(replace(msg, waiting_since=since, not_before=self.world.clock() + delay))
+        holder = self.world.locks.holder(self.world.secrets.arn)
+        self.log(f"  lock held by {self.world.env.label(holder)}: wait")
+
+    def _wake_parent(self, run_id: str) -> None:
+        run = self.world.runs.get(run_id)
+        if run.parent:
+            self.enqueue("advance", run.parent)
+
+    def _enqueue_all(self, followups: list[Followup]) -> None:
+        for kind, run_id in followups:
+            self.enqueue(kind, run_id)
+            self.log(f"  → {self.describe(Message(kind, run_id=run_id))} queued")
+
+    # --- the tasks (mirroring tasks/*.py) -----------------------------------------------------
+
+    def _task_event(self, msg: Message) -> None:
+        try:
+            verdict, reason, _run = intake(
+                self.world, msg.version_id, lambda run_id: self._enqueue_all([("start", run_id)])
+            )
+        except RetryableError as exc:  # the message stays in SQS and comes back
+            self.queue.append(replace(msg, not_before=self.world.clock() + 30))
+            self.log(f"  intake: {type(exc).__name__}, back in 30 s")
+            return
+        self.log(f"  intake: {verdict} ({self._named(reason)})")
+
+    def _task_start(self, msg: Message) -> None:
+        try:
+            tables = prepare(self.world, msg.run_id)
+        except LockBusy:
+            self._wait_for_lock(msg)
+            return
+        except RetryableError as exc:
+            self._retry(msg, exc)
+            return
+        except FatalError as exc:
+            self.log(f"  failed before switching any table: {exc}")
+            self._wake_parent(msg.run_id)
+            return
+        self.log(f"  {len(tables)} table(s) to switch")
+        for table in tables:
+            self.enqueue("switch", msg.run_id, table=table)
+        if not tables:
+            self._wake_parent(msg.run_id)
+
+    def _task_switch(self, msg: Message) -> None:
+        assert msg.table is not None
+        try:
+            result = switch(self.world, msg.run_id, msg.table)
+        except RetryableError as exc:
+            if self._retry(msg, exc):
+                return
+            result = ("failed (gave up)", give_up(self.world, msg.run_id, msg.table, str(exc)))
+        if result is None:
+            self.log("  nothing to do: finished already, or not in the run")
+            return
+        self.faults.boundary("rotation-after-table")
+        status, closed = result
+        self.log(f"  {msg.table}: {status}" + ("; the run is closed" if closed else ""))
+        if closed:
+            self._wake_parent(msg.run_id)
+
+    def _task_advance(self, msg: Message) -> None:
+        for _ in range(20):
+            try:
+                step, followups = advance(self.world, msg.run_id)
+            except LockBusy:
+                self._wait_for_lock(msg)
+                return
+            except RetryableError as exc:
+                self._retry(msg, exc)
+                return
+            run = self.world.runs.get(msg.run_id)
+            self.log(f"  {self.world.env.label(msg.run_id)}: {step} ({describe_run(run)})")
+            self.faults.boundary(f"key-rotation-after-{run.phase}")
+            if step != "continue":
+                self._enqueue_all(followups)
+                return
+
+    def _task_retire_due(self, _msg: Message) -> None:
+        for line in retire_due(self.world):
+            self.log(f"  {line}")
+
+    def _task_reap(self, _msg: Message) -> None:
+        self._enqueue_all(reap(self.world))
+
+    # --- the actions --------------------------------------------------------------------------
+
+    def _do_deliver(self) -> None:
+        msg = self._take(wait=True)
+        if msg is None:
+            self.log("nothing to deliver")
+        else:
+            self.execute(msg)
+
+    def _do_new_version(self) -> None:
+        iam = self.world.iam
+        user = next((u for u in USERS if len(iam.keys.get(u, [])) < 2), None)
+        if user is None:
+            self.log("outside rotation skipped: every IAM user has two keys")
+            return
+        key = iam.add_key(user)
+        version = self.world.new_version(key)
+        label = self.world.env.label
+        self.log(f"outside rotation: {label(key)} created for {user}, {label(version)} AWSCURRENT")
+
+    def _do_old_event(self) -> None:
+        version = self.rng.choice(list(self.world.secrets.values))
+        self.enqueue("event", version_id=version, delay=self.rng.uniform(0, 60))
+        self.log(f"an event for {self.world.env.label(version)} again (duplicate or late)")
+
+    def _do_redeliver(self) -> None:
+        if not self.history:
+            self._do_tick()
+            return
+        msg = self.rng.choice(self.history)
+        delay = self.rng.uniform(60, VISIBILITY_TIMEOUT)
+        self.queue.append(
+            replace(msg, retries=0, waiting_since=None, not_before=self.world.clock() + delay)
+        )
+        self.log(f"the broker will deliver {self.describe(msg)} again in {delay:.0f} s")
+
+    def _do_rotate_key(self) -> None:
+        via = self.rng.choice(("rotate --commit", "rotation schedule"))
+        unfinished = unfinished_key_rotation(self.world)
+        if via == "rotate --commit" and unfinished:
+            self.log(f"{via}: refused, {self.world.env.label(unfinished)} has not ended")
+            return
+        deactivate_after = self.rng.choice((0.0, 0.0, 120.0, 900.0))
+        delete_after = self.rng.choice((0.0, 600.0, 1800.0, 3600.0))
+
+        def command() -> None:
+            result = start_key_rotation(
+                self.world, deactivate_after=deactivate_after, delete_after=delete_after
+            )
+            if isinstance(result, Refused):
+                self.log(f"  refused: {result.reason}")
+            else:
+                self.log(f"  {self.world.env.label(result)} recorded")
+                self._enqueue_all([("advance", result)])
+
+        self.log(
+            f"{via} (deactivate after {deactivate_after:.0f} s, delete after {delete_after:.0f} s)"
+        )
+        self._armed(via, command, lambda: None)
+
+    def _pick_run(self, wanted: Callable[[Any], bool]) -> str | None:
+        runs = sorted(
+            (self.world.env.label(r.run_id), r.run_id)
+            for r in self.world.runs.runs.values()
+            if wanted(r)
+        )
+        return self.rng.choice(runs)[1] if runs else None
+
+    def _do_abort(self) -> None:
+        run_id = self._pick_run(lambda r: r.kind == "key-rotation" and not is_final(r))
+        run_id = run_id or self._pick_run(lambda r: r.kind == "key-rotation")
+        if run_id is None:
+            self._do_tick()
+            return
+        self.log(f"rotator abort {self.world.env.label(run_id)}")
+
+        def command() -> None:
+            self.log(f"  aborted; switched back: {abort(self.world, run_id) or 'none'}")
+
+        self._armed("abort", command, lambda: None)
+
+    def _do_resume(self) -> None:
+        run_id = self._pick_run(lambda r: not r.parent and r.status != "succeeded")
+        if run_id is None:
+            self._do_tick()
+            return
+        self.log(f"rotator resume {self.world.env.label(run_id)}")
+        self._armed("resume", lambda: self._enqueue_all(resume(self.world, run_id)), lambda: None)
+
+    def _do_rollback_label(self) -> None:
+        previous = self.world.version_with("AWSPREVIOUS")
+        if previous is None or self.world.iam.state(self.world.key_of(previous)) != "active":
+            self._do_tick()
+            return
+        self.log(f"an operator moves AWSCURRENT back to {self.world.env.label(previous)}")
+        with self.faults.disarmed():
+            self.world.writer.make_current(self.world.secrets.arn, previous)
+
+    def _do_tick(self) -> None:
+        seconds = self.rng.uniform(60, 900)
+        self.world.clock.now += seconds
+        self.log(f"{seconds:.0f} s pass")
+
+    def _do_flush(self) -> None:
+        self.flushed = True
+        self.world.flush_redis()
+        self.log("Redis is flushed: every run, outcome, lock and intake claim is gone")
+
+
+# =================================================================================================
+# Many seeds
+# =================================================================================================
+
+
+def run_scenario(seed: int, settings: ChaosSettings = ChaosSettings()) -> ScenarioResult:
+    return Scenario(seed, settings).run()
+
+
+@dataclass
+class Summary:
+    scenarios: int = 0
+    faults: int = 0
+    crashes: int = 0
+    by_invariant: Counter[str] = field(default_factory=Counter)  # scenarios violating each
+    unexpected: int = 0
+    failing: list[int] = field(default_factory=list)
+    first_failures: dict[str, ScenarioResult] = field(default_factory=dict)  # per invariant
+
+    def add(self, result: ScenarioResult) -> None:
+        self.scenarios += 1
+        self.faults += result.faults
+        self.crashes += result.crashes
+        self.unexpected += len(result.unexpected)
+        if not result.ok:
+            self.failing.append(result.seed)
+        for invariant in sorted({v.invariant for v in result.violations}):
+            self.by_invariant[invariant] += 1
+            self.first_failures.setdefault(invariant, result)
+        if result.unexpected:
+            self.first_failures.setdefault("unexpected", result)
+
+    @property
+    def violations(self) -> int:
+        return sum(self.by_invariant.values())
+
+    def report(self, traces: bool = True) -> str:
+        lines = [
+            f"scenarios run: {self.scenarios}",
+            f"faults injected: {self.faults} transient, {self.crashes} worker crashes",
+            f"violations: {self.violations} (scenario x invariant), "
+            f"{len(self.failing)} failing scenario(s), {self.unexpected} unexpected error(s)",
+        ]
+        for invariant, text in INVARIANTS.items():
+            first = self.first_failures.get(invariant)
+            seed = f", first seed {first.seed}" if first else ""
+            lines.append(f"  {invariant:17} {self.by_invariant[invariant]:4}{seed}  ({text})")
+        if self.failing:
+            lines.append(f"failing seeds: {' '.join(map(str, self.failing[:40]))}")
+        if traces:
+            for name, result in sorted(self.first_failures.items()):
+                lines += [
+                    "",
+                    f"== first {name} failure, seed {result.seed} ==",
+                    result.short_trace(),
+                ]
+                lines += [f"   {u}" for u in result.unexpected[:3]]
+        return "\n".join(lines)
+
+
+def run_scenarios(seeds: Iterable[int], settings: ChaosSettings = ChaosSettings()) -> Summary:
+    summary = Summary()
+    for seed in seeds:
+        summary.add(run_scenario(seed, settings))
+    return summary

@@ -1,0 +1,562 @@
+"""The chaos suite's world: the fakes of tests/fakes.py made to behave — and fail — like the real
+systems wherever the safety promise depends on it (see ../shared/DOMAIN.md).
+
+What the plain fakes leave out and this world models:
+
+- **IAM keys are real objects**: created (two per user at most), deactivated, deleted. A key that
+  is inactive or deleted opens nothing in S3 (real AWS; moto would still accept an inactive key).
+- **Tables hold a real key**: ``ChaosAdmin.true_keys`` has the full access key id each table uses;
+  Databend only *shows* a masked form of it in storage_param (rendered by the function the world
+  is given, see ``render_storage`` in tests/chaos.py), or nothing parseable for a "blind" row.
+- **ALTER TABLE … CONNECTION needs both keys**: the new key is validated (3901 when it does not
+  work) and the new snapshot is written with the old one (3002 when that one does not work).
+  ``read_back`` reads data, so a table whose key no longer works fails it with 3002 (403).
+- **Transient faults**: every Databend / S3 / IAM call fails with a ``worker.errors``
+  RetryableError with probability ``Faults.rate`` — before its effect, or, for a change, after it
+  (the change is made, the answer is lost: an ALTER that committed, a key that was created).
+- **Crashes**: ``WorkerCrash`` (a kill -9) can hit any step boundary: after a change to Databend,
+  IAM, the secret, the run store, the intake state or the lock, and at the core's own checkpoints.
+- **Redis**: the run store, the secret locks and the intake state live in one Redis and can be
+  flushed together; locks expire after their TTL on the world's clock.
+- **Concurrency**: before any port call, another worker's queued task may run to completion
+  (``Faults.interleave``), the way two Celery workers' steps fall between each other's calls.
+
+Nothing here calls the core. The world tells an observer (tests/chaos_invariants.py) what happened
+— a table switched, a key about to be retired, a run written — and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tests.fakes import (
+    FakeAdmin,
+    FakeIam,
+    FakeSecrets,
+    FakeWriter,
+    MemoryIntakeState,
+    MemoryLocks,
+    MemoryRuns,
+)
+from worker.core.model import AccessKeyCredentials
+from worker.errors import (
+    AwsPermanentError,
+    AwsTransientError,
+    DatabendQueryError,
+    DatabendUnavailable,
+    RotatorError,
+    StoragePermissionDenied,
+    StorageUnavailable,
+    UnknownSecretError,
+)
+from worker.sql import TableName
+
+LOCK_TTL = 600.0  # ROTATOR_LOCK_TTL's default
+KEYS_PER_USER = 2  # IAM's quota
+_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # what AWS key ids are made of
+
+
+class WorkerCrash(BaseException):
+    """A worker dies at a step boundary (kill -9). A BaseException: nothing in the core catches it,
+    as nothing catches a SIGKILL."""
+
+
+class Observer(Protocol):
+    """What the world reports to the invariant checker."""
+
+    def on_switch(self, table: TableName, old_key: str, new_key: str, connection: str) -> None: ...
+
+    def on_retire(self, key_id: str, action: str) -> None: ...
+
+    def on_run_written(self, run_id: str, fields: dict[str, Any]) -> None: ...
+
+
+class Clock:
+    """The scenario's clock, in seconds; the engine moves it, everything reads it."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_TRANSIENT: dict[str, Callable[[str], RotatorError]] = {
+    "databend": lambda op: DatabendUnavailable(f"[1043] connection reset during {op} (injected)"),
+    "s3": lambda op: StorageUnavailable(f"[3901] 503 SlowDown during {op} (injected)"),
+    "iam": lambda op: AwsTransientError(f"Throttling: rate exceeded during {op} (injected)"),
+}
+
+
+@dataclass
+class Faults:
+    """Where the world fails. Inert unless ``armed`` (the engine arms it while a task or an
+    operator command runs, so its own inspections never fail or crash anything).
+
+    ``rate``: chance that a Databend / S3 / IAM call fails transiently. ``crash_rate``: chance that
+    a worker dies at a step boundary, at most ``max_crashes`` times; ``crash_at``: die exactly at
+    the n-th boundary instead (to sweep every boundary). ``interleave_rate``: chance that, before
+    a port call, ``interleave()`` runs another worker's task first. Tests' hooks, armed or not:
+    ``on_call(operation)`` before every port call, ``probe(operation, details)`` after every
+    change (it may raise ``WorkerCrash``).
+    """
+
+    rng: random.Random
+    rate: float = 0.0
+    crash_rate: float = 0.0
+    max_crashes: int = 3
+    crash_at: int | None = None
+    interleave_rate: float = 0.0
+    interleave: Callable[[], None] | None = None
+    on_call: Callable[[str], None] | None = None
+    probe: Callable[[str, Any], None] | None = None
+    log: Callable[[str], None] = lambda _line: None
+    armed: bool = False
+    calls: Counter[str] = field(default_factory=Counter)  # Databend / S3 / IAM calls, armed
+    injected: Counter[str] = field(default_factory=Counter)  # of which failed on purpose
+    crashes: int = 0
+    boundaries: int = 0
+
+    def call(self, system: str, op: str, *, change: bool = False) -> bool:
+        """Before a port call. Raises a transient error, or returns True when the call should
+        take effect and then lose its answer (only for a change)."""
+        if self.on_call is not None:
+            self.on_call(op)
+        if not self.armed:
+            return False
+        if self.interleave and self.interleave_rate and self.rng.random() < self.interleave_rate:
+            self.interleave()
+        if not system:
+            return False
+        self.calls[system] += 1
+        if self.rng.random() >= self.rate:
+            return False
+        self.injected[system] += 1
+        if change and self.rng.random() < 0.25:
+            self.log(f"· {system} fault: {op} takes effect, its answer is lost")
+            return True
+        error = _TRANSIENT[system](op)
+        self.log(f"· {system} fault: {type(error).__name__} before {op}")
+        raise error
+
+    def done(self, system: str, op: str, lose_answer: bool, detail: Any = None) -> None:
+        """After a change took effect: the test probe, a lost answer, or a crash."""
+        if self.probe is not None:
+            self.probe(op, detail)
+        if not self.armed:
+            return
+        if lose_answer:
+            raise _TRANSIENT[system](op)
+        self.boundary(op)
+
+    def boundary(self, where: str) -> None:
+        """A step boundary: the worker may die here. The core's own checkpoints (named points
+        inside a key-rotation step) are ten times likelier, so random schedules reach them."""
+        if not self.armed:
+            return
+        self.boundaries += 1
+        rate = self.crash_rate * (10 if where.startswith("checkpoint") else 1)
+        if self.boundaries == self.crash_at or (
+            self.crash_at is None and self.crashes < self.max_crashes and self.rng.random() < rate
+        ):
+            self.crashes += 1
+            self.log(f"✝ worker dies after {where}")
+            raise WorkerCrash(where)
+
+    @contextmanager
+    def disarmed(self) -> Iterator[None]:
+        armed, self.armed = self.armed, False
+        try:
+            yield
+        finally:
+            self.armed = armed
+
+
+@dataclass
+class Env:
+    """What every faulty fake shares."""
+
+    faults: Faults
+    clock: Clock
+    rng: random.Random
+    observer: Observer | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # key / version / run id -> short name
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def label(self, ident: str | None) -> str:
+        return self.labels.get(ident or "", ident or "?")
+
+    def name(self, ident: str, prefix: str) -> str:
+        """Give ``ident`` the next short name of its kind (K0, K1, … / R0, KR0, …)."""
+        if ident not in self.labels:
+            self.labels[ident] = f"{prefix}{self.counters[prefix]}"
+            self.counters[prefix] += 1
+        return self.labels[ident]
+
+
+class ChaosIam(FakeIam):
+    """IAM users and their keys; deleted keys are remembered (``deleted``) for the invariants."""
+
+    def __init__(self, env: Env) -> None:
+        super().__init__()
+        self.env = env
+        self.deleted: dict[str, float] = {}
+
+    def add_key(self, user: str, key_id: str | None = None) -> str:
+        """Set-up and the world's own actors: a key created outside the core (no faults)."""
+        key_id = key_id or self._new_key_id()
+        self.counter += 1  # keeps creation times distinct within one instant
+        self.keys.setdefault(user, []).append([key_id, True, self.env.clock() + self.counter / 1e3])
+        self.env.name(key_id, "K")
+        return key_id
+
+    def _new_key_id(self) -> str:
+        """A realistic id whose masked forms (last 3, first 2 + last 2) no other key shares, so that
+        a suffix match in this world always means the same key."""
+        known = {str(k[0]) for ks in self.keys.values() for k in ks} | set(self.deleted)
+        while True:
+            key_id = "AKIA" + "".join(self.env.rng.choice(_KEY_ALPHABET) for _ in range(16))
+            if all(key_id[-3:] != k[-3:] and key_id[-2:] != k[-2:] for k in known):
+                return key_id
+
+    def state(self, key_id: str) -> str:
+        """'active', 'inactive', 'deleted' or 'unknown' (ground truth, no faults)."""
+        if key_id in self.deleted:
+            return "deleted"
+        for keys in self.keys.values():
+            for k in keys:
+                if k[0] == key_id:
+                    return "active" if k[1] else "inactive"
+        return "unknown"
+
+    def owner_of(self, access_key_id: str) -> str:
+        self.env.faults.call("iam", "GetAccessKeyLastUsed")
+        for user, keys in self.keys.items():
+            if any(k[0] == access_key_id for k in keys):
+                return user
+        raise UnknownSecretError("NoSuchEntity: IAM does not know who owns the key")
+
+    def list_keys(self, user: str):  # type: ignore[no-untyped-def]
+        self.env.faults.call("iam", "ListAccessKeys")
+        return super().list_keys(user)
+
+    def create_key(self, user: str) -> tuple[str, str]:
+        lose = self.env.faults.call("iam", "CreateAccessKey", change=True)
+        if len(self.keys.get(user, [])) >= KEYS_PER_USER:
+            raise AwsPermanentError("LimitExceeded: Cannot exceed quota for AccessKeysPerUser: 2")
+        key_id = self.add_key(user)
+        self.env.faults.done("iam", "CreateAccessKey", lose, key_id)
+        return key_id, "s" * 40
+
+    def set_active(self, user: str, key_id: str, active: bool) -> None:
+        lose = self.env.faults.call("iam", "UpdateAccessKey", change=True)
+        if self.state(key_id) not in ("active", "inactive"):
+            raise UnknownSecretError(f"NoSuchEntity: no access key {key_id[-3:]}")
+        if not active and self.env.observer:
+            self.env.observer.on_retire(key_id, "deactivate")
+        super().set_active(user, key_id, active)
+        self.env.faults.done("iam", "UpdateAccessKey", lose, key_id)
+
+    def delete_key(self, user: str, key_id: str) -> None:
+        lose = self.env.faults.call("iam", "DeleteAccessKey", change=True)
+        if self.state(key_id) in ("deleted", "unknown"):
+            return  # the adapter treats NoSuchEntity as "already gone"
+        if self.env.observer:
+            self.env.observer.on_retire(key_id, "delete")
+        super().delete_key(user, key_id)
+        self.deleted[key_id] = self.env.clock()
+        self.env.faults.done("iam", "DeleteAccessKey", lose, key_id)
+
+
+StorageRenderer = Callable[[str, str, str, bool], Any]  # (key id, bucket, root, blind) -> param
+
+
+class ChaosAdmin(FakeAdmin):
+    """Databend with external tables on real keys. ``tables`` (FakeAdmin's) holds what Databend
+    shows; ``true_keys`` what each table really uses."""
+
+    def __init__(self, env: Env, iam: ChaosIam, render: StorageRenderer) -> None:
+        super().__init__()
+        self.env, self.iam, self.render = env, iam, render
+        self.true_keys: dict[TableName, str] = {}
+        self.locations: dict[TableName, str] = {}
+        self.blind: set[TableName] = set()
+
+    def put_table(self, name: TableName, key_id: str, bucket: str, *, blind: bool = False) -> None:
+        """Set-up: an external table at s3://bucket/<table>/ on key_id (no faults)."""
+        self.true_keys[name], self.locations[name] = key_id, bucket
+        if blind:
+            self.blind.add(name)
+        self._show(name)
+
+    def _show(self, name: TableName) -> None:
+        key, bucket = self.true_keys[name], self.locations[name]
+        self.tables[name] = self.render(key, bucket, f"/{name.table}/", name in self.blind)
+
+    def works(self, key_id: str) -> bool:
+        return self.iam.state(key_id) == "active"
+
+    def connection_fingerprint(self, name: str) -> str | None:
+        self.env.faults.call("databend", "SHOW CONNECTIONS")
+        return super().connection_fingerprint(name)
+
+    def create_connection(self, name: str, credentials: Any) -> None:
+        lose = self.env.faults.call("databend", f"CREATE CONNECTION {name}", change=True)
+        super().create_connection(name, credentials)
+        self.env.faults.done("databend", f"CREATE CONNECTION {name}", lose)
+
+    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[Any]:
+        self.env.faults.call("databend", "SELECT … FROM system.tables")
+        return super().list_external_tables(databases)
+
+    def describe_table(self, table: TableName) -> Any:
+        self.env.faults.call("databend", f"DESCRIBE {table}")
+        return super().describe_table(table)
+
+    def switch_table(self, table: TableName, connection: str) -> None:
+        op = f"ALTER {table}"
+        lose = self.env.faults.call(self.env.rng.choice(("databend", "s3")), op, change=True)
+        if table not in self.true_keys:
+            raise DatabendQueryError(1025, f"Unknown table {table}")
+        if connection not in self.connections:
+            raise DatabendQueryError(2510, f"Unknown connection {connection}")
+        credentials = self.connections[connection]
+        assert isinstance(credentials, AccessKeyCredentials), "role connections are not modelled"
+        old, new = self.true_keys[table], credentials.access_key_id
+        if not self.works(new):
+            raise DatabendQueryError(
+                3901, f"StorageUnavailable: the new key …{new[-3:]} is invalid"
+            )
+        if not self.works(old):
+            raise StoragePermissionDenied(3002, f"PermissionDenied (403) at write {table} _ss/")
+        self.statements.append(op)
+        self.true_keys[table] = new
+        self._show(table)
+        if self.env.observer:
+            self.env.observer.on_switch(table, old, new, connection)
+        self.env.faults.done("databend", op, lose, (table, old, new))
+
+    def read_back(self, table: TableName) -> int:
+        self.env.faults.call(self.env.rng.choice(("databend", "s3")), f"SELECT * FROM {table}")
+        if table not in self.true_keys:
+            raise DatabendQueryError(1025, f"Unknown table {table}")
+        if not self.works(self.true_keys[table]):
+            raise StoragePermissionDenied(3002, f"PermissionDenied (403) at read {table}")
+        return 10
+
+
+class ChaosRuns(MemoryRuns):
+    """The run store (Redis): every write tells the observer and is a step boundary."""
+
+    def __init__(self, env: Env) -> None:
+        super().__init__()
+        self.env = env
+
+    def peek(self, run_id: str) -> Any:
+        """Ground truth for the engine and the invariants (no faults, no interleaving)."""
+        return self.runs.get(run_id)
+
+    def flush(self) -> None:
+        for store in (self.runs, self.tables, self.pending_, self.waves_, self.wave_done_):
+            store.clear()
+        self.retiring_.clear()
+
+    def _write(self, op: str, run_id: str, fields: dict[str, Any] | None = None) -> None:
+        if self.env.observer:
+            self.env.observer.on_run_written(run_id, fields or {})
+        self.env.faults.done("", op, False, fields)
+
+    def create(self, run: Any) -> None:
+        self.env.faults.call("", "runs.create")
+        super().create(run)
+        if run.parent:  # named for the trace: R0, R1, … / KR0, … / KR0.tables
+            self.env.labels[run.run_id] = f"{self.env.label(run.parent)}.tables"
+        else:
+            self.env.name(run.run_id, "KR" if run.kind == "key-rotation" else "R")
+        self._write("runs.create", run.run_id, {"created": run})
+
+    def get(self, run_id: str) -> Any:
+        self.env.faults.call("", "runs.get")
+        return super().get(run_id)
+
+    def update(self, run_id: str, **fields: object) -> None:
+        self.env.faults.call("", "runs.update")
+        super().update(run_id, **fields)
+        self._write("runs.update", run_id, fields)
+
+    def set_plan(self, run_id: str, outcomes: list[Any]) -> None:
+        self.env.faults.call("", "runs.set_plan")
+        super().set_plan(run_id, outcomes)
+        self._write("runs.set_plan", run_id)
+
+    def begin_attempt(self, run_id: str, table: TableName) -> Any:
+        self.env.faults.call("", "runs.begin_attempt")
+        outcome = super().begin_attempt(run_id, table)
+        self._write("runs.begin_attempt", run_id)
+        return outcome
+
+    def record_outcome(self, run_id: str, outcome: Any) -> int:
+        self.env.faults.call("", "runs.record_outcome")
+        remaining = super().record_outcome(run_id, outcome)
+        self._write("runs.record_outcome", run_id)
+        return remaining
+
+    def record_pending(self, run_id: str, outcome: Any) -> None:
+        self.env.faults.call("", "runs.record_pending")
+        super().record_pending(run_id, outcome)
+        self._write("runs.record_pending", run_id)
+
+    def mark_retiring(self, run_id: str) -> None:
+        super().mark_retiring(run_id)
+        self._write("runs.mark_retiring", run_id)
+
+    def unmark_retiring(self, run_id: str) -> None:
+        super().unmark_retiring(run_id)
+        self._write("runs.unmark_retiring", run_id)
+
+
+class ChaosLocks(MemoryLocks):
+    """Redis locks with a TTL on the world's clock (the Lua scripts of worker/redis_state.py)."""
+
+    def __init__(self, env: Env, ttl: float = LOCK_TTL) -> None:
+        super().__init__()
+        self.env, self.ttl = env, ttl
+        self.expires: dict[str, float] = {}
+
+    def holder(self, secret_arn: str) -> str | None:
+        if self.expires.get(secret_arn, 0.0) <= self.env.clock():
+            self.owners.pop(secret_arn, None)
+        return self.owners.get(secret_arn)
+
+    def acquire(self, secret_arn: str, owner: str) -> bool:
+        self.env.faults.call("", "locks.acquire")
+        if self.holder(secret_arn) not in (None, owner):
+            return False
+        self.owners[secret_arn], self.expires[secret_arn] = owner, self.env.clock() + self.ttl
+        self.env.faults.done("", "locks.acquire", False)
+        return True
+
+    def renew(self, secret_arn: str, owner: str) -> bool:
+        if self.holder(secret_arn) != owner:
+            return False
+        self.expires[secret_arn] = self.env.clock() + self.ttl
+        return True
+
+    def release(self, secret_arn: str, owner: str) -> None:
+        if self.holder(secret_arn) == owner:
+            del self.owners[secret_arn]
+        self.env.faults.done("", "locks.release", False)
+
+    def flush(self) -> None:
+        self.owners.clear()
+        self.expires.clear()
+
+
+class ChaosIntake(MemoryIntakeState):
+    def __init__(self, env: Env) -> None:
+        super().__init__()
+        self.env = env
+
+    def claim(self, secret_arn: str, version_id: str, run_id: str):  # type: ignore[no-untyped-def]
+        claim = super().claim(secret_arn, version_id, run_id)
+        self.env.faults.done("", "intake.claim", False)
+        return claim
+
+    def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
+        super().mark_enqueued(secret_arn, version_id)
+        self.env.faults.done("", "intake.mark_enqueued", False)
+
+    def flush(self) -> None:
+        self.claims.clear()
+        self.newest_.clear()
+
+
+class ChaosWriter(FakeWriter):
+    """Secrets Manager's label moves; a moved AWSCURRENT is announced (EventBridge)."""
+
+    def __init__(self, env: Env, secrets: FakeSecrets, on_current: Callable[[str], None]) -> None:
+        super().__init__(secrets)
+        self.env, self.on_current = env, on_current
+
+    def put_pending(self, arn: str, version_id: str, value: str) -> None:
+        self.env.faults.call("", "PutSecretValue")
+        known = version_id in self.secrets.values
+        super().put_pending(arn, version_id, value)
+        if not known:  # versions are named by creation order: v2 is older than v3
+            self.env.labels[version_id] = f"v{len(self.secrets.values) - 1}"
+        self.env.faults.done("", "PutSecretValue", False)
+
+    def make_current(self, arn: str, version_id: str) -> None:
+        self.env.faults.call("", "UpdateSecretVersionStage")
+        super().make_current(arn, version_id)
+        self.on_current(version_id)
+        self.env.faults.done("", "UpdateSecretVersionStage", False)
+
+    def drop_pending(self, arn: str, version_id: str) -> None:
+        super().drop_pending(arn, version_id)
+        self.env.faults.done("", "UpdateSecretVersionStage", False)
+
+
+@dataclass(repr=False)
+class World:
+    """Everything a scenario runs against, plus ground-truth queries for the invariants."""
+
+    env: Env
+    secrets: FakeSecrets
+    writer: ChaosWriter
+    iam: ChaosIam
+    admin: ChaosAdmin
+    runs: ChaosRuns
+    locks: ChaosLocks
+    intake: ChaosIntake
+    bindings: list[Any]
+    value_of: Callable[[str, str], str]  # (key id, secret key) -> the secret's JSON
+
+    def __repr__(self) -> str:  # assertion messages name what matters, not the whole world
+        keys = {str(t): self.env.label(k) for t, k in self.admin.true_keys.items()}
+        return f"World(t={self.clock():.0f}s, tables on {keys})"
+
+    @property
+    def clock(self) -> Clock:
+        return self.env.clock
+
+    def flush_redis(self) -> None:
+        """FLUSHALL: runs, outcomes, retirement schedule, locks and intake claims are gone."""
+        self.runs.flush()
+        self.locks.flush()
+        self.intake.flush()
+
+    def version_with(self, stage: str) -> str | None:
+        return next((v for v, s in self.secrets.stages.items() if stage in s), None)
+
+    def key_of(self, version_id: str) -> str:
+        return str(json.loads(self.secrets.values[version_id])["access_key_id"])
+
+    def version_of_key(self, key_id: str) -> str | None:
+        """The newest version holding the key (versions are ordered by creation)."""
+        holders = [v for v in self.secrets.values if self.key_of(v) == key_id]
+        return holders[-1] if holders else None
+
+    def order(self, version_id: str) -> int:
+        return list(self.secrets.values).index(version_id)
+
+    def new_version(self, key_id: str) -> str:
+        """An actor outside the core (an operator, another rotation tool) stores a new version
+        holding key_id and makes it AWSCURRENT."""
+        version_id = "%08x-%04x-4%03x-8%03x-%012x" % tuple(  # noqa: UP031 - uuid-shaped, seeded
+            self.env.rng.getrandbits(bits) for bits in (32, 16, 12, 12, 48)
+        )
+        with self.env.faults.disarmed():
+            self.writer.put_pending(self.secrets.arn, version_id, self.value_of(key_id, "s" * 40))
+            self.writer.make_current(self.secrets.arn, version_id)
+        return version_id
+
+    def stranded(self) -> list[tuple[TableName, str]]:
+        """Tables whose key has been deleted: unreadable for good."""
+        return [(t, k) for t, k in sorted(self.admin.true_keys.items()) if k in self.iam.deleted]

@@ -1,0 +1,280 @@
+"""Issue 10, points 2-5: the races and the blind evidence, driven step by step through the core.
+
+Each test sets up one interleaving by hand and asserts what a user would see: which key each table
+really holds (and so whether it can still be read) and which IAM keys exist and are active. The
+world is tests/chaos_world.py's, without random faults: IAM keys are real, and an ALTER needs both
+the table's old key and the connection's new key to work, as on Databend. The core is reached only
+through the adapter in tests/chaos.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+
+from tests.chaos import (
+    Refused,
+    Shape,
+    abort,
+    advance,
+    build_world,
+    drive_key_rotation,
+    intake,
+    prepare,
+    resume,
+    retire_due,
+    seeded_uuids,
+    start_key_rotation,
+    switch,
+)
+from tests.chaos_world import LOCK_TTL, WorkerCrash, World
+from worker.errors import RotatorError
+from worker.sql import TableName
+
+T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
+BLIND = TableName("misc", "b0")
+
+
+@pytest.fixture(autouse=True)
+def _replayable_ids() -> Any:
+    with seeded_uuids(10):
+        yield
+
+
+def keys_of_tables(world: World) -> dict[str, str]:
+    """Table -> the label of the key it really holds (K0, K1, …)."""
+    return {str(t): world.env.label(k) for t, k in sorted(world.admin.true_keys.items())}
+
+
+def iam_keys(world: World) -> dict[str, str]:
+    """Key label -> 'active' / 'inactive', for every key IAM still has."""
+    return {
+        world.env.label(str(k[0])): "active" if k[1] else "inactive"
+        for keys in world.iam.keys.values()
+        for k in keys
+    }
+
+
+def key_named(world: World, label: str) -> str:
+    return next(ident for ident, name in world.env.labels.items() if name == label)
+
+
+def outside_rotation(world: World, user: str) -> str:
+    """Someone else rotates: a new key for ``user``, a new version made AWSCURRENT."""
+    return world.new_version(world.iam.add_key(user))
+
+
+def once(op: str, action: Callable[[], None]) -> Callable[[str], None]:
+    """A hook that runs ``action`` the first time the world is about to perform ``op``."""
+    fired = False
+
+    def hook(name: str) -> None:
+        nonlocal fired
+        if not fired and name == op:
+            fired = True
+            action()
+
+    return hook
+
+
+def crash_when(world: World, wanted: Callable[[str, Any], bool]) -> None:
+    """The worker dies right after the first change for which ``wanted(operation, details)``."""
+
+    def probe(op: str, detail: Any) -> None:
+        if wanted(op, detail):
+            world.env.faults.probe = None
+            raise WorkerCrash(op)
+
+    world.env.faults.probe = probe
+
+
+def deliver(fn: Callable[[], Any]) -> None:
+    """A task delivered late: whatever the core answers (even a refusal) is fine here; what it
+    did to the tables and keys is what the test looks at."""
+    with contextlib.suppress(RotatorError):
+        fn()
+
+
+# --- point 2 ------------------------------------------------------------------------------------
+
+
+def _key_rotation_switching(world: World) -> tuple[str, str, list[TableName]]:
+    """A key rotation whose table run is planned, no table switched yet."""
+    run_id = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    assert isinstance(run_id, str)
+    while (step := advance(world, run_id))[0] != "start_tables":
+        assert step[0] == "continue", step
+    table_run = step[1][0][1]
+    return run_id, table_run, prepare(world, table_run)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 10: abort deletes the new key while a switch onto it is in flight"
+)
+def test_abort_while_a_switch_is_in_flight_leaves_no_table_on_a_deleted_key() -> None:
+    # Given a key rotation whose table run switched sales.t0 to the new key K1,
+    world = build_world(Shape(sales=3))
+    run_id, table_run, tables = _key_rotation_switching(world)
+    assert tables == [T0, T1, T2]
+    switch(world, table_run, T0)
+    # and whose switch task for sales.t1 is in flight: its ALTER lands while abort is deleting K1
+    world.env.faults.on_call = once(
+        "DeleteAccessKey", lambda: deliver(lambda: switch(world, table_run, T1))
+    )
+
+    # When the operator aborts the rotation,
+    deliver(lambda: abort(world, run_id))
+    # and the queued switch task of sales.t2 is delivered afterwards
+    deliver(lambda: switch(world, table_run, T2))
+
+    # Then no table is on a deleted key: every table can still be read
+    assert world.stranded() == []
+    assert [str(t) for t, key in world.admin.true_keys.items() if not world.admin.works(key)] == []
+
+
+def test_switches_delivered_after_an_abort_cannot_land_on_the_deleted_key() -> None:
+    """The sequential form of point 2 is safe on Databend: the ALTER validates the new key, which
+    abort has deleted, so the late tasks fail and the tables stay on the old key. What point 2
+    needs is a switch in flight (above)."""
+    # Given a key rotation whose table run switched sales.t0 to the new key K1
+    world = build_world(Shape(sales=3))
+    run_id, table_run, _tables = _key_rotation_switching(world)
+    switch(world, table_run, T0)
+
+    # When the operator aborts it, and then the queued switches of t1 and t2 are delivered
+    abort(world, run_id)
+    for table in (T1, T2):
+        deliver(partial(switch, world, table_run, table))
+
+    # Then every table is back on K0, which is still active, and K1 is gone
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K0", "sales.t2": "K0"}
+    assert iam_keys(world) == {"K0": "active"}
+
+
+# --- point 3 ------------------------------------------------------------------------------------
+
+
+def _after_create_key(op: str, _detail: Any) -> bool:
+    return op == "checkpoint after-create-key"
+
+
+def _after_keys_before(op: str, detail: Any) -> bool:
+    return op == "runs.update" and "keys_before" in (detail or {}).get("data", {})
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 10: a resumed stale key rotation deletes the live key as an orphan"
+)
+@pytest.mark.parametrize(
+    "cut_short",
+    [_after_create_key, _after_keys_before],
+    ids=["at-after-create-key", "right-after-keys_before-is-written"],
+)
+def test_resuming_a_stale_key_rotation_keeps_the_live_key(
+    cut_short: Callable[[str, Any], bool],
+) -> None:
+    # Given a key rotation KR0 cut short (its worker died) after it recorded the keys before it
+    world = build_world(Shape(sales=3))
+    first = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    assert isinstance(first, str)
+    crash_when(world, cut_short)
+    with pytest.raises(WorkerCrash):
+        advance(world, first)
+    # and, once its lock expired, a second rotation KR1 (Secrets Manager's schedule, which does
+    # not look for unfinished ones) made a newer key current and moved every table to it
+    world.clock.now += LOCK_TTL + 1
+    second = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    assert isinstance(second, str), second
+    assert drive_key_rotation(world, second) == "stop"
+    live = world.env.label(world.key_of(str(world.version_with("AWSCURRENT"))))
+    assert set(keys_of_tables(world).values()) == {live}
+
+    # When KR0's task comes back and the operator resumes it
+    deliver(lambda: drive_key_rotation(world, first))
+    deliver(lambda: resume(world, first))
+    deliver(lambda: drive_key_rotation(world, first))
+
+    # Then the live key still exists and is active, and every table still reads
+    assert iam_keys(world).get(live) == "active"
+    assert world.stranded() == []
+    assert set(keys_of_tables(world).values()) == {live}
+
+
+# --- point 4 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 10: a late task of an older version moves tables back (no fencing)"
+)
+def test_late_switches_of_an_older_version_do_not_move_tables_back() -> None:
+    # Given v1 (key K1) made AWSCURRENT, and its run planned with sales.t0 switched,
+    world = build_world(Shape(sales=3))
+    v1 = outside_rotation(world, "svc")
+    _verdict, _reason, old_run = intake(world, v1, lambda _run: None)
+    assert prepare(world, old_run) == [T0, T1, T2]
+    switch(world, old_run, T0)
+    # before its worker died with the switch tasks of t1 and t2 (back after the visibility timeout)
+
+    # When its lock expires, v2 (key K2) is made AWSCURRENT and its run moves every table to K2,
+    world.clock.now += LOCK_TTL + 1
+    v2 = outside_rotation(world, "svc2")
+    _verdict, _reason, new_run = intake(world, v2, lambda _run: None)
+    for table in prepare(world, new_run):
+        switch(world, new_run, table)
+    assert set(keys_of_tables(world).values()) == {"K2"}
+    # and then the old run's late switch tasks are delivered
+    world.clock.now += 3600
+    for table in (T1, T2):
+        deliver(partial(switch, world, old_run, table))
+
+    # Then no table moved back to v1's key
+    assert keys_of_tables(world) == {"sales.t0": "K2", "sales.t1": "K2", "sales.t2": "K2"}
+
+
+# --- point 5 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 10: a row whose storage_param does not parse is skipped as evidence"
+)
+def test_a_table_whose_row_does_not_parse_blocks_retiring_its_key() -> None:
+    # Given sales.t0-t2 on K0, and misc.b0 on K0 too, whose storage_param shows no readable key
+    world = build_world(Shape(sales=3, blind=1))
+    assert world.admin.tables[BLIND].kind == "s3"
+    k0 = key_named(world, "K0")
+
+    # When a key rotation runs to its end and the old key's deactivation and deletion fall due
+    run_id = start_key_rotation(world, deactivate_after=0, delete_after=0)
+    if isinstance(run_id, str):
+        deliver(lambda: drive_key_rotation(world, run_id))
+        deliver(lambda: retire_due(world))
+
+    # Then K0 is still there and active, and misc.b0 can still be read
+    assert iam_keys(world).get("K0") == "active"
+    assert world.admin.true_keys[BLIND] == k0
+    assert world.admin.read_back(BLIND) > 0
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 10: rotate --commit must refuse a plan with no table (--allow-empty)"
+)
+@pytest.mark.parametrize(
+    "shape",
+    [Shape(sales=0), Shape(sales=0, blind=2)],
+    ids=["no-table", "only-rows-that-do-not-parse"],
+)
+def test_a_key_rotation_that_plans_no_table_is_refused(shape: Shape) -> None:
+    # Given the secret's key K0, on which Databend shows no table
+    world = build_world(shape)
+
+    # When a key rotation is planned and committed (without allowing an empty plan)
+    result = start_key_rotation(world, deactivate_after=0, delete_after=0)
+
+    # Then it is refused, and nothing changed
+    assert isinstance(result, Refused)
+    assert iam_keys(world) == {"K0": "active"}
+    assert world.runs.runs == {}
