@@ -30,6 +30,7 @@ from typing import Any
 from tests.chaos_world import (
     LOCK_TTL,
     ChaosAdmin,
+    ChaosFences,
     ChaosIam,
     ChaosIntake,
     ChaosLocks,
@@ -42,15 +43,19 @@ from tests.chaos_world import (
 )
 from tests.fakes import FakeSecrets
 from worker.core import key_rotation as _key_rotation
+from worker.core import lifecycle as _lifecycle
+from worker.core import reaper as _reaper
 from worker.core import runs as _runs
 from worker.core.bindings import Binding, Selector
 from worker.core.events import Action, EventDecision
 from worker.core.intake import handle_event
+from worker.core.masking import MaskForm
 from worker.core.model import RunStatus, TableOutcome, TableStatus, parse_storage_param
 from worker.core.rotation import RetryPolicy
 from worker.errors import FatalError
 from worker.sql import TableName
 
+STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER
 USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either
 
 # =================================================================================================
@@ -79,7 +84,7 @@ def render_storage(mask: str) -> Callable[[str, str, str, bool], Any]:
 
     def render(key_id: str, bucket: str, root: str, blind: bool) -> Any:
         if blind:
-            shown = "***"
+            shown = "****"  # no masking form shows this: the row cannot be read
         elif mask == "legacy":
             shown = f"******{key_id[-3:]}"
         else:
@@ -126,6 +131,7 @@ def prepare(world: World, run_id: str) -> list[TableName]:
         bindings=world.bindings,
         locks=world.locks,
         newest=world.intake,
+        fences=world.fences,
     )
 
 
@@ -139,6 +145,7 @@ def switch(world: World, run_id: str, table: TableName) -> tuple[str, bool] | No
         admin=world.admin,
         locks=world.locks,
         retry=_no_sleep(),
+        fences=world.fences,
     )
     return None if result is None else (str(result.outcome.status), result.closed)
 
@@ -152,6 +159,11 @@ def give_up(world: World, run_id: str, table: TableName, reason: str) -> bool:
     return _runs.finish_table(run_id=run_id, outcome=outcome, runs=world.runs, locks=world.locks)
 
 
+def give_up_planning(world: World, run_id: str, reason: str) -> None:
+    """tasks/rotation.start_rotation out of retries: the run is failed with the reason."""
+    _runs.give_up(run_id=run_id, reason=reason, runs=world.runs, locks=world.locks)
+
+
 def key_context(world: World) -> Any:
     return _key_rotation.KeyRotationContext(
         runs=world.runs,
@@ -163,6 +175,8 @@ def key_context(world: World) -> Any:
         retry=_no_sleep(),
         clock=world.clock,
         checkpoint=lambda name: world.env.faults.done("", f"checkpoint {name}", False, name),
+        fences=world.fences,
+        bound_secrets=tuple(b.secret for b in world.bindings),
     )
 
 
@@ -197,7 +211,12 @@ def start_key_rotation(
     info = world.secrets.describe(BINDING.secret)
     try:
         plan = _key_rotation.plan_key_rotation(
-            binding=BINDING, info=info, secrets=world.secrets, iam=world.iam, admin=world.admin
+            binding=BINDING,
+            info=info,
+            secrets=world.secrets,
+            iam=world.iam,
+            admin=world.admin,
+            bound_secrets=(BINDING.secret,),
         )
         if plan.refusal:
             return Refused(plan.refusal)
@@ -214,25 +233,34 @@ def start_key_rotation(
 
 
 def abort(world: World, run_id: str) -> list[str]:
-    """`rotator abort`: the tables switched back."""
+    """`rotator abort` (worker/core/lifecycle.py): the tables switched back. A change still in
+    flight (a dead worker's lease) makes it refuse for now: asked again later, it goes on."""
     return [
-        str(t) for t in _key_rotation.abort(ctx=key_context(world), run_id=run_id, binding=BINDING)
+        str(t)
+        for t in _key_rotation.abort(
+            ctx=key_context(world), run_id=run_id, binding=BINDING, wait_seconds=0
+        )
     ]
 
 
+_FOLLOWUPS = {
+    _lifecycle.Followup.START_ROTATION: "start",
+    _lifecycle.Followup.ADVANCE_KEY_ROTATION: "advance",
+    _lifecycle.Followup.RETIRE_DUE: "retire_due",
+}
+
+
+def _followups(followup: Any, run_id: str) -> list[Followup]:
+    kind = _FOLLOWUPS.get(followup)
+    if kind is None:
+        return []
+    return [(kind, "" if kind == "retire_due" else run_id)]
+
+
 def resume(world: World, run_id: str) -> list[Followup]:
-    """`rotator resume` (worker/cli.py): the tasks it enqueues."""
-    run = world.runs.get(run_id)
-    if run.kind == "key-rotation":
-        _key_rotation.resume(ctx=key_context(world), run_id=run_id)
-        run = world.runs.get(run_id)
-        if run.phase == "switching":
-            return [("start", str(run.data["table_run"]))]
-        if run.phase == "retired":
-            return [("retire_due", "")]
-        return [("advance", run_id)]
-    _runs.reopen_failed_tables(run_id=run_id, runs=world.runs)
-    return [("start", run_id)]
+    """`rotator resume` (worker/core/lifecycle.py): the tasks it enqueues."""
+    resumed = _lifecycle.resume(ctx=key_context(world), run_id=run_id)
+    return _followups(resumed.followup, resumed.run_id)
 
 
 def retire_due(world: World) -> list[str]:
@@ -250,9 +278,13 @@ def retire_due(world: World) -> list[str]:
 
 
 def reap(world: World) -> list[Followup]:
-    """Issue 10's reaper (re-enqueue a run with no progress where safe, else flag it `stuck`).
-    There is none yet: plug it in here."""
-    return []
+    """tasks/runs.reap_stuck_runs (the beat): re-enqueue quiet runs, or flag them stuck."""
+    followups: list[Followup] = []
+    for reaped in _reaper.reap(
+        runs=world.runs, fences=world.fences, now=world.clock(), stuck_after=STUCK_AFTER
+    ):
+        followups += _followups(reaped.followup, reaped.run_id)
+    return followups
 
 
 def is_final(run: Any) -> bool:
@@ -357,6 +389,7 @@ def build_world(
     secrets = FakeSecrets(values={"v0": secret_value(k0, "s" * 40)}, stages={"v0": ("AWSCURRENT",)})
     env.labels["v0"] = "v0"
     admin = ChaosAdmin(env, iam, render_storage(mask))
+    admin.form = MaskForm(mask)
     for prefix, db, bucket, count, blind in (
         ("t", "sales", "lake", shape.sales, False),
         ("d", "misc", "lake", shape.discovered, False),
@@ -365,13 +398,15 @@ def build_world(
     ):
         for i in range(count):
             admin.put_table(TableName(db, f"{prefix}{i}"), k0, bucket, blind=blind)
+    runs = ChaosRuns(env)
     return World(
         env=env,
         secrets=secrets,
         writer=ChaosWriter(env, secrets, on_current),
         iam=iam,
         admin=admin,
-        runs=ChaosRuns(env),
+        runs=runs,
+        fences=ChaosFences(env, runs),
         locks=ChaosLocks(env, LOCK_TTL),
         intake=ChaosIntake(env),
         bindings=[BINDING],

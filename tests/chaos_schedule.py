@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tests.chaos import (
+    STUCK_AFTER,
     USERS,
     Followup,
     Refused,
@@ -26,6 +27,7 @@ from tests.chaos import (
     build_world,
     describe_run,
     give_up,
+    give_up_planning,
     intake,
     is_final,
     prepare,
@@ -189,10 +191,14 @@ class Scenario:
                 self._step(script[i] if script is not None else self._choose())
             self.log_line("— drain: no new events or commands —")
             self._settle()
-            self.world.clock.now += max(HANG_BOUND, VISIBILITY_TIMEOUT) + BEAT_PERIOD
-            self.log_line("— the clock jumps past every timeout and bound —")
-            self._beat()
-            self._settle()
+            self.log_line("— time passes past every timeout and bound, the beat ticking —")
+            # a crashed run waits up to STUCK_AFTER for the reaper, then its grace periods run
+            end = self.world.clock() + max(HANG_BOUND, VISIBILITY_TIMEOUT) + STUCK_AFTER
+            end += 2 * BEAT_PERIOD
+            while self.world.clock() < end:
+                self.world.clock.now = min(self.next_beat, end)
+                self._beat()
+                self._settle()
         return ScenarioResult(
             seed=self.seed,
             violations=list(self.invariants.violations),
@@ -228,8 +234,10 @@ class Scenario:
     def _beat(self) -> None:
         while self.world.clock() >= self.next_beat:
             self.next_beat += BEAT_PERIOD
-            for kind in BEAT_KINDS:
-                if not any(m.kind == kind for m in self.queue):
+            for kind in BEAT_KINDS:  # beat sends every tick; a dead worker's copy comes back late
+                if not any(
+                    m.kind == kind and m.not_before <= self.world.clock() for m in self.queue
+                ):
                     self.queue.append(Message(kind, not_before=self.world.clock()))
 
     # --- the trace ----------------------------------------------------------------------------
@@ -274,7 +282,10 @@ class Scenario:
         ready = self._ready()
         if not ready and wait and self.queue:
             before = self.world.clock()
-            self.world.clock.now = min(m.not_before for m in self.queue)
+            # the next delivery, or the beat's next tick if that comes first: time does not jump
+            # over the beat (its reaper is what keeps runs from hanging)
+            self.world.clock.now = min(min(m.not_before for m in self.queue), self.next_beat)
+            self._beat()
             self.invariants.check(ready_at=before)  # the silence up to this delivery counts
             ready = self._ready()
         if not ready:
@@ -287,7 +298,11 @@ class Scenario:
         """A message for the run, its table run or its parent was ready at time ``at``."""
         run = self.world.runs.peek(run_id)
         family = {run_id, run.parent, run.data.get("table_run")} if run else {run_id}
-        return any(m.run_id in family and m.not_before <= at for m in self.queue)
+        # a reaper tick waiting undelivered is the scenario's delay too: the reaper is what
+        # re-enqueues or flags a quiet run
+        return any(
+            (m.run_id in family or m.kind == "reap") and m.not_before <= at for m in self.queue
+        )
 
     def _announce(self, version_id: str) -> None:
         """EventBridge: AWSCURRENT moved. Sometimes delivered twice."""
@@ -349,6 +364,8 @@ class Scenario:
         since = msg.waiting_since if msg.waiting_since is not None else self.world.clock()
         if self.world.clock() - since > LOCK_WAIT:
             self.log("  gave up waiting for the secret's lock")
+            give_up_planning(self.world, msg.run_id, "gave up waiting for the secret's lock")
+            self._wake_parent(msg.run_id)
             return
         delay = self.rng.uniform(2, 60)
         self.queue.append(replace(msg, waiting_since=since, not_before=self.world.clock() + delay))
@@ -385,7 +402,9 @@ class Scenario:
             self._wait_for_lock(msg)
             return
         except RetryableError as exc:
-            self._retry(msg, exc)
+            if not self._retry(msg, exc):
+                give_up_planning(self.world, msg.run_id, f"planning gave up: {exc}")
+                self._wake_parent(msg.run_id)
             return
         except FatalError as exc:
             self.log(f"  failed before switching any table: {exc}")
@@ -539,6 +558,7 @@ class Scenario:
     def _do_tick(self) -> None:
         seconds = self.rng.uniform(60, 900)
         self.world.clock.now += seconds
+        self._beat()  # the beat kept ticking meanwhile: its messages wait, undelivered
         self.log(f"{seconds:.0f} s pass")
 
     def _do_flush(self) -> None:

@@ -40,6 +40,7 @@ from tests.fakes import (
     FakeIam,
     FakeSecrets,
     FakeWriter,
+    MemoryFences,
     MemoryIntakeState,
     MemoryLocks,
     MemoryRuns,
@@ -342,6 +343,15 @@ class ChaosAdmin(FakeAdmin):
             self.env.observer.on_switch(table, old, new, connection)
         self.env.faults.done("databend", op, lose, (table, old, new))
 
+    def probe_connection(self, connection: str, bucket: str) -> None:
+        """The pre-flight: LIST on a throwaway stage over the connection's key."""
+        self.env.faults.call("s3", f"LIST {bucket} via {connection}")
+        credentials = self.connections.get(connection)
+        if credentials is None:
+            raise DatabendQueryError(2510, f"Unknown connection {connection}")
+        if not self.works(credentials.access_key_id):  # type: ignore[union-attr]
+            raise StoragePermissionDenied(3002, f"PermissionDenied (403) at list {bucket}")
+
     def read_back(self, table: TableName) -> int:
         self.env.faults.call(self.env.rng.choice(("databend", "s3")), f"SELECT * FROM {table}")
         if table not in self.true_keys:
@@ -355,7 +365,7 @@ class ChaosRuns(MemoryRuns):
     """The run store (Redis): every write tells the observer and is a step boundary."""
 
     def __init__(self, env: Env) -> None:
-        super().__init__()
+        super().__init__(clock=env.clock)
         self.env = env
 
     def peek(self, run_id: str) -> Any:
@@ -458,6 +468,26 @@ class ChaosLocks(MemoryLocks):
         self.expires.clear()
 
 
+class ChaosFences(MemoryFences):
+    """Fencing tokens and changes in flight (Redis): gone with a flush, checked atomically."""
+
+    def __init__(self, env: Env, runs: ChaosRuns) -> None:
+        super().__init__(runs=runs, clock=env.clock)
+        self.env = env
+
+    def enter(self, run_id: str, item: str, **kwargs: Any) -> Any:
+        self.env.faults.call("", "fences.enter")
+        return super().enter(run_id, item, **kwargs)
+
+    def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
+        self.env.faults.call("", "fences.issue")
+        return super().issue(secret_arn, run_id)
+
+    def flush(self) -> None:
+        self.newest.clear()
+        self.flying.clear()
+
+
 class ChaosIntake(MemoryIntakeState):
     def __init__(self, env: Env) -> None:
         super().__init__()
@@ -517,6 +547,7 @@ class World:
     intake: ChaosIntake
     bindings: list[Any]
     value_of: Callable[[str, str], str]  # (key id, secret key) -> the secret's JSON
+    fences: ChaosFences
 
     def __repr__(self) -> str:  # assertion messages name what matters, not the whole world
         keys = {str(t): self.env.label(k) for t, k in self.admin.true_keys.items()}
@@ -531,6 +562,7 @@ class World:
         self.runs.flush()
         self.locks.flush()
         self.intake.flush()
+        self.fences.flush()
 
     def version_with(self, stage: str) -> str | None:
         return next((v for v, s in self.secrets.stages.items() if stage in s), None)

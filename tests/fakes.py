@@ -340,17 +340,21 @@ class MemoryFences:
         secret_arn: str | None = None,
         token: int = 0,
         lease_seconds: float = 600,
+        require_active: bool = True,
+        exclusive: bool = False,
     ) -> Admission:
         run = self.runs.runs.get(run_id)
         if run is None:
             return Admission.ENDED
         status = RunStatus(run.status)
-        if status is RunStatus.PAUSED:
+        if require_active and status is RunStatus.PAUSED:
             return Admission.PAUSED
-        if not status.active:
+        if require_active and not status.active:
             return Admission.ENDED
         if secret_arn and token and self.newest.get(secret_arn, (0, ""))[0] != token:
             return Admission.SUPERSEDED
+        if exclusive and self.flying.get(run_id, {}).get(item, 0.0) > self.clock():
+            return Admission.BUSY
         self.flying.setdefault(run_id, {})[item] = self.clock() + lease_seconds
         return Admission.ADMITTED
 

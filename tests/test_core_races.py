@@ -112,9 +112,6 @@ def _key_rotation_switching(world: World) -> tuple[str, str, list[TableName]]:
     return run_id, table_run, prepare(world, table_run)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: abort deletes the new key while a switch onto it is in flight"
-)
 def test_abort_while_a_switch_is_in_flight_leaves_no_table_on_a_deleted_key() -> None:
     # Given a key rotation whose table run switched sales.t0 to the new key K1,
     world = build_world(Shape(sales=3))
@@ -166,9 +163,6 @@ def _after_keys_before(op: str, detail: Any) -> bool:
     return op == "runs.update" and "keys_before" in (detail or {}).get("data", {})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: a resumed stale key rotation deletes the live key as an orphan"
-)
 @pytest.mark.parametrize(
     "cut_short",
     [_after_create_key, _after_keys_before],
@@ -207,9 +201,6 @@ def test_resuming_a_stale_key_rotation_keeps_the_live_key(
 # --- point 4 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: a late task of an older version moves tables back (no fencing)"
-)
 def test_late_switches_of_an_older_version_do_not_move_tables_back() -> None:
     # Given v1 (key K1) made AWSCURRENT, and its run planned with sales.t0 switched,
     world = build_world(Shape(sales=3))
@@ -238,9 +229,6 @@ def test_late_switches_of_an_older_version_do_not_move_tables_back() -> None:
 # --- point 5 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: a row whose storage_param does not parse is skipped as evidence"
-)
 def test_a_table_whose_row_does_not_parse_blocks_retiring_its_key() -> None:
     # Given sales.t0-t2 on K0, and misc.b0 on K0 too, whose storage_param shows no readable key
     world = build_world(Shape(sales=3, blind=1))
@@ -259,9 +247,6 @@ def test_a_table_whose_row_does_not_parse_blocks_retiring_its_key() -> None:
     assert world.admin.read_back(BLIND) > 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 10: rotate --commit must refuse a plan with no table (--allow-empty)"
-)
 @pytest.mark.parametrize(
     "shape",
     [Shape(sales=0), Shape(sales=0, blind=2)],

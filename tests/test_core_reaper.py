@@ -108,7 +108,7 @@ def test_resume_puts_a_stuck_run_back_where_it_stopped() -> None:
     )
     ctx.secrets, ctx.admin = secrets, FakeAdmin()
     rotation_run(ctx.runs, "r1", status="planning")  # type: ignore[arg-type]
-    ctx.runs.update("r1", status="stuck", data={"stuck_from": "planning"})
+    ctx.runs.update("r1", status="stuck", stuck_from="planning")
     resumed = resume(ctx, "r1")
     assert (resumed.followup, ctx.runs.get("r1").status) == (Followup.START_ROTATION, "planning")
     # planning again from there: a run whose secret is gone fails with the reason, never hangs

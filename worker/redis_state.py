@@ -10,7 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -80,22 +85,41 @@ return {token, previous or ''}
 """
 _ACTIVE = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.active) + "}"
 # KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash
-# ARGV: token (0: no token check), item, lease end (ms), ttl (s)
+# ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
+#       '1' for an exclusive item, now (ms), this process's holder id
+# An in-flight entry is "<lease end ms>|<holder>"; it counts while its lease runs and its holder's
+# heartbeat key (rotator:alive:<holder>) exists, so a killed worker's entries die within seconds.
 _ENTER = f"""
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return '{Admission.ENDED}' end
 local status = cjson.decode(raw)
-if status == '{RunStatus.PAUSED}' then return '{Admission.PAUSED}' end
-local active = {_ACTIVE}
-if not active[status] then return '{Admission.ENDED}' end
+if ARGV[5] == '1' then
+  if status == '{RunStatus.PAUSED}' then return '{Admission.PAUSED}' end
+  local active = {_ACTIVE}
+  if not active[status] then return '{Admission.ENDED}' end
+end
 if tonumber(ARGV[1]) > 0 then
   local newest = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
   if newest ~= tonumber(ARGV[1]) then return '{Admission.SUPERSEDED}' end
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+if ARGV[6] == '1' then
+  local held = redis.call('HGET', KEYS[3], ARGV[2])
+  if held then
+    local sep = string.find(held, '|', 1, true)
+    local until = tonumber(string.sub(held, 1, sep - 1))
+    local holder = string.sub(held, sep + 1)
+    if until > tonumber(ARGV[7]) and holder ~= ARGV[8]
+       and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
+      return '{Admission.BUSY}'
+    end
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return '{Admission.ADMITTED}'
 """
+HEARTBEAT_SECONDS = 5.0  # a process that holds changes in flight says it is alive this often
+ALIVE_TTL_MS = 15_000  # and is taken for dead this long after its last word
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -166,13 +190,19 @@ class RedisSecretLocks:
 
 
 class RedisFences:
-    """Fences on Redis: ``issue`` and ``enter`` are one Lua call each (atomic)."""
+    """Fences on Redis: ``issue`` and ``enter`` are one Lua call each (atomic).
+
+    Each process is one *holder*: its in-flight entries name it, and a daemon thread keeps its
+    heartbeat key alive while it runs, so changes of a killed worker stop counting as in flight
+    within ALIVE_TTL_MS instead of blocking abort, pause and newer runs for a whole lease."""
 
     def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._issue = client.register_script(_ISSUE)
         self._enter = client.register_script(_ENTER)
+        self._heartbeat: threading.Thread | None = None
 
     @staticmethod
     def _fence(secret_arn: str) -> str:
@@ -181,6 +211,24 @@ class RedisFences:
     @staticmethod
     def _inflight(run_id: str) -> str:
         return f"{PREFIX}run:{run_id}:inflight"
+
+    def _beat(self) -> None:
+        _guard(self.redis.set, f"{PREFIX}alive:{self.holder}", "1", px=ALIVE_TTL_MS)
+
+    def _keep_alive(self) -> None:
+        """Start the heartbeat once, before this process first holds anything."""
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        self._beat()
+
+        def beat_forever() -> None:
+            while True:
+                time.sleep(HEARTBEAT_SECONDS)
+                with contextlib.suppress(StateStoreUnavailable, redis.RedisError):
+                    self._beat()
+
+        self._heartbeat = threading.Thread(target=beat_forever, name="rotator-alive", daemon=True)
+        self._heartbeat.start()
 
     def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
         token, previous = _guard(self._issue, keys=[self._fence(secret_arn)], args=[run_id])
@@ -195,13 +243,16 @@ class RedisFences:
         secret_arn: str | None = None,
         token: int = 0,
         lease_seconds: float = 600,
+        require_active: bool = True,
+        exclusive: bool = False,
     ) -> Admission:
-        until = int((time.time() + lease_seconds) * 1000)
+        self._keep_alive()
+        now = time.time()
         fence = self._fence(secret_arn) if secret_arn else f"{PREFIX}fence:-"
+        args = [token if secret_arn else 0, item, int((now + lease_seconds) * 1000), self.ttl]
+        args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
         result = _guard(
-            self._enter,
-            keys=[f"{PREFIX}run:{run_id}", fence, self._inflight(run_id)],
-            args=[token if secret_arn else 0, item, until, self.ttl],
+            self._enter, keys=[f"{PREFIX}run:{run_id}", fence, self._inflight(run_id)], args=args
         )
         return Admission(result.decode() if isinstance(result, bytes) else str(result))
 
@@ -209,13 +260,18 @@ class RedisFences:
         _guard(self.redis.hdel, self._inflight(run_id), item)
 
     def in_flight(self, run_id: str) -> list[str]:
+        """Items whose lease runs and whose holder is alive (expired or orphaned ones are
+        dropped on the way)."""
         entries = _guard(self.redis.hgetall, self._inflight(run_id))
         now = time.time() * 1000
-        live = [k.decode() for k, until in entries.items() if float(until) > now]
-        expired = [k for k, until in entries.items() if float(until) <= now]
-        if expired:
-            _guard(self.redis.hdel, self._inflight(run_id), *expired)
-        return sorted(live)
+        live, dead = [], []
+        for item, value in entries.items():
+            until, _, holder = value.decode().partition("|")
+            alive = not holder or _guard(self.redis.exists, f"{PREFIX}alive:{holder}")
+            (live if float(until) > now and alive else dead).append(item)
+        if dead:
+            _guard(self.redis.hdel, self._inflight(run_id), *dead)
+        return sorted(k.decode() for k in live)
 
     def is_newest(self, secret_arn: str, token: int) -> bool:
         newest = _guard(self.redis.hget, self._fence(secret_arn), "token")

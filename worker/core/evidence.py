@@ -55,12 +55,13 @@ def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str
     for secret_id in sorted(set(secret_ids)):
         try:
             info = secrets.describe(secret_id)
-            for stage in LIVE_STAGES:
-                version = info.version_with_stage(stage)
-                if version is None:
-                    continue
-                if _key_id_of(secrets.read_version(info.arn, version)) == key_id:
-                    holders.append(f"{info.name} ({stage})")
+            for version in info.versions.values():  # every carrier: a label may sit on two
+                live = [stage for stage in LIVE_STAGES if stage in version.stages]
+                if (
+                    live
+                    and _key_id_of(secrets.read_version(info.arn, version.version_id)) == key_id
+                ):
+                    holders.append(f"{info.name} ({'/'.join(live)})")
         except UnknownSecretError:
             continue  # a bound secret that does not exist holds no key
         except RotatorError as exc:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from worker.core.model import RunStatus
 from worker.core.ports import Admission, Fences, RunRecord, RunStore
-from worker.errors import FatalError
+from worker.errors import FatalError, LockBusy
 
 DEFAULT_LEASE_SECONDS = 600.0
 
@@ -31,30 +31,42 @@ def take_fence(run: RunRecord, runs: RunStore, fences: Fences | None) -> int:
         return 0
     if run.fence:
         return run.fence
+    waits_for: list[str] = []
     if run.parent:
         token = runs.get(run.parent).fence
     else:
         token, previous = fences.issue(run.secret, run.run_id)
         if previous and previous != run.run_id:
-            supersede(runs, previous, by=run.run_id)
-    runs.update(run.run_id, fence=token)
-    run.fence = token
+            waits_for = supersede(runs, previous, by=run.run_id)
+    runs.update(run.run_id, fence=token, waits_for=waits_for)
+    run.fence, run.waits_for = token, waits_for
     return token
 
 
-def supersede(runs: RunStore, run_id: str, *, by: str) -> None:
-    """Mark an unfinished run (and its table run) superseded by a newer run of its secret."""
+def require_drained(fences: Fences | None, run: RunRecord) -> None:
+    """A run that superseded another changes nothing while that run's admitted changes are still
+    in flight (their leases bound the wait): raises LockBusy, so the task tries again shortly."""
+    if fences is None or not run.waits_for:
+        return
+    flying = [f"{r}:{item}" for r in run.waits_for for item in fences.in_flight(r)]
+    if flying:
+        raise LockBusy(
+            f"waiting for {len(flying)} change(s) of the superseded run to end: {flying[0]}"
+        )
+
+
+def supersede(runs: RunStore, run_id: str, *, by: str) -> list[str]:
+    """Mark an unfinished run (and its table run) superseded by a newer run of its secret;
+    returns the run ids whose changes in flight the newer run must wait for."""
     try:
         run = runs.get(run_id)
     except FatalError:
-        return  # gone (expired or flushed): nothing to mark
-    if RunStatus(run.status).final:
-        return
-    reason = f"superseded by run {by}, a newer run of the same secret"
-    runs.update(run_id, status=RunStatus.SUPERSEDED, error=reason, updated_at=time.time())
+        return []  # gone (expired or flushed): nothing to mark
+    if not RunStatus(run.status).final:
+        reason = f"superseded by run {by}, a newer run of the same secret"
+        runs.update(run_id, status=RunStatus.SUPERSEDED, error=reason)
     child = run.data.get("table_run")
-    if child:
-        supersede(runs, str(child), by=by)
+    return [run_id] + (supersede(runs, str(child), by=by) if child else [])
 
 
 @contextmanager
@@ -64,6 +76,7 @@ def admitted(
     item: str,
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    exclusive: bool = False,
 ) -> Iterator[Admission]:
     """``with admitted(...) as verdict:`` — change something only when the verdict is ADMITTED;
     the change counts as in flight until the block ends."""
@@ -76,6 +89,7 @@ def admitted(
         secret_arn=run.secret if run.fence else None,
         token=run.fence,
         lease_seconds=lease_seconds,
+        exclusive=exclusive,
     )
     try:
         yield verdict

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -26,7 +27,7 @@ from functools import partial
 from worker.core import masking
 from worker.core.bindings import Binding
 from worker.core.evidence import key_usage, refuse_if_used
-from worker.core.fencing import admitted, take_fence, wait_until_idle
+from worker.core.fencing import admitted, require_drained, take_fence, wait_until_idle
 from worker.core.model import (
     AccessKeyCredentials,
     ExternalTable,
@@ -82,6 +83,9 @@ PHASES = list(Phase)
 
 class NotAKeySecret(FatalError):
     pass
+
+
+STEP_LEASE = 300.0  # a key-rotation step holds its run this long at most (if its worker lives)
 
 
 class Next(StrEnum):
@@ -247,15 +251,19 @@ def advance(ctx: KeyRotationContext, run_id: str) -> Next:
     if ctx.locks is not None and not ctx.locks.acquire(run.secret, run_id):
         raise LockBusy(f"another run is rotating secret {run.secret}")
     take_fence(run, ctx.runs, ctx.fences)
+    require_drained(ctx.fences, run)
     if run.status == RunStatus.QUEUED:
         ctx.runs.update(run_id, status=RunStatus.SWITCHING, started_at=ctx.clock())
         run.status = RunStatus.SWITCHING
-    phase = Phase(run.phase or Phase.PLANNED)
-    with admitted(ctx.fences, run, f"step:{phase}") as verdict:
+    # one step of a run at a time, whatever number of workers were handed it (duplicates, resume)
+    with admitted(ctx.fences, run, "step", lease_seconds=STEP_LEASE, exclusive=True) as verdict:
+        if verdict is Admission.BUSY:
+            raise LockBusy(f"another worker is running a step of key rotation {run_id}")
         if verdict is not Admission.ADMITTED:
             return Next.STOP
+        run = ctx.runs.get(run_id)  # as it is now that this worker has the step
         try:
-            return _STEPS[phase](ctx, run)
+            return _STEPS[Phase(run.phase or Phase.PLANNED)](ctx, run)
         except FatalError as exc:
             _fail(ctx, run, str(exc))
             return Next.STOP
@@ -450,6 +458,14 @@ def _test_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
 
 
 def _finish(ctx: KeyRotationContext, run: RunRecord) -> Next:
+    """finishSecret: AWSCURRENT to the new version — only from the version this run started on."""
+    info = ctx.secrets.describe(run.secret)
+    current = info.version_with_stage("AWSCURRENT")
+    if current not in (run.data["old_version"], run.version_id):
+        raise Refused(
+            f"AWSCURRENT moved to version {current} since this rotation started: not moving it to "
+            f"{run.version_id}; `rotator abort {run.run_id}` removes the pending key"
+        )
     ctx.writer.make_current(run.secret, run.version_id)
     ctx.runs.update(run.run_id, phase=Phase.FINISHED)
     return Next.CONTINUE
@@ -626,7 +642,7 @@ def abort(
         if any(k.key_id == key for k in ctx.iam.list_keys(user)):
             _delete_key(ctx, run, user, key, "delete the aborted rotation's new key")
     data["abort_done"] = ctx.clock()
-    ctx.runs.update(run_id, data=data, error=None, updated_at=ctx.clock())
+    ctx.runs.update(run_id, data=data, error=None)
     _release(ctx, run)
     return switched_back
 
@@ -637,7 +653,7 @@ def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
     except RotatorError:
         return
     if run.status not in (RunStatus.SUPERSEDED, RunStatus.ABORTED):
-        ctx.runs.update(run_id, status=RunStatus.ABORTED, error="aborted", updated_at=ctx.clock())
+        ctx.runs.update(run_id, status=RunStatus.ABORTED, error="aborted")
 
 
 def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> list[str]:
@@ -665,22 +681,41 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     ensure_connection(ctx.admin, back, old)
     switched_back = []
     for table in candidates:
-        if ctx.fences is not None and run.fence and not ctx.fences.is_newest(run.secret, run.fence):
-            break  # taken over while switching back: stop touching its tables
-        current = ctx.admin.describe_table(table)
-        if current is None or not current.storage.may_hold(new):
-            continue
-        result = rotate_table(
-            ctx.admin, table, connection=back, target=old.fingerprint, retry=ctx.retry
-        )
+        with _abort_admitted(ctx, run, f"abort:{table}") as verdict:
+            if verdict is not Admission.ADMITTED:
+                break  # taken over while switching back: its tables are not ours to move
+            current = ctx.admin.describe_table(table)
+            if current is None or not current.storage.may_hold(new):
+                continue
+            result = rotate_table(
+                ctx.admin, table, connection=back, target=old.fingerprint, retry=ctx.retry
+            )
         if result.status.failed:
             raise FatalError(f"could not switch {table} back: {result.reason}")
         switched_back.append(str(table))
     return switched_back
 
 
+@contextmanager
+def _abort_admitted(ctx: KeyRotationContext, run: RunRecord, item: str) -> Iterator[Admission]:
+    """An abort's own change: admitted while the aborted run still holds the newest token (the
+    run itself is final by then), and in flight until it ends, so that a newer run of the secret
+    waits for it before touching anything."""
+    if ctx.fences is None or not run.fence:
+        yield Admission.ADMITTED
+        return
+    verdict = ctx.fences.enter(
+        run.run_id, item, secret_arn=run.secret, token=run.fence, require_active=False
+    )
+    try:
+        yield verdict
+    finally:
+        if verdict is Admission.ADMITTED:
+            ctx.fences.leave(run.run_id, item)
+
+
 def _fail(ctx: KeyRotationContext, run: RunRecord, error: str) -> None:
-    ctx.runs.update(run.run_id, status=RunStatus.FAILED, error=error, updated_at=ctx.clock())
+    ctx.runs.update(run.run_id, status=RunStatus.FAILED, error=error)
     _release(ctx, run)
 
 

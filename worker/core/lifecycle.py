@@ -49,14 +49,15 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     """Make a failed, stuck, paused or interrupted run go on (finished tables stay done)."""
     run = ctx.runs.get(run_id)
     if run.status == RunStatus.STUCK:  # back to where the reaper found it
-        ctx.runs.update(run_id, status=run.data.get("stuck_from", RunStatus.QUEUED), error=None)
+        ctx.runs.update(run_id, status=run.stuck_from or RunStatus.QUEUED, error=None)
         run = ctx.runs.get(run_id)
     if run.kind == "migration":
         return _resume_migration(ctx.runs, run_id)
     if run.kind == "key-rotation":
         reopened = key_rotation.resume(ctx, run_id)
-        phase = ctx.runs.get(run_id).phase
-        if phase == Phase.SWITCHING:
+        run = ctx.runs.get(run_id)  # as it is now: another worker may have advanced it meanwhile
+        phase = run.phase
+        if phase == Phase.SWITCHING and run.data.get("table_run"):
             return Resumed(str(run.data["table_run"]), Followup.START_ROTATION, reopened)
         if phase == Phase.RETIRED:
             return Resumed(run_id, Followup.RETIRE_DUE)

@@ -154,6 +154,11 @@ class RunRecord:
     newest_wins: bool = False  # event-driven runs never apply a version older than the newest
     parent: str | None = None  # the key rotation this table run belongs to
     fence: int = 0  # fencing token taken with the secret's lock (0: none yet); see Fences
+    requeues: int = 0  # times the reaper re-enqueued it without progress in between
+    requeued_at: float = 0.0
+    stuck_from: str = ""  # the status the reaper found it in when it flagged it stuck
+    # runs this one superseded: it changes nothing until their changes in flight have ended
+    waits_for: list[str] = field(default_factory=list)
     phase: str = ""  # key rotations: the last step completed (see core/key_rotation.py)
     data: dict[str, Any] = field(default_factory=dict)  # key rotations: write-ahead facts
     error: str | None = None
@@ -200,6 +205,7 @@ class Admission(StrEnum):
     ADMITTED = "admitted"  # go ahead: registered as in flight until ``leave``
     SUPERSEDED = "superseded"  # a newer run of the secret holds the fence: change nothing
     PAUSED = "paused"  # the run is paused: leave the object pending for ``resume``
+    BUSY = "busy"  # an exclusive item is in flight in another live process: try again later
     ENDED = "ended"  # the run is final, or unknown (a Redis flush): change nothing
 
 
@@ -225,8 +231,12 @@ class Fences(Protocol):
         secret_arn: str | None = None,
         token: int = 0,
         lease_seconds: float = 600,
+        require_active: bool = True,
+        exclusive: bool = False,
     ) -> Admission:
-        """Check (run active; ``token`` still the newest when given) and register ``item``."""
+        """Check (run active, unless not ``require_active``: an abort's own changes; ``token``
+        still the newest when given; for an ``exclusive`` item, nobody else holding it) and
+        register ``item`` as in flight."""
         ...
 
     def leave(self, run_id: str, item: str) -> None: ...

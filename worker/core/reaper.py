@@ -40,7 +40,7 @@ def reap(
         except RunNotFound:
             runs.forget_unfinished(run_id)  # expired or flushed
             continue
-        quiet = now - max(run.updated_at, run.started_at, run.created_at)
+        quiet = now - (run.updated_at or run.created_at)  # stamped by the store on every write
         if not RunStatus(run.status).active or quiet < stuck_after:
             continue
         if fences is not None and fences.in_flight(run_id):
@@ -56,15 +56,14 @@ def _reap_one(runs: RunStore, run: RunRecord, quiet: float, now: float) -> Reape
     if decided is None:
         return None
     followup, target, why = decided
-    progressed = run.updated_at > float(run.data.get("requeued_at", 0)) + 1
-    requeues = 0 if progressed else int(run.data.get("requeued", 0))
+    progressed = run.updated_at > run.requeued_at + 1
+    requeues = 0 if progressed else run.requeues
     if followup is Followup.NOTHING or requeues >= MAX_REQUEUES:
         why = why or f"re-enqueued {requeues} times without progress"
         reason = f"stuck: no progress for {quiet:.0f}s while {run.status} ({why})"
-        data = {**run.data, "stuck_from": str(run.status)}
-        runs.update(run.run_id, status=RunStatus.STUCK, error=reason, data=data)
+        runs.update(run.run_id, status=RunStatus.STUCK, error=reason, stuck_from=str(run.status))
         return Reaped(run.run_id, Followup.NOTHING, reason)
-    runs.update(run.run_id, data={**run.data, "requeued": requeues + 1, "requeued_at": now})
+    runs.update(run.run_id, requeues=requeues + 1, requeued_at=now)
     return Reaped(target, followup, f"no progress for {quiet:.0f}s while {run.status}")
 
 

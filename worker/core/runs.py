@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from worker.core import masking
 from worker.core.bindings import Binding, find_binding
-from worker.core.fencing import DEFAULT_LEASE_SECONDS, admitted, take_fence
+from worker.core.fencing import DEFAULT_LEASE_SECONDS, admitted, require_drained, take_fence
 from worker.core.model import Credentials, RotationPlan, RunStatus, TableOutcome, TableStatus
 from worker.core.ports import (
     Admission,
@@ -38,6 +38,7 @@ from worker.errors import (
     FatalError,
     LockBusy,
     PreflightFailed,
+    Refused,
     SecretFormatError,
     UnknownSecretError,
 )
@@ -69,12 +70,24 @@ def prepare_rotation(
     if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
     take_fence(run, runs, fences)
+    require_drained(fences, run)
     if run.status == RunStatus.SWITCHING:
         # redelivered (or resumed) after the plan was written: the same tables again
         pending = runs.pending(run_id)
         if not pending:
             close_run(run_id, runs, locks)
         return pending
+    try:
+        outdated = _newer_version(run, secrets=secrets, newest=newest)
+    except FatalError as exc:
+        runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
+        _release(locks, run)
+        raise
+    if outdated is not None:  # skipped before it started: it changes nothing
+        error = f"version {outdated} is newer (AWSCURRENT moved on before this run planned)"
+        runs.update(run_id, status=RunStatus.SKIPPED, error=error)
+        _release(locks, run)
+        return []
     runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
     run.status = RunStatus.PLANNING
     with admitted(fences, run, "plan") as verdict:
@@ -82,16 +95,11 @@ def prepare_rotation(
             _release(locks, run)
             return []
         try:
-            plan = _plan(
-                run, runs=runs, secrets=secrets, admin=admin, bindings=bindings, newest=newest
-            )
+            plan = _plan(run, runs=runs, secrets=secrets, admin=admin, bindings=bindings)
         except FatalError as exc:
-            runs.update(run_id, status=RunStatus.FAILED, error=str(exc), updated_at=time.time())
+            runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
             _release(locks, run)
             raise
-    if plan is None:  # skipped: a newer version was accepted
-        _release(locks, run)
-        return []
     outcomes = []
     for planned in plan.tables:
         outcome = TableOutcome(table=planned.table, rule=planned.rule, previous=planned.current)
@@ -99,11 +107,28 @@ def prepare_rotation(
             outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
         outcomes.append(outcome)
     runs.set_plan(run_id, outcomes)
-    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes), updated_at=time.time())
+    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes))
     pending = runs.pending(run_id)
     if not pending:
         close_run(run_id, runs, locks)
     return pending
+
+
+def _newer_version(
+    run: RunRecord, *, secrets: SecretStore, newest: IntakeState | None
+) -> str | None:
+    """For an event-driven run: the version that makes it outdated, if any. It applies what
+    AWSCURRENT holds when it plans, nothing older: the label may have moved on before this run's
+    turn came (its event still on the way). An operator who moves AWSCURRENT back is obeyed: the
+    label decides, not dates."""
+    if not run.newest_wins:
+        return None
+    info = secrets.describe(run.secret)
+    outdated = info.version_with_stage("AWSCURRENT")
+    if outdated is None and newest is not None:  # no label to go by: the intake's newest
+        latest = newest.newest(info.arn)
+        outdated = latest.version_id if latest else None
+    return None if outdated == run.version_id else outdated
 
 
 def _plan(
@@ -113,23 +138,13 @@ def _plan(
     secrets: SecretStore,
     admin: DatabendAdmin,
     bindings: list[Binding],
-    newest: IntakeState | None,
-) -> RotationPlan | None:
+) -> RotationPlan:
     """Read the version, make its connection (and one to revert to), plan, pre-flight."""
     info = secrets.describe(run.secret)
     if run.version_id not in info.versions:
         raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
-    if run.newest_wins and newest is not None:
-        # the intake only ever moves "newest" forward; any other version is outdated
-        latest = newest.newest(info.arn)
-        if latest and latest.version_id != run.version_id:
-            runs.update(
-                run.run_id,
-                status=RunStatus.SKIPPED,
-                updated_at=time.time(),
-                error=f"version {latest.version_id} is newer",
-            )
-            return None
+    if run.parent:
+        _require_unmoved(runs.get(run.parent), info)
     binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
     if binding is None:
         raise UnknownSecretError(f"no binding covers secret {info.name}")
@@ -164,6 +179,19 @@ def _plan(
     )
     preflight(admin, connection, plan)
     return plan
+
+
+def _require_unmoved(key_rotation: RunRecord, info: SecretInfo) -> None:
+    """A key rotation's tables move only while AWSCURRENT is still the version it started from:
+    if someone else rotated the secret meanwhile, its pending key must not replace theirs."""
+    started_from = key_rotation.data.get("old_version")
+    current = info.version_with_stage("AWSCURRENT")
+    if started_from and current != started_from:
+        raise Refused(
+            f"AWSCURRENT of {info.name} moved to version {current} since key rotation "
+            f"{key_rotation.run_id} started from {started_from}: no table was switched to its "
+            f"pending key; `rotator abort {key_rotation.run_id}`"
+        )
 
 
 def _old_credentials(
@@ -294,7 +322,7 @@ def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> 
     failed = [o for o in outcomes if o.status.failed]
     status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
     error = f"{len(failed)} of {len(outcomes)} tables failed" if failed else None
-    runs.update(run_id, status=status, error=error, updated_at=time.time())
+    runs.update(run_id, status=status, error=error)
     _release(locks, run)
     return True
 
@@ -304,7 +332,7 @@ def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | No
     run = runs.get(run_id)
     if RunStatus(run.status).final:
         return
-    runs.update(run_id, status=RunStatus.FAILED, error=reason, updated_at=time.time())
+    runs.update(run_id, status=RunStatus.FAILED, error=reason)
     _release(locks, run)
 
 
@@ -319,7 +347,7 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[TableName]:
             )
             reopened.append(outcome.table)
     if reopened:
-        runs.update(run_id, status=RunStatus.SWITCHING, error=None, updated_at=time.time())
+        runs.update(run_id, status=RunStatus.SWITCHING, error=None)
     return reopened
 
 
