@@ -25,6 +25,7 @@ from worker.errors import (
     UnknownSecretError,
     classify_aws_error,
     classify_databend_error,
+    classify_driver_error,
 )
 from worker.redaction import redact, register_secret_value
 
@@ -167,6 +168,29 @@ def test_storage_param_parsing() -> None:
 def test_databend_errors_are_classified(code: int, message: str, expected: type) -> None:
     error = classify_databend_error(code, message)
     assert type(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "APIError: [request_kind=login]: AuthFailure: [2201]AuthenticateFailure: wrong user "
+            "name or password [v0.34.2]",
+            DatabendQueryError,
+        ),
+        (
+            "APIError: [request_kind=query/start query_id=1]: reqwest::Error: error sending "
+            "request, source_chain=operation timed out [v0.34.2]",
+            DatabendUnavailable,
+        ),
+        ("APIError: error sending request for url (http://127.0.0.1:34015/)", DatabendUnavailable),
+    ],
+)
+def test_driver_errors_are_classified(text: str, expected: type) -> None:
+    """A wrong password is fatal although the driver raises it like a connection failure."""
+    from databend_driver import OperationalError
+
+    assert type(classify_driver_error(OperationalError(text))) is expected
 
 
 def _client_error(code: str, status: int) -> ClientError:
