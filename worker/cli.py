@@ -760,6 +760,7 @@ def rollback(run_id: str, concurrency: int) -> None:
     from worker.core.migration import rollback_targets
     from worker.core.model import RunStatus, TableStatus
     from worker.core.rotation import rotate_table
+    from worker.databend_client import table_time_limit
     from worker.errors import FatalError as Fatal
 
     s = _cli_services()
@@ -775,7 +776,8 @@ def rollback(run_id: str, concurrency: int) -> None:
 
     def undo(item: Any) -> tuple[Any, str, Any]:
         table, connection, fingerprint = item
-        outcome = rotate_table(s.admin, table, connection=connection, target=fingerprint)
+        with table_time_limit(s.settings.table_time_limit):
+            outcome = rotate_table(s.admin, table, connection=connection, target=fingerprint)
         return table, connection, outcome
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -852,19 +854,20 @@ def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> N
     import signal
     import threading
 
-    from worker.aws_secrets import BOTO_CONFIG
+    from worker.aws_clients import aws_client
     from worker.intake_runner import SqsIntake
 
     handle = _intake_handler()
-    import boto3
-
     if metrics_port is not None:
         serve_metrics(metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     SqsIntake(
-        boto3.client("sqs", config=BOTO_CONFIG), queue_url, handle, wait_seconds=wait_seconds
+        aws_client("sqs", long_poll_seconds=wait_seconds),
+        queue_url,
+        handle,
+        wait_seconds=wait_seconds,
     ).run(stop)
 
 
