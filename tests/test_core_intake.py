@@ -211,3 +211,17 @@ def test_a_second_run_waits_for_the_secrets_lock() -> None:
             locks=locks,
             newest=world.state,
         )
+
+
+def test_a_secret_two_bindings_serve_is_a_config_error_and_records_nothing() -> None:
+    """One binding names the secret, another its ARN: only resolving the secret shows they are
+    the same; the event fails naming both bindings, and nothing is claimed, recorded or queued."""
+    from dataclasses import replace
+
+    from worker.errors import ConfigError
+
+    world = World()
+    world.bindings.append(replace(world.bindings[0], name="by-arn", secret=world.secrets.arn))
+    with pytest.raises(ConfigError, match="'lake-main' and 'by-arn'"):
+        world.handle(event_for(world, V2))
+    assert world.state.claims == {} and world.runs.runs == {} and world.enqueued == []
