@@ -205,9 +205,9 @@ class MemoryIntakeState:
     def newest(self, secret_arn: str):  # type: ignore[no-untyped-def]
         return self.newest_.get(secret_arn)
 
-    def advance_newest(self, secret_arn: str, version) -> None:  # type: ignore[no-untyped-def]
+    def advance_newest(self, secret_arn: str, version, *, moved_back: bool = False) -> None:  # type: ignore[no-untyped-def]
         current = self.newest_.get(secret_arn)
-        if current is None or current.created_at <= version.created_at:  # type: ignore[attr-defined]
+        if moved_back or current is None or current.created_at <= version.created_at:  # type: ignore[attr-defined]
             self.newest_[secret_arn] = version
 
 

@@ -42,6 +42,16 @@ def test_newest_only_moves_forward(redis_url: str, unique: str) -> None:
     assert state.newest(arn) == NewestVersion("v3", 20.0)
 
 
+def test_newest_goes_back_only_when_awscurrent_moved_back(redis_url: str, unique: str) -> None:
+    state = RedisIntakeState(redis.Redis.from_url(redis_url))
+    arn = f"arn-{unique}"
+    state.advance_newest(arn, NewestVersion("v2", 20.0, "run-2", "v2"))
+    state.advance_newest(arn, NewestVersion("v1", 10.0, "run-late", "v1"))  # a late handler
+    assert state.newest(arn) == NewestVersion("v2", 20.0, "run-2", "v2")
+    state.advance_newest(arn, NewestVersion("v1", 10.0, "run-3", "v1@run-2"), moved_back=True)
+    assert state.newest(arn) == NewestVersion("v1", 10.0, "run-3", "v1@run-2")
+
+
 def test_locks_exclude_expire_and_belong_to_their_owner(redis_url: str, unique: str) -> None:
     locks = RedisSecretLocks(redis.Redis.from_url(redis_url), ttl_seconds=0.3)
     arn = f"arn-{unique}"

@@ -1,8 +1,10 @@
 """Intake state and per-secret locks on Redis.
 
-- ``rotator:claim:{arn}:{version}`` hash {run_id, enqueued}: one run per secret version;
-- ``rotator:newest:{arn}`` hash {version_id, created_at}: the newest version accepted, only ever
-  moved forward (a Lua compare-and-set);
+- ``rotator:claim:{arn}:{version}`` hash {run_id, enqueued}: one run per secret version (per
+  arrival: ``{version}@{run it follows}`` when AWSCURRENT comes back to a version that had a run);
+- ``rotator:newest:{arn}`` hash {version_id, created_at, run_id, claim}: the newest version
+  accepted, the run applying it and the claim that run was recorded under; only moved forward
+  (a Lua compare-and-set), unless AWSCURRENT itself moved back to an older version;
 - ``rotator:lock:{arn}`` string = owning run id, with an expiry the owner renews.
 """
 
@@ -37,8 +39,9 @@ return {run_id, 0, 0}
 """
 _ADVANCE_NEWEST = """
 local created = redis.call('HGET', KEYS[1], 'created_at')
-if (not created) or tonumber(created) <= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'version_id', ARGV[1], 'created_at', ARGV[2])
+if ARGV[4] == '1' or (not created) or tonumber(created) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'version_id', ARGV[1], 'created_at', ARGV[2], 'run_id', ARGV[3],
+             'claim', ARGV[5])
   return 1
 end
 return 0
@@ -100,18 +103,29 @@ class RedisIntakeState:
         _guard(self.redis.hset, f"{PREFIX}claim:{secret_arn}:{version_id}", "enqueued", "1")
 
     def newest(self, secret_arn: str) -> NewestVersion | None:
-        version, created = _guard(
-            self.redis.hmget, f"{PREFIX}newest:{secret_arn}", "version_id", "created_at"
+        key = f"{PREFIX}newest:{secret_arn}"
+        version, created, run_id, claim = _guard(
+            self.redis.hmget, key, "version_id", "created_at", "run_id", "claim"
         )
         if version is None or created is None:
             return None
-        return NewestVersion(version.decode(), float(created))
+        return NewestVersion(
+            version.decode(), float(created), (run_id or b"").decode(), (claim or b"").decode()
+        )
 
-    def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
+    def advance_newest(
+        self, secret_arn: str, version: NewestVersion, *, moved_back: bool = False
+    ) -> None:
         _guard(
             self._advance,
             keys=[f"{PREFIX}newest:{secret_arn}"],
-            args=[version.version_id, repr(version.created_at)],
+            args=[
+                version.version_id,
+                repr(version.created_at),
+                version.run_id,
+                "1" if moved_back else "0",
+                version.claim,
+            ],
         )
 
 

@@ -162,6 +162,8 @@ class Claim:
 class NewestVersion:
     version_id: str
     created_at: float
+    run_id: str = ""  # the run that applies it ("" when recorded without one)
+    claim: str = ""  # the intake claim that run was recorded under ("" = the version id)
 
 
 class IntakeState(Protocol):
@@ -179,8 +181,11 @@ class IntakeState(Protocol):
 
     def newest(self, secret_arn: str) -> NewestVersion | None: ...
 
-    def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
-        """Keep the newest accepted version per secret (by creation date); never go back."""
+    def advance_newest(
+        self, secret_arn: str, version: NewestVersion, *, moved_back: bool = False
+    ) -> None:
+        """Keep the newest accepted version per secret (by creation date); never go back, unless
+        ``moved_back``: AWSCURRENT itself was moved back to this older version."""
         ...
 
 
