@@ -8,7 +8,7 @@ import structlog
 
 from worker.celery_app import RotatorTask, app
 from worker.core.key_rotation import Next, Phase, advance, due_retirements, retire_old_key
-from worker.errors import LockBusy, RetryableError
+from worker.errors import LockBusy, RetryableError, RunNotFound
 from worker.faults import fault_point
 from worker.services import services
 
@@ -50,7 +50,11 @@ def retire_due() -> None:
     ctx = s.key_rotation()
     now = time.time()
     for run_id in s.runs.retiring():
-        run = s.runs.get(run_id)
+        try:
+            run = s.runs.get(run_id)
+        except RunNotFound:  # lost before retiring runs were kept: the others still go on
+            log.error("retiring run has no record; retire its old key by hand", run_id=run_id)
+            continue
         for action in due_retirements(run, now):
             result = retire_old_key(ctx, run_id, action)
             log.info("old key " + action, run_id=run_id, result=result)

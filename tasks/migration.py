@@ -11,6 +11,7 @@ from worker.core.migration import judge_wave
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import close_run, switch_and_record
+from worker.databend_client import table_time_limit
 from worker.errors import RetryableError
 from worker.metrics import TABLE_RETRIES, table_finished
 from worker.services import services
@@ -62,17 +63,18 @@ def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wav
                 s.limits.pace(run_id, options["rate"])
                 if s.runs.get(run_id).status != RunStatus.SWITCHING:
                     return  # paused while this table waited for its turn
-            result = switch_and_record(
-                run_id,
-                name,
-                runs=s.runs,
-                admin=s.admin,
-                retry=RetryPolicy(),
-                run=run,
-                wave=(wave, epoch),
-                fences=s.fences,
-                lease_seconds=s.lease_seconds,
-            )
+            with table_time_limit(s.settings.table_time_limit):
+                result = switch_and_record(
+                    run_id,
+                    name,
+                    runs=s.runs,
+                    admin=s.admin,
+                    retry=RetryPolicy(),
+                    run=run,
+                    wave=(wave, epoch),
+                    fences=s.fences,
+                    lease_seconds=s.lease_seconds,
+                )
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
             TABLE_RETRIES.labels(kind="migration").inc()

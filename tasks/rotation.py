@@ -10,6 +10,7 @@ from worker.celery_app import RotatorTask, app
 from worker.core.model import TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import finish_table, prepare_rotation, switch_and_record
+from worker.databend_client import table_time_limit
 from worker.errors import FatalError, LockBusy, RetryableError
 from worker.faults import fault_point
 from worker.metrics import TABLE_RETRIES, table_finished
@@ -69,16 +70,17 @@ def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> N
     s = services()
     started = time.perf_counter()
     try:
-        result = switch_and_record(
-            run_id,
-            name,
-            runs=s.runs,
-            admin=s.admin,
-            locks=s.locks,
-            retry=RetryPolicy(),
-            fences=s.fences,
-            lease_seconds=s.lease_seconds,
-        )
+        with table_time_limit(s.settings.table_time_limit):
+            result = switch_and_record(
+                run_id,
+                name,
+                runs=s.runs,
+                admin=s.admin,
+                locks=s.locks,
+                retry=RetryPolicy(),
+                fences=s.fences,
+                lease_seconds=s.lease_seconds,
+            )
         if result is None:
             return  # not part of this run, or already finished (a redelivered message)
         outcome, closed = result.outcome, result.closed

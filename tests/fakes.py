@@ -145,6 +145,17 @@ class MemoryRuns:
     def forget_unfinished(self, run_id: str) -> None:
         pass
 
+    def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        matching = [
+            r
+            for r in self.runs.values()
+            if r.kind == kind
+            and r.secret == secret
+            and (kind != "rotation" or r.version_id == version_id)
+        ]
+        newest = max(matching, key=lambda r: r.created_at, default=None)
+        return None if newest is None or RunStatus(newest.status).final else newest
+
     def get(self, run_id: str) -> RunRecord:
         if run_id not in self.runs:
             raise RunNotFound(run_id)
@@ -245,9 +256,9 @@ class MemoryIntakeState:
     def newest(self, secret_arn: str):  # type: ignore[no-untyped-def]
         return self.newest_.get(secret_arn)
 
-    def advance_newest(self, secret_arn: str, version) -> None:  # type: ignore[no-untyped-def]
+    def advance_newest(self, secret_arn: str, version, *, moved_back: bool = False) -> None:  # type: ignore[no-untyped-def]
         current = self.newest_.get(secret_arn)
-        if current is None or current.created_at <= version.created_at:  # type: ignore[attr-defined]
+        if moved_back or current is None or current.created_at <= version.created_at:  # type: ignore[attr-defined]
             self.newest_[secret_arn] = version
 
 

@@ -25,6 +25,7 @@ from worker.errors import (
     UnknownSecretError,
     classify_aws_error,
     classify_databend_error,
+    classify_driver_error,
 )
 from worker.redaction import redact, register_secret_value
 
@@ -112,6 +113,11 @@ def test_a_good_bindings_file() -> None:
         ),
         (GOOD.replace("discover = false", 'discover = "no"'), 12, "'discover'"),
         (GOOD.replace('name = "other"', 'name = "lake-main"'), 3, "used twice"),
+        (
+            GOOD.replace('"arn:aws:secretsmanager:us-east-1:1:secret:x"', '"databend/lake-main"'),
+            10,
+            "bindings 'lake-main' and 'other' both serve secret 'databend/lake-main'",
+        ),
         (GOOD.replace('secret = "databend/lake-main"\n', ""), 2, "'secret' is required in every"),
         (GOOD.replace('tables = ["db.t"]', 'tables = ["db.t"]\nbogus = 1'), 14, "unknown key"),
         (GOOD + "\n[[bindings]\n", 15, ""),
@@ -122,6 +128,22 @@ def test_bad_bindings_fail_with_the_line_at_fault(text: str, line: int, fragment
         parse_bindings(text, source="b.toml")
     assert f"line {line}" in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_a_name_and_the_arn_of_one_secret_are_refused_when_the_secret_is_resolved() -> None:
+    """Only AWS knows that an ARN and a name are the same secret: loading accepts the file,
+    resolving the secret refuses it, naming both bindings."""
+    from worker.core.bindings import find_binding
+
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-main-AbCdEf"
+    bindings = parse_bindings(GOOD.replace("arn:aws:secretsmanager:us-east-1:1:secret:x", arn))
+    with pytest.raises(ConfigError) as err:
+        find_binding(bindings, secret_arn=arn, secret_name="databend/lake-main")
+    assert "'lake-main' and 'other'" in str(err.value)
+    assert f"'databend/lake-main' and '{arn}'" in str(err.value)
+    assert find_binding(bindings, name="other") is bindings[1]
+    other = "arn:aws:secretsmanager:us-east-1:123456789012:secret:elsewhere-XyZ123"
+    assert find_binding(bindings, secret_arn=other, secret_name="elsewhere") is None
 
 
 # --- storage_param --------------------------------------------------------------------------------
@@ -171,6 +193,29 @@ def test_storage_param_parsing() -> None:
 def test_databend_errors_are_classified(code: int, message: str, expected: type) -> None:
     error = classify_databend_error(code, message)
     assert type(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "APIError: [request_kind=login]: AuthFailure: [2201]AuthenticateFailure: wrong user "
+            "name or password [v0.34.2]",
+            DatabendQueryError,
+        ),
+        (
+            "APIError: [request_kind=query/start query_id=1]: reqwest::Error: error sending "
+            "request, source_chain=operation timed out [v0.34.2]",
+            DatabendUnavailable,
+        ),
+        ("APIError: error sending request for url (http://127.0.0.1:34015/)", DatabendUnavailable),
+    ],
+)
+def test_driver_errors_are_classified(text: str, expected: type) -> None:
+    """A wrong password is fatal although the driver raises it like a connection failure."""
+    from databend_driver import OperationalError
+
+    assert type(classify_driver_error(OperationalError(text))) is expected
 
 
 def _client_error(code: str, status: int) -> ClientError:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.event_samples import label_updated, service_event
+from tests.event_samples import api_call, label_updated, service_event
 from tests.fakes import FakeAdmin, FakeSecrets, MemoryIntakeState, MemoryLocks, MemoryRuns
 from tests.test_core_rotation import NEW, OLD, binding, key_json
 from worker.core.events import parse_event
@@ -46,6 +46,13 @@ class World:
 
 def event_for(world: World, version: str) -> dict[str, object]:
     return label_updated(world.secrets.arn, world.secrets.name, version)
+
+
+def api_call_for(world: World, version: str) -> dict[str, object]:
+    """CloudTrail's record of the same move (UpdateSecretVersionStage), another event id."""
+    return api_call(
+        "UpdateSecretVersionStage", world.secrets.name, world.secrets.arn, version=version
+    )
 
 
 def test_the_same_version_three_times_makes_one_run() -> None:
@@ -95,13 +102,87 @@ def test_a_superseded_version_is_redirected_to_awscurrent_even_when_dates_tie() 
     assert world.handle(event_for(world, V3)).verdict is Verdict.DUPLICATE
 
 
-def test_the_newest_record_refuses_an_older_current_version() -> None:
-    from worker.core.ports import NewestVersion
+def only_current(version: str) -> dict[str, tuple[str, ...]]:
+    return {v: ("AWSCURRENT",) if v == version else () for v in (V1, V2, V3)}
 
+
+def plan(world: World, run_id: str | None) -> list[TableName]:
+    admin = FakeAdmin()
+    admin.add(TableName("sales", "t"), "OLD")
+    return prepare_rotation(
+        str(run_id),
+        runs=world.runs,
+        secrets=world.secrets,
+        admin=admin,
+        bindings=world.bindings,
+        locks=MemoryLocks(),
+        newest=world.state,
+    )
+
+
+def test_awscurrent_moved_back_to_an_older_version_is_applied() -> None:
+    """An operator moves AWSCURRENT back to an earlier version (UpdateSecretVersionStage): the
+    version carrying AWSCURRENT now is the one to apply, whatever its age."""
     world = World()
-    world.state.advance_newest(world.secrets.arn, NewestVersion(V3, 99.0))
-    late = world.handle(event_for(world, V2))  # V2 is AWSCURRENT but older than V3's record
-    assert late.verdict is Verdict.STALE and world.enqueued == []
+    world.secrets.stages = {V1: (), V2: ("AWSPREVIOUS",), V3: ("AWSCURRENT",)}
+    newer = world.handle(event_for(world, V3))
+    world.secrets.stages = {V1: (), V2: ("AWSCURRENT",), V3: ("AWSPREVIOUS",)}
+    back = world.handle(event_for(world, V2))
+    assert (back.verdict, back.version_id) == (Verdict.ACCEPTED, V2)
+    assert f"moved back from the newer version {V3}" in back.reason
+    assert world.enqueued == [newer.run_id, back.run_id]
+    # a repeat of the move is a duplicate; an event for V3, no longer AWSCURRENT, is stale
+    again = world.handle(event_for(world, V2))
+    assert (again.verdict, again.run_id) == (Verdict.DUPLICATE, back.run_id)
+    late = world.handle(event_for(world, V3))
+    assert (late.verdict, late.version_id, late.run_id) == (Verdict.STALE, V2, back.run_id)
+    assert world.enqueued == [newer.run_id, back.run_id]
+    # the newer version's run, not started yet, is the outdated one; the move back is planned
+    assert plan(world, newer.run_id) == []
+    assert world.runs.get(str(newer.run_id)).status == RunStatus.SKIPPED
+    assert plan(world, back.run_id) == [TableName("sales", "t")]
+
+
+def test_each_return_of_awscurrent_to_a_version_gets_its_own_run() -> None:
+    """V2 -> V3 -> V2 -> V3 -> V2: five moves, five runs, although V2 and V3 had runs before;
+    the duplicates of each move make none."""
+    world = World()
+    accepted = []
+    for current in (V2, V3, V2, V3, V2):
+        world.secrets.stages = only_current(current)
+        first = world.handle(event_for(world, current))
+        again = world.handle(api_call_for(world, current))
+        assert (first.verdict, first.version_id) == (Verdict.ACCEPTED, current)
+        assert (again.verdict, again.run_id) == (Verdict.DUPLICATE, first.run_id)
+        accepted.append(first.run_id)
+    assert len(set(accepted)) == 5 and world.enqueued == accepted
+
+
+def test_a_crash_before_enqueueing_a_move_back_is_recovered_by_the_redelivered_message() -> None:
+    world = World()
+    world.handle(event_for(world, V2))
+    world.secrets.stages = only_current(V3)
+    world.handle(event_for(world, V3))
+    world.secrets.stages = only_current(V2)
+
+    def crash(_run_id: str) -> None:
+        raise ConnectionError("killed between record and enqueue")
+
+    with pytest.raises(ConnectionError):
+        handle_event(
+            parse_event(json.dumps(event_for(world, V2))),
+            secrets=world.secrets,
+            bindings=world.bindings,
+            state=world.state,
+            runs=world.runs,
+            enqueue=crash,
+        )
+    recorded = set(world.runs.runs) - set(world.enqueued)
+    assert len(recorded) == 1  # the move back's run, recorded but never queued
+    again = world.handle(event_for(world, V2))
+    assert again.verdict is Verdict.ACCEPTED and {again.run_id} == recorded
+    assert world.handle(event_for(world, V2)).verdict is Verdict.DUPLICATE
+    assert len(world.runs.runs) == 3
 
 
 def test_an_event_without_version_resolves_awscurrent() -> None:
@@ -212,3 +293,17 @@ def test_a_second_run_waits_for_the_secrets_lock() -> None:
             locks=locks,
             newest=world.state,
         )
+
+
+def test_a_secret_two_bindings_serve_is_a_config_error_and_records_nothing() -> None:
+    """One binding names the secret, another its ARN: only resolving the secret shows they are
+    the same; the event fails naming both bindings, and nothing is claimed, recorded or queued."""
+    from dataclasses import replace
+
+    from worker.errors import ConfigError
+
+    world = World()
+    world.bindings.append(replace(world.bindings[0], name="by-arn", secret=world.secrets.arn))
+    with pytest.raises(ConfigError, match="'lake-main' and 'by-arn'"):
+        world.handle(event_for(world, V2))
+    assert world.state.claims == {} and world.runs.runs == {} and world.enqueued == []

@@ -203,7 +203,7 @@ def world(
     aws.client("s3").create_bucket(Bucket=bucket)
     lakes: dict[str, Lake] = {}
     bindings = []
-    for label, count in (("a", 3), ("b", 8), ("c", 2)):
+    for label, count in (("a", 3), ("b", 8), ("c", 2), ("d", 2)):
         name = f"{prefix}-{label}"
         user = f"intake-{t}-{label}"
         key = make_user(aws, user)
@@ -357,6 +357,44 @@ def test_two_secrets_rotate_in_parallel(world: World, databend: DatabendClient) 
     )
     for lake in (a, b):
         assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
+
+
+def test_an_operator_moving_awscurrent_back_is_applied(
+    world: World, databend: DatabendClient
+) -> None:
+    """UpdateSecretVersionStage back to the older version: applied, not dropped as stale; and
+    forward again to a version that had a run before: applied again."""
+    lake = world.lakes["d"]
+    sm = world.aws.client("secretsmanager")
+    stages = sm.describe_secret(SecretId=lake.name)["VersionIdsToStages"]
+    original = next(v for v, labels in stages.items() if "AWSCURRENT" in labels)
+    newer = world.new_version(lake)
+    old_suffix, new_suffix = (k["AccessKeyId"][-3:] for k in lake.keys)
+
+    def moved_to(version: str, away_from: str, suffix: str) -> str:
+        sm.update_secret_version_stage(
+            SecretId=lake.name,
+            VersionStage="AWSCURRENT",
+            MoveToVersionId=version,
+            RemoveFromVersionId=away_from,
+        )
+        event = api_call("UpdateSecretVersionStage", lake.name, lake.arn, version=version)
+        world.publish([event])
+        verdict = world.wait_verdict(event["id"])
+        assert (verdict["verdict"], verdict["version"]) == ("accepted", version), verdict
+        assert world.wait_final(verdict["run_id"]).status == "succeeded"
+        assert world.suffixes(databend, lake) == {suffix}
+        return str(verdict["run_id"])
+
+    first = label_updated(lake.arn, lake.name, newer)
+    world.publish([first])
+    forward = world.wait_verdict(first["id"])
+    assert world.wait_final(forward["run_id"]).status == "succeeded"
+    assert world.suffixes(databend, lake) == {new_suffix}
+    back = moved_to(original, newer, old_suffix)
+    again = moved_to(newer, original, new_suffix)
+    assert len({forward["run_id"], back, again}) == 3
+    assert len(world.runs_of(lake)) == 3
 
 
 def test_malformed_messages_are_rejected_and_reach_the_dead_letter_queue(world: World) -> None:

@@ -42,6 +42,16 @@ def test_newest_only_moves_forward(redis_url: str, unique: str) -> None:
     assert state.newest(arn) == NewestVersion("v3", 20.0)
 
 
+def test_newest_goes_back_only_when_awscurrent_moved_back(redis_url: str, unique: str) -> None:
+    state = RedisIntakeState(redis.Redis.from_url(redis_url))
+    arn = f"arn-{unique}"
+    state.advance_newest(arn, NewestVersion("v2", 20.0, "run-2", "v2"))
+    state.advance_newest(arn, NewestVersion("v1", 10.0, "run-late", "v1"))  # a late handler
+    assert state.newest(arn) == NewestVersion("v2", 20.0, "run-2", "v2")
+    state.advance_newest(arn, NewestVersion("v1", 10.0, "run-3", "v1@run-2"), moved_back=True)
+    assert state.newest(arn) == NewestVersion("v1", 10.0, "run-3", "v1@run-2")
+
+
 def test_locks_exclude_expire_and_belong_to_their_owner(redis_url: str, unique: str) -> None:
     locks = RedisSecretLocks(redis.Redis.from_url(redis_url), ttl_seconds=0.3)
     arn = f"arn-{unique}"
@@ -201,3 +211,53 @@ def test_unfinished_runs_are_indexed_until_they_end(redis_url: str, unique: str)
     assert f"u-{unique}" in store.unfinished()
     store.update(f"u-{unique}", status="succeeded")
     assert f"u-{unique}" not in store.unfinished()
+
+
+def test_a_retiring_runs_record_outlives_the_ttl_until_its_key_is_retired(
+    redis_url: str, unique: str
+) -> None:
+    """A key rotation may schedule the old key's deletion after the records' TTL (30 days vs
+    --delete-after 60d): the record the retirement reads must still be there when it is due."""
+    from worker.core.key_rotation import Phase, due_retirements
+    from worker.core.model import RunStatus
+    from worker.core.ports import RunRecord
+    from worker.errors import RunNotFound
+
+    runs = RedisRunStore(redis.Redis.from_url(redis_url), ttl_seconds=1)  # 1 s plays 30 days
+    now = time.time()
+    day = 86400.0
+
+    def key_rotation(run_id: str) -> RunRecord:
+        return RunRecord(
+            run_id=run_id,
+            kind="key-rotation",
+            secret=f"arn-{unique}",
+            version_id=f"token-{run_id}",
+            status=RunStatus.SUCCEEDED,
+            phase=Phase.RETIRED,
+            data={
+                "user": "u",
+                "old_key_id": "AKIAOLD",
+                "deactivate_at": now,
+                "deleted_at": None,
+                "deactivated_at": now,
+                "delete_at": now + 60 * day,
+            },
+        )
+
+    retiring, finished = f"retiring-{unique}", f"finished-{unique}"
+    runs.create(key_rotation(retiring))
+    runs.create(key_rotation(finished))
+    runs.mark_retiring(retiring)
+    time.sleep(1.5)  # past the TTL: well before the deletion is due
+
+    with pytest.raises(RunNotFound):
+        runs.get(finished)  # an ordinary record expires
+    assert retiring in runs.retiring()
+    assert due_retirements(runs.get(retiring), now + 61 * day) == ["delete"]
+
+    runs.unmark_retiring(retiring)  # retired: the usual TTL again, from now
+    assert runs.get(retiring).run_id == retiring
+    time.sleep(1.5)
+    with pytest.raises(RunNotFound):
+        runs.get(retiring)

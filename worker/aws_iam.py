@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.aws_secrets import BOTO_CONFIG
+from worker.aws_clients import aws_client
 from worker.core.ports import AccessKey
 from worker.errors import UnknownSecretError, classify_aws_error
 from worker.redaction import register_secret
@@ -12,11 +12,7 @@ from worker.redaction import register_secret
 
 class BotoIamKeys:
     def __init__(self, client: Any | None = None) -> None:
-        if client is None:
-            import boto3
-
-            client = boto3.client("iam", config=BOTO_CONFIG)
-        self.client = client
+        self.client = client if client is not None else aws_client("iam")
 
     def owner_of(self, access_key_id: str) -> str:
         try:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.config import Config
-
+from worker.aws_clients import aws_client
 from worker.core.ports import SecretInfo, VersionInfo
 from worker.errors import RotatorError, UnknownSecretError, classify_aws_error
 from worker.redaction import register_secret_value
 
-# botocore owns retries of single API calls: standard mode, 3 attempts.
-BOTO_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20
-)
-
 
 def secretsmanager_client() -> Any:
-    import boto3
-
-    return boto3.client("secretsmanager", config=BOTO_CONFIG)
+    return aws_client("secretsmanager")
 
 
 class SecretsManagerStore:

@@ -37,8 +37,11 @@ def configure_app(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.redis_url,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        task_time_limit=settings.table_time_limit + 60,
-        task_soft_time_limit=settings.table_time_limit,
+        # Only the prefork pool enforces these; the threads pool ignores them, so the Databend
+        # client enforces the table time limit itself (worker/databend_client.py). They sit above
+        # it so that its classified, retryable error comes first where both apply.
+        task_time_limit=settings.table_time_limit + 90,
+        task_soft_time_limit=settings.table_time_limit + 30,
         beat_schedule={
             "retire-due-keys": {
                 "task": "rotator.keys.retire_due",

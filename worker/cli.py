@@ -767,6 +767,7 @@ def pause(run_id: str) -> None:
 def rollback(run_id: str, concurrency: int) -> None:
     """Move the tables a migration switched back to their previous connection."""
     from worker.core.lifecycle import rollback as rollback_run
+    from worker.databend_client import table_time_limit
 
     s = _cli_services()
     result = rollback_run(
@@ -776,6 +777,7 @@ def rollback(run_id: str, concurrency: int) -> None:
         run_id,
         busy_slots=s.limits.busy_slots,
         concurrency=concurrency,
+        per_table=lambda: table_time_limit(s.settings.table_time_limit),
     )
     click.echo(f"run {run_id}: {len(result.moved)} table(s) moved back")
     for table, reason in result.failed:
@@ -833,19 +835,20 @@ def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> N
     import signal
     import threading
 
-    from worker.aws_secrets import BOTO_CONFIG
+    from worker.aws_clients import aws_client
     from worker.intake_runner import SqsIntake
 
     handle = _intake_handler()
-    import boto3
-
     if metrics_port is not None:
         serve_metrics(metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     SqsIntake(
-        boto3.client("sqs", config=BOTO_CONFIG), queue_url, handle, wait_seconds=wait_seconds
+        aws_client("sqs", long_poll_seconds=wait_seconds),
+        queue_url,
+        handle,
+        wait_seconds=wait_seconds,
     ).run(stop)
 
 

@@ -337,9 +337,9 @@ To rotate for real, put a new key version into the secret (IAM user {LAKE_USER})
 
 def rotate_key_locally() -> None:
     """For ``rotator up`` users: new key for the lake user as the secret's AWSCURRENT version."""
-    import boto3
+    from worker.aws_clients import aws_client
 
-    iam, sm = boto3.client("iam"), boto3.client("secretsmanager")
+    iam, sm = aws_client("iam"), aws_client("secretsmanager")
     key = iam.create_access_key(UserName=LAKE_USER)["AccessKey"]
     current = json.loads(sm.get_secret_value(SecretId=SECRET_NAME)["SecretString"])
     current.update(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])

@@ -195,9 +195,9 @@ class LocalAws:
         }
 
     def client(self, service: str) -> Any:
-        import boto3
+        from worker.aws_clients import aws_client
 
-        return boto3.client(
+        return aws_client(
             service,
             endpoint_url=self.endpoint_url,
             region_name=self.region,
@@ -236,7 +236,7 @@ def rotator_env(
 
 def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) -> LocalAws:
     """Start moto server; with ``enforce_iam`` requests after bootstrap need a valid IAM key."""
-    import boto3
+    from worker.aws_clients import aws_client
 
     port = port or free_port()
     env = dict(os.environ)
@@ -253,7 +253,7 @@ def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) 
     endpoint = f"http://{LOOPBACK}:{port}"
     wait_for_port(port, process, timeout, "moto server")
     # Readiness is a bare TCP connect: an HTTP probe would count against the bootstrap budget.
-    iam = boto3.client(
+    iam = aws_client(
         "iam",
         endpoint_url=endpoint,
         region_name="us-east-1",

@@ -161,10 +161,12 @@ def classify_driver_error(exc: BaseException) -> RotatorError:
     match = _DRIVER_CODE.search(text)
     if "QueryFailed" in text and match:
         return classify_databend_error(int(match.group(1)), _driver_message(text))
+    if "AuthFailure" in text or re.search(r"\b401\b", text):
+        # wrong user or password: retrying cannot help (the driver raises it as an
+        # OperationalError, like a connection failure)
+        return DatabendQueryError(2201, _driver_message(text))
     if kind in ("OperationalError", "InterfaceError") or _TRANSIENT_TEXT.search(text):
         return DatabendUnavailable(_driver_message(text))
-    if "AuthFailure" in text or "401" in text:
-        return DatabendQueryError(2201, _driver_message(text))
     if match:
         return classify_databend_error(int(match.group(1)), _driver_message(text))
     return DatabendQueryError(0, _driver_message(text))

@@ -12,11 +12,13 @@ from typing import Any
 
 import structlog
 
-from worker.redaction import redact_value
+from worker.redaction import redact_field
 
 
 def redact_event(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    return {key: redact_value(value) for key, value in event.items()}
+    """Every field of the line, by value and by key (``password=…`` is masked at the top level
+    as in nested data; ``event``, the message itself, is redacted by value)."""
+    return {key: redact_field(key, value) for key, value in event.items()}
 
 
 _configured = False

@@ -1,11 +1,13 @@
 """Intake state and per-secret locks on Redis.
 
-- ``rotator:claim:{arn}:{version}`` hash {run_id, enqueued}: one run per secret version;
-- ``rotator:newest:{arn}`` hash {version_id, created_at}: the newest version accepted, only ever
-  moved forward (a Lua compare-and-set);
+- ``rotator:claim:{arn}:{version}`` hash {run_id, enqueued}: one run per secret version (per
+  arrival: ``{version}@{run it follows}`` when AWSCURRENT comes back to a version that had a run);
+- ``rotator:newest:{arn}`` hash {version_id, created_at, run_id, claim}: the newest version
+  accepted, the run applying it and the claim that run was recorded under; only moved forward
+  (a Lua compare-and-set), unless AWSCURRENT itself moved back to an older version;
 - ``rotator:lock:{arn}`` string = owning run id, with an expiry the owner renews;
 - ``rotator:fence:{arn}`` hash {token, run_id}: the newest fencing token of the secret and its run;
-- ``rotator:run:{id}:inflight`` hash item -> lease end (ms): changes admitted and not yet left.
+- ``rotator:run:{id}:inflight`` hash item -> "<lease end ms>|<holder>": changes admitted, not left.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ return {run_id, 0, 0}
 """
 _ADVANCE_NEWEST = """
 local created = redis.call('HGET', KEYS[1], 'created_at')
-if (not created) or tonumber(created) <= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'version_id', ARGV[1], 'created_at', ARGV[2])
+if ARGV[4] == '1' or (not created) or tonumber(created) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'version_id', ARGV[1], 'created_at', ARGV[2], 'run_id', ARGV[3],
+             'claim', ARGV[5])
   return 1
 end
 return 0
@@ -106,9 +109,9 @@ if ARGV[6] == '1' then
   local held = redis.call('HGET', KEYS[3], ARGV[2])
   if held then
     local sep = string.find(held, '|', 1, true)
-    local until = tonumber(string.sub(held, 1, sep - 1))
+    local lease_end = tonumber(string.sub(held, 1, sep - 1))
     local holder = string.sub(held, sep + 1)
-    if until > tonumber(ARGV[7]) and holder ~= ARGV[8]
+    if lease_end > tonumber(ARGV[7]) and holder ~= ARGV[8]
        and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
       return '{Admission.BUSY}'
     end
@@ -153,18 +156,29 @@ class RedisIntakeState:
         _guard(self.redis.hset, f"{PREFIX}claim:{secret_arn}:{version_id}", "enqueued", "1")
 
     def newest(self, secret_arn: str) -> NewestVersion | None:
-        version, created = _guard(
-            self.redis.hmget, f"{PREFIX}newest:{secret_arn}", "version_id", "created_at"
+        key = f"{PREFIX}newest:{secret_arn}"
+        version, created, run_id, claim = _guard(
+            self.redis.hmget, key, "version_id", "created_at", "run_id", "claim"
         )
         if version is None or created is None:
             return None
-        return NewestVersion(version.decode(), float(created))
+        return NewestVersion(
+            version.decode(), float(created), (run_id or b"").decode(), (claim or b"").decode()
+        )
 
-    def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
+    def advance_newest(
+        self, secret_arn: str, version: NewestVersion, *, moved_back: bool = False
+    ) -> None:
         _guard(
             self._advance,
             keys=[f"{PREFIX}newest:{secret_arn}"],
-            args=[version.version_id, repr(version.created_at)],
+            args=[
+                version.version_id,
+                repr(version.created_at),
+                version.run_id,
+                "1" if moved_back else "0",
+                version.claim,
+            ],
         )
 
 

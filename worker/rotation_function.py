@@ -32,7 +32,9 @@ from worker.core.model import RunStatus
 from worker.core.ports import RunRecord
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import prepare_rotation, switch_and_record
+from worker.databend_client import table_time_limit
 from worker.errors import FatalError, RunNotFound, UnknownSecretError
+from worker.settings import settings
 
 STEP_TARGETS = {
     "createSecret": Phase.PENDING_STORED,
@@ -137,18 +139,20 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
         fences=services.fences,
     )
     retry = RetryPolicy()
+    limit = settings().table_time_limit
 
     def switch(table: Any) -> None:
-        switch_and_record(
-            table_run,
-            table,
-            runs=services.runs,
-            admin=services.admin,
-            locks=services.locks,
-            retry=retry,
-            fences=services.fences,
-            lease_seconds=services.lease_seconds,
-        )
+        with table_time_limit(limit):
+            switch_and_record(
+                table_run,
+                table,
+                runs=services.runs,
+                admin=services.admin,
+                locks=services.locks,
+                retry=retry,
+                fences=services.fences,
+                lease_seconds=services.lease_seconds,
+            )
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(switch, tables))

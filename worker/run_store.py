@@ -3,8 +3,9 @@
 Keys (all under ``rotator:``): ``run:{id}`` hash of JSON fields; ``run:{id}:tables`` hash of
 table -> outcome JSON; ``run:{id}:pending`` set of tables not finished; ``run:{id}:counts`` hash of
 status -> tables; ``runs`` sorted set of run ids by creation time; ``unfinished`` set of run ids
-not yet final (the reaper's work list). Records expire after
-``ttl_seconds`` (30 days by default).
+not yet final (the reaper's work list). Records expire after ``ttl_seconds`` (30 days by default),
+except those of a key rotation whose old key is still to be retired (``retiring``): they stay until
+it is done.
 """
 
 from __future__ import annotations
@@ -283,12 +284,26 @@ class RedisRunStore:
             pipe.scard(key)
             return int(_execute(pipe)[-1])
 
-    # key rotations whose old key still awaits deactivation or deletion
+    # Key rotations whose old key still awaits deactivation or deletion. Retiring reads the run
+    # record (user, old key, when each step is due): it must outlive a schedule that can end
+    # later than the records' TTL (--delete-after 60d), so a retiring run's keys do not expire
+    # until it is unmarked, and then get the usual TTL again, counted from then.
+    def _record_keys(self, run_id: str) -> list[str]:
+        return [self._key(run_id, suffix) for suffix in ("", ":tables", ":pending", ":counts")]
+
     def mark_retiring(self, run_id: str) -> None:
-        _call(self.redis.sadd, f"{PREFIX}retiring", run_id)
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(f"{PREFIX}retiring", run_id)
+            for key in self._record_keys(run_id):
+                pipe.persist(key)
+            _execute(pipe)
 
     def unmark_retiring(self, run_id: str) -> None:
-        _call(self.redis.srem, f"{PREFIX}retiring", run_id)
+        with self.redis.pipeline() as pipe:
+            pipe.srem(f"{PREFIX}retiring", run_id)
+            for key in self._record_keys(run_id):
+                pipe.expire(key, self.ttl)
+            _execute(pipe)
 
     def retiring(self) -> list[str]:
         return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}retiring"))

@@ -62,7 +62,8 @@ class Services:
         if self._admin is None:
             dsn = self.settings.require("databend_dsn").databend_dsn
             assert dsn is not None
-            self._admin = DriverDatabendAdmin(DatabendClient(dsn))
+            client = DatabendClient(dsn, statement_timeout=self.settings.statement_timeout)
+            self._admin = DriverDatabendAdmin(client)
         return self._admin
 
 

@@ -26,9 +26,18 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", alias="ROTATOR_LOG_FORMAT"
     )
-    # Celery: how long one table's switch + read-back may take, and the broker's redelivery delay
+    # how long one table's switch + read-back may take, all its Databend statements and their
+    # retries together (enforced by the Databend client: Celery's threads pool ignores time
+    # limits); and the broker's redelivery delay
     table_time_limit: int = Field(default=300, alias="ROTATOR_TABLE_TIME_LIMIT", ge=10)
     visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
+    # one Databend statement (connecting included) gives up after this many seconds
+    statement_timeout: float = Field(default=60.0, alias="ROTATOR_STATEMENT_TIMEOUT", gt=0)
+    # every AWS API call: per-attempt connect and read timeouts, attempts in botocore's standard
+    # retry mode (see worker/aws_clients.py for the resulting budget)
+    aws_connect_timeout: float = Field(default=5.0, alias="ROTATOR_AWS_CONNECT_TIMEOUT", gt=0)
+    aws_read_timeout: float = Field(default=20.0, alias="ROTATOR_AWS_READ_TIMEOUT", gt=0)
+    aws_max_attempts: int = Field(default=3, alias="ROTATOR_AWS_MAX_ATTEMPTS", ge=1, le=10)
     # a secret's lock expires unless its run renews it (each table renews it)
     lock_ttl: int = Field(default=600, alias="ROTATOR_LOCK_TTL", ge=5)
     # how often the worker's embedded beat (rotator worker --beat) retires old keys that are due

@@ -126,7 +126,26 @@ def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
             raise ConfigError(
                 f"{source}, line {_line_of(text, name)}: binding name {name!r} is used twice"
             )
+    seen: dict[str, Binding] = {}
+    for index, binding in enumerate(bindings):
+        first = seen.setdefault(binding.secret, binding)
+        if first is not binding:
+            start = headers[index] if index < len(headers) else 1
+            line = _line_of(text, binding.secret, start)
+            raise ConfigError(f"{source}, line {line}: {_two_bindings(first, binding)}")
     return bindings
+
+
+def _two_bindings(first: Binding, second: Binding) -> str:
+    same = (
+        f"secret {first.secret!r}"
+        if first.secret == second.secret
+        else f"one secret (as {first.secret!r} and {second.secret!r})"
+    )
+    return (
+        f"bindings {first.name!r} and {second.name!r} both serve {same}; one secret needs "
+        "exactly one binding (merge their tables into one)"
+    )
 
 
 def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> Binding:
@@ -201,9 +220,18 @@ def find_binding(
     secret_arn: str | None = None,
     secret_name: str | None = None,
 ) -> Binding | None:
-    for binding in bindings:
-        if name is not None and binding.name == name:
-            return binding
-        if secret_arn is not None and binding.covers_secret(secret_arn, secret_name or ""):
-            return binding
-    return None
+    """The binding called ``name``, or the one serving the secret (resolved: its ARN and name).
+
+    Two bindings serving one secret are a ConfigError naming both: loading catches two that spell
+    it alike; one naming it by ARN and another by name only shows here, once the secret is known.
+    """
+    if name is not None:
+        for binding in bindings:
+            if binding.name == name:
+                return binding
+    if secret_arn is None:
+        return None
+    serving = [b for b in bindings if b.covers_secret(secret_arn, secret_name or "")]
+    if len(serving) > 1:
+        raise ConfigError(_two_bindings(serving[0], serving[1]))
+    return serving[0] if serving else None

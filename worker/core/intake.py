@@ -1,4 +1,9 @@
-"""Turn a parsed event into at most one rotation run per (secret ARN, version id).
+"""Turn a parsed event into at most one rotation run per (secret ARN, version id) and arrival.
+
+The version to apply is the one carrying AWSCURRENT now, whatever its age: an event for a version
+that is no longer AWSCURRENT is redirected to it, and an operator moving AWSCURRENT back to an
+older version is applied like any other move (a version that had a run before gets a new one each
+time AWSCURRENT comes back to it; duplicates of the same move still make one run).
 
 Order of writes, so that a crash anywhere loses nothing and duplicates nothing: claim the
 (secret, version) with a run id -> create the run record -> advance the secret's newest version
@@ -24,7 +29,7 @@ from worker.errors import ClaimInFlight, RunNotFound, UnknownSecretError
 class Verdict(StrEnum):
     ACCEPTED = "accepted"  # a run was recorded and enqueued
     DUPLICATE = "duplicate"  # that version already has a run
-    STALE = "stale"  # older than the newest version already accepted for the secret
+    STALE = "stale"  # its version is no longer AWSCURRENT, and AWSCURRENT already has a run
     IGNORED = "ignored"  # nothing to do (no binding, unknown secret, a label we don't act on)
     ALERT = "alert"  # Secrets Manager reported a failed rotation
     REJECTED = "rejected"  # malformed or hostile: left to the queue's redrive policy
@@ -84,11 +89,21 @@ def handle_event(
         )
     created = info.versions[version_id].created_at or 0.0
     newest = state.newest(info.arn)
-    if newest is not None and newest.version_id != version_id and newest.created_at > created:
-        return IntakeResult(
-            Verdict.STALE, f"older than version {newest.version_id}", **base, version_id=version_id
-        )
-    claim = state.claim(info.arn, version_id, uuid.uuid4().hex)
+    # AWSCURRENT decides, whatever its age: an operator may move it back to an older version
+    # (UpdateSecretVersionStage), and that is the version to apply now.
+    moved_back = (
+        newest is not None and newest.version_id != version_id and newest.created_at > created
+    )
+    if newest is not None and newest.version_id == version_id:
+        claim_key = newest.claim or version_id  # the claim of this version's latest run
+    else:
+        claim_key = version_id
+    claim = state.claim(info.arn, claim_key, uuid.uuid4().hex)
+    if claim.enqueued and newest is not None and newest.version_id != version_id:
+        # This version had a run before, another version since: AWSCURRENT came back to it,
+        # which needs a run of its own, one per return (keyed by the run it follows).
+        claim_key = f"{version_id}@{newest.run_id or newest.version_id}"
+        claim = state.claim(info.arn, claim_key, uuid.uuid4().hex)
     run_id = claim.run_id
     if claim.enqueued:
         if redirected:
@@ -125,12 +140,16 @@ def handle_event(
                 newest_wins=True,
             )
         )
-    state.advance_newest(info.arn, NewestVersion(version_id, created))
-    enqueue(run_id)
-    state.mark_enqueued(info.arn, version_id)
-    reason = (
-        f"{decision.reason}; superseded, applying AWSCURRENT" if redirected else decision.reason
+    state.advance_newest(
+        info.arn, NewestVersion(version_id, created, run_id, claim_key), moved_back=moved_back
     )
+    enqueue(run_id)
+    state.mark_enqueued(info.arn, claim_key)
+    reason = decision.reason
+    if redirected:
+        reason += "; superseded, applying AWSCURRENT"
+    if moved_back and newest is not None:
+        reason += f"; AWSCURRENT moved back from the newer version {newest.version_id}"
     return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)
 
 

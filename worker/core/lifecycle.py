@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -163,6 +164,7 @@ def rollback(
     concurrency: int = 8,
     timeout: float = PAUSE_WAIT_SECONDS,
     retry: RetryPolicy | None = None,
+    per_table: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> RolledBack:
     """Move the tables a migration switched back to their previous connection.
 

@@ -137,6 +137,10 @@ class RunStore(Protocol):
         """Ids of runs not yet final (paused ones included)."""
         ...
 
+    def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        """The newest run of ``kind`` for the secret (a rotation: and version) if not final."""
+        ...
+
     def forget_unfinished(self, run_id: str) -> None: ...
 
 
@@ -179,6 +183,8 @@ class Claim:
 class NewestVersion:
     version_id: str
     created_at: float
+    run_id: str = ""  # the run that applies it ("" when recorded without one)
+    claim: str = ""  # the intake claim that run was recorded under ("" = the version id)
 
 
 class IntakeState(Protocol):
@@ -196,8 +202,11 @@ class IntakeState(Protocol):
 
     def newest(self, secret_arn: str) -> NewestVersion | None: ...
 
-    def advance_newest(self, secret_arn: str, version: NewestVersion) -> None:
-        """Keep the newest accepted version per secret (by creation date); never go back."""
+    def advance_newest(
+        self, secret_arn: str, version: NewestVersion, *, moved_back: bool = False
+    ) -> None:
+        """Keep the newest accepted version per secret (by creation date); never go back, unless
+        ``moved_back``: AWSCURRENT itself was moved back to this older version."""
         ...
 
 

@@ -69,6 +69,17 @@ def prepare_rotation(
         return []
     if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
+    if run.status != RunStatus.SWITCHING:  # decided before it takes over anything
+        try:
+            skip = _skip_reason(run, runs=runs, secrets=secrets, newest=newest)
+        except FatalError as exc:
+            runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
+            _release(locks, run)
+            raise
+        if skip is not None:  # skipped before it started: it changes nothing
+            runs.update(run_id, status=RunStatus.SKIPPED, error=skip)
+            _release(locks, run)
+            return []
     take_fence(run, runs, fences)
     require_drained(fences, run)
     if run.status == RunStatus.SWITCHING:
@@ -77,17 +88,6 @@ def prepare_rotation(
         if not pending:
             close_run(run_id, runs, locks)
         return pending
-    try:
-        outdated = _newer_version(run, secrets=secrets, newest=newest)
-    except FatalError as exc:
-        runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
-        _release(locks, run)
-        raise
-    if outdated is not None:  # skipped before it started: it changes nothing
-        error = f"version {outdated} is newer (AWSCURRENT moved on before this run planned)"
-        runs.update(run_id, status=RunStatus.SKIPPED, error=error)
-        _release(locks, run)
-        return []
     runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
     run.status = RunStatus.PLANNING
     with admitted(fences, run, "plan") as verdict:
@@ -114,13 +114,16 @@ def prepare_rotation(
     return pending
 
 
-def _newer_version(
-    run: RunRecord, *, secrets: SecretStore, newest: IntakeState | None
+def _skip_reason(
+    run: RunRecord, *, runs: RunStore, secrets: SecretStore, newest: IntakeState | None
 ) -> str | None:
-    """For an event-driven run: the version that makes it outdated, if any. It applies what
-    AWSCURRENT holds when it plans, nothing older: the label may have moved on before this run's
-    turn came (its event still on the way). An operator who moves AWSCURRENT back is obeyed: the
-    label decides, not dates."""
+    """Why an event-driven run must not start, if it must not.
+
+    It applies what AWSCURRENT holds when it plans, nothing older: the label may have moved on
+    before this run's turn came (its event still on the way). An operator who moves AWSCURRENT
+    back is obeyed: the label decides, not dates. And the label move a key rotation makes is its
+    own: that rotation finishes (and retires the old key), a run of ours would only supersede it.
+    """
     if not run.newest_wins:
         return None
     info = secrets.describe(run.secret)
@@ -128,7 +131,12 @@ def _newer_version(
     if outdated is None and newest is not None:  # no label to go by: the intake's newest
         latest = newest.newest(info.arn)
         outdated = latest.version_id if latest else None
-    return None if outdated == run.version_id else outdated
+    if outdated is not None and outdated != run.version_id:
+        return f"version {outdated} is newer (AWSCURRENT moved on before this run planned)"
+    owner = runs.unfinished_run("key-rotation", info.arn)
+    if owner is not None and owner.version_id == run.version_id:
+        return f"key rotation {owner.run_id} made this version current and is finishing it"
+    return None
 
 
 def _plan(
