@@ -261,3 +261,22 @@ def test_a_retiring_runs_record_outlives_the_ttl_until_its_key_is_retired(
     time.sleep(1.5)
     with pytest.raises(RunNotFound):
         runs.get(retiring)
+
+
+def test_an_exclusive_change_waits_for_a_live_holder_but_not_for_a_dead_one(
+    redis_url: str, unique: str
+) -> None:
+    from worker.core.ports import Admission
+    from worker.redis_state import PREFIX, RedisFences
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisRunStore(client)
+    _fenced_run(store, f"x-{unique}", f"arn-{unique}")
+    first, second = RedisFences(client), RedisFences(client)  # two worker processes
+    assert first.enter(f"x-{unique}", "step", exclusive=True) is Admission.ADMITTED
+    assert second.enter(f"x-{unique}", "step", exclusive=True) is Admission.BUSY
+    assert second.in_flight(f"x-{unique}") == ["step"]
+    # the first process is killed: its heartbeat key runs out (deleted here instead of waiting)
+    client.delete(f"{PREFIX}alive:{first.holder}")
+    assert second.in_flight(f"x-{unique}") == []
+    assert second.enter(f"x-{unique}", "step", exclusive=True) is Admission.ADMITTED
