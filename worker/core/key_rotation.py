@@ -297,7 +297,7 @@ def _create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     if "keys_before" not in data:
         data["keys_before"] = [k.key_id for k in keys]
         ctx.runs.update(run.run_id, data=data)  # write-ahead: what existed before we create one
-    for orphan in _own_orphans(data, keys):
+    for orphan in _own_orphans(data, keys, held=_held_keys(ctx, info)):
         _delete_key(ctx, run, user, orphan, "delete the key this run created but never stored")
     keys = ctx.iam.list_keys(user)
     if len(keys) >= 2:
@@ -338,22 +338,45 @@ def _create_distinct_key(
     raise FatalError(f"IAM kept returning keys that Databend would show like {masked(old_key)}")
 
 
-def _own_orphans(data: dict[str, object], keys: list[AccessKey]) -> list[str]:
+def _own_orphans(
+    data: dict[str, object],
+    keys: list[AccessKey],
+    *,
+    held: set[str],
+    trust_unrecorded: bool = True,
+) -> list[str]:
     """Keys this run created and never stored: recorded after CreateAccessKey, or (a crash came
-    between the call and the record) absent from ``keys_before`` and created after this run
-    announced it was creating one. The fail-closed check before deleting still applies."""
+    between the call and the record) absent from ``keys_before``, created after this run announced
+    it was creating one, and held by no version of the secret. The unrecorded kind is trusted only
+    while this run still owns the secret (``trust_unrecorded``): once a newer run took over, a key
+    made since may be that run's. The fail-closed check before deleting applies to both."""
     before = set(map(str, data.get("keys_before", [])))  # type: ignore[call-overload]
     created = set(map(str, data.get("created_keys", [])))  # type: ignore[call-overload]
     since = data.get("creating_since")
     orphans = []
     for key in keys:
-        if key.key_id in before:
+        if key.key_id in before or key.key_id in held:
             continue
         recorded = key.key_id in created
-        unrecorded_own = since is not None and key.created_at >= float(since) - 5  # type: ignore[arg-type]
+        unrecorded_own = (
+            trust_unrecorded and since is not None and key.created_at >= float(since) - 5  # type: ignore[arg-type]
+        )
         if recorded or unrecorded_own:
             orphans.append(key.key_id)
     return orphans
+
+
+def _held_keys(ctx: KeyRotationContext, info: SecretInfo) -> set[str]:
+    """Every key id some version of the secret holds, whatever its labels."""
+    held = set()
+    for version in info.versions.values():
+        try:
+            value = json.loads(ctx.secrets.read_version(info.arn, version.version_id) or "{}")
+        except (ValueError, RotatorError):
+            continue
+        if isinstance(value, dict):
+            held |= {str(value[f]) for f in _KEY_FIELDS if f.endswith(("_id", "Id")) and f in value}
+    return held
 
 
 def _delete_key(
@@ -633,8 +656,11 @@ def abort(
         ctx.writer.drop_pending(info.arn, run.version_id)
     user = str(run.data["user"])
     data = dict(ctx.runs.get(run_id).data)
-    mine = set(map(str, data.get("created_keys", []))) | set(
-        _own_orphans(data, ctx.iam.list_keys(user))
+    owns = run.status != RunStatus.SUPERSEDED and _owns_secret(ctx, run)
+    mine = set(
+        _own_orphans(
+            data, ctx.iam.list_keys(user), held=_held_keys(ctx, info), trust_unrecorded=owns
+        )
     )
     if data.get("new_key_id"):
         mine.add(str(data["new_key_id"]))
@@ -645,6 +671,11 @@ def abort(
     ctx.runs.update(run_id, data=data, error=None)
     _release(ctx, run)
     return switched_back
+
+
+def _owns_secret(ctx: KeyRotationContext, run: RunRecord) -> bool:
+    """Does the run still hold the secret's newest fencing token (no newer run took over)?"""
+    return ctx.fences is None or not run.fence or ctx.fences.is_newest(run.secret, run.fence)
 
 
 def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
@@ -661,7 +692,7 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     new_key = run.data.get("new_key_id")
     if not new_key:
         return []
-    if ctx.fences is not None and run.fence and not ctx.fences.is_newest(run.secret, run.fence):
+    if not _owns_secret(ctx, run):
         return []  # a newer run of the secret owns the tables now: not ours to move
     info = ctx.secrets.describe(run.secret)
     old_version = str(run.data["old_version"])
@@ -674,7 +705,10 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     if usage.unreadable:
         names = ", ".join(str(t.name) for t in usage.unreadable[:5])
         raise UnreadableEvidence(f"cannot tell which tables show the new key: {names}")
-    candidates = sorted({t.name for t in usage.users})
+    # only the tables this rotation planned: another team's table that happens to look like the
+    # new key (1 in 1,024 in the current form) is not ours to move; its deletion refuses instead
+    planned = {o.table for o in ctx.runs.outcomes(str(run.data.get("table_run", "")))}
+    candidates = sorted({t.name for t in usage.users} & planned)
     if not candidates:
         return []
     back = connection_name_for(binding, old_version)
