@@ -378,6 +378,9 @@ def databend_local(
     Prints the DSN to use and serves until SIGINT/SIGTERM. The catalog (databases, tables,
     connections) lives only as long as this process.
     """
+    from worker.embedded import require_local_extra
+
+    require_local_extra("databend-local", "databend", "pyarrow")
     from worker.databend_local import (
         ListenError,
         MaskFormat,
@@ -916,6 +919,9 @@ def demo(keep: bool, mask_format: str) -> None:
 
     from rich.console import Console
 
+    from worker.embedded import require_local_extra
+
+    require_local_extra("demo")
     from worker.demo import run_demo
     from worker.logs import configure_logging
     from worker.settings import settings
@@ -945,6 +951,9 @@ def up(mask_format: str) -> None:
 
     from rich.console import Console
 
+    from worker.embedded import require_local_extra
+
+    require_local_extra("up")
     from worker.demo import run_up
     from worker.logs import configure_logging
     from worker.settings import settings

