@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.stack import (
+    REPO,
     Stack,
     connection_names,
     create_external_table,
@@ -336,3 +338,35 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
     assert finished["status"] == "succeeded"
     assert set(finished["counts"]) <= {"validated", "already_switched"}
     assert sum(finished["counts"].values()) == 12
+
+
+def test_status_needs_no_bindings_file(scenario: Scenario, redis_url: str) -> None:
+    """Looking at a run is not configuration: `rotator status` works without ROTATOR_BINDINGS,
+    while a command that needs bindings names the variable."""
+    from worker.core.ports import RunRecord
+    from worker.run_store import RedisRunStore
+
+    run_id = f"nobindings{scenario.token}"
+    RedisRunStore.from_url(redis_url).create(
+        RunRecord(run_id=run_id, kind="rotation", secret="arn:x", version_id="v")
+    )
+    env = {k: v for k, v in scenario.stack.env.items() if k != "ROTATOR_BINDINGS"}
+    status = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "status", run_id, "--json"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["run_id"] == run_id
+    rotate = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "rotate-version", "databend/anything"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rotate.returncode == 2 and "ROTATOR_BINDINGS" in rotate.stderr, rotate.stderr

@@ -25,13 +25,21 @@ class Services:
     settings: Settings
     runs: RedisRunStore
     secrets: SecretsManagerStore
-    bindings: list[Binding]
+    loaded_bindings: list[Binding] | None  # None: ROTATOR_BINDINGS is not set
     intake_state: RedisIntakeState
     locks: RedisSecretLocks
     limits: RedisLimits
     fences: RedisFences
     _admin: DriverDatabendAdmin | None = field(default=None, repr=False)
     _iam: BotoIamKeys | None = field(default=None, repr=False)
+
+    @property
+    def bindings(self) -> list[Binding]:
+        """The bindings file's bindings; only commands that need them require ROTATOR_BINDINGS
+        (``rotator status`` of a run does not)."""
+        if self.loaded_bindings is None:
+            self.settings.require("bindings_path")
+        return self.loaded_bindings or []
 
     @property
     def iam(self) -> BotoIamKeys:
@@ -87,14 +95,15 @@ def services() -> Services:
     global _services
     with _lock:
         if _services is None:
-            current = settings().require("redis_url", "bindings_path")
-            assert current.redis_url and current.bindings_path
+            current = settings().require("redis_url")
+            assert current.redis_url
             client = redis_client(current.redis_url)
+            path = current.bindings_path
             _services = Services(
                 settings=current,
                 runs=RedisRunStore(client),
                 secrets=SecretsManagerStore(),
-                bindings=load_bindings(current.bindings_path),
+                loaded_bindings=load_bindings(path) if path else None,
                 intake_state=RedisIntakeState(client),
                 locks=RedisSecretLocks(client, current.lock_ttl),
                 limits=RedisLimits(client),
