@@ -235,9 +235,11 @@ def print_outcomes(p: Any, console: Any) -> None:
     if p.run.error:
         console.print(f"[red]run {p.run.run_id} {p.run.status}: {p.run.error}")
     if failed:
-        table = Table("table", "reason", title="failed tables")
+        from worker.sql import object_label
+
+        table = Table("object", "reason", title="failed objects")
         for outcome in failed:
-            table.add_row(str(outcome.table), outcome.reason or "")
+            table.add_row(object_label(outcome.table), outcome.reason or "")
         console.print(table)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items())) or "no tables"
     console.print(f"run {p.run.run_id}: {p.run.status} ({counts})")
@@ -288,11 +290,13 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
+    from worker.sql import object_label
+
     console = Console(soft_wrap=True)
-    table = Table("table", "status", "rule", "rows read", "reason")
+    table = Table("object", "status", "rule", "rows read", "reason")
     for o in p.outcomes:
         table.add_row(
-            str(o.table),
+            object_label(o.table),
             str(o.status),
             o.rule,
             "" if o.rows_read is None else str(o.rows_read),
@@ -496,12 +500,16 @@ def rotate(
         console.print(
             f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, {role}"
         )
-    console.print(f"{len(plan.tables)} table(s) use the current key {masked(plan.current_key)}:")
+    from worker.sql import object_label
+
+    console.print(f"{len(plan.tables)} object(s) use the current key {masked(plan.current_key)}:")
     for table in plan.tables:
-        console.print(f"  {table.name}  (bucket {table.storage.bucket})")
-    console.print(f"binding {plan.binding} switches {len(plan.planned)} table(s)")
+        console.print(f"  {object_label(table.name)}  (bucket {table.storage.bucket})")
+    console.print(f"binding {plan.binding} switches {len(plan.planned)} object(s)")
     for table in plan.unreadable:
-        console.print(f"  warning: {table.name} shows credentials that cannot be read")
+        console.print(
+            f"  warning: {object_label(table.name)} shows credentials that cannot be read"
+        )
     if plan.refusal:
         click.echo(f"error: {plan.refusal}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -685,11 +693,12 @@ def migrate(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tables") from None
     s = _cli_services()
+    chosen: tuple[Any, ...] = parsed
     if binding is not None:
         found = find_binding(s.bindings, name=binding)
         if found is None:
             raise MigrationRefused(f"no binding named {binding}")
-        parsed = found.selectors
+        chosen = (*found.selectors, *found.stage_selectors, *found.database_selectors)
     options = MigrationOptions(
         wave_size=wave_size,
         canary=canary,
@@ -701,18 +710,30 @@ def migrate(
         s.admin,
         target=target,
         from_connection=source,
-        selectors=parsed,
+        selectors=chosen,
         options=options,
         connection_fingerprints=s.admin.connection_fingerprints(),
     )
+    from collections import Counter
+
+    from worker.sql import object_label
+
     shown = display(plan.target_fingerprint)
+    kinds = Counter(t.name.kind for t in plan.tables)
+    what = ", ".join(f"{kinds[k]} {k}(s)" for k in ("table", "stage", "database") if kinds[k])
     click.echo(
-        f"{len(plan.tables)} table(s) -> connection {target} ({shown}) in "
+        f"{what or '0 table(s)'} -> connection {target} ({shown}) in "
         f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
     )
     for table in plan.tables:
         current = display(table.storage.fingerprint)
-        click.echo(f"  {table.name}\t{current}\t-> {target}")
+        click.echo(f"  {object_label(table.name)}\t{current}\t-> {target}")
+    if plan.refusals:
+        raise MigrationRefused(
+            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
+            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
+            "nothing was changed"
+        )
     if not commit:
         click.echo("dry run: nothing changed (add --commit)")
         return
@@ -726,18 +747,18 @@ def migrate(
     from worker.celery_app import configure_app
 
     configure_app(s.settings)
-    what = (
+    chosen_by = (
         f"from {source}"
         if source
         else f"binding {binding}"
         if binding
         else "tables " + " ".join(selectors)
     )
-    run_id = new_migration(s.runs, plan, options, f"migrate {what} to {target}")
+    run_id = new_migration(s.runs, plan, options, f"migrate {chosen_by} to {target}")
     from tasks.migration import release_wave
 
     release_wave.delay(run_id)
-    click.echo(f"run {run_id}: migrating {len(plan.tables)} table(s) to {target}")
+    click.echo(f"run {run_id}: migrating {len(plan.tables)} object(s) to {target}")
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
 
