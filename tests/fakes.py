@@ -389,7 +389,10 @@ class FakeIam:
     counter: int = 0
 
     def owner_of(self, access_key_id: str) -> str:
-        return next(u for u, ks in self.keys.items() if any(k[0] == access_key_id for k in ks))
+        for user, keys in self.keys.items():
+            if any(k[0] == access_key_id for k in keys):
+                return user
+        raise UnknownSecretError("NoSuchEntity: IAM does not know who owns the key")
 
     def list_keys(self, user: str):  # type: ignore[no-untyped-def]
         from worker.core.ports import AccessKey

@@ -41,6 +41,7 @@ def lake_binding(
     databases: tuple[str, ...] = (),
     buckets: tuple[str, ...] = (),
     discover: bool = True,
+    iam_user: str | None = None,
 ) -> Binding:
     return Binding(
         name="lake-main",
@@ -51,6 +52,7 @@ def lake_binding(
         database_selectors=tuple(NameSelector.parse(s, "database") for s in databases),
         discover=discover,
         buckets=buckets,
+        iam_user=iam_user,
     )
 
 

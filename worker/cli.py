@@ -5,44 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
+from worker.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    reports_errors,
+)
+from worker.cli_common import cli_services as _cli_services
 from worker.errors import FatalError, RotatorError
-
-# Exit codes: 0 done and every table read back; 1 the run finished with failed tables;
-# 2 bad input or configuration (nothing was changed); 3 still running when --timeout passed.
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 3
-
-
-def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the project's errors into one clear line on stderr and a meaningful exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from worker.redaction import redact
-
-        try:
-            return fn(*args, **kwargs)
-        except RotatorError as exc:
-            click.echo(f"error: {redact(str(exc))}", err=True)
-            sys.exit(EXIT_BAD_INPUT if isinstance(exc, FatalError) else EXIT_FAILED)
-
-    return wrapper
-
-
-def _cli_services() -> Any:
-    from worker.logs import configure_logging
-    from worker.settings import settings
-
-    current = settings()
-    configure_logging(current.log_level, current.log_format)
-    from worker.services import services
-
-    return services()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -979,6 +953,15 @@ def up(mask_format: str) -> None:
         mask_format=mask_format,
     )
 
+
+def _register_object_commands() -> None:
+    from worker.cli_objects import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_object_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

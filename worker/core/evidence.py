@@ -76,10 +76,7 @@ def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str
             info = secrets.describe(secret_id)
             for version in info.versions.values():  # every carrier: a label may sit on two
                 live = [stage for stage in LIVE_STAGES if stage in version.stages]
-                if (
-                    live
-                    and _key_id_of(secrets.read_version(info.arn, version.version_id)) == key_id
-                ):
+                if live and key_id_of(secrets.read_version(info.arn, version.version_id)) == key_id:
                     holders.append(f"{info.name} ({'/'.join(live)})")
         except UnknownSecretError:
             continue  # a bound secret that does not exist holds no key
@@ -88,7 +85,7 @@ def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str
     return holders
 
 
-def _key_id_of(raw: str | None) -> str | None:
+def key_id_of(raw: str | None) -> str | None:
     try:
         value = json.loads(raw or "{}")
     except ValueError:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 
-from worker.core import masking
+from worker.core import gc, masking
 from worker.core import objects as objects_
 from worker.core.bindings import Binding
 from worker.core.evidence import key_usage, refuse_if_used
@@ -112,6 +112,8 @@ class KeyRotationContext:
     # every secret a binding names: a key one of them holds as AWSCURRENT/AWSPENDING is live
     bound_secrets: tuple[str, ...] = ()
     fences: Fences | None = None
+    # every binding: after deleting a key, the connections it made holding that key are dropped
+    bindings: tuple[Binding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,7 +546,23 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     data[done_field] = ctx.clock()
     data.pop("retire_blocked", None)
     ctx.runs.update(run_id, data=data)
+    if action == "delete":
+        _drop_dead_connections(ctx, run_id, user, key)
     return "done"
+
+
+def _drop_dead_connections(ctx: KeyRotationContext, run_id: str, user: str, key: str) -> None:
+    """Garbage collection after the old key is gone: the connections the rotator made that hold
+    it are dropped (see core/gc.py); a failure here is recorded and never undoes the retirement."""
+    data = dict(ctx.runs.get(run_id).data)
+    try:
+        live = [k.key_id for k in ctx.iam.list_keys(user)]
+        live += gc.bound_secret_keys(ctx.secrets, list(ctx.bindings))
+        data["connections_dropped"] = gc.drop_after_key_deletion(ctx.admin, ctx.bindings, key, live)
+        data.pop("gc_error", None)
+    except RotatorError as exc:
+        data["gc_error"] = f"dead connections not dropped: {exc}"
+    ctx.runs.update(run_id, data=data)
 
 
 def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
