@@ -154,6 +154,22 @@ def test_a_run_under_way_makes_the_binding_busy_and_nothing_is_queued() -> None:
     assert queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs) is None
 
 
+def test_a_run_that_failed_only_on_stranded_tables_is_not_started_again() -> None:
+    from worker.core.model import TableOutcome, TableStatus
+
+    secrets, iam, admin = world(old_key="deleted")
+    admin.switch_table(TableName("sales", "late"), OURS_NEW)  # every object is current...
+    runs = MemoryRuns()
+    runs.create(RunRecord("r1", "rotation", secrets.arn, V2, status=RunStatus.FAILED))
+    runs.set_plan(  # ...but the version's run failed on a table it could not switch
+        "r1", [TableOutcome(TableName("gone", "t"), status=TableStatus.STRANDED)]
+    )
+    (report,) = find_drift(inventory(secrets, iam, admin), runs)
+    (drift,) = report.drift
+    assert drift.problem == "no_run" and not drift.fixable and "stranded" in drift.detail
+    assert queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs) is None
+
+
 def test_objects_on_a_deleted_key_are_stranded_and_only_tables_stay_unfixable() -> None:
     secrets, iam, admin = world(old_key="deleted")
     admin.add_stage("old_landing", OLD)

@@ -115,6 +115,18 @@ def test_every_kind_is_planned_by_selector_and_by_key_plus_a_served_bucket() -> 
     assert plan.refusals == ()
 
 
+def test_discovery_never_picks_an_object_that_cannot_hold_an_aws_key() -> None:
+    admin = lake()
+    admin.add_stage("aliyun", OLD, kind="oss")  # shows a key like OLD, in the served bucket
+    from worker.core.objects import list_all
+
+    plan = plan_rotation(
+        lake_binding(), list_all(admin), connection="c", target=T_NEW, old_fingerprints={T_OLD}
+    )
+    assert StageName("aliyun") not in {p.table for p in plan.tables}
+    assert plan.refusals == ()
+
+
 def test_exact_stage_and_database_selectors_for_missing_objects_are_problems() -> None:
     admin = lake()
     from worker.core.objects import list_all

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.core.inventory import BindingView, Inventory, InventoryItem
-from worker.core.model import RunStatus
+from worker.core.model import RunStatus, TableStatus
 from worker.core.ports import RunRecord, RunStore
 
 
@@ -113,16 +113,26 @@ def _report(view: BindingView, items: list[InventoryItem], runs: RunStore) -> Bi
         report.busy = f"run {latest.run_id} is {latest.status}"
     elif latest is None or latest.status != RunStatus.SUCCEEDED:
         had = f" (its latest run {latest.run_id} is {latest.status})" if latest else ""
+        stranded_only = latest is not None and _failed_only_on_stranded(runs, latest.run_id)
+        if stranded_only:
+            had += ", only on stranded tables: another run cannot fix them (see the runbook)"
         report.drift.append(
             Drift(
                 "secret",
                 view.secret_name,
                 "no_run",
                 f"AWSCURRENT version {current[0]} has no succeeded run{had}",
-                True,
+                not stranded_only,
             )
         )
     return report
+
+
+def _failed_only_on_stranded(runs: RunStore, run_id: str) -> bool:
+    """Did the run fail only because tables were stranded? Then running again changes nothing,
+    and a periodic reconcile must not start the same run every interval."""
+    failed = [o for o in runs.outcomes(run_id) if o.status.failed]
+    return bool(failed) and all(o.status is TableStatus.STRANDED for o in failed)
 
 
 def _object_drift(item: InventoryItem) -> Drift | None:

@@ -180,8 +180,8 @@ def _discover(
                 obj, f"discovered: names {obj.connection}, a connection of this binding"
             )
             continue
-        if obj.storage.bucket not in buckets:
-            continue
+        if obj.storage.bucket not in buckets or obj.storage.kind != "s3":
+            continue  # (only S3 objects hold AWS credentials: an oss key that looks alike is not)
         if obj.storage.unreadable is not None:
             unreadable.append(f"{object_label(obj.name)} ({obj.storage.unreadable})")
             continue
