@@ -1,4 +1,8 @@
-"""Migration tasks: release a wave, switch one table under the run's shared limits, judge waves."""
+"""Migration tasks: release a wave, switch one object under the run's shared limits, judge waves.
+
+Tables go to ``rotator.migration.table`` [run_id, database, table, wave] as they always did; a
+stage or a database default to ``rotator.migration.object`` [run_id, kind, name, wave].
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from worker.databend_client import table_time_limit
 from worker.errors import RetryableError
 from worker.metrics import TABLE_RETRIES, table_finished
 from worker.services import services
-from worker.sql import TableName
+from worker.sql import ObjectName, TableName, object_label, object_name
 
 log = structlog.get_logger("rotator.tasks")
 
@@ -42,14 +46,26 @@ def enqueue_wave(run_id: str) -> None:
     log.info("wave released", wave=wave, tables=len(todo))
     if not todo:
         judge(run_id, wave)
-    for table in todo:
-        migrate_table.delay(run_id, table.database, table.table, wave)
+    for name in todo:
+        if isinstance(name, TableName):
+            migrate_table.delay(run_id, name.database, name.table, wave)
+        else:
+            migrate_object.delay(run_id, name.kind, name.name, wave)
 
 
 @app.task(base=RotatorTask, bind=True, name="rotator.migration.table")
 def migrate_table(self: RotatorTask, run_id: str, database: str, table: str, wave: int) -> None:
-    name = TableName(database, table)
-    structlog.contextvars.bind_contextvars(run_id=run_id, table=str(name))
+    _migrate(self, run_id, TableName(database, table), wave)
+
+
+@app.task(base=RotatorTask, bind=True, name="rotator.migration.object")
+def migrate_object(self: RotatorTask, run_id: str, kind: str, name: str, wave: int) -> None:
+    """A stage or a database default of the migration."""
+    _migrate(self, run_id, object_name(kind, name), wave)
+
+
+def _migrate(self: RotatorTask, run_id: str, name: ObjectName, wave: int) -> None:
+    structlog.contextvars.bind_contextvars(run_id=run_id, table=object_label(name))
     s = services()
     run = s.runs.get(run_id)
     if run.status != RunStatus.SWITCHING:

@@ -1,4 +1,9 @@
-"""Rotation tasks: plan a run, then switch and read back each table in its own task."""
+"""Rotation tasks: plan a run, then switch and validate each object in its own task.
+
+A table goes to ``rotator.rotation.switch_table`` [run_id, database, table] (as it always did, so
+queued work keeps its shape); a stage or a database default to ``rotator.rotation.switch_object``
+[run_id, kind, name].
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from worker.errors import FatalError, LockBusy, RetryableError
 from worker.faults import fault_point
 from worker.metrics import TABLE_RETRIES, table_finished
 from worker.services import services
-from worker.sql import TableName
+from worker.sql import ObjectName, TableName, object_label, object_name
 
 log = structlog.get_logger("rotator.tasks")
 
@@ -57,16 +62,32 @@ def start_rotation(self: RotatorTask, run_id: str) -> None:
     run = s.runs.get(run_id)
     structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
     log.info("rotation planned", status=run.status, connection=run.connection, tables=len(tables))
-    for table in tables:
-        switch_table.delay(run_id, table.database, table.table)
+    for name in tables:
+        enqueue_switch(run_id, name)
     if not tables:
         _wake_parent(run_id)
 
 
+def enqueue_switch(run_id: str, name: ObjectName) -> None:
+    if isinstance(name, TableName):
+        switch_table.delay(run_id, name.database, name.table)
+    else:
+        switch_object.delay(run_id, name.kind, name.name)
+
+
 @app.task(base=RotatorTask, bind=True, name="rotator.rotation.switch_table")
 def switch_table(self: RotatorTask, run_id: str, database: str, table: str) -> None:
-    name = TableName(database, table)
-    structlog.contextvars.bind_contextvars(run_id=run_id, table=str(name))
+    _switch(self, run_id, TableName(database, table))
+
+
+@app.task(base=RotatorTask, bind=True, name="rotator.rotation.switch_object")
+def switch_object(self: RotatorTask, run_id: str, kind: str, name: str) -> None:
+    """A stage or a database default of the run (a table may come this way too)."""
+    _switch(self, run_id, object_name(kind, name))
+
+
+def _switch(self: RotatorTask, run_id: str, name: ObjectName) -> None:
+    structlog.contextvars.bind_contextvars(run_id=run_id, table=object_label(name))
     s = services()
     started = time.perf_counter()
     try:

@@ -50,10 +50,16 @@ from worker.core.bindings import Binding, Selector
 from worker.core.events import Action, EventDecision
 from worker.core.intake import handle_event
 from worker.core.masking import MaskForm
-from worker.core.model import RunStatus, TableOutcome, TableStatus, parse_storage_param
+from worker.core.model import (
+    AccessKeyCredentials,
+    RunStatus,
+    TableOutcome,
+    TableStatus,
+    parse_storage_param,
+)
 from worker.core.rotation import RetryPolicy
 from worker.errors import FatalError
-from worker.sql import TableName
+from worker.sql import DatabaseName, ObjectName, StageName, TableName
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER
 USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either
@@ -121,7 +127,7 @@ def intake(world: World, version_id: str, enqueue: Callable[[str], None]) -> tup
     return str(result.verdict), result.reason, result.run_id or ""
 
 
-def prepare(world: World, run_id: str) -> list[TableName]:
+def prepare(world: World, run_id: str) -> list[ObjectName]:
     """tasks/rotation.start_rotation: plan a rotation run; the tables still to switch."""
     return _runs.prepare_rotation(
         run_id=run_id,
@@ -135,7 +141,7 @@ def prepare(world: World, run_id: str) -> list[TableName]:
     )
 
 
-def switch(world: World, run_id: str, table: TableName) -> tuple[str, bool] | None:
+def switch(world: World, run_id: str, table: ObjectName) -> tuple[str, bool] | None:
     """tasks/rotation.switch_table: (the table's status, whether this closed the run), or None
     when there was nothing to do."""
     result = _runs.switch_and_record(
@@ -150,7 +156,7 @@ def switch(world: World, run_id: str, table: TableName) -> tuple[str, bool] | No
     return None if result is None else (str(result.outcome.status), result.closed)
 
 
-def give_up(world: World, run_id: str, table: TableName, reason: str) -> bool:
+def give_up(world: World, run_id: str, table: ObjectName, reason: str) -> bool:
     """A switch task out of retries records the table failed; True when that closed the run."""
     planned = world.runs.outcome(run_id, table)
     outcome = TableOutcome(
@@ -355,6 +361,8 @@ class Shape:
     discovered: int = 0  # misc.d0, …: same key, bucket "lake": found by discovery
     blind: int = 0  # misc.b0, …: bucket "lake", but storage_param shows no readable key
     uncovered: int = 0  # ops.u0, …: same key, bucket "elsewhere": no rule of the binding selects it
+    stages: int = 0  # landing0, …: external stages on K0 in bucket "lake": found by discovery
+    databases: int = 0  # lakehouse0, …: default connection "seed" (K0), path in "lake": discovered
 
     def __str__(self) -> str:
         parts = [f"{self.sales} sales"] + [
@@ -366,7 +374,12 @@ class Shape:
             )
             if n
         ]
-        return ", ".join(parts) + " table(s) on K0"
+        others = [
+            f"{n} {what}"
+            for what, n in (("stage(s)", self.stages), ("database default(s)", self.databases))
+            if n
+        ]
+        return ", ".join(parts) + " table(s)" + "".join(f", {o}" for o in others) + " on K0"
 
 
 def build_world(
@@ -398,6 +411,12 @@ def build_world(
     ):
         for i in range(count):
             admin.put_table(TableName(db, f"{prefix}{i}"), k0, bucket, blind=blind)
+    for i in range(shape.stages):
+        admin.put_stage(StageName(f"landing{i}"), k0, "lake")
+    if shape.databases:
+        admin.connections["seed"] = AccessKeyCredentials(k0, "s" * 40)  # the user's own
+    for i in range(shape.databases):
+        admin.put_database(DatabaseName(f"lakehouse{i}"), "seed", "lake")
     runs = ChaosRuns(env)
     return World(
         env=env,

@@ -13,16 +13,17 @@ from typing import Any
 
 from tests.chaos import describe_run, is_final, is_flagged, run_started
 from tests.chaos_world import World
-from worker.sql import TableName
+from worker.sql import ObjectName
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER (issue 10's reaper)
 HANG_BOUND = 2 * STUCK_AFTER  # a run silent for longer, neither final nor flagged, hangs
 
 INVARIANTS = {
-    "stranded": "no table on a deleted IAM key",
-    "live-key-retired": "no key deleted or deactivated while a table uses it or the secret's "
+    "stranded": "no object (table, stage, database default) on a deleted IAM key",
+    "live-key-retired": "no key deleted or deactivated while an object uses it or the secret's "
     "AWSCURRENT/AWSPENDING holds it",
-    "moved-behind": "no table moved behind the version AWSCURRENT held when the newest run started",
+    "moved-behind": "no object moved behind the version AWSCURRENT held when the newest run "
+    "started",
     "hung-run": f"every run final or flagged within {HANG_BOUND:.0f} s of its last progress",
 }
 
@@ -95,7 +96,7 @@ class Invariants:
             if current is not None:
                 self.floor = (current, env.label(run_id))
 
-    def on_switch(self, table: TableName, old_key: str, new_key: str, connection: str) -> None:
+    def on_switch(self, table: ObjectName, old_key: str, new_key: str, connection: str) -> None:
         if self.floor is None:
             return
         floor, starter = self.floor
@@ -119,7 +120,8 @@ class Invariants:
             )
 
     def on_retire(self, key_id: str, action: str) -> None:
-        users = [str(t) for t, k in sorted(self.world.admin.true_keys.items()) if k == key_id]
+        keys = self.world.admin.object_keys()
+        users = [str(t) for t, k in sorted(keys.items()) if k == key_id]
         holders = [
             f"{stage} {self.world.env.label(v)}"
             for v, stages in sorted(self.world.secrets.stages.items())
@@ -132,7 +134,7 @@ class Invariants:
                 (key_id, action),
                 f"{self._k(key_id)} {action}d while "
                 + "; ".join(
-                    ([f"{len(users)} table(s) use it ({', '.join(users[:4])})"] if users else [])
+                    ([f"{len(users)} object(s) use it ({', '.join(users[:4])})"] if users else [])
                     + ([f"{', '.join(holders)} holds it"] if holders else [])
                 ),
             )

@@ -42,7 +42,7 @@ from tests.chaos import (
 from tests.chaos_invariants import HANG_BOUND, INVARIANTS, Invariants, Violation
 from tests.chaos_world import Faults, WorkerCrash
 from worker.errors import FatalError, LockBusy, RetryableError, RotatorError
-from worker.sql import TableName
+from worker.sql import ObjectName
 
 VISIBILITY_TIMEOUT = 3600.0  # ROTATOR_VISIBILITY_TIMEOUT: a dead worker's task comes back then
 BEAT_PERIOD = 300.0  # how often the beat enqueues retire_due (and the reaper)
@@ -70,7 +70,7 @@ class Message:
 
     kind: str  # event | start | switch | advance | retire_due | reap
     run_id: str = ""
-    table: TableName | None = None
+    table: ObjectName | None = None
     version_id: str = ""
     not_before: float = 0.0
     retries: int = 0
@@ -149,6 +149,9 @@ class Scenario:
             discovered=rng.choice((0, 0, 1, 2)),
             blind=1 if rng.random() < 0.25 else 0,
             uncovered=1 if rng.random() < 0.15 else 0,
+            # drawn apart, so that the rest of a seed's schedule is drawn as before they existed
+            stages=1 if random.Random(seed * 7 + 1).random() < 0.4 else 0,
+            databases=1 if random.Random(seed * 7 + 2).random() < 0.3 else 0,
         )
         self.may_flush = rng.random() < 0.2
         self.queue: list[Message] = []

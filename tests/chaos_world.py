@@ -8,6 +8,11 @@ What the plain fakes leave out and this world models:
 - **Tables hold a real key**: ``ChaosAdmin.true_keys`` has the full access key id each table uses;
   Databend only *shows* a masked form of it in storage_param (rendered by the function the world
   is given, see ``render_storage`` in tests/chaos.py), or nothing parseable for a "blind" row.
+- **So do stages and database defaults**: a stage holds its own copy of a key (``true_keys``
+  too); ``ALTER STAGE … CONNECTION`` never touches storage (it works whatever either key's state),
+  and ``list_stage`` lists with the stage's key (3002 when it no longer works). A database default
+  names a connection (``databases``): its key is that connection's, ``ALTER DATABASE`` needs only
+  the new connection to exist, and a dropped connection leaves it naming nothing.
 - **ALTER TABLE … CONNECTION needs both keys**: the new key is validated (3901 when it does not
   work) and the new snapshot is written with the old one (3002 when that one does not work).
   ``read_back`` reads data, so a table whose key no longer works fails it with 3002 (403).
@@ -45,7 +50,7 @@ from tests.fakes import (
     MemoryLocks,
     MemoryRuns,
 )
-from worker.core.model import AccessKeyCredentials
+from worker.core.model import AccessKeyCredentials, DatabaseDefault, ExternalStage
 from worker.errors import (
     AwsPermanentError,
     AwsTransientError,
@@ -56,7 +61,7 @@ from worker.errors import (
     StorageUnavailable,
     UnknownSecretError,
 )
-from worker.sql import TableName
+from worker.sql import DatabaseName, ObjectName, StageName, TableName
 
 LOCK_TTL = 600.0  # ROTATOR_LOCK_TTL's default
 KEYS_PER_USER = 2  # IAM's quota
@@ -71,7 +76,7 @@ class WorkerCrash(BaseException):
 class Observer(Protocol):
     """What the world reports to the invariant checker."""
 
-    def on_switch(self, table: TableName, old_key: str, new_key: str, connection: str) -> None: ...
+    def on_switch(self, table: ObjectName, old_key: str, new_key: str, connection: str) -> None: ...
 
     def on_retire(self, key_id: str, action: str) -> None: ...
 
@@ -285,9 +290,9 @@ class ChaosAdmin(FakeAdmin):
     def __init__(self, env: Env, iam: ChaosIam, render: StorageRenderer) -> None:
         super().__init__()
         self.env, self.iam, self.render = env, iam, render
-        self.true_keys: dict[TableName, str] = {}
-        self.locations: dict[TableName, str] = {}
-        self.blind: set[TableName] = set()
+        self.true_keys: dict[ObjectName, str] = {}  # tables and stages
+        self.locations: dict[ObjectName, str] = {}
+        self.blind: set[ObjectName] = set()
 
     def put_table(self, name: TableName, key_id: str, bucket: str, *, blind: bool = False) -> None:
         """Set-up: an external table at s3://bucket/<table>/ on key_id (no faults)."""
@@ -296,9 +301,31 @@ class ChaosAdmin(FakeAdmin):
             self.blind.add(name)
         self._show(name)
 
-    def _show(self, name: TableName) -> None:
+    def put_stage(self, name: StageName, key_id: str, bucket: str) -> None:
+        """Set-up: an external stage at s3://bucket/<stage>/ holding key_id (no faults)."""
+        self.true_keys[name], self.locations[name] = key_id, bucket
+        self.stage_urls[name] = f"s3://{bucket}/{name.name}/"
+        self._show(name)
+
+    def put_database(self, name: DatabaseName, connection: str, bucket: str) -> None:
+        """Set-up: a database whose default connection is ``connection`` (no faults)."""
+        self.databases[name] = (connection, f"s3://{bucket}/{name.name}/")
+
+    def object_keys(self) -> dict[ObjectName, str]:
+        """Ground truth: the key each object uses (a database default: its connection's)."""
+        keys = dict(self.true_keys)
+        for database, (connection, _path) in self.databases.items():
+            credentials = self.connections.get(connection)
+            if isinstance(credentials, AccessKeyCredentials):
+                keys[database] = credentials.access_key_id
+        return keys
+
+    def _show(self, name: ObjectName) -> None:
         key, bucket = self.true_keys[name], self.locations[name]
-        self.tables[name] = self.render(key, bucket, f"/{name.table}/", name in self.blind)
+        if isinstance(name, TableName):
+            self.tables[name] = self.render(key, bucket, f"/{name.table}/", name in self.blind)
+        elif isinstance(name, StageName):
+            self.stages[name] = self.render(key, bucket, f"/{name.name}/", name in self.blind)
 
     def works(self, key_id: str) -> bool:
         return self.iam.state(key_id) == "active"
@@ -359,6 +386,73 @@ class ChaosAdmin(FakeAdmin):
         if not self.works(self.true_keys[table]):
             raise StoragePermissionDenied(3002, f"PermissionDenied (403) at read {table}")
         return 10
+
+    # --- stages: a copy of a key; the switch never touches storage --------------------------------
+
+    def list_stages(self) -> list[ExternalStage]:
+        self.env.faults.call("databend", "SELECT … FROM system.stages")
+        return super().list_stages()
+
+    def describe_stage(self, stage: StageName) -> ExternalStage | None:
+        self.env.faults.call("databend", f"DESC STAGE {stage}")
+        return super().describe_stage(stage)
+
+    def switch_stage(self, stage: ExternalStage, connection: str) -> None:
+        name, op = stage.name, f"ALTER STAGE {stage.name}"
+        lose = self.env.faults.call("databend", op, change=True)
+        if name not in self.true_keys:
+            raise DatabendQueryError(2501, f"UnknownStage: {name}")
+        credentials = self.connections.get(connection)
+        if credentials is None:
+            raise DatabendQueryError(2510, f"Unknown connection {connection}")
+        assert isinstance(credentials, AccessKeyCredentials), "role connections are not modelled"
+        old, new = self.true_keys[name], credentials.access_key_id
+        self.statements.append(op)
+        self.true_keys[name] = new
+        self._show(name)
+        if self.env.observer:
+            self.env.observer.on_switch(name, old, new, connection)
+        self.env.faults.done("databend", op, lose, (name, old, new))
+
+    def list_stage(self, stage: StageName) -> int:
+        self.env.faults.call(self.env.rng.choice(("databend", "s3")), f"LIST @{stage}")
+        if stage not in self.true_keys:
+            raise DatabendQueryError(2501, f"UnknownStage: {stage}")
+        if not self.works(self.true_keys[stage]):
+            raise StoragePermissionDenied(3002, f"PermissionDenied (403) at list @{stage}")
+        return 1
+
+    # --- database defaults: they name a connection ------------------------------------------------
+
+    def list_database_defaults(self) -> list[DatabaseDefault]:
+        self.env.faults.call("databend", "SHOW CREATE DATABASE … (every database)")
+        return super().list_database_defaults()
+
+    def describe_database(self, database: DatabaseName) -> DatabaseDefault | None:
+        self.env.faults.call("databend", f"SHOW CREATE DATABASE {database}")
+        return super().describe_database(database)
+
+    def switch_database(self, database: DatabaseDefault, connection: str) -> None:
+        op = f"ALTER DATABASE {database.name}"
+        lose = self.env.faults.call("databend", op, change=True)
+        old_connection = self.connections.get(self.databases[database.name][0])
+        super().switch_database(database, connection)  # 1006 unless the connection exists
+        new_connection = self.connections[connection]
+        if self.env.observer and isinstance(new_connection, AccessKeyCredentials):
+            old = getattr(old_connection, "access_key_id", "")
+            self.env.observer.on_switch(
+                database.name, old, new_connection.access_key_id, connection
+            )
+        self.env.faults.done("databend", op, lose, (database.name, connection))
+
+    def list_connections(self) -> list[Any]:
+        self.env.faults.call("databend", "SHOW CONNECTIONS")
+        return super().list_connections()
+
+    def drop_connection(self, name: str) -> None:
+        lose = self.env.faults.call("databend", f"DROP CONNECTION {name}", change=True)
+        super().drop_connection(name)
+        self.env.faults.done("databend", f"DROP CONNECTION {name}", lose)
 
 
 class ChaosRuns(MemoryRuns):
@@ -550,8 +644,8 @@ class World:
     fences: ChaosFences
 
     def __repr__(self) -> str:  # assertion messages name what matters, not the whole world
-        keys = {str(t): self.env.label(k) for t, k in self.admin.true_keys.items()}
-        return f"World(t={self.clock():.0f}s, tables on {keys})"
+        keys = {str(t): self.env.label(k) for t, k in self.admin.object_keys().items()}
+        return f"World(t={self.clock():.0f}s, objects on {keys})"
 
     @property
     def clock(self) -> Clock:
@@ -589,6 +683,8 @@ class World:
             self.writer.make_current(self.secrets.arn, version_id)
         return version_id
 
-    def stranded(self) -> list[tuple[TableName, str]]:
-        """Tables whose key has been deleted: unreadable for good."""
-        return [(t, k) for t, k in sorted(self.admin.true_keys.items()) if k in self.iam.deleted]
+    def stranded(self) -> list[tuple[ObjectName, str]]:
+        """Objects whose key has been deleted: a table unreadable for good, a stage that cannot
+        be listed, a database where no table can be created."""
+        keys = self.admin.object_keys()
+        return [(t, k) for t, k in sorted(keys.items()) if k in self.iam.deleted]

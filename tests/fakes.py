@@ -10,15 +10,19 @@ from dataclasses import dataclass, field
 from worker.core.masking import MaskForm, mask
 from worker.core.model import (
     AccessKeyCredentials,
+    ConnectionInfo,
     Credentials,
+    DatabaseDefault,
+    ExternalStage,
     ExternalTable,
     RunStatus,
     StorageParam,
     TableOutcome,
+    parse_location,
 )
 from worker.core.ports import Admission, RunRecord, SecretInfo, VersionInfo
-from worker.errors import RunNotFound, UnknownSecretError
-from worker.sql import TableName
+from worker.errors import DatabendQueryError, RunNotFound, UnknownSecretError
+from worker.sql import DatabaseName, ObjectName, StageName, TableName
 
 
 def fake_key(suffix: str) -> str:
@@ -40,6 +44,37 @@ class FakeAdmin:
     switch_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
     read_failures: dict[TableName, list[Exception]] = field(default_factory=dict)
     probe_failures: dict[str, Exception] = field(default_factory=dict)  # bucket -> error
+    connection_probe_failures: dict[str, Exception] = field(default_factory=dict)  # by connection
+    # stages: what each shows, its URL and the key behind the mask (as for tables)
+    stages: dict[StageName, StorageParam] = field(default_factory=dict)
+    stage_urls: dict[StageName, str] = field(default_factory=dict)
+    stage_keys: dict[StageName, str] = field(default_factory=dict)
+    list_failures: dict[StageName, list[Exception]] = field(default_factory=dict)
+    # database defaults: database -> (the connection it names, its DEFAULT_STORAGE_PATH)
+    databases: dict[DatabaseName, tuple[str, str]] = field(default_factory=dict)
+
+    def add_stage(self, name: str, key: str, bucket: str = "lake", kind: str = "s3") -> StageName:
+        stage = StageName(name)
+        self.stage_keys[stage] = fake_key(key)
+        self.stage_urls[stage] = f"{kind}://{bucket}/{name}/"
+        self.stages[stage] = StorageParam(
+            kind=kind, bucket=bucket, root=f"/{name}/", ak=mask(self.stage_keys[stage], self.form)
+        )
+        return stage
+
+    def add_database(self, name: str, connection: str, bucket: str = "lake") -> DatabaseName:
+        database = DatabaseName(name)
+        self.databases[database] = (connection, f"s3://{bucket}/{name}/")
+        return database
+
+    def key_of_object(self, name: ObjectName) -> str | None:
+        """The key an object really uses (a database: its connection's)."""
+        if isinstance(name, TableName):
+            return self.keys.get(name)
+        if isinstance(name, StageName):
+            return self.stage_keys.get(name)
+        c = self.connections.get(self.databases[name][0])
+        return c.access_key_id if isinstance(c, AccessKeyCredentials) else None
 
     def add(self, name: TableName, key: str, bucket: str = "lake") -> None:
         self.keys[name] = fake_key(key)
@@ -87,11 +122,71 @@ class FakeAdmin:
         self.statements.append(f"PROBE {connection} {bucket}")
         if bucket in self.probe_failures:
             raise self.probe_failures[bucket]
+        if connection in self.connection_probe_failures:
+            raise self.connection_probe_failures[connection]
 
     def read_back(self, table: TableName) -> int:
         self.statements.append(f"READ {table}")
         _maybe_raise(self.read_failures, table)
         return 1
+
+    # --- stages ----------------------------------------------------------------------------------
+
+    def list_stages(self) -> list[ExternalStage]:
+        return [ExternalStage(n, p, self.stage_urls[n]) for n, p in self.stages.items()]
+
+    def describe_stage(self, stage: StageName) -> ExternalStage | None:
+        p = self.stages.get(stage)
+        return None if p is None else ExternalStage(stage, p, self.stage_urls[stage])
+
+    def switch_stage(self, stage: ExternalStage, connection: str) -> None:
+        self.statements.append(f"ALTER STAGE {stage.name} URL={stage.url}")
+        _maybe_raise(self.switch_failures, stage.name)  # type: ignore[arg-type]
+        credentials = self.connections[connection]
+        assert isinstance(credentials, AccessKeyCredentials)
+        self.stage_keys[stage.name] = credentials.access_key_id
+        self.stages[stage.name] = dataclasses.replace(
+            self.stages[stage.name], ak=mask(credentials.access_key_id, self.form)
+        )
+
+    def list_stage(self, stage: StageName) -> int:
+        self.statements.append(f"LIST {stage}")
+        _maybe_raise(self.list_failures, stage)  # type: ignore[arg-type]
+        return 1
+
+    # --- database defaults -----------------------------------------------------------------------
+
+    def list_database_defaults(self) -> list[DatabaseDefault]:
+        return [self._default(d) for d in self.databases]
+
+    def describe_database(self, database: DatabaseName) -> DatabaseDefault | None:
+        return self._default(database) if database in self.databases else None
+
+    def _default(self, database: DatabaseName) -> DatabaseDefault:
+        connection, path = self.databases[database]
+        kind, bucket, root = parse_location(path)
+        c = self.connections.get(connection)
+        ak = mask(c.access_key_id, self.form) if isinstance(c, AccessKeyCredentials) else None
+        storage = StorageParam(kind=kind, bucket=bucket, root=root, ak=ak)
+        return DatabaseDefault(database, connection, path, storage, connection_exists=c is not None)
+
+    def switch_database(self, database: DatabaseDefault, connection: str) -> None:
+        self.statements.append(f"ALTER DATABASE {database.name} CONNECTION {connection}")
+        if connection not in self.connections:
+            raise DatabendQueryError(1006, f"Connection '{connection}' does not exist")
+        self.databases[database.name] = (connection, database.path)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def list_connections(self) -> list[ConnectionInfo]:
+        return [
+            ConnectionInfo(name, "s3", self.connection_fingerprint(name), None)
+            for name in sorted(self.connections)
+        ]
+
+    def drop_connection(self, name: str) -> None:
+        self.statements.append(f"DROP CONNECTION {name}")
+        self.connections.pop(name, None)
 
 
 def _maybe_raise(failures: dict[TableName, list[Exception]], table: TableName) -> None:
@@ -144,6 +239,16 @@ class MemoryRuns:
 
     def forget_unfinished(self, run_id: str) -> None:
         pass
+
+    def latest_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        matching = [
+            r
+            for r in self.runs.values()
+            if r.kind == kind
+            and r.secret == secret
+            and (kind != "rotation" or r.version_id == version_id)
+        ]
+        return max(matching, key=lambda r: r.created_at, default=None)
 
     def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
         matching = [
@@ -284,7 +389,10 @@ class FakeIam:
     counter: int = 0
 
     def owner_of(self, access_key_id: str) -> str:
-        return next(u for u, ks in self.keys.items() if any(k[0] == access_key_id for k in ks))
+        for user, keys in self.keys.items():
+            if any(k[0] == access_key_id for k in keys):
+                return user
+        raise UnknownSecretError("NoSuchEntity: IAM does not know who owns the key")
 
     def list_keys(self, user: str):  # type: ignore[no-untyped-def]
         from worker.core.ports import AccessKey

@@ -123,7 +123,9 @@ class Stack:
     outputs: list[str] = field(default_factory=list)
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 300, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "worker.cli", *args],
             env=self.env,
@@ -131,6 +133,7 @@ class Stack:
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=input,
         )
         self.outputs += [result.stdout, result.stderr]
         return result

@@ -55,7 +55,7 @@ SWEEP = ChaosSettings(
     crash_rate=0.0,
     interleave_rate=0.0,
     script=("rotate_key",),
-    shape=Shape(sales=3, discovered=1),
+    shape=Shape(sales=3, discovered=1, stages=1, databases=1),
 )
 
 
@@ -98,7 +98,7 @@ def test_a_crash_at_any_boundary_of_a_key_rotation_leaves_nothing_hanging() -> N
         world = scenario.world
         (rotation,) = [r for r in world.runs.runs.values() if r.kind == "key-rotation"]
         current = world.key_of(str(world.version_with("AWSCURRENT")))
-        on = {world.env.label(k) for k in world.admin.true_keys.values()}
+        on = {world.env.label(k) for k in world.admin.object_keys().values()}
         k0_gone = "K0" in {world.env.label(k) for k in world.iam.deleted}
         done = rotation.status == "succeeded" and on == {world.env.label(current)} and k0_gone
         if result.violations or not done:
@@ -167,6 +167,21 @@ def test_deleting_a_key_a_table_uses_is_seen_at_once_and_after_the_step() -> Non
     checker.check()
     # Then the deletion itself is a violation, and so is each table left on it
     assert [v.invariant for v in checker.violations] == ["live-key-retired", "stranded", "stranded"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "name"),
+    [(Shape(sales=0, stages=1), "landing0"), (Shape(sales=0, databases=1), "lakehouse0")],
+    ids=["stage", "database default"],
+)
+def test_deleting_a_key_a_stage_or_a_database_default_uses_is_seen(shape: Shape, name: str) -> None:
+    # Given no table, only a stage (or a database naming a connection) on K0, When K0 is deleted
+    world, checker = _watched(shape)
+    world.iam.delete_key("svc", world.key_of("v0"))
+    checker.check()
+    # Then the deletion is a violation naming the object, and so is the object left on it
+    assert [v.invariant for v in checker.violations] == ["live-key-retired", "stranded"]
+    assert all(name in v.text for v in checker.violations)
 
 
 def test_deactivating_the_key_awscurrent_holds_is_a_violation() -> None:

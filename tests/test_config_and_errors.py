@@ -288,3 +288,56 @@ def test_a_taken_metrics_port_is_a_clear_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(FatalError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             serve_metrics(port)
+
+
+# --- stages and settings of issue 11 ------------------------------------------------------------
+
+
+def test_stage_params_parsing() -> None:
+    """system.stages.storage_params as the embedded 1.2.895 shows them (see DOMAIN.md)."""
+    from worker.core.model import parse_stage_params
+
+    s3 = parse_stage_params(
+        "s3",
+        '{"access_key_id":"******P62","bucket":"b1","endpoint_url":"http://127.0.0.1:5",'
+        '"region":"us-east-1","role_arn":"","root":"/st/","secret_access_key":"******O2J",'
+        '"type":"S3"}',
+    )
+    assert (s3.kind, s3.bucket, s3.root, s3.fingerprint, s3.switchable) == (
+        "s3",
+        "b1",
+        "/st/",
+        "ak:******P62",
+        True,
+    )
+    assert s3.location == "s3://b1/st/"
+    current = parse_stage_params("s3", '{"access_key_id":"AK***SJ","bucket":"b","root":"/"}')
+    assert current.fingerprint == "ak:AK***SJ" and current.unreadable is None
+    role = parse_stage_params(
+        "s3", '{"access_key_id":"","bucket":"b","role_arn":"arn:aws:iam::1:role/r","root":"/"}'
+    )
+    assert role.fingerprint == "role:arn:aws:iam::1:role/r"
+    oss = parse_stage_params("oss", '{"access_key_id":"******fGh","bucket":"b","type":"Oss"}')
+    assert oss.kind == "oss" and not oss.switchable
+    gcs = parse_stage_params("gcs", '{"bucket":"b","credential":"***","type":"Gcs"}')
+    assert gcs.fingerprint is None and gcs.switchable  # no fingerprint: explicit selectors only
+    assert parse_stage_params("s3", "not json").unreadable
+    assert parse_stage_params("s3", '{"access_key_id":"*P62","bucket":"b"}').unreadable
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"ROTATOR_RECONCILE": "often"}, "ROTATOR_RECONCILE"),
+        ({"ROTATOR_RECONCILE_INTERVAL": "-1"}, "ROTATOR_RECONCILE_INTERVAL"),
+    ],
+)
+def test_bad_reconcile_settings_fail_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], fragment: str
+) -> None:
+    from worker.settings import load_settings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings()

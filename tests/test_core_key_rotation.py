@@ -6,6 +6,7 @@ import pytest
 
 from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
 from tests.test_core_rotation import binding, key_json, no_sleep_policy
+from worker.core.bindings import Binding
 from worker.core.key_rotation import (
     KeyInUse,
     KeyRotationContext,
@@ -54,7 +55,7 @@ def world(extra_key_in_use: bool = False):  # type: ignore[no-untyped-def]
     return ctx, plan
 
 
-def drive(ctx: KeyRotationContext, run_id: str) -> None:
+def drive(ctx: KeyRotationContext, run_id: str, bindings: list[Binding] | None = None) -> None:
     """What the tasks do: advance, switching the table run when asked."""
     while True:
         step = advance(ctx, run_id)
@@ -65,7 +66,7 @@ def drive(ctx: KeyRotationContext, run_id: str) -> None:
                 runs=ctx.runs,
                 secrets=ctx.secrets,
                 admin=ctx.admin,
-                bindings=[binding("sales.*")],
+                bindings=bindings or [binding("sales.*")],
                 locks=ctx.locks,
             ):
                 switch_and_record(

@@ -290,7 +290,7 @@ def test_a_new_key_that_cannot_list_a_bucket_fails_the_run_before_any_table_is_t
     # the pre-flight lists every bucket with the new connection before the first ALTER
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"cannot list bucket {other_bucket}" in result.stderr
-    assert "no table was touched" in result.stderr
+    assert "no object was touched" in result.stderr
     status = json.loads(scenario.stack.cli("status", run_id_of(result), "--json").stdout)
     assert status["status"] == "failed" and status["tables"] == []
     for table in [*reachable, unreachable]:

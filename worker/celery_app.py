@@ -16,7 +16,13 @@ from worker.settings import Settings
 
 app = Celery(
     "rotator",
-    include=["tasks.rotation", "tasks.key_rotation", "tasks.migration", "tasks.runs"],
+    include=[
+        "tasks.rotation",
+        "tasks.key_rotation",
+        "tasks.migration",
+        "tasks.runs",
+        "tasks.reconcile",
+    ],
 )
 app.conf.update(
     task_acks_late=True,
@@ -34,6 +40,21 @@ app.conf.update(
 
 def configure_app(settings: Settings) -> Celery:
     settings.require("redis_url")
+    schedule: dict[str, dict[str, Any]] = {
+        "retire-due-keys": {
+            "task": "rotator.keys.retire_due",
+            "schedule": settings.retire_interval,
+        },
+        "reap-stuck-runs": {
+            "task": "rotator.runs.reap",
+            "schedule": min(settings.reap_interval, settings.stuck_after),
+        },
+    }
+    if settings.reconcile_interval > 0:
+        schedule["reconcile"] = {
+            "task": "rotator.reconcile.sweep",
+            "schedule": settings.reconcile_interval,
+        }
     app.conf.update(
         broker_url=settings.redis_url,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
@@ -42,16 +63,7 @@ def configure_app(settings: Settings) -> Celery:
         # it so that its classified, retryable error comes first where both apply.
         task_time_limit=settings.table_time_limit + 90,
         task_soft_time_limit=settings.table_time_limit + 30,
-        beat_schedule={
-            "retire-due-keys": {
-                "task": "rotator.keys.retire_due",
-                "schedule": settings.retire_interval,
-            },
-            "reap-stuck-runs": {
-                "task": "rotator.runs.reap",
-                "schedule": min(settings.reap_interval, settings.stuck_after),
-            },
-        },
+        beat_schedule=schedule,
     )
     return app
 

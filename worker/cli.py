@@ -5,44 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
+from worker.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    reports_errors,
+)
+from worker.cli_common import cli_services as _cli_services
 from worker.errors import FatalError, RotatorError
-
-# Exit codes: 0 done and every table read back; 1 the run finished with failed tables;
-# 2 bad input or configuration (nothing was changed); 3 still running when --timeout passed.
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 3
-
-
-def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the project's errors into one clear line on stderr and a meaningful exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from worker.redaction import redact
-
-        try:
-            return fn(*args, **kwargs)
-        except RotatorError as exc:
-            click.echo(f"error: {redact(str(exc))}", err=True)
-            sys.exit(EXIT_BAD_INPUT if isinstance(exc, FatalError) else EXIT_FAILED)
-
-    return wrapper
-
-
-def _cli_services() -> Any:
-    from worker.logs import configure_logging
-    from worker.settings import settings
-
-    current = settings()
-    configure_logging(current.log_level, current.log_format)
-    from worker.services import services
-
-    return services()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -235,9 +209,11 @@ def print_outcomes(p: Any, console: Any) -> None:
     if p.run.error:
         console.print(f"[red]run {p.run.run_id} {p.run.status}: {p.run.error}")
     if failed:
-        table = Table("table", "reason", title="failed tables")
+        from worker.sql import object_label
+
+        table = Table("object", "reason", title="failed objects")
         for outcome in failed:
-            table.add_row(str(outcome.table), outcome.reason or "")
+            table.add_row(object_label(outcome.table), outcome.reason or "")
         console.print(table)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items())) or "no tables"
     console.print(f"run {p.run.run_id}: {p.run.status} ({counts})")
@@ -288,11 +264,13 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
+    from worker.sql import object_label
+
     console = Console(soft_wrap=True)
-    table = Table("table", "status", "rule", "rows read", "reason")
+    table = Table("object", "status", "rule", "rows read", "reason")
     for o in p.outcomes:
         table.add_row(
-            str(o.table),
+            object_label(o.table),
             str(o.status),
             o.rule,
             "" if o.rows_read is None else str(o.rows_read),
@@ -499,12 +477,16 @@ def rotate(
         console.print(
             f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, {role}"
         )
-    console.print(f"{len(plan.tables)} table(s) use the current key {masked(plan.current_key)}:")
+    from worker.sql import object_label
+
+    console.print(f"{len(plan.tables)} object(s) use the current key {masked(plan.current_key)}:")
     for table in plan.tables:
-        console.print(f"  {table.name}  (bucket {table.storage.bucket})")
-    console.print(f"binding {plan.binding} switches {len(plan.planned)} table(s)")
+        console.print(f"  {object_label(table.name)}  (bucket {table.storage.bucket})")
+    console.print(f"binding {plan.binding} switches {len(plan.planned)} object(s)")
     for table in plan.unreadable:
-        console.print(f"  warning: {table.name} shows credentials that cannot be read")
+        console.print(
+            f"  warning: {object_label(table.name)} shows credentials that cannot be read"
+        )
     if plan.refusal:
         click.echo(f"error: {plan.refusal}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -688,11 +670,12 @@ def migrate(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tables") from None
     s = _cli_services()
+    chosen: tuple[Any, ...] = parsed
     if binding is not None:
         found = find_binding(s.bindings, name=binding)
         if found is None:
             raise MigrationRefused(f"no binding named {binding}")
-        parsed = found.selectors
+        chosen = (*found.selectors, *found.stage_selectors, *found.database_selectors)
     options = MigrationOptions(
         wave_size=wave_size,
         canary=canary,
@@ -704,18 +687,30 @@ def migrate(
         s.admin,
         target=target,
         from_connection=source,
-        selectors=parsed,
+        selectors=chosen,
         options=options,
         connection_fingerprints=s.admin.connection_fingerprints(),
     )
+    from collections import Counter
+
+    from worker.sql import object_label
+
     shown = display(plan.target_fingerprint)
+    kinds = Counter(t.name.kind for t in plan.tables)
+    what = ", ".join(f"{kinds[k]} {k}(s)" for k in ("table", "stage", "database") if kinds[k])
     click.echo(
-        f"{len(plan.tables)} table(s) -> connection {target} ({shown}) in "
+        f"{what or '0 table(s)'} -> connection {target} ({shown}) in "
         f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
     )
     for table in plan.tables:
         current = display(table.storage.fingerprint)
-        click.echo(f"  {table.name}\t{current}\t-> {target}")
+        click.echo(f"  {object_label(table.name)}\t{current}\t-> {target}")
+    if plan.refusals:
+        raise MigrationRefused(
+            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
+            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
+            "nothing was changed"
+        )
     if not commit:
         click.echo("dry run: nothing changed (add --commit)")
         return
@@ -729,18 +724,18 @@ def migrate(
     from worker.celery_app import configure_app
 
     configure_app(s.settings)
-    what = (
+    chosen_by = (
         f"from {source}"
         if source
         else f"binding {binding}"
         if binding
         else "tables " + " ".join(selectors)
     )
-    run_id = new_migration(s.runs, plan, options, f"migrate {what} to {target}")
+    run_id = new_migration(s.runs, plan, options, f"migrate {chosen_by} to {target}")
     from tasks.migration import release_wave
 
     release_wave.delay(run_id)
-    click.echo(f"run {run_id}: migrating {len(plan.tables)} table(s) to {target}")
+    click.echo(f"run {run_id}: migrating {len(plan.tables)} object(s) to {target}")
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
 
@@ -967,6 +962,15 @@ def up(mask_format: str) -> None:
         mask_format=mask_format,
     )
 
+
+def _register_object_commands() -> None:
+    from worker.cli_objects import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_object_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

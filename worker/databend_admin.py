@@ -1,27 +1,78 @@
-"""DatabendAdmin over the driver: connections, system.tables, ALTER TABLE … CONNECTION, read-back.
+"""DatabendAdmin over the driver: connections, system.tables, system.stages, database defaults,
+the statements that switch each kind, and their validation.
 
 Every name goes through worker.sql quoting. Messages of failed CREATE CONNECTION statements are
 scrubbed of the credentials the statement carried (Databend echoes SQL in syntax errors).
+
+Verified on the embedded engine (1.2.895): ``system.stages`` has ``name, stage_type, storage_type,
+url, storage_params`` (a JSON object, ``access_key_id`` masked), ``file_format_options`` and
+``comment``; ``ALTER STAGE s SET URL='…' CONNECTION=(connection_name='c')`` replaces a stage's
+credentials (``SET CONNECTION`` alone is a syntax error) and keeps its file format; a stage name is
+a plain identifier (quoted names are syntax errors in CREATE STAGE and in ``@…``).
+``system.databases`` has no options: ``SHOW CREATE DATABASE d`` is the one place that shows
+``DEFAULT_STORAGE_CONNECTION='c', DEFAULT_STORAGE_PATH='s3://…'``, one statement per database.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from worker.core import masking
 from worker.core.model import (
     AccessKeyCredentials,
+    ConnectionInfo,
     Credentials,
+    DatabaseDefault,
+    ExternalStage,
     ExternalTable,
     StorageParam,
+    parse_location,
+    parse_stage_params,
     parse_storage_param,
 )
 from worker.databend_client import DatabendClient
-from worker.errors import DatabendQueryError
-from worker.sql import TableName, connection_name, quote_string
+from worker.errors import DatabendQueryError, FatalError
+from worker.sql import DatabaseName, StageName, TableName, connection_name, quote_string
 
 _UNKNOWN_CONNECTION = 2510
+_UNKNOWN_DATABASE = 1003
 _MASKED_PARAM = re.compile(r"(\w+)=(\S*)")
+_OPTION = re.compile(
+    r"(DEFAULT_STORAGE_CONNECTION|DEFAULT_STORAGE_PATH)\s*=\s*'((?:[^'\\]|\\.|'')*)'"
+)
+_SYSTEM_DATABASES = frozenset({"system", "information_schema"})
+ALTER_STAGE_SINCE = (1, 2, 867)  # ALTER STAGE … SET URL … CONNECTION; older: CREATE OR REPLACE
+SHOW_CREATE_THREADS = 4  # SHOW CREATE DATABASE statements in flight while listing defaults
+# system.stages' file format "type" -> the FILE_FORMAT TYPE that makes it (for CREATE OR REPLACE)
+_FORMAT_TYPES = {
+    "Csv": "CSV",
+    "Text": "TSV",
+    "Parquet": "PARQUET",
+    "NdJson": "NDJSON",
+    "Json": "JSON",
+    "Orc": "ORC",
+    "Avro": "AVRO",
+}
+
+
+def _connection_info(name: str, kind: str, params_text: str) -> ConnectionInfo:
+    params = dict(_MASKED_PARAM.findall(params_text))
+    role, key = params.get("role_arn") or None, params.get("access_key_id") or None
+    shown = role or key
+    fingerprint = (
+        masking.observed("role", role) if role else masking.observed("ak", key) if key else None
+    )
+    unreadable = None
+    if fingerprint is not None and not masking.readable(fingerprint):
+        unreadable = f"{kind} credentials shown as {shown!r}"
+    return ConnectionInfo(name, kind, fingerprint, shown, unreadable)
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)|''", lambda m: m.group(1) or "'", text)
 
 
 def _connection_fingerprint(params_text: str) -> str:
@@ -51,12 +102,7 @@ class DriverDatabendAdmin:
         return masking.form_of_version(self.server_version())
 
     def connection_fingerprint(self, name: str) -> str | None:
-        try:
-            row = self.client.query_one(f"DESC CONNECTION {connection_name(name)}")
-        except DatabendQueryError as exc:
-            if exc.code == _UNKNOWN_CONNECTION or "does not exist" in exc.message:
-                return None
-            raise
+        row = self._desc_connection(name)
         if row is None:
             return None
         return _connection_fingerprint(str(row[-1]))
@@ -146,6 +192,192 @@ class DriverDatabendAdmin:
 
     def read_back(self, table: TableName) -> int:
         return len(self.client.query(f"SELECT * FROM {table.sql} LIMIT 1"))
+
+    # --- stages ----------------------------------------------------------------------------------
+
+    _STAGE_COLUMNS = "SELECT name, storage_type, url, storage_params FROM system.stages"
+
+    def list_stages(self) -> list[ExternalStage]:
+        rows = self.client.query(f"{self._STAGE_COLUMNS} WHERE stage_type = 'External'")
+        return [self._stage(row) for row in rows]
+
+    def describe_stage(self, stage: StageName) -> ExternalStage | None:
+        row = self.client.query_one(
+            f"{self._STAGE_COLUMNS} WHERE stage_type = 'External'"
+            f" AND name = {quote_string(stage.name)}"
+        )
+        return None if row is None else self._stage(row)
+
+    @staticmethod
+    def _stage(row: tuple[object, ...]) -> ExternalStage:
+        name, storage_type, url, params = row
+        storage = parse_stage_params(
+            str(storage_type) if storage_type else None, None if params is None else str(params)
+        )
+        return ExternalStage(StageName(str(name)), storage, str(url or ""))
+
+    def switch_stage(self, stage: ExternalStage, connection: str) -> None:
+        """``ALTER STAGE s SET URL='<its url>' CONNECTION=(connection_name='c')`` on servers that
+        have it (>= 1.2.867); older ones get ``CREATE OR REPLACE STAGE`` restating URL,
+        FILE_FORMAT and COMMENT — only when the file format restates exactly (see
+        ``_restated_format``), else a refusal naming the stage and nothing changed."""
+        if not stage.url:
+            raise FatalError(f"stage {stage.name} shows no URL to restate")
+        target = f"CONNECTION=(connection_name={quote_string(connection_name(connection))})"
+        if self.alter_stage_supported():
+            self.client.execute(
+                f"ALTER STAGE {stage.name.sql} SET URL={quote_string(stage.url)} {target}"
+            )
+            return
+        row = self.client.query_one(
+            "SELECT file_format_options, comment FROM system.stages"
+            f" WHERE name = {quote_string(stage.name.name)}"
+        )
+        if row is None:
+            raise FatalError(f"stage {stage.name} no longer exists")
+        file_format = self._restated_format(stage.name, str(row[0] or "null"))
+        comment = f" COMMENT={quote_string(str(row[1]))}" if row[1] else ""
+        self.client.execute(
+            f"CREATE OR REPLACE STAGE {stage.name.sql} URL={quote_string(stage.url)} {target}"
+            f"{file_format}{comment}"
+        )
+
+    def alter_stage_supported(self) -> bool:
+        """Does this server have ``ALTER STAGE … SET URL … CONNECTION`` (>= 1.2.867)? A version
+        that cannot be read is taken to be current."""
+        found = re.search(r"v?(\d+)\.(\d+)\.(\d+)", self.server_version())
+        return found is None or tuple(int(g) for g in found.groups()) >= ALTER_STAGE_SINCE
+
+    def _restated_format(self, stage: StageName, options_text: str) -> str:
+        """`` FILE_FORMAT=(TYPE=X)`` when that alone recreates the stage's file format exactly
+        (checked on a throwaway internal stage made the same way), else a FatalError: the options
+        system.stages shows are not FILE_FORMAT syntax, so they are never guessed at."""
+        try:
+            options = json.loads(options_text)
+        except ValueError:
+            options = None
+        if not isinstance(options, dict) or options.get("type") not in _FORMAT_TYPES:
+            raise FatalError(f"stage {stage}: file format {options_text!r} cannot be restated")
+        file_format = f" FILE_FORMAT=(TYPE={_FORMAT_TYPES[str(options['type'])]})"
+        probe = f"rotator_format_{uuid.uuid4().hex[:12]}"
+        self.client.execute(f"CREATE STAGE {probe}{file_format}")
+        try:
+            row = self.client.query_one(
+                f"SELECT file_format_options FROM system.stages WHERE name = {quote_string(probe)}"
+            )
+        finally:
+            self.client.execute(f"DROP STAGE IF EXISTS {probe}")
+        if row is None or json.loads(str(row[0])) != options:
+            raise FatalError(
+                f"stage {stage}: this Databend has no ALTER STAGE … CONNECTION (< 1.2.867) and the "
+                "stage's file format options cannot be restated exactly in CREATE OR REPLACE "
+                "STAGE; switch it by hand"
+            )
+        return file_format
+
+    def list_stage(self, stage: StageName) -> int:
+        """A bounded LIST of the stage (one file at most), with the stage's own credentials."""
+        location = quote_string(f"@{stage.sql}")
+        return len(
+            self.client.query(f"SELECT name FROM list_stage(location => {location}) LIMIT 1")
+        )
+
+    # --- database defaults -----------------------------------------------------------------------
+
+    def list_database_defaults(self) -> list[DatabaseDefault]:
+        names = [
+            str(row[0])
+            for row in self.client.query("SHOW DATABASES")
+            if str(row[0]) not in _SYSTEM_DATABASES
+        ]
+        connections = {c.name: c for c in self.list_connections()}
+        with ThreadPoolExecutor(max_workers=SHOW_CREATE_THREADS) as pool:
+            options = list(pool.map(self._database_options, names))
+        return [
+            self._default(DatabaseName(name), found, connections)
+            for name, found in zip(names, options, strict=True)
+            if found is not None and found.get("DEFAULT_STORAGE_CONNECTION")
+        ]
+
+    def describe_database(self, database: DatabaseName) -> DatabaseDefault | None:
+        found = self._database_options(database.name)
+        if found is None or not found.get("DEFAULT_STORAGE_CONNECTION"):
+            return None
+        connection = found["DEFAULT_STORAGE_CONNECTION"]
+        known = {}
+        row = self._desc_connection(connection)
+        if row is not None:
+            known[connection] = _connection_info(connection, str(row[1]), str(row[-1]))
+        return self._default(database, found, known)
+
+    def _database_options(self, name: str) -> dict[str, str] | None:
+        """The OPTIONS of ``SHOW CREATE DATABASE``; None when the database is gone."""
+        try:
+            row = self.client.query_one(f"SHOW CREATE DATABASE {DatabaseName(name).sql}")
+        except DatabendQueryError as exc:
+            if exc.code == _UNKNOWN_DATABASE or "Unknown database" in exc.message:
+                return None
+            raise
+        if row is None:
+            return None
+        text = str(row[-1])
+        found = {key: _unquote(value) for key, value in _OPTION.findall(text)}
+        if "DEFAULT_STORAGE_CONNECTION" in text and "DEFAULT_STORAGE_CONNECTION" not in found:
+            found["DEFAULT_STORAGE_CONNECTION"] = ""
+            found["unreadable"] = text
+        return found
+
+    @staticmethod
+    def _default(
+        name: DatabaseName, found: dict[str, str], connections: dict[str, ConnectionInfo]
+    ) -> DatabaseDefault:
+        connection = found.get("DEFAULT_STORAGE_CONNECTION", "")
+        path = found.get("DEFAULT_STORAGE_PATH", "")
+        scheme, bucket, root = parse_location(path)
+        info = connections.get(connection)
+        unreadable = None
+        if "unreadable" in found:
+            unreadable = f"SHOW CREATE DATABASE shows {found['unreadable']!r}"
+        elif info is not None:
+            unreadable = info.unreadable
+        shown = info.shown if info is not None else None
+        is_role = info is not None and (info.fingerprint or "").startswith("role:")
+        storage = StorageParam(
+            kind=info.kind if info is not None else scheme,
+            bucket=bucket,
+            root=root,
+            ak=None if is_role else shown,
+            iam_role=shown if is_role else None,
+            unreadable=unreadable,
+        )
+        return DatabaseDefault(name, connection, path, storage, connection_exists=info is not None)
+
+    def switch_database(self, database: DatabaseDefault, connection: str) -> None:
+        options = [f"DEFAULT_STORAGE_CONNECTION = {quote_string(connection_name(connection))}"]
+        if database.path:
+            options.append(f"DEFAULT_STORAGE_PATH = {quote_string(database.path)}")
+        self.client.execute(
+            f"ALTER DATABASE {database.name.sql} SET OPTIONS ({', '.join(options)})"
+        )
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def list_connections(self) -> list[ConnectionInfo]:
+        return [
+            _connection_info(str(name), str(kind), str(params))
+            for name, kind, params in self.client.query("SHOW CONNECTIONS")
+        ]
+
+    def _desc_connection(self, name: str) -> tuple[object, ...] | None:
+        try:
+            return self.client.query_one(f"DESC CONNECTION {connection_name(name)}")
+        except DatabendQueryError as exc:
+            if exc.code == _UNKNOWN_CONNECTION or "does not exist" in exc.message:
+                return None
+            raise
+
+    def drop_connection(self, name: str) -> None:
+        self.client.execute(f"DROP CONNECTION IF EXISTS {connection_name(name)}")
 
 
 def _truthy(value: object) -> bool:

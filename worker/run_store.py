@@ -21,7 +21,7 @@ import redis
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import RunRecord
 from worker.errors import RunNotFound, StateStoreUnavailable
-from worker.sql import TableName
+from worker.sql import ObjectName, TableName, object_name
 
 PREFIX = "rotator:"
 _RECORD_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
@@ -33,25 +33,43 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
-def table_key(table: TableName) -> str:
-    return json.dumps([table.database, table.table], ensure_ascii=False)
+def table_key(name: ObjectName) -> str:
+    """An object's stable key in a run's records: ``["db", "table"]`` for a table (as always), and
+    ``{"stage": "s"}`` / ``{"database": "d"}`` for the other kinds (no table key is an object)."""
+    if isinstance(name, TableName):
+        return json.dumps([name.database, name.table], ensure_ascii=False)
+    return json.dumps({name.kind: name.name}, ensure_ascii=False)
 
 
-def table_from_key(key: str | bytes) -> TableName:
-    database, table = json.loads(key)
+def table_from_key(key: str | bytes) -> ObjectName:
+    value = json.loads(key)
+    if isinstance(value, dict):
+        ((kind, name),) = value.items()
+        return object_name(kind, name)
+    database, table = value
     return TableName(database, table)
 
 
 def outcome_to_json(outcome: TableOutcome) -> str:
+    """A table's outcome keeps the shape it always had (``"table": [db, table]``); a stage's or a
+    database's names its ``kind`` and ``name`` instead."""
     data = dataclasses.asdict(outcome)
-    data["table"] = [outcome.table.database, outcome.table.table]
+    name = outcome.table
+    if isinstance(name, TableName):
+        data["table"] = [name.database, name.table]
+    else:
+        del data["table"]
+        data = {"kind": name.kind, "name": name.name, **data}
     data["status"] = str(outcome.status)
     return json.dumps(data, ensure_ascii=False)
 
 
 def outcome_from_json(text: str | bytes) -> TableOutcome:
     data = json.loads(text)
-    data["table"] = TableName(*data["table"])
+    if "kind" in data:
+        data["table"] = object_name(data.pop("kind"), data.pop("name"))
+    else:
+        data["table"] = TableName(*data["table"])
     data["status"] = TableStatus(data["status"])
     return TableOutcome(**data)
 
@@ -137,14 +155,18 @@ class RedisRunStore:
     def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
         """The newest run of ``kind`` for the secret ARN (and, for a rotation, the version) if
         it has not ended: a crash or a lost worker may have cut it short."""
+        run = self.latest_run(kind, secret, version_id)
+        return None if run is None or RunStatus(run.status).final else run
+
+    def latest_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        """The newest run of ``kind`` for the secret ARN (a rotation: and version), ended or not."""
         run_id = _call(self.redis.get, self._latest_key(kind, secret, version_id))
         if run_id is None:
             return None
         try:
-            run = self.get(run_id.decode())
+            return self.get(run_id.decode())
         except RunNotFound:
             return None
-        return None if RunStatus(run.status).final else run
 
     def get(self, run_id: str) -> RunRecord:
         raw = _call(self.redis.hgetall, self._key(run_id))
@@ -211,15 +233,15 @@ class RedisRunStore:
         )
         return [int(n) for n in result]
 
-    def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
+    def begin_attempt(self, run_id: str, table: ObjectName) -> TableOutcome | None:
         raw = _call(self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(table)])
         return outcome_from_json(raw) if raw else None
 
-    def outcome(self, run_id: str, table: TableName) -> TableOutcome | None:
+    def outcome(self, run_id: str, table: ObjectName) -> TableOutcome | None:
         raw = _call(self.redis.hget, self._key(run_id, ":tables"), table_key(table))
         return outcome_from_json(raw) if raw else None
 
-    def outcomes_for(self, run_id: str, tables: list[TableName]) -> list[TableOutcome]:
+    def outcomes_for(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome]:
         if not tables:
             return []
         raw = _call(self.redis.hmget, self._key(run_id, ":tables"), [table_key(t) for t in tables])
@@ -249,13 +271,13 @@ class RedisRunStore:
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
         self._record_outcome(run_id, outcome, "add")
 
-    def pending(self, run_id: str) -> list[TableName]:
+    def pending(self, run_id: str) -> list[ObjectName]:
         raw = _call(self.redis.smembers, self._key(run_id, ":pending"))
         return sorted(table_from_key(k) for k in raw)
 
     # --- migration waves --------------------------------------------------------------------------
 
-    def set_waves(self, run_id: str, waves: list[list[TableName]]) -> None:
+    def set_waves(self, run_id: str, waves: list[list[ObjectName]]) -> None:
         with self.redis.pipeline() as pipe:
             for index, wave in enumerate(waves):
                 key = self._key(run_id, f":wave:{index}")
@@ -266,7 +288,7 @@ class RedisRunStore:
             pipe.set(self._key(run_id, ":waves"), len(waves), ex=self.ttl)
             _execute(pipe)
 
-    def wave(self, run_id: str, index: int) -> list[TableName]:
+    def wave(self, run_id: str, index: int) -> list[ObjectName]:
         raw = _call(self.redis.lrange, self._key(run_id, f":wave:{index}"), 0, -1)
         return [table_from_key(k) for k in raw]
 
@@ -276,7 +298,7 @@ class RedisRunStore:
     def wave_count(self, run_id: str) -> int:
         return int(_call(self.redis.get, self._key(run_id, ":waves")) or 0)
 
-    def wave_finished(self, run_id: str, index: int, table: TableName, epoch: int) -> int:
+    def wave_finished(self, run_id: str, index: int, table: ObjectName, epoch: int) -> int:
         key = self._key(run_id, f":wave:{index}:done:{epoch}")
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(key, table_key(table))

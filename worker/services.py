@@ -57,6 +57,7 @@ class Services:
             locks=self.locks,
             fences=self.fences,
             bound_secrets=tuple(b.secret for b in self.bindings),
+            bindings=tuple(self.bindings),
         )
 
     @property

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # the reaper (worker --beat): a run with no progress for this long is re-enqueued or flagged
     stuck_after: float = Field(default=900.0, alias="ROTATOR_STUCK_AFTER", gt=0)
     reap_interval: float = Field(default=60.0, alias="ROTATOR_REAP_INTERVAL", gt=0)
+    # worker --beat reconciles every binding this often (0: never); "report" logs the drift,
+    # "commit" also queues the runs that fix it
+    reconcile_interval: float = Field(default=600.0, alias="ROTATOR_RECONCILE_INTERVAL", ge=0)
+    reconcile: Literal["report", "commit"] = Field(default="report", alias="ROTATOR_RECONCILE")
     # test-only failure points (comma-separated names), see worker/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 MAX_IDENTIFIER_LENGTH = 255
 
@@ -68,16 +69,50 @@ def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-@dataclass(frozen=True, order=True)
-class TableName:
+class _ObjectOrder:
+    """Objects of every kind sort together: tables first (by database, table), then stages, then
+    databases, each by name. Run records and plans hold them side by side."""
+
+    __slots__ = ()
+
+    def sort_key(self) -> tuple[int, str, str]:
+        raise NotImplementedError
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, _ObjectOrder):
+            return NotImplemented
+        return self.sort_key() < other.sort_key()
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, _ObjectOrder):
+            return NotImplemented
+        return self.sort_key() <= other.sort_key()
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, _ObjectOrder):
+            return NotImplemented
+        return self.sort_key() > other.sort_key()
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, _ObjectOrder):
+            return NotImplemented
+        return self.sort_key() >= other.sort_key()
+
+
+@dataclass(frozen=True)
+class TableName(_ObjectOrder):
     """A fully qualified table name, held unquoted."""
 
     database: str
     table: str
+    kind: ClassVar[str] = "table"
 
     def __post_init__(self) -> None:
         check_name(self.database, "database name")
         check_name(self.table, "table name")
+
+    def sort_key(self) -> tuple[int, str, str]:
+        return (0, self.database, self.table)
 
     @property
     def sql(self) -> str:
@@ -86,6 +121,75 @@ class TableName:
 
     def __str__(self) -> str:
         return f"{display_identifier(self.database)}.{display_identifier(self.table)}"
+
+
+@dataclass(frozen=True)
+class StageName(_ObjectOrder):
+    """A stage. Databend's grammar takes a stage's name as a plain identifier only (``CREATE STAGE
+    `my stage``` and ``LIST @`my stage``` are syntax errors), so the name is never quoted; a name
+    that is not plain cannot appear in a statement and is refused by ``sql``."""
+
+    name: str
+    kind: ClassVar[str] = "stage"
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "stage name")
+
+    def sort_key(self) -> tuple[int, str, str]:
+        return (1, self.name, "")
+
+    @property
+    def sql(self) -> str:
+        if not _PLAIN_IDENTIFIER.match(self.name):
+            raise UnsafeNameError(f"stage name {self.name!r} is not a plain identifier")
+        return self.name
+
+    def __str__(self) -> str:
+        return display_identifier(self.name)
+
+
+@dataclass(frozen=True)
+class DatabaseName(_ObjectOrder):
+    """A database, as the holder of a default storage connection."""
+
+    name: str
+    kind: ClassVar[str] = "database"
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "database name")
+
+    def sort_key(self) -> tuple[int, str, str]:
+        return (2, self.name, "")
+
+    @property
+    def sql(self) -> str:
+        return quote_identifier(self.name)
+
+    def __str__(self) -> str:
+        return display_identifier(self.name)
+
+
+ObjectName = TableName | StageName | DatabaseName
+OBJECT_KINDS = ("table", "stage", "database")
+
+
+def object_name(kind: str, name: str) -> ObjectName:
+    """A stage or database by kind and bare name; a table from its ``db.table`` text."""
+    if kind == "stage":
+        return StageName(name)
+    if kind == "database":
+        return DatabaseName(name)
+    if kind == "table":
+        parts = split_qualified_name(name)
+        if len(parts) != 2:
+            raise ValueError(f"table {name!r} must be database.table")
+        return TableName(parts[0], parts[1])
+    raise ValueError(f"unknown object kind {kind!r} (known: {', '.join(OBJECT_KINDS)})")
+
+
+def object_label(name: ObjectName) -> str:
+    """``db.table`` for a table; ``stage s`` / ``database d`` for the others (for messages)."""
+    return str(name) if isinstance(name, TableName) else f"{name.kind} {name}"
 
 
 def display_identifier(name: str) -> str:

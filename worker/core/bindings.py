@@ -5,6 +5,8 @@
     secret = "databend/lake-main"      # secret name or ARN
     connection_prefix = "lake_main"    # new connections are named <prefix>_<short version id>
     tables = ["sales.orders", "sales.`order items`", "`Ops Data`.*"]   # db.table, globs allowed
+    stages = ["landing", "raw_*"]      # external stages (names, globs allowed)
+    databases = ["lakehouse"]          # databases whose DEFAULT_STORAGE_CONNECTION is switched
     discover = true                    # default true
     buckets = ["lake"]                 # optional: buckets discovery may match (see plan.py)
     iam_user = "svc-lake"              # optional: the IAM user owning the key (issue 5)
@@ -22,11 +24,30 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import ConfigError
-from worker.sql import TableName, UnsafeNameError, connection_name, split_qualified_name_parts
+from worker.sql import (
+    DatabaseName,
+    ObjectName,
+    StageName,
+    TableName,
+    UnsafeNameError,
+    connection_name,
+    split_qualified_name_parts,
+)
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_KNOWN_KEYS = {"name", "secret", "connection_prefix", "tables", "discover", "buckets", "iam_user"}
+_KNOWN_KEYS = {
+    "name",
+    "secret",
+    "connection_prefix",
+    "tables",
+    "stages",
+    "databases",
+    "discover",
+    "buckets",
+    "iam_user",
+}
 MAX_PREFIX_LENGTH = 200
+_OWN_SUFFIX = re.compile(r"[0-9a-z]{8}")  # short_version_id of a Secrets Manager version id
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,37 @@ class Selector:
         return TableName(self.database, self.table)
 
 
+@dataclass(frozen=True)
+class NameSelector:
+    """A stage or database name with Databend quoting; globs allowed unquoted."""
+
+    text: str
+    kind: str  # "stage" | "database"
+    name: str
+    is_glob: bool
+
+    @classmethod
+    def parse(cls, text: str, kind: str) -> NameSelector:
+        parts = split_qualified_name_parts(text)
+        if len(parts) != 1:
+            raise ValueError(f"{kind} selector {text!r} must be a single name")
+        ((name, quoted),) = parts
+        return cls(text, kind, name, not quoted and bool(_GLOB_CHARS.search(name)))
+
+    @property
+    def is_exact(self) -> bool:
+        return not self.is_glob
+
+    def matches(self, name: ObjectName) -> bool:
+        if name.kind != self.kind or isinstance(name, TableName):
+            return False
+        return _part_matches(name.name, self.name, self.is_glob)
+
+    @property
+    def exact(self) -> ObjectName:
+        return StageName(self.name) if self.kind == "stage" else DatabaseName(self.name)
+
+
 def _part_matches(value: str, pattern: str, is_glob: bool) -> bool:
     return fnmatch.fnmatchcase(value, pattern) if is_glob else value == pattern
 
@@ -80,6 +132,39 @@ class Binding:
     discover: bool = True
     buckets: tuple[str, ...] = ()
     iam_user: str | None = None
+    stage_selectors: tuple[NameSelector, ...] = ()
+    database_selectors: tuple[NameSelector, ...] = ()
+
+    def selector_for(self, name: ObjectName) -> Selector | NameSelector | None:
+        """The first selector of this binding naming the object, if any."""
+        if isinstance(name, TableName):
+            return next((s for s in self.selectors if s.matches(name)), None)
+        chosen = self.stage_selectors if name.kind == "stage" else self.database_selectors
+        return next((s for s in chosen if s.matches(name)), None)
+
+    def exact_names(self) -> list[tuple[str, ObjectName]]:
+        """(selector text, object) for every selector naming one object exactly."""
+        named: list[tuple[str, ObjectName]] = [
+            (s.text, s.exact_table) for s in self.selectors if s.is_exact
+        ]
+        for selector in (*self.stage_selectors, *self.database_selectors):
+            if selector.is_exact:
+                named.append((selector.text, selector.exact))
+        return named
+
+    def owns_connection(self, name: str) -> bool:
+        """Is ``name`` one the rotator makes for this binding (``<prefix>_<8 of [0-9a-z]>``)?"""
+        head, sep, tail = name.rpartition("_")
+        own = _OWN_SUFFIX.fullmatch(tail) is not None
+        return bool(sep) and head == self.connection_prefix and own
+
+    @property
+    def lists_stages(self) -> bool:
+        return self.discover or bool(self.stage_selectors)
+
+    @property
+    def lists_databases(self) -> bool:
+        return self.discover or bool(self.database_selectors)
 
     def databases_to_scan(self) -> frozenset[str] | None:
         """Databases whose tables this binding can affect; None when that may be any of them."""
@@ -180,6 +265,7 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
             selectors.append(Selector.parse(selector_text))
         except ValueError as exc:
             raise fail(f"bad table selector: {exc}", selector_text) from None
+    named = {kind: _name_selectors(entry, kind, fail) for kind in ("stages", "databases")}
     discover = entry.get("discover", True)
     if not isinstance(discover, bool):
         raise fail("'discover' must be true or false", "discover")
@@ -189,8 +275,8 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
     iam_user = entry.get("iam_user")
     if iam_user is not None and (not isinstance(iam_user, str) or not iam_user):
         raise fail("'iam_user' must be a non-empty string", "iam_user")
-    if not selectors and not discover:
-        raise fail("a binding needs 'tables' or discover = true", "discover")
+    if not selectors and not discover and not any(named.values()):
+        raise fail("a binding needs 'tables', 'stages', 'databases' or discover = true", "discover")
     return Binding(
         name=entry["name"],
         secret=entry["secret"],
@@ -199,7 +285,22 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
         discover=discover,
         buckets=tuple(buckets),
         iam_user=iam_user,
+        stage_selectors=named["stages"],
+        database_selectors=named["databases"],
     )
+
+
+def _name_selectors(entry: dict[str, Any], key: str, fail: Any) -> tuple[NameSelector, ...]:
+    texts = entry.get(key, [])
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise fail(f"{key!r} must be a list of strings", key)
+    selectors = []
+    for text in texts:
+        try:
+            selectors.append(NameSelector.parse(text, key.removesuffix("s")))
+        except ValueError as exc:
+            raise fail(f"bad {key.removesuffix('s')} selector: {exc}", text) from None
+    return tuple(selectors)
 
 
 def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = None) -> int:

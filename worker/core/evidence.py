@@ -2,8 +2,11 @@
 
 A key may be deactivated or deleted (and a spare or orphan key removed) only when
 
-- every external table's storage_param was read and parsed (an unreadable row blocks),
-- no table shows a value that may be this key (masking.compare is not NO for any), and
+- every object of every kind was listed and parsed: each external table's storage_param, each
+  external stage's storage_params, each database default and the connection it names (an
+  unreadable one blocks; a listing that fails blocks, as its error),
+- no object shows a value that may be this key (masking.compare is not NO for any; a database
+  default shows what its connection holds), and
 - no AWSCURRENT or AWSPENDING version of any bound secret holds it (a secret that cannot be read
   blocks).
 
@@ -17,9 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from worker.core import masking
-from worker.core.model import ExternalTable
+from worker.core import objects as objects_
+from worker.core.model import DatabaseDefault, StoredObject
 from worker.core.ports import DatabendAdmin, SecretStore
 from worker.errors import KeyInUse, RotatorError, UnknownSecretError, UnreadableEvidence
+from worker.sql import object_label
 
 LIVE_STAGES = ("AWSCURRENT", "AWSPENDING")
 _KEY_FIELDS = ("access_key_id", "AccessKeyId", "aws_access_key_id")
@@ -27,10 +32,11 @@ _KEY_FIELDS = ("access_key_id", "AccessKeyId", "aws_access_key_id")
 
 @dataclass(frozen=True)
 class Usage:
-    """What Databend shows of one key: the tables that may hold it, and rows it could not read."""
+    """What Databend shows of one key: the objects (of every kind) that may hold it, and those
+    it could not read."""
 
-    users: list[ExternalTable]
-    unreadable: list[ExternalTable]
+    users: list[StoredObject]
+    unreadable: list[StoredObject]
 
     @property
     def clear(self) -> bool:
@@ -40,12 +46,25 @@ class Usage:
 def key_usage(admin: DatabendAdmin, key_id: str) -> Usage:
     holding = masking.held("ak", key_id)
     users, unreadable = [], []
-    for table in admin.list_external_tables():
-        if table.storage.unreadable is not None:
-            unreadable.append(table)
-        elif masking.may_hold(table.storage.fingerprint, holding):
-            users.append(table)
+    for obj in objects_.list_all(admin):
+        if obj.storage.unreadable is not None:
+            unreadable.append(obj)
+        elif masking.may_hold(obj.storage.fingerprint, holding):
+            users.append(obj)
     return Usage(users, unreadable)
+
+
+def describe_users(objects: list[StoredObject], limit: int = 5) -> str:
+    """``db.t, stage s, database d (names c1)`` for a refusal."""
+    return ", ".join(_described(o) for o in objects[:limit]) + (
+        f", and {len(objects) - limit} more" if len(objects) > limit else ""
+    )
+
+
+def _described(obj: StoredObject) -> str:
+    if isinstance(obj, DatabaseDefault):
+        return f"{object_label(obj.name)} (its default connection {obj.connection})"
+    return object_label(obj.name)
 
 
 def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str) -> list[str]:
@@ -57,10 +76,7 @@ def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str
             info = secrets.describe(secret_id)
             for version in info.versions.values():  # every carrier: a label may sit on two
                 live = [stage for stage in LIVE_STAGES if stage in version.stages]
-                if (
-                    live
-                    and _key_id_of(secrets.read_version(info.arn, version.version_id)) == key_id
-                ):
+                if live and key_id_of(secrets.read_version(info.arn, version.version_id)) == key_id:
                     holders.append(f"{info.name} ({'/'.join(live)})")
         except UnknownSecretError:
             continue  # a bound secret that does not exist holds no key
@@ -69,7 +85,7 @@ def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str
     return holders
 
 
-def _key_id_of(raw: str | None) -> str | None:
+def key_id_of(raw: str | None) -> str | None:
     try:
         value = json.loads(raw or "{}")
     except ValueError:
@@ -94,15 +110,17 @@ def refuse_if_used(
     shown = masking.show_key(key_id)
     usage = key_usage(admin, key_id)
     if usage.unreadable:
-        names = ", ".join(f"{t.name} ({t.storage.unreadable})" for t in usage.unreadable[:5])
+        names = ", ".join(
+            f"{object_label(t.name)} ({t.storage.unreadable})" for t in usage.unreadable[:5]
+        )
         raise UnreadableEvidence(
-            f"not going to {action} {shown}: {len(usage.unreadable)} table(s) show credentials "
+            f"not going to {action} {shown}: {len(usage.unreadable)} object(s) show credentials "
             f"that cannot be read, so non-use cannot be proven: {names}"
         )
     if usage.users:
-        names = ", ".join(str(t.name) for t in usage.users[:5])
         raise KeyInUse(
-            f"not going to {action} {shown}: {len(usage.users)} table(s) may still use it: {names}"
+            f"not going to {action} {shown}: {len(usage.users)} object(s) may still use it: "
+            f"{describe_users(usage.users)}"
         )
     holders = secrets_holding(secrets, secret_ids, key_id)
     if holders:

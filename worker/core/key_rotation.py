@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 
-from worker.core import masking
+from worker.core import gc, masking
+from worker.core import objects as objects_
 from worker.core.bindings import Binding
 from worker.core.evidence import key_usage, refuse_if_used
 from worker.core.fencing import admitted, require_drained, take_fence, wait_until_idle
 from worker.core.model import (
     AccessKeyCredentials,
-    ExternalTable,
     PlannedTable,
     RunStatus,
+    StoredObject,
 )
 from worker.core.ports import (
     AccessKey,
@@ -52,9 +53,9 @@ from worker.core.rotation import (
     connection_name_for,
     ensure_connection,
     plan_rotation,
-    rotate_table,
+    rotate_object,
 )
-from worker.core.runs import reopen_failed_tables
+from worker.core.runs import list_binding_objects, reopen_failed_tables
 from worker.core.secret_value import parse_secret_value
 from worker.errors import (
     BrownOut,
@@ -66,6 +67,7 @@ from worker.errors import (
     UnknownSecretError,
     UnreadableEvidence,
 )
+from worker.sql import object_label
 
 
 class Phase(StrEnum):
@@ -110,6 +112,8 @@ class KeyRotationContext:
     # every secret a binding names: a key one of them holds as AWSCURRENT/AWSPENDING is live
     bound_secrets: tuple[str, ...] = ()
     fences: Fences | None = None
+    # every binding: after deleting a key, the connections it made holding that key are dropped
+    bindings: tuple[Binding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,9 @@ class KeyRotationPlan:
     keys: list[AccessKey]
     key_to_remove: str | None
     refusal: str | None
-    tables: list[ExternalTable]  # every table that may use the current key
+    tables: list[StoredObject]  # every object (of any kind) that may use the current key
     planned: list[PlannedTable] = field(default_factory=list)  # what the binding will switch
-    unreadable: list[ExternalTable] = field(default_factory=list)
+    unreadable: list[StoredObject] = field(default_factory=list)
     allow_empty: bool = False
 
 
@@ -158,7 +162,8 @@ def plan_key_rotation(
     bound_secrets: tuple[str, ...] = (),
 ) -> KeyRotationPlan:
     """What ``rotate --commit`` would do, or why it must not: a spare key that may still be used
-    (or cannot be shown unused), or a binding that selects no table (unless ``allow_empty``)."""
+    (or cannot be shown unused), a binding that selects an object Databend cannot switch, or one
+    that selects no object of any kind (unless ``allow_empty``)."""
     version, credentials, _ = current_credentials(secrets, info)
     user = binding.iam_user or iam.owner_of(credentials.access_key_id)
     keys = sorted(iam.list_keys(user), key=lambda k: k.created_at)
@@ -177,23 +182,26 @@ def plan_key_rotation(
                 f"the secret does not hold: {exc}. Switch those first; nothing was changed."
             )
     usage = key_usage(admin, credentials.access_key_id)
-    switchable = [
-        p
-        for p in plan_rotation(
-            binding,
-            admin.list_external_tables(binding.databases_to_scan()),
-            connection="",
-            target=credentials.fingerprint,
-            old_fingerprints={credentials.fingerprint},
-        ).tables
-        if not p.problem
-    ]
+    plan = plan_rotation(
+        binding,
+        list_binding_objects(admin, binding),
+        connection="",
+        target=credentials.fingerprint,
+        old_fingerprints={credentials.fingerprint},
+    )
+    switchable = [p for p in plan.tables if not p.problem]
+    if refusal is None and plan.refusals:
+        refusal = (
+            f"binding {binding.name} selects {len(plan.refusals)} object(s) on storage Databend "
+            f"cannot switch to other credentials (only s3, gcs and azblob): "
+            f"{'; '.join(plan.refusals[:10])}. Take them out of the binding; nothing was changed."
+        )
     if refusal is None and not switchable and not allow_empty:
         refusal = (
-            f"binding {binding.name} selects no table to switch (its selectors and discovery "
-            "match nothing), so nothing would prove the new key before the old one is retired; "
-            "fix the binding, or pass --allow-empty to rotate a key no table uses. "
-            "Nothing was changed."
+            f"binding {binding.name} selects no object to switch (its selectors and discovery "
+            "match no table, stage or database), so nothing would prove the new key before the "
+            "old one is retired; fix the binding, or pass --allow-empty to rotate a key nothing "
+            "uses. Nothing was changed."
         )
     return KeyRotationPlan(
         secret_arn=info.arn,
@@ -449,7 +457,7 @@ def _await_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
         return Next.WAIT
     if table_run.status != RunStatus.SUCCEEDED:
         failed = [o for o in ctx.runs.outcomes(table_run.run_id) if o.status.failed]
-        names = "; ".join(f"{o.table}: {o.reason}" for o in failed[:10])
+        names = "; ".join(f"{object_label(o.table)}: {o.reason}" for o in failed[:10])
         raise FatalError(
             f"stopped before finishing: {table_run.error or 'the table run failed'}"
             f" ({names}); the old key stays active — fix the cause, then "
@@ -457,7 +465,7 @@ def _await_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
         )
     if not ctx.runs.outcomes(table_run.run_id) and not run.data.get("allow_empty"):
         raise Refused(
-            "the table run switched no table, so nothing proves the new key before the old one "
+            "the table run switched no object, so nothing proves the new key before the old one "
             "would be retired; stopped before moving AWSCURRENT (the old key stays active). "
             f"Fix the binding and `rotator resume {run.run_id}`, or `rotator abort {run.run_id}`"
         )
@@ -466,16 +474,18 @@ def _await_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
 
 
 def _test_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
-    """testSecret: every table reads with the new key, and none still shows the old one."""
+    """testSecret: every object of the rotation (table, stage, database default) works with the
+    new key, and none still shows the old one."""
     new = masking.held("ak", str(run.data["new_key_id"]))
     old = masking.held("ak", str(run.data["old_key_id"]))
     for outcome in ctx.runs.outcomes(str(run.data["table_run"])):
-        current = ctx.retry.call(partial(ctx.admin.describe_table, outcome.table))
+        name = outcome.table
+        current = ctx.retry.call(partial(objects_.describe, ctx.admin, name))
         if current is None or current.storage.unreadable is not None:
-            raise FatalError(f"table {outcome.table} cannot be read back from system.tables")
+            raise FatalError(f"{object_label(name)} cannot be looked at again in Databend")
         if not current.storage.may_hold(new) or current.storage.may_hold(old):
-            raise FatalError(f"table {outcome.table} is not on the new key")
-        ctx.retry.call(partial(ctx.admin.read_back, outcome.table))
+            raise FatalError(f"{object_label(name)} is not on the new key")
+        ctx.retry.call(partial(objects_.validate, ctx.admin, name, current))
     ctx.runs.update(run.run_id, phase=Phase.TESTED)
     return Next.CONTINUE
 
@@ -559,17 +569,36 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     data[done_field] = ctx.clock()
     data.pop("retire_blocked", None)
     ctx.runs.update(run_id, data=data)
+    if action == "delete":
+        _drop_dead_connections(ctx, run_id, user, key)
     return "done"
 
 
+def _drop_dead_connections(ctx: KeyRotationContext, run_id: str, user: str, key: str) -> None:
+    """Garbage collection after the old key is gone: the connections the rotator made that hold
+    it are dropped (see core/gc.py); a failure here is recorded and never undoes the retirement."""
+    data = dict(ctx.runs.get(run_id).data)
+    try:
+        live = [k.key_id for k in ctx.iam.list_keys(user)]
+        live += gc.bound_secret_keys(ctx.secrets, list(ctx.bindings))
+        data["connections_dropped"] = gc.drop_after_key_deletion(ctx.admin, ctx.bindings, key, live)
+        data.pop("gc_error", None)
+    except RotatorError as exc:
+        data["gc_error"] = f"dead connections not dropped: {exc}"
+    ctx.runs.update(run_id, data=data)
+
+
 def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
-    """Read back every table the rotation switched; on any failure reactivate the old key."""
+    """Validate every object the rotation switched (read a table back, list a stage, list a
+    database default's bucket through its connection); on any failure reactivate the old key."""
     failures = []
     for outcome in ctx.runs.outcomes(str(run.data.get("table_run", ""))):
+        name = outcome.table
         try:
-            ctx.retry.call(partial(ctx.admin.read_back, outcome.table))
+            current = ctx.retry.call(partial(objects_.describe, ctx.admin, name))
+            ctx.retry.call(partial(objects_.validate, ctx.admin, name, current))
         except RotatorError as exc:
-            failures.append(f"{outcome.table}: {exc}")
+            failures.append(f"{object_label(name)}: {exc}")
     if not failures:
         return
     user, key = str(run.data["user"]), str(run.data["old_key_id"])
@@ -580,7 +609,7 @@ def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
     data["alert"] = f"brown-out: reactivated {masked(key)}"
     ctx.runs.update(run.run_id, data=data)
     raise BrownOut(
-        f"ALERT: {len(failures)} table(s) could not be read while {masked(key)} was inactive, "
+        f"ALERT: {len(failures)} object(s) could not be used while {masked(key)} was inactive, "
         f"so it was reactivated and not deleted: {'; '.join(failures[:5])}"
     )
 
@@ -688,7 +717,8 @@ def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
 
 
 def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> list[str]:
-    """Tables that may show the new key, back onto the old version's credentials."""
+    """Objects (of every kind) that may show the new key, back onto the old version's
+    credentials."""
     new_key = run.data.get("new_key_id")
     if not new_key:
         return []
@@ -703,30 +733,30 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     new = masking.held("ak", str(new_key))
     usage = key_usage(ctx.admin, str(new_key))
     if usage.unreadable:
-        names = ", ".join(str(t.name) for t in usage.unreadable[:5])
-        raise UnreadableEvidence(f"cannot tell which tables show the new key: {names}")
-    # only the tables this rotation planned: another team's table that happens to look like the
+        names = ", ".join(object_label(t.name) for t in usage.unreadable[:5])
+        raise UnreadableEvidence(f"cannot tell which objects show the new key: {names}")
+    # only the objects this rotation planned: another team's object that happens to look like the
     # new key (1 in 1,024 in the current form) is not ours to move; its deletion refuses instead
     planned = {o.table for o in ctx.runs.outcomes(str(run.data.get("table_run", "")))}
-    candidates = sorted({t.name for t in usage.users} & planned)
+    candidates = sorted({t.name for t in usage.users} & planned, key=object_label)
     if not candidates:
         return []
     back = connection_name_for(binding, old_version)
     ensure_connection(ctx.admin, back, old)
     switched_back = []
     for table in candidates:
-        with _abort_admitted(ctx, run, f"abort:{table}") as verdict:
+        with _abort_admitted(ctx, run, f"abort:{object_label(table)}") as verdict:
             if verdict is not Admission.ADMITTED:
-                break  # taken over while switching back: its tables are not ours to move
-            current = ctx.admin.describe_table(table)
+                break  # taken over while switching back: its objects are not ours to move
+            current = objects_.describe(ctx.admin, table)
             if current is None or not current.storage.may_hold(new):
                 continue
-            result = rotate_table(
+            result = rotate_object(
                 ctx.admin, table, connection=back, target=old.fingerprint, retry=ctx.retry
             )
         if result.status.failed:
-            raise FatalError(f"could not switch {table} back: {result.reason}")
-        switched_back.append(str(table))
+            raise FatalError(f"could not switch {object_label(table)} back: {result.reason}")
+        switched_back.append(object_label(table))
     return switched_back
 
 

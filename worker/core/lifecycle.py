@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from worker.core import key_rotation
+from worker.core import objects as objects_
 from worker.core.bindings import Binding, find_binding
 from worker.core.fencing import wait_until_idle
 from worker.core.key_rotation import KeyRotationContext, Phase
 from worker.core.migration import rollback_targets
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import DatabendAdmin, Fences, RunStore
-from worker.core.rotation import RetryPolicy, rotate_table
+from worker.core.rotation import RetryPolicy, rotate_object
 from worker.core.runs import reopen_failed_tables
 from worker.errors import FatalError, RotatorError
-from worker.sql import TableName
+from worker.sql import ObjectName, TableName, object_label
 
 PAUSE_WAIT_SECONDS = 120.0
 
@@ -83,7 +84,7 @@ def _resume_migration(runs: RunStore, run_id: str) -> Resumed:
                 run_id,
                 TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
             )
-            reopened.append(str(outcome.table))
+            reopened.append(object_label(outcome.table))
     data = dict(run.data)
     data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
     runs.update(run_id, status=RunStatus.SWITCHING, error=None, data=data)
@@ -144,10 +145,10 @@ def abort(ctx: KeyRotationContext, run_id: str, bindings: list[Binding]) -> list
 
 @dataclass
 class RolledBack:
-    moved: list[TableName] = field(default_factory=list)
-    failed: list[tuple[TableName, str]] = field(default_factory=list)
-    unknown: list[TableName] = field(default_factory=list)  # no connection for the old credentials
-    unreachable: list[tuple[TableName, str]] = field(default_factory=list)  # probe failed
+    moved: list[ObjectName] = field(default_factory=list)
+    failed: list[tuple[ObjectName, str]] = field(default_factory=list)
+    unknown: list[ObjectName] = field(default_factory=list)  # no connection for the old credentials
+    unreachable: list[tuple[ObjectName, str]] = field(default_factory=list)  # probe failed
 
     @property
     def complete(self) -> bool:
@@ -166,11 +167,11 @@ def rollback(
     retry: RetryPolicy | None = None,
     per_table: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> RolledBack:
-    """Move the tables a migration switched back to their previous connection.
+    """Move the objects a migration switched back to their previous connection.
 
-    The run is paused first and tables in flight are waited for; each previous connection must
-    list the buckets of its tables (a probe) before any table is moved onto it; every table moved
-    is read back."""
+    The run is paused first and objects in flight are waited for; each previous connection must
+    list the buckets of its objects (a probe) before any object is moved onto it; every object
+    moved is validated (a table read back, a stage listed, a database's bucket listed)."""
     run = runs.get(run_id)
     if run.kind != "migration":
         raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
@@ -184,12 +185,12 @@ def rollback(
     reachable = _probe_previous(admin, back, result)
     targets = [item for item in back if item[1] in reachable]
 
-    def undo(item: tuple[TableName, str, str]) -> tuple[TableName, str, TableOutcome]:
+    def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome]:
         table, connection, fingerprint = item
         return (
             table,
             connection,
-            rotate_table(admin, table, connection=connection, target=fingerprint, retry=retry),
+            rotate_object(admin, table, connection=connection, target=fingerprint, retry=retry),
         )
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -217,10 +218,12 @@ def rollback(
 
 
 def _probe_previous(
-    admin: DatabendAdmin, back: list[tuple[TableName, str, str]], result: RolledBack
+    admin: DatabendAdmin, back: list[tuple[ObjectName, str, str]], result: RolledBack
 ) -> set[str]:
-    """The previous connections that can list every bucket of the tables going back to them."""
-    buckets = {t.name: t.storage.bucket for t in admin.list_external_tables()}
+    """The previous connections that can list every bucket of the objects going back to them."""
+    every_kind = any(not isinstance(name, TableName) for name, _, _ in back)
+    listed = objects_.list_all(admin) if every_kind else list(admin.list_external_tables())
+    buckets: dict[ObjectName, str | None] = {t.name: t.storage.bucket for t in listed}
     by_connection: dict[str, set[str]] = {}
     for table, connection, _ in back:
         bucket = buckets.get(table)

@@ -1,9 +1,10 @@
-"""Bulk migrations: move many tables to one target connection in waves, a canary wave first.
+"""Bulk migrations: move many objects to one target connection in waves, a canary wave first.
 
-A migration is a run of kind ``migration``: its tables are planned up front (every one pending,
-with the wave it belongs to), waves are released one at a time, and a wave whose error rate passes
-the threshold halts the run. Finished tables are never switched again: a resumed run skips them,
-and a table found already on the target is only read back.
+A migration is a run of kind ``migration``: its objects (tables, and with ``--from`` or
+``--binding`` also stages and database defaults) are planned up front (every one pending, with the
+wave it belongs to), waves are released one at a time, and a wave whose error rate passes the
+threshold halts the run. Finished objects are never switched again: a resumed run skips them, and
+one found already on the target is only validated.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from worker.core.bindings import Selector
-from worker.core.model import ExternalTable, RunStatus, TableOutcome, TableStatus
+from worker.core import objects as objects_
+from worker.core.bindings import NameSelector, Selector
+from worker.core.model import (
+    DatabaseDefault,
+    RunStatus,
+    StoredObject,
+    TableOutcome,
+    TableStatus,
+)
 from worker.core.ports import DatabendAdmin, RunRecord, RunStore
 from worker.errors import FatalError
-from worker.sql import TableName
+from worker.sql import ObjectName, TableName, object_label
 
 
 class MigrationRefused(FatalError):
@@ -44,30 +52,44 @@ class MigrationOptions:
 class MigrationPlan:
     target: str  # connection name
     target_fingerprint: str
-    tables: list[ExternalTable]
-    waves: list[list[TableName]]
+    tables: list[StoredObject]  # every object to move, whatever its kind
+    waves: list[list[ObjectName]]
     previous_connections: dict[str, str]  # fingerprint -> a connection with those credentials
+    refusals: tuple[str, ...] = ()  # chosen objects on storage Databend cannot switch
 
 
 def select_tables(
-    tables: list[ExternalTable],
+    tables: list[StoredObject],
     *,
     from_fingerprint: str | None = None,
-    selectors: tuple[Selector, ...] = (),
-) -> list[ExternalTable]:
+    from_connection: str | None = None,
+    selectors: tuple[Selector | NameSelector, ...] = (),
+) -> list[StoredObject]:
+    """The objects shown on the ``--from`` connection's credentials (a database default: also one
+    naming that connection), or named by ``selectors`` (each matches its own kind)."""
     chosen = []
-    for table in tables:
-        if from_fingerprint is not None and table.storage.fingerprint != from_fingerprint:
+    for obj in tables:
+        if from_fingerprint is not None:
+            names_it = isinstance(obj, DatabaseDefault) and obj.connection == from_connection
+            if obj.storage.fingerprint != from_fingerprint and not names_it:
+                continue
+        if selectors and not any(_matches(s, obj.name) for s in selectors):
             continue
-        if selectors and not any(s.matches(table.name) for s in selectors):
-            continue
-        chosen.append(table)
+        chosen.append(obj)
     return sorted(chosen, key=lambda t: t.name)
 
 
-def assign_waves(tables: list[TableName], *, canary: int, wave_size: int) -> list[list[TableName]]:
-    """The canary wave (``canary`` tables) first, then waves of ``wave_size``."""
-    waves: list[list[TableName]] = []
+def _matches(selector: Selector | NameSelector, name: ObjectName) -> bool:
+    if isinstance(selector, Selector):
+        return isinstance(name, TableName) and selector.matches(name)
+    return selector.matches(name)
+
+
+def assign_waves(
+    tables: list[ObjectName], *, canary: int, wave_size: int
+) -> list[list[ObjectName]]:
+    """The canary wave (``canary`` objects) first, then waves of ``wave_size``."""
+    waves: list[list[ObjectName]] = []
     rest = list(tables)
     if canary:
         waves.append(rest[:canary])
@@ -81,11 +103,13 @@ def plan_migration(
     *,
     target: str,
     from_connection: str | None,
-    selectors: tuple[Selector, ...],
+    selectors: tuple[Selector | NameSelector, ...],
     options: MigrationOptions,
     connection_fingerprints: dict[str, str],
 ) -> MigrationPlan:
-    """``connection_fingerprints``: every connection's name -> what it looks like to Databend."""
+    """``connection_fingerprints``: every connection's name -> what it looks like to Databend.
+    ``--tables`` selectors choose tables only; ``--from`` and a binding's selectors choose every
+    kind. Objects on storage Databend cannot switch are listed in ``refusals``."""
     target_fp = connection_fingerprints.get(target)
     if target_fp is None:
         raise MigrationRefused(f"target connection {target} does not exist")
@@ -94,8 +118,12 @@ def plan_migration(
         from_fp = connection_fingerprints.get(from_connection)
         if from_fp is None:
             raise MigrationRefused(f"connection {from_connection} does not exist")
+    every_kind = from_connection is not None or any(isinstance(s, NameSelector) for s in selectors)
+    listed: list[StoredObject] = (
+        objects_.list_all(admin) if every_kind else list(admin.list_external_tables())
+    )
     tables = select_tables(
-        admin.list_external_tables(), from_fingerprint=from_fp, selectors=selectors
+        listed, from_fingerprint=from_fp, from_connection=from_connection, selectors=selectors
     )
     previous: dict[str, str] = {}
     for name, fp in sorted(connection_fingerprints.items()):
@@ -111,15 +139,24 @@ def plan_migration(
         tables=tables,
         waves=waves,
         previous_connections=previous,
+        refusals=tuple(
+            f"{object_label(t.name)} ({t.storage.kind})" for t in tables if not t.storage.switchable
+        ),
     )
 
 
 def new_migration(
     runs: RunStore, plan: MigrationPlan, options: MigrationOptions, description: str
 ) -> str:
-    """Record the run and its plan: every table pending, before anything is switched."""
+    """Record the run and its plan: every object pending, before anything is switched."""
     if not plan.tables:
-        raise MigrationRefused("no table matches: nothing to migrate")
+        raise MigrationRefused("no object matches: nothing to migrate")
+    if plan.refusals:
+        raise MigrationRefused(
+            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
+            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
+            "nothing was changed"
+        )
     run_id = uuid.uuid4().hex
     wave_of = {t: i for i, wave in enumerate(plan.waves) for t in wave}
     runs.create(
@@ -186,7 +223,7 @@ def judge_wave(outcomes: list[TableOutcome], max_error_rate: float) -> WaveVerdi
 
 
 def estimate(done: int, total: int, started_at: float, now: float) -> tuple[float, float | None]:
-    """(tables per second so far, seconds left) from the tables finished out of ``total``."""
+    """(objects per second so far, seconds left) from those finished out of ``total``."""
     elapsed = max(now - started_at, 1e-6)
     rate = done / elapsed if done else 0.0
     left = total - done
@@ -195,10 +232,11 @@ def estimate(done: int, total: int, started_at: float, now: float) -> tuple[floa
 
 def rollback_targets(
     outcomes: list[TableOutcome], previous_connections: dict[str, str]
-) -> tuple[list[tuple[TableName, str, str]], list[TableName]]:
-    """Tables this migration switched, with the connection to go back to (and its fingerprint);
+) -> tuple[list[tuple[ObjectName, str, str]], list[ObjectName]]:
+    """Objects this migration switched, with the connection to go back to (and its fingerprint);
     and those with no known connection for their previous credentials."""
-    back, unknown = [], []
+    back: list[tuple[ObjectName, str, str]] = []
+    unknown: list[ObjectName] = []
     for o in outcomes:
         if o.status is not TableStatus.VALIDATED or not o.previous:
             continue

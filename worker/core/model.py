@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from worker.core import masking
-from worker.sql import TableName
+from worker.sql import DatabaseName, ObjectName, StageName, TableName
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,24 @@ class StorageParam:
             return True
         return masking.may_hold(self.fingerprint, credentials_fingerprint)
 
+    @property
+    def location(self) -> str | None:
+        """``s3://bucket/root/`` (None when the bucket is not shown)."""
+        if not self.bucket:
+            return None
+        root = "/" + (self.root or "").strip("/")
+        return f"{self.kind}://{self.bucket}{root.rstrip('/')}/"
+
+    @property
+    def switchable(self) -> bool:
+        """Can Databend move this object to other credentials? ``StorageParams::apply_update``
+        updates s3, gcs and azblob only; every other kind fails with "Cannot apply update"."""
+        return self.kind in SWITCHABLE_KINDS
+
+
+# The storage kinds whose credentials Databend can replace (ALTER … CONNECTION and the like).
+SWITCHABLE_KINDS = frozenset({"s3", "gcs", "azblob"})
+
 
 _PARAM_ITEM = re.compile(r"(\w+)=([^,]*)")
 
@@ -113,10 +133,97 @@ def parse_storage_param(text: str) -> StorageParam:
     return param
 
 
+_STAGE_KINDS = {"s3": "s3", "gcs": "gcs", "azblob": "azblob", "azure": "azblob"}
+
+
+def parse_stage_params(storage_type: str | None, text: str | None) -> StorageParam:
+    """``system.stages.storage_params`` (a JSON object: ``access_key_id`` masked, ``bucket``,
+    ``root``, ``endpoint_url``, ``role_arn`` in clear) -> StorageParam. Never drops a stage: text it
+    cannot read comes back with ``unreadable`` set."""
+    kind = (storage_type or "").strip().lower()
+    try:
+        params = json.loads(text or "")
+    except ValueError:
+        return StorageParam(kind=kind or "?", unreadable=f"storage_params {text!r}")
+    if not isinstance(params, dict):
+        return StorageParam(kind=kind or "?", unreadable=f"storage_params {text!r}")
+    kind = kind or str(params.get("type", "")).lower() or "?"
+    bucket = params.get("bucket") or params.get("container")
+    ak = params.get("access_key_id") or params.get("account_name")
+    role = params.get("role_arn")
+    param = StorageParam(
+        kind=_STAGE_KINDS.get(kind, kind),
+        bucket=str(bucket) if bucket else None,
+        root=str(params.get("root") or "") or None,
+        endpoint=str(params.get("endpoint_url") or "") or None,
+        ak=str(ak) if ak and kind != "azblob" else None,
+        iam_role=str(role) if role else None,
+    )
+    for value in (param.ak, param.iam_role):
+        if value is not None and not masking.readable(masking.observed("ak", value)):
+            return dataclasses.replace(param, unreadable=f"{kind} credentials shown as {value!r}")
+    return param
+
+
+def parse_location(url: str) -> tuple[str, str | None, str | None]:
+    """``s3://bucket/path/`` -> (kind, bucket, root)."""
+    parts = urlsplit(url.strip())
+    return parts.scheme.lower(), parts.netloc or None, parts.path or "/"
+
+
 @dataclass(frozen=True)
 class ExternalTable:
     name: TableName
     storage: StorageParam
+
+    @property
+    def location(self) -> str | None:
+        return self.storage.location
+
+
+@dataclass(frozen=True)
+class ExternalStage:
+    """An external stage: a copy of credentials made when it was created or last altered."""
+
+    name: StageName
+    storage: StorageParam
+    url: str  # as system.stages shows it; restated as is when the stage is switched
+
+    @property
+    def location(self) -> str | None:
+        return self.url or self.storage.location
+
+
+@dataclass(frozen=True)
+class DatabaseDefault:
+    """A database whose ``DEFAULT_STORAGE_CONNECTION`` names a connection: every table created in
+    it without a location copies that connection's credentials. ``storage`` is what the named
+    connection shows (its kind and key), with the bucket and root of ``path``; a connection that no
+    longer exists shows no key."""
+
+    name: DatabaseName
+    connection: str
+    path: str
+    storage: StorageParam
+    connection_exists: bool = True
+
+    @property
+    def location(self) -> str | None:
+        return self.path or None
+
+
+StoredObject = ExternalTable | ExternalStage | DatabaseDefault
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """A connection: a named set of credentials. Objects copy them; a database default names one."""
+
+    name: str
+    kind: str  # storage type: s3, gcs, …
+    fingerprint: str | None  # ak:<as shown> / role:<arn>; None when it shows no credential
+    shown: str | None = None  # the key (or role) as Databend shows it
+    unreadable: str | None = None
 
 
 class TableStatus(StrEnum):
@@ -141,7 +248,10 @@ class TableStatus(StrEnum):
 
 @dataclass
 class TableOutcome:
-    table: TableName
+    """One object's outcome in a run (a table, a stage or a database default: ``table`` holds
+    its name, whatever its kind; the name is kept for the run records already written)."""
+
+    table: ObjectName
     status: TableStatus = TableStatus.PENDING
     rule: str = ""
     reason: str | None = None
@@ -177,7 +287,7 @@ class RunStatus(StrEnum):
 
 @dataclass(frozen=True)
 class PlannedTable:
-    table: TableName
+    table: ObjectName  # a table, a stage or a database default
     rule: str  # which rule selected it: "selector sales.orders" / "discovered ak ******XYZ in b"
     current: str | None  # fingerprint now, None when the table is missing / not external
     problem: str | None = None  # set when the table cannot be switched at all
@@ -188,8 +298,10 @@ class PlannedTable:
 class RotationPlan:
     connection: str
     target: str  # fingerprint of the new credentials
-    tables: tuple[PlannedTable, ...]
+    tables: tuple[PlannedTable, ...]  # every object, whatever its kind
     notes: tuple[str, ...] = ()
+    # objects the binding selects that Databend cannot switch (oss, cos, …): the run is refused
+    refusals: tuple[str, ...] = ()
 
 
 def short_version_id(version_id: str) -> str:

@@ -6,8 +6,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from worker.core.model import Credentials, ExternalTable, TableOutcome
-from worker.sql import TableName
+from worker.core.model import (
+    ConnectionInfo,
+    Credentials,
+    DatabaseDefault,
+    ExternalStage,
+    ExternalTable,
+    TableOutcome,
+)
+from worker.sql import DatabaseName, ObjectName, StageName, TableName
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,47 @@ class DatabendAdmin(Protocol):
         """Read rows from storage (not metadata); returns how many were read."""
         ...
 
+    # --- stages: copies of credentials made at CREATE / ALTER STAGE -----------------------------
+
+    def list_stages(self) -> list[ExternalStage]:
+        """Every external stage (internal stages hold no credentials), readable or not."""
+        ...
+
+    def describe_stage(self, stage: StageName) -> ExternalStage | None:
+        """None when no external stage of that name exists."""
+        ...
+
+    def switch_stage(self, stage: ExternalStage, connection: str) -> None:
+        """Give the stage the connection's credentials, restating its URL (``ALTER STAGE s SET
+        URL='<its url>' CONNECTION=(connection_name=…)``; never touches storage)."""
+        ...
+
+    def list_stage(self, stage: StageName) -> int:
+        """A bounded LIST of the stage with its own credentials; returns the files listed."""
+        ...
+
+    # --- database defaults: a database naming a connection for the tables created in it --------
+
+    def list_database_defaults(self) -> list[DatabaseDefault]:
+        """Every database whose DEFAULT_STORAGE_CONNECTION names a connection."""
+        ...
+
+    def describe_database(self, database: DatabaseName) -> DatabaseDefault | None:
+        """None when the database does not exist or names no default connection."""
+        ...
+
+    def switch_database(self, database: DatabaseDefault, connection: str) -> None:
+        """``ALTER DATABASE d SET OPTIONS (DEFAULT_STORAGE_CONNECTION = …)``, keeping its path."""
+        ...
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def list_connections(self) -> list[ConnectionInfo]: ...
+
+    def drop_connection(self, name: str) -> None:
+        """DROP CONNECTION IF EXISTS."""
+        ...
+
 
 class RunStore(Protocol):
     """Durable record of runs and per-table outcomes (Redis in production)."""
@@ -86,9 +134,9 @@ class RunStore(Protocol):
         """Write every planned table as pending (or failed) before any table is switched."""
         ...
 
-    def outcome(self, run_id: str, table: TableName) -> TableOutcome | None: ...
+    def outcome(self, run_id: str, table: ObjectName) -> TableOutcome | None: ...
 
-    def begin_attempt(self, run_id: str, table: TableName) -> TableOutcome | None:
+    def begin_attempt(self, run_id: str, table: ObjectName) -> TableOutcome | None:
         """The table's outcome; unless finished, with one more attempt recorded (write-ahead)."""
         ...
 
@@ -105,7 +153,7 @@ class RunStore(Protocol):
         """Store a finished table; returns how many tables are still pending (idempotent)."""
         ...
 
-    def pending(self, run_id: str) -> list[TableName]: ...
+    def pending(self, run_id: str) -> list[ObjectName]: ...
 
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
         """Put a table back to pending (resume)."""
@@ -115,17 +163,17 @@ class RunStore(Protocol):
         """A key rotation whose old key awaits deactivation or deletion."""
         ...
 
-    def set_waves(self, run_id: str, waves: list[list[TableName]]) -> None:
+    def set_waves(self, run_id: str, waves: list[list[ObjectName]]) -> None:
         """A migration's waves, kept apart from the run record (they can be large)."""
         ...
 
-    def wave(self, run_id: str, index: int) -> list[TableName]: ...
+    def wave(self, run_id: str, index: int) -> list[ObjectName]: ...
 
     def wave_size(self, run_id: str, index: int) -> int: ...
 
     def wave_count(self, run_id: str) -> int: ...
 
-    def wave_finished(self, run_id: str, index: int, table: TableName, epoch: int) -> int:
+    def wave_finished(self, run_id: str, index: int, table: ObjectName, epoch: int) -> int:
         """Count a finished table of a wave (idempotent); returns how many are finished."""
         ...
 
@@ -142,6 +190,10 @@ class RunStore(Protocol):
         ...
 
     def forget_unfinished(self, run_id: str) -> None: ...
+
+    def latest_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        """The newest run of ``kind`` for the secret (a rotation: and version), ended or not."""
+        ...
 
 
 @dataclass

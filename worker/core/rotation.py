@@ -1,10 +1,11 @@
-"""Rotation steps: plan the affected tables, create the connection, switch and read back a table.
+"""Rotation steps: plan the affected objects, create the connection, switch and validate an object.
 
 Each step checks before acting and may run twice: the second run changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -14,19 +15,21 @@ from typing import Any
 import tenacity
 
 from worker.core import masking
+from worker.core import objects as objects_
 from worker.core.bindings import Binding
 from worker.core.model import (
     Credentials,
-    ExternalTable,
+    DatabaseDefault,
     PlannedTable,
     RotationPlan,
+    StoredObject,
     TableOutcome,
     TableStatus,
     short_version_id,
 )
 from worker.core.ports import DatabendAdmin
 from worker.errors import FatalError, RetryableError, StoragePermissionDenied
-from worker.sql import TableName
+from worker.sql import DatabaseName, ObjectName, StageName, TableName, object_label
 
 log = logging.getLogger("rotator.core")
 
@@ -88,86 +91,116 @@ def ensure_connection(admin: DatabendAdmin, name: str, credentials: Credentials)
 
 def plan_rotation(
     binding: Binding,
-    tables: Iterable[ExternalTable],
+    objects: Iterable[StoredObject],
     *,
     connection: str,
     target: str,
     old_fingerprints: set[str],
 ) -> RotationPlan:
-    """Which tables this rotation switches, and the rule that selected each.
+    """Which objects (tables, stages, database defaults) this rotation switches, and the rule that
+    selected each.
 
-    - A table named by a selector is always affected.
-    - With ``discover``, an external table whose credentials look like the secret's previous
-      (or new) version AND whose bucket is one the binding serves is affected too. The buckets
-      a binding serves are its ``buckets`` list plus the buckets of its selector-matched tables;
-      with no bucket known, discovery matches nothing (a 3-character key suffix alone is too weak
-      to move someone else's table).
+    - An object named by a selector of its kind is always affected.
+    - With ``discover``, an object whose credentials look like the secret's previous (or new)
+      version AND whose bucket is one the binding serves is affected too. The buckets a binding
+      serves are its ``buckets`` list plus the buckets of its selector-matched objects; with no
+      bucket known, discovery matches nothing (a few shown characters of a key are too weak to
+      move someone else's object). A database default that names one of the binding's own
+      connections (``<prefix>_<version>``) on old credentials is affected wherever its path is.
+    - An object the binding selects whose storage kind Databend cannot switch (oss, cos, obs,
+      hdfs, …) is refused by name (``refusals``): the run must not start.
     """
-    tables = list(tables)
-    planned: dict[TableName, PlannedTable] = {}
+    objects = list(objects)
+    planned: dict[ObjectName, PlannedTable] = {}
     notes: list[str] = []
-    for table in tables:
-        for selector in binding.selectors:
-            if selector.matches(table.name):
-                planned[table.name] = PlannedTable(
-                    table.name,
-                    f"selector {selector.text}",
-                    table.storage.fingerprint,
-                    bucket=table.storage.bucket,
-                )
-                break
-    for selector in binding.selectors:
-        if selector.is_exact and selector.exact_table not in planned:
-            planned[selector.exact_table] = PlannedTable(
-                selector.exact_table,
-                f"selector {selector.text}",
-                None,
-                problem="no external table of that name",
+    for obj in objects:
+        selector = binding.selector_for(obj.name)
+        if selector is not None:
+            planned[obj.name] = _planned(obj, f"selector {selector.text}")
+    for text, name in binding.exact_names():
+        if name not in planned:
+            planned[name] = PlannedTable(
+                name, f"selector {text}", None, problem=objects_.missing(name)
             )
     if binding.discover:
-        buckets = set(binding.buckets) | {
-            t.storage.bucket for t in tables if t.name in planned and t.storage.bucket
-        }
-        wanted = old_fingerprints | {target}
-        if not buckets:
-            notes.append(
-                "discover: no bucket known for this binding (set 'buckets' or name a "
-                "table); discovery matched nothing"
-            )
-        unreadable = []
-        for table in tables:
-            if table.name in planned or table.storage.bucket not in buckets:
-                continue
-            if table.storage.unreadable is not None:
-                unreadable.append(f"{table.name} ({table.storage.unreadable})")
-                continue
-            fp = table.storage.fingerprint
-            if not any(_may_show(fp, w) for w in wanted):
-                continue
-            planned[table.name] = PlannedTable(
-                table.name,
-                f"discovered: {masking.display(fp)} in bucket {table.storage.bucket}",
-                fp,
-                bucket=table.storage.bucket,
-            )
-        if unreadable:
-            notes.append(
-                f"discover: {len(unreadable)} table(s) show credentials that cannot be read and "
-                f"were not discovered (no key is retired while they exist): "
-                f"{', '.join(unreadable[:5])}"
-            )
+        _discover(binding, objects, planned, notes, old_fingerprints | {target})
     if not all(masking.distinguishable(target, old) for old in old_fingerprints):
         notes.append(
-            "the new credentials look like an old version's to Databend; every table "
+            "the new credentials look like an old version's to Databend; every object "
             "is switched even if it seems switched already"
         )
+    by_name = {obj.name: obj for obj in objects}
+    refusals = tuple(
+        f"{object_label(p.table)} ({by_name[p.table].storage.kind}, {p.rule})"
+        for p in planned.values()
+        if p.table in by_name and not by_name[p.table].storage.switchable
+    )
     ordered = tuple(sorted(planned.values(), key=lambda p: p.table))
-    return RotationPlan(connection=connection, target=target, tables=ordered, notes=tuple(notes))
+    return RotationPlan(
+        connection=connection,
+        target=target,
+        tables=ordered,
+        notes=tuple(notes),
+        refusals=refusals,
+    )
 
 
-def rotate_table(
+def _planned(obj: StoredObject, rule: str) -> PlannedTable:
+    return PlannedTable(obj.name, rule, obj.storage.fingerprint, bucket=obj.storage.bucket)
+
+
+def _discover(
+    binding: Binding,
+    objects: list[StoredObject],
+    planned: dict[ObjectName, PlannedTable],
+    notes: list[str],
+    wanted: set[str],
+) -> None:
+    """Discovery by fingerprint + a served bucket (see plan_rotation)."""
+    by_name = {obj.name: obj for obj in objects}
+    buckets = set(binding.buckets) | {
+        by_name[name].storage.bucket
+        for name in planned
+        if name in by_name and by_name[name].storage.bucket
+    }
+    if not buckets:
+        notes.append(
+            "discover: no bucket known for this binding (set 'buckets' or name an "
+            "object); discovery matched nothing but the binding's own connections"
+        )
+    unreadable = []
+    for obj in objects:
+        if obj.name in planned:
+            continue
+        fp = obj.storage.fingerprint
+        own = isinstance(obj, DatabaseDefault) and binding.owns_connection(obj.connection)
+        if own and obj.storage.unreadable is None and any(_may_show(fp, w) for w in wanted):
+            assert isinstance(obj, DatabaseDefault)
+            planned[obj.name] = _planned(
+                obj, f"discovered: names {obj.connection}, a connection of this binding"
+            )
+            continue
+        if obj.storage.bucket not in buckets or obj.storage.kind != "s3":
+            continue  # (only S3 objects hold AWS credentials: an oss key that looks alike is not)
+        if obj.storage.unreadable is not None:
+            unreadable.append(f"{object_label(obj.name)} ({obj.storage.unreadable})")
+            continue
+        if not any(_may_show(fp, w) for w in wanted):
+            continue
+        planned[obj.name] = _planned(
+            obj, f"discovered: {masking.display(fp)} in bucket {obj.storage.bucket}"
+        )
+    if unreadable:
+        notes.append(
+            f"discover: {len(unreadable)} object(s) show credentials that cannot be read and "
+            f"were not discovered (no key is retired while they exist): "
+            f"{', '.join(unreadable[:5])}"
+        )
+
+
+def rotate_object(
     admin: DatabendAdmin,
-    table: TableName,
+    table: ObjectName,
     *,
     connection: str,
     target: str,
@@ -177,33 +210,41 @@ def rotate_table(
     known_current: str | None = None,
     revert_to: tuple[str, str] | None = None,
 ) -> TableOutcome:
-    """Switch one table to ``connection`` and read it back. Never raises a FatalError: a
-    permanent failure becomes a FAILED outcome with Databend's message. A RetryableError that
-    outlives the step's retries propagates, so the task layer can retry later.
+    """Switch one object (a table, a stage or a database default) to ``connection`` and validate
+    it: a table is read back, a stage listed, a database's new connection lists its path's bucket.
+    Never raises a FatalError: a permanent failure becomes a FAILED outcome with Databend's
+    message. A RetryableError that outlives the step's retries propagates, so the task layer can
+    retry later.
 
-    ``known_current``: the table's credentials as the plan saw them, for a first attempt; the
-    lookup in system.tables (a scan of every table) is then skipped. A retry passes None and
-    checks before acting. ``revert_to`` = (connection, its credentials' fingerprint): when the
-    read-back fails after a switch and the table was on those credentials, it is switched back
-    (and read back) and recorded REVERTED instead of being left on credentials that fail."""
+    ``known_current``: a table's credentials as the plan saw them, for a first attempt; the
+    lookup in system.tables (a scan of every table) is then skipped. (A stage or a database is
+    always looked at first: its switch restates what it shows.) A retry passes None and checks
+    before acting. ``revert_to`` = (connection, its credentials' fingerprint): when validation
+    fails after a switch and the object was on those credentials, it is switched back (and
+    validated) and recorded REVERTED instead of being left on credentials that fail."""
     retry = retry or RetryPolicy()
     outcome = TableOutcome(table=table)
+    name = table
     try:
-        if known_current is None:
-            current = retry.call(lambda: admin.describe_table(table))
+        current: StoredObject | None = None
+        if known_current is None or not isinstance(name, TableName):
+            current = retry.call(lambda: objects_.describe(admin, name))
             if current is None:
-                return _failed(outcome, "table not found")
+                table_name = isinstance(name, TableName)
+                return _failed(outcome, "table not found" if table_name else objects_.missing(name))
             if not current.storage.kind:
                 return _failed(outcome, "not an external table")
             known_current = current.storage.fingerprint
         outcome.previous = known_current
+        on = connection
         if may_skip_switched and _may_show(known_current, target):
             outcome.status = TableStatus.ALREADY_SWITCHED
+            on = objects_.connection_of(current) or connection
         else:
             try:
-                retry.call(lambda: admin.switch_table(table, connection))
+                retry.call(lambda: objects_.switch(admin, name, current, connection))
             except StoragePermissionDenied as exc:
-                if _old_credentials_dead(admin, table, retry):
+                if _old_credentials_dead(admin, name, retry):
                     outcome.status, outcome.reason = (
                         TableStatus.STRANDED,
                         (
@@ -216,16 +257,37 @@ def rotate_table(
             outcome.status = TableStatus.SWITCHED
             outcome.switched_at = clock()
         try:
-            outcome.rows_read = retry.call(lambda: admin.read_back(table))
+            outcome.rows_read = retry.call(lambda: _validate_on(admin, name, current, on))
         except FatalError as exc:
             if outcome.status is TableStatus.SWITCHED and revert_to is not None:
                 return _revert(admin, outcome, revert_to, retry, f"{exc}")
-            return _failed(outcome, f"switched, but reading it back failed: {exc}")
+            return _failed(outcome, f"switched, but {_validation(name)} failed: {exc}")
         if outcome.status is TableStatus.SWITCHED:
             outcome.status = TableStatus.VALIDATED
         return outcome
     except FatalError as exc:
         return _failed(outcome, str(exc))
+
+
+rotate_table = rotate_object  # the name every caller used while tables were the only kind
+
+
+def _validate_on(
+    admin: DatabendAdmin, name: ObjectName, current: StoredObject | None, connection: str
+) -> int:
+    """Validate the object as it is after switching to ``connection`` (a database default is
+    validated through the connection it now names)."""
+    if isinstance(current, DatabaseDefault):
+        current = dataclasses.replace(current, connection=connection)
+    return objects_.validate(admin, name, current)
+
+
+def _validation(name: ObjectName) -> str:
+    if isinstance(name, TableName):
+        return "reading it back"
+    if isinstance(name, StageName):
+        return "listing it"
+    return "listing its path's bucket through the new connection"
 
 
 def _revert(
@@ -235,24 +297,26 @@ def _revert(
     retry: RetryPolicy,
     failure: str,
 ) -> TableOutcome:
-    """The new credentials cannot read the table: put it back on the previous ones, if it was on
-    them, while they still work."""
+    """The new credentials cannot be validated: put the object back on the previous ones, if it
+    was on them, while they still work."""
     back, previous = revert_to
+    name = outcome.table
+    what = _validation(name)
     if not _may_show(outcome.previous, previous):
-        return _failed(outcome, f"switched, but reading it back failed: {failure}")
+        return _failed(outcome, f"switched, but {what} failed: {failure}")
     try:
-        retry.call(lambda: admin.switch_table(outcome.table, back))
-        outcome.rows_read = retry.call(lambda: admin.read_back(outcome.table))
+        current = retry.call(lambda: objects_.describe(admin, name))
+        retry.call(lambda: objects_.switch(admin, name, current, back))
+        outcome.rows_read = retry.call(lambda: _validate_on(admin, name, current, back))
     except FatalError as exc:
         return _failed(
             outcome,
-            f"switched, but reading it back failed: {failure}; switching it back to {back} "
+            f"switched, but {what} failed: {failure}; switching it back to {back} "
             f"failed too: {exc}",
         )
     outcome.status = TableStatus.REVERTED
     outcome.reason = (
-        f"reading it back on the new credentials failed ({failure}); switched back to {back} "
-        "and read back"
+        f"{what} on the new credentials failed ({failure}); switched back to {back} and validated"
     )
     return outcome
 
@@ -266,10 +330,13 @@ def _may_show(seen: str | None, target: str) -> bool:
         return False
 
 
-def _old_credentials_dead(admin: DatabendAdmin, table: TableName, retry: RetryPolicy) -> bool:
-    """Can the table still be read with the credentials it has now? No: it is stranded."""
+def _old_credentials_dead(admin: DatabendAdmin, name: ObjectName, retry: RetryPolicy) -> bool:
+    """Can the object still be used with the credentials it has now? No: it is stranded. (Only
+    a table's switch writes to storage; a stage's or a database's never needs the old key.)"""
+    if isinstance(name, DatabaseName):
+        return False
     try:
-        retry.call(lambda: admin.read_back(table))
+        retry.call(lambda: objects_.validate(admin, name, None))
     except StoragePermissionDenied:
         return True
     except FatalError:

@@ -1,9 +1,9 @@
-"""A rotation run for one (secret, version): prepare it, then finish it table by table.
+"""A rotation run for one (secret, version): prepare it, then finish it object by object.
 
-``prepare_rotation`` takes the secret's lock, reads the version, creates the connection and writes
-the plan (every table pending) before any table is touched; ``finish_table`` records one table's
-outcome and closes the run (releasing the lock) when the last one is in. Both are safe to run
-twice.
+``prepare_rotation`` takes the secret's lock, reads the version, plans every object (tables,
+stages, database defaults), creates the connection and writes the plan (every object pending)
+before any object is touched; ``finish_table`` records one object's outcome and closes the run
+(releasing the lock) when the last one is in. Both are safe to run twice.
 """
 
 from __future__ import annotations
@@ -12,9 +12,17 @@ import time
 from dataclasses import dataclass
 
 from worker.core import masking
+from worker.core import objects as objects_
 from worker.core.bindings import Binding, find_binding
 from worker.core.fencing import DEFAULT_LEASE_SECONDS, admitted, require_drained, take_fence
-from worker.core.model import Credentials, RotationPlan, RunStatus, TableOutcome, TableStatus
+from worker.core.model import (
+    Credentials,
+    RotationPlan,
+    RunStatus,
+    StoredObject,
+    TableOutcome,
+    TableStatus,
+)
 from worker.core.ports import (
     Admission,
     DatabendAdmin,
@@ -31,7 +39,7 @@ from worker.core.rotation import (
     connection_name_for,
     ensure_connection,
     plan_rotation,
-    rotate_table,
+    rotate_object,
 )
 from worker.core.secret_value import parse_secret_value
 from worker.errors import (
@@ -42,7 +50,7 @@ from worker.errors import (
     SecretFormatError,
     UnknownSecretError,
 )
-from worker.sql import TableName
+from worker.sql import ObjectName, TableName, object_label
 
 _ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
 
@@ -57,12 +65,14 @@ def prepare_rotation(
     locks: SecretLocks | None = None,
     newest: IntakeState | None = None,
     fences: Fences | None = None,
-) -> list[TableName]:
-    """Plan the run and return the tables still to switch (empty when the run is over).
+) -> list[ObjectName]:
+    """Plan the run and return the objects still to switch (empty when the run is over).
 
-    Takes the secret's lock and fencing token, reads the version, creates the connection, proves
-    it can list every bucket involved (pre-flight), and writes the plan (every table pending)
-    before any table is touched. Raises LockBusy (retryable) while another run holds the secret.
+    Takes the secret's lock and fencing token, reads the version, plans every object, refuses
+    (nothing changed) when the binding selects one Databend cannot switch, creates the
+    connection, proves it can list every bucket involved (pre-flight), and writes the plan (every
+    object pending) before any object is touched. Raises LockBusy (retryable) while another run
+    holds the secret.
     """
     run = runs.get(run_id)
     if not RunStatus(run.status).active:
@@ -147,7 +157,8 @@ def _plan(
     admin: DatabendAdmin,
     bindings: list[Binding],
 ) -> RotationPlan:
-    """Read the version, make its connection (and one to revert to), plan, pre-flight."""
+    """Read the version, plan (refusing unswitchable objects before anything changes), make its
+    connection (and one to revert to), pre-flight."""
     info = secrets.describe(run.secret)
     if run.version_id not in info.versions:
         raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
@@ -160,6 +171,14 @@ def _plan(
     credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
     old = _old_credentials(secrets, info, run.version_id)
     connection = connection_name_for(binding, run.version_id)
+    plan = plan_rotation(
+        binding,
+        list_binding_objects(admin, binding),
+        connection=connection,
+        target=credentials.fingerprint,
+        old_fingerprints={c.fingerprint for c in old.values()},
+    )
+    refuse_unswitchable(plan, binding)
     # write-ahead: the connection's name is on record before it exists
     runs.update(
         run.run_id,
@@ -178,15 +197,29 @@ def _plan(
         ensure_connection(admin, back, old[previous])
         data["revert"] = {"connection": back, "target": old[previous].fingerprint}
     runs.update(run.run_id, data=data)
-    plan = plan_rotation(
-        binding,
-        admin.list_external_tables(binding.databases_to_scan()),
-        connection=connection,
-        target=credentials.fingerprint,
-        old_fingerprints={c.fingerprint for c in old.values()},
-    )
     preflight(admin, connection, plan)
     return plan
+
+
+def list_binding_objects(admin: DatabendAdmin, binding: Binding) -> list[StoredObject]:
+    """What a plan of the binding looks at: its tables' databases (every one with ``discover``),
+    and stages and database defaults when it selects or discovers them."""
+    return objects_.list_for(
+        admin,
+        databases=binding.databases_to_scan(),
+        stages=binding.lists_stages,
+        defaults=binding.lists_databases,
+    )
+
+
+def refuse_unswitchable(plan: RotationPlan, binding: Binding) -> None:
+    """Objects the binding selects that Databend cannot switch (oss, cos, …): refuse by name."""
+    if plan.refusals:
+        raise Refused(
+            f"binding {binding.name} selects {len(plan.refusals)} object(s) on storage Databend "
+            f"cannot switch to other credentials (only s3, gcs and azblob): "
+            f"{'; '.join(plan.refusals[:10])}. Take them out of the binding; nothing was changed"
+        )
 
 
 def _require_unmoved(key_rotation: RunRecord, info: SecretInfo) -> None:
@@ -236,7 +269,7 @@ def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None
         except FatalError as exc:
             raise PreflightFailed(
                 f"pre-flight: connection {connection} cannot list bucket {bucket} ({exc}); "
-                "no table was touched"
+                "no object was touched"
             ) from None
 
 
@@ -249,7 +282,7 @@ class Switched:
 
 def switch_and_record(
     run_id: str,
-    table: TableName,
+    table: ObjectName,
     *,
     runs: RunStore,
     admin: DatabendAdmin,
@@ -260,9 +293,10 @@ def switch_and_record(
     fences: Fences | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> Switched | None:
-    """Switch one planned table of a run and record the outcome.
+    """Switch one planned object (a table, a stage or a database default) of a run and record the
+    outcome.
 
-    Returns None when the table is not in the run, already finished (redelivery), or its run no
+    Returns None when the object is not in the run, already finished (redelivery), or its run no
     longer admits changes (ended or paused). Late work of a run that a newer run of the secret
     superseded records the table ``superseded`` and changes nothing. A RetryableError that
     outlives the step's retries propagates to the caller. The attempt is written down before the
@@ -277,7 +311,7 @@ def switch_and_record(
         return None
     if locks is not None:
         locks.renew(run.secret, _lock_owner(run))
-    with admitted(fences, run, str(table), lease_seconds=lease_seconds) as verdict:
+    with admitted(fences, run, fence_item(table), lease_seconds=lease_seconds) as verdict:
         if verdict is Admission.SUPERSEDED:
             outcome = TableOutcome(
                 table=table,
@@ -292,7 +326,7 @@ def switch_and_record(
         else:
             first_attempt = planned.attempts == 1 and planned.previous is not None
             revert = run.data.get("revert") or {}
-            outcome = rotate_table(
+            outcome = rotate_object(
                 admin,
                 table,
                 connection=str(run.connection),
@@ -312,10 +346,16 @@ def switch_and_record(
     return Switched(outcome, closed, wave_complete=not closed and finished >= size)
 
 
+def fence_item(name: ObjectName) -> str:
+    """What an object's change is registered as while in flight: ``db.table`` for a table (as
+    always), ``stage s`` / ``database d`` for the other kinds."""
+    return object_label(name)
+
+
 def finish_table(
     run_id: str, outcome: TableOutcome, *, runs: RunStore, locks: SecretLocks | None = None
 ) -> bool:
-    """Record a table's outcome; True when this closed the run."""
+    """Record an object's outcome; True when this closed the run."""
     remaining = runs.record_outcome(run_id, outcome)
     if remaining == 0:
         return close_run(run_id, runs, locks)
@@ -329,7 +369,7 @@ def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> 
     outcomes = runs.outcomes(run_id)
     failed = [o for o in outcomes if o.status.failed]
     status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
-    error = f"{len(failed)} of {len(outcomes)} tables failed" if failed else None
+    error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed" if failed else None
     runs.update(run_id, status=status, error=error)
     _release(locks, run)
     return True
@@ -344,8 +384,13 @@ def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | No
     _release(locks, run)
 
 
-def reopen_failed_tables(run_id: str, runs: RunStore) -> list[TableName]:
-    """Put a run's failed tables back to pending (for ``rotator resume``); returns them."""
+def _objects_word(outcomes: list[TableOutcome]) -> str:
+    """'tables' while a run holds only tables (as its messages always said), else 'objects'."""
+    return "tables" if all(isinstance(o.table, TableName) for o in outcomes) else "objects"
+
+
+def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
+    """Put a run's failed objects back to pending (for ``rotator resume``); returns them."""
     reopened = []
     for outcome in runs.outcomes(run_id):
         if outcome.status.failed:

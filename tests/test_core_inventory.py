@@ -1,0 +1,238 @@
+"""The inventory, reconcile and connection garbage collection against the in-memory fakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
+from tests.test_core_key_rotation import drive
+from tests.test_core_objects import creds, lake_binding
+from tests.test_core_rotation import no_sleep_policy
+from worker.core.gc import drop_after_key_deletion, plan_prune, prune
+from worker.core.inventory import take_inventory
+from worker.core.key_rotation import (
+    KeyRotationContext,
+    new_key_rotation,
+    plan_key_rotation,
+    retire_old_key,
+)
+from worker.core.masking import MaskForm
+from worker.core.model import RunStatus, short_version_id
+from worker.core.ports import RunRecord
+from worker.core.reconcile import find_drift, has_drift, queue_fix
+from worker.sql import TableName
+
+OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
+V1 = "11111111-aaaa-4aaa-8aaa-000000000001"  # AWSPREVIOUS: OLD
+V2 = "22222222-bbbb-4bbb-8bbb-000000000002"  # AWSCURRENT: NEW
+OURS_OLD, OURS_NEW = f"lake_main_{short_version_id(V1)}", f"lake_main_{short_version_id(V2)}"
+DAY = 86400.0
+
+
+def key_json(key_id: str) -> str:
+    return json.dumps({"access_key_id": key_id, "secret_access_key": "s" * 40})
+
+
+def world(form: MaskForm = MaskForm.LEGACY, old_key: str = "inactive"):  # type: ignore[no-untyped-def]
+    """After a rotation: AWSCURRENT holds NEW; OLD is inactive (or ``deleted``). One table was
+    made on the old connection afterwards; everything else is on NEW."""
+    secrets = FakeSecrets(
+        values={V1: key_json(OLD), V2: key_json(NEW)},
+        stages={V1: ("AWSPREVIOUS",), V2: ("AWSCURRENT",)},
+    )
+    keys = [[NEW, True, 10 * DAY]]
+    if old_key != "deleted":
+        keys.insert(0, [OLD, old_key == "active", 1 * DAY])
+    iam = FakeIam(keys={"svc": keys})
+    admin = FakeAdmin(form=form)
+    admin.connections.update(
+        {"seed": creds(OLD), OURS_OLD: creds(OLD), OURS_NEW: creds(NEW), "mine": creds(OLD)}
+    )
+    admin.add(TableName("sales", "orders"), NEW)
+    admin.add(TableName("sales", "late"), OLD)  # made on the old connection after the rotation
+    admin.add(TableName("misc", "unrelated"), "AKIAUNRELATEDXXXXZZZ", bucket="elsewhere")
+    admin.add_stage("landing", NEW)
+    admin.add_database("lakehouse", OURS_NEW)
+    return secrets, iam, admin
+
+
+def inventory(secrets, iam, admin, only=None):  # type: ignore[no-untyped-def]
+    return take_inventory(
+        admin,
+        secrets,
+        iam,
+        [lake_binding(iam_user="svc")],
+        server_version="Databend Query v1.2.895",
+        only=only,
+        clock=lambda: 12 * DAY,
+    )
+
+
+@pytest.mark.parametrize("form", [MaskForm.LEGACY, MaskForm.CURRENT])
+def test_the_inventory_lists_every_kind_under_its_binding_with_its_state(form: MaskForm) -> None:
+    found = inventory(*world(form))
+    payload = found.to_json()
+    assert payload["server"] == {"version": "Databend Query v1.2.895"}
+    by_name = {(o["kind"], o["name"]): o for o in payload["objects"]}
+    assert set(by_name[("table", "sales.orders")]) == {
+        "kind",
+        "name",
+        "location",
+        "key",
+        "binding",
+        "secret",
+        "state",
+        "key_status",
+        "key_age_days",
+    }
+    orders = by_name[("table", "sales.orders")]
+    assert orders["binding"] == "lake-main" and orders["secret"] == "databend/lake"
+    assert (orders["state"], orders["key_status"], orders["key_age_days"]) == (
+        "current",
+        "Active",
+        2.0,
+    )
+    assert orders["location"] == "s3://lake/orders/"
+    assert orders["key"] == ("******NEW" if form is MaskForm.LEGACY else "AK***EW")
+    late = by_name[("table", "sales.late")]
+    assert (late["state"], late["key_status"], late["key_age_days"]) == (
+        "previous",
+        "Inactive",
+        11.0,
+    )
+    assert by_name[("stage", "landing")]["state"] == "current"
+    assert by_name[("stage", "landing")]["location"] == "s3://lake/landing/"
+    lakehouse = by_name[("database", "lakehouse")]
+    assert (lakehouse["state"], lakehouse["location"]) == ("current", "s3://lake/lakehouse/")
+    assert by_name[("connection", OURS_OLD)]["binding"] == "lake-main"
+    assert by_name[("connection", OURS_OLD)]["state"] == "previous"
+    assert by_name[("connection", OURS_OLD)]["location"] is None
+    unrelated = by_name[("table", "misc.unrelated")]
+    assert (unrelated["binding"], unrelated["state"]) == (None, "unknown")
+    only = inventory(*world(form), only="lake-main")
+    assert {i.binding for i in only.items} == {"lake-main"}
+
+
+def test_a_deleted_key_shows_as_deleted() -> None:
+    found = inventory(*world(old_key="deleted"))
+    late = next(i for i in found.items if i.name == "sales.late")
+    assert (late.state, late.key_status, late.key_age_days) == ("previous", "deleted", None)
+
+
+def test_reconcile_names_the_drift_and_a_missing_run() -> None:
+    secrets, iam, admin = world()
+    runs = MemoryRuns()
+    (report,) = find_drift(inventory(secrets, iam, admin), runs)
+    problems = {(d.problem, d.name): d.fixable for d in report.drift}
+    assert problems == {("at_risk", "sales.late"): True, ("no_run", "databend/lake"): True}
+    assert report.current_version == V2 and report.busy is None
+
+    run_id = queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs)
+    run = runs.get(str(run_id))
+    assert (run.kind, run.version_id, run.newest_wins) == ("rotation", V2, True)
+
+
+def test_no_drift_once_every_object_is_current_and_the_version_has_a_succeeded_run() -> None:
+    secrets, iam, admin = world()
+    admin.switch_table(TableName("sales", "late"), OURS_NEW)
+    runs = MemoryRuns()
+    runs.create(
+        RunRecord("r1", "rotation", secrets.arn, V2, status=RunStatus.SUCCEEDED, binding="x")
+    )
+    reports = find_drift(inventory(secrets, iam, admin), runs)
+    assert not has_drift(reports), reports
+
+
+def test_a_run_under_way_makes_the_binding_busy_and_nothing_is_queued() -> None:
+    secrets, iam, admin = world()
+    runs = MemoryRuns()
+    runs.create(RunRecord("kr", "key-rotation", secrets.arn, "v3", status=RunStatus.SWITCHING))
+    (report,) = find_drift(inventory(secrets, iam, admin), runs)
+    assert report.busy is not None and "key rotation kr" in report.busy
+    assert queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs) is None
+
+
+def test_a_run_that_failed_only_on_stranded_tables_is_not_started_again() -> None:
+    from worker.core.model import TableOutcome, TableStatus
+
+    secrets, iam, admin = world(old_key="deleted")
+    admin.switch_table(TableName("sales", "late"), OURS_NEW)  # every object is current...
+    runs = MemoryRuns()
+    runs.create(RunRecord("r1", "rotation", secrets.arn, V2, status=RunStatus.FAILED))
+    runs.set_plan(  # ...but the version's run failed on a table it could not switch
+        "r1", [TableOutcome(TableName("gone", "t"), status=TableStatus.STRANDED)]
+    )
+    (report,) = find_drift(inventory(secrets, iam, admin), runs)
+    (drift,) = report.drift
+    assert drift.problem == "no_run" and not drift.fixable and "stranded" in drift.detail
+    assert queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs) is None
+
+
+def test_objects_on_a_deleted_key_are_stranded_and_only_tables_stay_unfixable() -> None:
+    secrets, iam, admin = world(old_key="deleted")
+    admin.add_stage("old_landing", OLD)
+    (report,) = find_drift(inventory(secrets, iam, admin), MemoryRuns())
+    stranded = {d.name: d.fixable for d in report.drift if d.problem == "stranded"}
+    assert stranded == {"sales.late": False, "old_landing": True}
+
+
+# --- garbage collection -----------------------------------------------------------------------
+
+
+def test_prune_drops_only_the_rotators_own_connections_on_a_dead_key() -> None:
+    secrets, iam, admin = world(old_key="deleted")
+    admin.connections["lake_main_deadbeef"] = creds(OLD)
+    admin.add_database("kept_alive", "lake_main_deadbeef")  # a database names it: kept
+    decisions = {d.connection: d for d in plan_prune(admin, secrets, iam, [lake_binding()])}
+    assert set(decisions) == {OURS_OLD, OURS_NEW, "lake_main_deadbeef"}  # never seed or mine
+    assert decisions[OURS_OLD].drop and "a deleted key" in decisions[OURS_OLD].reason
+    assert not decisions[OURS_NEW].drop  # lakehouse names it, and it holds the live key
+    assert not decisions["lake_main_deadbeef"].drop
+    assert prune(admin, decisions.values()) == [OURS_OLD]
+    assert set(admin.connections) == {"seed", "mine", OURS_NEW, "lake_main_deadbeef"}
+
+
+def test_prune_keeps_everything_while_the_live_keys_cannot_be_told() -> None:
+    secrets, iam, admin = world(old_key="deleted")
+    iam.keys = {}  # the binding's user is unknown to IAM: nothing is provably dead
+    decisions = plan_prune(admin, secrets, iam, [lake_binding()])
+    assert decisions and not any(d.drop for d in decisions)
+
+
+def test_after_deleting_a_key_only_own_unnamed_connections_holding_it_are_dropped() -> None:
+    *_, admin = world(old_key="deleted")
+    admin.add_database("keeps_it", OURS_OLD)
+    assert drop_after_key_deletion(admin, [lake_binding()], OLD, [NEW]) == []
+    del admin.databases[next(iter(d for d in admin.databases if d.name == "keeps_it"))]
+    assert drop_after_key_deletion(admin, [lake_binding()], OLD, [NEW]) == [OURS_OLD]
+    assert "seed" in admin.connections and "mine" in admin.connections
+
+
+def test_a_key_rotation_that_deletes_the_old_key_drops_its_own_dead_connections() -> None:
+    secrets = FakeSecrets(values={V1: key_json(OLD)}, stages={V1: ("AWSCURRENT",)})
+    iam = FakeIam(keys={"svc": [[OLD, True, 1.0]]})
+    admin = FakeAdmin()
+    admin.connections.update({"seed": creds(OLD), OURS_OLD: creds(OLD)})
+    admin.add(TableName("sales", "orders"), OLD)
+    b = lake_binding()
+    ctx = KeyRotationContext(
+        runs=MemoryRuns(),
+        secrets=secrets,
+        writer=FakeWriter(secrets),
+        iam=iam,
+        admin=admin,
+        locks=MemoryLocks(),
+        retry=no_sleep_policy(),
+        clock=lambda: 1000.0,
+        bindings=(b,),
+    )
+    plan = plan_key_rotation(
+        b, secrets.describe(secrets.name), secrets=secrets, iam=iam, admin=admin
+    )
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=0)
+    drive(ctx, run_id, bindings=[b])
+    assert retire_old_key(ctx, run_id, "delete") == "done"
+    assert ctx.runs.get(run_id).data["connections_dropped"] == [OURS_OLD]
+    assert "seed" in admin.connections, "a connection the rotator did not make is never dropped"
