@@ -968,5 +968,9 @@ def up(mask_format: str) -> None:
     )
 
 
+from worker.cli_service import register  # noqa: E402 (service commands: runs, schedule, ...)
+
+register(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,105 @@
+"""``rotator`` commands for running it as a service: runs, schedule, audit, doctor, iam-policy.
+
+Registered on the main group by ``register(main)`` (called from worker/cli.py), so this module never
+imports worker.cli: under ``python -m worker.cli`` that module is ``__main__``, and importing it by
+name would build a second group. Bad input is one ``error:`` line and exit 2, like the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from worker.errors import FatalError, RotatorError
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+class BadInput(FatalError):
+    """A command-line value that cannot be used (one line, exit 2)."""
+
+
+def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from worker.redaction import redact
+
+        try:
+            return fn(*args, **kwargs)
+        except RotatorError as exc:
+            click.echo(f"error: {redact(str(exc))}", err=True)
+            sys.exit(EXIT_BAD_INPUT if isinstance(exc, FatalError) else EXIT_FAILED)
+
+    return wrapper
+
+
+def _services() -> Any:
+    from worker.logs import configure_logging
+    from worker.settings import settings
+
+    current = settings()
+    configure_logging(current.log_level, current.log_format)
+    from worker.services import services
+
+    return services()
+
+
+def _run_store() -> Any:
+    """The run records alone: listing runs needs Redis, not AWS or Databend."""
+    from worker.logs import configure_logging
+    from worker.run_store import RedisRunStore
+    from worker.settings import settings
+
+    current = settings().require("redis_url")
+    configure_logging(current.log_level, current.log_format)
+    return RedisRunStore.from_url(current.redis_url or "")
+
+
+def _echo_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+@click.command("runs")
+@click.option("--status", "status", default=None, help="Only runs in this status (e.g. failed).")
+@click.option("--limit", "limit", default="20", show_default=True, help="At most this many runs.")
+@click.option("--all", "include_children", is_flag=True, help="Also key rotations' table runs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_reports_errors
+def runs_command(status: str | None, limit: str, include_children: bool, as_json: bool) -> None:
+    """Recent runs, newest first: kind, binding, secret, version, status, table counts."""
+    from worker.core.model import RunStatus
+    from worker.run_listing import recent_runs, run_summary
+
+    if status is not None and status not in {s.value for s in RunStatus}:
+        raise BadInput(
+            f"--status {status!r} is not a run status (one of: "
+            f"{', '.join(s.value for s in RunStatus)})"
+        )
+    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+        raise BadInput(f"--limit {limit!r} must be a whole number from 1 to 10000")
+    store = _run_store()
+    found = recent_runs(store, status=status, limit=int(limit), include_children=include_children)
+    summaries = [run_summary(store, run) for run in found]
+    if as_json:
+        _echo_json({"runs": summaries})
+        return
+    if not summaries:
+        click.echo("no runs" + (f" with status {status}" if status else ""))
+        return
+    for r in summaries:
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items()) or "-"
+        click.echo(
+            f"{r['id']}  {r['started_at'] or '-':20}  {r['kind']:12}  {r['status']:10}  "
+            f"{r['binding'] or '-'}  ({counts})"
+        )
+
+
+def register(main: click.Group) -> None:
+    """Add this module's commands to the ``rotator`` group."""
+    for command in (runs_command,):
+        main.add_command(command)
