@@ -16,7 +16,13 @@ from worker.settings import Settings
 
 app = Celery(
     "rotator",
-    include=["tasks.rotation", "tasks.key_rotation", "tasks.migration", "tasks.runs"],
+    include=[
+        "tasks.rotation",
+        "tasks.key_rotation",
+        "tasks.migration",
+        "tasks.runs",
+        "tasks.service",
+    ],
 )
 app.conf.update(
     task_acks_late=True,
@@ -51,9 +57,24 @@ def configure_app(settings: Settings) -> Celery:
                 "task": "rotator.runs.reap",
                 "schedule": min(settings.reap_interval, settings.stuck_after),
             },
+            **service_schedule(settings),
         },
     )
     return app
+
+
+def service_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The rotation schedule and the notification sweep (see tasks/service.py)."""
+    return {
+        "rotation-schedule": {
+            "task": "rotator.schedule.tick",
+            "schedule": settings.schedule_interval,
+        },
+        "notify-ended-runs": {
+            "task": "rotator.notify.sweep",
+            "schedule": settings.notify_interval,
+        },
+    }
 
 
 class RotatorTask(Task):  # type: ignore[misc]

@@ -99,7 +99,58 @@ def runs_command(status: str | None, limit: str, include_children: bool, as_json
         )
 
 
+@click.command("schedule")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_reports_errors
+def schedule_command(as_json: bool) -> None:
+    """Each binding's rotation schedule: key age, policy, state, next window."""
+    import time
+
+    from worker.run_listing import iso
+    from worker.scheduler import observe
+
+    s = _services()
+    now = time.time()
+    rows = []
+    for binding in s.bindings:
+        seen = observe(s, binding, now=now, tables=None)
+        row: dict[str, Any] = {
+            "binding": seen.binding,
+            "secret": seen.secret,
+            "key_age_seconds": (
+                None if seen.key_age_seconds is None else round(seen.key_age_seconds)
+            ),
+            "rotate_every_seconds": seen.rotate_every_seconds,
+            "state": seen.state,
+            "next_window_start": iso(seen.next_window_start),
+        }
+        if seen.problem:
+            row["problem"] = seen.problem  # only when the key's age could not be read
+        rows.append(row)
+    if as_json:
+        _echo_json({"bindings": rows})
+        return
+    for r in rows:
+        age = "?" if r["key_age_seconds"] is None else _human(r["key_age_seconds"])
+        every = "-" if r["rotate_every_seconds"] is None else _human(r["rotate_every_seconds"])
+        window = f", next window {r['next_window_start']}" if r["next_window_start"] else ""
+        click.echo(f"{r['binding']}: {r['state']} (key age {age}, every {every}{window})")
+        if r.get("problem"):
+            click.echo(f"  problem: {r['problem']}")
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def register(main: click.Group) -> None:
-    """Add this module's commands to the ``rotator`` group."""
-    for command in (runs_command,):
+    """Add this module's commands to the ``rotator`` group; runs this process creates are the
+    CLI user's (``rotator worker`` says ``worker`` once Celery starts it)."""
+    from worker import actor
+
+    actor.set_default(actor.cli_user())
+    for command in (runs_command, schedule_command):
         main.add_command(command)

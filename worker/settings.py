@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     # the reaper (worker --beat): a run with no progress for this long is re-enqueued or flagged
     stuck_after: float = Field(default=900.0, alias="ROTATOR_STUCK_AFTER", gt=0)
     reap_interval: float = Field(default=60.0, alias="ROTATOR_REAP_INTERVAL", gt=0)
+    # the rotation schedule (worker --beat): how often bindings' key ages are checked
+    schedule_interval: float = Field(default=300.0, alias="ROTATOR_SCHEDULE_INTERVAL", gt=0)
+    # notifications (worker/notify.py): a webhook, an SNS topic, which events, how often ended
+    # runs are swept for failures
+    notify_url: str | None = Field(default=None, alias="ROTATOR_NOTIFY_URL")
+    notify_sns_topic: str | None = Field(default=None, alias="ROTATOR_NOTIFY_SNS_TOPIC")
+    notify_on: Literal["failures", "all"] = Field(default="failures", alias="ROTATOR_NOTIFY_ON")
+    notify_interval: float = Field(default=15.0, alias="ROTATOR_NOTIFY_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
 
