@@ -76,11 +76,22 @@ def main() -> None:
     "--metrics-port",
     default=None,
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus metrics (tables by outcome, time per table) on 127.0.0.1:PORT.",
+    help="Serve Prometheus metrics (tables, runs, key ages, schedule) on --metrics-host:PORT.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on (0.0.0.0 for a scraper on another host).",
 )
 @reports_errors
 def worker(
-    concurrency: int, pool: str, loglevel: str | None, beat: bool, metrics_port: int | None
+    concurrency: int,
+    pool: str,
+    loglevel: str | None,
+    beat: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Start a Celery worker with the configuration from the environment."""
     if metrics_port is not None and pool == "prefork":
@@ -108,18 +119,22 @@ def worker(
         # shelve file in /tmp would be shared (and locked) by every worker on the machine.
         argv += ["--beat", "--scheduler=celery.beat:Scheduler"]
     if metrics_port is not None:
-        serve_metrics(metrics_port)
+        serve_metrics(metrics_port, metrics_host)
+        from worker.service_metrics import register_service_metrics
+
+        register_service_metrics(current.redis_url or "")
     app.worker_main(argv)
 
 
-def serve_metrics(port: int) -> None:
-    """Prometheus metrics of this process on 127.0.0.1:PORT, in a background thread."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Prometheus metrics of this process on HOST:PORT, in a background thread."""
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(port, addr="127.0.0.1")
-    except OSError as exc:
-        raise FatalError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
+        start_http_server(port, addr=host)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise FatalError(f"cannot serve metrics on {host}:{port}: {why}") from None
 
 
 @main.command("rotate-version")
