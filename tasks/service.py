@@ -59,7 +59,12 @@ def deliver_notification(self: RotatorTask, sink: str, message: dict[str, Any]) 
 
 @signals.worker_init.connect
 def _worker_is_the_actor(**_: Any) -> None:
-    """Runs a worker creates on its own (none but the schedule's, which say so) are the worker's."""
+    """Runs a worker creates on its own (none but the schedule's, which say so) are the worker's;
+    its audit flusher starts with it."""
     from worker import actor
+    from worker.audit import recorder
 
     actor.set_default("worker")
+    audit = recorder()
+    if audit is not None:
+        audit.start()  # also ships rows a process that died on this host left in the spool

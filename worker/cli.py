@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from worker.cli_service import structlog_bind_run
 from worker.errors import FatalError, RotatorError
 
 # Exit codes: 0 done and every table read back; 1 the run finished with failed tables;
@@ -612,6 +613,7 @@ def abort(run_id: str) -> None:
     deleted. Refused once AWSCURRENT has moved."""
     from worker.core.lifecycle import abort as abort_run
 
+    structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
     s = _cli_services()
     back = abort_run(s.key_rotation(), run_id, s.bindings)
     click.echo(f"run {run_id} aborted; {len(back)} table(s) switched back to the old key")
@@ -787,6 +789,7 @@ def rollback(run_id: str, concurrency: int) -> None:
     from worker.core.lifecycle import rollback as rollback_run
     from worker.databend_client import table_time_limit
 
+    structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
     s = _cli_services()
     result = rollback_run(
         s.runs,

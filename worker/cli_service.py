@@ -60,6 +60,13 @@ def _run_store() -> Any:
     return RedisRunStore.from_url(current.redis_url or "")
 
 
+def structlog_bind_run(run_id: str) -> None:
+    """Bind the run to this process's log context (the audit trail reads it there too)."""
+    import structlog
+
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+
+
 def _echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
@@ -139,6 +146,40 @@ def schedule_command(as_json: bool) -> None:
             click.echo(f"  problem: {r['problem']}")
 
 
+@click.command("audit")
+@click.option("--since", default=None, help="Only changes this recent (e.g. 90m, 24h, 7d).")
+@click.option("--binding", default=None, help="Only changes made for this binding.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_reports_errors
+def audit_command(since: str | None, binding: str | None, as_json: bool) -> None:
+    """Every change the rotator made, from the audit table in Databend (oldest first)."""
+    import time
+
+    from worker.audit import AuditTable
+    from worker.core.schedule import parse_interval
+    from worker.databend_client import DatabendClient
+    from worker.logs import configure_logging
+    from worker.settings import settings
+
+    try:
+        cutoff = None if since is None else time.time() - parse_interval(since, "--since")
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    current = settings().require("databend_dsn")
+    configure_logging(current.log_level, current.log_format)
+    client = DatabendClient(current.databend_dsn or "", statement_timeout=30)
+    events = AuditTable(client, current.audit_database).events(since=cutoff, binding=binding)
+    if as_json:
+        _echo_json({"events": events})
+        return
+    for e in events:
+        change = " -> ".join(x for x in (e["before"], e["after"]) if x)
+        click.echo(
+            f"{e['at']}  {e['action']:18} {e['object']}  {change}  "
+            f"[{e['binding'] or '-'} run {e['run_id'] or '-'} by {e['actor'] or '-'}]"
+        )
+
+
 def _human(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -152,5 +193,5 @@ def register(main: click.Group) -> None:
     from worker import actor
 
     actor.set_default(actor.cli_user())
-    for command in (runs_command, schedule_command):
+    for command in (runs_command, schedule_command, audit_command):
         main.add_command(command)
