@@ -180,6 +180,73 @@ def audit_command(since: str | None, binding: str | None, as_json: bool) -> None
         )
 
 
+@click.command("doctor")
+def doctor_command() -> None:
+    """Check the configuration and permissions: one line per check (pass / warn / fail and
+    the fix). Exits 0 when nothing fails, 1 when anything does."""
+    from worker.doctor import FAIL, run_checks
+    from worker.errors import ConfigError
+    from worker.logs import configure_logging
+    from worker.settings import load_settings
+
+    try:
+        current = load_settings()
+    except ConfigError as exc:
+        click.echo(f"FAIL  settings                 {exc} — fix: correct that variable")
+        sys.exit(EXIT_FAILED)
+    configure_logging("ERROR", current.log_format)
+    checks = run_checks(current)
+    for check in checks:
+        click.echo(check.line())
+    failed = [c for c in checks if c.level == FAIL]
+    warned = sum(c.level == "warn" for c in checks)
+    click.echo(f"{len(checks)} checks: {len(failed)} failed, {warned} warning(s)")
+    sys.exit(EXIT_FAILED if failed else 0)
+
+
+@click.command("iam-policy")
+@click.option("--account", required=True, help="AWS account id of the secrets and IAM users.")
+@click.option("--region", required=True, help="Region of the secrets.")
+@click.option("--secret-prefix", required=True, help="Secret names the bindings use start so.")
+@click.option("--user-prefix", required=True, help="Names of the IAM users whose keys rotate.")
+@click.option("--partition", default="aws", show_default=True)
+@click.option("--sns-topic", default=None, help="ROTATOR_NOTIFY_SNS_TOPIC, if used.")
+@click.option("--queue-arn", default=None, help="The intake's SQS queue, if the intake runs.")
+@_reports_errors
+def iam_policy_command(
+    account: str,
+    region: str,
+    secret_prefix: str,
+    user_prefix: str,
+    partition: str,
+    sns_topic: str | None,
+    queue_arn: str | None,
+) -> None:
+    """Print the least-privilege IAM policy the worker (and intake) needs, as JSON."""
+    import re
+
+    from worker.deploy_policy import worker_policy
+
+    if not re.fullmatch(r"\d{12}", account):
+        raise BadInput(f"--account {account!r} must be a 12-digit AWS account id")
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+        raise BadInput(f"--region {region!r} is not an AWS region name (e.g. us-east-1)")
+    for option, value in (("--secret-prefix", secret_prefix), ("--user-prefix", user_prefix)):
+        if not value or "*" in value or "?" in value:
+            raise BadInput(f"{option} must be a non-empty name prefix without wildcards")
+    _echo_json(
+        worker_policy(
+            account=account,
+            region=region,
+            secret_prefix=secret_prefix,
+            user_prefix=user_prefix,
+            partition=partition,
+            sns_topic=sns_topic,
+            queue_arn=queue_arn,
+        )
+    )
+
+
 def _human(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -193,5 +260,11 @@ def register(main: click.Group) -> None:
     from worker import actor
 
     actor.set_default(actor.cli_user())
-    for command in (runs_command, schedule_command, audit_command):
+    for command in (
+        runs_command,
+        schedule_command,
+        audit_command,
+        doctor_command,
+        iam_policy_command,
+    ):
         main.add_command(command)
