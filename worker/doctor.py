@@ -251,6 +251,7 @@ def _binding(binding: Any) -> Iterator[Check]:
     from worker.aws_secrets import SecretsManagerStore
     from worker.core.key_rotation import NotAKeySecret, current_credentials
     from worker.core.masking import show_key
+    from worker.errors import SecretFormatError
 
     name = f"binding {binding.name}"
     try:
@@ -259,6 +260,15 @@ def _binding(binding: Any) -> Iterator[Check]:
         _version, credentials, _value = current_credentials(secrets, info)
     except NotAKeySecret as exc:
         yield Check(f"{name} secret", PASS, f"{exc}")
+        return
+    except SecretFormatError as exc:
+        yield Check(
+            f"{name} secret",
+            FAIL,
+            _error(exc),
+            f"store a value with access_key_id and secret_access_key (or role_arn) as the "
+            f"AWSCURRENT version of {binding.secret}",
+        )
         return
     except Exception as exc:
         yield Check(
