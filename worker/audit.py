@@ -414,6 +414,7 @@ class Recorder:
         for path, own in list(spool.files()):
             shipped += ship_file(path, self.table(), own=own)
         spool.rotate_if_large()
+        _sweep_stale_locks(spool)
         return shipped
 
     def start(self) -> None:
@@ -485,9 +486,30 @@ def recorder() -> Recorder | None:
 
 
 def _drain_at_exit() -> None:
-    if _recorder is not None:
-        _recorder._stop.set()
-        _recorder.drain()
+    if _recorder is None:
+        return
+    _recorder._stop.set()
+    spool = _recorder._spool
+    if _recorder.drain() and spool is not None and spool.pid == os.getpid():
+        size = spool.path.stat().st_size if spool.path.exists() else 0
+        if _offset(spool.path) >= size:  # everything shipped: leave nothing behind
+            _remove(spool.path)
+
+
+def _sweep_stale_locks(spool: Spool) -> None:
+    """Lock files of processes that ended with nothing left to ship."""
+    for lock in spool.directory.glob("*.lock"):
+        if lock.with_suffix(".jsonl").exists() or lock == spool.path.with_suffix(".lock"):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - lock.stat().st_mtime < 60:
+                continue  # just created: its process may not hold the lock yet
+        try:
+            with open(lock, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock.unlink()
+        except OSError:
+            continue  # its process is alive
 
 
 def audit(action: AuditAction, obj: str, **fields: Any) -> None:
