@@ -64,7 +64,8 @@ def main() -> None:
     "--beat/--no-beat",
     default=False,
     show_default=True,
-    help="Also run the schedule that retires old keys when due (one worker only).",
+    help="Also run the schedules: key rotation and retirement, the reaper, notifications "
+    "(one worker only).",
 )
 @click.option(
     "--pool",
