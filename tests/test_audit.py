@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from worker.audit import AuditTable, Recorder, Spool, pending_rows, spool_dir
+from worker.audit import Recorder
+from worker.audit_store import AuditTable, Spool, pending_rows, spool_dir
 from worker.core.audit import AuditAction, AuditEvent
 from worker.databend_client import DatabendClient
 from worker.embedded import DatabendLocalProcess, free_port

@@ -191,10 +191,42 @@ def wait_for(what: str, check: Any, timeout: float = 120, every: float = 0.5) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_scheduled(world: World) -> Any:
+    """The due binding's first scheduled key rotation, once it has succeeded. (Each test waits
+    for what it needs: xdist may run this module's tests in two processes.)"""
+
+    def scheduled_run() -> Any:
+        runs = world.json("runs", "--limit", "50")["runs"]
+        done = [
+            r
+            for r in runs
+            if r["binding"] == f"due-{world.t}"
+            and r["kind"] == "key-rotation"
+            and r["status"] == "succeeded"
+        ]
+        return done[-1] if done else None
+
+    return wait_for("the scheduled rotation", scheduled_run, timeout=150)
+
+
+def put_broken_version(world: World) -> tuple[dict[str, str], str]:
+    """A version of the broken binding's secret that lacks its secret access key (and carries
+    one under another name, which must never be shown)."""
+    leaked = new_key(world.aws, world.users["broken"])
+    version = world.aws.client("secretsmanager").put_secret_value(
+        SecretId=world.secrets["broken"],
+        SecretString=json.dumps(
+            {"access_key_id": leaked["AccessKeyId"], "note": leaked["SecretAccessKey"]}
+        ),
+    )["VersionId"]
+    return leaked, version
+
+
 def test_the_beat_rotates_a_due_binding_and_waits_for_a_far_window(
     world: World, databend: DatabendClient
 ) -> None:
     t = world.t
+
     def schedule() -> dict[str, Any]:
         return {b["binding"]: b for b in world.json("schedule")["bindings"]}
 
@@ -219,18 +251,7 @@ def test_the_beat_rotates_a_due_binding_and_waits_for_a_far_window(
     assert starts - dt.datetime.now(dt.UTC) > dt.timedelta(hours=4)
     assert early[f"due-{t}"]["rotate_every_seconds"] == DUE_EVERY
 
-    def scheduled_run() -> Any:
-        runs = world.json("runs", "--limit", "50")["runs"]
-        done = [
-            r
-            for r in runs
-            if r["binding"] == f"due-{t}"
-            and r["kind"] == "key-rotation"
-            and r["status"] == "succeeded"
-        ]
-        return done[-1] if done else None
-
-    run = wait_for("the scheduled rotation", scheduled_run, timeout=150)
+    run = wait_scheduled(world)
     new_keys = [k for k in world.keys_of("due") if k != world.first_keys["due"]["AccessKeyId"]]
     assert new_keys
     for table in world.due_tables:
@@ -254,14 +275,7 @@ def test_the_beat_rotates_a_due_binding_and_waits_for_a_far_window(
 
 def test_a_failed_run_reaches_the_webhook_and_sns_without_secrets(world: World) -> None:
     t = world.t
-    sm = world.aws.client("secretsmanager")
-    leaked = new_key(world.aws, world.users["broken"])
-    version = sm.put_secret_value(
-        SecretId=world.secrets["broken"],
-        SecretString=json.dumps(
-            {"access_key_id": leaked["AccessKeyId"], "note": leaked["SecretAccessKey"]}
-        ),
-    )["VersionId"]
+    leaked, version = put_broken_version(world)
     result = world.stack.cli("rotate-version", f"broken-{t}", "--timeout", "120")
     assert result.returncode == 1, result.stdout + result.stderr
 
@@ -299,6 +313,7 @@ def test_a_failed_run_reaches_the_webhook_and_sns_without_secrets(world: World) 
     assert published["message"]["event"] == "run_failed"
     assert leaked["SecretAccessKey"] not in published["raw"]
 
+    wait_scheduled(world)
     runs = world.json("runs", "--limit", "50")["runs"]
     kinds = {(r["binding"], r["kind"], r["status"]) for r in runs}
     assert (f"broken-{t}", "rotation", "failed") in kinds
@@ -396,7 +411,8 @@ def test_audit_keeps_the_scheduled_rotations_changes_after_flushall(world: World
 
 
 def test_doctor_passes_on_the_stack_and_names_the_dsn_pointing_nowhere(world: World) -> None:
-    # the version the failed run was given still makes the broken binding fail, by name
+    # a version missing a field makes the broken binding fail, by name
+    put_broken_version(world)
     named = world.stack.cli("doctor")
     assert named.returncode == 1
     (failing,) = [line for line in named.stdout.splitlines() if line.startswith("FAIL")]

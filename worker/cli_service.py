@@ -155,7 +155,7 @@ def audit_command(since: str | None, binding: str | None, as_json: bool) -> None
     """Every change the rotator made, from the audit table in Databend (oldest first)."""
     import time
 
-    from worker.audit import AuditTable
+    from worker.audit_store import AuditTable
     from worker.core.schedule import parse_interval
     from worker.databend_client import DatabendClient
     from worker.logs import configure_logging

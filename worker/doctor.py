@@ -142,7 +142,7 @@ def _databend(settings: Any) -> Iterator[Check]:
 
 
 def _audit(settings: Any, client: Any) -> Iterator[Check]:
-    from worker.audit import TABLE, pending_rows, spool_dir
+    from worker.audit_store import TABLE, pending_rows, spool_dir
     from worker.sql import quote_string
 
     database = settings.audit_database

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from worker.audit import AuditedAdmin, AuditedIam, AuditedRunStore, AuditedSecrets
+from worker.audited import AuditedAdmin, AuditedIam, AuditedRunStore, AuditedSecrets
 from worker.aws_iam import BotoIamKeys
 from worker.aws_secrets import SecretsManagerStore
 from worker.core.bindings import Binding, load_bindings
