@@ -11,6 +11,7 @@ from worker.celery_app import RotatorTask, app
 from worker.core.inventory import take_inventory
 from worker.core.reconcile import find_drift, queue_fix
 from worker.launch import enqueue_rotation
+from worker.notify import drift_found
 from worker.services import services
 
 log = structlog.get_logger("rotator.tasks")
@@ -26,6 +27,12 @@ def reconcile_sweep() -> None:
             if run_id is not None:
                 enqueue_rotation(run_id)
         problems = sorted({f"{d.problem} {d.kind} {d.name}" for d in report.drift})
+        drift_found(
+            s,
+            binding=report.binding,
+            secret=report.secret,
+            objects=[(f"{d.kind} {d.name}", f"{d.problem}: {d.detail}") for d in report.drift],
+        )
         (log.warning if report.drift else log.info)(
             "reconciled",
             binding=report.binding,

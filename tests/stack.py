@@ -204,4 +204,5 @@ def isolated_env() -> dict[str, str]:
 def stack_env(dsn: str, redis_url: str, bindings: Path, aws: LocalAws) -> dict[str, str]:
     env = rotator_env(dsn=dsn, redis_url=redis_url, bindings=bindings, aws=aws, base=isolated_env())
     env.update({"ROTATOR_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    env["ROTATOR_AUDIT_SPOOL"] = str(bindings.parent / "audit-spool")  # not the user's home
     return env

@@ -22,6 +22,7 @@ app = Celery(
         "tasks.migration",
         "tasks.runs",
         "tasks.reconcile",
+        "tasks.service",
     ],
 )
 app.conf.update(
@@ -50,6 +51,7 @@ def configure_app(settings: Settings) -> Celery:
             "schedule": min(settings.reap_interval, settings.stuck_after),
         },
     }
+    schedule.update(service_schedule(settings))  # rotation schedules, notices
     if settings.reconcile_interval > 0:
         schedule["reconcile"] = {
             "task": "rotator.reconcile.sweep",
@@ -66,6 +68,20 @@ def configure_app(settings: Settings) -> Celery:
         beat_schedule=schedule,
     )
     return app
+
+
+def service_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The rotation schedule and the notification sweep (see tasks/service.py)."""
+    return {
+        "rotation-schedule": {
+            "task": "rotator.schedule.tick",
+            "schedule": settings.schedule_interval,
+        },
+        "notify-ended-runs": {
+            "task": "rotator.notify.sweep",
+            "schedule": settings.notify_interval,
+        },
+    }
 
 
 class RotatorTask(Task):  # type: ignore[misc]

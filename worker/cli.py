@@ -16,6 +16,7 @@ from worker.cli_common import (
     reports_errors,
 )
 from worker.cli_common import cli_services as _cli_services
+from worker.cli_service import structlog_bind_run
 from worker.errors import FatalError, RotatorError
 
 
@@ -37,7 +38,8 @@ def main() -> None:
     "--beat/--no-beat",
     default=False,
     show_default=True,
-    help="Also run the schedule that retires old keys when due (one worker only).",
+    help="Also run the schedules: key rotation and retirement, the reaper, notifications "
+    "(one worker only).",
 )
 @click.option(
     "--pool",
@@ -50,11 +52,22 @@ def main() -> None:
     "--metrics-port",
     default=None,
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus metrics (tables by outcome, time per table) on 127.0.0.1:PORT.",
+    help="Serve Prometheus metrics (tables, runs, key ages, schedule) on --metrics-host:PORT.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on (0.0.0.0 for a scraper on another host).",
 )
 @reports_errors
 def worker(
-    concurrency: int, pool: str, loglevel: str | None, beat: bool, metrics_port: int | None
+    concurrency: int,
+    pool: str,
+    loglevel: str | None,
+    beat: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Start a Celery worker with the configuration from the environment."""
     if metrics_port is not None and pool == "prefork":
@@ -82,18 +95,22 @@ def worker(
         # shelve file in /tmp would be shared (and locked) by every worker on the machine.
         argv += ["--beat", "--scheduler=celery.beat:Scheduler"]
     if metrics_port is not None:
-        serve_metrics(metrics_port)
+        serve_metrics(metrics_port, metrics_host)
+        from worker.service_metrics import register_service_metrics
+
+        register_service_metrics(current.redis_url or "")
     app.worker_main(argv)
 
 
-def serve_metrics(port: int) -> None:
-    """Prometheus metrics of this process on 127.0.0.1:PORT, in a background thread."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Prometheus metrics of this process on HOST:PORT, in a background thread."""
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(port, addr="127.0.0.1")
-    except OSError as exc:
-        raise FatalError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
+        start_http_server(port, addr=host)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise FatalError(f"cannot serve metrics on {host}:{port}: {why}") from None
 
 
 @main.command("rotate-version")
@@ -579,6 +596,7 @@ def abort(run_id: str) -> None:
     deleted. Refused once AWSCURRENT has moved."""
     from worker.core.lifecycle import abort as abort_run
 
+    structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
     s = _cli_services()
     back = abort_run(s.key_rotation(), run_id, s.bindings)
     click.echo(f"run {run_id} aborted; {len(back)} table(s) switched back to the old key")
@@ -767,6 +785,7 @@ def rollback(run_id: str, concurrency: int) -> None:
     from worker.core.lifecycle import rollback as rollback_run
     from worker.databend_client import table_time_limit
 
+    structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
     s = _cli_services()
     result = rollback_run(
         s.runs,
@@ -971,6 +990,9 @@ def _register_object_commands() -> None:
 
 
 _register_object_commands()
+from worker.cli_service import register  # noqa: E402 (service commands: runs, schedule, ...)
+
+register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

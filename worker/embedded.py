@@ -259,8 +259,15 @@ def rotator_env(
     return env
 
 
-def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) -> LocalAws:
-    """Start moto server; with ``enforce_iam`` requests after bootstrap need a valid IAM key."""
+def start_moto(
+    *,
+    enforce_iam: bool = True,
+    port: int = 0,
+    timeout: float = 60,
+    command: list[str] | None = None,
+) -> LocalAws:
+    """Start moto server; with ``enforce_iam`` requests after bootstrap need a valid IAM key.
+    ``command``: another moto server entry point (taking ``-H HOST -p PORT``)."""
     from worker.aws_clients import aws_client
 
     port = port or free_port()
@@ -268,7 +275,7 @@ def start_moto(*, enforce_iam: bool = True, port: int = 0, timeout: float = 60) 
     if enforce_iam:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_BOOTSTRAP_REQUESTS)
     exe = Path(sys.executable).with_name("moto_server")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    cmd = command or ([str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"])
     process = subprocess.Popen(
         [*cmd, "-H", LOOPBACK, "-p", str(port)],
         stdout=subprocess.DEVNULL,

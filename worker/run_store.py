@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from worker import actor
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.ports import RunRecord
 from worker.errors import RunNotFound, StateStoreUnavailable
@@ -133,6 +134,8 @@ class RedisRunStore:
         return f"{PREFIX}run:{run_id}{suffix}"
 
     def create(self, run: RunRecord) -> None:
+        if "actor" not in run.data:  # who asked for it, for the audit trail (worker/actor.py)
+            run.data["actor"] = self._parent_actor(run.parent) if run.parent else actor.current()
         now = time.time()
         run.created_at = run.created_at or now
         run.updated_at = now
@@ -145,6 +148,12 @@ class RedisRunStore:
             latest = self._latest_key(run.kind, run.secret, run.version_id)
             pipe.set(latest, run.run_id, ex=self.ttl)
             _execute(pipe)
+
+    def _parent_actor(self, parent: str) -> str:
+        try:
+            return str(self.get(parent).data.get("actor") or actor.current())
+        except RunNotFound:
+            return actor.current()
 
     def _latest_key(self, kind: str, secret: str, version_id: str) -> str:
         """Index of the newest run of a kind for its secret: a rotation per version, a key
@@ -188,6 +197,9 @@ class RedisRunStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(run_id), mapping=encoded)
             (pipe.srem if ended else pipe.sadd)(f"{PREFIX}unfinished", run_id)
+            if ended:  # for the notification sweep (worker/notify.py)
+                pipe.lpush(f"{PREFIX}ended", run_id)
+                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)
             _execute(pipe)
 
     def unfinished(self) -> list[str]:

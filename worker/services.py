@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from worker.audited import AuditedAdmin, AuditedIam, AuditedRunStore, AuditedSecrets
 from worker.aws_iam import BotoIamKeys
 from worker.aws_secrets import SecretsManagerStore
 from worker.core.bindings import Binding, load_bindings
@@ -44,7 +45,7 @@ class Services:
     @property
     def iam(self) -> BotoIamKeys:
         if self._iam is None:
-            self._iam = BotoIamKeys()
+            self._iam = AuditedIam()
         return self._iam
 
     def key_rotation(self) -> KeyRotationContext:
@@ -72,7 +73,7 @@ class Services:
             dsn = self.settings.require("databend_dsn").databend_dsn
             assert dsn is not None
             client = DatabendClient(dsn, statement_timeout=self.settings.statement_timeout)
-            self._admin = DriverDatabendAdmin(client)
+            self._admin = AuditedAdmin(client, self.runs)
         return self._admin
 
 
@@ -102,8 +103,8 @@ def services() -> Services:
             path = current.bindings_path
             _services = Services(
                 settings=current,
-                runs=RedisRunStore(client),
-                secrets=SecretsManagerStore(),
+                runs=AuditedRunStore(client),
+                secrets=AuditedSecrets(),
                 loaded_bindings=load_bindings(path) if path else None,
                 intake_state=RedisIntakeState(client),
                 locks=RedisSecretLocks(client, current.lock_ttl),

@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     # "commit" also queues the runs that fix it
     reconcile_interval: float = Field(default=600.0, alias="ROTATOR_RECONCILE_INTERVAL", ge=0)
     reconcile: Literal["report", "commit"] = Field(default="report", alias="ROTATOR_RECONCILE")
+    # the rotation schedule (worker --beat): how often bindings' key ages are checked
+    schedule_interval: float = Field(default=300.0, alias="ROTATOR_SCHEDULE_INTERVAL", gt=0)
+    # notifications (worker/notify.py): a webhook, an SNS topic, which events, how often ended
+    # runs are swept for failures
+    notify_url: str | None = Field(default=None, alias="ROTATOR_NOTIFY_URL")
+    notify_sns_topic: str | None = Field(default=None, alias="ROTATOR_NOTIFY_SNS_TOPIC")
+    notify_on: Literal["failures", "all"] = Field(default="failures", alias="ROTATOR_NOTIFY_ON")
+    notify_interval: float = Field(default=15.0, alias="ROTATOR_NOTIFY_INTERVAL", gt=0)
+    # the audit trail (worker/audit.py): its database in Databend, the local spool rows wait in
+    # until shipped (mount it on a volume), how often they are shipped
+    audit_database: str = Field(default="rotator", alias="ROTATOR_AUDIT_DATABASE", min_length=1)
+    audit_spool: Path = Field(
+        default_factory=lambda: Path.home() / ".local/state/databend-rotator/audit-spool",
+        alias="ROTATOR_AUDIT_SPOOL",
+    )
+    audit_flush_interval: float = Field(default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
 

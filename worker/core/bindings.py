@@ -10,6 +10,9 @@
     discover = true                    # default true
     buckets = ["lake"]                 # optional: buckets discovery may match (see plan.py)
     iam_user = "svc-lake"              # optional: the IAM user owning the key (issue 5)
+    rotate_every = "90d"               # optional: `worker --beat` rotates the key when older
+    window = "0 2 * * SUN"             # optional: only inside windows (5-field cron, UTC) ...
+    window_duration = "3h"             # ... this long (default 1h)
 
 A bad file fails at load with the line at fault.
 """
@@ -19,10 +22,16 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.core.schedule import (
+    DEFAULT_WINDOW_DURATION,
+    SchedulePolicy,
+    check_window,
+    parse_interval,
+)
 from worker.errors import ConfigError
 from worker.sql import (
     DatabaseName,
@@ -46,6 +55,7 @@ _KNOWN_KEYS = {
     "buckets",
     "iam_user",
 }
+_SCHEDULE_KEYS = {"rotate_every", "window", "window_duration"}
 MAX_PREFIX_LENGTH = 200
 _OWN_SUFFIX = re.compile(r"[0-9a-z]{8}")  # short_version_id of a Secrets Manager version id
 
@@ -134,6 +144,7 @@ class Binding:
     iam_user: str | None = None
     stage_selectors: tuple[NameSelector, ...] = ()
     database_selectors: tuple[NameSelector, ...] = ()
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
 
     def selector_for(self, name: ObjectName) -> Selector | NameSelector | None:
         """The first selector of this binding naming the object, if any."""
@@ -242,8 +253,9 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
     if not isinstance(entry, dict):
         raise fail("each [[bindings]] entry must be a table")
     for key in entry:
-        if key not in _KNOWN_KEYS:
-            raise fail(f"unknown key {key!r} (known: {', '.join(sorted(_KNOWN_KEYS))})", key)
+        if key not in _KNOWN_KEYS | _SCHEDULE_KEYS:
+            known = ", ".join(sorted(_KNOWN_KEYS | _SCHEDULE_KEYS))
+            raise fail(f"unknown key {key!r} (known: {known})", key)
     for key in ("name", "secret", "connection_prefix"):
         if key not in entry:
             raise fail(f"{key!r} is required in every [[bindings]] entry")
@@ -277,7 +289,13 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
         raise fail("'iam_user' must be a non-empty string", "iam_user")
     if not selectors and not discover and not any(named.values()):
         raise fail("a binding needs 'tables', 'stages', 'databases' or discover = true", "discover")
+    try:
+        schedule = _parse_schedule(entry)
+    except ValueError as exc:
+        key = next((k for k in ("window_duration", "window", "rotate_every") if k in entry), None)
+        raise fail(str(exc), key) from None
     return Binding(
+        schedule=schedule,
         name=entry["name"],
         secret=entry["secret"],
         connection_prefix=prefix,
@@ -301,6 +319,26 @@ def _name_selectors(entry: dict[str, Any], key: str, fail: Any) -> tuple[NameSel
         except ValueError as exc:
             raise fail(f"bad {key.removesuffix('s')} selector: {exc}", text) from None
     return tuple(selectors)
+
+
+def _parse_schedule(entry: dict[str, Any]) -> SchedulePolicy:
+    """rotate_every / window / window_duration (see worker/core/schedule.py)."""
+    every = entry.get("rotate_every")
+    window = entry.get("window")
+    duration = entry.get("window_duration")
+    if (window is not None or duration is not None) and every is None:
+        raise ValueError("'window' and 'window_duration' need 'rotate_every'")
+    if duration is not None and window is None:
+        raise ValueError("'window_duration' needs 'window'")
+    return SchedulePolicy(
+        rotate_every=None if every is None else parse_interval(every, "rotate_every"),
+        window=None if window is None else check_window(window),
+        window_duration=(
+            DEFAULT_WINDOW_DURATION
+            if duration is None
+            else parse_interval(duration, "window_duration")
+        ),
+    )
 
 
 def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = None) -> int:

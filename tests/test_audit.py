@@ -1,0 +1,97 @@
+"""The audit trail's adapter on real parts: spool on disk, rows shipped to databend-local once,
+orphaned spools adopted, and nothing lost or blocking while Databend is unreachable."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from worker.audit import Recorder
+from worker.audit_store import AuditTable, Spool, pending_rows, spool_dir
+from worker.core.audit import AuditAction, AuditEvent
+from worker.databend_client import DatabendClient
+from worker.embedded import DatabendLocalProcess, free_port
+from worker.run_store import RedisRunStore
+
+
+def recorder(tmp_path: Path, dsn: str, database: str, redis_url: str) -> Recorder:
+    return Recorder(
+        base=tmp_path / "spool",
+        dsn=dsn,
+        database=database,
+        interval=0.2,
+        runs=RedisRunStore.from_url(redis_url),
+    )
+
+
+def test_rows_reach_the_table_once_with_the_runs_facts(
+    tmp_path: Path, databend_local: DatabendLocalProcess, redis_url: str, unique: str
+) -> None:
+    from worker.core.ports import RunRecord
+
+    runs = RedisRunStore.from_url(redis_url)
+    runs.create(RunRecord(f"run-{unique}", "key-rotation", "arn:secret", "v", binding="lake"))
+    database = f"audit_{unique}"
+    rec = recorder(tmp_path, databend_local.dsn, database, redis_url)
+    rec.record(
+        AuditEvent(
+            AuditAction.KEY_DEACTIVATED,
+            "iam user u key ******ABC",
+            before="Active",
+            after="Inactive",
+            run_id=f"run-{unique}",
+        )
+    )
+    rec.record(AuditEvent(AuditAction.CONNECTION_CREATED, "c1", after="******XYZ"))
+    rec.flush()
+    rec.flush()  # nothing new: nothing twice
+    table = AuditTable(DatabendClient(databend_local.dsn), database)
+    events = table.events()
+    assert [e["action"] for e in events] == ["key_deactivated", "connection_created"]
+    first = events[0]
+    assert first["binding"] == "lake" and first["secret"] == "arn:secret"
+    assert first["run_id"] == f"run-{unique}" and first["actor"]
+    assert first["at"].endswith("Z") and first["before"] == "Active"
+    assert table.events(binding="lake")[0]["event_id"] == first["event_id"]
+    assert table.events(since=time.time() + 60) == []
+
+
+def test_a_spool_left_by_a_dead_process_is_shipped_by_the_next(
+    tmp_path: Path, databend_local: DatabendLocalProcess, redis_url: str, unique: str
+) -> None:
+    database = f"audit_{unique}"
+    directory = spool_dir(tmp_path / "spool", databend_local.dsn, database)
+    dead = Spool(directory)
+    row = {
+        "event_id": f"e-{unique}",
+        "at": time.time(),
+        "run_id": None,
+        "binding": "b",
+        "secret": None,
+        "action": "key_deleted",
+        "object": "iam user u key ******QQQ",
+        "before": None,
+        "after": "deleted",
+        "actor": "worker",
+    }
+    dead.append(row)
+    dead._lock_file.close()  # the process died: its lock is gone, its rows are not
+    rec = recorder(tmp_path, databend_local.dsn, database, redis_url)
+    rec.flush()
+    events = AuditTable(DatabendClient(databend_local.dsn), database).events()
+    assert [e["event_id"] for e in events] == [f"e-{unique}"]
+    assert not dead.path.exists(), "an adopted spool is removed once shipped"
+
+
+def test_databend_down_neither_blocks_nor_loses_a_row(tmp_path: Path, redis_url: str) -> None:
+    nowhere = f"databend://root:@127.0.0.1:{free_port()}/default?sslmode=disable"
+    rec = recorder(tmp_path, nowhere, "rotator", redis_url)
+    started = time.perf_counter()
+    rec.record(AuditEvent(AuditAction.AWSCURRENT_MOVED, "arn:s", before="version 1", after="2"))
+    assert time.perf_counter() - started < 0.5, "recording never waits for Databend"
+    time.sleep(1.0)  # the flusher tried and failed: the row waits in the spool
+    directory = spool_dir(tmp_path / "spool", nowhere, "rotator")
+    assert pending_rows(directory) == 1
+    line = next(directory.glob("*.jsonl")).read_text().strip()
+    assert json.loads(line)["action"] == "awscurrent_moved"

@@ -1,0 +1,57 @@
+"""The audit trail's port: every change the rotator makes is one ``AuditEvent`` handed to
+``Audit.record``. What an event may hold: names, version ids, and credentials only as Databend
+shows them (``******XYZ`` / ``AK***YZ``) — never a secret value.
+
+``record`` must return quickly and must not raise: a change that already happened is never undone
+or held up because its audit row could not be written yet (the adapter keeps the row and retries).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class AuditAction(StrEnum):
+    CONNECTION_CREATED = "connection_created"
+    CONNECTION_DROPPED = "connection_dropped"
+    OBJECT_SWITCHED = "object_switched"
+    OBJECT_REVERTED = "object_reverted"  # switched back to the credentials it had
+    KEY_CREATED = "key_created"
+    KEY_DEACTIVATED = "key_deactivated"
+    KEY_REACTIVATED = "key_reactivated"
+    KEY_DELETED = "key_deleted"
+    PENDING_STORED = "pending_stored"  # a new secret version labelled AWSPENDING
+    PENDING_REMOVED = "pending_removed"
+    AWSCURRENT_MOVED = "awscurrent_moved"
+    RUN_ABORTED = "run_aborted"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    action: AuditAction
+    object: str
+    before: str | None = None
+    after: str | None = None
+    run_id: str | None = None
+    binding: str | None = None
+    secret: str | None = None
+    actor: str | None = None
+    at: float = field(default_factory=time.time)
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class Audit(Protocol):
+    def record(self, event: AuditEvent) -> None:
+        """Keep the event durably (returns quickly, never raises)."""
+        ...
+
+
+class NullAudit:
+    """No audit trail (unit tests of the core)."""
+
+    def record(self, event: AuditEvent) -> None:
+        return None
