@@ -994,5 +994,37 @@ from worker.cli_service import register  # noqa: E402 (service commands: runs, s
 
 register(main)
 
+
+def run() -> None:
+    """The ``rotator`` command. It ends with ``os._exit`` once its exit handlers have run (the
+    audit spool drained, logs flushed): the Databend driver keeps native threads, and a Python
+    thread still inside it when the interpreter finalizes aborts the process (SIGABRT,
+    "exception not rethrown") instead of exiting with the command's own code."""
+    import atexit
+    import os
+
+    code: int = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if isinstance(exc.code, int):
+            code = exc.code
+        elif exc.code is not None:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # not one of ours (reports_errors handles those): show it, fail
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
