@@ -11,7 +11,7 @@ import time
 import structlog
 
 from worker.celery_app import RotatorTask, app
-from worker.core.migration import judge_wave
+from worker.core.migration import finished_in_wave, judge_wave
 from worker.core.model import RunStatus, TableOutcome, TableStatus
 from worker.core.rotation import RetryPolicy
 from worker.core.runs import close_run, switch_and_record
@@ -110,6 +110,10 @@ def _migrate(self: RotatorTask, run_id: str, name: ObjectName, wave: int) -> Non
             judge(run_id, wave)
         return
     if result is None:
+        # finished already, maybe by a redelivered copy that counted it in an older epoch: count
+        # it in this one too, or the resumed wave would never be judged complete
+        if finished_in_wave(s.runs, run_id, name, wave, epoch):
+            judge(run_id, wave)
         return
     seconds = time.perf_counter() - started
     table_finished("migration", str(result.outcome.status), seconds)

@@ -153,3 +153,23 @@ def test_role_connections_and_tables_match_on_what_databend_shows() -> None:
 def test_bad_options_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         MigrationOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_a_table_finished_by_a_late_copy_in_an_older_epoch_still_completes_the_resumed_wave() -> (
+    None
+):
+    from worker.core.migration import finished_in_wave
+
+    # Given a wave of two tables resumed in epoch 1, while a redelivered copy from epoch 0 is
+    # still switching table a
+    runs = MemoryRuns()
+    a, b = TableName("db", "a"), TableName("db", "b")
+    runs.create(RunRecord(run_id="m", kind="migration", secret="", version_id=""))
+    runs.set_plan("m", [TableOutcome(a), TableOutcome(b)])
+    runs.set_waves("m", [[a, b]])
+    # When the old copy records a in epoch 0, and b finishes in epoch 1
+    runs.record_wave_outcome("m", TableOutcome(a, TableStatus.VALIDATED), 0, 0)
+    assert runs.record_wave_outcome("m", TableOutcome(b, TableStatus.VALIDATED), 0, 1)[1] == 1
+    # Then epoch 1's own task for a, finding it done, counts it and completes the wave
+    assert finished_in_wave(runs, "m", a, 0, 1) is True
+    assert finished_in_wave(runs, "m", TableName("db", "ghost"), 0, 1) is False

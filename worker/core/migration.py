@@ -246,3 +246,12 @@ def rollback_targets(
         else:
             back.append((o.table, connection, o.previous))
     return back, unknown
+
+
+def finished_in_wave(runs: RunStore, run_id: str, table: ObjectName, wave: int, epoch: int) -> bool:
+    """For a table whose task found nothing to do: if the table is finished, count it in the
+    wave's current epoch (idempotent) and say whether that completes the wave."""
+    outcome = runs.outcome(run_id, table)
+    if outcome is None or not outcome.status.done:
+        return False
+    return runs.wave_finished(run_id, wave, table, epoch) >= runs.wave_size(run_id, wave)
