@@ -155,10 +155,9 @@ def test_bad_options_are_refused(bad: dict[str, float]) -> None:
         MigrationOptions(**bad)  # type: ignore[arg-type]
 
 
-def test_a_table_finished_by_a_late_copy_in_an_older_epoch_still_completes_the_resumed_wave() -> (
-    None
-):
+def test_a_table_a_late_copy_finished_in_an_older_epoch_completes_the_resumed_wave() -> None:
     from worker.core.migration import finished_in_wave
+    from worker.core.ports import RunRecord
 
     # Given a wave of two tables resumed in epoch 1, while a redelivered copy from epoch 0 is
     # still switching table a
