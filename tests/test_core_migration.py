@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import FakeAdmin, MemoryRuns
-from worker.core.bindings import Selector
-from worker.core.migration import (
+from worker.domain.bindings import Selector
+from worker.domain.model import (
+    RoleCredentials,
+    StorageParam,
+    TableOutcome,
+    TableStatus,
+    parse_storage_param,
+)
+from worker.domain.sql import TableName
+from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
     assign_waves,
@@ -16,14 +24,6 @@ from worker.core.migration import (
     plan_migration,
     rollback_targets,
 )
-from worker.core.model import (
-    RoleCredentials,
-    StorageParam,
-    TableOutcome,
-    TableStatus,
-    parse_storage_param,
-)
-from worker.sql import TableName
 
 
 def names(n: int) -> list[TableName]:
