@@ -41,7 +41,7 @@ def main() -> None:
     import databend
     from databend_driver import BlockingDatabendClient
 
-    from worker.embedded import start_databend_local
+    from worker.local.embedded import start_databend_local
 
     engine = databend.SessionContext(data_path=tempfile.mkdtemp(prefix="bench-engine-"))
     server = start_databend_local()

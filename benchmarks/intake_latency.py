@@ -31,17 +31,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="events per second")
     args = parser.parse_args()
 
-    from worker.core.events import eventbridge_rule_pattern
-    from worker.databend_client import DatabendClient
-    from worker.embedded import (
+    from worker.adapters.databend_client import DatabendClient
+    from worker.adapters.run_store import RedisRunStore
+    from worker.domain.events import eventbridge_rule_pattern
+    from worker.domain.sql import TableName, quote_identifier, quote_string
+    from worker.local.embedded import (
         rotator_env,
         start_databend_local,
         start_moto,
         start_valkey,
         stop_process,
     )
-    from worker.run_store import RedisRunStore
-    from worker.sql import TableName, quote_identifier, quote_string
 
     work = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     databend, valkey = start_databend_local(), start_valkey()

@@ -93,12 +93,12 @@ def measure(env: dict[str, str]) -> tuple[float, float, int]:
 def breakdown(dsn: str, env: dict[str, str]) -> str:
     """Where the time goes inside one inventory (in this process, warm)."""
     os.environ.update(env)
-    from worker.aws_iam import BotoIamKeys
-    from worker.aws_secrets import SecretsManagerStore
-    from worker.core.bindings import load_bindings
-    from worker.core.inventory import take_inventory
-    from worker.databend_admin import DriverDatabendAdmin
-    from worker.databend_client import DatabendClient
+    from worker.adapters.aws_iam import BotoIamKeys
+    from worker.adapters.aws_secrets import SecretsManagerStore
+    from worker.adapters.databend_admin import DriverDatabendAdmin
+    from worker.adapters.databend_client import DatabendClient
+    from worker.domain.bindings import load_bindings
+    from worker.flow.inventory import take_inventory
 
     admin = DriverDatabendAdmin(DatabendClient(dsn))
     parts = []
@@ -134,8 +134,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from tests.stack import isolated_env
-    from worker.databend_client import DatabendClient
-    from worker.embedded import rotator_env, start_databend_local, start_moto
+    from worker.adapters.databend_client import DatabendClient
+    from worker.local.embedded import rotator_env, start_databend_local, start_moto
 
     total = args.tables + args.stages + args.databases + args.connections
     work = Path(tempfile.mkdtemp(prefix="bench-inventory-"))

@@ -122,16 +122,16 @@ def main() -> None:
 
 def measure(n: int, args: argparse.Namespace) -> Figures:
     """Fresh databend-local, Valkey and moto; N new external tables; the three ways."""
-    from worker.databend_client import DatabendClient
-    from worker.embedded import (
+    from worker.adapters.databend_client import DatabendClient
+    from worker.adapters.run_store import RedisRunStore
+    from worker.domain.sql import TableName, quote_string
+    from worker.local.embedded import (
         rotator_env,
         start_databend_local,
         start_moto,
         start_valkey,
         stop_process,
     )
-    from worker.run_store import RedisRunStore
-    from worker.sql import TableName, quote_string
 
     print(f"== {n} tables", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))

@@ -6,12 +6,12 @@ import time
 
 import structlog
 
-from worker.celery_app import RotatorTask, app
-from worker.core.key_rotation import Next, Phase, advance, due_retirements, retire_old_key
-from worker.errors import LockBusy, RetryableError, RunNotFound
-from worker.faults import fault_point
-from worker.notify import retirement_report
-from worker.services import services
+from worker.domain.errors import LockBusy, RetryableError, RunNotFound
+from worker.flow.key_rotation import Next, Phase, advance, due_retirements, retire_old_key
+from worker.observe.notify import retirement_report
+from worker.runtime.celery_app import RotatorTask, app
+from worker.runtime.faults import fault_point
+from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
 
@@ -59,7 +59,8 @@ def retire_due() -> None:
         for action in due_retirements(run, now):
             result = retire_old_key(ctx, run_id, action)
             log.info("old key " + action, run_id=run_id, result=result)
-            retirement_report(s, run_id)  # a blocked retirement is notified (worker/notify.py)
+            # a blocked retirement is notified (worker/observe/notify.py)
+            retirement_report(s, run_id)
         data = s.runs.get(run_id).data
         if data.get("deactivated_at") and data.get("deleted_at"):
             s.runs.unmark_retiring(run_id)

@@ -10,16 +10,16 @@ import time
 
 import structlog
 
-from worker.celery_app import RotatorTask, app
-from worker.core.migration import finished_in_wave, judge_wave
-from worker.core.model import RunStatus, TableOutcome, TableStatus
-from worker.core.rotation import RetryPolicy
-from worker.core.runs import close_run, switch_and_record
-from worker.databend_client import table_time_limit
-from worker.errors import RetryableError
-from worker.metrics import TABLE_RETRIES, table_finished
-from worker.services import services
-from worker.sql import ObjectName, TableName, object_label, object_name
+from worker.adapters.databend_client import table_time_limit
+from worker.domain.errors import RetryableError
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.sql import ObjectName, TableName, object_label, object_name
+from worker.flow.migration import finished_in_wave, judge_wave
+from worker.flow.rotation import RetryPolicy
+from worker.flow.runs import close_run, switch_and_record
+from worker.observe.metrics import TABLE_RETRIES, table_finished
+from worker.runtime.celery_app import RotatorTask, app
+from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
 

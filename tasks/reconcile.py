@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import structlog
 
-from worker.celery_app import RotatorTask, app
-from worker.core.inventory import take_inventory
-from worker.core.reconcile import find_drift, queue_fix
-from worker.launch import enqueue_rotation
-from worker.notify import drift_found
-from worker.services import services
+from worker.flow.inventory import take_inventory
+from worker.flow.reconcile import find_drift, queue_fix
+from worker.observe.notify import drift_found
+from worker.runtime.celery_app import RotatorTask, app
+from worker.runtime.launch import enqueue_rotation
+from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
 

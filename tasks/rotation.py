@@ -11,16 +11,16 @@ import time
 
 import structlog
 
-from worker.celery_app import RotatorTask, app
-from worker.core.model import TableOutcome, TableStatus
-from worker.core.rotation import RetryPolicy
-from worker.core.runs import finish_table, prepare_rotation, switch_and_record
-from worker.databend_client import table_time_limit
-from worker.errors import FatalError, LockBusy, RetryableError
-from worker.faults import fault_point
-from worker.metrics import TABLE_RETRIES, table_finished
-from worker.services import services
-from worker.sql import ObjectName, TableName, object_label, object_name
+from worker.adapters.databend_client import table_time_limit
+from worker.domain.errors import FatalError, LockBusy, RetryableError
+from worker.domain.model import TableOutcome, TableStatus
+from worker.domain.sql import ObjectName, TableName, object_label, object_name
+from worker.flow.rotation import RetryPolicy
+from worker.flow.runs import finish_table, prepare_rotation, switch_and_record
+from worker.observe.metrics import TABLE_RETRIES, table_finished
+from worker.runtime.celery_app import RotatorTask, app
+from worker.runtime.faults import fault_point
+from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
 
@@ -134,7 +134,7 @@ def _switch(self: RotatorTask, run_id: str, name: ObjectName) -> None:
 
 def _give_up(run_id: str, reason: str) -> None:
     """Planning ran out of retries: the run is failed (resumable), never left queued."""
-    from worker.core.runs import give_up
+    from worker.flow.runs import give_up
 
     give_up(run_id, reason, runs=services().runs, locks=services().locks)
     log.error("rotation failed before switching any table", error=reason)

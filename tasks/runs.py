@@ -6,10 +6,10 @@ import time
 
 import structlog
 
-from worker.celery_app import RotatorTask, app
-from worker.core.reaper import reap
-from worker.launch import enqueue_followup
-from worker.services import services
+from worker.flow.reaper import reap
+from worker.runtime.celery_app import RotatorTask, app
+from worker.runtime.launch import enqueue_followup
+from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
 

@@ -8,8 +8,8 @@ from typing import Any
 import structlog
 from celery import signals
 
-from worker.celery_app import RotatorTask, app
-from worker.services import services
+from worker.runtime.celery_app import RotatorTask, app
+from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
 
@@ -18,7 +18,7 @@ DELIVERY_ATTEMPTS = 10  # 5 s, 10 s, 20 s … capped at 300 s: about half an hou
 
 @app.task(base=RotatorTask, name="rotator.schedule.tick")
 def schedule_tick() -> None:
-    from worker.scheduler import tick
+    from worker.runtime.scheduler import tick
 
     for seen in tick(services()):
         if seen.problem:
@@ -27,14 +27,14 @@ def schedule_tick() -> None:
 
 @app.task(base=RotatorTask, name="rotator.notify.sweep")
 def notify_sweep() -> None:
-    from worker.notify import sweep_ended
+    from worker.observe.notify import sweep_ended
 
     sweep_ended(services())
 
 
 @app.task(base=RotatorTask, bind=True, name="rotator.notify.deliver", max_retries=DELIVERY_ATTEMPTS)
 def deliver_notification(self: RotatorTask, sink: str, message: dict[str, Any]) -> None:
-    from worker.notify import DeliveryFailed, deliver
+    from worker.observe.notify import DeliveryFailed, deliver
 
     try:
         deliver(services().settings, sink, message)
@@ -61,8 +61,8 @@ def deliver_notification(self: RotatorTask, sink: str, message: dict[str, Any]) 
 def _worker_is_the_actor(**_: Any) -> None:
     """Runs a worker creates on its own (none but the schedule's, which say so) are the worker's;
     its audit flusher starts with it."""
-    from worker import actor
-    from worker.audit import recorder
+    from worker.observe import actor
+    from worker.observe.audit import recorder
 
     actor.set_default("worker")
     audit = recorder()

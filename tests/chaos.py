@@ -5,7 +5,7 @@ safety invariants after every step — Jepsen's way: generate schedules, check i
 in reading order:
 
 - **tests/chaos.py** (this module): section 1, *the adapter* — the only code of the suite that
-  calls ``worker.core``, always with keyword arguments; when the core's API changes, adjust this
+  calls ``worker.flow``, always with keyword arguments; when the core's API changes, adjust this
   section and nothing else. Section 2, ``build_world``: one secret, its IAM user(s), a lake.
 - **tests/chaos_world.py**: the faulty fakes — real IAM keys, an ALTER that needs both keys,
   transient faults, crashes, Redis flushes, a second worker between two calls.
@@ -42,31 +42,31 @@ from tests.chaos_world import (
     World,
 )
 from tests.fakes import FakeSecrets
-from worker.core import key_rotation as _key_rotation
-from worker.core import lifecycle as _lifecycle
-from worker.core import reaper as _reaper
-from worker.core import runs as _runs
-from worker.core.bindings import Binding, Selector
-from worker.core.events import Action, EventDecision
-from worker.core.intake import handle_event
-from worker.core.masking import MaskForm
-from worker.core.model import (
+from worker.domain.bindings import Binding, Selector
+from worker.domain.errors import FatalError
+from worker.domain.events import Action, EventDecision
+from worker.domain.masking import MaskForm
+from worker.domain.model import (
     AccessKeyCredentials,
     RunStatus,
     TableOutcome,
     TableStatus,
     parse_storage_param,
 )
-from worker.core.rotation import RetryPolicy
-from worker.errors import FatalError
-from worker.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.flow import key_rotation as _key_rotation
+from worker.flow import lifecycle as _lifecycle
+from worker.flow import reaper as _reaper
+from worker.flow import runs as _runs
+from worker.flow.intake import handle_event
+from worker.flow.rotation import RetryPolicy
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER
 USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either
 
 # =================================================================================================
 # 1. The adapter: everything below, down to section 2, calls the core. Adjust it when the API
-#    changes; nothing else in the chaos suite imports worker.core.
+#    changes; nothing else in the chaos suite imports worker.flow.
 # =================================================================================================
 
 BINDING = Binding(
@@ -239,7 +239,7 @@ def start_key_rotation(
 
 
 def abort(world: World, run_id: str) -> list[str]:
-    """`rotator abort` (worker/core/lifecycle.py): the tables switched back. A change still in
+    """`rotator abort` (worker/flow/lifecycle.py): the tables switched back. A change still in
     flight (a dead worker's lease) makes it refuse for now: asked again later, it goes on."""
     return [
         str(t)
@@ -264,7 +264,7 @@ def _followups(followup: Any, run_id: str) -> list[Followup]:
 
 
 def resume(world: World, run_id: str) -> list[Followup]:
-    """`rotator resume` (worker/core/lifecycle.py): the tasks it enqueues."""
+    """`rotator resume` (worker/flow/lifecycle.py): the tasks it enqueues."""
     resumed = _lifecycle.resume(ctx=key_context(world), run_id=run_id)
     return _followups(resumed.followup, resumed.run_id)
 
@@ -316,7 +316,7 @@ def describe_run(run: Any) -> str:
 
 
 def unfinished_key_rotation(world: World) -> str | None:
-    """What `rotate --commit` looks for in the run store before it starts (worker/cli.py)."""
+    """What `rotate --commit` looks for in the run store before it starts (worker/cli/main.py)."""
     for run_id, run in sorted(world.runs.runs.items()):
         if run.kind == "key-rotation" and not is_final(run):
             return run_id

@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.chaos import describe_run, is_final, is_flagged, run_started
 from tests.chaos_world import World
-from worker.sql import ObjectName
+from worker.domain.sql import ObjectName
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER (issue 10's reaper)
 HANG_BOUND = 2 * STUCK_AFTER  # a run silent for longer, neither final nor flagged, hangs

@@ -41,8 +41,8 @@ from tests.chaos import (
 )
 from tests.chaos_invariants import HANG_BOUND, INVARIANTS, Invariants, Violation
 from tests.chaos_world import Faults, WorkerCrash
-from worker.errors import FatalError, LockBusy, RetryableError, RotatorError
-from worker.sql import ObjectName
+from worker.domain.errors import FatalError, LockBusy, RetryableError, RotatorError
+from worker.domain.sql import ObjectName
 
 VISIBILITY_TIMEOUT = 3600.0  # ROTATOR_VISIBILITY_TIMEOUT: a dead worker's task comes back then
 BEAT_PERIOD = 300.0  # how often the beat enqueues retire_due (and the reaper)

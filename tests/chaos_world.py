@@ -16,7 +16,7 @@ What the plain fakes leave out and this world models:
 - **ALTER TABLE … CONNECTION needs both keys**: the new key is validated (3901 when it does not
   work) and the new snapshot is written with the old one (3002 when that one does not work).
   ``read_back`` reads data, so a table whose key no longer works fails it with 3002 (403).
-- **Transient faults**: every Databend / S3 / IAM call fails with a ``worker.errors``
+- **Transient faults**: every Databend / S3 / IAM call fails with a ``worker.domain.errors``
   RetryableError with probability ``Faults.rate`` — before its effect, or, for a change, after it
   (the change is made, the answer is lost: an ALTER that committed, a key that was created).
 - **Crashes**: ``WorkerCrash`` (a kill -9) can hit any step boundary: after a change to Databend,
@@ -50,8 +50,7 @@ from tests.fakes import (
     MemoryLocks,
     MemoryRuns,
 )
-from worker.core.model import AccessKeyCredentials, DatabaseDefault, ExternalStage
-from worker.errors import (
+from worker.domain.errors import (
     AwsPermanentError,
     AwsTransientError,
     DatabendQueryError,
@@ -61,7 +60,8 @@ from worker.errors import (
     StorageUnavailable,
     UnknownSecretError,
 )
-from worker.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.domain.model import AccessKeyCredentials, DatabaseDefault, ExternalStage
+from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 LOCK_TTL = 600.0  # ROTATOR_LOCK_TTL's default
 KEYS_PER_USER = 2  # IAM's quota
@@ -526,7 +526,10 @@ class ChaosRuns(MemoryRuns):
 
 
 class ChaosLocks(MemoryLocks):
-    """Redis locks with a TTL on the world's clock (the Lua scripts of worker/redis_state.py)."""
+    """Redis locks with a TTL on the world's clock.
+
+    (The Lua scripts of worker/adapters/redis_state.py.)
+    """
 
     def __init__(self, env: Env, ttl: float = LOCK_TTL) -> None:
         super().__init__()

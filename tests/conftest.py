@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.databend_client import DatabendClient
-from worker.embedded import (
+from worker.adapters.databend_client import DatabendClient
+from worker.local.embedded import (
     DatabendLocalProcess,
     LocalAws,
     ValkeyProcess,

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.core.masking import MaskForm, mask
-from worker.core.model import (
+from worker.domain.errors import DatabendQueryError, RunNotFound, UnknownSecretError
+from worker.domain.masking import MaskForm, mask
+from worker.domain.model import (
     AccessKeyCredentials,
     ConnectionInfo,
     Credentials,
@@ -20,9 +21,8 @@ from worker.core.model import (
     TableOutcome,
     parse_location,
 )
-from worker.core.ports import Admission, RunRecord, SecretInfo, VersionInfo
-from worker.errors import DatabendQueryError, RunNotFound, UnknownSecretError
-from worker.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.domain.ports import Admission, RunRecord, SecretInfo, VersionInfo
+from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 
 def fake_key(suffix: str) -> str:
@@ -349,7 +349,7 @@ class MemoryIntakeState:
     newest_: dict[str, object] = field(default_factory=dict)
 
     def claim(self, secret_arn: str, version_id: str, run_id: str):  # type: ignore[no-untyped-def]
-        from worker.core.ports import Claim
+        from worker.domain.ports import Claim
 
         entry = self.claims.setdefault((secret_arn, version_id), [run_id, False])
         # in one process nothing is in flight elsewhere: an unenqueued claim is a crashed one
@@ -395,7 +395,7 @@ class FakeIam:
         raise UnknownSecretError("NoSuchEntity: IAM does not know who owns the key")
 
     def list_keys(self, user: str):  # type: ignore[no-untyped-def]
-        from worker.core.ports import AccessKey
+        from worker.domain.ports import AccessKey
 
         return [
             AccessKey(str(k[0]), bool(k[1]), float(k[2]))  # type: ignore[arg-type]
@@ -439,7 +439,7 @@ class FakeWriter:
 
 @dataclass
 class MemoryFences:
-    """Fences over a MemoryRuns: the same rules as worker.redis_state.RedisFences."""
+    """Fences over a MemoryRuns: the same rules as worker.adapters.redis_state.RedisFences."""
 
     runs: MemoryRuns
     clock: Callable[[], float] = lambda: 0.0

@@ -13,9 +13,9 @@ from typing import Any
 import redis
 
 from tests.stack import new_key
-from worker.databend_client import DatabendClient
-from worker.embedded import LocalAws
-from worker.sql import TableName, quote_string
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.sql import TableName, quote_string
+from worker.local.embedded import LocalAws
 
 
 def access_keys(aws: LocalAws, user: str) -> dict[str, str]:

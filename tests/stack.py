@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient
-from worker.embedded import LocalAws, rotator_env
-from worker.sql import TableName, connection_name, quote_identifier, quote_string
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.sql import TableName, connection_name, quote_identifier, quote_string
+from worker.local.embedded import LocalAws, rotator_env
 
 REPO = Path(__file__).resolve().parents[1]
 

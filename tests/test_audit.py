@@ -7,12 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from worker.audit import Recorder
-from worker.audit_store import AuditTable, Spool, pending_rows, spool_dir
-from worker.core.audit import AuditAction, AuditEvent
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, free_port
-from worker.run_store import RedisRunStore
+from worker.adapters.audit_store import AuditTable, Spool, pending_rows, spool_dir
+from worker.adapters.databend_client import DatabendClient
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.audit import AuditAction, AuditEvent
+from worker.local.embedded import DatabendLocalProcess, free_port
+from worker.observe.audit import Recorder
 
 
 def recorder(tmp_path: Path, dsn: str, database: str, redis_url: str) -> Recorder:
@@ -28,7 +28,7 @@ def recorder(tmp_path: Path, dsn: str, database: str, redis_url: str) -> Recorde
 def test_rows_reach_the_table_once_with_the_runs_facts(
     tmp_path: Path, databend_local: DatabendLocalProcess, redis_url: str, unique: str
 ) -> None:
-    from worker.core.ports import RunRecord
+    from worker.domain.ports import RunRecord
 
     runs = RedisRunStore.from_url(redis_url)
     runs.create(RunRecord(f"run-{unique}", "key-rotation", "arn:secret", "v", binding="lake"))

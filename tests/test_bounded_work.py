@@ -13,18 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.aws_clients import aws_client, boto_config
-from worker.aws_iam import BotoIamKeys
-from worker.aws_secrets import SecretsManagerStore
-from worker.core.intake import IntakeResult
-from worker.core.rotation import RetryPolicy, rotate_table
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient, bounded_dsn, deadline, table_time_limit
-from worker.embedded import DatabendLocalProcess
-from worker.errors import AwsTransientError, DatabendUnavailable
-from worker.intake_runner import SqsIntake
-from worker.settings import Settings
-from worker.sql import TableName
+from worker.adapters.aws_clients import aws_client, boto_config
+from worker.adapters.aws_iam import BotoIamKeys
+from worker.adapters.aws_secrets import SecretsManagerStore
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient, bounded_dsn, deadline, table_time_limit
+from worker.domain.errors import AwsTransientError, DatabendUnavailable
+from worker.domain.sql import TableName
+from worker.flow.intake import IntakeResult
+from worker.flow.rotation import RetryPolicy, rotate_table
+from worker.local.embedded import DatabendLocalProcess
+from worker.runtime.intake_runner import SqsIntake
+from worker.runtime.settings import Settings
 
 PASSWORD = "pw-that-never-shows"
 

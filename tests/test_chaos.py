@@ -20,7 +20,7 @@ from tests.chaos_schedule import (
     run_scenarios,
 )
 from tests.chaos_world import World
-from worker.sql import TableName
+from worker.domain.sql import TableName
 
 SEEDS = range(300)
 CURRENT_MASK_SEEDS = range(1000, 1100)

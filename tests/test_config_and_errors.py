@@ -9,10 +9,8 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from worker.core.bindings import parse_bindings
-from worker.core.model import AccessKeyCredentials, RoleCredentials, parse_storage_param
-from worker.core.secret_value import parse_secret_value
-from worker.errors import (
+from worker.domain.bindings import parse_bindings
+from worker.domain.errors import (
     AwsPermanentError,
     AwsTransientError,
     ConcurrentTableChange,
@@ -27,7 +25,9 @@ from worker.errors import (
     classify_databend_error,
     classify_driver_error,
 )
-from worker.redaction import redact, register_secret_value
+from worker.domain.model import AccessKeyCredentials, RoleCredentials, parse_storage_param
+from worker.domain.secret_value import parse_secret_value
+from worker.observe.redaction import redact, register_secret_value
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
@@ -45,7 +45,7 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 def test_access_key_secrets_in_both_spellings(value: dict[str, str]) -> None:
     creds = parse_secret_value(json.dumps(value), where="s v1")
     assert isinstance(creds, AccessKeyCredentials)
-    assert creds.fingerprint == "ak:AKIAIOSFODNN7EXAMPLE"  # compared through worker.core.masking
+    assert creds.fingerprint == "ak:AKIAIOSFODNN7EXAMPLE"  # compared through worker.domain.masking
     assert SECRET not in repr(creds)
 
 
@@ -133,7 +133,7 @@ def test_bad_bindings_fail_with_the_line_at_fault(text: str, line: int, fragment
 def test_a_name_and_the_arn_of_one_secret_are_refused_when_the_secret_is_resolved() -> None:
     """Only AWS knows that an ARN and a name are the same secret: loading accepts the file,
     resolving the secret refuses it, naming both bindings."""
-    from worker.core.bindings import find_binding
+    from worker.domain.bindings import find_binding
 
     arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-main-AbCdEf"
     bindings = parse_bindings(GOOD.replace("arn:aws:secretsmanager:us-east-1:1:secret:x", arn))
@@ -244,7 +244,7 @@ def test_aws_errors_are_classified(exc: Exception, expected: type) -> None:
 
 
 def test_log_lines_never_carry_registered_secrets(capsys: pytest.CaptureFixture[str]) -> None:
-    from worker.logs import configure_logging
+    from worker.observe.logs import configure_logging
 
     value = json.dumps(
         {"access_key_id": "AKIAZZZZZZZZZZZZZABC", "secret_access_key": "tiny-secret"}
@@ -280,7 +280,7 @@ def test_a_taken_metrics_port_is_a_clear_error() -> None:
     import socket
 
     from worker.cli import serve_metrics
-    from worker.errors import FatalError
+    from worker.domain.errors import FatalError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -295,7 +295,7 @@ def test_a_taken_metrics_port_is_a_clear_error() -> None:
 
 def test_stage_params_parsing() -> None:
     """system.stages.storage_params as the embedded 1.2.895 shows them (see DOMAIN.md)."""
-    from worker.core.model import parse_stage_params
+    from worker.domain.model import parse_stage_params
 
     s3 = parse_stage_params(
         "s3",
@@ -335,7 +335,7 @@ def test_stage_params_parsing() -> None:
 def test_bad_reconcile_settings_fail_at_start(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], fragment: str
 ) -> None:
-    from worker.settings import load_settings
+    from worker.runtime.settings import load_settings
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

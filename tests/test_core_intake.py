@@ -10,12 +10,12 @@ import pytest
 from tests.event_samples import api_call, label_updated, service_event
 from tests.fakes import FakeAdmin, FakeSecrets, MemoryIntakeState, MemoryLocks, MemoryRuns
 from tests.test_core_rotation import NEW, OLD, binding, key_json
-from worker.core.events import parse_event
-from worker.core.intake import Verdict, handle_event
-from worker.core.model import RunStatus
-from worker.core.runs import prepare_rotation
-from worker.errors import LockBusy
-from worker.sql import TableName
+from worker.domain.errors import LockBusy
+from worker.domain.events import parse_event
+from worker.domain.model import RunStatus
+from worker.domain.sql import TableName
+from worker.flow.intake import Verdict, handle_event
+from worker.flow.runs import prepare_rotation
 
 V1 = "11111111-aaaa-bbbb-cccc-000000000001"
 V2 = "22222222-aaaa-bbbb-cccc-000000000002"
@@ -300,7 +300,7 @@ def test_a_secret_two_bindings_serve_is_a_config_error_and_records_nothing() -> 
     the same; the event fails naming both bindings, and nothing is claimed, recorded or queued."""
     from dataclasses import replace
 
-    from worker.errors import ConfigError
+    from worker.domain.errors import ConfigError
 
     world = World()
     world.bindings.append(replace(world.bindings[0], name="by-arn", secret=world.secrets.arn))

@@ -10,19 +10,19 @@ from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks
 from tests.test_core_key_rotation import drive
 from tests.test_core_objects import creds, lake_binding
 from tests.test_core_rotation import no_sleep_policy
-from worker.core.gc import drop_after_key_deletion, plan_prune, prune
-from worker.core.inventory import take_inventory
-from worker.core.key_rotation import (
+from worker.domain.masking import MaskForm
+from worker.domain.model import RunStatus, short_version_id
+from worker.domain.ports import RunRecord
+from worker.domain.sql import TableName
+from worker.flow.gc import drop_after_key_deletion, plan_prune, prune
+from worker.flow.inventory import take_inventory
+from worker.flow.key_rotation import (
     KeyRotationContext,
     new_key_rotation,
     plan_key_rotation,
     retire_old_key,
 )
-from worker.core.masking import MaskForm
-from worker.core.model import RunStatus, short_version_id
-from worker.core.ports import RunRecord
-from worker.core.reconcile import find_drift, has_drift, queue_fix
-from worker.sql import TableName
+from worker.flow.reconcile import find_drift, has_drift, queue_fix
 
 OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
 V1 = "11111111-aaaa-4aaa-8aaa-000000000001"  # AWSPREVIOUS: OLD
@@ -155,7 +155,7 @@ def test_a_run_under_way_makes_the_binding_busy_and_nothing_is_queued() -> None:
 
 
 def test_a_run_that_failed_only_on_stranded_tables_is_not_started_again() -> None:
-    from worker.core.model import TableOutcome, TableStatus
+    from worker.domain.model import TableOutcome, TableStatus
 
     secrets, iam, admin = world(old_key="deleted")
     admin.switch_table(TableName("sales", "late"), OURS_NEW)  # every object is current...

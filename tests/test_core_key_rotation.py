@@ -6,8 +6,10 @@ import pytest
 
 from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
 from tests.test_core_rotation import binding, key_json, no_sleep_policy
-from worker.core.bindings import Binding
-from worker.core.key_rotation import (
+from worker.domain.bindings import Binding
+from worker.domain.model import RunStatus
+from worker.domain.sql import TableName
+from worker.flow.key_rotation import (
     KeyInUse,
     KeyRotationContext,
     Next,
@@ -19,9 +21,7 @@ from worker.core.key_rotation import (
     plan_key_rotation,
     retire_old_key,
 )
-from worker.core.model import RunStatus
-from worker.core.runs import prepare_rotation, switch_and_record
-from worker.sql import TableName
+from worker.flow.runs import prepare_rotation, switch_and_record
 
 K1 = "AKIAORIGINALKEY00K01"
 

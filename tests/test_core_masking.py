@@ -6,12 +6,12 @@ import pytest
 
 from tests.fakes import FakeAdmin, FakeSecrets, fake_key
 from tests.test_core_rotation import key_json
-from worker.core import masking
-from worker.core.evidence import refuse_if_used
-from worker.core.masking import MaskForm, Match, compare, look_alike, mask, parse_shown
-from worker.core.model import StorageParam, parse_storage_param
-from worker.errors import KeyInUse, UnreadableEvidence
-from worker.sql import TableName
+from worker.domain import masking
+from worker.domain.errors import KeyInUse, UnreadableEvidence
+from worker.domain.masking import MaskForm, Match, compare, look_alike, mask, parse_shown
+from worker.domain.model import StorageParam, parse_storage_param
+from worker.domain.sql import TableName
+from worker.flow.evidence import refuse_if_used
 
 KEY = "AKIAIOSFODNN7EXAMPLE"
 

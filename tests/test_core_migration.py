@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import FakeAdmin, MemoryRuns
-from worker.core.bindings import Selector
-from worker.core.migration import (
+from worker.domain.bindings import Selector
+from worker.domain.model import (
+    RoleCredentials,
+    StorageParam,
+    TableOutcome,
+    TableStatus,
+    parse_storage_param,
+)
+from worker.domain.sql import TableName
+from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
     assign_waves,
@@ -16,14 +24,6 @@ from worker.core.migration import (
     plan_migration,
     rollback_targets,
 )
-from worker.core.model import (
-    RoleCredentials,
-    StorageParam,
-    TableOutcome,
-    TableStatus,
-    parse_storage_param,
-)
-from worker.sql import TableName
 
 
 def names(n: int) -> list[TableName]:
@@ -156,8 +156,8 @@ def test_bad_options_are_refused(bad: dict[str, float]) -> None:
 
 
 def test_a_table_a_late_copy_finished_in_an_older_epoch_completes_the_resumed_wave() -> None:
-    from worker.core.migration import finished_in_wave
-    from worker.core.ports import RunRecord
+    from worker.domain.ports import RunRecord
+    from worker.flow.migration import finished_in_wave
 
     # Given a wave of two tables resumed in epoch 1, while a redelivered copy from epoch 0 is
     # still switching table a

@@ -12,23 +12,23 @@ import pytest
 from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
 from tests.test_core_key_rotation import drive
 from tests.test_core_rotation import NEW, OLD, T_NEW, T_OLD, key_json, no_sleep_policy
-from worker.core.bindings import Binding, NameSelector, Selector, parse_bindings
-from worker.core.evidence import key_usage, refuse_if_used
-from worker.core.key_rotation import KeyRotationContext, new_key_rotation, plan_key_rotation
-from worker.core.migration import MigrationOptions, plan_migration
-from worker.core.model import AccessKeyCredentials, RunStatus, TableOutcome, TableStatus
-from worker.core.ports import RunRecord
-from worker.core.rotation import plan_rotation, rotate_object
-from worker.core.runs import prepare_rotation, switch_and_record
-from worker.errors import (
+from worker.adapters.run_store import outcome_from_json, outcome_to_json, table_from_key, table_key
+from worker.domain.bindings import Binding, NameSelector, Selector, parse_bindings
+from worker.domain.errors import (
     ConfigError,
     KeyInUse,
     Refused,
     StoragePermissionDenied,
     StorageUnavailable,
 )
-from worker.run_store import outcome_from_json, outcome_to_json, table_from_key, table_key
-from worker.sql import DatabaseName, StageName, TableName
+from worker.domain.model import AccessKeyCredentials, RunStatus, TableOutcome, TableStatus
+from worker.domain.ports import RunRecord
+from worker.domain.sql import DatabaseName, StageName, TableName
+from worker.flow.evidence import key_usage, refuse_if_used
+from worker.flow.key_rotation import KeyRotationContext, new_key_rotation, plan_key_rotation
+from worker.flow.migration import MigrationOptions, plan_migration
+from worker.flow.rotation import plan_rotation, rotate_object
+from worker.flow.runs import prepare_rotation, switch_and_record
 
 
 def creds(key_id: str) -> AccessKeyCredentials:
@@ -95,7 +95,7 @@ def test_bindings_take_stage_and_database_selectors_and_check_them() -> None:
 
 def test_every_kind_is_planned_by_selector_and_by_key_plus_a_served_bucket() -> None:
     admin = lake()
-    from worker.core.objects import list_all
+    from worker.flow.objects import list_all
 
     plan = plan_rotation(
         lake_binding(),
@@ -118,7 +118,7 @@ def test_every_kind_is_planned_by_selector_and_by_key_plus_a_served_bucket() -> 
 def test_discovery_never_picks_an_object_that_cannot_hold_an_aws_key() -> None:
     admin = lake()
     admin.add_stage("aliyun", OLD, kind="oss")  # shows a key like OLD, in the served bucket
-    from worker.core.objects import list_all
+    from worker.flow.objects import list_all
 
     plan = plan_rotation(
         lake_binding(), list_all(admin), connection="c", target=T_NEW, old_fingerprints={T_OLD}
@@ -129,7 +129,7 @@ def test_discovery_never_picks_an_object_that_cannot_hold_an_aws_key() -> None:
 
 def test_exact_stage_and_database_selectors_for_missing_objects_are_problems() -> None:
     admin = lake()
-    from worker.core.objects import list_all
+    from worker.flow.objects import list_all
 
     plan = plan_rotation(
         lake_binding(stages=("nope",), databases=("nodb",), discover=False),

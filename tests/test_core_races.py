@@ -32,8 +32,8 @@ from tests.chaos import (
     switch,
 )
 from tests.chaos_world import LOCK_TTL, WorkerCrash, World
-from worker.errors import RotatorError
-from worker.sql import TableName
+from worker.domain.errors import RotatorError
+from worker.domain.sql import TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
 BLIND = TableName("misc", "b0")

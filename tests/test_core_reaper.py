@@ -7,13 +7,13 @@ import pytest
 from tests.fakes import FakeAdmin, FakeSecrets, MemoryFences, MemoryRuns
 from tests.test_core_key_rotation import world
 from tests.test_core_rotation import binding, key_json
-from worker.core.key_rotation import new_key_rotation
-from worker.core.lifecycle import Followup, resume
-from worker.core.model import RunStatus
-from worker.core.ports import RunRecord
-from worker.core.reaper import MAX_REQUEUES, reap
-from worker.core.runs import prepare_rotation
-from worker.errors import UnknownSecretError
+from worker.domain.errors import UnknownSecretError
+from worker.domain.model import RunStatus
+from worker.domain.ports import RunRecord
+from worker.flow.key_rotation import new_key_rotation
+from worker.flow.lifecycle import Followup, resume
+from worker.flow.reaper import MAX_REQUEUES, reap
+from worker.flow.runs import prepare_rotation
 
 STUCK_AFTER = 900.0
 

@@ -7,14 +7,21 @@ import json
 import pytest
 
 from tests.fakes import FakeAdmin, FakeSecrets, MemoryRuns
-from worker.core.bindings import Binding, Selector
-from worker.core.model import (
+from worker.domain.bindings import Binding, Selector
+from worker.domain.errors import (
+    DatabendQueryError,
+    DatabendUnavailable,
+    SecretFormatError,
+    StorageUnavailable,
+)
+from worker.domain.model import (
     AccessKeyCredentials,
     RunStatus,
     TableStatus,
 )
-from worker.core.ports import RunRecord
-from worker.core.rotation import (
+from worker.domain.ports import RunRecord
+from worker.domain.sql import TableName
+from worker.flow.rotation import (
     ConnectionConflict,
     RetryPolicy,
     connection_name_for,
@@ -22,14 +29,7 @@ from worker.core.rotation import (
     plan_rotation,
     rotate_table,
 )
-from worker.core.runs import finish_table, prepare_rotation
-from worker.errors import (
-    DatabendQueryError,
-    DatabendUnavailable,
-    SecretFormatError,
-    StorageUnavailable,
-)
-from worker.sql import TableName
+from worker.flow.runs import finish_table, prepare_rotation
 
 OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
 T_OLD, T_NEW = f"ak:{OLD}", f"ak:{NEW}"  # the credentials a run holds, as fingerprints
@@ -223,7 +223,7 @@ def test_missing_or_internal_tables_fail_without_an_alter(present: bool, reason:
 
 
 def _internal():  # type: ignore[no-untyped-def]
-    from worker.core.model import StorageParam
+    from worker.domain.model import StorageParam
 
     return StorageParam(kind="")
 

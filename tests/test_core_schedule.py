@@ -6,15 +6,15 @@ import datetime as dt
 
 import pytest
 
-from worker.core.bindings import parse_bindings
-from worker.core.schedule import (
+from worker.domain.bindings import parse_bindings
+from worker.domain.errors import ConfigError
+from worker.domain.schedule import (
     SchedulePolicy,
     ScheduleState,
     decide,
     parse_interval,
     window_at,
 )
-from worker.errors import ConfigError
 
 DAY = 86400.0
 

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 from databend_driver import BlockingDatabendClient
 
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws, start_databend_local
-from worker.errors import DatabendQueryError, StoragePermissionDenied
-from worker.sql import TableName, connection_name, quote_identifier, quote_string
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.errors import DatabendQueryError, StoragePermissionDenied
+from worker.domain.sql import TableName, connection_name, quote_identifier, quote_string
+from worker.local.embedded import DatabendLocalProcess, LocalAws, start_databend_local
 
 
 def _http(dsn: str) -> http.client.HTTPConnection:
@@ -215,7 +215,7 @@ def test_state_written_by_one_process_is_seen_by_another(
 ) -> None:
     table = TableName("default", f"shared_{unique}")
     script = (
-        "import sys; from worker.databend_client import DatabendClient as C;"
+        "import sys; from worker.adapters.databend_client import DatabendClient as C;"
         "c = C(sys.argv[1]);"
         f"c.execute({f'CREATE TABLE {table.sql} (v INT)'!r});"
         f"c.execute({f'INSERT INTO {table.sql} VALUES (7), (8)'!r})"
@@ -352,7 +352,7 @@ def test_requests_naming_another_host_are_refused(databend_local: DatabendLocalP
 def test_listening_beyond_loopback_without_a_user_warns_loudly(
     databend_local: DatabendLocalProcess,
 ) -> None:
-    from worker.databend_local import exposure_warning
+    from worker.local.databend_local import exposure_warning
 
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes, then the server
     # fails to listen, so nothing is ever exposed by this test.
@@ -384,7 +384,7 @@ def test_listening_beyond_loopback_without_a_user_warns_loudly(
 
 
 def test_host_guard_rules() -> None:
-    from worker.databend_local.guards import HostGuard
+    from worker.local.databend_local.guards import HostGuard
 
     loopback = HostGuard("127.0.0.1", ("rotator.internal",))
     assert all(loopback.accepts(h) for h in ("127.0.0.1:80", "[::1]", "Rotator.Internal:8000"))

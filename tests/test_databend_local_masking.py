@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from worker.databend_client import DatabendClient
-from worker.databend_local.masking import MaskTracker, mask_current, mask_legacy
-from worker.databend_local.statements import (
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.errors import DatabendQueryError
+from worker.domain.sql import TableName, quote_identifier, quote_string
+from worker.local.databend_local.masking import MaskTracker, mask_current, mask_legacy
+from worker.local.databend_local.statements import (
     AlterTableConnection,
     CreateConnection,
     CreateTable,
@@ -28,9 +30,7 @@ from worker.databend_local.statements import (
     ShowCreateTable,
     parse_statement,
 )
-from worker.embedded import DatabendLocalProcess, LocalAws, start_moto
-from worker.errors import DatabendQueryError
-from worker.sql import TableName, quote_identifier, quote_string
+from worker.local.embedded import DatabendLocalProcess, LocalAws, start_moto
 
 # Two key ids with one legacy form (******XYZ) and two current forms (AK***YZ, AS***YZ).
 AK_KEY = "AKIAMASKTESTAAAAAXYZ"
@@ -103,7 +103,7 @@ def test_statements_name_objects_as_databend_stores_them() -> None:
 
 
 def test_quoted_text_stays_one_token() -> None:
-    from worker.databend_local.sqltokens import tokenize
+    from worker.local.databend_local.sqltokens import tokenize
 
     tokens = tokenize(r"""SELECT 'it''s \\ \' x', `a "b` /* ' */, "b""c" -- 'no""")
     assert tokens is not None
@@ -119,7 +119,7 @@ def test_quoted_text_stays_one_token() -> None:
 
 
 def test_an_object_changed_while_a_query_ran_is_not_trusted_for_its_rows() -> None:
-    from worker.databend_local.engine import QueryResult
+    from worker.local.databend_local.engine import QueryResult
 
     tracker = MaskTracker()
 
@@ -150,7 +150,7 @@ def test_an_object_changed_while_a_query_ran_is_not_trusted_for_its_rows() -> No
 
 
 def test_a_key_seen_in_any_statement_makes_its_suffix_ambiguous() -> None:
-    from worker.databend_local.engine import QueryResult
+    from worker.local.databend_local.engine import QueryResult
 
     tracker = MaskTracker()
     row = ["s3 | bucket=b,root=/t/,endpoint=,ak=******XYZ,iam_role="]

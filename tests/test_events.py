@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.event_samples import api_call, label_updated, service_event, sns_wrapped
-from worker.core.events import Action, eventbridge_rule_pattern, parse_event
+from worker.domain.events import Action, eventbridge_rule_pattern, parse_event
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-AbCdEf"
 NAME = "databend/lake"

@@ -27,11 +27,11 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.core.events import eventbridge_rule_pattern
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
-from worker.run_store import RedisRunStore
-from worker.sql import TableName
+from worker.adapters.databend_client import DatabendClient
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.events import eventbridge_rule_pattern
+from worker.domain.sql import TableName
+from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "123456789012"

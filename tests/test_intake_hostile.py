@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.event_samples import api_call, label_updated, service_event, sns_wrapped
-from worker.aws_secrets import SecretsManagerStore
-from worker.core.bindings import parse_bindings
-from worker.core.intake import Verdict
-from worker.embedded import LocalAws
-from worker.intake_runner import make_handler
-from worker.redis_state import RedisIntakeState
-from worker.run_store import RedisRunStore
+from worker.adapters.aws_secrets import SecretsManagerStore
+from worker.adapters.redis_state import RedisIntakeState
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.bindings import parse_bindings
+from worker.flow.intake import Verdict
+from worker.local.embedded import LocalAws
+from worker.runtime.intake_runner import make_handler
 
 pytestmark = pytest.mark.slow
 

@@ -24,9 +24,9 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws, start_moto
-from worker.sql import TableName
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.sql import TableName
+from worker.local.embedded import DatabendLocalProcess, LocalAws, start_moto
 
 pytestmark = pytest.mark.slow
 

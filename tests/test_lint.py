@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.stack import REPO
 
@@ -20,7 +21,19 @@ def test_ruff_finds_nothing() -> None:
 
 def test_the_core_type_checks_strictly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "-p", "worker.core"],
+        [sys.executable, "-m", "mypy", "-p", "worker.domain", "-p", "worker.flow"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_the_import_contracts_hold() -> None:
+    """The layering of worker/ (the contracts in pyproject.toml, `[tool.importlinter]`)."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -26,10 +26,10 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
-from worker.run_store import RedisRunStore
-from worker.sql import TableName
+from worker.adapters.databend_client import DatabendClient
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.sql import TableName
+from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from worker.notify import DeliveryFailed, build_message, deliver
-from worker.redaction import register_secret
+from worker.observe.notify import DeliveryFailed, build_message, deliver
+from worker.observe.redaction import register_secret
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 

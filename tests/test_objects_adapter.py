@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from tests.stack import create_key_connection, make_user, new_key, tail
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
-from worker.errors import FatalError, StoragePermissionDenied
-from worker.sql import DatabaseName, StageName, TableName
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.errors import FatalError, StoragePermissionDenied
+from worker.domain.sql import DatabaseName, StageName, TableName
+from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
 

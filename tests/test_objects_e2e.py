@@ -30,11 +30,11 @@ from tests.stack import (
     stack_env,
     tail,
 )
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
-from worker.run_store import RedisRunStore
-from worker.sql import DatabaseName, StageName, TableName
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.sql import DatabaseName, StageName, TableName
+from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
 

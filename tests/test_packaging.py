@@ -82,8 +82,8 @@ def test_the_dev_script_installs_the_local_and_test_extras() -> None:
 
 
 def test_a_local_command_without_the_extra_names_the_extra() -> None:
-    from worker.embedded import require_local_extra
-    from worker.errors import ConfigError
+    from worker.domain.errors import ConfigError
+    from worker.local.embedded import require_local_extra
 
     with pytest.raises(ConfigError, match=r"pip install 'databend-rotator\[local\]'") as caught:
         require_local_extra("demo", "moto", "no_such_module_of_the_extra")

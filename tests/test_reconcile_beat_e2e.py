@@ -22,10 +22,10 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
-from worker.sql import StageName, TableName
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.sql import StageName, TableName
+from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,14 @@ import os
 import pytest
 import structlog
 
-from worker.errors import classify_driver_error
-from worker.redaction import MASK, redact, redact_field, register_secret, register_secret_value
+from worker.domain.errors import classify_driver_error
+from worker.observe.redaction import (
+    MASK,
+    redact,
+    redact_field,
+    register_secret,
+    register_secret_value,
+)
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-main-AbCdEf"
 # a secret with a quote, a space and a backslash: every way of escaping it differs
@@ -61,7 +67,7 @@ def test_a_field_is_masked_by_its_key(key: str, value: object, shown: object) ->
 
 
 def test_top_level_fields_of_a_log_line_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    from worker.logs import configure_logging
+    from worker.observe.logs import configure_logging
 
     configure_logging("INFO", "json")
     structlog.get_logger("t").info(
@@ -123,7 +129,7 @@ def _sql(literal: str) -> str:
     )
 
 
-_DOUBLED = "'" + TRICKY.replace("\\", "\\\\").replace("'", "''") + "'"  # worker.sql.quote_string
+_DOUBLED = "'" + TRICKY.replace("\\", "\\\\").replace("'", "''") + "'"  # domain.sql.quote_string
 _BACKSLASHED = "'" + TRICKY.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

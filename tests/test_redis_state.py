@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 import redis
 
-from worker.core.model import TableOutcome, TableStatus
-from worker.core.ports import NewestVersion
-from worker.redis_state import RedisIntakeState, RedisSecretLocks
-from worker.run_store import RedisRunStore
-from worker.sql import TableName
+from worker.adapters.redis_state import RedisIntakeState, RedisSecretLocks
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.model import TableOutcome, TableStatus
+from worker.domain.ports import NewestVersion
+from worker.domain.sql import TableName
 
 
 def test_a_claim_is_leased_to_its_maker_until_enqueued(redis_url: str, unique: str) -> None:
@@ -97,7 +97,7 @@ def test_run_counts_follow_every_outcome_write(redis_url: str, unique: str) -> N
 def test_slots_are_leases_renewed_while_held_and_freed_when_their_holder_dies(
     redis_url: str, unique: str
 ) -> None:
-    from worker.limits import RedisLimits, SlotTimeout
+    from worker.adapters.limits import RedisLimits, SlotTimeout
 
     client = redis.Redis.from_url(redis_url)
     limits = RedisLimits(client, lease=0.6)
@@ -130,7 +130,7 @@ def test_slots_are_leases_renewed_while_held_and_freed_when_their_holder_dies(
 
 HOLD_A_SLOT = """
 import sys, time, redis
-from worker.limits import RedisLimits
+from worker.adapters.limits import RedisLimits
 slot = RedisLimits(redis.Redis.from_url(sys.argv[1]), lease=0.6).slot(sys.argv[2], 1)
 slot.__enter__()
 print("held", flush=True)
@@ -142,7 +142,7 @@ time.sleep(120)
 
 
 def _fenced_run(store: RedisRunStore, run_id: str, arn: str, status: str = "switching") -> None:
-    from worker.core.ports import RunRecord
+    from worker.domain.ports import RunRecord
 
     store.create(RunRecord(run_id=run_id, kind="rotation", secret=arn, version_id="v"))
     store.update(run_id, status=status)
@@ -151,7 +151,7 @@ def _fenced_run(store: RedisRunStore, run_id: str, arn: str, status: str = "swit
 def test_tokens_grow_per_secret_and_name_the_run_that_held_the_last(
     redis_url: str, unique: str
 ) -> None:
-    from worker.redis_state import RedisFences
+    from worker.adapters.redis_state import RedisFences
 
     fences = RedisFences(redis.Redis.from_url(redis_url))
     arn = f"arn-{unique}"
@@ -164,8 +164,8 @@ def test_tokens_grow_per_secret_and_name_the_run_that_held_the_last(
 def test_a_change_is_admitted_only_for_an_active_run_holding_the_newest_token(
     redis_url: str, unique: str
 ) -> None:
-    from worker.core.ports import Admission
-    from worker.redis_state import RedisFences
+    from worker.adapters.redis_state import RedisFences
+    from worker.domain.ports import Admission
 
     client = redis.Redis.from_url(redis_url)
     store, fences = RedisRunStore(client), RedisFences(client)
@@ -192,7 +192,7 @@ def test_a_change_is_admitted_only_for_an_active_run_holding_the_newest_token(
 
 
 def test_a_change_in_flight_counts_until_its_lease_ends(redis_url: str, unique: str) -> None:
-    from worker.redis_state import RedisFences
+    from worker.adapters.redis_state import RedisFences
 
     client = redis.Redis.from_url(redis_url)
     store, fences = RedisRunStore(client), RedisFences(client)
@@ -218,10 +218,10 @@ def test_a_retiring_runs_record_outlives_the_ttl_until_its_key_is_retired(
 ) -> None:
     """A key rotation may schedule the old key's deletion after the records' TTL (30 days vs
     --delete-after 60d): the record the retirement reads must still be there when it is due."""
-    from worker.core.key_rotation import Phase, due_retirements
-    from worker.core.model import RunStatus
-    from worker.core.ports import RunRecord
-    from worker.errors import RunNotFound
+    from worker.domain.errors import RunNotFound
+    from worker.domain.model import RunStatus
+    from worker.domain.ports import RunRecord
+    from worker.flow.key_rotation import Phase, due_retirements
 
     runs = RedisRunStore(redis.Redis.from_url(redis_url), ttl_seconds=1)  # 1 s plays 30 days
     now = time.time()
@@ -266,8 +266,8 @@ def test_a_retiring_runs_record_outlives_the_ttl_until_its_key_is_retired(
 def test_an_exclusive_change_waits_for_a_live_holder_but_not_for_a_dead_one(
     redis_url: str, unique: str
 ) -> None:
-    from worker.core.ports import Admission
-    from worker.redis_state import PREFIX, RedisFences
+    from worker.adapters.redis_state import PREFIX, RedisFences
+    from worker.domain.ports import Admission
 
     client = redis.Redis.from_url(redis_url)
     store = RedisRunStore(client)

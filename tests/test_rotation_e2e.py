@@ -32,9 +32,9 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws, free_port
-from worker.sql import TableName, quote_identifier, quote_string
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.sql import TableName, quote_identifier, quote_string
+from worker.local.embedded import DatabendLocalProcess, LocalAws, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -343,8 +343,8 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
 def test_status_needs_no_bindings_file(scenario: Scenario, redis_url: str) -> None:
     """Looking at a run is not configuration: `rotator status` works without ROTATOR_BINDINGS,
     while a command that needs bindings names the variable."""
-    from worker.core.ports import RunRecord
-    from worker.run_store import RedisRunStore
+    from worker.adapters.run_store import RedisRunStore
+    from worker.domain.ports import RunRecord
 
     run_id = f"nobindings{scenario.token}"
     RedisRunStore.from_url(redis_url).create(

@@ -16,17 +16,17 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.aws_iam import BotoIamKeys
-from worker.aws_secrets import SecretsManagerStore
-from worker.core.bindings import parse_bindings
-from worker.core.key_rotation import KeyRotationContext
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient
-from worker.embedded import LocalAws
-from worker.redis_state import RedisFences, RedisSecretLocks
-from worker.rotation_function import handler
-from worker.run_store import RedisRunStore
-from worker.sql import TableName
+from worker.adapters.aws_iam import BotoIamKeys
+from worker.adapters.aws_secrets import SecretsManagerStore
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient
+from worker.adapters.redis_state import RedisFences, RedisSecretLocks
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.bindings import parse_bindings
+from worker.domain.sql import TableName
+from worker.flow.key_rotation import KeyRotationContext
+from worker.local.embedded import LocalAws
+from worker.runtime.rotation_function import handler
 
 pytestmark = pytest.mark.slow
 

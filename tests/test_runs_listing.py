@@ -8,10 +8,10 @@ import sys
 import time
 
 from tests.stack import REPO, isolated_env
-from worker.core.model import TableOutcome, TableStatus
-from worker.core.ports import RunRecord
-from worker.run_store import RedisRunStore
-from worker.sql import TableName
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.model import TableOutcome, TableStatus
+from worker.domain.ports import RunRecord
+from worker.domain.sql import TableName
 
 
 def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:

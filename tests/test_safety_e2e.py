@@ -47,18 +47,18 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.aws_iam import BotoIamKeys
-from worker.aws_secrets import SecretsManagerStore
-from worker.core.bindings import Binding, load_bindings
-from worker.core.key_rotation import KeyRotationContext
-from worker.databend_admin import DriverDatabendAdmin
-from worker.databend_client import DatabendClient
-from worker.embedded import DatabendLocalProcess, LocalAws
-from worker.errors import LockBusy
-from worker.redis_state import RedisFences, RedisSecretLocks
-from worker.rotation_function import handler
-from worker.run_store import RedisRunStore
-from worker.sql import TableName
+from worker.adapters.aws_iam import BotoIamKeys
+from worker.adapters.aws_secrets import SecretsManagerStore
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.databend_client import DatabendClient
+from worker.adapters.redis_state import RedisFences, RedisSecretLocks
+from worker.adapters.run_store import RedisRunStore
+from worker.domain.bindings import Binding, load_bindings
+from worker.domain.errors import LockBusy
+from worker.domain.sql import TableName
+from worker.flow.key_rotation import KeyRotationContext
+from worker.local.embedded import DatabendLocalProcess, LocalAws
+from worker.runtime.rotation_function import handler
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,8 @@ def seed(world: World, lake: str, tables: int) -> tuple[str, str, list[TableName
 # a fresh interpreter needs to import the CLI's dependencies.
 _PRIMED = """
 import sys
-import worker.cli, worker.core.lifecycle, worker.services, worker.databend_admin, boto3
+import worker.cli, worker.flow.lifecycle, worker.runtime.services, boto3
+import worker.adapters.databend_admin
 print("primed", flush=True)
 sys.argv = ["rotator", *sys.stdin.readline().split()]
 worker.cli.main()
@@ -279,8 +280,8 @@ def test_late_redelivery_of_a_killed_run_never_moves_tables_behind_a_newer_versi
     assert world.on_key(tables, k3["AccessKeyId"])
 
     # And then v1's tasks come back late, as the broker redelivers a dead worker's messages
-    from worker.celery_app import app, configure_app
-    from worker.settings import Settings
+    from worker.runtime.celery_app import app, configure_app
+    from worker.runtime.settings import Settings
 
     configure_app(Settings.model_validate(world.stack.env))
     try:

@@ -32,15 +32,15 @@ from tests.stack import (
     storage_tail,
     tail,
 )
-from worker.databend_client import DatabendClient
-from worker.embedded import (
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.sql import TableName
+from worker.local.embedded import (
     DatabendLocalProcess,
     LocalAws,
     ValkeyProcess,
     free_port,
     start_valkey,
 )
-from worker.sql import TableName
 
 pytestmark = pytest.mark.slow
 

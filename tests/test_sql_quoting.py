@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.sql import (
+from worker.domain.sql import (
     TableName,
     UnsafeNameError,
     connection_name,

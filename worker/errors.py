@@ -1,222 +1,57 @@
-"""The one exception tree of databend-rotator.
+"""Kept importable at its old path: the errors live in ``worker.domain.errors``."""
 
-    RotatorError
-    ├── RetryableError      transient: try the same thing again later
-    │   ├── DatabendUnavailable     connection refused/reset, timeouts, 5xx, busy server
-    │   ├── StorageUnavailable      the object store answered 5xx / throttled / timed out
-    │   ├── AwsTransientError       throttling, 5xx, connection errors from AWS APIs
-    │   ├── StateStoreUnavailable   Redis/Valkey cannot be reached
-    │   ├── LockBusy                another run holds the secret's lock
-    │   └── ClaimInFlight           another intake is recording the same secret version
-    └── FatalError          permanent: retrying cannot help; report and stop
-        ├── ConfigError             bad settings or bindings file
-        ├── SecretFormatError       secret JSON missing/invalid fields (never carries the value)
-        ├── UnknownSecretError      secret or version does not exist / no binding covers it
-        ├── DatabendQueryError      bad SQL, unknown table, unknown connection, ...
-        │   └── StoragePermissionDenied  the storage refused the credentials (403)
-        ├── AwsPermanentError       access denied, validation errors from AWS APIs
-        ├── RunNotFound             no run with that id
-        ├── UnreadableEvidence      Databend showed a credential in a form we cannot read
-        ├── PreflightFailed         the new connection cannot list a bucket: nothing was touched
-        └── Refused                 a destructive or irreversible step found a reason not to act
-            ├── KeyInUse            an object or a secret version may still use the key
-            └── BrownOut            a table failed while the old key was inactive: reactivated
-
-Exceptions carry facts (codes, names) and have no side effects. The classifiers below turn
-driver and botocore exceptions into this tree; tasks retry only the RetryableError branch.
-"""
-
-from __future__ import annotations
-
-import re
-from typing import Any
-
-
-class RotatorError(Exception):
-    """Root of every error databend-rotator raises on purpose."""
-
-    retryable = False
-
-
-class RetryableError(RotatorError):
-    retryable = True
-
-
-class FatalError(RotatorError):
-    retryable = False
-
-
-class DatabendUnavailable(RetryableError):
-    pass
-
-
-class StorageUnavailable(RetryableError):
-    pass
-
-
-class ConcurrentTableChange(RetryableError):
-    """Another statement committed to the same table first (Databend's optimistic commit):
-    trying again sees the table as it is now."""
-
-
-class AwsTransientError(RetryableError):
-    pass
-
-
-class StateStoreUnavailable(RetryableError):
-    pass
-
-
-class LockBusy(RetryableError):
-    pass
-
-
-class ClaimInFlight(RetryableError):
-    pass
-
-
-class ConfigError(FatalError):
-    pass
-
-
-class SecretFormatError(FatalError):
-    pass
-
-
-class UnknownSecretError(FatalError):
-    pass
-
-
-class RunNotFound(FatalError):
-    pass
-
-
-class AwsPermanentError(FatalError):
-    pass
-
-
-class UnreadableEvidence(FatalError):
-    """Databend showed a credential in a form the masking model cannot read: nothing that rests on
-    "no object uses this key" may go ahead."""
-
-
-class PreflightFailed(FatalError):
-    """Before the first ALTER, the new connection could not list a bucket the run touches."""
-
-
-class Refused(FatalError):
-    """A destructive or irreversible step found a reason not to act; the message names it."""
-
-
-class KeyInUse(Refused):
-    """An object, or a current/pending secret version, may still use the key."""
-
-
-class BrownOut(Refused):
-    """A table could not be read while the old key was inactive: the key was reactivated."""
-
-
-class DatabendQueryError(FatalError):
-    """Databend refused a statement. ``code`` is Databend's error code (0 when unknown)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"[{code}] {message}")
-        self.code = code
-        self.message = message
-
-
-class StoragePermissionDenied(DatabendQueryError):
-    pass
-
-
-_PERMISSION_CODES = {3002, 1063, 2201}  # StoragePermissionDenied, PermissionDenied, AuthFailure
-_TRANSIENT_TEXT = re.compile(
-    r"timed? ?out|timeout|connection (reset|refused|closed|error)|broken pipe|temporarily|"
-    r"slow ?down|throttl|503|502|500 internal|504|service unavailable|no free engine session|"
-    r"error sending request|tcp connect",
-    re.I,
+from worker.domain.errors import (
+    AwsPermanentError,
+    AwsTransientError,
+    BrownOut,
+    ClaimInFlight,
+    ConcurrentTableChange,
+    ConfigError,
+    DatabendQueryError,
+    DatabendUnavailable,
+    FatalError,
+    KeyInUse,
+    LockBusy,
+    PreflightFailed,
+    Refused,
+    RetryableError,
+    RotatorError,
+    RunNotFound,
+    SecretFormatError,
+    StateStoreUnavailable,
+    StoragePermissionDenied,
+    StorageUnavailable,
+    UnknownSecretError,
+    UnreadableEvidence,
+    classify_aws_error,
+    classify_databend_error,
+    classify_driver_error,
 )
-_DRIVER_CODE = re.compile(r"\[(\d{3,5})\]")
 
-
-def classify_databend_error(code: int, message: str) -> RotatorError:
-    """Map Databend's (code, message) onto the tree."""
-    if code in _PERMISSION_CODES or re.search(r"\b403\b|access ?denied|forbidden", message, re.I):
-        return StoragePermissionDenied(code, message)
-    if code == 3901:  # StorageUnavailable: an invalid new key looks the same as an S3 outage
-        if _TRANSIENT_TEXT.search(message):
-            return StorageUnavailable(f"[{code}] {message}")
-        return DatabendQueryError(code, message)
-    if code == 2009 or "TableVersionMismatched" in message:
-        return ConcurrentTableChange(f"[{code}] {message}")
-    if code in (1043, 1079) or (code in (1001, 0) and _TRANSIENT_TEXT.search(message)):
-        return DatabendUnavailable(f"[{code}] {message}")
-    return DatabendQueryError(code, message)
-
-
-def classify_driver_error(exc: BaseException) -> RotatorError:
-    """Map an exception raised by ``databend_driver`` onto the tree."""
-    text = str(exc)
-    kind = type(exc).__name__
-    match = _DRIVER_CODE.search(text)
-    if "QueryFailed" in text and match:
-        return classify_databend_error(int(match.group(1)), _driver_message(text))
-    if "AuthFailure" in text or re.search(r"\b401\b", text):
-        # wrong user or password: retrying cannot help (the driver raises it as an
-        # OperationalError, like a connection failure)
-        return DatabendQueryError(2201, _driver_message(text))
-    if kind in ("OperationalError", "InterfaceError") or _TRANSIENT_TEXT.search(text):
-        return DatabendUnavailable(_driver_message(text))
-    if match:
-        return classify_databend_error(int(match.group(1)), _driver_message(text))
-    return DatabendQueryError(0, _driver_message(text))
-
-
-def _driver_message(text: str) -> str:
-    from worker.redaction import redact  # Databend echoes SQL (and so credentials) in some errors
-
-    text = re.sub(r"^APIError: ", "", text.strip())
-    return redact(re.sub(r"\s*\[v\d+\.\d+\.\d+\]\s*$", "", text))
-
-
-# botocore error codes, grouped.
-_AWS_TRANSIENT_CODES = {
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "SlowDown",
-    "InternalError",
-    "InternalFailure",
-    "InternalServiceError",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-    "LimitExceededException",
-}
-_AWS_NOT_FOUND_CODES = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchEntityException"}
-
-
-def classify_aws_error(exc: BaseException) -> RotatorError:
-    """Map a botocore exception onto the tree."""
-    response: dict[str, Any] = getattr(exc, "response", None) or {}
-    error = response.get("Error", {}) if isinstance(response, dict) else {}
-    code = str(error.get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    message = str(error.get("Message", "")) or type(exc).__name__
-    if code in _AWS_TRANSIENT_CODES or status >= 500 or status == 429:
-        return AwsTransientError(f"{code or status}: {message}")
-    if code in _AWS_NOT_FOUND_CODES:
-        return UnknownSecretError(f"{code}: {message}")
-    if not code:
-        # no error document: endpoint or connection failures (botocore's own exceptions)
-        name = type(exc).__name__
-        if any(k in name for k in ("Endpoint", "Connect", "Timeout", "ConnectionClosed")):
-            return AwsTransientError(f"{name}: {exc}")
-        return AwsPermanentError(f"{name}: {exc}")
-    return AwsPermanentError(f"{code}: {message}")
+__all__ = [
+    "AwsPermanentError",
+    "AwsTransientError",
+    "BrownOut",
+    "ClaimInFlight",
+    "ConcurrentTableChange",
+    "ConfigError",
+    "DatabendQueryError",
+    "DatabendUnavailable",
+    "FatalError",
+    "KeyInUse",
+    "LockBusy",
+    "PreflightFailed",
+    "Refused",
+    "RetryableError",
+    "RotatorError",
+    "RunNotFound",
+    "SecretFormatError",
+    "StateStoreUnavailable",
+    "StoragePermissionDenied",
+    "StorageUnavailable",
+    "UnknownSecretError",
+    "UnreadableEvidence",
+    "classify_aws_error",
+    "classify_databend_error",
+    "classify_driver_error",
+]

@@ -1,0 +1,292 @@
+"""Where audit rows wait and where they end up: the spool files on local disk and the append-only
+table in Databend (see worker/observe/audit.py for how rows move from one to the other, and why)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from worker.domain.audit import AuditEvent
+from worker.domain.sql import quote_identifier, quote_string
+
+TABLE = "audit_events"
+COLUMNS = (
+    "event_id",
+    "at",
+    "run_id",
+    "binding",
+    "secret",
+    "action",
+    "object",
+    "before",
+    "after",
+    "actor",
+)
+BATCH = 200
+ROTATE_BYTES = 1_000_000
+
+
+def table_sql(database: str) -> str:
+    return f"{quote_identifier(database)}.{quote_identifier(TABLE)}"
+
+
+def create_statements(database: str) -> list[str]:
+    columns = (
+        ", ".join(
+            f"{quote_identifier(c)} {'TIMESTAMP' if c == 'at' else 'STRING NULL'}" for c in COLUMNS
+        )
+        .replace("`event_id` STRING NULL", "`event_id` STRING")
+        .replace("`action` STRING NULL", "`action` STRING")
+    )
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}",
+        f"CREATE TABLE IF NOT EXISTS {table_sql(database)} ({columns})",
+    ]
+
+
+def _ts_text(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _literal(value: Any) -> str:
+    return "NULL" if value is None else quote_string(str(value))
+
+
+def row_of(event: AuditEvent) -> dict[str, Any]:
+    data = dataclasses.asdict(event)
+    data["action"] = str(event.action)
+    return {c: data[c] for c in COLUMNS}
+
+
+class AuditTable:
+    """The table in Databend: created on first use, rows inserted once (by event id)."""
+
+    def __init__(self, client: Any, database: str) -> None:
+        self.client = client
+        self.database = database
+        self._ready = False
+
+    def ensure(self) -> None:
+        if not self._ready:
+            for statement in create_statements(self.database):
+                self.client.execute(statement)
+            self._ready = True
+
+    def insert(self, rows: list[dict[str, Any]]) -> int:
+        """Insert rows not yet stored; returns how many were new."""
+        if not rows:
+            return 0
+        self.ensure()
+        ids = ", ".join(quote_string(r["event_id"]) for r in rows)
+        stored = {
+            str(r[0])
+            for r in self.client.query(
+                f"SELECT event_id FROM {table_sql(self.database)} WHERE event_id IN ({ids})"
+            )
+        }
+        new = [r for r in rows if r["event_id"] not in stored]
+        if not new:
+            return 0
+        values = ", ".join(
+            "("
+            + ", ".join(
+                quote_string(_ts_text(float(r[c]))) if c == "at" else _literal(r[c])
+                for c in COLUMNS
+            )
+            + ")"
+            for r in new
+        )
+        columns = ", ".join(quote_identifier(c) for c in COLUMNS)
+        self.client.execute(f"INSERT INTO {table_sql(self.database)} ({columns}) VALUES {values}")
+        return len(new)
+
+    def events(
+        self, *, since: float | None = None, binding: str | None = None, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        self.ensure()
+        where = []
+        if since is not None:
+            where.append(f"at >= {quote_string(_ts_text(since))}")
+        if binding is not None:
+            where.append(f"binding = {quote_string(binding)}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        columns = ", ".join(quote_identifier(c) for c in COLUMNS)
+        rows = self.client.query(
+            f"SELECT {columns} FROM {table_sql(self.database)}{clause}"
+            f" ORDER BY at, event_id LIMIT {int(limit)}"
+        )
+        events = []
+        for row in rows:
+            event = dict(zip(COLUMNS, row, strict=True))
+            event["at"] = _iso(event["at"])
+            events.append(event)
+        return events
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    else:
+        moment = dt.datetime.fromisoformat(str(value)).replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- the spool --------------------------------------------------------------------------------
+
+
+def spool_dir(base: Path, dsn: str, database: str) -> Path:
+    """One directory per target (Databend host, port, database; no credentials), so a process
+    only ever adopts rows meant for the table it writes to."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    target = f"{parts.hostname}:{parts.port}/{database}"
+    return base / hashlib.sha256(target.encode()).hexdigest()[:16]
+
+
+class Spool:
+    """This process's append-only file of rows not yet known to be in Databend."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.pid = os.getpid()
+        name = f"{socket.gethostname()}-{self.pid}-{uuid.uuid4().hex[:8]}"
+        self.path = directory / f"{name}.jsonl"
+        self._lock_file = open(directory / f"{name}.lock", "w")  # noqa: SIM115 (held for life)
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._write = threading.Lock()
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._write, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rotate_if_large(self) -> None:
+        """Start a new file once this one is large and fully shipped (called by the flusher)."""
+        with self._write:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size <= ROTATE_BYTES or _offset(self.path) < size:
+                return
+            old, old_lock = self.path, self._lock_file
+            name = f"{socket.gethostname()}-{self.pid}-{uuid.uuid4().hex[:8]}"
+            self.path = self.directory / f"{name}.jsonl"
+            self._lock_file = open(self.directory / f"{name}.lock", "w")  # noqa: SIM115
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _remove(old)
+            old_lock.close()
+
+    def files(self) -> Iterator[tuple[Path, bool]]:
+        """(spool file, is it this process's) — this process's first, then orphans."""
+        yield self.path, True
+        for path in sorted(self.directory.glob("*.jsonl")):
+            if path != self.path:
+                yield path, False
+
+
+def _offset_path(path: Path) -> Path:
+    return path.with_suffix(".offset")
+
+
+def _offset(path: Path) -> int:
+    try:
+        return int(_offset_path(path).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _set_offset(path: Path, offset: int) -> None:
+    tmp = path.with_suffix(".offset.tmp")
+    tmp.write_text(str(offset))
+    os.replace(tmp, _offset_path(path))
+
+
+def _remove(path: Path) -> None:
+    for p in (path, _offset_path(path), path.with_suffix(".lock")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def pending_rows(directory: Path) -> int:
+    """Rows in the spool not yet shipped (for doctor)."""
+    total = 0
+    for path in directory.glob("*.jsonl"):
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            f.seek(_offset(path))
+            total += sum(1 for _ in f)
+    return total
+
+
+def ship_file(path: Path, table: AuditTable, *, own: bool) -> int:
+    """Ship one spool file's unshipped rows; returns how many rows were shipped. An orphan (its
+    process gone: its lock is free) is taken over while shipped and removed when done."""
+    lock = None
+    if not own:
+        try:
+            lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if lock is not None:
+                lock.close()
+            return 0  # its process is alive and ships it itself
+    try:
+        shipped = 0
+        while True:
+            offset = _offset(path)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    lines = []
+                    for raw in f:
+                        if not raw.endswith(b"\n"):
+                            break  # a line still being written
+                        lines.append(raw)
+                        if len(lines) >= BATCH:
+                            break
+            except FileNotFoundError:
+                return shipped
+            if not lines:
+                break
+            rows = []
+            for raw in lines:
+                with contextlib.suppress(ValueError):
+                    rows.append(json.loads(raw))
+            table.insert(rows)
+            _set_offset(path, offset + sum(len(x) for x in lines))
+            shipped += len(rows)
+        if not own:
+            _remove(path)
+        return shipped
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _sweep_stale_locks(spool: Spool) -> None:
+    """Lock files of processes that ended with nothing left to ship."""
+    for lock in spool.directory.glob("*.lock"):
+        if lock.with_suffix(".jsonl").exists() or lock == spool.path.with_suffix(".lock"):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - lock.stat().st_mtime < 60:
+                continue  # just created: its process may not hold the lock yet
+        try:
+            with open(lock, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock.unlink()
+        except OSError:
+            continue  # its process is alive

@@ -1,0 +1,143 @@
+"""The adapters, recording every change they make in the audit trail (worker/observe/audit.py):
+connections created or dropped, tables switched or switched back, IAM keys created, deactivated,
+reactivated or deleted, AWSPENDING stored or removed, AWSCURRENT moved, runs aborted. Built by
+worker/runtime/services.py, so every caller — tasks, CLI, rotation function — goes through them. A
+new kind of change (a stage or a database default switched) gets an override here, one
+``audit(...)`` line each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from worker.adapters.aws_iam import BotoIamKeys
+from worker.adapters.aws_secrets import SecretsManagerStore
+from worker.adapters.databend_admin import DriverDatabendAdmin
+from worker.adapters.run_store import RedisRunStore
+from worker.domain import masking
+from worker.domain.audit import AuditAction
+from worker.domain.model import Credentials, DatabaseDefault, ExternalStage
+from worker.domain.sql import ObjectName, TableName, object_label
+from worker.observe.audit import audit
+
+
+class AuditedAdmin(DriverDatabendAdmin):
+    """DriverDatabendAdmin whose changes land in the audit trail."""
+
+    def __init__(self, client: Any, runs: Any) -> None:
+        super().__init__(client)
+        self.runs = runs
+        self._shown: dict[str, str] = {}
+
+    def create_connection(self, name: str, credentials: Credentials) -> None:
+        super().create_connection(name, credentials)
+        shown = masking.display(credentials.fingerprint)
+        self._shown[name] = shown
+        audit(AuditAction.CONNECTION_CREATED, name, after=shown)
+
+    def drop_connection(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().drop_connection(name, *args, **kwargs)  # type: ignore[misc]
+        audit(AuditAction.CONNECTION_DROPPED, name, before=self._shown.pop(name, None))
+        return result
+
+    def switch_table(self, table: TableName, connection: str) -> None:
+        super().switch_table(table, connection)
+        try:
+            action, before = self._switch_facts(table, connection)
+            after = f"{connection} ({self._connection_shown(connection)})"
+        except Exception:  # the ALTER is done: its row goes in with what is known
+            action, before, after = AuditAction.OBJECT_SWITCHED, None, connection
+        audit(action, str(table), before=before, after=after)
+
+    def switch_stage(self, stage: ExternalStage, connection: str) -> None:
+        super().switch_stage(stage, connection)
+        self._audit_switch(stage.name, connection)
+
+    def switch_database(self, database: DatabaseDefault, connection: str) -> None:
+        super().switch_database(database, connection)
+        self._audit_switch(database.name, connection)
+
+    def _audit_switch(self, name: ObjectName, connection: str) -> None:
+        """A stage or a database default switched: one row, like a table's."""
+        try:
+            action, before = self._switch_facts(name, connection)
+            after = f"{connection} ({self._connection_shown(connection)})"
+        except Exception:  # the ALTER is done: its row goes in with what is known
+            action, before, after = AuditAction.OBJECT_SWITCHED, None, connection
+        audit(action, object_label(name), before=before, after=after)
+
+    def _switch_facts(self, table: ObjectName, connection: str) -> tuple[AuditAction, str | None]:
+        run_id = structlog.contextvars.get_contextvars().get("run_id")
+        if not run_id:
+            return AuditAction.OBJECT_SWITCHED, None
+        run = self.runs.get(str(run_id))
+        planned = self.runs.outcome(str(run_id), table)
+        before = masking.display(planned.previous) if planned and planned.previous else None
+        revert = (run.data.get("revert") or {}).get("connection")
+        going_back = connection == revert or run.status in ("aborted", "rolled_back")
+        return (AuditAction.OBJECT_REVERTED if going_back else AuditAction.OBJECT_SWITCHED), before
+
+    def _connection_shown(self, connection: str) -> str:
+        if connection not in self._shown:
+            fingerprint = self.connection_fingerprint(connection)
+            self._shown[connection] = masking.display(fingerprint) if fingerprint else "?"
+        return self._shown[connection]
+
+
+class AuditedIam(BotoIamKeys):
+    def create_key(self, user: str) -> tuple[str, str]:
+        key_id, secret_key = super().create_key(user)
+        audit(AuditAction.KEY_CREATED, _key_object(user, key_id), after="Active")
+        return key_id, secret_key
+
+    def set_active(self, user: str, key_id: str, active: bool) -> None:
+        super().set_active(user, key_id, active)
+        action = AuditAction.KEY_REACTIVATED if active else AuditAction.KEY_DEACTIVATED
+        before, after = ("Inactive", "Active") if active else ("Active", "Inactive")
+        audit(action, _key_object(user, key_id), before=before, after=after)
+
+    def delete_key(self, user: str, key_id: str) -> None:
+        super().delete_key(user, key_id)
+        audit(AuditAction.KEY_DELETED, _key_object(user, key_id), after="deleted")
+
+
+def _key_object(user: str, key_id: str) -> str:
+    return f"iam user {user} key {masking.show_key(key_id)}"
+
+
+class AuditedSecrets(SecretsManagerStore):
+    def put_pending(self, arn: str, version_id: str, value: str) -> None:
+        super().put_pending(arn, version_id, value)
+        audit(AuditAction.PENDING_STORED, arn, after=f"version {version_id} AWSPENDING")
+
+    def make_current(self, arn: str, version_id: str) -> None:
+        before = self.describe(arn).version_with_stage("AWSCURRENT")
+        super().make_current(arn, version_id)
+        if before != version_id:
+            audit(
+                AuditAction.AWSCURRENT_MOVED,
+                arn,
+                before=f"version {before}",
+                after=f"version {version_id}",
+                secret=arn,
+            )
+
+    def drop_pending(self, arn: str, version_id: str) -> None:
+        info = self.describe(arn)
+        had = "AWSPENDING" in getattr(info.versions.get(version_id), "stages", ())
+        super().drop_pending(arn, version_id)
+        if had:
+            audit(AuditAction.PENDING_REMOVED, arn, before=f"version {version_id} AWSPENDING")
+
+
+class AuditedRunStore(RedisRunStore):
+    """Records a run's abort (the only run status change that is itself a change to report)."""
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        aborting = str(fields.get("status", "")) == "aborted"
+        before = self.get(run_id).status if aborting else None
+        super().update(run_id, **fields)
+        if aborting and before != "aborted":
+            audit(AuditAction.RUN_ABORTED, run_id, before=before, after="aborted", run_id=run_id)

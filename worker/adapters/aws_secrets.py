@@ -1,0 +1,108 @@
+"""SecretStore on AWS Secrets Manager (boto3; ``AWS_ENDPOINT_URL`` selects a stand-in)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.adapters.aws_clients import aws_client
+from worker.domain.errors import RotatorError, UnknownSecretError, classify_aws_error
+from worker.domain.ports import SecretInfo, VersionInfo
+from worker.observe.redaction import register_secret_value
+
+
+def secretsmanager_client() -> Any:
+    return aws_client("secretsmanager")
+
+
+class SecretsManagerStore:
+    def __init__(self, client: Any | None = None) -> None:
+        self.client = client or secretsmanager_client()
+
+    def describe(self, secret_id: str) -> SecretInfo:
+        if not isinstance(secret_id, str) or not secret_id or len(secret_id) > 2048:
+            raise UnknownSecretError("secret id must be a non-empty string")
+        try:
+            described = self.client.describe_secret(SecretId=secret_id)
+            dates: dict[str, float] = {}
+            token: str | None = None
+            while True:  # boto3 has no paginator for this operation
+                kwargs: dict[str, Any] = {"SecretId": described["ARN"], "IncludeDeprecated": False}
+                if token:
+                    kwargs["NextToken"] = token
+                page = self.client.list_secret_version_ids(**kwargs)
+                for version in page.get("Versions", []):
+                    created = version.get("CreatedDate")
+                    if created is not None:
+                        dates[version["VersionId"]] = created.timestamp()
+                token = page.get("NextToken")
+                if not token:
+                    break
+        except Exception as exc:
+            raise _classified(exc, f"secret {secret_id}") from None
+        versions = {
+            vid: VersionInfo(vid, tuple(stages), dates.get(vid))
+            for vid, stages in (described.get("VersionIdsToStages") or {}).items()
+        }
+        return SecretInfo(arn=described["ARN"], name=described["Name"], versions=versions)
+
+    def read_version(self, arn: str, version_id: str) -> str | None:
+        try:
+            response = self.client.get_secret_value(SecretId=arn, VersionId=version_id)
+        except Exception as exc:
+            raise _classified(exc, f"version {version_id}") from None
+        value = response.get("SecretString")
+        if value is not None:
+            register_secret_value(value)
+        return value if isinstance(value, str) else None
+
+    # --- SecretWriter ---------------------------------------------------------------------------
+
+    def put_pending(self, arn: str, version_id: str, value: str) -> None:
+        register_secret_value(value)
+        try:
+            self.client.put_secret_value(
+                SecretId=arn,
+                ClientRequestToken=version_id,
+                SecretString=value,
+                VersionStages=["AWSPENDING"],
+            )
+        except Exception as exc:
+            if "ResourceExists" in type(exc).__name__ or "already exists" in str(exc):
+                return  # the same version was stored before
+            raise _classified(exc, f"version {version_id}") from None
+
+    def make_current(self, arn: str, version_id: str) -> None:
+        info = self.describe(arn)
+        current = info.version_with_stage("AWSCURRENT")
+        try:
+            if current != version_id:
+                self.client.update_secret_version_stage(
+                    SecretId=arn,
+                    VersionStage="AWSCURRENT",
+                    MoveToVersionId=version_id,
+                    RemoveFromVersionId=current,
+                )
+        except Exception as exc:
+            raise _classified(exc, f"version {version_id}") from None
+        self._drop_pending(arn, version_id, info)  # moving AWSCURRENT left AWSPENDING as it was
+
+    def drop_pending(self, arn: str, version_id: str) -> None:
+        self._drop_pending(arn, version_id, self.describe(arn))
+
+    def _drop_pending(self, arn: str, version_id: str, info: SecretInfo) -> None:
+        version = info.versions.get(version_id)
+        if version is None or "AWSPENDING" not in version.stages:
+            return
+        try:
+            self.client.update_secret_version_stage(
+                SecretId=arn, VersionStage="AWSPENDING", RemoveFromVersionId=version_id
+            )
+        except Exception as exc:
+            raise _classified(exc, f"version {version_id}") from None
+
+
+def _classified(exc: Exception, what: str) -> RotatorError:
+    error = classify_aws_error(exc)
+    if isinstance(error, UnknownSecretError):
+        return UnknownSecretError(f"{what} not found in Secrets Manager")
+    return error

@@ -1,0 +1,292 @@
+"""Intake state and per-secret locks on Redis.
+
+- ``rotator:claim:{arn}:{version}`` hash {run_id, enqueued}: one run per secret version (per
+  arrival: ``{version}@{run it follows}`` when AWSCURRENT comes back to a version that had a run);
+- ``rotator:newest:{arn}`` hash {version_id, created_at, run_id, claim}: the newest version
+  accepted, the run applying it and the claim that run was recorded under; only moved forward
+  (a Lua compare-and-set), unless AWSCURRENT itself moved back to an older version;
+- ``rotator:lock:{arn}`` string = owning run id, with an expiry the owner renews;
+- ``rotator:fence:{arn}`` hash {token, run_id}: the newest fencing token of the secret and its run;
+- ``rotator:run:{id}:inflight`` hash item -> "<lease end ms>|<holder>": changes admitted, not left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from worker.domain.errors import StateStoreUnavailable
+from worker.domain.model import RunStatus
+from worker.domain.ports import Admission, Claim, NewestVersion
+
+PREFIX = "rotator:"
+CLAIM_TTL_SECONDS = 30 * 24 * 3600
+
+_CLAIM = """
+local run_id = redis.call('HGET', KEYS[1], 'run_id')
+if not run_id then
+  redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'lease_until', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {ARGV[1], 0, 1}
+end
+if redis.call('HGET', KEYS[1], 'enqueued') == '1' then
+  return {run_id, 1, 0}
+end
+if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+  return {run_id, 0, 1}
+end
+return {run_id, 0, 0}
+"""
+_ADVANCE_NEWEST = """
+local created = redis.call('HGET', KEYS[1], 'created_at')
+if ARGV[4] == '1' or (not created) or tonumber(created) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'version_id', ARGV[1], 'created_at', ARGV[2], 'run_id', ARGV[3],
+             'claim', ARGV[5])
+  return 1
+end
+return 0
+"""
+_ACQUIRE = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+_ISSUE = """
+local previous = redis.call('HGET', KEYS[1], 'run_id')
+local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
+redis.call('HSET', KEYS[1], 'run_id', ARGV[1])
+return {token, previous or ''}
+"""
+_ACTIVE = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.active) + "}"
+# KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash
+# ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
+#       '1' for an exclusive item, now (ms), this process's holder id
+# An in-flight entry is "<lease end ms>|<holder>"; it counts while its lease runs and its holder's
+# heartbeat key (rotator:alive:<holder>) exists, so a killed worker's entries die within seconds.
+_ENTER = f"""
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return '{Admission.ENDED}' end
+local status = cjson.decode(raw)
+if ARGV[5] == '1' then
+  if status == '{RunStatus.PAUSED}' then return '{Admission.PAUSED}' end
+  local active = {_ACTIVE}
+  if not active[status] then return '{Admission.ENDED}' end
+end
+if tonumber(ARGV[1]) > 0 then
+  local newest = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
+  if newest ~= tonumber(ARGV[1]) then return '{Admission.SUPERSEDED}' end
+end
+if ARGV[6] == '1' then
+  local held = redis.call('HGET', KEYS[3], ARGV[2])
+  if held then
+    local sep = string.find(held, '|', 1, true)
+    local lease_end = tonumber(string.sub(held, 1, sep - 1))
+    local holder = string.sub(held, sep + 1)
+    if lease_end > tonumber(ARGV[7]) and holder ~= ARGV[8]
+       and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
+      return '{Admission.BUSY}'
+    end
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return '{Admission.ADMITTED}'
+"""
+HEARTBEAT_SECONDS = 5.0  # a process that holds changes in flight says it is alive this often
+ALIVE_TTL_MS = 15_000  # and is taken for dead this long after its last word
+
+
+def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateStoreUnavailable(f"redis unavailable: {exc}") from None
+
+
+class RedisIntakeState:
+    def __init__(self, client: redis.Redis, lease_seconds: float = 30) -> None:
+        self.redis = client
+        self.lease_seconds = lease_seconds
+        self._advance = client.register_script(_ADVANCE_NEWEST)
+        self._claim = client.register_script(_CLAIM)
+
+    def claim(self, secret_arn: str, version_id: str, run_id: str) -> Claim:
+        now = time.time()
+        run, enqueued, mine = _guard(
+            self._claim,
+            keys=[f"{PREFIX}claim:{secret_arn}:{version_id}"],
+            args=[run_id, repr(now + self.lease_seconds), repr(now), CLAIM_TTL_SECONDS],
+        )
+        return Claim(
+            run_id=run.decode() if isinstance(run, bytes) else str(run),
+            enqueued=bool(enqueued),
+            mine=bool(mine),
+        )
+
+    def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
+        _guard(self.redis.hset, f"{PREFIX}claim:{secret_arn}:{version_id}", "enqueued", "1")
+
+    def newest(self, secret_arn: str) -> NewestVersion | None:
+        key = f"{PREFIX}newest:{secret_arn}"
+        version, created, run_id, claim = _guard(
+            self.redis.hmget, key, "version_id", "created_at", "run_id", "claim"
+        )
+        if version is None or created is None:
+            return None
+        return NewestVersion(
+            version.decode(), float(created), (run_id or b"").decode(), (claim or b"").decode()
+        )
+
+    def advance_newest(
+        self, secret_arn: str, version: NewestVersion, *, moved_back: bool = False
+    ) -> None:
+        _guard(
+            self._advance,
+            keys=[f"{PREFIX}newest:{secret_arn}"],
+            args=[
+                version.version_id,
+                repr(version.created_at),
+                version.run_id,
+                "1" if moved_back else "0",
+                version.claim,
+            ],
+        )
+
+
+class RedisSecretLocks:
+    def __init__(self, client: redis.Redis, ttl_seconds: float = 600) -> None:
+        self.redis = client
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def _key(self, secret_arn: str) -> str:
+        return f"{PREFIX}lock:{secret_arn}"
+
+    def acquire(self, secret_arn: str, owner: str) -> bool:
+        return bool(_guard(self._acquire, keys=[self._key(secret_arn)], args=[owner, self.ttl_ms]))
+
+    def renew(self, secret_arn: str, owner: str) -> bool:
+        return bool(_guard(self._renew, keys=[self._key(secret_arn)], args=[owner, self.ttl_ms]))
+
+    def release(self, secret_arn: str, owner: str) -> None:
+        _guard(self._release, keys=[self._key(secret_arn)], args=[owner])
+
+
+class RedisFences:
+    """Fences on Redis: ``issue`` and ``enter`` are one Lua call each (atomic).
+
+    Each process is one *holder*: its in-flight entries name it, and a daemon thread keeps its
+    heartbeat key alive while it runs, so changes of a killed worker stop counting as in flight
+    within ALIVE_TTL_MS instead of blocking abort, pause and newer runs for a whole lease."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._issue = client.register_script(_ISSUE)
+        self._enter = client.register_script(_ENTER)
+        self._heartbeat: threading.Thread | None = None
+
+    @staticmethod
+    def _fence(secret_arn: str) -> str:
+        return f"{PREFIX}fence:{secret_arn}"
+
+    @staticmethod
+    def _inflight(run_id: str) -> str:
+        return f"{PREFIX}run:{run_id}:inflight"
+
+    def _beat(self) -> None:
+        _guard(self.redis.set, f"{PREFIX}alive:{self.holder}", "1", px=ALIVE_TTL_MS)
+
+    def _keep_alive(self) -> None:
+        """Start the heartbeat once, before this process first holds anything."""
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        self._beat()
+
+        def beat_forever() -> None:
+            while True:
+                time.sleep(HEARTBEAT_SECONDS)
+                with contextlib.suppress(StateStoreUnavailable, redis.RedisError):
+                    self._beat()
+
+        self._heartbeat = threading.Thread(target=beat_forever, name="rotator-alive", daemon=True)
+        self._heartbeat.start()
+
+    def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
+        token, previous = _guard(self._issue, keys=[self._fence(secret_arn)], args=[run_id])
+        previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+        return int(token), previous or None
+
+    def enter(
+        self,
+        run_id: str,
+        item: str,
+        *,
+        secret_arn: str | None = None,
+        token: int = 0,
+        lease_seconds: float = 600,
+        require_active: bool = True,
+        exclusive: bool = False,
+    ) -> Admission:
+        self._keep_alive()
+        now = time.time()
+        fence = self._fence(secret_arn) if secret_arn else f"{PREFIX}fence:-"
+        args = [token if secret_arn else 0, item, int((now + lease_seconds) * 1000), self.ttl]
+        args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
+        result = _guard(
+            self._enter, keys=[f"{PREFIX}run:{run_id}", fence, self._inflight(run_id)], args=args
+        )
+        return Admission(result.decode() if isinstance(result, bytes) else str(result))
+
+    def leave(self, run_id: str, item: str) -> None:
+        _guard(self.redis.hdel, self._inflight(run_id), item)
+
+    def in_flight(self, run_id: str) -> list[str]:
+        """Items whose lease runs and whose holder is alive (expired or orphaned ones are
+        dropped on the way)."""
+        entries = _guard(self.redis.hgetall, self._inflight(run_id))
+        now = time.time() * 1000
+        live, dead = [], []
+        for item, value in entries.items():
+            until, _, holder = value.decode().partition("|")
+            alive = not holder or _guard(self.redis.exists, f"{PREFIX}alive:{holder}")
+            (live if float(until) > now and alive else dead).append(item)
+        if dead:
+            _guard(self.redis.hdel, self._inflight(run_id), *dead)
+        return sorted(k.decode() for k in live)
+
+    def is_newest(self, secret_arn: str, token: int) -> bool:
+        newest = _guard(self.redis.hget, self._fence(secret_arn), "token")
+        return newest is not None and int(newest) == token

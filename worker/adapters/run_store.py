@@ -1,0 +1,358 @@
+"""RunStore on Redis: run records, per-table outcomes and the set of tables still pending.
+
+Keys (all under ``rotator:``): ``run:{id}`` hash of JSON fields; ``run:{id}:tables`` hash of
+table -> outcome JSON; ``run:{id}:pending`` set of tables not finished; ``run:{id}:counts`` hash of
+status -> tables; ``runs`` sorted set of run ids by creation time; ``unfinished`` set of run ids
+not yet final (the reaper's work list). Records expire after ``ttl_seconds`` (30 days by default),
+except those of a key rotation whose old key is still to be retired (``retiring``): they stay until
+it is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import redis
+
+from worker.domain.errors import RunNotFound, StateStoreUnavailable
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.ports import RunRecord
+from worker.domain.sql import ObjectName, TableName, object_name
+from worker.observe import actor
+
+PREFIX = "rotator:"
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
+
+
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+def table_key(name: ObjectName) -> str:
+    """An object's stable key in a run's records: ``["db", "table"]`` for a table (as always), and
+    ``{"stage": "s"}`` / ``{"database": "d"}`` for the other kinds (no table key is an object)."""
+    if isinstance(name, TableName):
+        return json.dumps([name.database, name.table], ensure_ascii=False)
+    return json.dumps({name.kind: name.name}, ensure_ascii=False)
+
+
+def table_from_key(key: str | bytes) -> ObjectName:
+    value = json.loads(key)
+    if isinstance(value, dict):
+        ((kind, name),) = value.items()
+        return object_name(kind, name)
+    database, table = value
+    return TableName(database, table)
+
+
+def outcome_to_json(outcome: TableOutcome) -> str:
+    """A table's outcome keeps the shape it always had (``"table": [db, table]``); a stage's or a
+    database's names its ``kind`` and ``name`` instead."""
+    data = dataclasses.asdict(outcome)
+    name = outcome.table
+    if isinstance(name, TableName):
+        data["table"] = [name.database, name.table]
+    else:
+        del data["table"]
+        data = {"kind": name.kind, "name": name.name, **data}
+    data["status"] = str(outcome.status)
+    return json.dumps(data, ensure_ascii=False)
+
+
+def outcome_from_json(text: str | bytes) -> TableOutcome:
+    data = json.loads(text)
+    if "kind" in data:
+        data["table"] = object_name(data.pop("kind"), data.pop("name"))
+    else:
+        data["table"] = TableName(*data["table"])
+    data["status"] = TableStatus(data["status"])
+    return TableOutcome(**data)
+
+
+# Read a table's outcome and, unless it is finished, count one more attempt: one round trip.
+_FINISHED = "{" + ", ".join(f"['{s}'] = true" for s in TableStatus if s.done) + "}"
+_BEGIN_ATTEMPT = f"""
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return false end
+local outcome = cjson.decode(raw)
+local finished = {_FINISHED}
+if finished[outcome['status']] then
+  return raw
+end
+outcome['attempts'] = (tonumber(outcome['attempts']) or 0) + 1
+local updated = cjson.encode(outcome)
+redis.call('HSET', KEYS[1], ARGV[1], updated)
+return updated
+"""
+
+
+# Write a table's outcome, keep the run's per-status counts in step with it (so following a run
+# reads a few counters instead of every table), keep the pending set, and for a migration count the
+# table as finished in its wave, and mark the run's progress (its updated_at, which the reaper
+# reads): one round trip, atomic.
+#   KEYS: tables, counts, pending, the run's record [, the wave's done set, the wave's list]
+#   ARGV: table key, outcome JSON, status, ttl, 'add' | 'remove' | 'keep' (the pending set), now
+#   returns {tables pending [, finished in the wave, size of the wave]}
+_RECORD_OUTCOME = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('HINCRBY', KEYS[2], cjson.decode(old)['status'], -1) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if ARGV[5] == 'add' then
+  redis.call('SADD', KEYS[3], ARGV[1])
+elseif ARGV[5] == 'remove' then
+  redis.call('SREM', KEYS[3], ARGV[1])
+end
+local pending = redis.call('SCARD', KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'updated_at', ARGV[6]) end
+if #KEYS < 6 then return {pending} end
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+return {pending, redis.call('SCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
+"""
+
+
+class RedisRunStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._begin = client.register_script(_BEGIN_ATTEMPT)
+        self._record = client.register_script(_RECORD_OUTCOME)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisRunStore:
+        return cls(redis_client(url))
+
+    def _key(self, run_id: str, suffix: str = "") -> str:
+        return f"{PREFIX}run:{run_id}{suffix}"
+
+    def create(self, run: RunRecord) -> None:
+        if "actor" not in run.data:  # who asked for it (worker/observe/actor.py)
+            run.data["actor"] = self._parent_actor(run.parent) if run.parent else actor.current()
+        now = time.time()
+        run.created_at = run.created_at or now
+        run.updated_at = now
+        fields = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._key(run.run_id), mapping=fields)
+            pipe.expire(self._key(run.run_id), self.ttl)
+            pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
+            pipe.sadd(f"{PREFIX}unfinished", run.run_id)
+            latest = self._latest_key(run.kind, run.secret, run.version_id)
+            pipe.set(latest, run.run_id, ex=self.ttl)
+            _execute(pipe)
+
+    def _parent_actor(self, parent: str) -> str:
+        try:
+            return str(self.get(parent).data.get("actor") or actor.current())
+        except RunNotFound:
+            return actor.current()
+
+    def _latest_key(self, kind: str, secret: str, version_id: str) -> str:
+        """Index of the newest run of a kind for its secret: a rotation per version, a key
+        rotation (whose version id is only the token of the version it will make) per secret."""
+        scope = version_id if kind == "rotation" else ""
+        return f"{PREFIX}latest:{kind}:{secret}:{scope}"
+
+    def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        """The newest run of ``kind`` for the secret ARN (and, for a rotation, the version) if
+        it has not ended: a crash or a lost worker may have cut it short."""
+        run = self.latest_run(kind, secret, version_id)
+        return None if run is None or RunStatus(run.status).final else run
+
+    def latest_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
+        """The newest run of ``kind`` for the secret ARN (a rotation: and version), ended or not."""
+        run_id = _call(self.redis.get, self._latest_key(kind, secret, version_id))
+        if run_id is None:
+            return None
+        try:
+            return self.get(run_id.decode())
+        except RunNotFound:
+            return None
+
+    def get(self, run_id: str) -> RunRecord:
+        raw = _call(self.redis.hgetall, self._key(run_id))
+        if not raw:
+            raise RunNotFound(f"no run with id {run_id}")
+        data = {k.decode(): json.loads(v) for k, v in raw.items()}
+        return RunRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _RECORD_FIELDS
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        fields.setdefault("updated_at", time.time())
+        encoded = {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
+        if "status" not in fields:
+            _call(self.redis.hset, self._key(run_id), mapping=encoded)
+            return
+        ended = RunStatus(str(fields["status"])).final
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._key(run_id), mapping=encoded)
+            (pipe.srem if ended else pipe.sadd)(f"{PREFIX}unfinished", run_id)
+            if ended:  # for the notification sweep (worker/observe/notify.py)
+                pipe.lpush(f"{PREFIX}ended", run_id)
+                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)
+            _execute(pipe)
+
+    def unfinished(self) -> list[str]:
+        """Runs not yet final (paused ones included): what the reaper looks at."""
+        return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}unfinished"))
+
+    def forget_unfinished(self, run_id: str) -> None:
+        """Drop a run from the index (its record expired or was flushed)."""
+        _call(self.redis.srem, f"{PREFIX}unfinished", run_id)
+
+    def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
+        tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
+        counts_key = self._key(run_id, ":counts")
+        counts = Counter(str(o.status) for o in {o.table: o for o in outcomes}.values())
+        with self.redis.pipeline() as pipe:
+            pipe.delete(tables_key, pending_key, counts_key)
+            for outcome in outcomes:
+                pipe.hset(tables_key, table_key(outcome.table), outcome_to_json(outcome))
+                if not outcome.status.done:
+                    pipe.sadd(pending_key, table_key(outcome.table))
+            if counts:
+                pipe.hset(counts_key, mapping=dict(counts))
+            for key in (tables_key, pending_key, counts_key):
+                pipe.expire(key, self.ttl)
+            _execute(pipe)
+
+    def status_counts(self, run_id: str) -> Counter[str] | None:
+        """Tables per status, kept with every write; None for a run recorded without counts."""
+        raw = _call(self.redis.hgetall, self._key(run_id, ":counts"))
+        if not raw:
+            return None
+        counts = Counter({k.decode(): int(v) for k, v in raw.items()})
+        return +counts  # drop statuses no table has any more
+
+    def _record_outcome(
+        self, run_id: str, outcome: TableOutcome, pending: str, *wave_keys: str
+    ) -> list[int]:
+        keys = [self._key(run_id, suffix) for suffix in (":tables", ":counts", ":pending", "")]
+        args = [table_key(outcome.table), outcome_to_json(outcome), str(outcome.status)]
+        now = json.dumps(time.time())
+        result = _call(
+            self._record, keys=keys + list(wave_keys), args=[*args, self.ttl, pending, now]
+        )
+        return [int(n) for n in result]
+
+    def begin_attempt(self, run_id: str, table: ObjectName) -> TableOutcome | None:
+        raw = _call(self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(table)])
+        return outcome_from_json(raw) if raw else None
+
+    def outcome(self, run_id: str, table: ObjectName) -> TableOutcome | None:
+        raw = _call(self.redis.hget, self._key(run_id, ":tables"), table_key(table))
+        return outcome_from_json(raw) if raw else None
+
+    def outcomes_for(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome]:
+        if not tables:
+            return []
+        raw = _call(self.redis.hmget, self._key(run_id, ":tables"), [table_key(t) for t in tables])
+        return [outcome_from_json(v) for v in raw if v]
+
+    def outcomes(self, run_id: str) -> list[TableOutcome]:
+        raw = _call(self.redis.hvals, self._key(run_id, ":tables"))
+        return sorted((outcome_from_json(v) for v in raw), key=lambda o: o.table)
+
+    def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
+        """Write a table's outcome; returns how many tables of the run are still pending."""
+        pending = "remove" if outcome.status.done else "keep"
+        return self._record_outcome(run_id, outcome, pending)[0]
+
+    def record_wave_outcome(
+        self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
+    ) -> tuple[int, int, int]:
+        """record_outcome, and count the table as finished in its wave, in one round trip.
+        Returns (tables still pending in the run, finished in the wave, size of the wave)."""
+        done_key = self._key(run_id, f":wave:{wave}:done:{epoch}")
+        wave_key = self._key(run_id, f":wave:{wave}")
+        remaining, finished, size = self._record_outcome(
+            run_id, outcome, "remove", done_key, wave_key
+        )
+        return remaining, finished, size
+
+    def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
+        self._record_outcome(run_id, outcome, "add")
+
+    def pending(self, run_id: str) -> list[ObjectName]:
+        raw = _call(self.redis.smembers, self._key(run_id, ":pending"))
+        return sorted(table_from_key(k) for k in raw)
+
+    # --- migration waves --------------------------------------------------------------------------
+
+    def set_waves(self, run_id: str, waves: list[list[ObjectName]]) -> None:
+        with self.redis.pipeline() as pipe:
+            for index, wave in enumerate(waves):
+                key = self._key(run_id, f":wave:{index}")
+                pipe.delete(key)
+                if wave:
+                    pipe.rpush(key, *[table_key(t) for t in wave])
+                pipe.expire(key, self.ttl)
+            pipe.set(self._key(run_id, ":waves"), len(waves), ex=self.ttl)
+            _execute(pipe)
+
+    def wave(self, run_id: str, index: int) -> list[ObjectName]:
+        raw = _call(self.redis.lrange, self._key(run_id, f":wave:{index}"), 0, -1)
+        return [table_from_key(k) for k in raw]
+
+    def wave_size(self, run_id: str, index: int) -> int:
+        return int(_call(self.redis.llen, self._key(run_id, f":wave:{index}")))
+
+    def wave_count(self, run_id: str) -> int:
+        return int(_call(self.redis.get, self._key(run_id, ":waves")) or 0)
+
+    def wave_finished(self, run_id: str, index: int, table: ObjectName, epoch: int) -> int:
+        key = self._key(run_id, f":wave:{index}:done:{epoch}")
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, table_key(table))
+            pipe.expire(key, self.ttl)
+            pipe.scard(key)
+            return int(_execute(pipe)[-1])
+
+    # Key rotations whose old key still awaits deactivation or deletion. Retiring reads the run
+    # record (user, old key, when each step is due): it must outlive a schedule that can end
+    # later than the records' TTL (--delete-after 60d), so a retiring run's keys do not expire
+    # until it is unmarked, and then get the usual TTL again, counted from then.
+    def _record_keys(self, run_id: str) -> list[str]:
+        return [self._key(run_id, suffix) for suffix in ("", ":tables", ":pending", ":counts")]
+
+    def mark_retiring(self, run_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(f"{PREFIX}retiring", run_id)
+            for key in self._record_keys(run_id):
+                pipe.persist(key)
+            _execute(pipe)
+
+    def unmark_retiring(self, run_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.srem(f"{PREFIX}retiring", run_id)
+            for key in self._record_keys(run_id):
+                pipe.expire(key, self.ttl)
+            _execute(pipe)
+
+    def retiring(self) -> list[str]:
+        return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}retiring"))
+
+    def recent_runs(self, limit: int = 20) -> list[str]:
+        raw = _call(self.redis.zrevrange, f"{PREFIX}runs", 0, limit - 1)
+        return [r.decode() for r in raw]
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateStoreUnavailable(f"redis unavailable: {exc}") from None
+
+
+def _execute(pipe: Any) -> list[Any]:
+    return list(_call(pipe.execute))

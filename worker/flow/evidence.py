@@ -1,0 +1,129 @@
+"""May anything still use this key? The evidence every destructive step rests on, read fail-closed.
+
+A key may be deactivated or deleted (and a spare or orphan key removed) only when
+
+- every object of every kind was listed and parsed: each external table's storage_param, each
+  external stage's storage_params, each database default and the connection it names (an
+  unreadable one blocks; a listing that fails blocks, as its error),
+- no object shows a value that may be this key (masking.compare is not NO for any; a database
+  default shows what its connection holds), and
+- no AWSCURRENT or AWSPENDING version of any bound secret holds it (a secret that cannot be read
+  blocks).
+
+Anything else is a refusal that names what blocks, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from worker.domain import masking
+from worker.domain.errors import KeyInUse, RotatorError, UnknownSecretError, UnreadableEvidence
+from worker.domain.model import DatabaseDefault, StoredObject
+from worker.domain.ports import DatabendAdmin, SecretStore
+from worker.domain.sql import object_label
+from worker.flow import objects as objects_
+
+LIVE_STAGES = ("AWSCURRENT", "AWSPENDING")
+_KEY_FIELDS = ("access_key_id", "AccessKeyId", "aws_access_key_id")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What Databend shows of one key: the objects (of every kind) that may hold it, and those
+    it could not read."""
+
+    users: list[StoredObject]
+    unreadable: list[StoredObject]
+
+    @property
+    def clear(self) -> bool:
+        return not self.users and not self.unreadable
+
+
+def key_usage(admin: DatabendAdmin, key_id: str) -> Usage:
+    holding = masking.held("ak", key_id)
+    users, unreadable = [], []
+    for obj in objects_.list_all(admin):
+        if obj.storage.unreadable is not None:
+            unreadable.append(obj)
+        elif masking.may_hold(obj.storage.fingerprint, holding):
+            users.append(obj)
+    return Usage(users, unreadable)
+
+
+def describe_users(objects: list[StoredObject], limit: int = 5) -> str:
+    """``db.t, stage s, database d (names c1)`` for a refusal."""
+    return ", ".join(_described(o) for o in objects[:limit]) + (
+        f", and {len(objects) - limit} more" if len(objects) > limit else ""
+    )
+
+
+def _described(obj: StoredObject) -> str:
+    if isinstance(obj, DatabaseDefault):
+        return f"{object_label(obj.name)} (its default connection {obj.connection})"
+    return object_label(obj.name)
+
+
+def secrets_holding(secrets: SecretStore, secret_ids: Iterable[str], key_id: str) -> list[str]:
+    """The bound secrets whose AWSCURRENT or AWSPENDING version holds ``key_id``, as
+    ``name (STAGE)``. A secret that cannot be read counts as holding it (fail closed)."""
+    holders = []
+    for secret_id in sorted(set(secret_ids)):
+        try:
+            info = secrets.describe(secret_id)
+            for version in info.versions.values():  # every carrier: a label may sit on two
+                live = [stage for stage in LIVE_STAGES if stage in version.stages]
+                if live and key_id_of(secrets.read_version(info.arn, version.version_id)) == key_id:
+                    holders.append(f"{info.name} ({'/'.join(live)})")
+        except UnknownSecretError:
+            continue  # a bound secret that does not exist holds no key
+        except RotatorError as exc:
+            holders.append(f"{secret_id} (unreadable: {exc})")
+    return holders
+
+
+def key_id_of(raw: str | None) -> str | None:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    for field in _KEY_FIELDS:
+        if isinstance(value.get(field), str):
+            return str(value[field])
+    return None
+
+
+def refuse_if_used(
+    admin: DatabendAdmin,
+    secrets: SecretStore,
+    secret_ids: Iterable[str],
+    key_id: str,
+    action: str,
+) -> None:
+    """Raise KeyInUse / UnreadableEvidence, naming what blocks, unless ``key_id`` is provably
+    unused; ``action`` says what was about to happen ("delete", "deactivate", …)."""
+    shown = masking.show_key(key_id)
+    usage = key_usage(admin, key_id)
+    if usage.unreadable:
+        names = ", ".join(
+            f"{object_label(t.name)} ({t.storage.unreadable})" for t in usage.unreadable[:5]
+        )
+        raise UnreadableEvidence(
+            f"not going to {action} {shown}: {len(usage.unreadable)} object(s) show credentials "
+            f"that cannot be read, so non-use cannot be proven: {names}"
+        )
+    if usage.users:
+        raise KeyInUse(
+            f"not going to {action} {shown}: {len(usage.users)} object(s) may still use it: "
+            f"{describe_users(usage.users)}"
+        )
+    holders = secrets_holding(secrets, secret_ids, key_id)
+    if holders:
+        raise KeyInUse(
+            f"not going to {action} {shown}: secret version(s) still hold it: {', '.join(holders)}"
+        )

@@ -1,0 +1,117 @@
+"""Fencing: late work never changes anything once a newer run of its secret has taken over.
+
+Each run of a secret takes a token when it first takes the secret's lock, strictly greater than
+every earlier one (a key rotation's table run works under its parent's token). Right before every
+change — a connection, an ALTER, an IAM key, a label move — the work asks ``admitted``: one atomic
+check that its run is still active and its token still the secret's newest, which also registers
+the change as in flight until it ends. Work that is refused changes nothing. A run that takes a
+newer token marks the run that held the previous one ``superseded``, unless it had ended.
+
+This holds whatever the lock's expiry and the broker's redelivery delay are (Kleppmann, "How to do
+distributed locking"): the lock only keeps two live runs from working at once; the token keeps a
+dead run's late messages from acting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from worker.domain.errors import FatalError, LockBusy
+from worker.domain.model import RunStatus
+from worker.domain.ports import Admission, Fences, RunRecord, RunStore
+
+DEFAULT_LEASE_SECONDS = 600.0
+
+
+def take_fence(run: RunRecord, runs: RunStore, fences: Fences | None) -> int:
+    """The run's token, issued on first use (0 without fences)."""
+    if fences is None:
+        return 0
+    if run.fence:
+        return run.fence
+    waits_for: list[str] = []
+    if run.parent:
+        token = runs.get(run.parent).fence
+    else:
+        token, previous = fences.issue(run.secret, run.run_id)
+        if previous and previous != run.run_id:
+            waits_for = supersede(runs, previous, by=run.run_id)
+    runs.update(run.run_id, fence=token, waits_for=waits_for)
+    run.fence, run.waits_for = token, waits_for
+    return token
+
+
+def require_drained(fences: Fences | None, run: RunRecord) -> None:
+    """A run that superseded another changes nothing while that run's admitted changes are still
+    in flight (their leases bound the wait): raises LockBusy, so the task tries again shortly."""
+    if fences is None or not run.waits_for:
+        return
+    flying = [f"{r}:{item}" for r in run.waits_for for item in fences.in_flight(r)]
+    if flying:
+        raise LockBusy(
+            f"waiting for {len(flying)} change(s) of the superseded run to end: {flying[0]}"
+        )
+
+
+def supersede(runs: RunStore, run_id: str, *, by: str) -> list[str]:
+    """Mark an unfinished run (and its table run) superseded by a newer run of its secret;
+    returns the run ids whose changes in flight the newer run must wait for."""
+    try:
+        run = runs.get(run_id)
+    except FatalError:
+        return []  # gone (expired or flushed): nothing to mark
+    if not RunStatus(run.status).final:
+        reason = f"superseded by run {by}, a newer run of the same secret"
+        runs.update(run_id, status=RunStatus.SUPERSEDED, error=reason)
+    child = run.data.get("table_run")
+    return [run_id] + (supersede(runs, str(child), by=by) if child else [])
+
+
+@contextmanager
+def admitted(
+    fences: Fences | None,
+    run: RunRecord,
+    item: str,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    exclusive: bool = False,
+) -> Iterator[Admission]:
+    """``with admitted(...) as verdict:`` — change something only when the verdict is ADMITTED;
+    the change counts as in flight until the block ends."""
+    if fences is None:
+        yield Admission.ADMITTED
+        return
+    verdict = fences.enter(
+        run.run_id,
+        item,
+        secret_arn=run.secret if run.fence else None,
+        token=run.fence,
+        lease_seconds=lease_seconds,
+        exclusive=exclusive,
+    )
+    try:
+        yield verdict
+    finally:
+        if verdict is Admission.ADMITTED:
+            fences.leave(run.run_id, item)
+
+
+def wait_until_idle(
+    fences: Fences | None,
+    run_ids: list[str],
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
+    """Wait until no change of these runs is in flight; returns what still is at ``timeout``."""
+    if fences is None:
+        return []
+    deadline = clock() + timeout
+    while True:
+        flying = [f"{r}:{item}" for r in run_ids for item in fences.in_flight(r)]
+        if not flying or clock() >= deadline:
+            return flying
+        sleep(0.2)

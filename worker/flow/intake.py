@@ -1,0 +1,176 @@
+"""Turn a parsed event into at most one rotation run per (secret ARN, version id) and arrival.
+
+The version to apply is the one carrying AWSCURRENT now, whatever its age: an event for a version
+that is no longer AWSCURRENT is redirected to it, and an operator moving AWSCURRENT back to an
+older version is applied like any other move (a version that had a run before gets a new one each
+time AWSCURRENT comes back to it; duplicates of the same move still make one run).
+
+Order of writes, so that a crash anywhere loses nothing and duplicates nothing: claim the
+(secret, version) with a run id -> create the run record -> advance the secret's newest version
+-> enqueue -> mark enqueued. A redelivered message finds the claim; if it was never marked
+enqueued it enqueues the same run again (starting a run twice is harmless).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.domain.bindings import Binding, find_binding
+from worker.domain.errors import ClaimInFlight, RunNotFound, UnknownSecretError
+from worker.domain.events import Action, EventDecision
+from worker.domain.model import RunStatus
+from worker.domain.ports import IntakeState, NewestVersion, RunRecord, RunStore, SecretStore
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"  # a run was recorded and enqueued
+    DUPLICATE = "duplicate"  # that version already has a run
+    STALE = "stale"  # its version is no longer AWSCURRENT, and AWSCURRENT already has a run
+    IGNORED = "ignored"  # nothing to do (no binding, unknown secret, a label we don't act on)
+    ALERT = "alert"  # Secrets Manager reported a failed rotation
+    REJECTED = "rejected"  # malformed or hostile: left to the queue's redrive policy
+
+    @property
+    def acknowledge(self) -> bool:
+        """Delete the SQS message? Everything but rejected events."""
+        return self is not Verdict.REJECTED
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    verdict: Verdict
+    reason: str
+    event_id: str | None = None
+    secret: str | None = None
+    version_id: str | None = None
+    run_id: str | None = None
+
+
+def handle_event(
+    decision: EventDecision,
+    *,
+    secrets: SecretStore,
+    bindings: list[Binding],
+    state: IntakeState,
+    runs: RunStore,
+    enqueue: Callable[[str], None],
+) -> IntakeResult:
+    """Act on one parsed event. Retryable errors propagate: the message stays in the queue."""
+    base = {"event_id": decision.event_id, "secret": decision.secret}
+    if decision.action is Action.REJECT:
+        return IntakeResult(Verdict.REJECTED, decision.reason, **base)
+    if decision.action is Action.ALERT:
+        return IntakeResult(Verdict.ALERT, decision.reason, **base)
+    if decision.action is Action.LOG:
+        return IntakeResult(Verdict.IGNORED, decision.reason, **base)
+    assert decision.secret is not None
+    try:
+        info = secrets.describe(decision.secret)
+    except UnknownSecretError:
+        return IntakeResult(Verdict.IGNORED, "unknown secret", **base)
+    base["secret"] = info.arn
+    binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
+    if binding is None:
+        return IntakeResult(Verdict.IGNORED, f"no binding covers secret {info.name}", **base)
+    current = info.version_with_stage("AWSCURRENT")
+    version_id = decision.version_id or current
+    redirected = False
+    if version_id is not None and current is not None and version_id != current:
+        # The event's version is no longer AWSCURRENT: something newer took its place (creation
+        # dates alone cannot tell: they tie within a second). Apply what is current instead.
+        version_id, redirected = current, True
+    if version_id is None or version_id not in info.versions:
+        return IntakeResult(
+            Verdict.IGNORED, "the version no longer exists", **base, version_id=version_id
+        )
+    created = info.versions[version_id].created_at or 0.0
+    newest = state.newest(info.arn)
+    # AWSCURRENT decides, whatever its age: an operator may move it back to an older version
+    # (UpdateSecretVersionStage), and that is the version to apply now.
+    moved_back = (
+        newest is not None and newest.version_id != version_id and newest.created_at > created
+    )
+    if newest is not None and newest.version_id == version_id:
+        claim_key = newest.claim or version_id  # the claim of this version's latest run
+    else:
+        claim_key = version_id
+    claim = state.claim(info.arn, claim_key, uuid.uuid4().hex)
+    if claim.enqueued and newest is not None and newest.version_id != version_id:
+        # This version had a run before, another version since: AWSCURRENT came back to it,
+        # which needs a run of its own, one per return (keyed by the run it follows).
+        claim_key = f"{version_id}@{newest.run_id or newest.version_id}"
+        claim = state.claim(info.arn, claim_key, uuid.uuid4().hex)
+    run_id = claim.run_id
+    if claim.enqueued:
+        if redirected:
+            return IntakeResult(
+                Verdict.STALE,
+                f"superseded by AWSCURRENT {version_id}, which already has a run",
+                **base,
+                version_id=version_id,
+                run_id=run_id,
+            )
+        restarted = _restart_if_cut_short(runs, run_id, enqueue)
+        return IntakeResult(
+            Verdict.DUPLICATE,
+            "this version already has a run"
+            + (", not finished: queued again" if restarted else ""),
+            **base,
+            version_id=version_id,
+            run_id=run_id,
+        )
+    if not claim.mine:
+        # another handler is recording this version right now; if it dies, its lease runs out
+        # and this message, back from the queue, takes over
+        raise ClaimInFlight(f"secret version {version_id} is being recorded by another handler")
+    try:
+        runs.get(run_id)
+    except RunNotFound:
+        runs.create(
+            RunRecord(
+                run_id=run_id,
+                kind="rotation",
+                secret=info.arn,
+                version_id=version_id,
+                binding=binding.name,
+                newest_wins=True,
+            )
+        )
+    state.advance_newest(
+        info.arn, NewestVersion(version_id, created, run_id, claim_key), moved_back=moved_back
+    )
+    enqueue(run_id)
+    state.mark_enqueued(info.arn, claim_key)
+    reason = decision.reason
+    if redirected:
+        reason += "; superseded, applying AWSCURRENT"
+    if moved_back and newest is not None:
+        reason += f"; AWSCURRENT moved back from the newer version {newest.version_id}"
+    return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)
+
+
+# a queued or planning run younger than this is most likely fine: its start task is on its way
+RESTART_QUIET_SECONDS = 10.0
+
+
+def _restart_if_cut_short(runs: RunStore, run_id: str, enqueue: Callable[[str], None]) -> bool:
+    """A repeated event for a version whose run has not finished (queued, planning or switching):
+    queue it again, in case a crashed worker took it down (redelivery by the broker would take its
+    whole visibility timeout). Harmless when the run is alive: a table already finished is
+    skipped, one in flight is looked at before it is switched again, and every change is fenced;
+    a second planner writes the same plan."""
+    try:
+        run = runs.get(run_id)
+    except RunNotFound:
+        return False
+    if not RunStatus(run.status).active:
+        return False
+    quiet = time.time() - (run.updated_at or run.created_at)
+    if run.status != RunStatus.SWITCHING and quiet < RESTART_QUIET_SECONDS:
+        return False
+    enqueue(run_id)
+    return True

@@ -1,0 +1,244 @@
+"""A run's life after it started: pause, resume, abort, rollback — one place decides each.
+
+The CLI, the Celery tasks and the rotation function call these; none of them decides anything of
+its own. Each function returns what the caller must enqueue next (a ``Followup``), so this module
+needs no Celery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from worker.domain.bindings import Binding, find_binding
+from worker.domain.errors import FatalError, RotatorError
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.ports import DatabendAdmin, Fences, RunStore
+from worker.domain.sql import ObjectName, TableName, object_label
+from worker.flow import key_rotation
+from worker.flow import objects as objects_
+from worker.flow.fencing import wait_until_idle
+from worker.flow.key_rotation import KeyRotationContext, Phase
+from worker.flow.migration import rollback_targets
+from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.flow.runs import reopen_failed_tables
+
+PAUSE_WAIT_SECONDS = 120.0
+
+
+class Followup(StrEnum):
+    """What the caller enqueues after a lifecycle call (for ``Resumed.run_id``)."""
+
+    NOTHING = "nothing"
+    START_ROTATION = "start_rotation"  # plan / re-enqueue a rotation run's pending tables
+    ADVANCE_KEY_ROTATION = "advance_key_rotation"
+    RETIRE_DUE = "retire_due"  # only the old key's retirement is left
+    RELEASE_WAVE = "release_wave"  # a migration's current wave
+
+
+@dataclass(frozen=True)
+class Resumed:
+    run_id: str
+    followup: Followup
+    reopened: list[str] = field(default_factory=list)
+
+
+def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
+    """Make a failed, stuck, paused or interrupted run go on (finished tables stay done)."""
+    run = ctx.runs.get(run_id)
+    if run.status == RunStatus.STUCK:  # back to where the reaper found it
+        ctx.runs.update(run_id, status=run.stuck_from or RunStatus.QUEUED, error=None)
+        run = ctx.runs.get(run_id)
+    if run.kind == "migration":
+        return _resume_migration(ctx.runs, run_id)
+    if run.kind == "key-rotation":
+        reopened = key_rotation.resume(ctx, run_id)
+        run = ctx.runs.get(run_id)  # as it is now: another worker may have advanced it meanwhile
+        phase = run.phase
+        if phase == Phase.SWITCHING and run.data.get("table_run"):
+            return Resumed(str(run.data["table_run"]), Followup.START_ROTATION, reopened)
+        if phase == Phase.RETIRED:
+            return Resumed(run_id, Followup.RETIRE_DUE)
+        return Resumed(run_id, Followup.ADVANCE_KEY_ROTATION)
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED, RunStatus.SUPERSEDED):
+        raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
+    reopened = [str(t) for t in reopen_failed_tables(run_id, ctx.runs)]
+    if not RunStatus(ctx.runs.get(run_id).status).active:
+        ctx.runs.update(run_id, status=RunStatus.SWITCHING, error=None)
+    return Resumed(run_id, Followup.START_ROTATION, reopened)
+
+
+def _resume_migration(runs: RunStore, run_id: str) -> Resumed:
+    run = runs.get(run_id)
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.ROLLED_BACK):
+        raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
+    wave = int(run.data["wave"])
+    reopened = []
+    for outcome in runs.outcomes(run_id):
+        if outcome.table in set(runs.wave(run_id, wave)) and outcome.status.failed:
+            runs.record_pending(
+                run_id,
+                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
+            )
+            reopened.append(object_label(outcome.table))
+    data = dict(run.data)
+    data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
+    runs.update(run_id, status=RunStatus.SWITCHING, error=None, data=data)
+    return Resumed(run_id, Followup.RELEASE_WAVE, reopened)
+
+
+def pause(
+    runs: RunStore,
+    fences: Fences | None,
+    run_id: str,
+    *,
+    busy_slots: Callable[[str], int] = lambda _run: 0,
+    timeout: float = PAUSE_WAIT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Pause a running migration; returns what is still in flight at ``timeout`` (empty: none).
+
+    Paused first, so no table is admitted any more (a task waiting for a concurrency slot finds
+    the run paused when it gets one, and leaves its table pending); then waits until every
+    admitted table is recorded and every slot is given back."""
+    run = runs.get(run_id)
+    if run.kind != "migration" or run.status != RunStatus.SWITCHING:
+        raise FatalError(
+            f"run {run_id} is a {run.status} {run.kind} run: only a running migration can be paused"
+        )
+    runs.update(run_id, status=RunStatus.PAUSED)
+    return _wait_idle(fences, run_id, busy_slots, timeout, sleep)
+
+
+def _wait_idle(
+    fences: Fences | None,
+    run_id: str,
+    busy_slots: Callable[[str], int],
+    timeout: float,
+    sleep: Callable[[float], None],
+) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        flying = wait_until_idle(fences, [run_id], timeout=0, sleep=sleep)
+        slots = busy_slots(run_id)
+        if not flying and not slots:
+            return []
+        if time.monotonic() >= deadline:
+            return flying + [f"{slots} concurrency slot(s)"] * bool(slots)
+        sleep(0.2)
+
+
+def abort(ctx: KeyRotationContext, run_id: str, bindings: list[Binding]) -> list[str]:
+    """Undo an unfinished key rotation (see key_rotation.abort); returns tables switched back."""
+    run = ctx.runs.get(run_id)
+    if run.kind != "key-rotation":
+        raise FatalError(f"run {run_id} is a {run.kind} run; only key rotations can be aborted")
+    binding = find_binding(bindings, name=run.binding) if run.binding else None
+    if binding is None:
+        raise FatalError(f"binding {run.binding} of run {run_id} is no longer configured")
+    return key_rotation.abort(ctx, run_id, binding)
+
+
+@dataclass
+class RolledBack:
+    moved: list[ObjectName] = field(default_factory=list)
+    failed: list[tuple[ObjectName, str]] = field(default_factory=list)
+    unknown: list[ObjectName] = field(default_factory=list)  # no connection for the old credentials
+    unreachable: list[tuple[ObjectName, str]] = field(default_factory=list)  # probe failed
+
+    @property
+    def complete(self) -> bool:
+        return not (self.failed or self.unknown or self.unreachable)
+
+
+def rollback(
+    runs: RunStore,
+    admin: DatabendAdmin,
+    fences: Fences | None,
+    run_id: str,
+    *,
+    busy_slots: Callable[[str], int] = lambda _run: 0,
+    concurrency: int = 8,
+    timeout: float = PAUSE_WAIT_SECONDS,
+    retry: RetryPolicy | None = None,
+    per_table: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> RolledBack:
+    """Move the objects a migration switched back to their previous connection.
+
+    The run is paused first and objects in flight are waited for; each previous connection must
+    list the buckets of its objects (a probe) before any object is moved onto it; every object
+    moved is validated (a table read back, a stage listed, a database's bucket listed)."""
+    run = runs.get(run_id)
+    if run.kind != "migration":
+        raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
+    if run.status == RunStatus.SWITCHING:
+        runs.update(run_id, status=RunStatus.PAUSED)  # stop new tables first
+    _wait_idle(fences, run_id, busy_slots, timeout, time.sleep)
+    back, unknown = rollback_targets(
+        runs.outcomes(run_id), run.data.get("previous_connections", {})
+    )
+    result = RolledBack(unknown=list(unknown))
+    reachable = _probe_previous(admin, back, result)
+    targets = [item for item in back if item[1] in reachable]
+
+    def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome]:
+        table, connection, fingerprint = item
+        return (
+            table,
+            connection,
+            rotate_object(admin, table, connection=connection, target=fingerprint, retry=retry),
+        )
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for table, connection, outcome in pool.map(undo, targets):
+            if outcome.status.failed:
+                result.failed.append((table, str(outcome.reason)))
+                continue
+            result.moved.append(table)
+            runs.record_outcome(
+                run_id,
+                TableOutcome(
+                    table=table,
+                    status=TableStatus.ROLLED_BACK,
+                    rule=f"rolled back to {connection}",
+                    rows_read=outcome.rows_read,
+                    previous=outcome.previous,
+                ),
+            )
+    runs.update(
+        run_id,
+        status=RunStatus.ROLLED_BACK,
+        error=None if result.complete else "some tables could not be moved back",
+    )
+    return result
+
+
+def _probe_previous(
+    admin: DatabendAdmin, back: list[tuple[ObjectName, str, str]], result: RolledBack
+) -> set[str]:
+    """The previous connections that can list every bucket of the objects going back to them."""
+    every_kind = any(not isinstance(name, TableName) for name, _, _ in back)
+    listed = objects_.list_all(admin) if every_kind else list(admin.list_external_tables())
+    buckets: dict[ObjectName, str | None] = {t.name: t.storage.bucket for t in listed}
+    by_connection: dict[str, set[str]] = {}
+    for table, connection, _ in back:
+        bucket = buckets.get(table)
+        by_connection.setdefault(connection, set()).update([bucket] if bucket else [])
+    reachable = set()
+    for connection, needed in by_connection.items():
+        try:
+            for bucket in sorted(needed):
+                admin.probe_connection(connection, bucket)
+        except RotatorError as exc:
+            result.unreachable += [
+                (t, f"connection {connection} cannot list its bucket: {exc}")
+                for t, c, _ in back
+                if c == connection
+            ]
+            continue
+        reachable.add(connection)
+    return reachable

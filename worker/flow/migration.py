@@ -1,0 +1,257 @@
+"""Bulk migrations: move many objects to one target connection in waves, a canary wave first.
+
+A migration is a run of kind ``migration``: its objects (tables, and with ``--from`` or
+``--binding`` also stages and database defaults) are planned up front (every one pending, with the
+wave it belongs to), waves are released one at a time, and a wave whose error rate passes the
+threshold halts the run. Finished objects are never switched again: a resumed run skips them, and
+one found already on the target is only validated.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from worker.domain.bindings import NameSelector, Selector
+from worker.domain.errors import FatalError
+from worker.domain.model import (
+    DatabaseDefault,
+    RunStatus,
+    StoredObject,
+    TableOutcome,
+    TableStatus,
+)
+from worker.domain.ports import DatabendAdmin, RunRecord, RunStore
+from worker.domain.sql import ObjectName, TableName, object_label
+from worker.flow import objects as objects_
+
+
+class MigrationRefused(FatalError):
+    pass
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    wave_size: int = 100
+    canary: int = 5
+    max_error_rate: float = 0.0
+    concurrency: int = 8
+    rate: float | None = None  # tables per second across all workers; None: no limit
+
+    def __post_init__(self) -> None:
+        if self.wave_size < 1 or self.canary < 0 or self.concurrency < 1:
+            raise ValueError("wave size and concurrency must be at least 1, canary at least 0")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError("max error rate must be between 0 and 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("rate must be positive")
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    target: str  # connection name
+    target_fingerprint: str
+    tables: list[StoredObject]  # every object to move, whatever its kind
+    waves: list[list[ObjectName]]
+    previous_connections: dict[str, str]  # fingerprint -> a connection with those credentials
+    refusals: tuple[str, ...] = ()  # chosen objects on storage Databend cannot switch
+
+
+def select_tables(
+    tables: list[StoredObject],
+    *,
+    from_fingerprint: str | None = None,
+    from_connection: str | None = None,
+    selectors: tuple[Selector | NameSelector, ...] = (),
+) -> list[StoredObject]:
+    """The objects shown on the ``--from`` connection's credentials (a database default: also one
+    naming that connection), or named by ``selectors`` (each matches its own kind)."""
+    chosen = []
+    for obj in tables:
+        if from_fingerprint is not None:
+            names_it = isinstance(obj, DatabaseDefault) and obj.connection == from_connection
+            if obj.storage.fingerprint != from_fingerprint and not names_it:
+                continue
+        if selectors and not any(_matches(s, obj.name) for s in selectors):
+            continue
+        chosen.append(obj)
+    return sorted(chosen, key=lambda t: t.name)
+
+
+def _matches(selector: Selector | NameSelector, name: ObjectName) -> bool:
+    if isinstance(selector, Selector):
+        return isinstance(name, TableName) and selector.matches(name)
+    return selector.matches(name)
+
+
+def assign_waves(
+    tables: list[ObjectName], *, canary: int, wave_size: int
+) -> list[list[ObjectName]]:
+    """The canary wave (``canary`` objects) first, then waves of ``wave_size``."""
+    waves: list[list[ObjectName]] = []
+    rest = list(tables)
+    if canary:
+        waves.append(rest[:canary])
+        rest = rest[canary:]
+    waves += [rest[i : i + wave_size] for i in range(0, len(rest), wave_size)]
+    return [w for w in waves if w]
+
+
+def plan_migration(
+    admin: DatabendAdmin,
+    *,
+    target: str,
+    from_connection: str | None,
+    selectors: tuple[Selector | NameSelector, ...],
+    options: MigrationOptions,
+    connection_fingerprints: dict[str, str],
+) -> MigrationPlan:
+    """``connection_fingerprints``: every connection's name -> what it looks like to Databend.
+    ``--tables`` selectors choose tables only; ``--from`` and a binding's selectors choose every
+    kind. Objects on storage Databend cannot switch are listed in ``refusals``."""
+    target_fp = connection_fingerprints.get(target)
+    if target_fp is None:
+        raise MigrationRefused(f"target connection {target} does not exist")
+    from_fp = None
+    if from_connection is not None:
+        from_fp = connection_fingerprints.get(from_connection)
+        if from_fp is None:
+            raise MigrationRefused(f"connection {from_connection} does not exist")
+    every_kind = from_connection is not None or any(isinstance(s, NameSelector) for s in selectors)
+    listed: list[StoredObject] = (
+        objects_.list_all(admin) if every_kind else list(admin.list_external_tables())
+    )
+    tables = select_tables(
+        listed, from_fingerprint=from_fp, from_connection=from_connection, selectors=selectors
+    )
+    previous: dict[str, str] = {}
+    for name, fp in sorted(connection_fingerprints.items()):
+        previous.setdefault(fp, name)
+    if from_connection is not None and from_fp is not None:
+        previous[from_fp] = from_connection
+    waves = assign_waves(
+        [t.name for t in tables], canary=options.canary, wave_size=options.wave_size
+    )
+    return MigrationPlan(
+        target=target,
+        target_fingerprint=target_fp,
+        tables=tables,
+        waves=waves,
+        previous_connections=previous,
+        refusals=tuple(
+            f"{object_label(t.name)} ({t.storage.kind})" for t in tables if not t.storage.switchable
+        ),
+    )
+
+
+def new_migration(
+    runs: RunStore, plan: MigrationPlan, options: MigrationOptions, description: str
+) -> str:
+    """Record the run and its plan: every object pending, before anything is switched."""
+    if not plan.tables:
+        raise MigrationRefused("no object matches: nothing to migrate")
+    if plan.refusals:
+        raise MigrationRefused(
+            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
+            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
+            "nothing was changed"
+        )
+    run_id = uuid.uuid4().hex
+    wave_of = {t: i for i, wave in enumerate(plan.waves) for t in wave}
+    runs.create(
+        RunRecord(
+            run_id=run_id,
+            kind="migration",
+            secret="",
+            version_id="",
+            status=RunStatus.SWITCHING,
+            connection=plan.target,
+            target=plan.target_fingerprint,
+            started_at=time.time(),
+            notes=[description],
+            data={
+                "wave": 0,
+                "epoch": 0,
+                "options": {
+                    "wave_size": options.wave_size,
+                    "canary": options.canary,
+                    "max_error_rate": options.max_error_rate,
+                    "concurrency": options.concurrency,
+                    "rate": options.rate,
+                },
+                "previous_connections": plan.previous_connections,
+            },
+        )
+    )
+    runs.set_waves(run_id, plan.waves)
+    runs.set_plan(
+        run_id,
+        [
+            TableOutcome(
+                table=t.name, rule=f"wave {wave_of[t.name]}", previous=t.storage.fingerprint
+            )
+            for t in plan.tables
+        ],
+    )
+    return run_id
+
+
+@dataclass(frozen=True)
+class WaveVerdict:
+    complete: bool
+    failed: int
+    total: int
+    halt: bool
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.total if self.total else 0.0
+
+
+def judge_wave(outcomes: list[TableOutcome], max_error_rate: float) -> WaveVerdict:
+    done = [o for o in outcomes if o.status.done]
+    failed = sum(1 for o in done if o.status.failed)
+    complete = len(done) == len(outcomes)
+    rate = failed / len(outcomes) if outcomes else 0.0
+    return WaveVerdict(
+        complete=complete,
+        failed=failed,
+        total=len(outcomes),
+        halt=complete and rate > max_error_rate + 1e-12,
+    )
+
+
+def estimate(done: int, total: int, started_at: float, now: float) -> tuple[float, float | None]:
+    """(objects per second so far, seconds left) from those finished out of ``total``."""
+    elapsed = max(now - started_at, 1e-6)
+    rate = done / elapsed if done else 0.0
+    left = total - done
+    return rate, (left / rate if rate else None) if left else 0.0
+
+
+def rollback_targets(
+    outcomes: list[TableOutcome], previous_connections: dict[str, str]
+) -> tuple[list[tuple[ObjectName, str, str]], list[ObjectName]]:
+    """Objects this migration switched, with the connection to go back to (and its fingerprint);
+    and those with no known connection for their previous credentials."""
+    back: list[tuple[ObjectName, str, str]] = []
+    unknown: list[ObjectName] = []
+    for o in outcomes:
+        if o.status is not TableStatus.VALIDATED or not o.previous:
+            continue
+        connection = previous_connections.get(o.previous)
+        if connection is None:
+            unknown.append(o.table)
+        else:
+            back.append((o.table, connection, o.previous))
+    return back, unknown
+
+
+def finished_in_wave(runs: RunStore, run_id: str, table: ObjectName, wave: int, epoch: int) -> bool:
+    """For a table whose task found nothing to do: if the table is finished, count it in the
+    wave's current epoch (idempotent) and say whether that completes the wave."""
+    outcome = runs.outcome(run_id, table)
+    if outcome is None or not outcome.status.done:
+        return False
+    return runs.wave_finished(run_id, wave, table, epoch) >= runs.wave_size(run_id, wave)

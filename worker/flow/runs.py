@@ -1,0 +1,414 @@
+"""A rotation run for one (secret, version): prepare it, then finish it object by object.
+
+``prepare_rotation`` takes the secret's lock, reads the version, plans every object (tables,
+stages, database defaults), creates the connection and writes the plan (every object pending)
+before any object is touched; ``finish_table`` records one object's outcome and closes the run
+(releasing the lock) when the last one is in. Both are safe to run twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from worker.domain import masking
+from worker.domain.bindings import Binding, find_binding
+from worker.domain.errors import (
+    FatalError,
+    LockBusy,
+    PreflightFailed,
+    Refused,
+    SecretFormatError,
+    UnknownSecretError,
+)
+from worker.domain.model import (
+    Credentials,
+    RotationPlan,
+    RunStatus,
+    StoredObject,
+    TableOutcome,
+    TableStatus,
+)
+from worker.domain.ports import (
+    Admission,
+    DatabendAdmin,
+    Fences,
+    IntakeState,
+    RunRecord,
+    RunStore,
+    SecretInfo,
+    SecretLocks,
+    SecretStore,
+)
+from worker.domain.secret_value import parse_secret_value
+from worker.domain.sql import ObjectName, TableName, object_label
+from worker.flow import objects as objects_
+from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admitted, require_drained, take_fence
+from worker.flow.rotation import (
+    RetryPolicy,
+    connection_name_for,
+    ensure_connection,
+    plan_rotation,
+    rotate_object,
+)
+
+_ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
+
+
+def prepare_rotation(
+    run_id: str,
+    *,
+    runs: RunStore,
+    secrets: SecretStore,
+    admin: DatabendAdmin,
+    bindings: list[Binding],
+    locks: SecretLocks | None = None,
+    newest: IntakeState | None = None,
+    fences: Fences | None = None,
+) -> list[ObjectName]:
+    """Plan the run and return the objects still to switch (empty when the run is over).
+
+    Takes the secret's lock and fencing token, reads the version, plans every object, refuses
+    (nothing changed) when the binding selects one Databend cannot switch, creates the
+    connection, proves it can list every bucket involved (pre-flight), and writes the plan (every
+    object pending) before any object is touched. Raises LockBusy (retryable) while another run
+    holds the secret.
+    """
+    run = runs.get(run_id)
+    if not RunStatus(run.status).active:
+        return []
+    if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
+        raise LockBusy(f"another run is rotating secret {run.secret}")
+    if run.status != RunStatus.SWITCHING:  # decided before it takes over anything
+        try:
+            skip = _skip_reason(run, runs=runs, secrets=secrets, newest=newest)
+        except FatalError as exc:
+            runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
+            _release(locks, run)
+            raise
+        if skip is not None:  # skipped before it started: it changes nothing
+            runs.update(run_id, status=RunStatus.SKIPPED, error=skip)
+            _release(locks, run)
+            return []
+    take_fence(run, runs, fences)
+    require_drained(fences, run)
+    if run.status == RunStatus.SWITCHING:
+        # redelivered (or resumed) after the plan was written: the same tables again
+        pending = runs.pending(run_id)
+        if not pending:
+            close_run(run_id, runs, locks)
+        return pending
+    runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
+    run.status = RunStatus.PLANNING
+    with admitted(fences, run, "plan") as verdict:
+        if verdict is not Admission.ADMITTED:
+            _release(locks, run)
+            return []
+        try:
+            plan = _plan(run, runs=runs, secrets=secrets, admin=admin, bindings=bindings)
+        except FatalError as exc:
+            runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
+            _release(locks, run)
+            raise
+    outcomes = []
+    for planned in plan.tables:
+        outcome = TableOutcome(table=planned.table, rule=planned.rule, previous=planned.current)
+        if planned.problem:
+            outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
+        outcomes.append(outcome)
+    runs.set_plan(run_id, outcomes)
+    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes))
+    pending = runs.pending(run_id)
+    if not pending:
+        close_run(run_id, runs, locks)
+    return pending
+
+
+def _skip_reason(
+    run: RunRecord, *, runs: RunStore, secrets: SecretStore, newest: IntakeState | None
+) -> str | None:
+    """Why an event-driven run must not start, if it must not.
+
+    It applies what AWSCURRENT holds when it plans, nothing older: the label may have moved on
+    before this run's turn came (its event still on the way). An operator who moves AWSCURRENT
+    back is obeyed: the label decides, not dates. And the label move a key rotation makes is its
+    own: that rotation finishes (and retires the old key), a run of ours would only supersede it.
+    """
+    if not run.newest_wins:
+        return None
+    info = secrets.describe(run.secret)
+    outdated = info.version_with_stage("AWSCURRENT")
+    if outdated is None and newest is not None:  # no label to go by: the intake's newest
+        latest = newest.newest(info.arn)
+        outdated = latest.version_id if latest else None
+    if outdated is not None and outdated != run.version_id:
+        return f"version {outdated} is newer (AWSCURRENT moved on before this run planned)"
+    owner = runs.unfinished_run("key-rotation", info.arn)
+    if owner is not None and owner.version_id == run.version_id:
+        return f"key rotation {owner.run_id} made this version current and is finishing it"
+    return None
+
+
+def _plan(
+    run: RunRecord,
+    *,
+    runs: RunStore,
+    secrets: SecretStore,
+    admin: DatabendAdmin,
+    bindings: list[Binding],
+) -> RotationPlan:
+    """Read the version, plan (refusing unswitchable objects before anything changes), make its
+    connection (and one to revert to), pre-flight."""
+    info = secrets.describe(run.secret)
+    if run.version_id not in info.versions:
+        raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
+    if run.parent:
+        _require_unmoved(runs.get(run.parent), info)
+    binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
+    if binding is None:
+        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    where = f"secret {info.name} version {run.version_id}"
+    credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
+    old = _old_credentials(secrets, info, run.version_id)
+    connection = connection_name_for(binding, run.version_id)
+    plan = plan_rotation(
+        binding,
+        list_binding_objects(admin, binding),
+        connection=connection,
+        target=credentials.fingerprint,
+        old_fingerprints={c.fingerprint for c in old.values()},
+    )
+    refuse_unswitchable(plan, binding)
+    # write-ahead: the connection's name is on record before it exists
+    runs.update(
+        run.run_id,
+        binding=binding.name,
+        connection=connection,
+        target=credentials.fingerprint,
+        may_skip_switched=all(
+            masking.distinguishable(credentials.fingerprint, o.fingerprint) for o in old.values()
+        ),
+    )
+    ensure_connection(admin, connection, credentials)
+    data = dict(run.data)
+    previous = _previous_version(info, run.version_id)
+    if previous in old:  # a connection on the previous credentials, to switch back to
+        back = connection_name_for(binding, previous)
+        ensure_connection(admin, back, old[previous])
+        data["revert"] = {"connection": back, "target": old[previous].fingerprint}
+    runs.update(run.run_id, data=data)
+    preflight(admin, connection, plan)
+    return plan
+
+
+def list_binding_objects(admin: DatabendAdmin, binding: Binding) -> list[StoredObject]:
+    """What a plan of the binding looks at: its tables' databases (every one with ``discover``),
+    and stages and database defaults when it selects or discovers them."""
+    return objects_.list_for(
+        admin,
+        databases=binding.databases_to_scan(),
+        stages=binding.lists_stages,
+        defaults=binding.lists_databases,
+    )
+
+
+def refuse_unswitchable(plan: RotationPlan, binding: Binding) -> None:
+    """Objects the binding selects that Databend cannot switch (oss, cos, …): refuse by name."""
+    if plan.refusals:
+        raise Refused(
+            f"binding {binding.name} selects {len(plan.refusals)} object(s) on storage Databend "
+            f"cannot switch to other credentials (only s3, gcs and azblob): "
+            f"{'; '.join(plan.refusals[:10])}. Take them out of the binding; nothing was changed"
+        )
+
+
+def _require_unmoved(key_rotation: RunRecord, info: SecretInfo) -> None:
+    """A key rotation's tables move only while AWSCURRENT is still the version it started from:
+    if someone else rotated the secret meanwhile, its pending key must not replace theirs."""
+    started_from = key_rotation.data.get("old_version")
+    current = info.version_with_stage("AWSCURRENT")
+    if started_from and current != started_from:
+        raise Refused(
+            f"AWSCURRENT of {info.name} moved to version {current} since key rotation "
+            f"{key_rotation.run_id} started from {started_from}: no table was switched to its "
+            f"pending key; `rotator abort {key_rotation.run_id}`"
+        )
+
+
+def _old_credentials(
+    secrets: SecretStore, info: SecretInfo, version_id: str
+) -> dict[str, Credentials]:
+    """The credentials of the secret's other current/previous/pending versions, by version."""
+    old: dict[str, Credentials] = {}
+    for version in info.versions.values():
+        if version.version_id == version_id or not set(version.stages) & set(_ROTATION_STAGES):
+            continue
+        try:
+            raw = secrets.read_version(info.arn, version.version_id)
+            old[version.version_id] = parse_secret_value(raw, where=info.name)
+        except SecretFormatError:
+            continue  # an unreadable old version only narrows discovery
+    return old
+
+
+def _previous_version(info: SecretInfo, version_id: str) -> str | None:
+    """The version the tables are on before this run: AWSCURRENT unless that is this version
+    (an event after the label moved), then AWSPREVIOUS."""
+    current = info.version_with_stage("AWSCURRENT")
+    if current and current != version_id:
+        return current
+    return info.version_with_stage("AWSPREVIOUS")
+
+
+def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None:
+    """Before the first ALTER: the new connection must list every bucket the plan touches."""
+    buckets = sorted({t.bucket for t in plan.tables if t.bucket and not t.problem})
+    for bucket in buckets:
+        try:
+            admin.probe_connection(connection, bucket)
+        except FatalError as exc:
+            raise PreflightFailed(
+                f"pre-flight: connection {connection} cannot list bucket {bucket} ({exc}); "
+                "no object was touched"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Switched:
+    outcome: TableOutcome
+    closed: bool  # this table closed the run
+    wave_complete: bool = False  # (migrations) this table completed its wave
+
+
+def switch_and_record(
+    run_id: str,
+    table: ObjectName,
+    *,
+    runs: RunStore,
+    admin: DatabendAdmin,
+    locks: SecretLocks | None = None,
+    retry: RetryPolicy | None = None,
+    run: RunRecord | None = None,
+    wave: tuple[int, int] | None = None,
+    fences: Fences | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+) -> Switched | None:
+    """Switch one planned object (a table, a stage or a database default) of a run and record the
+    outcome.
+
+    Returns None when the object is not in the run, already finished (redelivery), or its run no
+    longer admits changes (ended or paused). Late work of a run that a newer run of the secret
+    superseded records the table ``superseded`` and changes nothing. A RetryableError that
+    outlives the step's retries propagates to the caller. The attempt is written down before the
+    ALTER: a first attempt trusts the plan's view of the table, a later one (after a crash or an
+    error) looks at the table before acting. ``wave`` = (index, epoch) for a migration's table.
+    """
+    run = run or runs.get(run_id)
+    if RunStatus(run.status).final:
+        return None
+    planned = runs.begin_attempt(run_id, table)
+    if planned is None or planned.status.done:
+        return None
+    if locks is not None:
+        locks.renew(run.secret, _lock_owner(run))
+    with admitted(fences, run, fence_item(table), lease_seconds=lease_seconds) as verdict:
+        if verdict is Admission.SUPERSEDED:
+            outcome = TableOutcome(
+                table=table,
+                status=TableStatus.SUPERSEDED,
+                rule=planned.rule,
+                reason="a newer run of the same secret took over; left untouched",
+                previous=planned.previous,
+                attempts=planned.attempts,
+            )
+        elif verdict is not Admission.ADMITTED:
+            return None
+        else:
+            first_attempt = planned.attempts == 1 and planned.previous is not None
+            revert = run.data.get("revert") or {}
+            outcome = rotate_object(
+                admin,
+                table,
+                connection=str(run.connection),
+                target=str(run.target),
+                may_skip_switched=run.may_skip_switched,
+                retry=retry,
+                known_current=planned.previous if first_attempt else None,
+                revert_to=(revert["connection"], revert["target"]) if revert else None,
+            )
+            outcome.rule = planned.rule
+            outcome.previous = outcome.previous or planned.previous
+            outcome.attempts = planned.attempts
+        if wave is None:
+            return Switched(outcome, finish_table(run_id, outcome, runs=runs, locks=locks))
+        remaining, finished, size = runs.record_wave_outcome(run_id, outcome, *wave)
+    closed = close_run(run_id, runs, locks) if remaining == 0 else False
+    return Switched(outcome, closed, wave_complete=not closed and finished >= size)
+
+
+def fence_item(name: ObjectName) -> str:
+    """What an object's change is registered as while in flight: ``db.table`` for a table (as
+    always), ``stage s`` / ``database d`` for the other kinds."""
+    return object_label(name)
+
+
+def finish_table(
+    run_id: str, outcome: TableOutcome, *, runs: RunStore, locks: SecretLocks | None = None
+) -> bool:
+    """Record an object's outcome; True when this closed the run."""
+    remaining = runs.record_outcome(run_id, outcome)
+    if remaining == 0:
+        return close_run(run_id, runs, locks)
+    return False
+
+
+def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> bool:
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return False
+    outcomes = runs.outcomes(run_id)
+    failed = [o for o in outcomes if o.status.failed]
+    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed" if failed else None
+    runs.update(run_id, status=status, error=error)
+    _release(locks, run)
+    return True
+
+
+def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | None) -> None:
+    """A run whose planning ran out of retries ends ``failed`` with the reason (resumable)."""
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return
+    runs.update(run_id, status=RunStatus.FAILED, error=reason)
+    _release(locks, run)
+
+
+def _objects_word(outcomes: list[TableOutcome]) -> str:
+    """'tables' while a run holds only tables (as its messages always said), else 'objects'."""
+    return "tables" if all(isinstance(o.table, TableName) for o in outcomes) else "objects"
+
+
+def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
+    """Put a run's failed objects back to pending (for ``rotator resume``); returns them."""
+    reopened = []
+    for outcome in runs.outcomes(run_id):
+        if outcome.status.failed:
+            runs.record_pending(
+                run_id,
+                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
+            )
+            reopened.append(outcome.table)
+    if reopened:
+        runs.update(run_id, status=RunStatus.SWITCHING, error=None)
+    return reopened
+
+
+def _lock_owner(run: RunRecord) -> str:
+    """A key rotation's table run works under its parent's lock."""
+    return run.parent or run.run_id
+
+
+def _release(locks: SecretLocks | None, run: RunRecord) -> None:
+    if locks is not None and run.parent is None:
+        locks.release(run.secret, run.run_id)

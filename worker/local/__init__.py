@@ -1,0 +1,1 @@
+"""The local stack (``rotator demo``, ``up``, ``databend-local``): needs the ``local`` extra."""

@@ -1,0 +1,336 @@
+"""``rotator doctor``: will this configuration and these permissions work? One line per check.
+
+Each check passes, warns or fails, and a warning or failure names the setting or binding at fault
+and the fix. Nothing is changed except a throwaway probe connection, created and dropped again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.observe.redaction import redact
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.level.upper():4}  {self.name:24} {self.message}"
+        if self.fix and self.level != PASS:
+            text += f" — fix: {self.fix}"
+        return redact(text)
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.hostname else "?"
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def run_checks(settings: Any) -> list[Check]:
+    return list(_checks(settings))
+
+
+def _checks(settings: Any) -> Iterator[Check]:
+    missing = False
+    for field, variable, what in (
+        ("databend_dsn", "DATABEND_DSN", "the Databend server's DSN"),
+        ("redis_url", "REDIS_URL", "the Redis/Valkey URL (broker and run records)"),
+        ("bindings_path", "ROTATOR_BINDINGS", "the bindings TOML file"),
+    ):
+        if getattr(settings, field) in (None, ""):
+            missing = True
+            yield Check(f"setting {variable}", FAIL, "not set", f"set {variable} to {what}")
+    if not missing:
+        yield Check("settings", PASS, "DATABEND_DSN, REDIS_URL and ROTATOR_BINDINGS are set")
+    bindings = yield from _bindings(settings)
+    if settings.databend_dsn:
+        yield from _databend(settings)
+    if settings.redis_url:
+        yield from _redis(settings.redis_url)
+    identity_ok = yield from _aws()
+    if identity_ok:
+        for binding in bindings:
+            yield from _binding(binding)
+    yield from _notify(settings)
+
+
+def _bindings(settings: Any) -> Iterator[Check]:
+    if not settings.bindings_path:
+        return []
+    from worker.domain.bindings import load_bindings
+    from worker.domain.errors import ConfigError
+
+    try:
+        bindings = load_bindings(settings.bindings_path)
+    except ConfigError as exc:
+        yield Check("bindings", FAIL, str(exc), "correct the line named in ROTATOR_BINDINGS")
+        return []
+    scheduled = sum(b.schedule.active for b in bindings)
+    yield Check(
+        "bindings",
+        PASS if bindings else WARN,
+        f"{len(bindings)} binding(s), {scheduled} with a rotation schedule",
+        "add [[bindings]] entries to ROTATOR_BINDINGS",
+    )
+    return bindings
+
+
+def _databend(settings: Any) -> Iterator[Check]:
+    from worker.adapters.databend_admin import DriverDatabendAdmin
+    from worker.adapters.databend_client import DatabendClient
+    from worker.domain import masking
+
+    dsn = settings.databend_dsn
+    fix = (
+        f"check DATABEND_DSN (now {_where(dsn)}): host, port, user, password and sslmode of a "
+        "reachable Databend server"
+    )
+    try:
+        client = DatabendClient(dsn, statement_timeout=10)
+        admin = DriverDatabendAdmin(client)
+        version = admin.server_version()
+    except Exception as exc:
+        yield Check("databend", FAIL, f"cannot reach Databend at {_where(dsn)}: {_error(exc)}", fix)
+        return
+    form = masking.form_of_version(version)
+    yield Check(
+        "databend",
+        PASS if form else WARN,
+        f"reachable: {version}; keys shown as {form or 'an unknown form'}",
+        "a server whose version cannot be read: key masking is guessed per row",
+    )
+    for name, sql in (
+        ("databend system.tables", "SELECT count(*) FROM system.tables WHERE is_external"),
+        ("databend system.stages", "SELECT count(*) FROM system.stages"),
+    ):
+        yield _try(
+            name,
+            lambda sql=sql: f"readable ({client.query_one(sql)[0]} rows)",  # type: ignore[index]
+            "grant the DSN user SELECT on system tables (see README, Deployment)",
+        )
+    probe = f"rotator_doctor_{uuid.uuid4().hex[:10]}"
+
+    def create_and_drop() -> str:
+        client.execute(
+            f"CREATE CONNECTION {probe} STORAGE_TYPE='s3' ACCESS_KEY_ID='AKIADOCTORPROBE00000'"
+            " SECRET_ACCESS_KEY='doctor-probe-holds-no-credentials'"
+        )
+        client.execute(f"DROP CONNECTION IF EXISTS {probe}")
+        return "a probe connection was created and dropped"
+
+    yield _try(
+        "databend connections",
+        create_and_drop,
+        "grant the DSN user CREATE CONNECTION and DROP CONNECTION (see README, Deployment)",
+    )
+    yield from _audit(settings, client)
+
+
+def _audit(settings: Any, client: Any) -> Iterator[Check]:
+    from worker.adapters.audit_store import TABLE, pending_rows, spool_dir
+    from worker.domain.sql import quote_string
+
+    database = settings.audit_database
+    row = None
+    try:
+        row = client.query_one(
+            "SELECT count(*) FROM system.tables WHERE database = "
+            f"{quote_string(database)} AND name = {quote_string(TABLE)}"
+        )
+    except Exception as exc:
+        yield Check("audit table", FAIL, _error(exc), "grant SELECT on system.tables")
+    if row is not None:
+        exists = int(row[0]) > 0
+        yield Check(
+            "audit table",
+            PASS,
+            f"{database}.{TABLE} "
+            + ("exists" if exists else "will be created on first use (CREATE DATABASE/TABLE)"),
+        )
+    directory = spool_dir(settings.audit_spool, settings.databend_dsn, database)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".doctor-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        yield Check(
+            "audit spool",
+            FAIL,
+            f"{settings.audit_spool} is not writable ({exc.strerror})",
+            "set ROTATOR_AUDIT_SPOOL to a writable directory on a volume",
+        )
+        return
+    waiting = pending_rows(directory)
+    yield Check(
+        "audit spool",
+        WARN if waiting else PASS,
+        f"{settings.audit_spool} writable; {waiting} row(s) waiting to be shipped",
+        "start a worker on this host with Databend reachable: it ships them",
+    )
+
+
+def _redis(url: str) -> Iterator[Check]:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except Exception as exc:
+        yield Check(
+            "redis",
+            FAIL,
+            f"cannot reach {_where(url)}: {_error(exc)}",
+            f"check REDIS_URL (now {_where(url)}; rediss:// for TLS, :password@ for AUTH)",
+        )
+        return
+    tls = url.startswith("rediss://")
+    yield Check("redis", PASS, f"reachable at {_where(url)}" + (" over TLS" if tls else ""))
+    try:
+        info = client.info("persistence")
+        saves = client.config_get("save").get("save", "")
+    except Exception:
+        info, saves = {}, None
+    if info.get("aof_enabled") in (1, "1"):
+        yield Check("redis persistence", PASS, "append-only file on")
+    elif saves:
+        yield Check(
+            "redis persistence",
+            WARN,
+            f"snapshots only (save {saves}): a crash loses the changes since the last one",
+            "turn on appendonly yes (docker-compose.yml does)",
+        )
+    elif saves is None:
+        yield Check(
+            "redis persistence",
+            WARN,
+            "cannot read the server's persistence settings",
+            "make sure the Redis service persists (AOF) and keeps data across restarts",
+        )
+    else:
+        yield Check(
+            "redis persistence",
+            WARN,
+            "off: a restart loses run records, locks and fencing tokens",
+            "turn on appendonly yes (docker-compose.yml does)",
+        )
+
+
+def _aws() -> Iterator[Check]:
+    from worker.adapters.aws_clients import aws_client
+
+    try:
+        identity = aws_client("sts").get_caller_identity()
+    except Exception as exc:
+        yield Check(
+            "aws identity",
+            FAIL,
+            _error(exc),
+            "give the worker AWS credentials and a region (env, profile or role; AWS_REGION)",
+        )
+        return False
+    yield Check("aws identity", PASS, f"{identity.get('Arn')} (account {identity.get('Account')})")
+    return True
+
+
+def _binding(binding: Any) -> Iterator[Check]:
+    from worker.adapters.aws_iam import BotoIamKeys
+    from worker.adapters.aws_secrets import SecretsManagerStore
+    from worker.domain.errors import SecretFormatError
+    from worker.domain.masking import show_key
+    from worker.flow.key_rotation import NotAKeySecret, current_credentials
+
+    name = f"binding {binding.name}"
+    try:
+        secrets = SecretsManagerStore()
+        info = secrets.describe(binding.secret)
+        _version, credentials, _value = current_credentials(secrets, info)
+    except NotAKeySecret as exc:
+        yield Check(f"{name} secret", PASS, f"{exc}")
+        return
+    except SecretFormatError as exc:
+        yield Check(
+            f"{name} secret",
+            FAIL,
+            _error(exc),
+            f"store a value with access_key_id and secret_access_key (or role_arn) as the "
+            f"AWSCURRENT version of {binding.secret}",
+        )
+        return
+    except Exception as exc:
+        yield Check(
+            f"{name} secret",
+            FAIL,
+            f"secret {binding.secret}: {_error(exc)}",
+            f"fix binding {binding.name}'s secret or allow secretsmanager:DescribeSecret, "
+            "ListSecretVersionIds and GetSecretValue on it (see deploy/iam-policy.json)",
+        )
+        return
+    yield Check(
+        f"{name} secret",
+        PASS,
+        f"{info.name} readable; AWSCURRENT holds key {show_key(credentials.access_key_id)}",
+    )
+    try:
+        iam = BotoIamKeys()
+        user = binding.iam_user or iam.owner_of(credentials.access_key_id)
+        keys = iam.list_keys(user)
+    except Exception as exc:
+        yield Check(
+            f"{name} iam user",
+            FAIL,
+            _error(exc),
+            f"set iam_user in binding {binding.name}, or allow iam:GetAccessKeyLastUsed and "
+            "iam:ListAccessKeys on the user (see deploy/iam-policy.json)",
+        )
+        return
+    holds = any(k.key_id == credentials.access_key_id for k in keys)
+    yield Check(
+        f"{name} iam user",
+        PASS if holds else FAIL,
+        f"{user}: {len(keys)} key(s)"
+        + ("" if holds else f", none of them {show_key(credentials.access_key_id)}"),
+        f"binding {binding.name}: the secret's key belongs to another user; fix iam_user",
+    )
+
+
+def _notify(settings: Any) -> Iterator[Check]:
+    if settings.notify_url:
+        parts = urlsplit(settings.notify_url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        yield Check(
+            "notify webhook",
+            PASS if ok else FAIL,
+            f"{parts.scheme}://{parts.hostname} (on {settings.notify_on})",
+            "set ROTATOR_NOTIFY_URL to an http(s) URL",
+        )
+    if settings.notify_sns_topic:
+        ok = settings.notify_sns_topic.startswith("arn:")
+        yield Check(
+            "notify sns",
+            PASS if ok else FAIL,
+            f"{settings.notify_sns_topic} (on {settings.notify_on})",
+            "set ROTATOR_NOTIFY_SNS_TOPIC to a topic ARN",
+        )
+
+
+def _try(name: str, fn: Callable[[], str], fix: str) -> Check:
+    try:
+        return Check(name, PASS, fn())
+    except Exception as exc:
+        return Check(name, FAIL, _error(exc), fix)

@@ -1,0 +1,95 @@
+"""One typed settings object, read from the environment at start-up (12-factor).
+
+Nothing else in the project reads ``os.environ``; AWS credentials and endpoints follow boto3's own
+chain (``AWS_ENDPOINT_URL`` points every client at a stand-in such as moto server).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.domain.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    databend_dsn: str | None = Field(default=None, alias="DATABEND_DSN")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    bindings_path: Path | None = Field(default=None, alias="ROTATOR_BINDINGS")
+    log_level: str = Field(default="INFO", alias="ROTATOR_LOG_LEVEL")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", alias="ROTATOR_LOG_FORMAT"
+    )
+    # how long one table's switch + read-back may take, all its Databend statements and their
+    # retries together (enforced by the Databend client: Celery's threads pool ignores time
+    # limits); and the broker's redelivery delay
+    table_time_limit: int = Field(default=300, alias="ROTATOR_TABLE_TIME_LIMIT", ge=10)
+    visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
+    # one Databend statement (connecting included) gives up after this many seconds
+    statement_timeout: float = Field(default=60.0, alias="ROTATOR_STATEMENT_TIMEOUT", gt=0)
+    # every AWS API call: per-attempt connect and read timeouts, attempts in botocore's standard
+    # retry mode (see worker/adapters/aws_clients.py for the resulting budget)
+    aws_connect_timeout: float = Field(default=5.0, alias="ROTATOR_AWS_CONNECT_TIMEOUT", gt=0)
+    aws_read_timeout: float = Field(default=20.0, alias="ROTATOR_AWS_READ_TIMEOUT", gt=0)
+    aws_max_attempts: int = Field(default=3, alias="ROTATOR_AWS_MAX_ATTEMPTS", ge=1, le=10)
+    # a secret's lock expires unless its run renews it (each table renews it)
+    lock_ttl: int = Field(default=600, alias="ROTATOR_LOCK_TTL", ge=5)
+    # how often the worker's embedded beat (rotator worker --beat) retires old keys that are due
+    retire_interval: float = Field(default=60.0, alias="ROTATOR_RETIRE_INTERVAL", gt=0)
+    # the reaper (worker --beat): a run with no progress for this long is re-enqueued or flagged
+    stuck_after: float = Field(default=900.0, alias="ROTATOR_STUCK_AFTER", gt=0)
+    reap_interval: float = Field(default=60.0, alias="ROTATOR_REAP_INTERVAL", gt=0)
+    # worker --beat reconciles every binding this often (0: never); "report" logs the drift,
+    # "commit" also queues the runs that fix it
+    reconcile_interval: float = Field(default=600.0, alias="ROTATOR_RECONCILE_INTERVAL", ge=0)
+    reconcile: Literal["report", "commit"] = Field(default="report", alias="ROTATOR_RECONCILE")
+    # the rotation schedule (worker --beat): how often bindings' key ages are checked
+    schedule_interval: float = Field(default=300.0, alias="ROTATOR_SCHEDULE_INTERVAL", gt=0)
+    # notifications (worker/observe/notify.py): a webhook, an SNS topic, which events, how
+    # often ended runs are swept for failures
+    notify_url: str | None = Field(default=None, alias="ROTATOR_NOTIFY_URL")
+    notify_sns_topic: str | None = Field(default=None, alias="ROTATOR_NOTIFY_SNS_TOPIC")
+    notify_on: Literal["failures", "all"] = Field(default="failures", alias="ROTATOR_NOTIFY_ON")
+    notify_interval: float = Field(default=15.0, alias="ROTATOR_NOTIFY_INTERVAL", gt=0)
+    # the audit trail (worker/observe/audit.py): its database in Databend, the local spool rows
+    # wait in until shipped (mount it on a volume), how often they are shipped
+    audit_database: str = Field(default="rotator", alias="ROTATOR_AUDIT_DATABASE", min_length=1)
+    audit_spool: Path = Field(
+        default_factory=lambda: Path.home() / ".local/state/databend-rotator/audit-spool",
+        alias="ROTATOR_AUDIT_SPOOL",
+    )
+    audit_flush_interval: float = Field(default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0)
+    # test-only failure points (comma-separated names), see worker/runtime/faults.py
+    faults: str = Field(default="", alias="ROTATOR_FAULTS")
+
+    def require(self, *names: str) -> Settings:
+        """Fail fast, naming the environment variable, when a needed setting is missing."""
+        missing = [
+            (field.alias or name)
+            for name, field in type(self).model_fields.items()
+            if name in names and getattr(self, name) in (None, "")
+        ]
+        if missing:
+            raise ConfigError(f"missing configuration: set {', '.join(missing)}")
+        return self
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"bad configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return load_settings()
