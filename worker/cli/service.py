@@ -9,44 +9,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
-from worker.domain.errors import FatalError, RotatorError
-
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+from worker.cli.common import EXIT_FAILED, cli_services, reports_errors
+from worker.domain.errors import FatalError
 
 
 class BadInput(FatalError):
     """A command-line value that cannot be used (one line, exit 2)."""
-
-
-def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from worker.observe.redaction import redact
-
-        try:
-            return fn(*args, **kwargs)
-        except RotatorError as exc:
-            click.echo(f"error: {redact(str(exc))}", err=True)
-            sys.exit(EXIT_BAD_INPUT if isinstance(exc, FatalError) else EXIT_FAILED)
-
-    return wrapper
-
-
-def _services() -> Any:
-    from worker.observe.logs import configure_logging
-    from worker.runtime.settings import settings
-
-    current = settings()
-    configure_logging(current.log_level, current.log_format)
-    from worker.runtime.services import services
-
-    return services()
 
 
 def _run_store() -> Any:
@@ -76,7 +48,7 @@ def _echo_json(payload: Any) -> None:
 @click.option("--limit", "limit", default="20", show_default=True, help="At most this many runs.")
 @click.option("--all", "include_children", is_flag=True, help="Also key rotations' table runs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_reports_errors
+@reports_errors
 def runs_command(status: str | None, limit: str, include_children: bool, as_json: bool) -> None:
     """Recent runs, newest first: kind, binding, secret, version, status, table counts."""
     from worker.domain.model import RunStatus
@@ -108,7 +80,7 @@ def runs_command(status: str | None, limit: str, include_children: bool, as_json
 
 @click.command("schedule")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_reports_errors
+@reports_errors
 def schedule_command(as_json: bool) -> None:
     """Each binding's rotation schedule: key age, policy, state, next window."""
     import time
@@ -116,7 +88,7 @@ def schedule_command(as_json: bool) -> None:
     from worker.observe.run_listing import iso
     from worker.runtime.scheduler import observe
 
-    s = _services()
+    s = cli_services()
     now = time.time()
     rows = []
     for binding in s.bindings:
@@ -150,7 +122,7 @@ def schedule_command(as_json: bool) -> None:
 @click.option("--since", default=None, help="Only changes this recent (e.g. 90m, 24h, 7d).")
 @click.option("--binding", default=None, help="Only changes made for this binding.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_reports_errors
+@reports_errors
 def audit_command(since: str | None, binding: str | None, as_json: bool) -> None:
     """Every change the rotator made, from the audit table in Databend (oldest first)."""
     import time
@@ -212,7 +184,7 @@ def doctor_command() -> None:
 @click.option("--partition", default="aws", show_default=True)
 @click.option("--sns-topic", default=None, help="ROTATOR_NOTIFY_SNS_TOPIC, if used.")
 @click.option("--queue-arn", default=None, help="The intake's SQS queue, if the intake runs.")
-@_reports_errors
+@reports_errors
 def iam_policy_command(
     account: str,
     region: str,
