@@ -1,0 +1,156 @@
+"""Abort a key rotation that has not moved AWSCURRENT: end the run, wait for admitted changes,
+switch its objects back to the old version, remove AWSPENDING and delete the keys it created."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from worker.domain import masking
+from worker.domain.bindings import Binding
+from worker.domain.errors import FatalError, RotatorError, UnreadableEvidence
+from worker.domain.model import RunStatus
+from worker.domain.ports import Admission, RunRecord
+from worker.domain.secret_value import parse_secret_value
+from worker.domain.sql import object_label
+from worker.flow import objects as objects_
+from worker.flow.evidence import key_usage
+from worker.flow.fencing import wait_until_idle
+from worker.flow.key_context import KeyRotationContext, Phase, release
+from worker.flow.key_create import delete_key, held_keys, own_orphans
+from worker.flow.rotation import connection_name_for, ensure_connection, rotate_object
+
+ABORT_WAIT_SECONDS = 120.0
+
+
+def abort(
+    ctx: KeyRotationContext,
+    run_id: str,
+    binding: Binding,
+    *,
+    wait_seconds: float = ABORT_WAIT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Undo a key rotation that has not moved AWSCURRENT. Returns the tables switched back.
+
+    1. The run (and its table run) is marked final first: no change of it is admitted any more.
+    2. Changes admitted before are waited for (bounded; on time-out nothing more is done and
+       ``abort`` may be asked again).
+    3. Every table that may show the new key is switched back to a connection made from the old
+       version and read back — only while no newer run of the secret holds the fence.
+    4. AWSPENDING is removed, then each key this run created is deleted under the fail-closed
+       rule (no table may show it, no live version of a bound secret may hold it).
+    Asking again after a refusal or a time-out goes on from where it stopped.
+    """
+    run = ctx.runs.get(run_id)
+    if run.phase in (Phase.FINISHED, Phase.RETIRED):
+        raise FatalError(f"run {run_id} already moved AWSCURRENT: rotate again instead of aborting")
+    if run.status == RunStatus.ABORTED and run.data.get("abort_done"):
+        return []
+    table_run = run.data.get("table_run")
+    runs_of_it = [run_id] + ([str(table_run)] if table_run else [])
+    for rid in runs_of_it:
+        _end_for_abort(ctx, rid)
+    flying = wait_until_idle(ctx.fences, runs_of_it, timeout=wait_seconds, sleep=sleep)
+    if flying:
+        raise FatalError(
+            f"run {run_id} is marked aborted, but {len(flying)} change(s) were still in flight "
+            f"after {wait_seconds:g}s ({', '.join(flying[:5])}); nothing was switched back yet: "
+            f"ask `rotator abort {run_id}` again once they have ended"
+        )
+    switched_back = _switch_back(ctx, run, binding)
+    info = ctx.secrets.describe(run.secret)
+    if "AWSPENDING" in getattr(info.versions.get(run.version_id), "stages", ()):
+        ctx.writer.drop_pending(info.arn, run.version_id)
+    user = str(run.data["user"])
+    data = dict(ctx.runs.get(run_id).data)
+    owns = run.status != RunStatus.SUPERSEDED and _owns_secret(ctx, run)
+    mine = set(
+        own_orphans(data, ctx.iam.list_keys(user), held=held_keys(ctx, info), trust_unrecorded=owns)
+    )
+    if data.get("new_key_id"):
+        mine.add(str(data["new_key_id"]))
+    for key in sorted(mine):
+        if any(k.key_id == key for k in ctx.iam.list_keys(user)):
+            delete_key(ctx, run, user, key, "delete the aborted rotation's new key")
+    data["abort_done"] = ctx.clock()
+    ctx.runs.update(run_id, data=data, error=None)
+    release(ctx, run)
+    return switched_back
+
+
+def _owns_secret(ctx: KeyRotationContext, run: RunRecord) -> bool:
+    """Does the run still hold the secret's newest fencing token (no newer run took over)?"""
+    return ctx.fences is None or not run.fence or ctx.fences.is_newest(run.secret, run.fence)
+
+
+def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
+    try:
+        run = ctx.runs.get(run_id)
+    except RotatorError:
+        return
+    if run.status not in (RunStatus.SUPERSEDED, RunStatus.ABORTED):
+        ctx.runs.update(run_id, status=RunStatus.ABORTED, error="aborted")
+
+
+def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> list[str]:
+    """Objects (of every kind) that may show the new key, back onto the old version's
+    credentials."""
+    new_key = run.data.get("new_key_id")
+    if not new_key:
+        return []
+    if not _owns_secret(ctx, run):
+        return []  # a newer run of the secret owns the tables now: not ours to move
+    info = ctx.secrets.describe(run.secret)
+    old_version = str(run.data["old_version"])
+    old = parse_secret_value(
+        ctx.secrets.read_version(info.arn, old_version),
+        where=f"secret {info.name} version {old_version}",
+    )
+    new = masking.held("ak", str(new_key))
+    usage = key_usage(ctx.admin, str(new_key))
+    if usage.unreadable:
+        names = ", ".join(object_label(t.name) for t in usage.unreadable[:5])
+        raise UnreadableEvidence(f"cannot tell which objects show the new key: {names}")
+    # only the objects this rotation planned: another team's object that happens to look like the
+    # new key (1 in 1,024 in the current form) is not ours to move; its deletion refuses instead
+    planned = {o.table for o in ctx.runs.outcomes(str(run.data.get("table_run", "")))}
+    candidates = sorted({t.name for t in usage.users} & planned, key=object_label)
+    if not candidates:
+        return []
+    back = connection_name_for(binding, old_version)
+    ensure_connection(ctx.admin, back, old)
+    switched_back = []
+    for table in candidates:
+        with _abort_admitted(ctx, run, f"abort:{object_label(table)}") as verdict:
+            if verdict is not Admission.ADMITTED:
+                break  # taken over while switching back: its objects are not ours to move
+            current = objects_.describe(ctx.admin, table)
+            if current is None or not current.storage.may_hold(new):
+                continue
+            result = rotate_object(
+                ctx.admin, table, connection=back, target=old.fingerprint, retry=ctx.retry
+            )
+        if result.status.failed:
+            raise FatalError(f"could not switch {object_label(table)} back: {result.reason}")
+        switched_back.append(object_label(table))
+    return switched_back
+
+
+@contextmanager
+def _abort_admitted(ctx: KeyRotationContext, run: RunRecord, item: str) -> Iterator[Admission]:
+    """An abort's own change: admitted while the aborted run still holds the newest token (the
+    run itself is final by then), and in flight until it ends, so that a newer run of the secret
+    waits for it before touching anything."""
+    if ctx.fences is None or not run.fence:
+        yield Admission.ADMITTED
+        return
+    verdict = ctx.fences.enter(
+        run.run_id, item, secret_arn=run.secret, token=run.fence, require_active=False
+    )
+    try:
+        yield verdict
+    finally:
+        if verdict is Admission.ADMITTED:
+            ctx.fences.leave(run.run_id, item)

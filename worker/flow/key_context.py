@@ -1,0 +1,102 @@
+"""What every step of a key rotation shares: its phases, what a step asks for next, the context
+(ports, retry policy, clock) a step runs in, and the secret's current access key."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from worker.domain import masking
+from worker.domain.bindings import Binding
+from worker.domain.errors import FatalError
+from worker.domain.model import AccessKeyCredentials, RunStatus
+from worker.domain.ports import (
+    DatabendAdmin,
+    Fences,
+    IamKeys,
+    RunRecord,
+    RunStore,
+    SecretInfo,
+    SecretLocks,
+    SecretStore,
+    SecretWriter,
+)
+from worker.domain.secret_value import parse_secret_value
+from worker.flow.rotation import RetryPolicy
+
+
+class Phase(StrEnum):
+    PLANNED = "planned"
+    PENDING_STORED = "pending_stored"
+    SWITCHING = "switching"
+    SWITCHED = "switched"
+    TESTED = "tested"
+    FINISHED = "finished"
+    RETIRED = "retired"
+
+
+PHASES = list(Phase)
+
+
+class NotAKeySecret(FatalError):
+    pass
+
+
+STEP_LEASE = 300.0  # a key-rotation step holds its run this long at most (if its worker lives)
+
+
+class Next(StrEnum):
+    CONTINUE = "continue"  # run the next step
+    START_TABLES = "start_tables"  # enqueue the table run (data["table_run"])
+    WAIT = "wait"  # the table run is under way; its end advances this run again
+    STOP = "stop"  # done, failed or aborted
+
+
+@dataclass
+class KeyRotationContext:
+    runs: RunStore
+    secrets: SecretStore
+    writer: SecretWriter
+    iam: IamKeys
+    admin: DatabendAdmin
+    locks: SecretLocks | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Callable[[], float] = time.time
+    # called at named points inside a step (crash tests hook a failure point here)
+    checkpoint: Callable[[str], None] = lambda _name: None
+    # every secret a binding names: a key one of them holds as AWSCURRENT/AWSPENDING is live
+    bound_secrets: tuple[str, ...] = ()
+    fences: Fences | None = None
+    # every binding: after deleting a key, the connections it made holding that key are dropped
+    bindings: tuple[Binding, ...] = ()
+
+
+masked = masking.show_key
+
+
+def current_credentials(
+    secrets: SecretStore, info: SecretInfo
+) -> tuple[str, AccessKeyCredentials, dict[str, object]]:
+    version = info.version_with_stage("AWSCURRENT")
+    if version is None:
+        raise NotAKeySecret(f"secret {info.name} has no AWSCURRENT version")
+    raw = secrets.read_version(info.arn, version)
+    credentials = parse_secret_value(raw, where=f"secret {info.name} version {version}")
+    if not isinstance(credentials, AccessKeyCredentials):
+        raise NotAKeySecret(
+            f"secret {info.name} holds a role, not an access key: nothing to rotate"
+        )
+    return version, credentials, json.loads(raw or "{}")
+
+
+def fail(ctx: KeyRotationContext, run: RunRecord, error: str) -> None:
+    ctx.runs.update(run.run_id, status=RunStatus.FAILED, error=error)
+    release(ctx, run)
+
+
+def release(ctx: KeyRotationContext, run: RunRecord) -> None:
+    if ctx.locks is not None:
+        ctx.locks.release(run.secret, run.run_id)

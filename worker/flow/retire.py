@@ -1,0 +1,106 @@
+"""Retire the old key of a finished key rotation: deactivate, then delete when due, each only if
+nothing may still use the key; before deleting, a brown-out check reads every switched object
+again and reactivates the key on any failure. Afterwards, dead connections are collected."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from worker.domain.errors import BrownOut, Refused, RotatorError, UnreadableEvidence
+from worker.domain.ports import RunRecord
+from worker.domain.sql import object_label
+from worker.flow import gc
+from worker.flow import objects as objects_
+from worker.flow.evidence import refuse_if_used
+from worker.flow.key_context import KeyRotationContext, Phase, masked
+from worker.flow.key_create import secrets_to_check
+
+
+def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
+    """Deactivate or delete the rotation's old key, once, and only if nothing may still use it.
+
+    Fail closed: every table row must have been read, none may show the key, and no current or
+    pending version of a bound secret may hold it. Before deleting, every table of the rotation
+    is read again (the old key has been inactive meanwhile): if one cannot be read, the key is
+    reactivated and the retirement stops with an alert (a brown-out caught in time).
+    """
+    run = ctx.runs.get(run_id)
+    data = dict(run.data)
+    done_field = "deactivated_at" if action == "deactivate" else "deleted_at"
+    if data.get(done_field):
+        return "already done"
+    if run.phase not in (Phase.FINISHED, Phase.RETIRED):
+        return "not finished"
+    user, key = str(data["user"]), str(data["old_key_id"])
+    try:
+        refuse_if_used(ctx.admin, ctx.secrets, secrets_to_check(ctx, run), key, action)
+        if action == "delete":
+            _brownout_check(ctx, run)
+    except (Refused, UnreadableEvidence) as exc:
+        data = dict(ctx.runs.get(run_id).data)
+        data["retire_blocked"] = str(exc)
+        ctx.runs.update(run_id, data=data)
+        return str(exc)
+    existing = {k.key_id: k for k in ctx.iam.list_keys(user)}
+    if key in existing:
+        if action == "deactivate":
+            ctx.iam.set_active(user, key, False)
+        else:
+            ctx.iam.delete_key(user, key)
+    data[done_field] = ctx.clock()
+    data.pop("retire_blocked", None)
+    ctx.runs.update(run_id, data=data)
+    if action == "delete":
+        _drop_dead_connections(ctx, run_id, user, key)
+    return "done"
+
+
+def _drop_dead_connections(ctx: KeyRotationContext, run_id: str, user: str, key: str) -> None:
+    """Garbage collection after the old key is gone: the connections the rotator made that hold
+    it are dropped (see core/gc.py); a failure here is recorded and never undoes the retirement."""
+    data = dict(ctx.runs.get(run_id).data)
+    try:
+        live = [k.key_id for k in ctx.iam.list_keys(user)]
+        live += gc.bound_secret_keys(ctx.secrets, list(ctx.bindings))
+        data["connections_dropped"] = gc.drop_after_key_deletion(ctx.admin, ctx.bindings, key, live)
+        data.pop("gc_error", None)
+    except RotatorError as exc:
+        data["gc_error"] = f"dead connections not dropped: {exc}"
+    ctx.runs.update(run_id, data=data)
+
+
+def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
+    """Validate every object the rotation switched (read a table back, list a stage, list a
+    database default's bucket through its connection); on any failure reactivate the old key."""
+    failures = []
+    for outcome in ctx.runs.outcomes(str(run.data.get("table_run", ""))):
+        name = outcome.table
+        try:
+            current = ctx.retry.call(partial(objects_.describe, ctx.admin, name))
+            ctx.retry.call(partial(objects_.validate, ctx.admin, name, current))
+        except RotatorError as exc:
+            failures.append(f"{object_label(name)}: {exc}")
+    if not failures:
+        return
+    user, key = str(run.data["user"]), str(run.data["old_key_id"])
+    if any(k.key_id == key and not k.active for k in ctx.iam.list_keys(user)):
+        ctx.iam.set_active(user, key, True)
+    data = dict(ctx.runs.get(run.run_id).data)
+    data.pop("deactivated_at", None)
+    data["alert"] = f"brown-out: reactivated {masked(key)}"
+    ctx.runs.update(run.run_id, data=data)
+    raise BrownOut(
+        f"ALERT: {len(failures)} object(s) could not be used while {masked(key)} was inactive, "
+        f"so it was reactivated and not deleted: {'; '.join(failures[:5])}"
+    )
+
+
+def due_retirements(run: RunRecord, now: float) -> list[str]:
+    data = run.data
+    actions = []
+    if run.phase == Phase.RETIRED:
+        if not data.get("deactivated_at") and float(data.get("deactivate_at", 0)) <= now:
+            actions.append("deactivate")
+        if not data.get("deleted_at") and float(data.get("delete_at", 0)) <= now:
+            actions.append("delete")
+    return actions
