@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ def test_the_import_contracts_hold() -> None:
     result = subprocess.run(
         [str(lint_imports), "--no-cache"],
         cwd=REPO,
+        # the code of this checkout, not the one the shared venv has installed (another worktree)
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
     )

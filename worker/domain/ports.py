@@ -215,7 +215,7 @@ class RunRecord:
     stuck_from: str = ""  # the status the reaper found it in when it flagged it stuck
     # runs this one superseded: it changes nothing until their changes in flight have ended
     waits_for: list[str] = field(default_factory=list)
-    phase: str = ""  # key rotations: the last step completed (see core/key_rotation.py)
+    phase: str = ""  # key rotations: the last step completed (see flow/key_rotation.py)
     data: dict[str, Any] = field(default_factory=dict)  # key rotations: write-ahead facts
     error: str | None = None
     created_at: float = 0.0

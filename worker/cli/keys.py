@@ -1,0 +1,168 @@
+"""Key rotation commands: ``rotate`` (plan, or start with --commit) and ``retire-due``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from worker.cli.common import (
+    EXIT_BAD_INPUT,
+    cli_services,
+    reports_errors,
+)
+from worker.cli.follow import follow_run
+from worker.domain.errors import FatalError
+
+
+def _duration(_ctx: Any, _param: Any, value: str) -> float:
+    from worker.flow.key_rotation import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.argument("secret")
+@click.option("--commit", is_flag=True, help="Do it (default: print the plan and change nothing).")
+@click.option(
+    "--deactivate-after",
+    default="0",
+    callback=_duration,
+    show_default=True,
+    help="Grace before the old key is deactivated (0, 90s, 15m, 2h, 7d).",
+)
+@click.option(
+    "--delete-after",
+    default="7d",
+    callback=_duration,
+    show_default=True,
+    help="Grace before the old key is deleted (by the worker's --beat schedule).",
+)
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Rotate even when the binding selects no table (nothing then proves the new key).",
+)
+@click.option("--no-wait", is_flag=True, help="With --commit: enqueue, print the run id, return.")
+@click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
+@reports_errors
+def rotate(
+    secret: str,
+    commit: bool,
+    deactivate_after: float,
+    delete_after: float,
+    allow_empty: bool,
+    no_wait: bool,
+    timeout: float,
+) -> None:
+    """Rotate the IAM access key held by SECRET without downtime.
+
+    New key -> AWSPENDING -> switch and read back every table -> AWSCURRENT -> retire the old key
+    (deactivate, later delete), each only if no table still uses it. SECRET is a secret name, an
+    ARN or a binding name. Dry run unless --commit.
+    """
+    from rich.console import Console
+
+    from worker.domain.bindings import find_binding
+    from worker.domain.errors import UnknownSecretError
+    from worker.flow.key_rotation import masked, new_key_rotation, plan_key_rotation
+    from worker.runtime.celery_app import configure_app
+
+    s = cli_services()
+    by_name = find_binding(s.bindings, name=secret)
+    info = s.secrets.describe(by_name.secret if by_name else secret)
+    binding = by_name or find_binding(s.bindings, secret_arn=info.arn, secret_name=info.name)
+    if binding is None:
+        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    unfinished = _unfinished_key_rotation(s.runs, info.arn)
+    if unfinished and commit:
+        raise FatalError(unfinished)
+    plan = plan_key_rotation(
+        binding,
+        info,
+        secrets=s.secrets,
+        iam=s.iam,
+        admin=s.admin,
+        allow_empty=allow_empty,
+        bound_secrets=tuple(b.secret for b in s.bindings),
+    )
+    console = Console(soft_wrap=True)
+    if unfinished:
+        console.print(f"note: {unfinished}")
+    console.print(f"secret {plan.secret_name} (binding {plan.binding}), IAM user {plan.user}")
+    for key in plan.keys:
+        role = "held by the secret" if key.key_id == plan.current_key else "not in the secret"
+        console.print(
+            f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, {role}"
+        )
+    from worker.domain.sql import object_label
+
+    console.print(f"{len(plan.tables)} object(s) use the current key {masked(plan.current_key)}:")
+    for table in plan.tables:
+        console.print(f"  {object_label(table.name)}  (bucket {table.storage.bucket})")
+    console.print(f"binding {plan.binding} switches {len(plan.planned)} object(s)")
+    for table in plan.unreadable:
+        console.print(
+            f"  warning: {object_label(table.name)} shows credentials that cannot be read"
+        )
+    if plan.refusal:
+        click.echo(f"error: {plan.refusal}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    steps = [f"remove unused key {masked(plan.key_to_remove)}"] if plan.key_to_remove else []
+    steps += [
+        "create a new access key and store it as AWSPENDING",
+        "create a connection from it and switch every affected table, reading each back",
+        "read every table back again",
+        "move AWSCURRENT to the new version",
+        f"deactivate the old key after {deactivate_after:g}s and delete it after "
+        f"{delete_after:g}s, each only if no table still uses it",
+    ]
+    console.print("steps:" + "".join(f"\n  {i}. {step}" for i, step in enumerate(steps, 1)))
+    if not commit:
+        console.print("dry run: nothing changed (add --commit)")
+        return
+    configure_app(s.settings)
+    run_id = new_key_rotation(
+        s.runs, plan, deactivate_after=deactivate_after, delete_after=delete_after
+    )
+    from tasks.key_rotation import advance_key_rotation
+
+    advance_key_rotation.delay(run_id)
+    click.echo(f"run {run_id}: rotating the key of {plan.secret_name}")
+    if no_wait:
+        return
+    sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
+    """Why a new key rotation of the secret may not start, if one has not ended: a second
+    would create a third key behind the first's back. One cut short by a crash is resumed or
+    aborted, not started over."""
+    run = runs.unfinished_run("key-rotation", secret_arn)
+    if run is None:
+        return None
+    run_id = run.run_id
+    return (
+        f"key rotation {run_id} of this secret has not ended ({run.status}, phase "
+        f"{run.phase}): follow it with `rotator status {run_id}`, or if its worker died, "
+        f"`rotator resume {run_id}` (or `rotator abort {run_id}`)"
+    )
+
+
+@click.command("retire-due")
+@reports_errors
+def retire_due_command() -> None:
+    """Deactivate / delete old keys whose grace period is over, now (what --beat does)."""
+    from tasks.key_rotation import retire_due
+
+    cli_services()
+    retire_due()
+
+
+def register(main: click.Group) -> None:
+    main.add_command(rotate)
+    main.add_command(retire_due_command)

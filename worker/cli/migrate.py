@@ -1,0 +1,175 @@
+"""``rotator migrate``: move many objects to one connection, in waves."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from worker.cli.common import (
+    cli_services,
+    reports_errors,
+)
+from worker.cli.follow import follow_run
+from worker.domain.errors import RotatorError
+
+
+@click.command()
+@click.option("--to", "target", required=True, help="The connection to move the tables to.")
+@click.option(
+    "--from", "source", default=None, help="Move the tables now on this connection's credentials."
+)
+@click.option(
+    "--tables",
+    "selectors",
+    multiple=True,
+    help="db.table selector (globs allowed, Databend quoting); more may follow it.",
+)
+@click.argument("more_selectors", nargs=-1, metavar="[SELECTOR]...")
+@click.option("--binding", default=None, help="Move the tables a binding's selectors name.")
+@click.option("--commit", is_flag=True, help="Do it (default: print the plan, change nothing).")
+@click.option("--wave-size", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--canary",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Tables in the first wave.",
+)
+@click.option(
+    "--max-error-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Halt when a wave's share of failed tables passes this.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Tables switched at once, across all workers.",
+)
+@click.option(
+    "--rate",
+    default=None,
+    type=click.FloatRange(min=0.01),
+    help="At most this many tables per second, across all workers.",
+)
+@click.option("--no-wait", is_flag=True)
+@click.option("--timeout", default=7200.0, show_default=True)
+@reports_errors
+def migrate(
+    target: str,
+    source: str | None,
+    selectors: tuple[str, ...],
+    more_selectors: tuple[str, ...],
+    binding: str | None,
+    commit: bool,
+    wave_size: int,
+    canary: int,
+    max_error_rate: float,
+    concurrency: int,
+    rate: float | None,
+    no_wait: bool,
+    timeout: float,
+) -> None:
+    """Move many tables to connection --to, in waves (a canary wave first), resumable.
+
+    Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
+    --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
+    """
+    from worker.domain.bindings import Selector, find_binding
+    from worker.domain.masking import display
+    from worker.flow.migration import (
+        MigrationOptions,
+        MigrationRefused,
+        new_migration,
+        plan_migration,
+    )
+
+    if more_selectors and not selectors:
+        raise click.UsageError(
+            f"unexpected argument {more_selectors[0]!r}: table selectors follow --tables"
+        )
+    selectors += more_selectors
+    if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
+        raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
+    try:
+        parsed = tuple(Selector.parse(t) for t in selectors)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tables") from None
+    s = cli_services()
+    chosen: tuple[Any, ...] = parsed
+    if binding is not None:
+        found = find_binding(s.bindings, name=binding)
+        if found is None:
+            raise MigrationRefused(f"no binding named {binding}")
+        chosen = (*found.selectors, *found.stage_selectors, *found.database_selectors)
+    options = MigrationOptions(
+        wave_size=wave_size,
+        canary=canary,
+        max_error_rate=max_error_rate,
+        concurrency=concurrency,
+        rate=rate,
+    )
+    plan = plan_migration(
+        s.admin,
+        target=target,
+        from_connection=source,
+        selectors=chosen,
+        options=options,
+        connection_fingerprints=s.admin.connection_fingerprints(),
+    )
+    from collections import Counter
+
+    from worker.domain.sql import object_label
+
+    shown = display(plan.target_fingerprint)
+    kinds = Counter(t.name.kind for t in plan.tables)
+    what = ", ".join(f"{kinds[k]} {k}(s)" for k in ("table", "stage", "database") if kinds[k])
+    click.echo(
+        f"{what or '0 table(s)'} -> connection {target} ({shown}) in "
+        f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
+    )
+    for table in plan.tables:
+        current = display(table.storage.fingerprint)
+        click.echo(f"  {object_label(table.name)}\t{current}\t-> {target}")
+    if plan.refusals:
+        raise MigrationRefused(
+            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
+            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
+            "nothing was changed"
+        )
+    if not commit:
+        click.echo("dry run: nothing changed (add --commit)")
+        return
+    for bucket in sorted({t.storage.bucket for t in plan.tables if t.storage.bucket}):
+        try:
+            s.admin.probe_connection(target, bucket)
+        except RotatorError as exc:
+            raise MigrationRefused(
+                f"connection {target} cannot reach bucket {bucket}: {exc}"
+            ) from None
+    from worker.runtime.celery_app import configure_app
+
+    configure_app(s.settings)
+    chosen_by = (
+        f"from {source}"
+        if source
+        else f"binding {binding}"
+        if binding
+        else "tables " + " ".join(selectors)
+    )
+    run_id = new_migration(s.runs, plan, options, f"migrate {chosen_by} to {target}")
+    from tasks.migration import release_wave
+
+    release_wave.delay(run_id)
+    click.echo(f"run {run_id}: migrating {len(plan.tables)} object(s) to {target}")
+    if not no_wait:
+        sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(migrate)
