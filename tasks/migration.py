@@ -12,7 +12,7 @@ import structlog
 
 from worker.adapters.databend_client import table_time_limit
 from worker.domain.errors import RetryableError
-from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.sql import ObjectName, TableName, object_label, object_name
 from worker.flow.migration import finished_in_wave, judge_wave
 from worker.flow.rotation import RetryPolicy
@@ -93,7 +93,7 @@ def _migrate(self: RotatorTask, run_id: str, name: ObjectName, wave: int) -> Non
                 )
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
-            TABLE_RETRIES.labels(kind="migration").inc()
+            TABLE_RETRIES.labels(kind=RunKind.MIGRATION).inc()
             raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from None
         planned = s.runs.outcome(run_id, name)
         outcome = TableOutcome(

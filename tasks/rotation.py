@@ -13,7 +13,7 @@ import structlog
 
 from worker.adapters.databend_client import table_time_limit
 from worker.domain.errors import FatalError, LockBusy, RetryableError
-from worker.domain.model import TableOutcome, TableStatus
+from worker.domain.model import RunKind, TableOutcome, TableStatus
 from worker.domain.sql import ObjectName, TableName, object_label, object_name
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import finish_table, prepare_rotation, switch_and_record
@@ -107,7 +107,7 @@ def _switch(self: RotatorTask, run_id: str, name: ObjectName) -> None:
         outcome, closed = result.outcome, result.closed
     except RetryableError as exc:
         if self.request.retries < self.max_retries:
-            TABLE_RETRIES.labels(kind="rotation").inc()
+            TABLE_RETRIES.labels(kind=RunKind.ROTATION).inc()
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
         planned = s.runs.outcome(run_id, name)
         outcome = TableOutcome(

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
-from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
 from worker.domain.sql import ObjectName, TableName, object_name
 from worker.observe import actor
@@ -158,7 +158,7 @@ class RedisRunStore:
     def _latest_key(self, kind: str, secret: str, version_id: str) -> str:
         """Index of the newest run of a kind for its secret: a rotation per version, a key
         rotation (whose version id is only the token of the version it will make) per secret."""
-        scope = version_id if kind == "rotation" else ""
+        scope = version_id if kind == RunKind.ROTATION else ""
         return f"{PREFIX}latest:{kind}:{secret}:{scope}"
 
     def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:

@@ -14,6 +14,7 @@ from worker.cli.common import (
 )
 from worker.cli.follow import follow_run
 from worker.domain.errors import FatalError
+from worker.domain.model import RunKind
 
 
 def _duration(_ctx: Any, _param: Any, value: str) -> float:
@@ -142,7 +143,7 @@ def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
     """Why a new key rotation of the secret may not start, if one has not ended: a second
     would create a third key behind the first's back. One cut short by a crash is resumed or
     aborted, not started over."""
-    run = runs.unfinished_run("key-rotation", secret_arn)
+    run = runs.unfinished_run(RunKind.KEY_ROTATION, secret_arn)
     if run is None:
         return None
     run_id = run.run_id

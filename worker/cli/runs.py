@@ -18,6 +18,7 @@ from worker.cli.common import (
 )
 from worker.cli.follow import follow_run, print_outcomes, rate_text, run_rate
 from worker.cli.service import structlog_bind_run
+from worker.domain.model import RunKind
 
 
 @click.command("rotate-version")
@@ -115,7 +116,7 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
         )
     what = (
         f"to connection {p.run.connection}"
-        if p.run.kind == "migration"
+        if p.run.kind == RunKind.MIGRATION
         else f"secret {p.run.secret} version {p.run.version_id} -> connection {p.run.connection}"
     )
     console.print(f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: {what}")

@@ -261,6 +261,14 @@ class TableOutcome:
     attempts: int = 0  # switch attempts begun (written before the ALTER: a retry checks first)
 
 
+class RunKind(StrEnum):
+    """What a run does (stored as its value, so records written before this type still read)."""
+
+    ROTATION = "rotation"  # apply one secret version to every object of its binding
+    KEY_ROTATION = "key-rotation"  # create a key, switch, move AWSCURRENT, retire the old key
+    MIGRATION = "migration"  # move selected objects to another connection in waves
+
+
 class RunStatus(StrEnum):
     QUEUED = "queued"
     PLANNING = "planning"

@@ -199,7 +199,7 @@ class RunStore(Protocol):
 @dataclass
 class RunRecord:
     run_id: str
-    kind: str  # "rotation"
+    kind: str  # a RunKind value: "rotation", "key-rotation", "migration"
     secret: str  # ARN once resolved
     version_id: str
     status: str = "queued"

@@ -22,7 +22,7 @@ from enum import StrEnum
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import ClaimInFlight, RunNotFound, UnknownSecretError
 from worker.domain.events import Action, EventDecision
-from worker.domain.model import RunStatus
+from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import IntakeState, NewestVersion, RunRecord, RunStore, SecretStore
 
 
@@ -133,7 +133,7 @@ def handle_event(
         runs.create(
             RunRecord(
                 run_id=run_id,
-                kind="rotation",
+                kind=RunKind.ROTATION,
                 secret=info.arn,
                 version_id=version_id,
                 binding=binding.name,

@@ -29,7 +29,7 @@ from worker.domain.errors import (
     RotatorError,
     UnreadableEvidence,
 )
-from worker.domain.model import PlannedTable, RunStatus, StoredObject
+from worker.domain.model import PlannedTable, RunKind, RunStatus, StoredObject
 from worker.domain.ports import (
     AccessKey,
     Admission,
@@ -183,7 +183,7 @@ def new_key_rotation(
     runs.create(
         RunRecord(
             run_id=run_id,
-            kind="key-rotation",
+            kind=RunKind.KEY_ROTATION,
             secret=plan.secret_arn,
             version_id=str(uuid.uuid4()),  # the AWSPENDING version to be (its ClientRequestToken)
             binding=plan.binding,
@@ -242,7 +242,7 @@ def _start_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
         ctx.runs.create(
             RunRecord(
                 run_id=table_run,
-                kind="rotation",
+                kind=RunKind.ROTATION,
                 secret=run.secret,
                 version_id=run.version_id,
                 binding=run.binding,

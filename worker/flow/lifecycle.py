@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import FatalError, RotatorError
-from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import DatabendAdmin, Fences, RunStore
 from worker.domain.sql import ObjectName, TableName, object_label
 from worker.flow import key_rotation
@@ -53,9 +53,9 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     if run.status == RunStatus.STUCK:  # back to where the reaper found it
         ctx.runs.update(run_id, status=run.stuck_from or RunStatus.QUEUED, error=None)
         run = ctx.runs.get(run_id)
-    if run.kind == "migration":
+    if run.kind == RunKind.MIGRATION:
         return _resume_migration(ctx.runs, run_id)
-    if run.kind == "key-rotation":
+    if run.kind == RunKind.KEY_ROTATION:
         reopened = key_rotation.resume(ctx, run_id)
         run = ctx.runs.get(run_id)  # as it is now: another worker may have advanced it meanwhile
         phase = run.phase
@@ -106,7 +106,7 @@ def pause(
     the run paused when it gets one, and leaves its table pending); then waits until every
     admitted table is recorded and every slot is given back."""
     run = runs.get(run_id)
-    if run.kind != "migration" or run.status != RunStatus.SWITCHING:
+    if run.kind != RunKind.MIGRATION or run.status != RunStatus.SWITCHING:
         raise FatalError(
             f"run {run_id} is a {run.status} {run.kind} run: only a running migration can be paused"
         )
@@ -135,7 +135,7 @@ def _wait_idle(
 def abort(ctx: KeyRotationContext, run_id: str, bindings: list[Binding]) -> list[str]:
     """Undo an unfinished key rotation (see key_rotation.abort); returns tables switched back."""
     run = ctx.runs.get(run_id)
-    if run.kind != "key-rotation":
+    if run.kind != RunKind.KEY_ROTATION:
         raise FatalError(f"run {run_id} is a {run.kind} run; only key rotations can be aborted")
     binding = find_binding(bindings, name=run.binding) if run.binding else None
     if binding is None:
@@ -173,7 +173,7 @@ def rollback(
     list the buckets of its objects (a probe) before any object is moved onto it; every object
     moved is validated (a table read back, a stage listed, a database's bucket listed)."""
     run = runs.get(run_id)
-    if run.kind != "migration":
+    if run.kind != RunKind.MIGRATION:
         raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
     if run.status == RunStatus.SWITCHING:
         runs.update(run_id, status=RunStatus.PAUSED)  # stop new tables first

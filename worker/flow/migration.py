@@ -17,6 +17,7 @@ from worker.domain.bindings import NameSelector, Selector
 from worker.domain.errors import FatalError
 from worker.domain.model import (
     DatabaseDefault,
+    RunKind,
     RunStatus,
     StoredObject,
     TableOutcome,
@@ -162,7 +163,7 @@ def new_migration(
     runs.create(
         RunRecord(
             run_id=run_id,
-            kind="migration",
+            kind=RunKind.MIGRATION,
             secret="",
             version_id="",
             status=RunStatus.SWITCHING,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.domain.errors import RunNotFound
-from worker.domain.model import RunStatus
+from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import Fences, RunRecord, RunStore
 from worker.flow.key_rotation import Phase
 from worker.flow.lifecycle import Followup
@@ -73,9 +73,9 @@ def _followup(runs: RunStore, run: RunRecord) -> tuple[Followup, str, str] | Non
     if run.run_id.startswith("sm-"):
         why = "driven by Secrets Manager's rotation function, which retries its own steps"
         return Followup.NOTHING, run.run_id, why
-    if run.kind == "migration":
+    if run.kind == RunKind.MIGRATION:
         return Followup.RELEASE_WAVE, run.run_id, ""
-    if run.kind != "key-rotation":
+    if run.kind != RunKind.KEY_ROTATION:
         return Followup.START_ROTATION, run.run_id, ""
     if run.phase == Phase.SWITCHING and run.data.get("table_run"):
         try:

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.domain.model import RunStatus, TableStatus
+from worker.domain.model import RunKind, RunStatus, TableStatus
 from worker.domain.ports import RunRecord, RunStore
 from worker.flow.inventory import BindingView, Inventory, InventoryItem
 
@@ -106,7 +106,7 @@ def _report(view: BindingView, items: list[InventoryItem], runs: RunStore) -> Bi
     latest = runs.latest_run("rotation", view.info.arn, current[0])
     if latest is not None:
         report.last_run, report.last_run_status = latest.run_id, latest.status
-    owner = runs.unfinished_run("key-rotation", view.info.arn)
+    owner = runs.unfinished_run(RunKind.KEY_ROTATION, view.info.arn)
     if owner is not None:
         report.busy = f"key rotation {owner.run_id} is {owner.status} ({owner.phase})"
     elif latest is not None and not RunStatus(latest.status).final:
@@ -188,7 +188,7 @@ def queue_fix(report: BindingReport, view: BindingView, runs: RunStore) -> str |
     runs.create(
         RunRecord(
             run_id=run_id,
-            kind="rotation",
+            kind=RunKind.ROTATION,
             secret=view.info.arn,
             version_id=report.current_version,
             binding=view.binding.name,

@@ -24,6 +24,7 @@ from worker.domain.errors import (
 from worker.domain.model import (
     Credentials,
     RotationPlan,
+    RunKind,
     RunStatus,
     StoredObject,
     TableOutcome,
@@ -143,7 +144,7 @@ def _skip_reason(
         outdated = latest.version_id if latest else None
     if outdated is not None and outdated != run.version_id:
         return f"version {outdated} is newer (AWSCURRENT moved on before this run planned)"
-    owner = runs.unfinished_run("key-rotation", info.arn)
+    owner = runs.unfinished_run(RunKind.KEY_ROTATION, info.arn)
     if owner is not None and owner.version_id == run.version_id:
         return f"key rotation {owner.run_id} made this version current and is finishing it"
     return None

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from worker.domain.errors import RotatorError
-from worker.domain.model import RunStatus
+from worker.domain.model import RunKind, RunStatus
 from worker.observe.redaction import redact_value
 
 log = structlog.get_logger("rotator.notify")
@@ -112,7 +112,7 @@ def _failing(s: Any, run: Any) -> tuple[dict[str, int], list[dict[str, str]]]:
     from worker.observe.run_listing import run_counts
 
     counts = run_counts(s.runs, run)
-    tables_of = run.data.get("table_run") if run.kind == "key-rotation" else run.run_id
+    tables_of = run.data.get("table_run") if run.kind == RunKind.KEY_ROTATION else run.run_id
     failing = []
     if tables_of:
         for outcome in s.runs.outcomes(str(tables_of)):

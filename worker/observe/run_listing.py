@@ -8,7 +8,7 @@ from typing import Any
 
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.errors import RunNotFound
-from worker.domain.model import RunStatus
+from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import RunRecord
 
 _PAGE = 200
@@ -59,7 +59,7 @@ def recent_runs(
 
 def run_counts(runs: RedisRunStore, run: RunRecord) -> dict[str, int]:
     """Tables per status; a key rotation's are its table run's."""
-    tables_of = run.data.get("table_run") if run.kind == "key-rotation" else run.run_id
+    tables_of = run.data.get("table_run") if run.kind == RunKind.KEY_ROTATION else run.run_id
     if not tables_of:
         return {}
     counts = runs.status_counts(str(tables_of))

@@ -11,7 +11,7 @@ from functools import cached_property
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import UnknownSecretError
-from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, SecretStore
 from worker.flow.lifecycle import Followup
 
@@ -47,7 +47,7 @@ def new_rotation_run(runs: RedisRunStore, resolved: ResolvedVersion) -> str:
     runs.create(
         RunRecord(
             run_id=run_id,
-            kind="rotation",
+            kind=RunKind.ROTATION,
             secret=resolved.arn,
             version_id=resolved.version_id,
             binding=resolved.binding.name,
@@ -120,7 +120,7 @@ def progress(runs: RedisRunStore, run_id: str, *, tables: bool = True) -> RunPro
     """A run and its tables; a key rotation shows the tables of its table run. With
     ``tables=False`` only the counts per status are read (cheap at any size, for polling)."""
     run = runs.get(run_id)
-    tables_of = run.data.get("table_run") if run.kind == "key-rotation" else run_id
+    tables_of = run.data.get("table_run") if run.kind == RunKind.KEY_ROTATION else run_id
     if not tables_of:
         return RunProgress(run, [])
     if not tables:

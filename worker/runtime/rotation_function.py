@@ -23,7 +23,7 @@ from typing import Any
 from worker.adapters.databend_client import table_time_limit
 from worker.domain.bindings import find_binding
 from worker.domain.errors import FatalError, RunNotFound, UnknownSecretError
-from worker.domain.model import RunStatus
+from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import RunRecord
 from worker.flow.key_rotation import (
     PHASES,
@@ -111,7 +111,7 @@ def _new_run(services: Any, secret_id: str, token: str, run_id: str) -> RunRecor
         raise FatalError(plan.refusal)
     run = RunRecord(
         run_id=run_id,
-        kind="key-rotation",
+        kind=RunKind.KEY_ROTATION,
         secret=info.arn,
         version_id=token,
         binding=binding.name,

@@ -21,7 +21,7 @@ import structlog
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
-from worker.domain.model import ExternalTable
+from worker.domain.model import ExternalTable, RunKind
 from worker.domain.schedule import ScheduleState, decide
 from worker.flow.key_rotation import current_credentials, new_key_rotation, plan_key_rotation
 from worker.flow.rotation import plan_rotation
@@ -81,7 +81,7 @@ def observe(
     except RotatorError as exc:
         seen.problem = str(exc)
     rotating = bool(
-        seen.secret_arn and s.runs.unfinished_run("key-rotation", seen.secret_arn) is not None
+        seen.secret_arn and s.runs.unfinished_run(RunKind.KEY_ROTATION, seen.secret_arn) is not None
     )
     verdict = decide(policy, key_age=seen.key_age_seconds, now=now, rotating=rotating)
     seen.state, seen.next_window_start = verdict.state.value, verdict.next_window_start
@@ -149,7 +149,7 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
     claim = f"rotator:schedule:claim:{arn}"
     if not s.runs.redis.set(claim, str(now_ms()), nx=True, ex=max(1, int(interval))):
         return None  # another tick claimed this secret within the interval
-    if s.runs.unfinished_run("key-rotation", arn) is not None:
+    if s.runs.unfinished_run(RunKind.KEY_ROTATION, arn) is not None:
         return None
     try:
         info = s.secrets.describe(arn)
@@ -202,7 +202,7 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         binding=binding.name,
         secret=info.name,
         run_id=run_id,
-        kind="key-rotation",
+        kind=RunKind.KEY_ROTATION,
         status="queued",
     )
     return run_id
