@@ -44,12 +44,7 @@ class AuditedAdmin(DriverDatabendAdmin):
 
     def switch_table(self, table: TableName, connection: str) -> None:
         super().switch_table(table, connection)
-        try:
-            action, before = self._switch_facts(table, connection)
-            after = f"{connection} ({self._connection_shown(connection)})"
-        except Exception:  # the ALTER is done: its row goes in with what is known
-            action, before, after = AuditAction.OBJECT_SWITCHED, None, connection
-        audit(action, str(table), before=before, after=after)
+        self._audit_switch(table, connection)
 
     def switch_stage(self, stage: ExternalStage, connection: str) -> None:
         super().switch_stage(stage, connection)
@@ -60,7 +55,7 @@ class AuditedAdmin(DriverDatabendAdmin):
         self._audit_switch(database.name, connection)
 
     def _audit_switch(self, name: ObjectName, connection: str) -> None:
-        """A stage or a database default switched: one row, like a table's."""
+        """An object switched: one row, with what it showed before and the connection it is on."""
         try:
             action, before = self._switch_facts(name, connection)
             after = f"{connection} ({self._connection_shown(connection)})"

@@ -70,7 +70,7 @@ def rotate(
 
     from worker.domain.bindings import find_binding
     from worker.domain.errors import UnknownSecretError
-    from worker.flow.key_rotation import masked, new_key_rotation, plan_key_rotation
+    from worker.flow.key_rotation import masked, new_key_rotation
     from worker.runtime.celery_app import configure_app
 
     s = cli_services()
@@ -82,15 +82,7 @@ def rotate(
     unfinished = _unfinished_key_rotation(s.runs, info.arn)
     if unfinished and commit:
         raise FatalError(unfinished)
-    plan = plan_key_rotation(
-        binding,
-        info,
-        secrets=s.secrets,
-        iam=s.iam,
-        admin=s.admin,
-        allow_empty=allow_empty,
-        bound_secrets=tuple(b.secret for b in s.bindings),
-    )
+    plan = s.plan_key_rotation(binding, info, allow_empty=allow_empty)
     console = Console(soft_wrap=True)
     if unfinished:
         console.print(f"note: {unfinished}")

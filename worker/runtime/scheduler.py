@@ -23,7 +23,7 @@ from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
 from worker.domain.model import ExternalTable, RunKind
 from worker.domain.schedule import ScheduleState, decide
-from worker.flow.key_rotation import current_credentials, new_key_rotation, plan_key_rotation
+from worker.flow.key_rotation import current_credentials, new_key_rotation
 from worker.flow.rotation import plan_rotation
 from worker.observe import actor
 
@@ -153,14 +153,7 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         return None
     try:
         info = s.secrets.describe(arn)
-        plan = plan_key_rotation(
-            binding,
-            info,
-            secrets=s.secrets,
-            iam=s.iam,
-            admin=s.admin,
-            bound_secrets=tuple(b.secret for b in s.bindings),
-        )
+        plan = s.plan_key_rotation(binding, info)
         if plan.refusal:
             log.warning("scheduled rotation refused", binding=binding.name, reason=plan.refusal)
             notify(

@@ -17,7 +17,8 @@ from worker.adapters.redis_state import RedisFences, RedisIntakeState, RedisSecr
 from worker.adapters.run_store import RedisRunStore, redis_client
 from worker.domain.bindings import Binding, load_bindings
 from worker.domain.errors import RotatorError
-from worker.flow.key_rotation import KeyRotationContext
+from worker.domain.ports import SecretInfo
+from worker.flow.key_rotation import KeyRotationContext, KeyRotationPlan, plan_key_rotation
 from worker.runtime.settings import Settings, settings
 
 
@@ -59,6 +60,21 @@ class Services:
             fences=self.fences,
             bound_secrets=tuple(b.secret for b in self.bindings),
             bindings=tuple(self.bindings),
+        )
+
+    def plan_key_rotation(
+        self, binding: Binding, info: SecretInfo, *, allow_empty: bool = False
+    ) -> KeyRotationPlan:
+        """What ``rotate --commit`` (or the schedule) would do for the binding, with every bound
+        secret counted as holding its live keys."""
+        return plan_key_rotation(
+            binding,
+            info,
+            secrets=self.secrets,
+            iam=self.iam,
+            admin=self.admin,
+            allow_empty=allow_empty,
+            bound_secrets=tuple(b.secret for b in self.bindings),
         )
 
     @property
