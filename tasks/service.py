@@ -8,12 +8,12 @@ from typing import Any
 import structlog
 from celery import signals
 
+from worker.domain.retries import DELIVERY_BACKOFF, DELIVERY_BACKOFF_MAX, DELIVERY_RETRIES
+from worker.runtime import jobs
 from worker.runtime.celery_app import RotatorTask, app
 from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
-
-DELIVERY_ATTEMPTS = 10  # 5 s, 10 s, 20 s … capped at 300 s: about half an hour in all
 
 
 @app.task(base=RotatorTask, name="rotator.schedule.tick")
@@ -32,28 +32,19 @@ def notify_sweep() -> None:
     sweep_ended(services())
 
 
-@app.task(base=RotatorTask, bind=True, name="rotator.notify.deliver", max_retries=DELIVERY_ATTEMPTS)
-def deliver_notification(self: RotatorTask, sink: str, message: dict[str, Any]) -> None:
-    from worker.observe.notify import DeliveryFailed, deliver
+@app.task(
+    base=RotatorTask,
+    name="rotator.notify.deliver",
+    max_retries=DELIVERY_RETRIES,
+    retry_backoff=DELIVERY_BACKOFF,
+    retry_backoff_max=DELIVERY_BACKOFF_MAX,
+    gave_up=lambda sink, message, reason: jobs.notification_dropped(sink, message, reason),
+)
+def deliver_notification(sink: str, message: dict[str, Any]) -> None:
+    """One notification to one sink, apart from any run; DeliveryUnavailable is retried."""
+    from worker.observe.notify import deliver
 
-    try:
-        deliver(services().settings, sink, message)
-    except DeliveryFailed as exc:
-        attempts = self.request.retries + 1
-        if exc.retry and self.request.retries < DELIVERY_ATTEMPTS:
-            log.warning(
-                "notification not delivered yet", sink=sink, error=str(exc), attempt=attempts
-            )
-            raise self.retry(countdown=min(300, 5 * 2**self.request.retries)) from None
-        log.error(
-            "notification dropped",
-            sink=sink,
-            error=str(exc),
-            attempts=attempts,
-            notification=message.get("event"),
-            run_id=message.get("run_id"),
-        )
-        return
+    deliver(services().settings, sink, message)
     log.info("notification delivered", sink=sink, notification=message.get("event"))
 
 

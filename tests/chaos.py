@@ -54,6 +54,7 @@ from worker.domain.model import (
     parse_storage_param,
 )
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.flow import batch as _batch
 from worker.flow import key_rotation as _key_rotation
 from worker.flow import lifecycle as _lifecycle
 from worker.flow import reaper as _reaper
@@ -144,7 +145,7 @@ def prepare(world: World, run_id: str) -> list[ObjectName]:
 def switch(world: World, run_id: str, table: ObjectName) -> tuple[str, bool] | None:
     """tasks/rotation.switch_table: (the table's status, whether this closed the run), or None
     when there was nothing to do."""
-    result = _runs.switch_and_record(
+    result = _batch.switch_and_record(
         run_id=run_id,
         table=table,
         runs=world.runs,

@@ -287,6 +287,20 @@ class MemoryRuns:
         self.tables[run_id][table] = outcome
         return dataclasses.replace(outcome)
 
+    def begin_attempts(self, run_id: str, tables: list[TableName]) -> list[TableOutcome | None]:
+        return [self.begin_attempt(run_id, table) for table in tables]
+
+    def record_outcomes(
+        self, run_id: str, outcomes: list[TableOutcome], wave: tuple[int, int] | None = None
+    ) -> tuple[int, int, int]:
+        remaining, finished, size = 0, 0, 0
+        for outcome in outcomes:
+            remaining = self.record_outcome(run_id, outcome)
+            if wave is not None:
+                finished = self.wave_finished(run_id, wave[0], outcome.table, wave[1])
+                size = self.wave_size(run_id, wave[0])
+        return remaining, finished, size
+
     def record_wave_outcome(
         self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
     ) -> tuple[int, int, int]:
@@ -477,8 +491,9 @@ class MemoryFences:
         self.flying.setdefault(run_id, {})[item] = self.clock() + lease_seconds
         return Admission.ADMITTED
 
-    def leave(self, run_id: str, item: str) -> None:
-        self.flying.get(run_id, {}).pop(item, None)
+    def leave(self, run_id: str, *items: str) -> None:
+        for item in items:
+            self.flying.get(run_id, {}).pop(item, None)
 
     def in_flight(self, run_id: str) -> list[str]:
         now = self.clock()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from worker.observe.notify import DeliveryFailed, build_message, deliver
+from worker.domain.errors import DeliveryRefused, DeliveryUnavailable
+from worker.observe.notify import build_message, deliver
 from worker.observe.redaction import register_secret
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -64,14 +65,11 @@ def test_delivery_says_whether_trying_again_can_help(
     deliver(settings, "webhook", {"text": "hello"})
     assert bodies == [b'{"text":"hello"}']
     statuses.append(503)
-    with pytest.raises(DeliveryFailed) as busy:
+    with pytest.raises(DeliveryUnavailable):
         deliver(settings, "webhook", {"text": "again"})
-    assert busy.value.retry
     statuses.append(400)
-    with pytest.raises(DeliveryFailed) as refused:
+    with pytest.raises(DeliveryRefused):
         deliver(settings, "webhook", {"text": "bad"})
-    assert not refused.value.retry
     nowhere = SimpleNamespace(notify_url="http://127.0.0.1:9/", notify_sns_topic=None)
-    with pytest.raises(DeliveryFailed) as down:
+    with pytest.raises(DeliveryUnavailable):
         deliver(nowhere, "webhook", {"text": "x"})
-    assert down.value.retry

@@ -270,8 +270,9 @@ class RedisFences:
         )
         return Admission(result.decode() if isinstance(result, bytes) else str(result))
 
-    def leave(self, run_id: str, item: str) -> None:
-        _guard(self.redis.hdel, self._inflight(run_id), item)
+    def leave(self, run_id: str, *items: str) -> None:
+        if items:
+            _guard(self.redis.hdel, self._inflight(run_id), *items)
 
     def in_flight(self, run_id: str) -> list[str]:
         """Items whose lease runs and whose holder is alive (expired or orphaned ones are

@@ -75,46 +75,73 @@ def outcome_from_json(text: str | bytes) -> TableOutcome:
     return TableOutcome(**data)
 
 
-# Read a table's outcome and, unless it is finished, count one more attempt: one round trip.
+# Read a batch of outcomes and, for each one not finished, count one more attempt: one round trip
+# (the write-ahead checkpoint of every object of a batch).
+#   KEYS: tables; ARGV: table keys. Returns the outcomes in order (nil: not planned).
 _FINISHED = "{" + ", ".join(f"['{s}'] = true" for s in TableStatus if s.done) + "}"
-_BEGIN_ATTEMPT = f"""
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return false end
-local outcome = cjson.decode(raw)
+_BEGIN_ATTEMPTS = f"""
+local raw = redis.call('HMGET', KEYS[1], unpack(ARGV))
 local finished = {_FINISHED}
-if finished[outcome['status']] then
-  return raw
+local out, writes = {{}}, {{}}
+for i = 1, #ARGV do
+  local text = raw[i]
+  if not text then
+    out[i] = false
+  else
+    local outcome = cjson.decode(text)
+    if finished[outcome['status']] then
+      out[i] = text
+    else
+      outcome['attempts'] = (tonumber(outcome['attempts']) or 0) + 1
+      out[i] = cjson.encode(outcome)
+      writes[#writes + 1] = ARGV[i]
+      writes[#writes + 1] = out[i]
+    end
+  end
 end
-outcome['attempts'] = (tonumber(outcome['attempts']) or 0) + 1
-local updated = cjson.encode(outcome)
-redis.call('HSET', KEYS[1], ARGV[1], updated)
-return updated
+if #writes > 0 then redis.call('HSET', KEYS[1], unpack(writes)) end
+return out
 """
 
 
-# Write a table's outcome, keep the run's per-status counts in step with it (so following a run
-# reads a few counters instead of every table), keep the pending set, and for a migration count the
-# table as finished in its wave, and mark the run's progress (its updated_at, which the reaper
-# reads): one round trip, atomic.
+# Write a batch of outcomes, keep the run's per-status counts in step with them (so following a
+# run reads a few counters instead of every table), keep the pending set, for a migration count
+# the objects as finished in their wave, and mark the run's progress (its updated_at, which the
+# reaper reads): one round trip, atomic, with a fixed number of commands per batch.
 #   KEYS: tables, counts, pending, the run's record [, the wave's done set, the wave's list]
-#   ARGV: table key, outcome JSON, status, ttl, 'add' | 'remove' | 'keep' (the pending set), now
-#   returns {tables pending [, finished in the wave, size of the wave]}
-_RECORD_OUTCOME = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('HINCRBY', KEYS[2], cjson.decode(old)['status'], -1) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-if ARGV[5] == 'add' then
-  redis.call('SADD', KEYS[3], ARGV[1])
-elseif ARGV[5] == 'remove' then
-  redis.call('SREM', KEYS[3], ARGV[1])
+#   ARGV: ttl, now, 'add' | 'remove' | 'keep' (the pending set), then per object:
+#         table key, outcome JSON, status
+#   returns {tables pending, finished in the wave, size of the wave} (0, 0 without a wave)
+_RECORD_OUTCOMES = """
+local names, writes, delta = {}, {}, {}
+for i = 4, #ARGV, 3 do
+  names[#names + 1] = ARGV[i]
+  writes[#writes + 1] = ARGV[i]
+  writes[#writes + 1] = ARGV[i + 1]
+  delta[ARGV[i + 2]] = (delta[ARGV[i + 2]] or 0) + 1
+end
+local old = redis.call('HMGET', KEYS[1], unpack(names))
+for i = 1, #names do
+  if old[i] then
+    local status = cjson.decode(old[i])['status']
+    delta[status] = (delta[status] or 0) - 1
+  end
+end
+redis.call('HSET', KEYS[1], unpack(writes))
+for status, n in pairs(delta) do
+  if n ~= 0 then redis.call('HINCRBY', KEYS[2], status, n) end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if ARGV[3] == 'add' then
+  redis.call('SADD', KEYS[3], unpack(names))
+elseif ARGV[3] == 'remove' then
+  redis.call('SREM', KEYS[3], unpack(names))
 end
 local pending = redis.call('SCARD', KEYS[3])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'updated_at', ARGV[6]) end
-if #KEYS < 6 then return {pending} end
-redis.call('SADD', KEYS[5], ARGV[1])
-redis.call('EXPIRE', KEYS[5], ARGV[4])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'updated_at', ARGV[2]) end
+if #KEYS < 6 then return {pending, 0, 0} end
+redis.call('SADD', KEYS[5], unpack(names))
+redis.call('EXPIRE', KEYS[5], ARGV[1])
 return {pending, redis.call('SCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
 """
 
@@ -123,8 +150,8 @@ class RedisRunStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
-        self._begin = client.register_script(_BEGIN_ATTEMPT)
-        self._record = client.register_script(_RECORD_OUTCOME)
+        self._begin = client.register_script(_BEGIN_ATTEMPTS)
+        self._record_script = client.register_script(_RECORD_OUTCOMES)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -234,20 +261,30 @@ class RedisRunStore:
         counts = Counter({k.decode(): int(v) for k, v in raw.items()})
         return +counts  # drop statuses no table has any more
 
-    def _record_outcome(
-        self, run_id: str, outcome: TableOutcome, pending: str, *wave_keys: str
-    ) -> list[int]:
+    def _write_outcomes(
+        self, run_id: str, outcomes: list[TableOutcome], pending: str, *wave_keys: str
+    ) -> tuple[int, int, int]:
+        if not outcomes:
+            raise ValueError("no outcome to record")
+        latest = {table_key(o.table): o for o in outcomes}  # the last word on each object
         keys = [self._key(run_id, suffix) for suffix in (":tables", ":counts", ":pending", "")]
-        args = [table_key(outcome.table), outcome_to_json(outcome), str(outcome.status)]
-        now = json.dumps(time.time())
-        result = _call(
-            self._record, keys=keys + list(wave_keys), args=[*args, self.ttl, pending, now]
-        )
-        return [int(n) for n in result]
+        args: list[Any] = [self.ttl, json.dumps(time.time()), pending]
+        for key, outcome in latest.items():
+            args += [key, outcome_to_json(outcome), str(outcome.status)]
+        result = _call(self._record_script, keys=keys + list(wave_keys), args=args)
+        pending_left, finished, size = (int(n) for n in result)
+        return pending_left, finished, size
 
     def begin_attempt(self, run_id: str, table: ObjectName) -> TableOutcome | None:
-        raw = _call(self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(table)])
-        return outcome_from_json(raw) if raw else None
+        return self.begin_attempts(run_id, [table])[0]
+
+    def begin_attempts(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome | None]:
+        if not tables:
+            return []
+        raw = _call(
+            self._begin, keys=[self._key(run_id, ":tables")], args=[table_key(t) for t in tables]
+        )
+        return [outcome_from_json(v) if v else None for v in raw]
 
     def outcome(self, run_id: str, table: ObjectName) -> TableOutcome | None:
         raw = _call(self.redis.hget, self._key(run_id, ":tables"), table_key(table))
@@ -266,22 +303,36 @@ class RedisRunStore:
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
         """Write a table's outcome; returns how many tables of the run are still pending."""
         pending = "remove" if outcome.status.done else "keep"
-        return self._record_outcome(run_id, outcome, pending)[0]
+        return self._write_outcomes(run_id, [outcome], pending)[0]
 
     def record_wave_outcome(
         self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
     ) -> tuple[int, int, int]:
         """record_outcome, and count the table as finished in its wave, in one round trip.
         Returns (tables still pending in the run, finished in the wave, size of the wave)."""
-        done_key = self._key(run_id, f":wave:{wave}:done:{epoch}")
-        wave_key = self._key(run_id, f":wave:{wave}")
-        remaining, finished, size = self._record_outcome(
-            run_id, outcome, "remove", done_key, wave_key
+        return self.record_outcomes(run_id, [outcome], (wave, epoch))
+
+    def record_outcomes(
+        self, run_id: str, outcomes: list[TableOutcome], wave: tuple[int, int] | None = None
+    ) -> tuple[int, int, int]:
+        """Finished objects (a batch), in one atomic round trip: (pending in the run, finished in
+        the wave, size of the wave; 0, 0 without a wave)."""
+        unfinished = [o for o in outcomes if not o.status.done]  # none in practice
+        for outcome in unfinished:
+            self._write_outcomes(run_id, [outcome], "keep")
+        outcomes = [o for o in outcomes if o.status.done]
+        if not outcomes:
+            return self._write_outcomes(run_id, unfinished[-1:], "keep")
+        if wave is None:
+            return self._write_outcomes(run_id, outcomes, "remove")
+        index, epoch = wave
+        done_key = self._key(run_id, f":wave:{index}:done:{epoch}")
+        return self._write_outcomes(
+            run_id, outcomes, "remove", done_key, self._key(run_id, f":wave:{index}")
         )
-        return remaining, finished, size
 
     def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
-        self._record_outcome(run_id, outcome, "add")
+        self._write_outcomes(run_id, [outcome], "add")
 
     def pending(self, run_id: str) -> list[ObjectName]:
         raw = _call(self.redis.smembers, self._key(run_id, ":pending"))

@@ -7,7 +7,8 @@
     │   ├── AwsTransientError       throttling, 5xx, connection errors from AWS APIs
     │   ├── StateStoreUnavailable   Redis/Valkey cannot be reached
     │   ├── LockBusy                another run holds the secret's lock
-    │   └── ClaimInFlight           another intake is recording the same secret version
+    │   ├── ClaimInFlight           another intake is recording the same secret version
+    │   └── DeliveryUnavailable     a notification sink could not take the message now
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
         ├── SecretFormatError       secret JSON missing/invalid fields (never carries the value)
@@ -16,6 +17,7 @@
         │   └── StoragePermissionDenied  the storage refused the credentials (403)
         ├── AwsPermanentError       access denied, validation errors from AWS APIs
         ├── RunNotFound             no run with that id
+        ├── DeliveryRefused         a notification sink refused the message
         ├── UnreadableEvidence      Databend showed a credential in a form we cannot read
         ├── PreflightFailed         the new connection cannot list a bucket: nothing was touched
         └── Refused                 a destructive or irreversible step found a reason not to act
@@ -31,6 +33,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from worker.domain.retries import LOCK_WAIT_RETRIES, LOCK_WAIT_SECONDS
+
 
 class RotatorError(Exception):
     """Root of every error databend-rotator raises on purpose."""
@@ -39,7 +43,14 @@ class RotatorError(Exception):
 
 
 class RetryableError(RotatorError):
+    """Transient: the same work may succeed later. Celery's retry of a whole task (the base task,
+    worker/runtime/celery_app.py) takes only this branch. A subclass that knows how long to wait
+    says so: ``retry_after`` seconds instead of the task's backoff, ``max_retries`` instead of the
+    task's budget (worker/domain/retries.py lists every budget)."""
+
     retryable = True
+    retry_after: float | None = None
+    max_retries: int | None = None
 
 
 class FatalError(RotatorError):
@@ -68,11 +79,20 @@ class StateStoreUnavailable(RetryableError):
 
 
 class LockBusy(RetryableError):
-    pass
+    """Another run holds the secret's lock: ask again every LOCK_WAIT seconds, for about half
+    an hour, then the run gives up (failed, resumable)."""
+
+    retry_after = LOCK_WAIT_SECONDS
+    max_retries = LOCK_WAIT_RETRIES
 
 
 class ClaimInFlight(RetryableError):
     pass
+
+
+class DeliveryUnavailable(RetryableError):
+    """A notification sink could not take the message now (timeout, 5xx, 408/429, AWS
+    throttling): sent again with the delivery budget (worker/domain/retries.py)."""
 
 
 class ConfigError(FatalError):
@@ -89,6 +109,10 @@ class UnknownSecretError(FatalError):
 
 class RunNotFound(FatalError):
     pass
+
+
+class DeliveryRefused(FatalError):
+    """A notification sink refused the message (HTTP 4xx, unknown sink): dropped, logged."""
 
 
 class AwsPermanentError(FatalError):

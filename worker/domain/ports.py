@@ -140,11 +140,22 @@ class RunStore(Protocol):
         """The table's outcome; unless finished, with one more attempt recorded (write-ahead)."""
         ...
 
+    def begin_attempts(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome | None]:
+        """begin_attempt for a batch, in one call: each outcome in order (None: not planned)."""
+        ...
+
     def record_wave_outcome(
         self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
     ) -> tuple[int, int, int]:
         """record_outcome for a finished table of a migration wave: (pending in the run,
         finished in the wave, size of the wave)."""
+        ...
+
+    def record_outcomes(
+        self, run_id: str, outcomes: list[TableOutcome], wave: tuple[int, int] | None = None
+    ) -> tuple[int, int, int]:
+        """Store finished objects in one atomic call: (pending in the run, finished in the wave,
+        size of the wave; both 0 without ``wave`` = (index, epoch)). Idempotent."""
         ...
 
     def outcomes(self, run_id: str) -> list[TableOutcome]: ...
@@ -300,7 +311,9 @@ class Fences(Protocol):
         register ``item`` as in flight."""
         ...
 
-    def leave(self, run_id: str, item: str) -> None: ...
+    def leave(self, run_id: str, *items: str) -> None:
+        """The changes of these items have ended (one call for a batch)."""
+        ...
 
     def in_flight(self, run_id: str) -> list[str]:
         """Items registered by ``enter`` whose lease has not run out."""

@@ -187,6 +187,23 @@ def object_name(kind: str, name: str) -> ObjectName:
     raise ValueError(f"unknown object kind {kind!r} (known: {', '.join(OBJECT_KINDS)})")
 
 
+def object_ref(name: ObjectName) -> list[str]:
+    """An object as a task message carries it: ``["table", db, table]``, ``["stage", s]``,
+    ``["database", d]`` (JSON, no quoting to undo)."""
+    if isinstance(name, TableName):
+        return ["table", name.database, name.table]
+    return [name.kind, name.name]
+
+
+def object_from_ref(ref: list[str] | tuple[str, ...]) -> ObjectName:
+    """The object of an ``object_ref``; ValueError for anything else."""
+    if len(ref) == 3 and ref[0] == "table":
+        return TableName(ref[1], ref[2])
+    if len(ref) == 2 and ref[0] in ("stage", "database"):
+        return object_name(ref[0], ref[1])
+    raise ValueError(f"not an object reference: {ref!r}")
+
+
 def object_label(name: ObjectName) -> str:
     """``db.table`` for a table; ``stage s`` / ``database d`` for the others (for messages)."""
     return str(name) if isinstance(name, TableName) else f"{name.kind} {name}"

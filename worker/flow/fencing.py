@@ -69,6 +69,28 @@ def supersede(runs: RunStore, run_id: str, *, by: str) -> list[str]:
     return [run_id] + (supersede(runs, str(child), by=by) if child else [])
 
 
+def admit(
+    fences: Fences | None,
+    run: RunRecord,
+    item: str,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    exclusive: bool = False,
+) -> Admission:
+    """Check the run and its token right before a change; ADMITTED registers ``item`` as in
+    flight, and the caller must ``fences.leave`` it when the change has ended."""
+    if fences is None:
+        return Admission.ADMITTED
+    return fences.enter(
+        run.run_id,
+        item,
+        secret_arn=run.secret if run.fence else None,
+        token=run.fence,
+        lease_seconds=lease_seconds,
+        exclusive=exclusive,
+    )
+
+
 @contextmanager
 def admitted(
     fences: Fences | None,
@@ -80,21 +102,11 @@ def admitted(
 ) -> Iterator[Admission]:
     """``with admitted(...) as verdict:`` — change something only when the verdict is ADMITTED;
     the change counts as in flight until the block ends."""
-    if fences is None:
-        yield Admission.ADMITTED
-        return
-    verdict = fences.enter(
-        run.run_id,
-        item,
-        secret_arn=run.secret if run.fence else None,
-        token=run.fence,
-        lease_seconds=lease_seconds,
-        exclusive=exclusive,
-    )
+    verdict = admit(fences, run, item, lease_seconds=lease_seconds, exclusive=exclusive)
     try:
         yield verdict
     finally:
-        if verdict is Admission.ADMITTED:
+        if verdict is Admission.ADMITTED and fences is not None:
             fences.leave(run.run_id, item)
 
 

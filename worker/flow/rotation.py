@@ -28,6 +28,7 @@ from worker.domain.model import (
     short_version_id,
 )
 from worker.domain.ports import DatabendAdmin
+from worker.domain.retries import STEP_ATTEMPTS, STEP_INITIAL_WAIT, STEP_MAX_WAIT
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName, object_label
 from worker.flow import objects as objects_
 
@@ -39,13 +40,12 @@ class RetryPolicy:
     """Retries inside one step (tenacity): transient errors only, then give up.
 
     Budget: ``attempts`` tries per statement, waits growing from ``initial_wait`` up to
-    ``max_wait`` seconds with jitter. Celery retries the whole task on top only when a step
-    gave up on a retryable error, so the two layers never multiply unboundedly.
+    ``max_wait`` seconds with jitter (worker/domain/retries.py holds every layer's budget).
     """
 
-    attempts: int = 4
-    initial_wait: float = 0.2
-    max_wait: float = 5.0
+    attempts: int = STEP_ATTEMPTS
+    initial_wait: float = STEP_INITIAL_WAIT
+    max_wait: float = STEP_MAX_WAIT
     sleep: Callable[[float], None] = field(default=tenacity.nap.sleep)
 
     def call(self, fn: Callable[[], Any]) -> Any:

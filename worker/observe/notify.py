@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from worker.domain.errors import RotatorError
+from worker.domain.errors import DeliveryRefused, DeliveryUnavailable, RotatorError
 from worker.domain.model import RunKind, RunStatus
 from worker.observe.redaction import redact_value
 
@@ -239,22 +239,15 @@ def _now() -> float:
 # --- delivery -------------------------------------------------------------------------------------
 
 
-class DeliveryFailed(Exception):
-    """A sink did not take the message; ``retry`` says whether trying again can help."""
-
-    def __init__(self, message: str, *, retry: bool = True) -> None:
-        super().__init__(message)
-        self.retry = retry
-
-
 def deliver(settings: Any, sink: str, message: dict[str, Any]) -> None:
-    """Send one message to one sink now; raises DeliveryFailed."""
+    """Send one message to one sink now; raises DeliveryUnavailable (try again later) or
+    DeliveryRefused."""
     if sink == "webhook":
         _post(str(settings.notify_url), message)
     elif sink == "sns":
         _publish(str(settings.notify_sns_topic), message)
     else:
-        raise DeliveryFailed(f"unknown sink {sink}", retry=False)
+        raise DeliveryRefused(f"unknown sink {sink}")
 
 
 def _post(url: str, message: dict[str, Any]) -> None:
@@ -263,10 +256,11 @@ def _post(url: str, message: dict[str, Any]) -> None:
     try:
         response = httpx.post(url, json=message, timeout=10.0)
     except httpx.HTTPError as exc:
-        raise DeliveryFailed(f"webhook: {type(exc).__name__}") from None
+        raise DeliveryUnavailable(f"webhook: {type(exc).__name__}") from None
     if response.status_code >= 300:
         retry = response.status_code >= 500 or response.status_code in (408, 429)
-        raise DeliveryFailed(f"webhook answered HTTP {response.status_code}", retry=retry)
+        error = DeliveryUnavailable if retry else DeliveryRefused
+        raise error(f"webhook answered HTTP {response.status_code}")
 
 
 def _publish(topic: str, message: dict[str, Any]) -> None:
@@ -279,4 +273,6 @@ def _publish(topic: str, message: dict[str, Any]) -> None:
         aws_client("sns").publish(TopicArn=topic, Message=json.dumps(message), Subject=subject)
     except Exception as exc:
         error = classify_aws_error(exc)
-        raise DeliveryFailed(f"sns: {error}", retry=error.retryable) from None
+        raise (DeliveryUnavailable if error.retryable else DeliveryRefused)(
+            f"sns: {error}"
+        ) from None

@@ -7,12 +7,18 @@ again; every task is therefore idempotent and carries ids only (run id, table na
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
 
+from worker.domain.errors import FatalError, LockBusy, RetryableError
+from worker.domain.retries import TASK_BACKOFF, TASK_BACKOFF_MAX, TASK_RETRIES
+from worker.observe.metrics import TABLE_RETRIES
 from worker.runtime.settings import Settings
+
+log = structlog.get_logger("rotator.tasks")
 
 app = Celery(
     "rotator",
@@ -85,15 +91,71 @@ def service_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 class RotatorTask(Task):  # type: ignore[misc]
-    """Shared behaviour of every task: fresh log context per task, bound to the task's identity."""
+    """Shared behaviour of every task, declared once.
+
+    - A fresh log context per task, bound to the task's identity.
+    - Retries: a RetryableError runs the task again after 2 s, 4 s, 8 s ... (at most 60 s, full
+      jitter), at most TASK_RETRIES times; an error that knows its delay or budget
+      (``retry_after``, ``max_retries``: LockBusy) overrides them; a task may declare its own
+      budget (``max_retries``, ``retry_backoff`` options). worker/domain/retries.py lists them.
+    - A FatalError is expected: logged without a traceback, never retried.
+    - One failure hook: out of retries or fatal, ``on_failure`` hands the task's arguments and the
+      reason to the task's ``gave_up`` (declared with the task), which records the outcome, so a
+      run is never left waiting on work that ended.
+    """
 
     abstract = True
-    max_retries = 5
+    autoretry_for = (RetryableError,)
+    max_retries = TASK_RETRIES
+    retry_backoff = TASK_BACKOFF
+    retry_backoff_max = TASK_BACKOFF_MAX
+    retry_jitter = True
+    throws = (FatalError,)
+    run_kind: str | None = None  # the kind of run whose objects this task switches (metrics)
+    gave_up: Callable[..., None] | None = None  # (*task args, reason=...) records the failure
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(task=self.name, task_id=self.request.id)
         return super().__call__(*args, **kwargs)
+
+    def retry(  # the error's own delay and budget win over the task's
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        if isinstance(exc, RetryableError):
+            countdown = countdown if exc.retry_after is None else exc.retry_after
+            max_retries = max_retries if exc.max_retries is None else exc.max_retries
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        waiting = isinstance(exc, LockBusy)  # a wait, not a failure
+        (log.debug if waiting else log.warning)(
+            "task will run again", error=str(exc), retry=self.request.retries + 1
+        )
+        if self.run_kind is not None and not waiting:
+            TABLE_RETRIES.labels(kind=self.run_kind).inc()
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        hook = type(self).__dict__.get("gave_up")
+        if hook is None:
+            return
+        if isinstance(exc, RetryableError):
+            reason = f"gave up after {self.request.retries} retries: {exc}"
+        else:
+            reason = str(exc) or type(exc).__name__
+        hook(*args, reason=reason, **kwargs)
 
 
 @signals.setup_logging.connect

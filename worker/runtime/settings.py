@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # limits); and the broker's redelivery delay
     table_time_limit: int = Field(default=300, alias="ROTATOR_TABLE_TIME_LIMIT", ge=10)
     visibility_timeout: int = Field(default=3600, alias="ROTATOR_VISIBILITY_TIMEOUT", ge=60)
+    # a rotation run's objects are cut into this many batches (one task message each), so
+    # that many can be switched at once: set it to the total concurrency of the workers
+    parallel: int = Field(default=8, alias="ROTATOR_PARALLEL", ge=1, le=1000)
     # one Databend statement (connecting included) gives up after this many seconds
     statement_timeout: float = Field(default=60.0, alias="ROTATOR_STATEMENT_TIMEOUT", gt=0)
     # every AWS API call: per-attempt connect and read timeouts, attempts in botocore's standard

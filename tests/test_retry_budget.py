@@ -1,0 +1,170 @@
+"""The retry budget, layer by layer, and its worst case (worker/domain/retries.py).
+
+A statement is tried STEP_ATTEMPTS times inside a step (tenacity); a task whose step gave up is run
+TASK_RETRIES more times by Celery (declared once, on the base task), then its ``gave_up`` hook
+records the failure. Both layers are counted here as they really run: the step against the fake
+Databend, the task on a real Celery worker over the test Valkey. Their product is the worst case
+the README states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.fakes import FakeAdmin
+from worker.domain.errors import DatabendUnavailable, FatalError, LockBusy, RetryableError
+from worker.domain.model import AccessKeyCredentials
+from worker.domain.retries import (
+    LOCK_WAIT_RETRIES,
+    LOCK_WAIT_SECONDS,
+    STEP_ATTEMPTS,
+    STEP_MAX_WAIT,
+    TASK_BACKOFF,
+    TASK_BACKOFF_MAX,
+    TASK_RETRIES,
+    worst_case_statement_attempts,
+)
+from worker.domain.sql import TableName
+from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.runtime.celery_app import RotatorTask, app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_a_step_sends_a_failing_statement_at_most_step_attempts_times() -> None:
+    # Given a table whose ALTER always meets a transient error
+    admin = FakeAdmin()
+    table = TableName("db", "t")
+    admin.add(table, "OLD")
+    admin.connections["c_new"] = AccessKeyCredentials("AKIANEWKEY00000000NEW", "s")
+    admin.switch_failures[table] = [DatabendUnavailable("connection reset")] * 100
+    waits: list[float] = []
+
+    # When one step switches it
+    with pytest.raises(DatabendUnavailable):
+        rotate_object(
+            admin, table, connection="c_new", target="t", retry=RetryPolicy(sleep=waits.append)
+        )
+
+    # Then the ALTER was sent STEP_ATTEMPTS times, with bounded waits between, and the error
+    # reaches the task layer
+    assert admin.statements.count(f"ALTER {table}") == STEP_ATTEMPTS == 4
+    assert len(waits) == STEP_ATTEMPTS - 1
+    assert all(0 < w <= STEP_MAX_WAIT for w in waits)
+
+
+def test_the_base_task_declares_the_task_layer_once() -> None:
+    assert RotatorTask.autoretry_for == (RetryableError,)
+    assert RotatorTask.throws == (FatalError,)
+    assert (RotatorTask.max_retries, RotatorTask.retry_backoff) == (TASK_RETRIES, TASK_BACKOFF)
+    assert RotatorTask.retry_backoff_max == TASK_BACKOFF_MAX and RotatorTask.retry_jitter
+    assert (LockBusy.retry_after, LockBusy.max_retries) == (LOCK_WAIT_SECONDS, LOCK_WAIT_RETRIES)
+    import tasks.migration
+    import tasks.rotation
+
+    for task in (tasks.rotation.switch_batch, tasks.migration.migrate_batch):
+        name = task.name
+        assert task.max_retries == TASK_RETRIES and task.gave_up is not None, name
+
+
+class ShortWait(RetryableError):
+    """An error that knows its own delay and budget, as LockBusy does (shorter, for the test)."""
+
+    retry_after = 0.05
+    max_retries = 2
+
+
+def _gave_up(key: str, reason: str) -> None:
+    _redis().set(f"{key}:gave_up", reason)
+
+
+@app.task(base=RotatorTask, name="rotator.test.always_down", retry_backoff_max=0, gave_up=_gave_up)
+def _always_down(key: str) -> None:
+    _redis().incr(key)
+    raise DatabendUnavailable("databend down")
+
+
+@app.task(base=RotatorTask, name="rotator.test.short_wait", retry_backoff_max=0, gave_up=_gave_up)
+def _short_wait(key: str) -> None:
+    _redis().incr(key)
+    raise ShortWait("busy")
+
+
+@app.task(base=RotatorTask, name="rotator.test.fatal", gave_up=_gave_up)
+def _fatal(key: str) -> None:
+    _redis().incr(key)
+    raise FatalError("bad secret")
+
+
+_URL: list[str] = []
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(_URL[0])
+
+
+@pytest.fixture(scope="module")
+def celery_worker(redis_url: str) -> Iterator[None]:
+    """A real Celery worker (threads pool) in this process, on this module's Redis database."""
+    from celery.contrib.testing.worker import start_worker
+
+    _URL[:] = [redis_url]
+    saved = {k: app.conf.get(k) for k in ("broker_url", "task_always_eager")}
+    app.conf.update(broker_url=redis_url, task_always_eager=False)
+    try:
+        with start_worker(
+            app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="ERROR"
+        ):
+            yield
+    finally:
+        app.conf.update(saved)
+        with contextlib.suppress(Exception):
+            app.pool.force_close_all()
+
+
+def _wait_for(key: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = _redis().get(f"{key}:gave_up")
+        if reason is not None:
+            time.sleep(0.3)  # a run after the hook would show in the count
+            return reason.decode()
+        time.sleep(0.05)
+    raise AssertionError(f"{key}: the task never gave up")
+
+
+def test_a_task_runs_at_most_task_retries_plus_one_times_then_records_why(
+    celery_worker: None,
+) -> None:
+    _always_down.delay("down")
+    reason = _wait_for("down")
+    assert int(_redis().get("down") or 0) == TASK_RETRIES + 1 == 6
+    assert reason == f"gave up after {TASK_RETRIES} retries: databend down"
+
+
+def test_an_error_that_knows_its_delay_and_budget_carries_them(celery_worker: None) -> None:
+    started = time.monotonic()
+    _short_wait.delay("short")
+    reason = _wait_for("short")
+    assert int(_redis().get("short") or 0) == ShortWait.max_retries + 1
+    assert time.monotonic() - started >= ShortWait.max_retries * ShortWait.retry_after
+    assert reason == "gave up after 2 retries: busy"
+
+
+def test_a_fatal_error_is_never_retried_and_still_recorded(celery_worker: None) -> None:
+    _fatal.delay("fatal")
+    assert _wait_for("fatal") == "bad secret"
+    assert int(_redis().get("fatal") or 0) == 1
+
+
+def test_the_worst_case_is_pinned_and_the_readme_states_it() -> None:
+    assert worst_case_statement_attempts() == STEP_ATTEMPTS * (TASK_RETRIES + 1) == 24
+    text = README.read_text()
+    assert re.search(r"at most 24 times", text), "README: the worst case per statement"

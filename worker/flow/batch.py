@@ -1,0 +1,268 @@
+"""Switch a batch of a run's objects in one task: one message, one slot and a few writes for many
+objects, with the same safety for each object as when they went one by one.
+
+Per batch: the run is read once, and one call writes every object's attempt ahead of its change
+(the checkpoint: a redelivered batch finds the attempt and looks at the object before acting, and
+skips what is finished); the secret's lock is renewed once.
+
+Per object, right before its change: one atomic call checks the run (still active, not paused)
+and its fencing token and registers the change in flight (worker/flow/fencing.py). Late work is
+recorded ``superseded`` and changes nothing; a pause, an abort or the run's end stops the batch at
+the next object, and what is left stays pending for ``rotator resume``.
+
+Outcomes are written in one call for everything that finished since the last write: at most
+``flush_every`` seconds apart (so ``rotator status`` stays seconds behind), and at the end, also
+when the batch stops on an error. That call ends those objects' in-flight entries; the write that
+leaves nothing pending closes the run. A RetryableError that outlives an object's step retries
+ends the batch after that write and propagates: the task runs the batch again later, and the
+finished objects are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
+from worker.domain.sql import ObjectName, object_label
+from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit
+from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.flow.runs import close_run
+
+DEFAULT_FLUSH_SECONDS = 1.0
+MAX_BATCH = 64  # objects per message at most: a redelivered batch redoes little
+
+
+def split_batches(names: list[ObjectName], parallel: int) -> list[list[ObjectName]]:
+    """Objects in order, cut into at least ``parallel`` batches (as many as can run at once, so
+    none waits behind another) of at most MAX_BATCH, sizes differing by one at most."""
+    if not names:
+        return []
+    count = max(1, min(len(names), max(parallel, -(-len(names) // MAX_BATCH))))
+    size, extra = divmod(len(names), count)
+    batches, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        batches.append(names[start:end])
+        start = end
+    return batches
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[TableOutcome] = field(default_factory=list)  # recorded by this call
+    finished_before: list[ObjectName] = field(default_factory=list)  # done earlier: skipped
+    closed: bool = False  # a write of this batch closed the run
+    wave_complete: bool = False  # (migrations) a write of this batch completed its wave
+    stopped: Admission | None = None  # the run paused or ended: the rest stays pending
+
+
+@dataclass
+class _Writer:
+    """Outcomes not yet written, and the in-flight entries they end."""
+
+    run: RunRecord
+    runs: RunStore
+    fences: Fences | None
+    locks: SecretLocks | None
+    wave: tuple[int, int] | None
+    result: BatchResult
+    buffered: list[TableOutcome] = field(default_factory=list)
+    entered: list[str] = field(default_factory=list)
+
+    def write(self) -> None:
+        if self.buffered:
+            remaining, finished, size = self.runs.record_outcomes(
+                self.run.run_id, self.buffered, self.wave
+            )
+            self.result.outcomes += self.buffered
+            self.buffered = []
+            if remaining == 0:
+                self.result.closed |= close_run(self.run.run_id, self.runs, self.locks)
+            elif self.wave is not None and finished >= size:
+                self.result.wave_complete = True
+        if self.entered and self.fences is not None:
+            self.fences.leave(self.run.run_id, *self.entered)
+        self.entered = []
+
+
+def switch_batch(
+    run_id: str,
+    names: list[ObjectName],
+    *,
+    runs: RunStore,
+    admin: DatabendAdmin,
+    fences: Fences | None = None,
+    locks: SecretLocks | None = None,  # a rotation's: renewed, and released when it closes
+    retry: RetryPolicy | None = None,
+    run: RunRecord | None = None,
+    wave: tuple[int, int] | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    before_each: Callable[[], None] | None = None,
+    each: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    on_outcome: Callable[[TableOutcome, float], None] | None = None,
+    flush_every: float = DEFAULT_FLUSH_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchResult | None:
+    """Switch, validate and record each planned object of ``names`` (see the module docstring).
+
+    None when the run has ended. ``wave`` = (index, epoch) for a migration's objects.
+    ``before_each`` runs before each object is admitted (a migration's shared rate), ``each``
+    wraps each object's switch (its time limit), ``on_outcome(outcome, seconds)`` sees each one.
+    """
+    run = run or runs.get(run_id)
+    if RunStatus(run.status).final:
+        return None
+    result = BatchResult()
+    todo: list[tuple[ObjectName, TableOutcome]] = []
+    for name, planned in zip(names, runs.begin_attempts(run_id, names), strict=True):
+        if planned is not None and planned.status.done:
+            result.finished_before.append(name)
+        elif planned is not None:
+            todo.append((name, planned))
+    if not todo:
+        return result
+    if locks is not None:
+        locks.renew(run.secret, run.parent or run.run_id)
+    writer = _Writer(run, runs, fences, locks, wave, result)
+    written = clock()
+    try:
+        for name, planned in todo:
+            if before_each is not None:
+                before_each()
+            started = clock()
+            verdict = admit(fences, run, object_label(name), lease_seconds=lease_seconds)
+            if verdict is Admission.SUPERSEDED:
+                outcome = _superseded(name, planned)
+            elif verdict is not Admission.ADMITTED:
+                result.stopped = verdict
+                break
+            else:
+                writer.entered.append(object_label(name))
+                with each():
+                    outcome = _switch(admin, run, name, planned, retry)
+            writer.buffered.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome, clock() - started)
+            if clock() - written >= flush_every:
+                writer.write()
+                written = clock()
+    finally:
+        writer.write()
+    return result
+
+
+def _switch(
+    admin: DatabendAdmin,
+    run: RunRecord,
+    name: ObjectName,
+    planned: TableOutcome,
+    retry: RetryPolicy | None,
+) -> TableOutcome:
+    """The object's switch and validation: a first attempt trusts the plan's view of a table, a
+    later one (after a crash or an error) looks at the object before acting."""
+    first_attempt = planned.attempts == 1 and planned.previous is not None
+    revert = run.data.get("revert") or {}
+    outcome = rotate_object(
+        admin,
+        name,
+        connection=str(run.connection),
+        target=str(run.target),
+        may_skip_switched=run.may_skip_switched,
+        retry=retry,
+        known_current=planned.previous if first_attempt else None,
+        revert_to=(revert["connection"], revert["target"]) if revert else None,
+    )
+    outcome.rule = planned.rule
+    outcome.previous = outcome.previous or planned.previous
+    outcome.attempts = planned.attempts
+    return outcome
+
+
+def _superseded(name: ObjectName, planned: TableOutcome) -> TableOutcome:
+    return TableOutcome(
+        table=name,
+        status=TableStatus.SUPERSEDED,
+        rule=planned.rule,
+        reason="a newer run of the same secret took over; left untouched",
+        previous=planned.previous,
+        attempts=planned.attempts,
+    )
+
+
+def give_up_objects(
+    run_id: str,
+    names: list[ObjectName],
+    reason: str,
+    *,
+    runs: RunStore,
+    locks: SecretLocks | None = None,
+    wave: tuple[int, int] | None = None,
+) -> BatchResult:
+    """A batch out of retries (or stopped by an unexpected error): its unfinished objects are
+    recorded failed with the reason, so the run ends instead of waiting for them (resumable)."""
+    result = BatchResult()
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return result
+    failed = []
+    for name in names:
+        planned = runs.outcome(run_id, name)
+        if planned is None or planned.status.done:
+            continue
+        failed.append(
+            TableOutcome(
+                table=name,
+                status=TableStatus.FAILED,
+                rule=planned.rule,
+                reason=reason,
+                previous=planned.previous,
+                attempts=planned.attempts,
+            )
+        )
+    writer = _Writer(run, runs, None, locks, wave, result, buffered=failed)
+    writer.write()
+    return result
+
+
+@dataclass(frozen=True)
+class Switched:
+    outcome: TableOutcome
+    closed: bool  # this object closed the run
+    wave_complete: bool = False  # (migrations) this object completed its wave
+
+
+def switch_and_record(
+    run_id: str,
+    table: ObjectName,
+    *,
+    runs: RunStore,
+    admin: DatabendAdmin,
+    locks: SecretLocks | None = None,
+    retry: RetryPolicy | None = None,
+    run: RunRecord | None = None,
+    wave: tuple[int, int] | None = None,
+    fences: Fences | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+) -> Switched | None:
+    """A batch of one object: its outcome, or None when there was nothing to do (not in the run,
+    finished already, or the run no longer admits changes)."""
+    result = switch_batch(
+        run_id,
+        [table],
+        runs=runs,
+        admin=admin,
+        fences=fences,
+        locks=locks,
+        retry=retry,
+        run=run,
+        wave=wave,
+        lease_seconds=lease_seconds,
+    )
+    if result is None or not result.outcomes:
+        return None
+    return Switched(result.outcomes[0], result.closed, result.wave_complete)

@@ -1,0 +1,267 @@
+"""What each table task does, with the process's services bound: plan a rotation, switch a batch
+of a run's objects, release and judge a migration's waves, and record what a task gave up on.
+
+The decisions live in worker/flow (batch.py, runs.py, migration.py); this module wires them to
+the adapters (the Databend client's table time limit, the shared limits), the metrics and the
+next messages. Messages are sent by task name, so nothing here imports tasks/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from worker.adapters.databend_client import table_time_limit
+from worker.domain.errors import RunNotFound
+from worker.domain.model import RunKind, RunStatus, TableOutcome
+from worker.domain.sql import ObjectName, object_label, object_ref
+from worker.flow.batch import BatchResult, give_up_objects, split_batches, switch_batch
+from worker.flow.key_rotation import due_retirements, retire_old_key
+from worker.flow.migration import finished_in_wave, judge_wave
+from worker.flow.rotation import RetryPolicy
+from worker.flow.runs import give_up, prepare_rotation
+from worker.observe.metrics import table_finished
+from worker.observe.notify import retirement_report
+from worker.runtime.celery_app import app
+from worker.runtime.faults import fault_point
+from worker.runtime.services import services
+
+log = structlog.get_logger("rotator.tasks")
+
+SWITCH_BATCH = "rotator.rotation.switch_batch"  # [run_id, [object ref, ...]]
+MIGRATE_BATCH = "rotator.migration.batch"  # [run_id, wave, [object ref, ...]]
+ADVANCE_KEY_ROTATION = "rotator.keys.advance"  # [run_id]
+
+
+# --- rotations -----------------------------------------------------------------------------------
+
+
+def plan_rotation(run_id: str) -> None:
+    """Plan the run, then send its objects in batches, one per worker slot (ROTATOR_PARALLEL)."""
+    s = services()
+    names = prepare_rotation(
+        run_id,
+        runs=s.runs,
+        secrets=s.secrets,
+        admin=s.admin,
+        bindings=s.bindings,
+        locks=s.locks,
+        newest=s.intake_state,
+        fences=s.fences,
+    )
+    run = s.runs.get(run_id)
+    structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
+    log.info("rotation planned", status=run.status, connection=run.connection, tables=len(names))
+    for batch in split_batches(names, s.settings.parallel):
+        send_rotation_batch(run_id, batch)
+    if not names:
+        wake_parent(run_id)
+
+
+def send_rotation_batch(run_id: str, names: list[ObjectName]) -> None:
+    app.send_task(SWITCH_BATCH, args=[run_id, [object_ref(n) for n in names]])
+
+
+def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
+    s = services()
+    result = switch_batch(
+        run_id,
+        names,
+        runs=s.runs,
+        admin=s.admin,
+        fences=s.fences,
+        locks=s.locks,
+        retry=RetryPolicy(),
+        lease_seconds=s.lease_seconds,
+        each=lambda: table_time_limit(s.settings.table_time_limit),
+        on_outcome=_finished(RunKind.ROTATION, crash_point="rotation-after-table"),
+    )
+    if result is not None and result.closed:
+        wake_parent(run_id)
+
+
+def rotation_gave_up(run_id: str, names: list[ObjectName] | None, reason: str) -> None:
+    """A rotation task out of retries, or stopped by a fatal error: planning (``names`` None)
+    fails the run; a batch fails its unfinished objects. Either way the run ends, resumable."""
+    s = services()
+    if names is None:
+        give_up(run_id, reason, runs=s.runs, locks=s.locks)
+        log.error("rotation failed before switching any table", error=reason)
+        wake_parent(run_id)
+        return
+    result = give_up_objects(run_id, names, reason, runs=s.runs, locks=s.locks)
+    _log_given_up(result, reason)
+    if result.closed:
+        wake_parent(run_id)
+
+
+def wake_parent(run_id: str) -> None:
+    """A key rotation waits for its table run: tell it the table run has ended."""
+    run = services().runs.get(run_id)
+    if run.parent:
+        app.send_task(ADVANCE_KEY_ROTATION, args=[run.parent])
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+def release_wave(run_id: str) -> None:
+    """Send the current wave's unfinished objects (again, after a pause or crash), in as many
+    batches as the run may switch at once (its --concurrency)."""
+    s = services()
+    run = s.runs.get(run_id)
+    if run.status != RunStatus.SWITCHING:
+        return
+    wave, epoch = int(run.data["wave"]), int(run.data.get("epoch", 0))
+    outcomes = s.runs.outcomes_for(run_id, s.runs.wave(run_id, wave))
+    for outcome in outcomes:  # finished before a pause or crash: counted for this epoch
+        if outcome.status.done:
+            s.runs.wave_finished(run_id, wave, outcome.table, epoch)
+    todo = [o.table for o in outcomes if not o.status.done]
+    log.info("wave released", wave=wave, tables=len(todo))
+    if not todo:
+        judge(run_id, wave)
+        return
+    for batch in split_batches(todo, int(run.data["options"]["concurrency"])):
+        app.send_task(MIGRATE_BATCH, args=[run_id, wave, [object_ref(n) for n in batch]])
+
+
+def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
+    """Switch a batch under the run's shared limits: one concurrency slot for the batch (its
+    objects go one after another), the shared rate per object."""
+    s = services()
+    run = s.runs.get(run_id)
+    if run.status != RunStatus.SWITCHING:
+        return  # paused, halted or over: the objects stay pending for `rotator resume`
+    options, epoch = run.data["options"], int(run.data.get("epoch", 0))
+    rate = options.get("rate")
+    with s.limits.slot(run_id, int(options["concurrency"])):
+        result = switch_batch(
+            run_id,
+            names,
+            runs=s.runs,
+            admin=s.admin,
+            fences=s.fences,
+            retry=RetryPolicy(),
+            run=run,
+            wave=(wave, epoch),
+            lease_seconds=s.lease_seconds,
+            before_each=(lambda: s.limits.pace(run_id, rate)) if rate else None,
+            each=lambda: table_time_limit(s.settings.table_time_limit),
+            on_outcome=_finished(RunKind.MIGRATION),
+        )
+    if result is None:
+        return
+    # finished already, maybe by a redelivered copy that counted it in an older epoch: count it
+    # in this one too, or the resumed wave would never be judged complete
+    counted = [finished_in_wave(s.runs, run_id, n, wave, epoch) for n in result.finished_before]
+    if result.wave_complete or any(counted):
+        judge(run_id, wave)
+
+
+def migration_gave_up(run_id: str, wave: int, names: list[ObjectName], reason: str) -> None:
+    s = services()
+    epoch = int(s.runs.get(run_id).data.get("epoch", 0))
+    result = give_up_objects(run_id, names, reason, runs=s.runs, wave=(wave, epoch))
+    _log_given_up(result, reason)
+    if result.wave_complete:
+        judge(run_id, wave)
+
+
+def judge(run_id: str, wave: int) -> None:
+    """The wave is complete: halt on too many failures, else release the next wave."""
+    s = services()
+    run = s.runs.get(run_id)
+    if run.status != RunStatus.SWITCHING or int(run.data["wave"]) != wave:
+        return
+    outcomes = s.runs.outcomes_for(run_id, s.runs.wave(run_id, wave))
+    limit = float(run.data["options"]["max_error_rate"])
+    verdict = judge_wave(outcomes, limit)
+    if not verdict.complete:
+        return
+    if not s.limits.once(f"judged:{run_id}:{run.data.get('epoch', 0)}:{wave}"):
+        return
+    if verdict.halt:
+        s.runs.update(
+            run_id,
+            status=RunStatus.HALTED,
+            error=(
+                f"wave {wave}: {verdict.failed} of {verdict.total} tables failed "
+                f"({verdict.error_rate:.0%}), over the limit of {limit:.0%}; "
+                "the rest was not touched"
+            ),
+        )
+        log.warning("migration halted", wave=wave, failed=verdict.failed, total=verdict.total)
+        return
+    if wave + 1 < s.runs.wave_count(run_id):
+        s.runs.update(run_id, data={**run.data, "wave": wave + 1})
+        release_wave(run_id)  # from here: no extra task hop between waves
+
+
+# --- key rotations -------------------------------------------------------------------------------
+
+
+def retire_due_keys() -> None:
+    """Deactivate / delete the old keys whose grace period is over; a blocked retirement is
+    notified (worker/observe/notify.py)."""
+    s = services()
+    ctx = s.key_rotation()
+    now = time.time()
+    for run_id in s.runs.retiring():
+        try:
+            run = s.runs.get(run_id)
+        except RunNotFound:  # lost before retiring runs were kept: the others still go on
+            log.error("retiring run has no record; retire its old key by hand", run_id=run_id)
+            continue
+        for action in due_retirements(run, now):
+            result = retire_old_key(ctx, run_id, action)
+            log.info("old key " + action, run_id=run_id, result=result)
+            retirement_report(s, run_id)
+        data = s.runs.get(run_id).data
+        if data.get("deactivated_at") and data.get("deleted_at"):
+            s.runs.unmark_retiring(run_id)
+
+
+# --- notifications -------------------------------------------------------------------------------
+
+
+def notification_dropped(sink: str, message: dict[str, Any], reason: str) -> None:
+    log.error(
+        "notification dropped",
+        sink=sink,
+        error=reason,
+        notification=message.get("event"),
+        run_id=message.get("run_id"),
+    )
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _finished(kind: RunKind, crash_point: str = "") -> Callable[[TableOutcome, float], None]:
+    """Per object: the metrics, one log line (debug for a migration's many), and (crash tests)
+    the named fault point."""
+    say = log.debug if kind is RunKind.MIGRATION else log.info
+
+    def finished(outcome: TableOutcome, seconds: float) -> None:
+        table_finished(str(kind), str(outcome.status), seconds)
+        say(
+            "table done",
+            table=object_label(outcome.table),
+            status=str(outcome.status),
+            reason=outcome.reason,
+            rows_read=outcome.rows_read,
+            ms=round(seconds * 1000, 1),
+        )
+        if crash_point:
+            fault_point(crash_point)  # die with this outcome unwritten, the batch in flight
+
+    return finished
+
+
+def _log_given_up(result: BatchResult, reason: str) -> None:
+    for outcome in result.outcomes:
+        log.error("table failed", table=object_label(outcome.table), reason=reason)
