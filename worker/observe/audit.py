@@ -77,6 +77,9 @@ class Recorder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # one flush at a time: the flusher thread and an explicit flush (drain, a CLI's exit)
+        # would otherwise both read the same offset and both insert the rows past it
+        self._shipping = threading.Lock()
         self._run_cache: dict[str, tuple[str | None, str | None, str | None]] = {}
 
     # the port ---------------------------------------------------------------------------------
@@ -156,10 +159,11 @@ class Recorder:
         """Ship every spooled row this process may ship now; raises when Databend fails."""
         spool = self.spool()
         shipped = 0
-        for path, own in list(spool.files()):
-            shipped += ship_file(path, self.table(), own=own)
-        spool.rotate_if_large()
-        _sweep_stale_locks(spool)
+        with self._shipping:
+            for path, own in list(spool.files()):
+                shipped += ship_file(path, self.table(), own=own)
+            spool.rotate_if_large()
+            _sweep_stale_locks(spool)
         return shipped
 
     def start(self) -> None:
