@@ -124,9 +124,12 @@ def celery_worker(redis_url: str) -> Iterator[None]:
         ):
             yield
     finally:
+        # leave the app as found: its broker, and no pool bound to this module's database
         app.conf.update(saved)
         with contextlib.suppress(Exception):
             app.pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
 
 
 def _wait_for(key: str, timeout: float = 30) -> str:
