@@ -42,3 +42,22 @@ def test_the_import_contracts_hold() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_every_task_is_thin() -> None:
+    """A task unpacks ids, binds the log context and calls one function (STYLE.md: at most
+    ~15 lines); anything longer belongs in worker/runtime/jobs.py or worker/flow."""
+    import ast
+
+    long = []
+    for path in sorted((REPO / "tasks").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:]  # the docstring
+            lines = (body[-1].end_lineno or 0) - body[0].lineno + 1
+            if lines > 15:
+                long.append(f"{path.name}:{node.name} has {lines} lines")
+    assert not long, long

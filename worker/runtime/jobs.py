@@ -19,14 +19,17 @@ from worker.domain.errors import RunNotFound
 from worker.domain.model import RunKind, RunStatus, TableOutcome
 from worker.domain.sql import ObjectName, object_label, object_ref
 from worker.flow.batch import BatchResult, give_up_objects, split_batches, switch_batch
+from worker.flow.inventory import take_inventory
 from worker.flow.key_rotation import due_retirements, retire_old_key
 from worker.flow.migration import finished_in_wave, judge_wave
+from worker.flow.reconcile import find_drift, queue_fix
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import give_up, prepare_rotation
 from worker.observe.metrics import table_finished
-from worker.observe.notify import retirement_report
+from worker.observe.notify import drift_found, retirement_report
 from worker.runtime.celery_app import app
 from worker.runtime.faults import fault_point
+from worker.runtime.launch import enqueue_rotation
 from worker.runtime.services import services
 
 log = structlog.get_logger("rotator.tasks")
@@ -223,6 +226,36 @@ def retire_due_keys() -> None:
         data = s.runs.get(run_id).data
         if data.get("deactivated_at") and data.get("deleted_at"):
             s.runs.unmark_retiring(run_id)
+
+
+# --- reconcile -----------------------------------------------------------------------------------
+
+
+def reconcile() -> None:
+    """Each binding's drift, logged and notified; with ROTATOR_RECONCILE=commit also the runs
+    that fix it, queued (the next sweep sees whether they did)."""
+    s = services()
+    found = take_inventory(s.admin, s.secrets, s.iam, s.bindings)
+    for report in find_drift(found, s.runs):
+        if s.settings.reconcile == "commit":
+            run_id = queue_fix(report, found.views[report.binding], s.runs)
+            if run_id is not None:
+                enqueue_rotation(run_id)
+        problems = sorted({f"{d.problem} {d.kind} {d.name}" for d in report.drift})
+        drift_found(
+            s,
+            binding=report.binding,
+            secret=report.secret,
+            objects=[(f"{d.kind} {d.name}", f"{d.problem}: {d.detail}") for d in report.drift],
+        )
+        (log.warning if report.drift else log.info)(
+            "reconciled",
+            binding=report.binding,
+            drift=len(report.drift),
+            problems=problems[:20],
+            busy=report.busy,
+            queued_run=report.queued,
+        )
 
 
 # --- notifications -------------------------------------------------------------------------------
