@@ -97,7 +97,8 @@ def test_run_counts_follow_every_outcome_write(redis_url: str, unique: str) -> N
 def test_slots_are_leases_renewed_while_held_and_freed_when_their_holder_dies(
     redis_url: str, unique: str
 ) -> None:
-    from worker.adapters.limits import RedisLimits, SlotTimeout
+    from worker.adapters.limits import RedisLimits
+    from worker.domain.errors import SlotTimeout
 
     client = redis.Redis.from_url(redis_url)
     limits = RedisLimits(client, lease=0.6)

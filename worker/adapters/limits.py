@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import redis
 import structlog
 
-from worker.domain.errors import RetryableError, StateStoreUnavailable
+from worker.domain.errors import SlotTimeout, StateStoreUnavailable
 
 PREFIX = "rotator:"
 log = structlog.get_logger("rotator.limits")
@@ -34,10 +34,6 @@ if at < now then at = now end
 redis.call('SET', KEYS[1], tostring(at + interval), 'EX', 3600)
 return tostring(at - now)
 """
-
-
-class SlotTimeout(RetryableError):
-    pass
 
 
 class RedisLimits:

@@ -14,11 +14,7 @@ from typing import Any
 import click
 
 from worker.cli.common import EXIT_FAILED, cli_services, reports_errors
-from worker.domain.errors import FatalError
-
-
-class BadInput(FatalError):
-    """A command-line value that cannot be used (one line, exit 2)."""
+from worker.domain.errors import BadInput
 
 
 def _run_store() -> Any:

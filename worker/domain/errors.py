@@ -8,6 +8,7 @@
     │   ├── StateStoreUnavailable   Redis/Valkey cannot be reached
     │   ├── LockBusy                another run holds the secret's lock
     │   ├── ClaimInFlight           another intake is recording the same secret version
+    │   ├── SlotTimeout             a migration's shared concurrency slots stayed busy
     │   └── DeliveryUnavailable     a notification sink could not take the message now
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
@@ -17,6 +18,11 @@
         │   └── StoragePermissionDenied  the storage refused the credentials (403)
         ├── AwsPermanentError       access denied, validation errors from AWS APIs
         ├── RunNotFound             no run with that id
+        ├── BadInput                a command-line value that cannot be used
+        ├── NotAKeySecret           a key rotation's secret holds no IAM access key
+        ├── MigrationRefused        a migration cannot start as asked; nothing touched
+        ├── NotSwitchable           storage Databend cannot give other credentials
+        ├── ConnectionConflict      the run's connection name exists with other credentials
         ├── DeliveryRefused         a notification sink refused the message
         ├── UnreadableEvidence      Databend showed a credential in a form we cannot read
         ├── PreflightFailed         the new connection cannot list a bucket: nothing was touched
@@ -90,6 +96,10 @@ class ClaimInFlight(RetryableError):
     pass
 
 
+class SlotTimeout(RetryableError):
+    """A migration's object waited too long for one of the run's shared concurrency slots."""
+
+
 class DeliveryUnavailable(RetryableError):
     """A notification sink could not take the message now (timeout, 5xx, 408/429, AWS
     throttling): sent again with the delivery budget (worker/domain/retries.py)."""
@@ -109,6 +119,27 @@ class UnknownSecretError(FatalError):
 
 class RunNotFound(FatalError):
     pass
+
+
+class BadInput(FatalError):
+    """A command-line value that cannot be used (one line, exit 2)."""
+
+
+class NotAKeySecret(FatalError):
+    """A key rotation's secret does not hold an IAM user's access key."""
+
+
+class MigrationRefused(FatalError):
+    """A migration cannot start as asked (nothing selected, the target cannot reach a bucket,
+    an object Databend cannot switch); nothing was touched."""
+
+
+class NotSwitchable(FatalError):
+    """The object's storage kind is one Databend cannot give other credentials (oss, cos, …)."""
+
+
+class ConnectionConflict(FatalError):
+    """A connection of the run's name exists with other credentials."""
 
 
 class DeliveryRefused(FatalError):

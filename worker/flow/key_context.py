@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from worker.domain import masking
 from worker.domain.bindings import Binding
-from worker.domain.errors import FatalError
+from worker.domain.errors import NotAKeySecret
 from worker.domain.model import AccessKeyCredentials, RunStatus
 from worker.domain.ports import (
     DatabendAdmin,
@@ -39,10 +39,6 @@ class Phase(StrEnum):
 
 
 PHASES = list(Phase)
-
-
-class NotAKeySecret(FatalError):
-    pass
 
 
 STEP_LEASE = 300.0  # a key-rotation step holds its run this long at most (if its worker lives)

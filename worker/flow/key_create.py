@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 
 from worker.domain import masking
-from worker.domain.errors import FatalError, Refused, RotatorError, UnknownSecretError
+from worker.domain.errors import (
+    FatalError,
+    NotAKeySecret,
+    Refused,
+    RotatorError,
+    UnknownSecretError,
+)
 from worker.domain.model import AccessKeyCredentials
 from worker.domain.ports import AccessKey, RunRecord, SecretInfo
 from worker.domain.secret_value import parse_secret_value
@@ -17,7 +23,6 @@ from worker.flow.evidence import refuse_if_used
 from worker.flow.key_context import (
     KeyRotationContext,
     Next,
-    NotAKeySecret,
     Phase,
     current_credentials,
     masked,

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from worker.domain.bindings import NameSelector, Selector
-from worker.domain.errors import FatalError
+from worker.domain.errors import MigrationRefused
 from worker.domain.model import (
     DatabaseDefault,
     RunKind,
@@ -26,10 +26,6 @@ from worker.domain.model import (
 from worker.domain.ports import DatabendAdmin, RunRecord, RunStore
 from worker.domain.sql import ObjectName, TableName, object_label
 from worker.flow import objects as objects_
-
-
-class MigrationRefused(FatalError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,10 @@ the old key), so those two can be switched even after their old key is gone.
 
 from __future__ import annotations
 
-from worker.domain.errors import FatalError
+from worker.domain.errors import FatalError, NotSwitchable
 from worker.domain.model import DatabaseDefault, ExternalStage, StoredObject
 from worker.domain.ports import DatabendAdmin
 from worker.domain.sql import ObjectName, StageName, TableName, object_label
-
-
-class NotSwitchable(FatalError):
-    """The object's storage kind is one Databend cannot give other credentials (oss, cos, …)."""
 
 
 def describe(admin: DatabendAdmin, name: ObjectName) -> StoredObject | None:

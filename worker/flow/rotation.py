@@ -16,7 +16,12 @@ import tenacity
 
 from worker.domain import masking
 from worker.domain.bindings import Binding
-from worker.domain.errors import FatalError, RetryableError, StoragePermissionDenied
+from worker.domain.errors import (
+    ConnectionConflict,
+    FatalError,
+    RetryableError,
+    StoragePermissionDenied,
+)
 from worker.domain.model import (
     Credentials,
     DatabaseDefault,
@@ -65,10 +70,6 @@ class RetryPolicy:
 def connection_name_for(binding: Binding, version_id: str) -> str:
     """Deterministic: the same (binding, version) always names the same connection."""
     return f"{binding.connection_prefix}_{short_version_id(version_id)}"
-
-
-class ConnectionConflict(FatalError):
-    pass
 
 
 def ensure_connection(admin: DatabendAdmin, name: str, credentials: Credentials) -> bool:

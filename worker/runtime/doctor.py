@@ -251,9 +251,9 @@ def _aws() -> Iterator[Check]:
 def _binding(binding: Any) -> Iterator[Check]:
     from worker.adapters.aws_iam import BotoIamKeys
     from worker.adapters.aws_secrets import SecretsManagerStore
-    from worker.domain.errors import SecretFormatError
+    from worker.domain.errors import NotAKeySecret, SecretFormatError
     from worker.domain.masking import show_key
-    from worker.flow.key_rotation import NotAKeySecret, current_credentials
+    from worker.flow.key_rotation import current_credentials
 
     name = f"binding {binding.name}"
     try:
