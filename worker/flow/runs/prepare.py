@@ -1,15 +1,12 @@
-"""A rotation run for one (secret, version): prepare it, then finish it object by object.
+"""Prepare a rotation run: lock, read the version, plan, connect, pre-flight, write the plan.
 
-``prepare_rotation`` takes the secret's lock, reads the version, plans every object (tables,
-stages, database defaults), creates the connection and writes the plan (every object pending)
-before any object is touched; ``finish_table`` records one object's outcome and closes the run
-(releasing the lock) when the last one is in. Both are safe to run twice.
+Nothing is switched here: every object the plan names is written down as pending before the first
+ALTER (worker/flow/runs/switch.py does those, one object at a time).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from worker.domain import masking
 from worker.domain.bindings import Binding, find_binding
@@ -42,16 +39,11 @@ from worker.domain.ports import (
     SecretStore,
 )
 from worker.domain.secret_value import parse_secret_value
-from worker.domain.sql import ObjectName, TableName, object_label
+from worker.domain.sql import ObjectName
 from worker.flow import objects as objects_
-from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admitted, require_drained, take_fence
-from worker.flow.rotation import (
-    RetryPolicy,
-    connection_name_for,
-    ensure_connection,
-    plan_rotation,
-    rotate_object,
-)
+from worker.flow.fencing import admitted, require_drained, take_fence
+from worker.flow.rotation import connection_name_for, ensure_connection, plan_rotation
+from worker.flow.runs.close import close_run, lock_owner, release
 
 _ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
 
@@ -78,18 +70,18 @@ def prepare_rotation(
     run = runs.get(run_id)
     if not RunStatus(run.status).active:
         return []
-    if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
+    if locks is not None and not locks.acquire(run.secret, lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
     if run.status != RunStatus.SWITCHING:  # decided before it takes over anything
         try:
             skip = _skip_reason(run, runs=runs, secrets=secrets, newest=newest)
         except FatalError as exc:
             runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
-            _release(locks, run)
+            release(locks, run)
             raise
         if skip is not None:  # skipped before it started: it changes nothing
             runs.update(run_id, status=RunStatus.SKIPPED, error=skip)
-            _release(locks, run)
+            release(locks, run)
             return []
     take_fence(run, runs, fences)
     require_drained(fences, run)
@@ -103,13 +95,13 @@ def prepare_rotation(
     run.status = RunStatus.PLANNING
     with admitted(fences, run, "plan") as verdict:
         if verdict is not Admission.ADMITTED:
-            _release(locks, run)
+            release(locks, run)
             return []
         try:
             plan = _plan(run, runs=runs, secrets=secrets, admin=admin, bindings=bindings)
         except FatalError as exc:
             runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
-            _release(locks, run)
+            release(locks, run)
             raise
     outcomes = []
     for planned in plan.tables:
@@ -272,144 +264,3 @@ def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None
                 f"pre-flight: connection {connection} cannot list bucket {bucket} ({exc}); "
                 "no object was touched"
             ) from None
-
-
-@dataclass(frozen=True)
-class Switched:
-    outcome: TableOutcome
-    closed: bool  # this table closed the run
-    wave_complete: bool = False  # (migrations) this table completed its wave
-
-
-def switch_and_record(
-    run_id: str,
-    table: ObjectName,
-    *,
-    runs: RunStore,
-    admin: DatabendAdmin,
-    locks: SecretLocks | None = None,
-    retry: RetryPolicy | None = None,
-    run: RunRecord | None = None,
-    wave: tuple[int, int] | None = None,
-    fences: Fences | None = None,
-    lease_seconds: float = DEFAULT_LEASE_SECONDS,
-) -> Switched | None:
-    """Switch one planned object (a table, a stage or a database default) of a run and record the
-    outcome.
-
-    Returns None when the object is not in the run, already finished (redelivery), or its run no
-    longer admits changes (ended or paused). Late work of a run that a newer run of the secret
-    superseded records the table ``superseded`` and changes nothing. A RetryableError that
-    outlives the step's retries propagates to the caller. The attempt is written down before the
-    ALTER: a first attempt trusts the plan's view of the table, a later one (after a crash or an
-    error) looks at the table before acting. ``wave`` = (index, epoch) for a migration's table.
-    """
-    run = run or runs.get(run_id)
-    if RunStatus(run.status).final:
-        return None
-    planned = runs.begin_attempt(run_id, table)
-    if planned is None or planned.status.done:
-        return None
-    if locks is not None:
-        locks.renew(run.secret, _lock_owner(run))
-    with admitted(fences, run, fence_item(table), lease_seconds=lease_seconds) as verdict:
-        if verdict is Admission.SUPERSEDED:
-            outcome = TableOutcome(
-                table=table,
-                status=TableStatus.SUPERSEDED,
-                rule=planned.rule,
-                reason="a newer run of the same secret took over; left untouched",
-                previous=planned.previous,
-                attempts=planned.attempts,
-            )
-        elif verdict is not Admission.ADMITTED:
-            return None
-        else:
-            first_attempt = planned.attempts == 1 and planned.previous is not None
-            revert = run.data.get("revert") or {}
-            outcome = rotate_object(
-                admin,
-                table,
-                connection=str(run.connection),
-                target=str(run.target),
-                may_skip_switched=run.may_skip_switched,
-                retry=retry,
-                known_current=planned.previous if first_attempt else None,
-                revert_to=(revert["connection"], revert["target"]) if revert else None,
-            )
-            outcome.rule = planned.rule
-            outcome.previous = outcome.previous or planned.previous
-            outcome.attempts = planned.attempts
-        if wave is None:
-            return Switched(outcome, finish_table(run_id, outcome, runs=runs, locks=locks))
-        remaining, finished, size = runs.record_wave_outcome(run_id, outcome, *wave)
-    closed = close_run(run_id, runs, locks) if remaining == 0 else False
-    return Switched(outcome, closed, wave_complete=not closed and finished >= size)
-
-
-def fence_item(name: ObjectName) -> str:
-    """What an object's change is registered as while in flight: ``db.table`` for a table (as
-    always), ``stage s`` / ``database d`` for the other kinds."""
-    return object_label(name)
-
-
-def finish_table(
-    run_id: str, outcome: TableOutcome, *, runs: RunStore, locks: SecretLocks | None = None
-) -> bool:
-    """Record an object's outcome; True when this closed the run."""
-    remaining = runs.record_outcome(run_id, outcome)
-    if remaining == 0:
-        return close_run(run_id, runs, locks)
-    return False
-
-
-def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> bool:
-    run = runs.get(run_id)
-    if RunStatus(run.status).final:
-        return False
-    outcomes = runs.outcomes(run_id)
-    failed = [o for o in outcomes if o.status.failed]
-    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
-    error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed" if failed else None
-    runs.update(run_id, status=status, error=error)
-    _release(locks, run)
-    return True
-
-
-def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | None) -> None:
-    """A run whose planning ran out of retries ends ``failed`` with the reason (resumable)."""
-    run = runs.get(run_id)
-    if RunStatus(run.status).final:
-        return
-    runs.update(run_id, status=RunStatus.FAILED, error=reason)
-    _release(locks, run)
-
-
-def _objects_word(outcomes: list[TableOutcome]) -> str:
-    """'tables' while a run holds only tables (as its messages always said), else 'objects'."""
-    return "tables" if all(isinstance(o.table, TableName) for o in outcomes) else "objects"
-
-
-def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
-    """Put a run's failed objects back to pending (for ``rotator resume``); returns them."""
-    reopened = []
-    for outcome in runs.outcomes(run_id):
-        if outcome.status.failed:
-            runs.record_pending(
-                run_id,
-                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
-            )
-            reopened.append(outcome.table)
-    if reopened:
-        runs.update(run_id, status=RunStatus.SWITCHING, error=None)
-    return reopened
-
-
-def _lock_owner(run: RunRecord) -> str:
-    """A key rotation's table run works under its parent's lock."""
-    return run.parent or run.run_id
-
-
-def _release(locks: SecretLocks | None, run: RunRecord) -> None:
-    if locks is not None and run.parent is None:
-        locks.release(run.secret, run.run_id)

@@ -1,0 +1,27 @@
+"""A rotation run for one (secret, version): prepare it, then finish it object by object.
+
+- ``prepare.py``: ``prepare_rotation`` takes the secret's lock, reads the version, plans every
+  object (tables, stages, database defaults), creates the connection, proves it can list every
+  bucket (pre-flight) and writes the plan (every object pending) before any object is touched.
+- ``switch.py``: ``switch_and_record`` switches one planned object, fenced, and records it.
+- ``close.py``: ``finish_table`` records one object's outcome and ``close_run`` closes the run
+  (releasing the lock) when the last one is in; ``give_up``, ``reopen_failed_tables``.
+
+Every step is safe to run twice. The names below are the ones tasks, the rotation function and
+the rest of flow import from ``worker.flow.runs``.
+"""
+
+from worker.flow.runs.close import close_run, finish_table, give_up, reopen_failed_tables
+from worker.flow.runs.prepare import list_binding_objects, prepare_rotation
+from worker.flow.runs.switch import Switched, switch_and_record
+
+__all__ = [
+    "Switched",
+    "close_run",
+    "finish_table",
+    "give_up",
+    "list_binding_objects",
+    "prepare_rotation",
+    "reopen_failed_tables",
+    "switch_and_record",
+]
