@@ -1,4 +1,5 @@
-"""The project's own style gates: ruff on everything, mypy strict on the pure core."""
+"""The project's own style gates: ruff on everything, mypy strict on the pure core, the import
+contracts, and small modules."""
 
 from __future__ import annotations
 
@@ -42,3 +43,20 @@ def test_the_import_contracts_hold() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+MAX_MODULE_LINES = 400
+# A module that must stay longer says why here (none does today).
+LONGER_MODULES: dict[str, str] = {}
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """Small modules (STYLE.md: no module over ~400 lines): every module of worker/ and tasks/."""
+    too_long = {}
+    for path in sorted([*REPO.glob("worker/**/*.py"), *REPO.glob("tasks/**/*.py")]):
+        name = str(path.relative_to(REPO))
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES and name not in LONGER_MODULES:
+            too_long[name] = lines
+    assert not too_long, f"split these along their story: {too_long}"
+    assert all((REPO / name).exists() for name in LONGER_MODULES), "a listed module is gone"
