@@ -154,7 +154,7 @@ def fast_failing() -> Settings:
 def dead_client(service: str, port: int, **kwargs: object) -> object:
     return aws_client(
         service,
-        current=fast_failing(),
+        bounds=fast_failing(),
         endpoint_url=f"http://127.0.0.1:{port}",
         region_name="us-east-1",
         aws_access_key_id="AKIADEADPEER0000TEST",

@@ -342,8 +342,9 @@ class RedisRunStore:
     def retiring(self) -> list[str]:
         return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}retiring"))
 
-    def recent_runs(self, limit: int = 20) -> list[str]:
-        raw = _call(self.redis.zrevrange, f"{PREFIX}runs", 0, limit - 1)
+    def recent_runs(self, limit: int = 20, start: int = 0) -> list[str]:
+        """Run ids newest first: ``limit`` of them, skipping the ``start`` newest."""
+        raw = _call(self.redis.zrevrange, f"{PREFIX}runs", start, start + limit - 1)
         return [r.decode() for r in raw]
 
 
