@@ -139,7 +139,7 @@ class RedisRunStore:
         now = time.time()
         run.created_at = run.created_at or now
         run.updated_at = now
-        fields = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
+        fields: dict[Any, str] = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(run.run_id), mapping=fields)
             pipe.expire(self._key(run.run_id), self.ttl)
@@ -189,7 +189,9 @@ class RedisRunStore:
         if unknown:
             raise ValueError(f"unknown run fields: {sorted(unknown)}")
         fields.setdefault("updated_at", time.time())
-        encoded = {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
+        encoded: dict[Any, str] = {
+            k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()
+        }
         if "status" not in fields:
             _call(self.redis.hset, self._key(run_id), mapping=encoded)
             return
@@ -221,7 +223,8 @@ class RedisRunStore:
                 if not outcome.status.done:
                     pipe.sadd(pending_key, table_key(outcome.table))
             if counts:
-                pipe.hset(counts_key, mapping=dict(counts))
+                by_status: dict[Any, int] = dict(counts)
+                pipe.hset(counts_key, mapping=by_status)
             for key in (tables_key, pending_key, counts_key):
                 pipe.expire(key, self.ttl)
             _execute(pipe)

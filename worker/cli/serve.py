@@ -84,7 +84,7 @@ def worker(
         argv += ["--beat", "--scheduler=celery.beat:Scheduler"]
     if metrics_port is not None:
         serve_metrics(metrics_port, metrics_host)
-        from worker.observe.service_metrics import register_service_metrics
+        from worker.runtime.service_metrics import register_service_metrics
 
         register_service_metrics(current.redis_url or "")
     app.worker_main(argv)

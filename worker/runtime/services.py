@@ -18,6 +18,7 @@ import structlog
 
 from worker.adapters import aws_clients
 from worker.adapters.audit_store import AuditTable
+from worker.adapters.audit_trail import Recorder
 from worker.adapters.audited import AuditedAdmin, AuditedIam, AuditedRunStore, AuditedSecrets
 from worker.adapters.databend_client import DatabendClient, table_time_limit
 from worker.adapters.limits import RedisLimits
@@ -37,6 +38,8 @@ from worker.domain.ports import (
     SecretsManager,
 )
 from worker.flow.key_rotation import KeyRotationContext, KeyRotationPlan, plan_key_rotation
+from worker.observe.audit import use as use_audit_trail
+from worker.observe.notify import use_sns
 from worker.runtime.settings import Settings, settings
 
 
@@ -185,3 +188,29 @@ def audit_table(current: Settings) -> AuditTable:
     """The audit table in Databend, for reading (``rotator audit``)."""
     dsn = current.require("databend_dsn").databend_dsn or ""
     return AuditTable(DatabendClient(dsn, statement_timeout=30), current.audit_database)
+
+
+# --- what observe/ is handed: it imports no adapter ----------------------------------------------
+
+
+def audit_recorder() -> Recorder | None:
+    """This process's audit trail (worker/adapters/audit_trail.py); None without Databend or
+    Redis."""
+    current = settings()
+    if not current.databend_dsn or not current.redis_url:
+        return None
+    return Recorder(
+        base=current.audit_spool,
+        dsn=current.databend_dsn,
+        database=current.audit_database,
+        interval=current.audit_flush_interval,
+        runs=RedisRunStore.from_url(current.redis_url),
+    )
+
+
+def _publish_sns(topic: str, message: str, subject: str) -> None:
+    aws_client("sns").publish(TopicArn=topic, Message=message, Subject=subject)
+
+
+use_audit_trail(audit_recorder)
+use_sns(_publish_sns)
