@@ -78,6 +78,7 @@ class Recorder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._shipping = threading.Lock()  # one shipper at a time (the flusher, a drain, a test)
         self._run_cache: dict[str, tuple[str | None, str | None, str | None]] = {}
 
     # the port ---------------------------------------------------------------------------------
@@ -152,14 +153,17 @@ class Recorder:
         return self._table
 
     def flush(self) -> int:
-        """Ship every spooled row this process may ship now; raises when Databend fails."""
-        spool = self.spool()
-        shipped = 0
-        for path, own in list(spool.files()):
-            shipped += ship_file(path, self.table(), own=own)
-        spool.rotate_if_large()
-        _sweep_stale_locks(spool)
-        return shipped
+        """Ship every spooled row this process may ship now; raises when Databend fails. Two
+        threads shipping at once would both read a row past the shipped offset and both find it
+        not yet in the table: one ships at a time."""
+        with self._shipping:
+            spool = self.spool()
+            shipped = 0
+            for path, own in list(spool.files()):
+                shipped += ship_file(path, self.table(), own=own)
+            spool.rotate_if_large()
+            _sweep_stale_locks(spool)
+            return shipped
 
     def start(self) -> None:
         """The flusher thread of this process (started once; again after a fork)."""
