@@ -201,7 +201,7 @@ class RedisRunStore:
             (pipe.srem if ended else pipe.sadd)(f"{PREFIX}unfinished", run_id)
             if ended:  # for the notification sweep (worker/observe/notify.py)
                 pipe.lpush(f"{PREFIX}ended", run_id)
-                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)
+                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)  # kept when no beat sweeps them
             _execute(pipe)
 
     def unfinished(self) -> list[str]:

@@ -16,17 +16,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker.domain.audit import AuditAction, AuditEvent
+from worker.domain.audit import Audit, AuditAction, AuditEvent
 
 log = structlog.get_logger("rotator.audit")
 
 
-class Trail(Protocol):
+class Trail(Audit, Protocol):
     """The port of worker/domain/audit.py, plus what a process does with its own trail."""
-
-    def record(self, event: AuditEvent) -> None:
-        """Keep the event durably (returns quickly, never raises)."""
-        ...
 
     def start(self) -> None:
         """Start shipping in the background (a worker does at start-up)."""

@@ -36,7 +36,6 @@ from worker.observe.redaction import redact_value
 log = structlog.get_logger("rotator.notify")
 
 ENDED_KEY = "rotator:ended"
-ENDED_CAP = 10_000  # ended runs kept for the sweep when no beat drains them
 DEDUPE_SECONDS = 24 * 3600
 ALL_ONLY = {"scheduled_start", "scheduled_end"}
 TITLES = {
