@@ -99,6 +99,7 @@ def breakdown(dsn: str, env: dict[str, str]) -> str:
     from worker.adapters.databend_client import DatabendClient
     from worker.domain.bindings import load_bindings
     from worker.flow.inventory import take_inventory
+    from worker.runtime.services import aws_client
 
     admin = DriverDatabendAdmin(DatabendClient(dsn))
     parts = []
@@ -114,8 +115,8 @@ def breakdown(dsn: str, env: dict[str, str]) -> str:
     started = time.perf_counter()
     take_inventory(
         admin,
-        SecretsManagerStore(),
-        BotoIamKeys(),
+        SecretsManagerStore(aws_client("secretsmanager")),
+        BotoIamKeys(aws_client("iam")),
         load_bindings(env["ROTATOR_BINDINGS"]),
         server_version=admin.server_version(),
     )

@@ -54,13 +54,13 @@ from worker.domain.model import (
     parse_storage_param,
 )
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
-from worker.flow import batch as _batch
 from worker.flow import key_rotation as _key_rotation
 from worker.flow import lifecycle as _lifecycle
 from worker.flow import reaper as _reaper
 from worker.flow import runs as _runs
 from worker.flow.intake import handle_event
 from worker.flow.rotation import RetryPolicy
+from worker.flow.runs import switch as _batch
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER
 USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either

@@ -98,10 +98,6 @@ def current_form(key_id: str) -> str:
     return f"{key_id[:2]}***{key_id[-2:]}"
 
 
-def legacy_form(key_id: str) -> str:
-    return "******" + key_id[-3:]
-
-
 def rows(db: DatabendClient, table: TableName) -> int:
     """Rows of a real read (``SELECT *`` reads the data files, not only metadata)."""
     return len(db.query(f"SELECT * FROM {table.sql}"))

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from worker.adapters.audit_store import AuditTable, Spool, pending_rows, spool_dir
+from worker.adapters.audit_trail import Recorder
 from worker.adapters.databend_client import DatabendClient
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.audit import AuditAction, AuditEvent
 from worker.local.embedded import DatabendLocalProcess, free_port
-from worker.observe.audit import Recorder
 
 
 def recorder(tmp_path: Path, dsn: str, database: str, redis_url: str) -> Recorder:

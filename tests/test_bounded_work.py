@@ -21,7 +21,7 @@ from worker.adapters.databend_client import DatabendClient, bounded_dsn, deadlin
 from worker.domain.errors import AwsTransientError, DatabendUnavailable
 from worker.domain.sql import TableName
 from worker.flow.intake import IntakeResult
-from worker.flow.rotation import RetryPolicy, rotate_table
+from worker.flow.rotation import RetryPolicy, rotate_object
 from worker.local.embedded import DatabendLocalProcess
 from worker.runtime.intake_runner import SqsIntake
 from worker.runtime.settings import Settings
@@ -109,7 +109,7 @@ def test_one_tables_switch_and_read_back_stay_within_the_table_time_limit(
     admin = DriverDatabendAdmin(DatabendClient(dead_dsn(dead_peer), statement_timeout=60.0))
     started = time.monotonic()
     with table_time_limit(2.0), pytest.raises(DatabendUnavailable):
-        rotate_table(
+        rotate_object(
             admin, TableName("db", "t"), connection="c_new", target="ak:NEW", retry=RetryPolicy()
         )
     assert time.monotonic() - started < 2.0 + 3.0
@@ -154,7 +154,7 @@ def fast_failing() -> Settings:
 def dead_client(service: str, port: int, **kwargs: object) -> object:
     return aws_client(
         service,
-        current=fast_failing(),
+        bounds=fast_failing(),
         endpoint_url=f"http://127.0.0.1:{port}",
         region_name="us-east-1",
         aws_access_key_id="AKIADEADPEER0000TEST",

@@ -9,6 +9,7 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from worker.adapters.databend_errors import classify_databend_error, classify_driver_error
 from worker.domain.bindings import parse_bindings
 from worker.domain.errors import (
     AwsPermanentError,
@@ -22,8 +23,6 @@ from worker.domain.errors import (
     StorageUnavailable,
     UnknownSecretError,
     classify_aws_error,
-    classify_databend_error,
-    classify_driver_error,
 )
 from worker.domain.model import AccessKeyCredentials, RoleCredentials, parse_storage_param
 from worker.domain.secret_value import parse_secret_value
@@ -238,6 +237,34 @@ def _client_error(code: str, status: int) -> ClientError:
 )
 def test_aws_errors_are_classified(exc: Exception, expected: type) -> None:
     assert type(classify_aws_error(exc)) is expected
+
+
+def test_the_error_trees_docstring_is_the_class_tree() -> None:
+    """Every error class of worker.domain.errors, drawn in its docstring under its own parent."""
+    import re
+
+    from worker.domain import errors
+
+    drawn: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in (errors.__doc__ or "").splitlines():
+        found = re.match(r"^ {4}([│ ├└─]*)([A-Z]\w+)", line)
+        if not found:
+            continue
+        depth = len(found.group(1))
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        drawn[found.group(2)] = stack[-1][1] if stack else None
+        stack.append((depth, found.group(2)))
+    classes = {
+        name: cls
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.RotatorError)
+    }
+    assert set(drawn) == set(classes)
+    for name, cls in classes.items():
+        parent = cls.__bases__[0].__name__ if cls is not errors.RotatorError else None
+        assert drawn[name] == parent, name
 
 
 # --- redaction ---------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from tests.test_core_rotation import binding, key_json, no_sleep_policy
 from worker.domain.bindings import Binding
 from worker.domain.model import RunStatus
 from worker.domain.sql import TableName
-from worker.flow.batch import switch_and_record
 from worker.flow.key_rotation import (
     KeyInUse,
     KeyRotationContext,
@@ -22,7 +21,7 @@ from worker.flow.key_rotation import (
     plan_key_rotation,
     retire_old_key,
 )
-from worker.flow.runs import prepare_rotation
+from worker.flow.runs import prepare_rotation, switch_and_record
 
 K1 = "AKIAORIGINALKEY00K01"
 

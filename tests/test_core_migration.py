@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
-from tests.fakes import FakeAdmin, MemoryRuns
+from tests.fakes import FakeAdmin, MemoryRuns, fake_key
 from worker.domain.bindings import Selector
 from worker.domain.model import (
+    AccessKeyCredentials,
     RoleCredentials,
+    RunKind,
+    RunStatus,
     StorageParam,
     TableOutcome,
     TableStatus,
     parse_storage_param,
 )
+from worker.domain.ports import RunRecord
 from worker.domain.sql import TableName
+from worker.flow.lifecycle import rollback
 from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
@@ -78,6 +86,35 @@ def test_rollback_goes_to_a_connection_with_the_previous_credentials() -> None:
     back, unknown = rollback_targets([switched, orphan, untouched], {"ak:OLD": "src"})
     assert back == [(TableName("db", "a"), "src", "ak:OLD")]
     assert unknown == [TableName("db", "b")]
+
+
+def test_a_rollback_moves_each_table_back_inside_its_own_time_limit() -> None:
+    """Given a migration that switched two tables off connection src, when it is rolled back,
+    then both are on src again, each moved inside one per_table() block (the table time limit)."""
+    admin = FakeAdmin()
+    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
+    admin.connections["src"] = src
+    tables = [TableName("db", "a"), TableName("db", "b")]
+    for table in tables:
+        admin.add(table, "DST")
+    runs = MemoryRuns()
+    data = {"previous_connections": {src.fingerprint: "src"}}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SUCCEEDED, data=data))
+    runs.set_plan(
+        "m1", [TableOutcome(t, TableStatus.VALIDATED, previous=src.fingerprint) for t in tables]
+    )
+    blocks: list[str] = []
+
+    @contextmanager
+    def per_table() -> Iterator[None]:
+        blocks.append("entered")
+        yield
+
+    result = rollback(runs, admin, None, "m1", per_table=per_table)
+
+    assert sorted(result.moved) == tables and result.complete
+    assert all(admin.keys[t] == src.access_key_id for t in tables)
+    assert blocks == ["entered", "entered"]
 
 
 def test_plans_select_by_source_credentials_or_selectors_and_refuse_unknown_targets() -> None:

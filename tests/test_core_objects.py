@@ -24,12 +24,11 @@ from worker.domain.errors import (
 from worker.domain.model import AccessKeyCredentials, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
 from worker.domain.sql import DatabaseName, StageName, TableName
-from worker.flow.batch import switch_and_record
 from worker.flow.evidence import key_usage, refuse_if_used
 from worker.flow.key_rotation import KeyRotationContext, new_key_rotation, plan_key_rotation
 from worker.flow.migration import MigrationOptions, plan_migration
 from worker.flow.rotation import plan_rotation, rotate_object
-from worker.flow.runs import prepare_rotation
+from worker.flow.runs import prepare_rotation, switch_and_record
 
 
 def creds(key_id: str) -> AccessKeyCredentials:

@@ -27,7 +27,7 @@ from worker.flow.rotation import (
     connection_name_for,
     ensure_connection,
     plan_rotation,
-    rotate_table,
+    rotate_object,
 )
 from worker.flow.runs import finish_table, prepare_rotation
 
@@ -154,20 +154,20 @@ def _admin_with_connection() -> tuple[FakeAdmin, TableName]:
     return admin, table
 
 
-def test_rotate_table_switches_then_reads_back() -> None:
+def test_rotate_object_switches_then_reads_back() -> None:
     admin, table = _admin_with_connection()
-    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+    outcome = rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert outcome.status is TableStatus.VALIDATED
     assert outcome.previous == "ak:******OLD"  # what Databend showed before the switch
     assert admin.keys[table] == NEW
     assert admin.statements[-2:] == [f"ALTER {table}", f"READ {table}"]
 
 
-def test_rotate_table_twice_changes_nothing_the_second_time() -> None:
+def test_rotate_object_twice_changes_nothing_the_second_time() -> None:
     admin, table = _admin_with_connection()
-    rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+    rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     before = list(admin.statements)
-    again = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+    again = rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert again.status is TableStatus.ALREADY_SWITCHED
     assert [s for s in admin.statements[len(before) :] if s.startswith("ALTER")] == []
 
@@ -176,7 +176,7 @@ def test_transient_errors_are_retried_with_growing_waits() -> None:
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendUnavailable("reset"), StorageUnavailable("503")]
     sleeps: list[float] = []
-    outcome = rotate_table(
+    outcome = rotate_object(
         admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy(sleeps)
     )
     assert outcome.status is TableStatus.VALIDATED
@@ -187,7 +187,7 @@ def test_transient_errors_are_retried_with_growing_waits() -> None:
 def test_permanent_errors_are_not_retried_and_carry_databends_message() -> None:
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendQueryError(1302, "not an external table")]
-    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+    outcome = rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert outcome.status is TableStatus.FAILED
     assert outcome.reason == "[1302] not an external table"
     assert admin.statements.count(f"ALTER {table}") == 1
@@ -197,14 +197,14 @@ def test_retryable_errors_that_outlast_the_budget_propagate_to_the_task_layer() 
     admin, table = _admin_with_connection()
     admin.switch_failures[table] = [DatabendUnavailable("down")] * 4
     with pytest.raises(DatabendUnavailable):
-        rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+        rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert admin.statements.count(f"ALTER {table}") == 4
 
 
 def test_a_failed_read_back_fails_the_table() -> None:
     admin, table = _admin_with_connection()
     admin.read_failures[table] = [DatabendQueryError(3002, "PermissionDenied at read")]
-    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+    outcome = rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert outcome.status is TableStatus.FAILED
     assert outcome.reason and outcome.reason.startswith("switched, but reading it back failed")
 
@@ -217,7 +217,7 @@ def test_missing_or_internal_tables_fail_without_an_alter(present: bool, reason:
     table = TableName("db", "internal")
     if present:
         admin.tables[table] = _internal()
-    outcome = rotate_table(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
+    outcome = rotate_object(admin, table, connection="c_new", target=T_NEW, retry=no_sleep_policy())
     assert (outcome.status, outcome.reason) == (TableStatus.FAILED, reason)
     assert not any(s.startswith("ALTER") for s in admin.statements)
 
@@ -254,7 +254,7 @@ def test_a_run_plans_switches_and_closes() -> None:
     closed = [
         finish_table(
             "r1",
-            rotate_table(
+            rotate_object(
                 admin, t, connection="lake_main_v2", target=T_NEW, retry=no_sleep_policy()
             ),
             runs=runs,

@@ -22,13 +22,13 @@ from worker.adapters.databend_client import DatabendClient
 from worker.domain.errors import DatabendQueryError
 from worker.domain.sql import TableName, quote_identifier, quote_string
 from worker.local.databend_local.masking import MaskTracker, mask_current, mask_legacy
+from worker.local.databend_local.statement_parser import parse_statement
 from worker.local.databend_local.statements import (
     AlterTableConnection,
     CreateConnection,
     CreateTable,
     SelectSystemTables,
     ShowCreateTable,
-    parse_statement,
 )
 from worker.local.embedded import DatabendLocalProcess, LocalAws, start_moto
 

@@ -74,15 +74,6 @@ class KeyWorld:
             self.worker.terminate()
             self.worker.wait(timeout=30)
 
-    def wait_status(self, run_id: str, *statuses: str, timeout: float = 120) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.runs.get(run_id)
-            if run.status in statuses:
-                return run
-            time.sleep(0.1)
-        raise AssertionError(f"run {run_id} is {self.runs.get(run_id).status}")
-
 
 LAKES = {"main": 30, "fail": 3, "crash": 2, "abort": 3, "twokeys": 1, "stranded": 3}
 

@@ -11,7 +11,7 @@ import os
 import pytest
 import structlog
 
-from worker.domain.errors import classify_driver_error
+from worker.adapters.databend_errors import classify_driver_error
 from worker.observe.redaction import (
     MASK,
     redact,

@@ -1,5 +1,6 @@
 """Where audit rows wait and where they end up: the spool files on local disk and the append-only
-table in Databend (see worker/observe/audit.py for how rows move from one to the other, and why)."""
+table in Databend (see worker/adapters/audit_trail.py for how rows move from one to the other,
+and why)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The adapters, recording every change they make in the audit trail (worker/observe/audit.py):
+"""The adapters, recording every change they make in the audit trail (``worker.observe.audit``):
 connections created or dropped, tables switched or switched back, IAM keys created, deactivated,
 reactivated or deleted, AWSPENDING stored or removed, AWSCURRENT moved, runs aborted. Built by
 worker/runtime/services.py, so every caller — tasks, CLI, rotation function — goes through them. A
@@ -38,7 +38,7 @@ class AuditedAdmin(DriverDatabendAdmin):
         audit(AuditAction.CONNECTION_CREATED, name, after=shown)
 
     def drop_connection(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        result = super().drop_connection(name, *args, **kwargs)  # type: ignore[misc]
+        result = super().drop_connection(name, *args, **kwargs)
         audit(AuditAction.CONNECTION_DROPPED, name, before=self._shown.pop(name, None))
         return result
 

@@ -11,31 +11,38 @@ when the wait is over, and that must not count as a dead endpoint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.config import Config
 
-from worker.runtime.settings import Settings, settings
+
+class AwsBounds(Protocol):
+    """The three bounds of every AWS call (the settings object has them; the runtime passes it)."""
+
+    @property
+    def aws_connect_timeout(self) -> float: ...
+
+    @property
+    def aws_read_timeout(self) -> float: ...
+
+    @property
+    def aws_max_attempts(self) -> int: ...
 
 
-def boto_config(current: Settings | None = None, *, long_poll_seconds: float = 0) -> Config:
-    current = current or settings()
+def boto_config(bounds: AwsBounds, *, long_poll_seconds: float = 0) -> Config:
     return Config(
-        connect_timeout=current.aws_connect_timeout,
-        read_timeout=current.aws_read_timeout + long_poll_seconds,
-        retries={"mode": "standard", "max_attempts": current.aws_max_attempts},
+        connect_timeout=bounds.aws_connect_timeout,
+        read_timeout=bounds.aws_read_timeout + long_poll_seconds,
+        retries={"mode": "standard", "max_attempts": bounds.aws_max_attempts},
     )
 
 
 def aws_client(
-    service: str,
-    *,
-    current: Settings | None = None,
-    long_poll_seconds: float = 0,
-    **kwargs: Any,
+    service: str, *, bounds: AwsBounds, long_poll_seconds: float = 0, **kwargs: Any
 ) -> Any:
-    """``boto3.client(service, **kwargs)`` with the bounds above."""
+    """``boto3.client(service, **kwargs)`` with the bounds above (``worker.runtime.services.
+    aws_client`` passes this process's settings)."""
     import boto3
 
-    config = boto_config(current, long_poll_seconds=long_poll_seconds)
+    config = boto_config(bounds, long_poll_seconds=long_poll_seconds)
     return boto3.client(service, config=config, **kwargs)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.adapters.aws_clients import aws_client
 from worker.domain.errors import UnknownSecretError, classify_aws_error
 from worker.domain.ports import AccessKey
 from worker.observe.redaction import register_secret
 
 
 class BotoIamKeys:
-    def __init__(self, client: Any | None = None) -> None:
-        self.client = client if client is not None else aws_client("iam")
+    def __init__(self, client: Any) -> None:
+        self.client = client  # boto3's IAM client (worker/adapters/aws_clients.py)
 
     def owner_of(self, access_key_id: str) -> str:
         try:

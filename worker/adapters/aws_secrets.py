@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.adapters.aws_clients import aws_client
 from worker.domain.errors import RotatorError, UnknownSecretError, classify_aws_error
 from worker.domain.ports import SecretInfo, VersionInfo
 from worker.observe.redaction import register_secret_value
 
 
-def secretsmanager_client() -> Any:
-    return aws_client("secretsmanager")
-
-
 class SecretsManagerStore:
-    def __init__(self, client: Any | None = None) -> None:
-        self.client = client or secretsmanager_client()
+    def __init__(self, client: Any) -> None:
+        self.client = client  # boto3's Secrets Manager client (worker/adapters/aws_clients.py)
 
     def describe(self, secret_id: str) -> SecretInfo:
         if not isinstance(secret_id, str) or not secret_id or len(secret_id) > 2048:

@@ -1,8 +1,8 @@
 """The project's one way to talk to Databend: ``databend-driver`` over a DSN. Production points the
 DSN at a Databend server or Databend Cloud; the embedded default points it at ``rotator
-databend-local``. Errors come out classified into ``worker.domain.errors``. Build every statement
-with ``worker.domain.sql`` quoting helpers; SQL text is never logged here (it may carry secret
-keys).
+databend-local``. Errors come out classified into ``worker.domain.errors`` by
+``worker.adapters.databend_errors``. Build every statement with ``worker.domain.sql`` quoting
+helpers; SQL text is never logged here (it may carry secret keys).
 
 Bounded work: Celery's threads pool ignores task time limits, so a statement that never ends would
 hold its thread until the broker redelivers the task. Every statement therefore has a wall-clock
@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from worker.domain.errors import DatabendUnavailable, classify_driver_error
+from worker.adapters.databend_errors import classify_driver_error
+from worker.domain.errors import DatabendUnavailable
 
 T = TypeVar("T")
 

@@ -279,7 +279,8 @@ class RedisFences:
         dropped on the way)."""
         entries = _guard(self.redis.hgetall, self._inflight(run_id))
         now = time.time() * 1000
-        live, dead = [], []
+        live: list[bytes] = []
+        dead: list[bytes] = []
         for item, value in entries.items():
             until, _, holder = value.decode().partition("|")
             alive = not holder or _guard(self.redis.exists, f"{PREFIX}alive:{holder}")

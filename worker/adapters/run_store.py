@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
@@ -75,83 +76,12 @@ def outcome_from_json(text: str | bytes) -> TableOutcome:
     return TableOutcome(**data)
 
 
-# Read a batch of outcomes and, for each one not finished, count one more attempt: one round trip
-# (the write-ahead checkpoint of every object of a batch).
-#   KEYS: tables; ARGV: table keys. Returns the outcomes in order (nil: not planned).
-_FINISHED = "{" + ", ".join(f"['{s}'] = true" for s in TableStatus if s.done) + "}"
-_BEGIN_ATTEMPTS = f"""
-local raw = redis.call('HMGET', KEYS[1], unpack(ARGV))
-local finished = {_FINISHED}
-local out, writes = {{}}, {{}}
-for i = 1, #ARGV do
-  local text = raw[i]
-  if not text then
-    out[i] = false
-  else
-    local outcome = cjson.decode(text)
-    if finished[outcome['status']] then
-      out[i] = text
-    else
-      outcome['attempts'] = (tonumber(outcome['attempts']) or 0) + 1
-      out[i] = cjson.encode(outcome)
-      writes[#writes + 1] = ARGV[i]
-      writes[#writes + 1] = out[i]
-    end
-  end
-end
-if #writes > 0 then redis.call('HSET', KEYS[1], unpack(writes)) end
-return out
-"""
-
-
-# Write a batch of outcomes, keep the run's per-status counts in step with them (so following a
-# run reads a few counters instead of every table), keep the pending set, for a migration count
-# the objects as finished in their wave, and mark the run's progress (its updated_at, which the
-# reaper reads): one round trip, atomic, with a fixed number of commands per batch.
-#   KEYS: tables, counts, pending, the run's record [, the wave's done set, the wave's list]
-#   ARGV: ttl, now, 'add' | 'remove' | 'keep' (the pending set), then per object:
-#         table key, outcome JSON, status
-#   returns {tables pending, finished in the wave, size of the wave} (0, 0 without a wave)
-_RECORD_OUTCOMES = """
-local names, writes, delta = {}, {}, {}
-for i = 4, #ARGV, 3 do
-  names[#names + 1] = ARGV[i]
-  writes[#writes + 1] = ARGV[i]
-  writes[#writes + 1] = ARGV[i + 1]
-  delta[ARGV[i + 2]] = (delta[ARGV[i + 2]] or 0) + 1
-end
-local old = redis.call('HMGET', KEYS[1], unpack(names))
-for i = 1, #names do
-  if old[i] then
-    local status = cjson.decode(old[i])['status']
-    delta[status] = (delta[status] or 0) - 1
-  end
-end
-redis.call('HSET', KEYS[1], unpack(writes))
-for status, n in pairs(delta) do
-  if n ~= 0 then redis.call('HINCRBY', KEYS[2], status, n) end
-end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-if ARGV[3] == 'add' then
-  redis.call('SADD', KEYS[3], unpack(names))
-elseif ARGV[3] == 'remove' then
-  redis.call('SREM', KEYS[3], unpack(names))
-end
-local pending = redis.call('SCARD', KEYS[3])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'updated_at', ARGV[2]) end
-if #KEYS < 6 then return {pending, 0, 0} end
-redis.call('SADD', KEYS[5], unpack(names))
-redis.call('EXPIRE', KEYS[5], ARGV[1])
-return {pending, redis.call('SCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
-"""
-
-
 class RedisRunStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
-        self._begin = client.register_script(_BEGIN_ATTEMPTS)
-        self._record_script = client.register_script(_RECORD_OUTCOMES)
+        self._begin = client.register_script(BEGIN_ATTEMPTS)
+        self._record_script = client.register_script(RECORD_OUTCOMES)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -166,7 +96,7 @@ class RedisRunStore:
         now = time.time()
         run.created_at = run.created_at or now
         run.updated_at = now
-        fields = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
+        fields: dict[Any, str] = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(run.run_id), mapping=fields)
             pipe.expire(self._key(run.run_id), self.ttl)
@@ -216,7 +146,9 @@ class RedisRunStore:
         if unknown:
             raise ValueError(f"unknown run fields: {sorted(unknown)}")
         fields.setdefault("updated_at", time.time())
-        encoded = {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
+        encoded: dict[Any, str] = {
+            k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()
+        }
         if "status" not in fields:
             _call(self.redis.hset, self._key(run_id), mapping=encoded)
             return
@@ -226,7 +158,7 @@ class RedisRunStore:
             (pipe.srem if ended else pipe.sadd)(f"{PREFIX}unfinished", run_id)
             if ended:  # for the notification sweep (worker/observe/notify.py)
                 pipe.lpush(f"{PREFIX}ended", run_id)
-                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)
+                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)  # kept when no beat sweeps them
             _execute(pipe)
 
     def unfinished(self) -> list[str]:
@@ -248,7 +180,8 @@ class RedisRunStore:
                 if not outcome.status.done:
                     pipe.sadd(pending_key, table_key(outcome.table))
             if counts:
-                pipe.hset(counts_key, mapping=dict(counts))
+                by_status: dict[Any, int] = dict(counts)
+                pipe.hset(counts_key, mapping=by_status)
             for key in (tables_key, pending_key, counts_key):
                 pipe.expire(key, self.ttl)
             _execute(pipe)
@@ -393,8 +326,9 @@ class RedisRunStore:
     def retiring(self) -> list[str]:
         return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}retiring"))
 
-    def recent_runs(self, limit: int = 20) -> list[str]:
-        raw = _call(self.redis.zrevrange, f"{PREFIX}runs", 0, limit - 1)
+    def recent_runs(self, limit: int = 20, start: int = 0) -> list[str]:
+        """Run ids newest first: ``limit`` of them, skipping the ``start`` newest."""
+        raw = _call(self.redis.zrevrange, f"{PREFIX}runs", start, start + limit - 1)
         return [r.decode() for r in raw]
 
 

@@ -52,8 +52,8 @@ def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> N
     import signal
     import threading
 
-    from worker.adapters.aws_clients import aws_client
     from worker.runtime.intake_runner import SqsIntake
+    from worker.runtime.services import aws_client
 
     handle = _intake_handler()
     if metrics_port is not None:

@@ -7,10 +7,9 @@ import sys
 import click
 
 from worker.cli import intake, keys, migrate, objects, runs, serve, service
-from worker.cli.follow import follow_run
 from worker.cli.serve import serve_metrics
 
-__all__ = ["follow_run", "main", "run", "serve_metrics"]
+__all__ = ["main", "run", "serve_metrics"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

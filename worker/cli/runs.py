@@ -69,8 +69,7 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from worker.adapters.run_store import outcome_to_json
-    from worker.runtime.launch import progress
+    from worker.runtime.launch import outcome_json, progress
 
     s = cli_services()
     if watch and not as_json:
@@ -98,7 +97,7 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
             "eta_seconds": None if left is None else round(left, 1),
             "seconds_since_progress": round(max(0.0, time.time() - p.run.updated_at), 1),
             "rate": rate_text(p),
-            "tables": [json.loads(outcome_to_json(o)) for o in p.outcomes],
+            "tables": [outcome_json(o) for o in p.outcomes],
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
@@ -209,7 +208,6 @@ def pause(run_id: str) -> None:
 @reports_errors
 def rollback(run_id: str, concurrency: int) -> None:
     """Move the tables a migration switched back to their previous connection."""
-    from worker.adapters.databend_client import table_time_limit
     from worker.flow.lifecycle import rollback as rollback_run
 
     structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
@@ -221,7 +219,7 @@ def rollback(run_id: str, concurrency: int) -> None:
         run_id,
         busy_slots=s.limits.busy_slots,
         concurrency=concurrency,
-        per_table=lambda: table_time_limit(s.settings.table_time_limit),
+        per_table=s.table_time_limit,
     )
     click.echo(f"run {run_id}: {len(result.moved)} table(s) moved back")
     for table, reason in result.failed:

@@ -84,7 +84,7 @@ def worker(
         argv += ["--beat", "--scheduler=celery.beat:Scheduler"]
     if metrics_port is not None:
         serve_metrics(metrics_port, metrics_host)
-        from worker.observe.service_metrics import register_service_metrics
+        from worker.runtime.service_metrics import register_service_metrics
 
         register_service_metrics(current.redis_url or "")
     app.worker_main(argv)
@@ -231,6 +231,7 @@ def demo(keep: bool, mask_format: str) -> None:
     from worker.local.embedded import require_local_extra
 
     require_local_extra("demo")
+    from worker.cli.follow import follow_run
     from worker.local.demo import run_demo
     from worker.observe.logs import configure_logging
     from worker.runtime.settings import settings
@@ -241,7 +242,11 @@ def demo(keep: bool, mask_format: str) -> None:
     console = Console()
     try:
         code = run_demo(
-            console, redis_url=current.redis_url, work_dir=work, mask_format=mask_format
+            console,
+            redis_url=current.redis_url,
+            work_dir=work,
+            follow=follow_run,
+            mask_format=mask_format,
         )
     finally:
         if keep or "code" not in locals() or code != 0:

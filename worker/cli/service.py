@@ -19,13 +19,13 @@ from worker.domain.errors import BadInput
 
 def _run_store() -> Any:
     """The run records alone: listing runs needs Redis, not AWS or Databend."""
-    from worker.adapters.run_store import RedisRunStore
     from worker.observe.logs import configure_logging
+    from worker.runtime.services import run_records
     from worker.runtime.settings import settings
 
     current = settings().require("redis_url")
     configure_logging(current.log_level, current.log_format)
-    return RedisRunStore.from_url(current.redis_url or "")
+    return run_records(current)
 
 
 def structlog_bind_run(run_id: str) -> None:
@@ -123,10 +123,9 @@ def audit_command(since: str | None, binding: str | None, as_json: bool) -> None
     """Every change the rotator made, from the audit table in Databend (oldest first)."""
     import time
 
-    from worker.adapters.audit_store import AuditTable
-    from worker.adapters.databend_client import DatabendClient
     from worker.domain.schedule import parse_interval
     from worker.observe.logs import configure_logging
+    from worker.runtime.services import audit_table
     from worker.runtime.settings import settings
 
     try:
@@ -135,8 +134,7 @@ def audit_command(since: str | None, binding: str | None, as_json: bool) -> None
         raise BadInput(str(exc)) from None
     current = settings().require("databend_dsn")
     configure_logging(current.log_level, current.log_format)
-    client = DatabendClient(current.databend_dsn or "", statement_timeout=30)
-    events = AuditTable(client, current.audit_database).events(since=cutoff, binding=binding)
+    events = audit_table(current).events(since=cutoff, binding=binding)
     if as_json:
         _echo_json({"events": events})
         return

@@ -48,10 +48,3 @@ class Audit(Protocol):
     def record(self, event: AuditEvent) -> None:
         """Keep the event durably (returns quickly, never raises)."""
         ...
-
-
-class NullAudit:
-    """No audit trail (unit tests of the core)."""
-
-    def record(self, event: AuditEvent) -> None:
-        return None

@@ -4,6 +4,7 @@
     ├── RetryableError      transient: try the same thing again later
     │   ├── DatabendUnavailable     connection refused/reset, timeouts, 5xx, busy server
     │   ├── StorageUnavailable      the object store answered 5xx / throttled / timed out
+    │   ├── ConcurrentTableChange   another statement committed to the same table first
     │   ├── AwsTransientError       throttling, 5xx, connection errors from AWS APIs
     │   ├── StateStoreUnavailable   Redis/Valkey cannot be reached
     │   ├── LockBusy                another run holds the secret's lock
@@ -30,13 +31,14 @@
             ├── KeyInUse            an object or a secret version may still use the key
             └── BrownOut            a table failed while the old key was inactive: reactivated
 
-Exceptions carry facts (codes, names) and have no side effects. The classifiers below turn
-driver and botocore exceptions into this tree; tasks retry only the RetryableError branch.
+Exceptions carry facts (codes, names) and have no side effects. Two translators turn what
+libraries raise into this tree: ``classify_aws_error`` below (botocore) and the Databend adapter's
+``worker.adapters.databend_errors`` (databend-driver, whose messages it redacts); tasks retry only
+the RetryableError branch.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from worker.domain.retries import LOCK_WAIT_RETRIES, LOCK_WAIT_SECONDS
@@ -182,58 +184,6 @@ class DatabendQueryError(FatalError):
 
 class StoragePermissionDenied(DatabendQueryError):
     pass
-
-
-_PERMISSION_CODES = {3002, 1063, 2201}  # StoragePermissionDenied, PermissionDenied, AuthFailure
-_TRANSIENT_TEXT = re.compile(
-    r"timed? ?out|timeout|connection (reset|refused|closed|error)|broken pipe|temporarily|"
-    r"slow ?down|throttl|503|502|500 internal|504|service unavailable|no free engine session|"
-    r"error sending request|tcp connect",
-    re.I,
-)
-_DRIVER_CODE = re.compile(r"\[(\d{3,5})\]")
-
-
-def classify_databend_error(code: int, message: str) -> RotatorError:
-    """Map Databend's (code, message) onto the tree."""
-    if code in _PERMISSION_CODES or re.search(r"\b403\b|access ?denied|forbidden", message, re.I):
-        return StoragePermissionDenied(code, message)
-    if code == 3901:  # StorageUnavailable: an invalid new key looks the same as an S3 outage
-        if _TRANSIENT_TEXT.search(message):
-            return StorageUnavailable(f"[{code}] {message}")
-        return DatabendQueryError(code, message)
-    if code == 2009 or "TableVersionMismatched" in message:
-        return ConcurrentTableChange(f"[{code}] {message}")
-    if code in (1043, 1079) or (code in (1001, 0) and _TRANSIENT_TEXT.search(message)):
-        return DatabendUnavailable(f"[{code}] {message}")
-    return DatabendQueryError(code, message)
-
-
-def classify_driver_error(exc: BaseException) -> RotatorError:
-    """Map an exception raised by ``databend_driver`` onto the tree."""
-    text = str(exc)
-    kind = type(exc).__name__
-    match = _DRIVER_CODE.search(text)
-    if "QueryFailed" in text and match:
-        return classify_databend_error(int(match.group(1)), _driver_message(text))
-    if "AuthFailure" in text or re.search(r"\b401\b", text):
-        # wrong user or password: retrying cannot help (the driver raises it as an
-        # OperationalError, like a connection failure)
-        return DatabendQueryError(2201, _driver_message(text))
-    if kind in ("OperationalError", "InterfaceError") or _TRANSIENT_TEXT.search(text):
-        return DatabendUnavailable(_driver_message(text))
-    if match:
-        return classify_databend_error(int(match.group(1)), _driver_message(text))
-    return DatabendQueryError(0, _driver_message(text))
-
-
-def _driver_message(text: str) -> str:
-    from worker.observe.redaction import (
-        redact,  # Databend echoes SQL (and so credentials) in some errors
-    )
-
-    text = re.sub(r"^APIError: ", "", text.strip())
-    return redact(re.sub(r"\s*\[v\d+\.\d+\.\d+\]\s*$", "", text))
 
 
 # botocore error codes, grouped.

@@ -45,17 +45,6 @@ Credentials = AccessKeyCredentials | RoleCredentials
 
 
 @dataclass(frozen=True)
-class SecretVersion:
-    """One version of a secret, as read from the secret store."""
-
-    arn: str
-    name: str
-    version_id: str
-    stages: tuple[str, ...]
-    created_at: float | None = None
-
-
-@dataclass(frozen=True)
 class StorageParam:
     """Parsed ``system.tables.storage_param`` of an external table.
 

@@ -1,20 +1,24 @@
-"""The interfaces the core needs; adapters in worker/ implement them, tests use small fakes."""
+"""The interfaces the core needs; adapters in worker/adapters/ implement them, tests use small
+fakes. The run store and a run's record are in runs.py, the audit trail's port in audit.py."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
+from worker.domain.masking import MaskForm
 from worker.domain.model import (
     ConnectionInfo,
     Credentials,
     DatabaseDefault,
     ExternalStage,
     ExternalTable,
-    TableOutcome,
 )
-from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.domain.runs import RunRecord as RunRecord
+from worker.domain.runs import RunStore as RunStore
+from worker.domain.sql import DatabaseName, StageName, TableName
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,20 @@ class SecretStore(Protocol):
 
 
 class DatabendAdmin(Protocol):
+    def server_version(self) -> str:
+        """``SELECT version()``, read once: e.g. ``Databend Query v1.2.895-nightly-…``."""
+        ...
+
+    def mask_form(self) -> MaskForm | None:
+        """How this server masks keys, from its version (None when the version cannot be read)."""
+        ...
+
     def connection_fingerprint(self, name: str) -> str | None:
         """What the connection's credentials look like (``ak:XYZ``/``role:arn``); None if absent."""
+        ...
+
+    def connection_fingerprints(self) -> dict[str, str]:
+        """Every connection's name -> what its credentials look like."""
         ...
 
     def create_connection(self, name: str, credentials: Credentials) -> None:
@@ -117,122 +133,6 @@ class DatabendAdmin(Protocol):
     def drop_connection(self, name: str) -> None:
         """DROP CONNECTION IF EXISTS."""
         ...
-
-
-class RunStore(Protocol):
-    """Durable record of runs and per-table outcomes (Redis in production)."""
-
-    def create(self, run: RunRecord) -> None: ...
-
-    def get(self, run_id: str) -> RunRecord:
-        """Raises RunNotFound."""
-        ...
-
-    def update(self, run_id: str, **fields: object) -> None: ...
-
-    def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
-        """Write every planned table as pending (or failed) before any table is switched."""
-        ...
-
-    def outcome(self, run_id: str, table: ObjectName) -> TableOutcome | None: ...
-
-    def begin_attempt(self, run_id: str, table: ObjectName) -> TableOutcome | None:
-        """The table's outcome; unless finished, with one more attempt recorded (write-ahead)."""
-        ...
-
-    def begin_attempts(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome | None]:
-        """begin_attempt for a batch, in one call: each outcome in order (None: not planned)."""
-        ...
-
-    def record_wave_outcome(
-        self, run_id: str, outcome: TableOutcome, wave: int, epoch: int
-    ) -> tuple[int, int, int]:
-        """record_outcome for a finished table of a migration wave: (pending in the run,
-        finished in the wave, size of the wave)."""
-        ...
-
-    def record_outcomes(
-        self, run_id: str, outcomes: list[TableOutcome], wave: tuple[int, int] | None = None
-    ) -> tuple[int, int, int]:
-        """Store finished objects in one atomic call: (pending in the run, finished in the wave,
-        size of the wave; both 0 without ``wave`` = (index, epoch)). Idempotent."""
-        ...
-
-    def outcomes(self, run_id: str) -> list[TableOutcome]: ...
-
-    def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
-        """Store a finished table; returns how many tables are still pending (idempotent)."""
-        ...
-
-    def pending(self, run_id: str) -> list[ObjectName]: ...
-
-    def record_pending(self, run_id: str, outcome: TableOutcome) -> None:
-        """Put a table back to pending (resume)."""
-        ...
-
-    def mark_retiring(self, run_id: str) -> None:
-        """A key rotation whose old key awaits deactivation or deletion."""
-        ...
-
-    def set_waves(self, run_id: str, waves: list[list[ObjectName]]) -> None:
-        """A migration's waves, kept apart from the run record (they can be large)."""
-        ...
-
-    def wave(self, run_id: str, index: int) -> list[ObjectName]: ...
-
-    def wave_size(self, run_id: str, index: int) -> int: ...
-
-    def wave_count(self, run_id: str) -> int: ...
-
-    def wave_finished(self, run_id: str, index: int, table: ObjectName, epoch: int) -> int:
-        """Count a finished table of a wave (idempotent); returns how many are finished."""
-        ...
-
-    def unmark_retiring(self, run_id: str) -> None: ...
-
-    def retiring(self) -> list[str]: ...
-
-    def unfinished(self) -> list[str]:
-        """Ids of runs not yet final (paused ones included)."""
-        ...
-
-    def unfinished_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
-        """The newest run of ``kind`` for the secret (a rotation: and version) if not final."""
-        ...
-
-    def forget_unfinished(self, run_id: str) -> None: ...
-
-    def latest_run(self, kind: str, secret: str, version_id: str = "") -> RunRecord | None:
-        """The newest run of ``kind`` for the secret (a rotation: and version), ended or not."""
-        ...
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    kind: str  # a RunKind value: "rotation", "key-rotation", "migration"
-    secret: str  # ARN once resolved
-    version_id: str
-    status: str = "queued"
-    binding: str | None = None
-    connection: str | None = None
-    target: str | None = None
-    may_skip_switched: bool = True
-    newest_wins: bool = False  # event-driven runs never apply a version older than the newest
-    parent: str | None = None  # the key rotation this table run belongs to
-    fence: int = 0  # fencing token taken with the secret's lock (0: none yet); see Fences
-    requeues: int = 0  # times the reaper re-enqueued it without progress in between
-    requeued_at: float = 0.0
-    stuck_from: str = ""  # the status the reaper found it in when it flagged it stuck
-    # runs this one superseded: it changes nothing until their changes in flight have ended
-    waits_for: list[str] = field(default_factory=list)
-    phase: str = ""  # key rotations: the last step completed (see flow/key_rotation.py)
-    data: dict[str, Any] = field(default_factory=dict)  # key rotations: write-ahead facts
-    error: str | None = None
-    created_at: float = 0.0
-    started_at: float = 0.0
-    updated_at: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -332,6 +232,27 @@ class SecretLocks(Protocol):
     def release(self, secret_arn: str, owner: str) -> None: ...
 
 
+class Limits(Protocol):
+    """Limits every worker shares (Redis in production): concurrency slots and a rate per run."""
+
+    def slot(
+        self, run_id: str, limit: int, *, wait: float = 60, poll: float = 0.02
+    ) -> AbstractContextManager[None]:
+        """Hold one of the run's ``limit`` slots for the block (raises a RetryableError when none
+        frees up within ``wait``)."""
+        ...
+
+    def pace(self, run_id: str, per_second: float | None) -> None:
+        """Sleep until this caller's turn under a shared rate of ``per_second``."""
+        ...
+
+    def busy_slots(self, run_id: str) -> int: ...
+
+    def once(self, key: str, ttl: int = 86400) -> bool:
+        """True for the first caller only (e.g. who evaluates a finished wave)."""
+        ...
+
+
 @dataclass(frozen=True)
 class AccessKey:
     key_id: str
@@ -367,3 +288,7 @@ class SecretWriter(Protocol):
     def drop_pending(self, arn: str, version_id: str) -> None:
         """Remove the AWSPENDING label from the version, if it has it."""
         ...
+
+
+class SecretsManager(SecretStore, SecretWriter, Protocol):
+    """A store that is read and written (AWS Secrets Manager in production)."""

@@ -171,7 +171,8 @@ def rollback(
 
     The run is paused first and objects in flight are waited for; each previous connection must
     list the buckets of its objects (a probe) before any object is moved onto it; every object
-    moved is validated (a table read back, a stage listed, a database's bucket listed)."""
+    moved is validated (a table read back, a stage listed, a database's bucket listed), each
+    inside ``per_table()`` (the CLI passes the table time limit)."""
     run = runs.get(run_id)
     if run.kind != RunKind.MIGRATION:
         raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
@@ -187,11 +188,11 @@ def rollback(
 
     def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome]:
         table, connection, fingerprint = item
-        return (
-            table,
-            connection,
-            rotate_object(admin, table, connection=connection, target=fingerprint, retry=retry),
-        )
+        with per_table():
+            outcome = rotate_object(
+                admin, table, connection=connection, target=fingerprint, retry=retry
+            )
+        return table, connection, outcome
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for table, connection, outcome in pool.map(undo, targets):

@@ -270,9 +270,6 @@ def rotate_object(
         return _failed(outcome, str(exc))
 
 
-rotate_table = rotate_object  # the name every caller used while tables were the only kind
-
-
 def _validate_on(
     admin: DatabendAdmin, name: ObjectName, current: StoredObject | None, connection: str
 ) -> int:

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,13 +213,19 @@ def _suffix_of(db: DatabendClient, table: TableName) -> str:
 
 
 def run_demo(
-    console: Any, *, redis_url: str | None, work_dir: Path, mask_format: str = "legacy"
+    console: Any,
+    *,
+    redis_url: str | None,
+    work_dir: Path,
+    follow: Callable[..., int],
+    mask_format: str = "legacy",
 ) -> int:
+    """The whole rotation on the local stack; ``follow(runs, run_id, timeout=)`` shows the run and
+    returns its exit code (the CLI's progress bar: this module never imports the CLI)."""
     from rich.table import Table
 
     from worker.adapters.aws_secrets import SecretsManagerStore
     from worker.adapters.run_store import RedisRunStore
-    from worker.cli import follow_run
     from worker.domain.bindings import load_bindings
     from worker.runtime.celery_app import configure_app
     from worker.runtime.launch import enqueue_rotation, new_rotation_run, resolve_version
@@ -253,7 +260,7 @@ def run_demo(
         )
         run_id = new_rotation_run(runs, resolved)
         enqueue_rotation(run_id)
-        code = follow_run(runs, run_id, timeout=300)
+        code = follow(runs, run_id, timeout=300)
         if code != 0:
             console.print("[red]the rotation did not complete; the old key stays active")
             return code
@@ -337,7 +344,7 @@ To rotate for real, put a new key version into the secret (IAM user {LAKE_USER})
 
 def rotate_key_locally() -> None:
     """For ``rotator up`` users: new key for the lake user as the secret's AWSCURRENT version."""
-    from worker.adapters.aws_clients import aws_client
+    from worker.runtime.services import aws_client
 
     iam, sm = aws_client("iam"), aws_client("secretsmanager")
     key = iam.create_access_key(UserName=LAKE_USER)["AccessKey"]

@@ -220,7 +220,7 @@ class LocalAws:
         }
 
     def client(self, service: str) -> Any:
-        from worker.adapters.aws_clients import aws_client
+        from worker.runtime.services import aws_client
 
         return aws_client(
             service,
@@ -268,7 +268,7 @@ def start_moto(
 ) -> LocalAws:
     """Start moto server; with ``enforce_iam`` requests after bootstrap need a valid IAM key.
     ``command``: another moto server entry point (taking ``-H HOST -p PORT``)."""
-    from worker.adapters.aws_clients import aws_client
+    from worker.runtime.services import aws_client
 
     port = port or free_port()
     env = dict(os.environ)

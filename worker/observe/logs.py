@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ import structlog
 from worker.observe.redaction import redact_field
 
 
-def redact_event(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Every field of the line, by value and by key (``password=…`` is masked at the top level
     as in nested data; ``event``, the message itself, is redacted by value)."""
     return {key: redact_field(key, value) for key, value in event.items()}

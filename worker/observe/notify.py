@@ -10,10 +10,13 @@ dead receiver cannot hold up a run. Messages carry ids, names, counts and reason
 value — and pass the redaction guard before they leave.
 
 Where the events come from: a run store write that makes a run final queues its id on
-``rotator:ended`` (worker/adapters/run_store.py);
-``sweep_ended`` (beat, every ``ROTATOR_NOTIFY_INTERVAL``)
-turns those into messages. ``retirement_report`` is called where old keys are retired, and
-``drift_found`` is the hook for reconcile.
+``rotator:ended`` (worker/adapters/run_store.py); ``sweep_ended`` (beat, every
+``ROTATOR_NOTIFY_INTERVAL``) turns those into messages. ``retirement_report`` is called where old
+keys are retired, and ``drift_found`` is the hook for reconcile.
+
+``s`` below is the process's services (worker/runtime/services.py): its settings, run store, Redis
+client and ``queue_notification``. This module imports no adapter: the SNS publisher is wired by
+the same module (``use_sns``).
 """
 
 from __future__ import annotations
@@ -21,18 +24,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from worker.domain.errors import DeliveryRefused, DeliveryUnavailable, RotatorError
+from worker.domain.errors import (
+    DeliveryRefused,
+    DeliveryUnavailable,
+    RotatorError,
+    classify_aws_error,
+)
 from worker.domain.model import RunKind, RunStatus
 from worker.observe.redaction import redact_value
 
 log = structlog.get_logger("rotator.notify")
 
 ENDED_KEY = "rotator:ended"
-ENDED_CAP = 10_000  # ended runs kept for the sweep when no beat drains them
 DEDUPE_SECONDS = 24 * 3600
 ALL_ONLY = {"scheduled_start", "scheduled_end"}
 TITLES = {
@@ -94,13 +102,11 @@ def notify(s: Any, event: str, *, dedupe: str | None = None, **fields: Any) -> b
         return False
     if dedupe is not None:
         digest = hashlib.sha256(dedupe.encode()).hexdigest()[:32]
-        if not s.runs.redis.set(f"rotator:notified:{digest}", "1", nx=True, ex=DEDUPE_SECONDS):
+        if not s.redis.set(f"rotator:notified:{digest}", "1", nx=True, ex=DEDUPE_SECONDS):
             return False
     message = build_message(event, **fields)
-    from tasks.service import deliver_notification
-
     for sink in sinks:
-        deliver_notification.delay(sink, message)
+        s.queue_notification(sink, message)
     log.info("notification queued", notification=event, sinks=sinks, run_id=fields.get("run_id"))
     return True
 
@@ -173,7 +179,7 @@ def sweep_ended(s: Any, *, batch: int = 200) -> int:
     """Turn ended runs into notifications; returns how many runs were looked at."""
     seen = 0
     while seen < batch:
-        raw = s.runs.redis.rpop(ENDED_KEY)
+        raw = s.redis.rpop(ENDED_KEY)
         if raw is None:
             break
         seen += 1
@@ -181,7 +187,7 @@ def sweep_ended(s: Any, *, batch: int = 200) -> int:
         try:
             report_run_end(s, run_id)
         except Exception:
-            s.runs.redis.rpush(ENDED_KEY, run_id)  # tried again next sweep
+            s.redis.rpush(ENDED_KEY, run_id)  # tried again next sweep
             raise
     return seen
 
@@ -215,7 +221,7 @@ def drift_found(
     """Hook for reconcile: ``objects`` = (object, what is wrong) found out of step with the
     binding's current credentials. Records the count for ``rotator_drift_objects`` and notifies
     (once a day per binding and set of objects)."""
-    s.runs.redis.hset("rotator:drift", binding, json.dumps({"count": len(objects), "at": _now()}))
+    s.redis.hset("rotator:drift", binding, json.dumps({"count": len(objects), "at": _now()}))
     if not objects:
         return False
     names = ",".join(sorted(o for o, _ in objects))
@@ -263,14 +269,24 @@ def _post(url: str, message: dict[str, Any]) -> None:
         raise error(f"webhook answered HTTP {response.status_code}")
 
 
-def _publish(topic: str, message: dict[str, Any]) -> None:
-    from worker.adapters.aws_clients import aws_client
-    from worker.domain.errors import classify_aws_error
+# How this process publishes to SNS: (topic ARN, message, subject). worker/runtime/services.py
+# wires a boto3 client bounded by the settings.
+SnsPublish = Callable[[str, str, str], None]
+_sns: SnsPublish | None = None
 
+
+def use_sns(publish: SnsPublish) -> None:
+    global _sns
+    _sns = publish
+
+
+def _publish(topic: str, message: dict[str, Any]) -> None:
     first = str(message.get("text", "databend-rotator")).splitlines()[0]
     subject = first.encode("ascii", "replace").decode()[:100]
+    if _sns is None:
+        raise DeliveryRefused("sns: no publisher wired (import worker.runtime.services)")
     try:
-        aws_client("sns").publish(TopicArn=topic, Message=json.dumps(message), Subject=subject)
+        _sns(topic, json.dumps(message), subject)
     except Exception as exc:
         error = classify_aws_error(exc)
         raise (DeliveryUnavailable if error.retryable else DeliveryRefused)(

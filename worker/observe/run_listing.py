@@ -6,10 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from worker.adapters.run_store import RedisRunStore
 from worker.domain.errors import RunNotFound
 from worker.domain.model import RunKind, RunStatus
-from worker.domain.ports import RunRecord
+from worker.domain.ports import RunRecord, RunStore
 
 _PAGE = 200
 
@@ -24,7 +23,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def recent_runs(
-    runs: RedisRunStore,
+    runs: RunStore,
     *,
     status: str | None = None,
     limit: int = 20,
@@ -35,10 +34,7 @@ def recent_runs(
     found: list[RunRecord] = []
     start = 0
     while len(found) < limit:
-        ids = [
-            r.decode()
-            for r in runs.redis.zrevrange("rotator:runs", start, start + _PAGE - 1)  # newest first
-        ]
+        ids = runs.recent_runs(_PAGE, start)  # newest first
         if not ids:
             break
         start += len(ids)
@@ -57,7 +53,7 @@ def recent_runs(
     return found
 
 
-def run_counts(runs: RedisRunStore, run: RunRecord) -> dict[str, int]:
+def run_counts(runs: RunStore, run: RunRecord) -> dict[str, int]:
     """Tables per status; a key rotation's are its table run's."""
     tables_of = run.data.get("table_run") if run.kind == RunKind.KEY_ROTATION else run.run_id
     if not tables_of:
@@ -69,7 +65,7 @@ def run_counts(runs: RedisRunStore, run: RunRecord) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def run_summary(runs: RedisRunStore, run: RunRecord) -> dict[str, Any]:
+def run_summary(runs: RunStore, run: RunRecord) -> dict[str, Any]:
     """The shape of ``rotator runs --json``: id, kind, binding, secret, version, status, counts,
     started_at, ended_at (ISO 8601 UTC; ended_at null while the run has not ended)."""
     final = RunStatus(run.status).final

@@ -62,10 +62,10 @@ def _checks(settings: Any) -> Iterator[Check]:
         yield from _databend(settings)
     if settings.redis_url:
         yield from _redis(settings.redis_url)
-    identity_ok = yield from _aws()
+    identity_ok = yield from _aws(settings)
     if identity_ok:
         for binding in bindings:
-            yield from _binding(binding)
+            yield from _binding(binding, settings)
     yield from _notify(settings)
 
 
@@ -231,11 +231,11 @@ def _redis(url: str) -> Iterator[Check]:
         )
 
 
-def _aws() -> Iterator[Check]:
+def _aws(settings: Any) -> Iterator[Check]:
     from worker.adapters.aws_clients import aws_client
 
     try:
-        identity = aws_client("sts").get_caller_identity()
+        identity = aws_client("sts", bounds=settings).get_caller_identity()
     except Exception as exc:
         yield Check(
             "aws identity",
@@ -248,7 +248,8 @@ def _aws() -> Iterator[Check]:
     return True
 
 
-def _binding(binding: Any) -> Iterator[Check]:
+def _binding(binding: Any, settings: Any) -> Iterator[Check]:
+    from worker.adapters.aws_clients import aws_client
     from worker.adapters.aws_iam import BotoIamKeys
     from worker.adapters.aws_secrets import SecretsManagerStore
     from worker.domain.errors import NotAKeySecret, SecretFormatError
@@ -257,7 +258,7 @@ def _binding(binding: Any) -> Iterator[Check]:
 
     name = f"binding {binding.name}"
     try:
-        secrets = SecretsManagerStore()
+        secrets = SecretsManagerStore(aws_client("secretsmanager", bounds=settings))
         info = secrets.describe(binding.secret)
         _version, credentials, _value = current_credentials(secrets, info)
     except NotAKeySecret as exc:
@@ -287,7 +288,7 @@ def _binding(binding: Any) -> Iterator[Check]:
         f"{info.name} readable; AWSCURRENT holds key {show_key(credentials.access_key_id)}",
     )
     try:
-        iam = BotoIamKeys()
+        iam = BotoIamKeys(aws_client("iam", bounds=settings))
         user = binding.iam_user or iam.owner_of(credentials.access_key_id)
         keys = iam.list_keys(user)
     except Exception as exc:

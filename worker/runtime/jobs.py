@@ -14,17 +14,22 @@ from typing import Any
 
 import structlog
 
-from worker.adapters.databend_client import table_time_limit
 from worker.domain.errors import RunNotFound
 from worker.domain.model import RunKind, RunStatus, TableOutcome
 from worker.domain.sql import ObjectName, object_label, object_ref
-from worker.flow.batch import BatchResult, give_up_objects, split_batches, switch_batch
 from worker.flow.inventory import take_inventory
 from worker.flow.key_rotation import due_retirements, retire_old_key
 from worker.flow.migration import finished_in_wave, judge_wave
 from worker.flow.reconcile import find_drift, queue_fix
 from worker.flow.rotation import RetryPolicy
-from worker.flow.runs import give_up, prepare_rotation
+from worker.flow.runs import (
+    BatchResult,
+    give_up,
+    give_up_objects,
+    prepare_rotation,
+    split_batches,
+    switch_batch,
+)
 from worker.observe.metrics import table_finished
 from worker.observe.notify import drift_found, retirement_report
 from worker.runtime.celery_app import app
@@ -79,7 +84,7 @@ def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
         locks=s.locks,
         retry=RetryPolicy(),
         lease_seconds=s.lease_seconds,
-        each=lambda: table_time_limit(s.settings.table_time_limit),
+        each=s.table_time_limit,
         on_outcome=_finished(RunKind.ROTATION, crash_point="rotation-after-table"),
     )
     if result is not None and result.closed:
@@ -153,7 +158,7 @@ def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
             wave=(wave, epoch),
             lease_seconds=s.lease_seconds,
             before_each=(lambda: s.limits.pace(run_id, rate)) if rate else None,
-            each=lambda: table_time_limit(s.settings.table_time_limit),
+            each=s.table_time_limit,
             on_outcome=_finished(RunKind.MIGRATION),
         )
     if result is None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
-from worker.adapters.run_store import RedisRunStore
+from worker.adapters.run_store import RedisRunStore, outcome_to_json
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import UnknownSecretError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
@@ -131,7 +134,12 @@ def progress(runs: RedisRunStore, run_id: str, *, tables: bool = True) -> RunPro
 
 
 def wait_for_run(
-    runs: RedisRunStore, run_id: str, *, timeout: float, on_update=None, poll: float = 0.2
+    runs: RedisRunStore,
+    run_id: str,
+    *,
+    timeout: float,
+    on_update: Callable[[RunProgress], None] | None = None,
+    poll: float = 0.2,
 ) -> RunProgress:
     """Poll the run's counts until it ends (or ``timeout``); then read every table once."""
     deadline = time.monotonic() + timeout
@@ -142,6 +150,11 @@ def wait_for_run(
         if current.final or time.monotonic() > deadline:
             return progress(runs, run_id)
         time.sleep(poll)
+
+
+def outcome_json(outcome: TableOutcome) -> dict[str, Any]:
+    """An object's outcome as ``rotator status --json`` shows it: the shape the run store keeps."""
+    return dict(json.loads(outcome_to_json(outcome)))
 
 
 def failed_outcomes(p: RunProgress) -> list[TableOutcome]:

@@ -25,7 +25,6 @@ from worker.domain.bindings import find_binding
 from worker.domain.errors import FatalError, RunNotFound, UnknownSecretError
 from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import RunRecord
-from worker.flow.batch import switch_and_record
 from worker.flow.key_rotation import (
     PHASES,
     Next,
@@ -34,7 +33,7 @@ from worker.flow.key_rotation import (
     plan_key_rotation,
 )
 from worker.flow.rotation import RetryPolicy
-from worker.flow.runs import prepare_rotation
+from worker.flow.runs import prepare_rotation, switch_and_record
 from worker.runtime.settings import settings
 
 STEP_TARGETS = {

@@ -23,6 +23,7 @@ from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
 from worker.domain.model import ExternalTable, RunKind
 from worker.domain.schedule import ScheduleState, decide
+from worker.domain.sql import ObjectName
 from worker.flow.key_rotation import current_credentials, new_key_rotation
 from worker.flow.rotation import plan_rotation
 from worker.observe import actor
@@ -95,7 +96,7 @@ def object_states(binding: Binding, tables: list[ExternalTable], current: str) -
     """The binding's tables by state: ``current`` (may hold the key AWSCURRENT holds), ``other``
     (shows other credentials), ``unreadable``, ``missing`` (a selector names no external table)."""
     plan = plan_rotation(binding, tables, connection="", target=current, old_fingerprints=set())
-    shown = {t.name: t for t in tables}
+    shown: dict[ObjectName, ExternalTable] = {t.name: t for t in tables}
     counts: dict[str, int] = {}
     for planned in plan.tables:
         table = shown.get(planned.table)
@@ -125,7 +126,7 @@ def tick(s: Any, *, now: float | None = None) -> list[Observation]:
         seen.append(observation)
         if observation.state == ScheduleState.DUE:
             start_scheduled(s, binding, observation, interval=s.settings.schedule_interval)
-    record(s.runs.redis, seen)
+    record(s.redis, seen)
     return seen
 
 
@@ -147,7 +148,7 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
 
     arn = str(seen.secret_arn)
     claim = f"rotator:schedule:claim:{arn}"
-    if not s.runs.redis.set(claim, str(now_ms()), nx=True, ex=max(1, int(interval))):
+    if not s.redis.set(claim, str(now_ms()), nx=True, ex=max(1, int(interval))):
         return None  # another tick claimed this secret within the interval
     if s.runs.unfinished_run(RunKind.KEY_ROTATION, arn) is not None:
         return None

@@ -1,39 +1,61 @@
-"""Per-process wiring of the adapters the core needs (built lazily, rebuilt after fork)."""
+"""Per-process wiring of the adapters behind the core's ports (built lazily, rebuilt after fork).
+
+``Services`` is typed to the ports of worker/domain/ports.py, so whoever holds one (tasks, the
+CLI, the schedule) sees what the core sees. The functions below it hand the CLI, the local stack
+and the doctor what they need of adapters without naming one: bounded AWS clients, the run
+records alone, the audit table.
+"""
 
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
+import redis
 import structlog
 
+from worker.adapters import aws_clients
+from worker.adapters.audit_store import AuditTable
+from worker.adapters.audit_trail import Recorder
 from worker.adapters.audited import AuditedAdmin, AuditedIam, AuditedRunStore, AuditedSecrets
-from worker.adapters.aws_iam import BotoIamKeys
-from worker.adapters.aws_secrets import SecretsManagerStore
-from worker.adapters.databend_admin import DriverDatabendAdmin
-from worker.adapters.databend_client import DatabendClient
+from worker.adapters.databend_client import DatabendClient, table_time_limit
 from worker.adapters.limits import RedisLimits
 from worker.adapters.redis_state import RedisFences, RedisIntakeState, RedisSecretLocks
 from worker.adapters.run_store import RedisRunStore, redis_client
 from worker.domain.bindings import Binding, load_bindings
 from worker.domain.errors import RotatorError
-from worker.domain.ports import SecretInfo
+from worker.domain.ports import (
+    DatabendAdmin,
+    Fences,
+    IamKeys,
+    IntakeState,
+    Limits,
+    RunStore,
+    SecretInfo,
+    SecretLocks,
+    SecretsManager,
+)
 from worker.flow.key_rotation import KeyRotationContext, KeyRotationPlan, plan_key_rotation
+from worker.observe.audit import use as use_audit_trail
+from worker.observe.notify import use_sns
 from worker.runtime.settings import Settings, settings
 
 
 @dataclass
 class Services:
     settings: Settings
-    runs: RedisRunStore
-    secrets: SecretsManagerStore
+    runs: RunStore
+    secrets: SecretsManager
     loaded_bindings: list[Binding] | None  # None: ROTATOR_BINDINGS is not set
-    intake_state: RedisIntakeState
-    locks: RedisSecretLocks
-    limits: RedisLimits
-    fences: RedisFences
-    _admin: DriverDatabendAdmin | None = field(default=None, repr=False)
-    _iam: BotoIamKeys | None = field(default=None, repr=False)
+    intake_state: IntakeState
+    locks: SecretLocks
+    limits: Limits
+    fences: Fences
+    redis: redis.Redis  # the state store itself: the keys notifications and the schedule keep
+    _admin: DatabendAdmin | None = field(default=None, repr=False)
+    _iam: IamKeys | None = field(default=None, repr=False)
 
     @property
     def bindings(self) -> list[Binding]:
@@ -44,9 +66,9 @@ class Services:
         return self.loaded_bindings or []
 
     @property
-    def iam(self) -> BotoIamKeys:
+    def iam(self) -> IamKeys:
         if self._iam is None:
-            self._iam = AuditedIam()
+            self._iam = AuditedIam(aws_client("iam", current=self.settings))
         return self._iam
 
     def key_rotation(self) -> KeyRotationContext:
@@ -82,8 +104,19 @@ class Services:
         """How long an admitted change counts as in flight: one table's time limit and a margin."""
         return float(self.settings.table_time_limit + 60)
 
+    def table_time_limit(self) -> AbstractContextManager[None]:
+        """The deadline of one table's switch and read-back (``ROTATOR_TABLE_TIME_LIMIT``): every
+        Databend statement inside the block ends by then."""
+        return table_time_limit(self.settings.table_time_limit)
+
+    def queue_notification(self, sink: str, message: dict[str, Any]) -> None:
+        """Hand one notification to the task that delivers it (worker/observe/notify.py)."""
+        from tasks.service import deliver_notification
+
+        deliver_notification.delay(sink, message)
+
     @property
-    def admin(self) -> DriverDatabendAdmin:
+    def admin(self) -> DatabendAdmin:
         """Built on first use: the intake never talks to Databend and needs no DSN."""
         if self._admin is None:
             dsn = self.settings.require("databend_dsn").databend_dsn
@@ -93,7 +126,7 @@ class Services:
         return self._admin
 
 
-def log_server(admin: DriverDatabendAdmin) -> None:
+def log_server(admin: DatabendAdmin) -> None:
     """Log which Databend this process talks to and how it masks keys (once per process)."""
     log = structlog.get_logger("rotator.databend")
     try:
@@ -120,12 +153,13 @@ def services() -> Services:
             _services = Services(
                 settings=current,
                 runs=AuditedRunStore(client),
-                secrets=AuditedSecrets(),
+                secrets=AuditedSecrets(aws_client("secretsmanager", current=current)),
                 loaded_bindings=load_bindings(path) if path else None,
                 intake_state=RedisIntakeState(client),
                 locks=RedisSecretLocks(client, current.lock_ttl),
                 limits=RedisLimits(client),
                 fences=RedisFences(client),
+                redis=client,
             )
         return _services
 
@@ -134,3 +168,49 @@ def reset_services() -> None:
     global _services
     with _lock:
         _services = None
+
+
+# --- what the CLI, the local stack and the doctor need without the whole wiring ----------------
+
+
+def aws_client(service: str, *, current: Settings | None = None, **kwargs: Any) -> Any:
+    """A boto3 client bounded by this process's settings (``ROTATOR_AWS_*``; see
+    worker/adapters/aws_clients.py). ``long_poll_seconds`` and boto3's own arguments pass on."""
+    return aws_clients.aws_client(service, bounds=current or settings(), **kwargs)
+
+
+def run_records(current: Settings) -> RunStore:
+    """The run records alone (``rotator runs`` needs Redis, not AWS or Databend)."""
+    return RedisRunStore.from_url(current.require("redis_url").redis_url or "")
+
+
+def audit_table(current: Settings) -> AuditTable:
+    """The audit table in Databend, for reading (``rotator audit``)."""
+    dsn = current.require("databend_dsn").databend_dsn or ""
+    return AuditTable(DatabendClient(dsn, statement_timeout=30), current.audit_database)
+
+
+# --- what observe/ is handed: it imports no adapter ----------------------------------------------
+
+
+def audit_recorder() -> Recorder | None:
+    """This process's audit trail (worker/adapters/audit_trail.py); None without Databend or
+    Redis."""
+    current = settings()
+    if not current.databend_dsn or not current.redis_url:
+        return None
+    return Recorder(
+        base=current.audit_spool,
+        dsn=current.databend_dsn,
+        database=current.audit_database,
+        interval=current.audit_flush_interval,
+        runs=RedisRunStore.from_url(current.redis_url),
+    )
+
+
+def _publish_sns(topic: str, message: str, subject: str) -> None:
+    aws_client("sns").publish(TopicArn=topic, Message=message, Subject=subject)
+
+
+use_audit_trail(audit_recorder)
+use_sns(_publish_sns)

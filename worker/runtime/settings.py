@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     notify_sns_topic: str | None = Field(default=None, alias="ROTATOR_NOTIFY_SNS_TOPIC")
     notify_on: Literal["failures", "all"] = Field(default="failures", alias="ROTATOR_NOTIFY_ON")
     notify_interval: float = Field(default=15.0, alias="ROTATOR_NOTIFY_INTERVAL", gt=0)
-    # the audit trail (worker/observe/audit.py): its database in Databend, the local spool rows
-    # wait in until shipped (mount it on a volume), how often they are shipped
+    # the audit trail (worker/adapters/audit_trail.py): its database in Databend, the local spool
+    # rows wait in until shipped (mount it on a volume), how often they are shipped
     audit_database: str = Field(default="rotator", alias="ROTATOR_AUDIT_DATABASE", min_length=1)
     audit_spool: Path = Field(
         default_factory=lambda: Path.home() / ".local/state/databend-rotator/audit-spool",

@@ -44,6 +44,7 @@ from enum import StrEnum
 from worker.domain import masking
 from worker.local.databend_local.engine import ENGINE_VERSION, QueryResult
 from worker.local.databend_local.sqltokens import assigned_literals
+from worker.local.databend_local.statement_parser import parse_statement
 from worker.local.databend_local.statements import (
     AlterDatabaseConnection,
     AlterStage,
@@ -64,7 +65,6 @@ from worker.local.databend_local.statements import (
     ShowCreateTable,
     Statement,
     TableRef,
-    parse_statement,
 )
 
 log = logging.getLogger("rotator.databend_local")

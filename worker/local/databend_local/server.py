@@ -3,7 +3,8 @@
 Speaks enough of the protocol used by ``databend-driver`` (see databendlabs/bendsql, core/src) that
 the real driver works unchanged: login, ``POST /v1/query``, paging through ``next_uri``,
 ``final_uri``/``kill_uri``, errors with Databend's codes, and the session's current database carried
-across queries. Not for production data: the engine's catalog lives only as long as this process.
+across queries (the JSON of each page: pages.py). Not for production data: the engine's catalog
+lives only as long as this process.
 
 SQL text is never logged: CREATE CONNECTION statements carry secret keys.
 
@@ -20,25 +21,30 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from worker.local.databend_local.engine import ENGINE_VERSION, EngineError, EnginePool, QueryResult
+from worker.local.databend_local.engine import ENGINE_VERSION, EngineError, EnginePool
 from worker.local.databend_local.guards import HostGuard
 from worker.local.databend_local.masking import CURRENT_MASKING_VERSION, MaskFormat, MaskTracker
+from worker.local.databend_local.pages import (
+    PendingResults,
+    failed_response,
+    page_response,
+    query_id_from,
+    rows_written,
+)
 
 log = logging.getLogger("rotator.databend_local")
 
 _PAGE_PATH = re.compile(r"/v1/query/(?P<id>[0-9A-Za-z_-]{1,64})/page/(?P<page>\d{1,9})\Z")
 _END_PATH = re.compile(r"/v1/query/(?P<id>[0-9A-Za-z_-]{1,64})/(?P<verb>final|kill)\Z")
 _DRAIN_LIMIT_BYTES = 64 << 20  # oversized bodies up to this size are read and dropped
-_DML_COLUMNS = ("number of rows inserted", "number of rows deleted", "number of rows updated")
 
 
 @dataclass(frozen=True)
@@ -71,56 +77,6 @@ class ServerConfig:
         return (
             f"databend://{user}:{password}@{self.host}:{port or self.port}/default?sslmode=disable"
         )
-
-
-@dataclass
-class _PendingResult:
-    result: QueryResult
-    expires_at: float
-    pages_sent: int = 1
-    offset: int = 0
-
-
-@dataclass
-class PendingResults:
-    """Rows of large results that the client has not fetched yet, by query id."""
-
-    ttl_seconds: float
-    _items: dict[str, _PendingResult] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def put(self, query_id: str, result: QueryResult, offset: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in [k for k, v in self._items.items() if v.expires_at < now]:
-                del self._items[key]
-            self._items[query_id] = _PendingResult(result, now + self.ttl_seconds, 1, offset)
-
-    def take_page(
-        self, query_id: str, page: int, page_rows: int
-    ) -> tuple[QueryResult, list[list[str | None]], bool] | None:
-        """Rows of page ``page``; the last flag tells whether more pages follow."""
-        with self._lock:
-            pending = self._items.get(query_id)
-            if pending is None or pending.expires_at < time.monotonic():
-                return None
-            if page == pending.pages_sent - 1:
-                # the client asks again for the page it was just sent: step back one page
-                pending.offset = max(0, pending.offset - page_rows)
-                pending.pages_sent -= 1
-            if page != pending.pages_sent:
-                return None
-            rows = pending.result.rows[pending.offset : pending.offset + page_rows]
-            pending.offset += len(rows)
-            pending.pages_sent += 1
-            more = pending.offset < len(pending.result.rows)
-            if not more:
-                pending.expires_at = time.monotonic() + 30  # allow one retry of the last page
-            return pending.result, rows, more
-
-    def drop(self, query_id: str) -> None:
-        with self._lock:
-            self._items.pop(query_id, None)
 
 
 class ProtocolError(Exception):
@@ -339,7 +295,7 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         if database is not None and not isinstance(database, str):
             raise ProtocolError(HTTPStatus.BAD_REQUEST, 400, "session.database must be a string")
         page_rows = self._page_rows(body.get("pagination"))
-        query_id = _query_id(self.headers.get("X-DATABEND-QUERY-ID"))
+        query_id = query_id_from(self.headers.get("X-DATABEND-QUERY-ID"))
         started = time.perf_counter()
         masking = self.server.masking
         sequence = masking.sequence if masking else 0
@@ -348,19 +304,19 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
                 statement_database = database or es.database
                 result = es.run(sql, database or None)
         except EngineError as exc:
-            return _failed_response(query_id, session, exc)
+            return failed_response(query_id, session, exc)
         except TimeoutError:
             busy = EngineError(1001, "Busy", "databend-local has no free engine session")
-            return _failed_response(query_id, session, busy)
+            return failed_response(query_id, session, busy)
         if masking:
             masking.after_success(sql, statement_database, result, sequence)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        written = _rows_written(result)
+        written = rows_written(result)
         first = result.rows[:page_rows]
         more = len(result.rows) > page_rows
         if more:
             self.server.pending.put(query_id, result, offset=len(first))
-        return _page_response(query_id, result, first, more, 1, elapsed_ms, written)
+        return page_response(query_id, result, first, more, 1, elapsed_ms, written)
 
     def _next_page(self, query_id: str, page: int) -> dict[str, Any]:
         taken = self.server.pending.take_page(query_id, page, self.server.config.page_rows)
@@ -371,7 +327,7 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
         result, rows, more = taken
         if not more:
             self.server.pending.drop(query_id)
-        return _page_response(query_id, result, rows, more, page + 1, 0.0, 0)
+        return page_response(query_id, result, rows, more, page + 1, 0.0, 0)
 
     def _page_rows(self, pagination: Any) -> int:
         configured = self.server.config.page_rows
@@ -398,82 +354,3 @@ class DatabendLocalHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
-
-
-def _query_id(header: str | None) -> str:
-    if header and re.fullmatch(r"[0-9A-Za-z_-]{1,64}", header):
-        return header
-    return uuid.uuid4().hex
-
-
-def _rows_written(result: QueryResult) -> int:
-    if result.schema and all(col["name"] in _DML_COLUMNS for col in result.schema):
-        total = sum(int(v) for row in result.rows for v in row if v is not None)
-        result.schema, result.rows = [], []
-        return total
-    return 0
-
-
-def _stats(rows: int, written: int, elapsed_ms: float) -> dict[str, Any]:
-    def progress(n: int) -> dict[str, int]:
-        return {"rows": n, "bytes": 0}
-
-    return {
-        "scan_progress": progress(rows),
-        "write_progress": progress(written),
-        "result_progress": progress(rows),
-        "total_scan": progress(rows),
-        "spill_progress": {"file_nums": 0, "bytes": 0},
-        "running_time_ms": elapsed_ms,
-    }
-
-
-def _page_response(
-    query_id: str,
-    result: QueryResult,
-    rows: list[list[str | None]],
-    more: bool,
-    next_page: int,
-    elapsed_ms: float,
-    written: int,
-) -> dict[str, Any]:
-    base = f"/v1/query/{query_id}"
-    return {
-        "id": query_id,
-        "session_id": None,
-        "node_id": "databend-local",
-        "session": {"database": result.database},
-        "schema": result.schema,
-        "data": rows,
-        "state": "Running" if more else "Succeeded",
-        "error": None,
-        "warnings": [],
-        "stats": _stats(len(result.rows), written, elapsed_ms),
-        "affect": None,
-        "stats_uri": f"{base}/page/{next_page - 1}",
-        "final_uri": f"{base}/final",
-        "next_uri": f"{base}/page/{next_page}" if more else None,
-        "kill_uri": f"{base}/kill",
-    }
-
-
-def _failed_response(query_id: str, session: dict[str, Any], exc: EngineError) -> dict[str, Any]:
-    base = f"/v1/query/{query_id}"
-    database = session.get("database") if isinstance(session.get("database"), str) else None
-    return {
-        "id": query_id,
-        "session_id": None,
-        "node_id": "databend-local",
-        "session": {"database": database or "default"},
-        "schema": [],
-        "data": [],
-        "state": "Failed",
-        "error": {"code": exc.code, "message": f"{exc.name}: {exc.message}"},
-        "warnings": [],
-        "stats": _stats(0, 0, 0.0),
-        "affect": None,
-        "stats_uri": None,
-        "final_uri": f"{base}/final",
-        "next_uri": None,
-        "kill_uri": f"{base}/kill",
-    }

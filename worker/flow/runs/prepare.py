@@ -1,9 +1,7 @@
-"""A rotation run for one (secret, version): prepare it, then finish it object by object.
+"""Prepare a rotation run: lock, read the version, plan, connect, pre-flight, write the plan.
 
-``prepare_rotation`` takes the secret's lock, reads the version, plans every object (tables,
-stages, database defaults), creates the connection and writes the plan (every object pending)
-before any object is touched; ``finish_table`` records one object's outcome and closes the run
-(releasing the lock) when the last one is in. Both are safe to run twice.
+Nothing is switched here: every object the plan names is written down as pending before the first
+ALTER (worker/flow/runs/switch.py does those, one object at a time).
 """
 
 from __future__ import annotations
@@ -41,14 +39,11 @@ from worker.domain.ports import (
     SecretStore,
 )
 from worker.domain.secret_value import parse_secret_value
-from worker.domain.sql import ObjectName, TableName
+from worker.domain.sql import ObjectName
 from worker.flow import objects as objects_
 from worker.flow.fencing import admitted, require_drained, take_fence
-from worker.flow.rotation import (
-    connection_name_for,
-    ensure_connection,
-    plan_rotation,
-)
+from worker.flow.rotation import connection_name_for, ensure_connection, plan_rotation
+from worker.flow.runs.close import close_run, lock_owner, release
 
 _ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
 
@@ -75,18 +70,18 @@ def prepare_rotation(
     run = runs.get(run_id)
     if not RunStatus(run.status).active:
         return []
-    if locks is not None and not locks.acquire(run.secret, _lock_owner(run)):
+    if locks is not None and not locks.acquire(run.secret, lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
     if run.status != RunStatus.SWITCHING:  # decided before it takes over anything
         try:
             skip = _skip_reason(run, runs=runs, secrets=secrets, newest=newest)
         except FatalError as exc:
             runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
-            _release(locks, run)
+            release(locks, run)
             raise
         if skip is not None:  # skipped before it started: it changes nothing
             runs.update(run_id, status=RunStatus.SKIPPED, error=skip)
-            _release(locks, run)
+            release(locks, run)
             return []
     take_fence(run, runs, fences)
     require_drained(fences, run)
@@ -100,13 +95,13 @@ def prepare_rotation(
     run.status = RunStatus.PLANNING
     with admitted(fences, run, "plan") as verdict:
         if verdict is not Admission.ADMITTED:
-            _release(locks, run)
+            release(locks, run)
             return []
         try:
             plan = _plan(run, runs=runs, secrets=secrets, admin=admin, bindings=bindings)
         except FatalError as exc:
             runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
-            _release(locks, run)
+            release(locks, run)
             raise
     outcomes = []
     for planned in plan.tables:
@@ -269,65 +264,3 @@ def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None
                 f"pre-flight: connection {connection} cannot list bucket {bucket} ({exc}); "
                 "no object was touched"
             ) from None
-
-
-def finish_table(
-    run_id: str, outcome: TableOutcome, *, runs: RunStore, locks: SecretLocks | None = None
-) -> bool:
-    """Record an object's outcome; True when this closed the run."""
-    remaining = runs.record_outcome(run_id, outcome)
-    if remaining == 0:
-        return close_run(run_id, runs, locks)
-    return False
-
-
-def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> bool:
-    run = runs.get(run_id)
-    if RunStatus(run.status).final:
-        return False
-    outcomes = runs.outcomes(run_id)
-    failed = [o for o in outcomes if o.status.failed]
-    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
-    error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed" if failed else None
-    runs.update(run_id, status=status, error=error)
-    _release(locks, run)
-    return True
-
-
-def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | None) -> None:
-    """A run whose planning ran out of retries ends ``failed`` with the reason (resumable)."""
-    run = runs.get(run_id)
-    if RunStatus(run.status).final:
-        return
-    runs.update(run_id, status=RunStatus.FAILED, error=reason)
-    _release(locks, run)
-
-
-def _objects_word(outcomes: list[TableOutcome]) -> str:
-    """'tables' while a run holds only tables (as its messages always said), else 'objects'."""
-    return "tables" if all(isinstance(o.table, TableName) for o in outcomes) else "objects"
-
-
-def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
-    """Put a run's failed objects back to pending (for ``rotator resume``); returns them."""
-    reopened = []
-    for outcome in runs.outcomes(run_id):
-        if outcome.status.failed:
-            runs.record_pending(
-                run_id,
-                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
-            )
-            reopened.append(outcome.table)
-    if reopened:
-        runs.update(run_id, status=RunStatus.SWITCHING, error=None)
-    return reopened
-
-
-def _lock_owner(run: RunRecord) -> str:
-    """A key rotation's table run works under its parent's lock."""
-    return run.parent or run.run_id
-
-
-def _release(locks: SecretLocks | None, run: RunRecord) -> None:
-    if locks is not None and run.parent is None:
-        locks.release(run.secret, run.run_id)

@@ -31,7 +31,7 @@ from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, Run
 from worker.domain.sql import ObjectName, object_label
 from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit
 from worker.flow.rotation import RetryPolicy, rotate_object
-from worker.flow.runs import close_run
+from worker.flow.runs.close import close_run, lock_owner
 
 DEFAULT_FLUSH_SECONDS = 1.0
 MAX_BATCH = 64  # objects per message at most: a redelivered batch redoes little
@@ -127,7 +127,7 @@ def switch_batch(
     if not todo:
         return result
     if locks is not None:
-        locks.renew(run.secret, run.parent or run.run_id)
+        locks.renew(run.secret, lock_owner(run))
     writer = _Writer(run, runs, fences, locks, wave, result)
     written = clock()
     try:

@@ -1,0 +1,225 @@
+"""The durable audit trail's recorder: every change, appended to a table in Databend that
+outlives Redis.
+
+Where a row goes, in order:
+
+1. ``Recorder.record`` fills in the run id (from the task's log context), the run's binding,
+   secret and actor (from its record, cached per run), masks what could be sensitive, and appends
+   the row to this process's **spool**: a JSON-lines file on local disk, written and fsync'ed
+   before ``record`` returns (about a millisecond; no network).
+2. A **flusher** thread in the same process ships spooled rows to ``<ROTATOR_AUDIT_DATABASE>.
+   audit_events`` (created on first use) every ``ROTATOR_AUDIT_FLUSH_INTERVAL`` seconds, skipping
+   rows already there (by event id, so a row shipped twice after a crash is stored once), and
+   backs off while Databend is unreachable. A CLI process ships what it spooled before it exits
+   (up to 10 s); a spool whose process died is adopted by the next process on the host with the
+   same target (its file lock is free).
+
+Why a local spool and not an outbox in Redis: the trail exists to outlive Redis (its TTLs, a
+FLUSHALL, a failover without persistence), so it must not wait in Redis either; and writing it
+must not depend on anything remote, so an audit write can never block or fail a safety step. A
+row is lost only if the host's disk is lost before the row is shipped — mount the spool on a
+volume (``ROTATOR_AUDIT_SPOOL``; docker-compose.yml does). If the spool cannot be written at all,
+the row is inserted directly, and if that fails too it is logged at ERROR with every field: never
+dropped silently.
+
+Every change goes through an adapter method, so the adapters record it
+(worker/adapters/audited.py, through ``worker.observe.audit.audit``); the spool and the table are
+in worker/adapters/audit_store.py; worker/runtime/services.py makes this process's recorder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from worker.adapters.audit_store import (
+    AuditTable,
+    Spool,
+    _offset,
+    _remove,
+    _sweep_stale_locks,
+    pending_rows,
+    row_of,
+    ship_file,
+    spool_dir,
+)
+from worker.adapters.databend_client import DatabendClient
+from worker.domain.audit import AuditEvent
+from worker.domain.errors import RotatorError
+from worker.domain.ports import RunStore
+from worker.observe import actor
+from worker.observe.redaction import redact
+
+log = structlog.get_logger("rotator.audit")
+
+MAX_BACKOFF = 60.0  # seconds between shipping attempts while Databend is unreachable
+
+
+class Recorder:
+    """The process's ``Audit``: spool, flusher thread, and what it knows of runs."""
+
+    def __init__(
+        self, *, base: Path, dsn: str, database: str, interval: float, runs: RunStore
+    ) -> None:
+        self.base = base
+        self.dsn = dsn
+        self.database = database
+        self.interval = interval
+        self.runs = runs
+        self._spool: Spool | None = None
+        self._table: AuditTable | None = None
+        self._flusher: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._shipping = threading.Lock()  # one shipper at a time (the flusher, a drain, a test)
+        self._run_cache: dict[str, tuple[str | None, str | None, str | None]] = {}
+
+    # the port ---------------------------------------------------------------------------------
+
+    def record(self, event: AuditEvent) -> None:
+        try:
+            row = row_of(self._complete(event))
+        except Exception as exc:  # never let the trail fail a change that already happened
+            log.error("audit event incomplete", error=str(exc), action=str(event.action))
+            row = row_of(event)
+        row = {k: (redact(v) if isinstance(v, str) else v) for k, v in row.items()}
+        try:
+            self.spool().append(row)
+        except OSError as exc:
+            self._write_through(row, exc)
+            return
+        self.start()
+        self._wake.set()
+
+    def _complete(self, event: AuditEvent) -> AuditEvent:
+        run_id = event.run_id or structlog.contextvars.get_contextvars().get("run_id")
+        binding, secret, who = event.binding, event.secret, event.actor
+        if run_id:
+            run_binding, run_secret, run_actor = self._run_facts(str(run_id))
+            binding, secret = binding or run_binding, secret or run_secret
+            who = who or run_actor
+        return dataclasses.replace(
+            event,
+            run_id=run_id,
+            binding=binding,
+            secret=secret,
+            actor=who or actor.current(),
+        )
+
+    def _run_facts(self, run_id: str) -> tuple[str | None, str | None, str | None]:
+        cached = self._run_cache.get(run_id)
+        if cached is None:
+            try:
+                run = self.runs.get(run_id)
+                cached = (run.binding, run.secret, run.data.get("actor"))
+            except RotatorError:
+                cached = (None, None, None)
+            if len(self._run_cache) > 10_000:
+                self._run_cache.clear()
+            self._run_cache[run_id] = cached
+        return cached
+
+    def _write_through(self, row: dict[str, Any], why: Exception) -> None:
+        try:
+            self.table().insert([row])
+            log.warning("audit spool unwritable; row inserted directly", error=str(why))
+        except Exception as exc:
+            log.error(
+                "AUDIT ROW NOT STORED: spool unwritable and Databend unreachable",
+                spool_error=str(why),
+                error=str(exc),
+                audit_row=row,
+            )
+
+    # spool and flushing -----------------------------------------------------------------------
+
+    def spool(self) -> Spool:
+        with self._lock:
+            if self._spool is None or self._spool.pid != os.getpid():  # new, or after a fork
+                self._spool = Spool(spool_dir(self.base, self.dsn, self.database))
+                self._flusher = None
+            return self._spool
+
+    def table(self) -> AuditTable:
+        if self._table is None:
+            self._table = AuditTable(DatabendClient(self.dsn, statement_timeout=30), self.database)
+        return self._table
+
+    def flush(self) -> int:
+        """Ship every spooled row this process may ship now; raises when Databend fails. Two
+        threads shipping at once would both read a row past the shipped offset and both find it
+        not yet in the table: one ships at a time."""
+        with self._shipping:
+            spool = self.spool()
+            shipped = 0
+            for path, own in list(spool.files()):
+                shipped += ship_file(path, self.table(), own=own)
+            spool.rotate_if_large()
+            _sweep_stale_locks(spool)
+            return shipped
+
+    def start(self) -> None:
+        """The flusher thread of this process (started once; again after a fork)."""
+        self.spool()
+        with self._lock:
+            if self._flusher is not None and self._flusher.is_alive():
+                return
+            self._flusher = threading.Thread(target=self._loop, name="audit-flusher", daemon=True)
+            self._flusher.start()
+
+    def _loop(self) -> None:
+        delay = self.interval
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return  # the process is exiting: its main thread ships the rest
+            time.sleep(min(0.2, self.interval))  # let a burst of rows gather
+            try:
+                self.flush()
+                delay = self.interval
+            except Exception as exc:
+                delay = min(MAX_BACKOFF, max(delay * 2, self.interval))
+                log.warning(
+                    "audit rows not shipped yet; kept in the spool",
+                    error=str(exc),
+                    retry_in=round(delay, 1),
+                    spooled=pending_rows(self.spool().directory),
+                )
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Ship what is spooled now, within ``timeout`` (a CLI process at exit). False when rows
+        remain: they stay in the spool for the next process on this host."""
+        if self._spool is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.flush()
+                return True
+            except Exception as exc:
+                log.warning("audit rows not shipped before exit", error=str(exc))
+                time.sleep(1.0)
+        return False
+
+    def close(self) -> None:
+        """At exit. The flusher must be out of the Databend driver before the interpreter goes
+        down (a daemon thread killed inside the driver's native code aborts the process): stop
+        it, then ship the rest from this thread; a spool shipped to its end is removed."""
+        self._stop.set()
+        self._wake.set()
+        flusher = self._flusher
+        if flusher is not None and flusher.is_alive():
+            flusher.join(timeout=30)
+        spool = self._spool
+        if self.drain() and spool is not None and spool.pid == os.getpid():
+            size = spool.path.stat().st_size if spool.path.exists() else 0
+            if _offset(spool.path) >= size:  # everything shipped: leave nothing behind
+                _remove(spool.path)

@@ -1,0 +1,70 @@
+"""The end of a run: record an object's outcome, close the run when the last one is in (releasing
+the secret's lock), give up on a run whose planning ran out of retries, reopen failed objects."""
+
+from __future__ import annotations
+
+from worker.domain.model import RunStatus, TableOutcome
+from worker.domain.ports import RunRecord, RunStore, SecretLocks
+from worker.domain.sql import ObjectName, TableName
+
+
+def finish_table(
+    run_id: str, outcome: TableOutcome, *, runs: RunStore, locks: SecretLocks | None = None
+) -> bool:
+    """Record an object's outcome; True when this closed the run."""
+    remaining = runs.record_outcome(run_id, outcome)
+    if remaining == 0:
+        return close_run(run_id, runs, locks)
+    return False
+
+
+def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> bool:
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return False
+    outcomes = runs.outcomes(run_id)
+    failed = [o for o in outcomes if o.status.failed]
+    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed" if failed else None
+    runs.update(run_id, status=status, error=error)
+    release(locks, run)
+    return True
+
+
+def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | None) -> None:
+    """A run whose planning ran out of retries ends ``failed`` with the reason (resumable)."""
+    run = runs.get(run_id)
+    if RunStatus(run.status).final:
+        return
+    runs.update(run_id, status=RunStatus.FAILED, error=reason)
+    release(locks, run)
+
+
+def _objects_word(outcomes: list[TableOutcome]) -> str:
+    """'tables' while a run holds only tables (as its messages always said), else 'objects'."""
+    return "tables" if all(isinstance(o.table, TableName) for o in outcomes) else "objects"
+
+
+def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
+    """Put a run's failed objects back to pending (for ``rotator resume``); returns them."""
+    reopened = []
+    for outcome in runs.outcomes(run_id):
+        if outcome.status.failed:
+            runs.record_pending(
+                run_id,
+                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
+            )
+            reopened.append(outcome.table)
+    if reopened:
+        runs.update(run_id, status=RunStatus.SWITCHING, error=None)
+    return reopened
+
+
+def lock_owner(run: RunRecord) -> str:
+    """A key rotation's table run works under its parent's lock."""
+    return run.parent or run.run_id
+
+
+def release(locks: SecretLocks | None, run: RunRecord) -> None:
+    if locks is not None and run.parent is None:
+        locks.release(run.secret, run.run_id)
