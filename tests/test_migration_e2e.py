@@ -332,7 +332,8 @@ def test_pause_stops_a_run_and_resume_finishes_it(
     t = world.token
     tables = make_tables(world, databend, "pause", 40)
     common = ("--to", f"mig_{t}_target", "--tables", f"mig_{t}_pause.*", "--commit")
-    run_id = run_id_of(world.stack.cli("migrate", *common, "--rate", "10", "--no-wait"))
+    # 40 tables at 5/s: the pause (a CLI start on a busy 2-core machine) lands mid-run
+    run_id = run_id_of(world.stack.cli("migrate", *common, "--rate", "5", "--no-wait"))
     deadline = time.monotonic() + 60
     while world.status(run_id)["counts"].get("validated", 0) < 5:
         assert time.monotonic() < deadline

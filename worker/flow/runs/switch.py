@@ -11,7 +11,8 @@ recorded ``superseded`` and changes nothing; a pause, an abort or the run's end 
 the next object, and what is left stays pending for ``rotator resume``.
 
 Outcomes are written in one call for everything that finished since the last write: at most
-``flush_every`` seconds apart (so ``rotator status`` stays seconds behind), and at the end, also
+``flush_every`` seconds apart after the batch's first (so ``rotator status`` stays seconds
+behind), and at the end, also
 when the batch stops on an error. That call ends those objects' in-flight entries; the write that
 leaves nothing pending closes the run. A RetryableError that outlives an object's step retries
 ends the batch after that write and propagates: the task runs the batch again later, and the
@@ -129,7 +130,7 @@ def switch_batch(
     if locks is not None:
         locks.renew(run.secret, lock_owner(run))
     writer = _Writer(run, runs, fences, locks, wave, result)
-    written = clock()
+    written = float("-inf")  # the first outcome is written at once: progress shows early
     try:
         for name, planned in todo:
             if before_each is not None:
