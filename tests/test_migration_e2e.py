@@ -65,7 +65,6 @@ class MigrationWorld:
     runs: RedisRunStore
     worker: subprocess.Popen[str]
     keys: dict[str, dict[str, str]]
-    worker_log: str = "worker"  # the log of `worker`, the world's own worker
 
     def user(self, name: str, policy_document: str) -> dict[str, str]:
         user = f"mig-{self.token}-{name}"
@@ -84,25 +83,32 @@ class MigrationWorld:
 
     def restart_worker(self, name: str) -> None:
         self.worker = self.stack.start_worker(name, "--concurrency", "8")
-        self.worker_log = name
 
     @contextlib.contextmanager
-    def second_worker(self, name: str) -> Iterator[None]:
-        """Another `rotator worker` process on the same Redis, ready before the block starts and
-        stopped after it (the other tests expect one worker)."""
-        assert self.worker.poll() is None, "the world's worker is down"
-        worker = self.stack.start_worker(name, "--concurrency", "8")
+    def two_workers(self, name: str, threads: int = 3) -> Iterator[tuple[str, str]]:
+        """Two `rotator worker` processes of ``threads`` threads each in place of the world's
+        worker, ready before the block starts; the world's worker is back after it. Each process
+        holds at most ``threads`` messages at once (prefetch), so a run of more batches than that
+        is shared by both whichever asks the broker first. Yields their log names."""
+        self.worker.terminate()
+        self.worker.wait(timeout=60)
+        names = (f"{name}-a", f"{name}-b")
+        workers = [self.stack.start_worker(n, "--concurrency", str(threads)) for n in names]
         try:
-            log = self.stack.log_dir / f"{name}.log"
-            deadline = time.monotonic() + 60
-            while " ready." not in log.read_text(errors="replace"):
-                assert worker.poll() is None, log.read_text(errors="replace")[-4000:]
-                assert time.monotonic() < deadline, "the second worker never got ready"
-                time.sleep(0.1)
-            yield
+            for log_name, worker in zip(names, workers, strict=True):
+                log = self.stack.log_dir / f"{log_name}.log"
+                deadline = time.monotonic() + 60
+                while " ready." not in log.read_text(errors="replace"):
+                    assert worker.poll() is None, log.read_text(errors="replace")[-4000:]
+                    assert time.monotonic() < deadline, f"{log_name} never got ready"
+                    time.sleep(0.1)
+            yield names
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(timeout=60)
+            self.restart_worker(f"worker-after-{name}")
 
     def wait_for_end(self, run_id: str, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout
@@ -488,11 +494,11 @@ def test_two_workers_share_one_run_with_exact_limits(
     world: MigrationWorld, databend: DatabendClient, redis_url: str
 ) -> None:
     # Given one wave of more tables than 4 batches hold: 5 batches for --concurrency 4, so a
-    # batch has to wait for a slot, and two worker processes to take them
+    # batch has to wait for a slot, and two worker processes of 3 threads each to take them
     t = world.token
     count = 4 * MAX_BATCH + 4
     tables = make_tables(world, databend, "shared", count)
-    with world.second_worker("worker-2"):
+    with world.two_workers("shared") as workers:
         # When the run migrates them with a shared limit of 4 batches at once
         since = time.time()
         result = world.stack.cli(
@@ -525,7 +531,7 @@ def test_two_workers_share_one_run_with_exact_limits(
         assert storage_tail(databend, table) == suffix(world, "target")
     # and both workers switched part of it, each batch once: 5 batches, every object recorded
     # by exactly one of them
-    assert set(batches) == {world.worker_log, "worker-2"}, batches
+    assert set(batches) == set(workers), batches
     assert sum(len(lines) for lines in batches.values()) == 5, batches
     recorded = {log: sum(e["recorded"] for e in lines) for log, lines in batches.items()}
     assert sum(recorded.values()) == count and min(recorded.values()) > 0, recorded
@@ -538,11 +544,11 @@ def test_two_workers_share_one_run_with_exact_limits(
 def test_a_rate_is_shared_by_every_worker_of_the_run(
     world: MigrationWorld, databend: DatabendClient
 ) -> None:
-    # Given 60 tables and two worker processes
+    # Given 60 tables and two worker processes of 3 threads each
     t = world.token
     count, rate = 60, 6.0
     make_tables(world, databend, "paced", count)
-    with world.second_worker("worker-2-paced"):
+    with world.two_workers("paced") as workers:
         # When they migrate at --rate 6 (tables per second for the whole run) in 4 batches
         since = time.time()
         result = world.stack.cli(
@@ -569,7 +575,7 @@ def test_a_rate_is_shared_by_every_worker_of_the_run(
     # (count - 1) / rate seconds (9.8 s; a pace per worker would take half that, per batch a
     # quarter), less an allowance for how long the first ALTER took
     recorded = {log: sum(e["recorded"] for e in lines) for log, lines in batches.items()}
-    assert set(recorded) == {world.worker_log, "worker-2-paced"} and min(recorded.values()) > 0
+    assert set(recorded) == set(workers) and min(recorded.values()) > 0, recorded
     assert sum(recorded.values()) == count, recorded
     outcomes = world.runs.outcomes(run_id)
     assert_each_switched_once(outcomes, last_changed(databend, f"mig_{t}_paced"), since)
