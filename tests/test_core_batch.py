@@ -237,7 +237,7 @@ def test_outcomes_are_written_at_most_flush_every_apart_not_once_per_object() ->
     assert [round(at - start, 1) for at, _ in world.writes] == [1.2, 2.4, 3.6, 4.0]
     written_at = {t: at for at, tables in world.writes for t in tables}
     assert written_at.keys() == set(world.tables)
-    # `rotator status` is never more than flush_every behind a finished object
+    # objects of equal time: `rotator status` is never more than flush_every behind one
     assert max(written_at[t] - finished[t] for t in world) <= 1.0
     assert [o.status for o in world.runs.outcomes("r1")] == [TableStatus.VALIDATED] * 10
 
