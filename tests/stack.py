@@ -110,6 +110,15 @@ def storage_tail(db: DatabendClient, table: TableName) -> str | None:
     return shown[-2:] if shown else None
 
 
+def last_changed(db: DatabendClient, database: str) -> dict[str, float]:
+    """When Databend last changed each table of ``database`` (``updated_on``, epoch seconds): an
+    ALTER moves it, a read does not. Tells whether a table was switched again after a time."""
+    rows = db.query(
+        f"SELECT name, updated_on FROM system.tables WHERE database = {quote_string(database)}"
+    )
+    return {name: updated.timestamp() for name, updated in rows}
+
+
 def connection_names(db: DatabendClient) -> set[str]:
     return {row[0] for row in db.query("SHOW CONNECTIONS")}
 
@@ -139,11 +148,15 @@ class Stack:
         return result
 
     def start_worker(
-        self, name: str, *extra: str, faults: str | None = None
+        self, name: str, *extra: str, faults: str | None = None, **settings: str
     ) -> subprocess.Popen[str]:
-        """``faults``: ROTATOR_FAULTS for this worker only (it dies at that fault point)."""
-        env = {**self.env, "ROTATOR_FAULTS": faults} if faults else None
-        return self.start(name, "worker", *extra, env=env)
+        """``faults``: ROTATOR_FAULTS for this worker only (it dies at that fault point);
+        ``settings``: more variables for this worker only (``ROTATOR_PARALLEL="2"``)."""
+        if faults:
+            settings["ROTATOR_FAULTS"] = faults
+        return self.start(
+            name, "worker", *extra, env={**self.env, **settings} if settings else None
+        )
 
     def start(
         self, name: str, *args: str, env: dict[str, str] | None = None

@@ -1,12 +1,14 @@
 """Bulk migrations end to end: `rotator migrate` with real workers on moto (IAM enforced),
 Valkey and databend-local: 200 tables, canary halts, error-rate thresholds, a killed worker,
-pause/resume and rollback."""
+pause/resume, rollback, and two workers sharing one run's limits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 
 from tests.stack import (
     Stack,
     add_user,
     create_external_table,
     create_key_connection,
+    last_changed,
     new_key,
     run_id_of,
     stack_env,
@@ -27,8 +31,11 @@ from tests.stack import (
     tail,
 )
 from worker.adapters.databend_client import DatabendClient
+from worker.adapters.limits import RedisLimits
 from worker.adapters.run_store import RedisRunStore
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.sql import TableName
+from worker.flow.batch import MAX_BATCH
 from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
@@ -76,6 +83,56 @@ class MigrationWorld:
 
     def restart_worker(self, name: str) -> None:
         self.worker = self.stack.start_worker(name, "--concurrency", "8")
+
+    @contextlib.contextmanager
+    def two_workers(self, name: str, threads: int = 3) -> Iterator[tuple[str, str]]:
+        """Two `rotator worker` processes of ``threads`` threads each in place of the world's
+        worker, ready before the block starts; the world's worker is back after it. Each process
+        holds at most ``threads`` messages at once (prefetch), so a run of more batches than that
+        is shared by both whichever asks the broker first. Yields their log names."""
+        self.worker.terminate()
+        self.worker.wait(timeout=60)
+        names = (f"{name}-a", f"{name}-b")
+        workers = [self.stack.start_worker(n, "--concurrency", str(threads)) for n in names]
+        try:
+            for log_name, worker in zip(names, workers, strict=True):
+                log = self.stack.log_dir / f"{log_name}.log"
+                deadline = time.monotonic() + 60
+                while " ready." not in log.read_text(errors="replace"):
+                    assert worker.poll() is None, log.read_text(errors="replace")[-4000:]
+                    assert time.monotonic() < deadline, f"{log_name} never got ready"
+                    time.sleep(0.1)
+            yield names
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(timeout=60)
+            self.restart_worker(f"worker-after-{name}")
+
+    def wait_for_end(self, run_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while not RunStatus(status := self.runs.get(run_id).status).final:
+            assert time.monotonic() < deadline, f"run {run_id} still {status}"
+            time.sleep(0.2)
+        return status
+
+    def batches_done(self, run_id: str, objects: int) -> dict[str, list[dict[str, Any]]]:
+        """The run's "batch done" log lines by worker log, once they account for ``objects``
+        (a batch logs its line after its last write, which may close the run)."""
+        deadline = time.monotonic() + 30
+        while True:
+            found: dict[str, list[dict[str, Any]]] = {}
+            for path in sorted(self.stack.log_dir.glob("*.log")):
+                for line in path.read_text(errors="replace").splitlines():
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line) if line.startswith("{") else {}
+                        if event.get("event") == "batch done" and event.get("run_id") == run_id:
+                            found.setdefault(path.stem, []).append(event)
+            recorded = sum(e["recorded"] for lines in found.values() for e in lines)
+            if recorded >= objects or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -396,3 +453,133 @@ def test_a_killed_worker_resumes_without_switching_any_table_twice(
         assert by_table[key] == outcome, "a table finished before the kill was not switched again"
     for table in tables:
         assert storage_tail(databend, table) == suffix(world, "target")
+
+
+class SlotSampler(threading.Thread):
+    """Samples how many of a run's shared concurrency slots are held, every few milliseconds."""
+
+    def __init__(self, redis_url: str, run_id: str) -> None:
+        super().__init__(name="slot-sampler", daemon=True)
+        self.limits = RedisLimits(redis.Redis.from_url(redis_url))
+        self.run_id = run_id
+        self.samples: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append(self.limits.busy_slots(self.run_id))
+            time.sleep(0.005)
+
+    def __enter__(self) -> SlotSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+
+def assert_each_switched_once(
+    outcomes: list[TableOutcome], changed: dict[str, float], since: float
+) -> None:
+    """Every table validated by its first and only attempt, and the last change Databend knows of
+    on it is that switch: none was switched again after its recorded switch."""
+    for outcome in outcomes:
+        name = outcome.table
+        assert (outcome.status, outcome.attempts) == (TableStatus.VALIDATED, 1), outcome
+        assert outcome.switched_at is not None and isinstance(name, TableName)
+        assert since <= changed[name.table] <= outcome.switched_at + 0.01, outcome
+
+
+def test_two_workers_share_one_run_with_exact_limits(
+    world: MigrationWorld, databend: DatabendClient, redis_url: str
+) -> None:
+    # Given one wave of more tables than 4 batches hold: 5 batches for --concurrency 4, so a
+    # batch has to wait for a slot, and two worker processes of 3 threads each to take them
+    t = world.token
+    count = 4 * MAX_BATCH + 4
+    tables = make_tables(world, databend, "shared", count)
+    with world.two_workers("shared") as workers:
+        # When the run migrates them with a shared limit of 4 batches at once
+        since = time.time()
+        result = world.stack.cli(
+            "migrate",
+            "--to",
+            f"mig_{t}_target",
+            "--tables",
+            f"mig_{t}_shared.*",
+            "--commit",
+            "--wave-size",
+            str(count),
+            "--canary",
+            "0",
+            "--concurrency",
+            "4",
+            "--no-wait",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        run_id = run_id_of(result)
+        with SlotSampler(redis_url, run_id) as slots:
+            status = world.wait_for_end(run_id)
+        batches = world.batches_done(run_id, count)
+
+    # Then every table is on the target, validated by its one and only attempt
+    assert status == RunStatus.SUCCEEDED
+    outcomes = world.runs.outcomes(run_id)
+    assert len(outcomes) == count
+    assert_each_switched_once(outcomes, last_changed(databend, f"mig_{t}_shared"), since)
+    for table in tables:
+        assert storage_tail(databend, table) == suffix(world, "target")
+    # and both workers switched part of it, each batch once: 5 batches, every object recorded
+    # by exactly one of them
+    assert set(batches) == set(workers), batches
+    assert sum(len(lines) for lines in batches.values()) == 5, batches
+    recorded = {log: sum(e["recorded"] for e in lines) for log, lines in batches.items()}
+    assert sum(recorded.values()) == count and min(recorded.values()) > 0, recorded
+    # and never more than 4 batches held a slot at once, while several did
+    assert len(slots.samples) > 100, "the sampler hardly ran"
+    assert 2 <= max(slots.samples) <= 4, sorted(set(slots.samples))
+    assert slots.samples[-1] == 0, "every slot was given back"
+
+
+def test_a_rate_is_shared_by_every_worker_of_the_run(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    # Given 60 tables and two worker processes of 3 threads each
+    t = world.token
+    count, rate = 60, 6.0
+    make_tables(world, databend, "paced", count)
+    with world.two_workers("paced") as workers:
+        # When they migrate at --rate 6 (tables per second for the whole run) in 4 batches
+        since = time.time()
+        result = world.stack.cli(
+            "migrate",
+            "--to",
+            f"mig_{t}_target",
+            "--tables",
+            f"mig_{t}_paced.*",
+            "--commit",
+            "--canary",
+            "0",
+            "--concurrency",
+            "4",
+            "--rate",
+            str(rate),
+            "--timeout",
+            "300",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        run_id = run_id_of(result)
+        batches = world.batches_done(run_id, count)
+
+    # Then both workers took part, and together they kept to the one rate: the switches span
+    # (count - 1) / rate seconds (9.8 s; a pace per worker would take half that, per batch a
+    # quarter), less an allowance for how long the first ALTER took
+    recorded = {log: sum(e["recorded"] for e in lines) for log, lines in batches.items()}
+    assert set(recorded) == set(workers) and min(recorded.values()) > 0, recorded
+    assert sum(recorded.values()) == count, recorded
+    outcomes = world.runs.outcomes(run_id)
+    assert_each_switched_once(outcomes, last_changed(databend, f"mig_{t}_paced"), since)
+    switched = sorted(o.switched_at for o in outcomes if o.switched_at is not None)
+    assert len(switched) == count
+    assert switched[-1] - switched[0] >= (count - 1) / rate - 2.0, switched[-1] - switched[0]

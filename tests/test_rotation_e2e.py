@@ -25,6 +25,7 @@ from tests.stack import (
     create_external_table,
     create_key_connection,
     key_secret_json,
+    last_changed,
     make_user,
     new_key,
     run_id_of,
@@ -308,17 +309,29 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
     k2 = new_key(aws, f"crash-{t}", avoid={k1["AccessKeyId"]})
     _put_version(aws, secret, key_secret_json(aws, k2))
 
-    # Given a worker that dies (as kill -9 would) once its first table is done, others in flight
+    # Given a worker that dies (as kill -9 would) once its first table is done, others in flight:
+    # the run cut into 2 batches of 6 (ROTATOR_PARALLEL=2), so the batch it dies in holds tables
+    # it has begun and not finished, and a table switched whose outcome it never wrote
     scenario.worker.terminate()
     scenario.worker.wait(timeout=30)
     crashing = scenario.stack.start_worker(
-        "worker-crashing", "--concurrency", "4", faults="rotation-after-table"
+        "worker-crashing",
+        "--concurrency",
+        "4",
+        faults="rotation-after-table",
+        ROTATOR_PARALLEL="2",
     )
     first = scenario.stack.cli("rotate-version", secret, "--no-wait")
     assert first.returncode == 0, first.stdout + first.stderr
     assert crashing.wait(timeout=60) == 86
     cut_short = json.loads(scenario.stack.cli("status", run_id_of(first), "--json").stdout)
-    assert cut_short["status"] == "switching" and cut_short["counts"].get("pending", 0) > 0
+    assert cut_short["status"] == "switching" and cut_short["counts"] == {"pending": 12}
+    begun = [row for row in cut_short["tables"] if row["attempts"] >= 1]
+    assert len(begun) >= 6, "a whole batch of 6 was begun (written ahead) before the crash"
+    on_k2 = {t for t in tables if storage_tail(databend, t) == tail(k2["AccessKeyId"])}
+    assert on_k2, "the table the worker died after is on K2, its outcome never written"
+    crashed_at = time.time()
+    changed_at_crash = last_changed(databend, f"crash_{t}")
 
     # When a worker is back and the same version is asked for again
     scenario.worker = scenario.stack.start_worker(
@@ -338,6 +351,18 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
     assert finished["status"] == "succeeded"
     assert set(finished["counts"]) <= {"validated", "already_switched"}
     assert sum(finished["counts"].values()) == 12
+    # and none was switched twice: what the dead worker had switched was looked at and left as
+    # it was (no ALTER since the crash), every other table switched once, after the crash
+    changed = last_changed(databend, f"crash_{t}")
+    outcomes = {row["table"][1]: row for row in finished["tables"]}
+    for table in tables:
+        outcome = outcomes[table.table]
+        if table in on_k2:
+            assert outcome["status"] == "already_switched", outcome
+            assert changed[table.table] == changed_at_crash[table.table], "switched again"
+        elif outcome["status"] == "validated":
+            assert crashed_at <= changed[table.table] <= outcome["switched_at"] + 0.01, outcome
+        assert outcome["attempts"] in (1, 2), outcome
 
 
 def test_status_needs_no_bindings_file(scenario: Scenario, redis_url: str) -> None:

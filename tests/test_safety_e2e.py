@@ -42,6 +42,7 @@ from tests.stack import (
     create_external_table,
     create_key_connection,
     key_secret_json,
+    last_changed,
     run_id_of,
     stack_env,
     storage_tail,
@@ -55,7 +56,7 @@ from worker.adapters.redis_state import RedisFences, RedisSecretLocks
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.bindings import Binding, load_bindings
 from worker.domain.errors import LockBusy
-from worker.domain.sql import TableName
+from worker.domain.sql import TableName, object_ref
 from worker.flow.key_rotation import KeyRotationContext
 from worker.local.embedded import DatabendLocalProcess, LocalAws
 from worker.runtime.rotation_function import handler
@@ -99,9 +100,11 @@ class World:
         self.material |= set(key.values())
         return key
 
-    def start_worker(self, name: str, faults: str | None = None) -> subprocess.Popen[str]:
+    def start_worker(
+        self, name: str, faults: str | None = None, **settings: str
+    ) -> subprocess.Popen[str]:
         self.stop_worker()
-        self.worker = self.stack.start_worker(name, "--concurrency", "4", faults=faults)
+        self.worker = self.stack.start_worker(name, "--concurrency", "4", faults=faults, **settings)
         return self.worker
 
     def stop_worker(self) -> None:
@@ -257,17 +260,22 @@ def test_abort_while_tables_are_switching_leaves_every_table_on_the_old_key(
 def test_late_redelivery_of_a_killed_run_never_moves_tables_behind_a_newer_version(
     world: World,
 ) -> None:
-    # Given version v1 (K2) being applied by a worker that dies after its first table
+    # Given version v1 (K2) being applied by a worker that dies after its first table, in the
+    # middle of a batch of 6 (ROTATOR_PARALLEL=2: two batches for the 12 tables)
     user, secret, tables, k1 = seed(world, "late", 12)
     sm = world.aws.client("secretsmanager")
     k2 = world.key(user)
     sm.put_secret_value(SecretId=secret, SecretString=key_secret_json(world.aws, k2))
-    crashing = world.start_worker("worker-dies-after-a-table", faults="rotation-after-table")
+    crashing = world.start_worker(
+        "worker-dies-after-a-table", faults="rotation-after-table", ROTATOR_PARALLEL="2"
+    )
     first = world.stack.cli("rotate-version", secret, "--no-wait")
     assert first.returncode == 0, first.stdout + first.stderr
     v1_run = run_id_of(first)
     assert crashing.wait(timeout=60) == 86
-    assert world.status(v1_run)["counts"].get("pending", 0) > 0
+    cut_short = world.status(v1_run)
+    assert cut_short["counts"] == {"pending": 12}, "it died before writing any outcome"
+    assert sum(row["attempts"] >= 1 for row in cut_short["tables"]) >= 6, "a batch was begun"
 
     # When v2 (K3, another user's key) is applied by a healthy worker
     _, k3 = world.user("late-next")
@@ -278,14 +286,20 @@ def test_late_redelivery_of_a_killed_run_never_moves_tables_behind_a_newer_versi
     assert run_id_of(second) != v1_run
     assert world.status(run_id_of(second))["version_id"] == v2["VersionId"]
     assert world.on_key(tables, k3["AccessKeyId"])
+    changed = last_changed(world.db, world.name("late"))
 
-    # And then v1's tasks come back late, as the broker redelivers a dead worker's messages
+    # And then v1's tasks come back late, as the broker redelivers a dead worker's messages:
+    # the batch of all its tables, as v1 was cut, and the one-table messages of older versions
     from worker.runtime.celery_app import app, configure_app
     from worker.runtime.settings import Settings
 
     configure_app(Settings.model_validate(world.stack.env))
     try:
+        refs = [object_ref(table) for table in tables]
         sent = {
+            app.send_task("rotator.rotation.switch_batch", args=[v1_run, refs], queue="rotator").id
+        }
+        sent |= {
             app.send_task(
                 "rotator.rotation.switch_table",
                 args=[v1_run, table.database, table.table],
@@ -297,8 +311,10 @@ def test_late_redelivery_of_a_killed_run_never_moves_tables_behind_a_newer_versi
         app.pool.force_close_all()
     wait_until(lambda: not sent & set(queued_for(world.redis_url, [v1_run])), "late tasks handled")
 
-    # Then every table is still on v2's key and reads, even once v1's and v0's keys are gone
+    # Then every table is still on v2's key and reads, even once v1's and v0's keys are gone;
+    # the late work changed no table at all (not even to the same connection again)
     assert world.on_key(tables, k3["AccessKeyId"])
+    assert last_changed(world.db, world.name("late")) == changed
     for key in (k1, k2):
         world.aws.client("iam").delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
     assert all(rows(world.db, t) == 2 for t in tables)

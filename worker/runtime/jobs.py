@@ -163,6 +163,8 @@ def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
         )
     if result is None:
         return
+    # one line per batch (its objects' lines are debug): which worker did how much of a run
+    log.info("batch done", wave=wave, objects=len(names), recorded=len(result.outcomes))
     # finished already, maybe by a redelivered copy that counted it in an older epoch: count it
     # in this one too, or the resumed wave would never be judged complete
     counted = [finished_in_wave(s.runs, run_id, n, wave, epoch) for n in result.finished_before]
