@@ -1,4 +1,4 @@
-"""Batches of a run's objects against the in-memory fakes (worker/flow/batch.py): how a run is
+"""Batches of a run's objects against the in-memory fakes (worker/flow/runs/switch.py): how a run is
 cut into batches, and that a batch keeps each object's safety — pauses and newer runs are seen
 object by object, outcomes reach the run store seconds apart at most, an error mid-batch loses
 no finished outcome and leaves nothing in flight, and a batch given up fails only what is left."""
@@ -17,7 +17,7 @@ from worker.domain.errors import DatabendUnavailable
 from worker.domain.model import AccessKeyCredentials, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, RunRecord
 from worker.domain.sql import TableName
-from worker.flow.batch import MAX_BATCH, give_up_objects, split_batches, switch_batch
+from worker.flow.runs.switch import MAX_BATCH, give_up_objects, split_batches, switch_batch
 
 SECRET = "arn:secret"
 
@@ -156,7 +156,8 @@ def test_a_batch_switches_each_object_once_and_closes_the_run_with_its_last_writ
     assert all(world.admin.key_of(t) == NEW for t in world)
     assert [o.status for o in result.outcomes] == [TableStatus.VALIDATED] * 5
     assert [o.attempts for o in world.runs.outcomes("r1")] == [1] * 5
-    assert len(world.writes) == 1, "a fast batch writes its outcomes in one call"
+    # the first outcome at once (progress shows early), the rest of a fast batch in one call
+    assert [len(tables) for _, tables in world.writes] == [1, 4]
     assert world.runs.get("r1").status == RunStatus.SUCCEEDED
     assert world.fences.in_flight("r1") == [] and world.locks.owners == {}
 
@@ -233,8 +234,9 @@ def test_outcomes_are_written_at_most_flush_every_apart_not_once_per_object() ->
     start = world.clock()
     world.batch(each=takes_400_ms, on_outcome=seen, flush_every=1.0)
 
-    assert [len(tables) for _, tables in world.writes] == [3, 3, 3, 1]
-    assert [round(at - start, 1) for at, _ in world.writes] == [1.2, 2.4, 3.6, 4.0]
+    # the first outcome at once, then at most one write per flush_every
+    assert [len(tables) for _, tables in world.writes] == [1, 3, 3, 3]
+    assert [round(at - start, 1) for at, _ in world.writes] == [0.4, 1.6, 2.8, 4.0]
     written_at = {t: at for at, tables in world.writes for t in tables}
     assert written_at.keys() == set(world.tables)
     # objects of equal time: `rotator status` is never more than flush_every behind one
@@ -254,8 +256,8 @@ def test_each_write_ends_the_in_flight_entries_of_what_it_wrote() -> None:
 
     world.batch(each=look, flush_every=1.0)
     labels = [str(t) for t in world]
-    # t0 and t1 are in flight until the write after t1 (1.2 s); t2 enters after it
-    assert flying == [labels[:1], labels[:2], labels[2:3], labels[2:4]]
+    # t0 is written at once (0.6 s); t1 and t2 stay in flight until the write after t2 (1.8 s)
+    assert flying == [labels[:1], labels[1:2], labels[1:3], labels[3:4]]
     assert world.fences.in_flight("r1") == []
 
 
@@ -273,12 +275,13 @@ def test_a_retryable_error_mid_batch_writes_what_finished_leaves_nothing_in_flig
     with pytest.raises(DatabendUnavailable):
         world.batch(each=look, flush_every=3600)
 
-    assert flying[-1] == [str(t0), str(t1), str(t2)], "t2 was in flight when it failed"
+    # t0 was written at once; t1 (unwritten) and t2 were in flight when t2 failed
+    assert flying[-1] == [str(t1), str(t2)], "t2 was in flight when it failed"
     assert world.fences.in_flight("r1") == [], "every in-flight entry ended before the raise"
     assert [world.status(t) for t in world] == [TableStatus.VALIDATED] * 2 + [
         TableStatus.PENDING
     ] * 3
-    assert world.writes == [(world.clock(), [t0, t1])]
+    assert world.writes == [(world.clock(), [t0]), (world.clock(), [t1])]
     assert world.altered() == [str(t0), str(t1)] + [str(t2)] * 4
     assert world.runs.get("r1").status == RunStatus.SWITCHING
 

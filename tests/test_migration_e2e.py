@@ -35,7 +35,7 @@ from worker.adapters.limits import RedisLimits
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.sql import TableName
-from worker.flow.batch import MAX_BATCH
+from worker.flow.runs.switch import MAX_BATCH
 from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow

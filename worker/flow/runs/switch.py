@@ -10,9 +10,9 @@ and its fencing token and registers the change in flight (worker/flow/fencing.py
 recorded ``superseded`` and changes nothing; a pause, an abort or the run's end stops the batch at
 the next object, and what is left stays pending for ``rotator resume``.
 
-Outcomes are written in one call for everything that finished since the last write: at most
-``flush_every`` seconds apart after the batch's first (so ``rotator status`` stays seconds
-behind), and at the end, also
+Outcomes are written in one call for everything that finished since the last write: the batch's
+first at once, then whenever ``flush_every`` seconds have passed when an object ends (so
+``rotator status`` stays about that far behind, plus one object's time), and at the end, also
 when the batch stops on an error. That call ends those objects' in-flight entries; the write that
 leaves nothing pending closes the run. A RetryableError that outlives an object's step retries
 ends the batch after that write and propagates: the task runs the batch again later, and the
