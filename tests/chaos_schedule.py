@@ -175,6 +175,7 @@ class Scenario:
         self.unexpected: list[str] = []
         self.step_no, self.depth, self.next_beat = 0, 0, BEAT_PERIOD
         self.workers = 0  # worker processes so far: each task and command runs in a new one
+        self.running: Message | None = None  # the message the first worker is running
         self.flushed = False
         self._stamp = ""
         self.faults = Faults(
@@ -337,14 +338,29 @@ class Scenario:
         so they also arrive in the middle of a batch."""
         if self.depth != 1:
             return  # one level of concurrency is enough to show every race we know of
-        if self.rng.random() < 0.2 and self._command_meanwhile():
+        if self._abort_meanwhile() or (self.rng.random() < 0.2 and self._command_meanwhile()):
             return
         msg = self._take(wait=False)
         if msg is not None:
             self.log("↳ meanwhile, another worker:")
             self.execute(msg)
 
+    def _abort_meanwhile(self) -> bool:
+        """While a batch of a key rotation's table run runs, half the time: that rotation's
+        abort, landing mid-batch (these batches are few; a random command would seldom hit)."""
+        running = self.running
+        if running is None or running.kind != "switch" or self.rng.random() < 0.5:
+            return False
+        run = self.world.runs.peek(running.run_id)
+        parent = self.world.runs.peek(run.parent) if run is not None and run.parent else None
+        if parent is None or is_final(parent):
+            return False
+        self.log("↳ meanwhile, the operator:")
+        self._abort(parent.run_id)
+        return True
+
     def _command_meanwhile(self) -> bool:
+        """The operator's abort or resume of some run, now."""
         commands = [
             (command, run_id)
             for command, run_id in (
@@ -362,6 +378,8 @@ class Scenario:
 
     def execute(self, msg: Message) -> None:
         self.log(f"deliver {self.describe(msg)}")
+        if self.depth == 0:
+            self.running = msg
         if msg.kind in _REDELIVERABLE:
             self.history.append(msg)
 
@@ -392,6 +410,8 @@ class Scenario:
         finally:
             self.faults.revive(previous)  # the worker this one interleaved with is alive
             self.depth -= 1
+            if self.depth == 0:
+                self.running = None
             self.faults.armed = self.depth > 0
 
     def _retry(self, msg: Message, exc: Exception) -> bool:
