@@ -2,10 +2,11 @@
 
 Each scenario is a seeded schedule (tests/chaos.py): new secret versions and their events,
 duplicate and late events, late redeliveries of tasks, key rotations, aborts and resumes at random
-points, a Redis flush now and then, worker crashes at step boundaries and 20 % transient
-Databend / S3 / IAM faults. The invariants are checked after every step: no table on a deleted key;
-no key deleted or deactivated while in use; nothing moved behind the version AWSCURRENT held when
-the newest run started; every run final or flagged within its bound.
+points (some while a batch runs), runs' objects switched in batches of 1 to several, a Redis flush
+now and then, worker crashes at step boundaries (between two objects of a batch, too) and 20 %
+transient Databend / S3 / IAM faults. The invariants are checked after every step: no table on a
+deleted key; no key deleted or deactivated while in use; nothing moved behind the version
+AWSCURRENT held when the newest run started; every run final or flagged within its bound.
 
     python benchmarks/chaos.py --scenarios 1000 --seed 0
     python benchmarks/chaos.py --scenarios 1 --seed 17 --trace      # replay one seed in full

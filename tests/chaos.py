@@ -8,10 +8,12 @@ in reading order:
   calls ``worker.flow``, always with keyword arguments; when the core's API changes, adjust this
   section and nothing else. Section 2, ``build_world``: one secret, its IAM user(s), a lake.
 - **tests/chaos_world.py**: the faulty fakes — real IAM keys, an ALTER that needs both keys,
-  transient faults, crashes, Redis flushes, a second worker between two calls.
+  transient faults, crashes (a dead worker does nothing more), Redis flushes and its atomic batch
+  writes, a second worker between two calls.
 - **tests/chaos_invariants.py**: the four invariants, each explained.
 - **tests/chaos_schedule.py**: the schedule generator (``Scenario``) and ``run_scenarios``, used
-  by tests/test_chaos.py and benchmarks/chaos.py.
+  by tests/test_chaos.py and benchmarks/chaos.py. A run's objects go in batch messages
+  (``switch_batch`` below), as the workers send and switch them.
 
 Every scenario replays exactly from its seed, with a readable trace:
 ``python benchmarks/chaos.py --scenarios 1 --seed 17 --trace``.
@@ -49,8 +51,6 @@ from worker.domain.masking import MaskForm
 from worker.domain.model import (
     AccessKeyCredentials,
     RunStatus,
-    TableOutcome,
-    TableStatus,
     parse_storage_param,
 )
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
@@ -102,8 +102,8 @@ def render_storage(mask: str) -> Callable[[str, str, str, bool], Any]:
     return render
 
 
-def _no_sleep() -> RetryPolicy:
-    return RetryPolicy(attempts=4, initial_wait=0.0, max_wait=0.0, sleep=lambda _s: None)
+def _no_sleep(attempts: int = 4) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, initial_wait=0.0, max_wait=0.0, sleep=lambda _s: None)
 
 
 def intake(world: World, version_id: str, enqueue: Callable[[str], None]) -> tuple[str, str, str]:
@@ -142,28 +142,95 @@ def prepare(world: World, run_id: str) -> list[ObjectName]:
     )
 
 
-def switch(world: World, run_id: str, table: ObjectName) -> tuple[str, bool] | None:
-    """tasks/rotation.switch_table: (the table's status, whether this closed the run), or None
-    when there was nothing to do."""
-    result = _batch.switch_and_record(
+def batches(names: list[ObjectName], parallel: int) -> list[list[ObjectName]]:
+    """worker/runtime/jobs.plan_rotation: the planned objects cut into batch messages, at least
+    ``parallel`` of them (ROTATOR_PARALLEL)."""
+    return _batch.split_batches(names=names, parallel=parallel)
+
+
+@dataclass
+class Batch:
+    """What one delivery of a batch message did."""
+
+    outcomes: list[tuple[ObjectName, str]]  # (object, status) recorded by this delivery, in order
+    skipped: list[ObjectName]  # finished before: left alone
+    closed: bool  # one of its writes closed the run
+    stopped: str | None  # the run paused or ended mid-batch: the rest stays pending
+
+
+def switch_batch(
+    world: World,
+    run_id: str,
+    names: list[ObjectName],
+    *,
+    object_seconds: Callable[[], float] = lambda: 0.0,
+    flush_every: float = _batch.DEFAULT_FLUSH_SECONDS,
+    step_attempts: int = 4,
+) -> Batch | None:
+    """tasks/rotation.switch_batch (worker/runtime/jobs.rotation_batch): switch a batch, writing
+    outcomes at most ``flush_every`` seconds apart on the world's clock, each admitted object
+    taking ``object_seconds()`` of it, each statement tried ``step_attempts`` times inside its
+    step (fewer than the real 4: a transient fault then more often ends the batch, which the task
+    retries and at last gives up). After each object, its outcome not yet written and the
+    batch in flight, is the task's crash point (jobs.py's fault point ``rotation-after-table``).
+    None when the run has ended."""
+    faults = world.env.faults
+
+    @contextmanager
+    def takes_time() -> Iterator[None]:
+        try:
+            yield
+        finally:
+            world.clock.now += object_seconds()
+
+    def done(outcome: Any) -> None:
+        faults.log(f"  {outcome.table}: {outcome.status}")
+        faults.boundary("checkpoint rotation-after-table")
+
+    result = _batch.switch_batch(
         run_id=run_id,
-        table=table,
+        names=list(names),
         runs=world.runs,
         admin=world.admin,
-        locks=world.locks,
-        retry=_no_sleep(),
         fences=world.fences,
+        locks=world.locks,
+        retry=_no_sleep(step_attempts),
+        each=takes_time,
+        on_outcome=lambda outcome, _seconds: done(outcome),
+        flush_every=flush_every,
+        clock=world.clock,
     )
-    return None if result is None else (str(result.outcome.status), result.closed)
+    if result is None:
+        return None
+    return Batch(
+        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
+        skipped=list(result.finished_before),
+        closed=result.closed,
+        stopped=None if result.stopped is None else str(result.stopped),
+    )
 
 
-def give_up(world: World, run_id: str, table: ObjectName, reason: str) -> bool:
-    """A switch task out of retries records the table failed; True when that closed the run."""
-    planned = world.runs.outcome(run_id, table)
-    outcome = TableOutcome(
-        table=table, status=TableStatus.FAILED, rule=planned.rule if planned else "", reason=reason
+def switch(world: World, run_id: str, table: ObjectName) -> tuple[str, bool] | None:
+    """A batch of one: (the object's status, whether this closed the run), or None when there
+    was nothing to do."""
+    result = switch_batch(world, run_id, [table])
+    if result is None or not result.outcomes:
+        return None
+    return result.outcomes[0][1], result.closed
+
+
+def give_up(world: World, run_id: str, names: list[ObjectName], reason: str) -> Batch:
+    """A batch task out of retries, or stopped by a fatal error (worker/runtime/jobs.
+    rotation_gave_up): its unfinished objects are recorded failed."""
+    result = _batch.give_up_objects(
+        run_id=run_id, names=list(names), reason=reason, runs=world.runs, locks=world.locks
     )
-    return _runs.finish_table(run_id=run_id, outcome=outcome, runs=world.runs, locks=world.locks)
+    return Batch(
+        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
+        skipped=[],
+        closed=result.closed,
+        stopped=None,
+    )
 
 
 def give_up_planning(world: World, run_id: str, reason: str) -> None:
@@ -337,13 +404,13 @@ def seeded_uuids(seed: int) -> Iterator[None]:
 
 def drive_key_rotation(world: World, run_id: str, limit: int = 50) -> str:
     """What the tasks do for a key rotation, inline and in order: advance, switching the table
-    run when asked. Returns the last step ('stop' or 'wait')."""
+    run (as one batch) when asked. Returns the last step ('stop' or 'wait')."""
     for _ in range(limit):
         step, followups = advance(world, run_id)
         for kind, table_run in followups:
             if kind == "start":
-                for table in prepare(world, table_run):
-                    switch(world, table_run, table)
+                for names in batches(prepare(world, table_run), 1):
+                    switch_batch(world, table_run, names)
         if step in ("stop", "wait"):
             return step
     raise AssertionError(f"key rotation {run_id} did not stop in {limit} steps")
@@ -397,7 +464,7 @@ def build_world(
     move (the scenario turns it into an EventBridge event)."""
     rng = rng or random.Random(0)
     env = Env(faults=faults or Faults(rng=rng, log=log), clock=Clock(), rng=rng)
-    env.faults.log = log
+    env.faults.log, env.faults.clock = log, env.clock
     iam = ChaosIam(env)
     k0 = iam.add_key(USERS[0])
     secrets = FakeSecrets(values={"v0": secret_value(k0, "s" * 40)}, stages={"v0": ("AWSCURRENT",)})

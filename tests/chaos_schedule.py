@@ -4,8 +4,11 @@ run many seeds (tests/test_chaos.py, benchmarks/chaos.py).
 
 ``Scenario``'s docstring lists the actions and how often each is chosen; its task handlers
 (``_task_*``) mirror tasks/*.py: what Celery would do with each message (retries with backoff up to
-RotatorTask.max_retries, a lock wait of half an hour, redelivery of a dead worker's task after the
-visibility timeout).
+RotatorTask.max_retries, a lock wait of half an hour, the task's ``gave_up`` hook once out of
+retries or on a fatal error, redelivery of a dead worker's task after the visibility timeout). A
+run's objects travel in batch messages, as worker/runtime/jobs.plan_rotation sends them: a crash
+between two objects of a batch, a fault inside it, a pause, abort or newer run arriving mid-batch
+and the redelivery of a half-done batch all happen.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tests.chaos import (
     Shape,
     abort,
     advance,
+    batches,
     build_world,
     describe_run,
     give_up,
@@ -36,7 +40,7 @@ from tests.chaos import (
     retire_due,
     seeded_uuids,
     start_key_rotation,
-    switch,
+    switch_batch,
     unfinished_key_rotation,
 )
 from tests.chaos_invariants import HANG_BOUND, INVARIANTS, Invariants, Violation
@@ -68,9 +72,9 @@ class ChaosSettings:
 class Message:
     """A task (Celery) or an event (SQS) waiting in the broker."""
 
-    kind: str  # event | start | switch | advance | retire_due | reap
+    kind: str  # event | start | switch (a batch of a run's objects) | advance | retire_due | reap
     run_id: str = ""
-    table: ObjectName | None = None
+    tables: tuple[ObjectName, ...] = ()  # a switch message's batch
     version_id: str = ""
     not_before: float = 0.0
     retries: int = 0
@@ -107,22 +111,30 @@ class Scenario:
     """One seeded schedule. The actions (``_do_*``) and how often each is chosen:
 
     ========================  ======  ===========================================================
-    deliver                   50      a worker takes a ready message from the broker (any order)
+    deliver                   50      a worker takes a ready message from the broker (any order):
+                                      an event, a run's planning, a batch of its objects (1 to 4
+                                      batches per run, the scenario's ROTATOR_PARALLEL), a key
+                                      rotation's step, the beat's retire_due or reaper
     new_version               5       an outside rotation: new IAM key, new version AWSCURRENT
     old_event                 4       an event for a random version again (duplicate / late)
-    redeliver                 6       a task delivered before comes back later (acks_late)
+    redeliver                 6       a task delivered before comes back later (acks_late),
+                                      a batch maybe half done by then
     rotate_key                6       `rotate --commit` (refused while one is unfinished) or the
                                       rotation function's schedule (does not look)
-    abort                     3       `rotator abort` of a key rotation, finished or not
-    resume                    4       `rotator resume` of any run that did not succeed
+    abort                     3       `rotator abort` of a key rotation, finished or not (and,
+                                      now and then, one while a worker's task runs: mid-batch)
+    resume                    4       `rotator resume` of any run that did not succeed (likewise)
     rollback_label            1       an operator moves AWSCURRENT back to AWSPREVIOUS
     tick                      8       time passes (60-900 s): locks expire, retirements fall due
     flush                     1       Redis loses everything (in 1 scenario of 5, at most once)
     ========================  ======  ===========================================================
 
-    Underneath every action: transient faults, crashes at step boundaries, and another worker's
-    task landing between two port calls (see tests/chaos_world.py). Each step also moves the clock
-    0.5-20 s and lets the beat enqueue retire_due and the reaper every BEAT_PERIOD. After the
+    Underneath every action: transient faults, crashes at step boundaries (a batch's: after each
+    object, its outcome unwritten; after each write of outcomes; after leaving its changes in
+    flight), and another worker's task landing between two port calls (see tests/chaos_world.py).
+    Each switched object takes 0.05-1.5 s of the world's clock, so a batch writes its outcomes
+    mid-way (at most flush_every apart) or only at its end. Each step also moves the clock 0.5-20 s
+    and lets the beat enqueue retire_due and the reaper every BEAT_PERIOD. After the
     random actions the broker is drained, then the clock jumps past every bound and it is drained
     again, so that whatever can still happen does.
     """
@@ -153,12 +165,17 @@ class Scenario:
             stages=1 if random.Random(seed * 7 + 1).random() < 0.4 else 0,
             databases=1 if random.Random(seed * 7 + 2).random() < 0.3 else 0,
         )
+        self.parallel = random.Random(seed * 7 + 3).randint(1, 4)  # ROTATOR_PARALLEL
+        # tries per statement inside a batch's step: fewer than 4 make its faults end the batch
+        self.step_attempts = random.Random(seed * 7 + 4).choice((1, 2, 4))
         self.may_flush = rng.random() < 0.2
         self.queue: list[Message] = []
         self.history: list[Message] = []
         self.trace: list[str] = []
         self.unexpected: list[str] = []
         self.step_no, self.depth, self.next_beat = 0, 0, BEAT_PERIOD
+        self.workers = 0  # worker processes so far: each task and command runs in a new one
+        self.running: Message | None = None  # the message the first worker is running
         self.flushed = False
         self._stamp = ""
         self.faults = Faults(
@@ -187,7 +204,9 @@ class Scenario:
         with seeded_uuids(self.seed):
             self.trace.append(
                 f"seed {self.seed}: {self.shape}; faults {self.settings.fault_rate:.0%}, "
-                f"mask {self.settings.mask}" + (", Redis may be flushed" if self.may_flush else "")
+                f"mask {self.settings.mask}, {self.parallel} batch(es) per run, "
+                f"{self.step_attempts} tr(ies) per statement in a batch"
+                + (", Redis may be flushed" if self.may_flush else "")
             )
             script = self.settings.script
             for i in range(len(script) if script is not None else self.settings.steps):
@@ -267,7 +286,7 @@ class Scenario:
         if msg.kind == "event":
             return f"event: AWSCURRENT is {label(msg.version_id)}"
         if msg.kind == "switch":
-            return f"switch({label(msg.run_id)}, {msg.table})"
+            return f"switch({label(msg.run_id)}, [{', '.join(map(str, msg.tables))}])"
         if msg.kind in BEAT_KINDS:
             return f"{msg.kind} (beat)"
         return f"{msg.kind}({label(msg.run_id)})"
@@ -314,16 +333,53 @@ class Scenario:
             self.enqueue("event", version_id=version_id, delay=self.rng.uniform(30, 900))
 
     def _interleave(self) -> None:
-        """Called by the world before a port call: maybe another worker's task lands here."""
+        """Called by the world before a port call: maybe another worker's task lands here, or
+        (one time in five) the operator's abort or resume, as the CLI runs beside the workers:
+        so they also arrive in the middle of a batch."""
         if self.depth != 1:
             return  # one level of concurrency is enough to show every race we know of
+        if self._abort_meanwhile() or (self.rng.random() < 0.2 and self._command_meanwhile()):
+            return
         msg = self._take(wait=False)
         if msg is not None:
             self.log("↳ meanwhile, another worker:")
             self.execute(msg)
 
+    def _abort_meanwhile(self) -> bool:
+        """While a batch of a key rotation's table run runs, half the time: that rotation's
+        abort, landing mid-batch (these batches are few; a random command would seldom hit)."""
+        running = self.running
+        if running is None or running.kind != "switch" or self.rng.random() < 0.5:
+            return False
+        run = self.world.runs.peek(running.run_id)
+        parent = self.world.runs.peek(run.parent) if run is not None and run.parent else None
+        if parent is None or is_final(parent):
+            return False
+        self.log("↳ meanwhile, the operator:")
+        self._abort(parent.run_id)
+        return True
+
+    def _command_meanwhile(self) -> bool:
+        """The operator's abort or resume of some run, now."""
+        commands = [
+            (command, run_id)
+            for command, run_id in (
+                ("abort", self._pick_run(lambda r: r.kind == "key-rotation" and not is_final(r))),
+                ("resume", self._pick_run(lambda r: not r.parent and r.status != "succeeded")),
+            )
+            if run_id is not None
+        ]
+        if not commands:
+            return False
+        command, run_id = self.rng.choice(commands)
+        self.log("↳ meanwhile, the operator:")
+        (self._abort if command == "abort" else self._resume)(run_id)
+        return True
+
     def execute(self, msg: Message) -> None:
         self.log(f"deliver {self.describe(msg)}")
+        if self.depth == 0:
+            self.running = msg
         if msg.kind in _REDELIVERABLE:
             self.history.append(msg)
 
@@ -334,12 +390,17 @@ class Scenario:
         self._armed(msg.kind, lambda: getattr(self, f"_task_{msg.kind}")(msg), back_later)
 
     def _armed(self, what: str, fn: Callable[[], None], on_crash: Callable[[], None]) -> None:
-        """Run a task or a command with the world's faults armed."""
+        """Run a task or a command with the world's faults armed, in a worker process of its own
+        (its changes in flight name it; once it dies, they stop counting a while later)."""
         self.depth += 1
         self.faults.armed = True
+        self.workers += 1
+        previous = self.faults.worker
+        self.faults.revive(f"w{self.workers}")
         try:
             fn()
         except WorkerCrash:
+            self.faults.dead.setdefault(self.faults.worker, self.world.clock())
             on_crash()
         except RotatorError as exc:
             self.log(f"  {what} failed: {type(exc).__name__}: {self._named(str(exc))}")
@@ -347,7 +408,10 @@ class Scenario:
             self.unexpected.append(f"seed {self.seed} step {self.step_no}: {exc!r}")
             self.log(f"  UNEXPECTED {type(exc).__name__}: {exc}")
         finally:
+            self.faults.revive(previous)  # the worker this one interleaved with is alive
             self.depth -= 1
+            if self.depth == 0:
+                self.running = None
             self.faults.armed = self.depth > 0
 
     def _retry(self, msg: Message, exc: Exception) -> bool:
@@ -362,18 +426,34 @@ class Scenario:
         self.log(f"  retry in {delay:.0f} s: {type(exc).__name__}")
         return True
 
-    def _wait_for_lock(self, msg: Message) -> None:
-        """LockBusy: try again until LOCK_WAIT has passed (coarser polls than 2 s, same budget)."""
+    def _wait_for_lock(self, msg: Message, gave_up: Callable[[str], None] | None = None) -> None:
+        """LockBusy: try again until LOCK_WAIT has passed (coarser polls than 2 s, same budget),
+        then the task's ``gave_up`` hook (by default: the run fails)."""
         since = msg.waiting_since if msg.waiting_since is not None else self.world.clock()
         if self.world.clock() - since > LOCK_WAIT:
             self.log("  gave up waiting for the secret's lock")
-            give_up_planning(self.world, msg.run_id, "gave up waiting for the secret's lock")
-            self._wake_parent(msg.run_id)
+            (gave_up or self._give_up_run)(msg, "gave up waiting for the secret's lock")
             return
         delay = self.rng.uniform(2, 60)
         self.queue.append(replace(msg, waiting_since=since, not_before=self.world.clock() + delay))
         holder = self.world.locks.holder(self.world.secrets.arn)
         self.log(f"  lock held by {self.world.env.label(holder)}: wait")
+
+    def _give_up_run(self, msg: Message, reason: str) -> None:
+        """tasks/rotation.start_rotation's gave_up hook: the run fails (resumable)."""
+        give_up_planning(self.world, msg.run_id, reason)
+        self._wake_parent(msg.run_id)
+
+    def _give_up_batch(self, msg: Message, reason: str) -> None:
+        """tasks/rotation.switch_batch's gave_up hook (jobs.rotation_gave_up): the batch's
+        unfinished objects are recorded failed; the write that leaves none pending closes the
+        run."""
+        given_up = give_up(self.world, msg.run_id, list(msg.tables), reason)
+        for table, status in given_up.outcomes:
+            self.log(f"  {table}: {status} (given up)")
+        if given_up.closed:
+            self.log("  the run is closed")
+            self._wake_parent(msg.run_id)
 
     def _wake_parent(self, run_id: str) -> None:
         run = self.world.runs.get(run_id)
@@ -406,34 +486,51 @@ class Scenario:
             return
         except RetryableError as exc:
             if not self._retry(msg, exc):
-                give_up_planning(self.world, msg.run_id, f"planning gave up: {exc}")
-                self._wake_parent(msg.run_id)
+                self._give_up_run(msg, f"gave up after {MAX_RETRIES} retries: {exc}")
             return
         except FatalError as exc:
             self.log(f"  failed before switching any table: {exc}")
-            self._wake_parent(msg.run_id)
+            self._give_up_run(msg, str(exc))
             return
-        self.log(f"  {len(tables)} table(s) to switch")
-        for table in tables:
-            self.enqueue("switch", msg.run_id, table=table)
+        split = batches(tables, self.parallel)
+        self.log(f"  {len(tables)} object(s) to switch, in {len(split)} batch(es)")
+        for names in split:
+            self.enqueue("switch", msg.run_id, tables=tuple(names))
         if not tables:
             self._wake_parent(msg.run_id)
 
     def _task_switch(self, msg: Message) -> None:
-        assert msg.table is not None
+        """tasks/rotation.switch_batch: the base task's retries (RetryableError: backoff, up to
+        MAX_RETRIES; LockBusy: its own wait), then, or at once on a FatalError, its gave_up
+        hook."""
         try:
-            result = switch(self.world, msg.run_id, msg.table)
-        except RetryableError as exc:
-            if self._retry(msg, exc):
-                return
-            result = ("failed (gave up)", give_up(self.world, msg.run_id, msg.table, str(exc)))
-        if result is None:
-            self.log("  nothing to do: finished already, or not in the run")
+            batch = switch_batch(
+                self.world,
+                msg.run_id,
+                list(msg.tables),
+                object_seconds=lambda: self.rng.uniform(0.05, 1.5),
+                step_attempts=self.step_attempts,
+            )
+        except LockBusy:
+            self._wait_for_lock(msg, self._give_up_batch)
             return
-        self.faults.boundary("rotation-after-table")
-        status, closed = result
-        self.log(f"  {msg.table}: {status}" + ("; the run is closed" if closed else ""))
-        if closed:
+        except RetryableError as exc:
+            if not self._retry(msg, exc):
+                self._give_up_batch(msg, f"gave up after {MAX_RETRIES} retries: {exc}")
+            return
+        except FatalError as exc:
+            self.log(f"  fatal: {type(exc).__name__}: {self._named(str(exc))}")
+            self._give_up_batch(msg, str(exc))
+            return
+        if batch is None:
+            self.log("  nothing to do: the run has ended")
+            return
+        if batch.skipped:
+            self.log(f"  finished before: {', '.join(map(str, batch.skipped))}")
+        if batch.stopped:
+            self.log(f"  stopped, the run {batch.stopped}: the rest stays pending")
+        if batch.closed:
+            self.log("  the run is closed")
             self._wake_parent(msg.run_id)
 
     def _task_advance(self, msg: Message) -> None:
@@ -534,6 +631,9 @@ class Scenario:
         if run_id is None:
             self._do_tick()
             return
+        self._abort(run_id)
+
+    def _abort(self, run_id: str) -> None:
         self.log(f"rotator abort {self.world.env.label(run_id)}")
 
         def command() -> None:
@@ -546,6 +646,9 @@ class Scenario:
         if run_id is None:
             self._do_tick()
             return
+        self._resume(run_id)
+
+    def _resume(self, run_id: str) -> None:
         self.log(f"rotator resume {self.world.env.label(run_id)}")
         self._armed("resume", lambda: self._enqueue_all(resume(self.world, run_id)), lambda: None)
 

@@ -20,9 +20,17 @@ What the plain fakes leave out and this world models:
   RetryableError with probability ``Faults.rate`` — before its effect, or, for a change, after it
   (the change is made, the answer is lost: an ALTER that committed, a key that was created).
 - **Crashes**: ``WorkerCrash`` (a kill -9) can hit any step boundary: after a change to Databend,
-  IAM, the secret, the run store, the intake state or the lock, and at the core's own checkpoints.
-- **Redis**: the run store, the secret locks and the intake state live in one Redis and can be
-  flushed together; locks expire after their TTL on the world's clock.
+  IAM, the secret, the run store, the intake state, the fences or the lock, and at the core's own
+  checkpoints. A dead worker does nothing more: its ``finally`` blocks still run in Python, but
+  every port call they make raises ``WorkerCrash`` again without effect, so a batch that dies
+  between two objects leaves its switched outcomes unwritten and its changes in flight.
+- **Workers**: every task runs in a worker process of its own (``Faults.worker``); a change in
+  flight names its worker, and stops counting as in flight ALIVE_TTL after that worker died (the
+  heartbeat of worker/adapters/redis_state.py), or when its lease runs out.
+- **Redis**: the run store, the secret locks, the fences and the intake state live in one Redis
+  and can be flushed together; locks expire after their TTL on the world's clock. A batch's
+  ``begin_attempts`` and ``record_outcomes`` are one Lua call each: they happen entirely or not at
+  all, and are one step boundary each.
 - **Concurrency**: before any port call, another worker's queued task may run to completion
   (``Faults.interleave``), the way two Celery workers' steps fall between each other's calls.
 
@@ -61,9 +69,11 @@ from worker.domain.errors import (
     UnknownSecretError,
 )
 from worker.domain.model import AccessKeyCredentials, DatabaseDefault, ExternalStage
+from worker.domain.ports import Admission
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 LOCK_TTL = 600.0  # ROTATOR_LOCK_TTL's default
+ALIVE_TTL = 15.0  # redis_state.ALIVE_TTL_MS: a dead worker's changes stop counting this long after
 KEYS_PER_USER = 2  # IAM's quota
 _KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # what AWS key ids are made of
 
@@ -110,7 +120,11 @@ class Faults:
     the n-th boundary instead (to sweep every boundary). ``interleave_rate``: chance that, before
     a port call, ``interleave()`` runs another worker's task first. Tests' hooks, armed or not:
     ``on_call(operation)`` before every port call, ``probe(operation, details)`` after every
-    change (it may raise ``WorkerCrash``).
+    change (it may raise ``WorkerCrash``, or call ``die``).
+
+    ``worker`` names the worker process whose task runs now; ``die`` kills it: from then on, until
+    ``revive``, every port call raises ``WorkerCrash`` without effect (the dead worker's ``finally``
+    blocks change nothing), and ``dead`` remembers when it died.
     """
 
     rng: random.Random
@@ -128,10 +142,15 @@ class Faults:
     injected: Counter[str] = field(default_factory=Counter)  # of which failed on purpose
     crashes: int = 0
     boundaries: int = 0
+    clock: Callable[[], float] = lambda: 0.0
+    worker: str = "w0"
+    dying: bool = False
+    dead: dict[str, float] = field(default_factory=dict)  # worker -> when it died
 
     def call(self, system: str, op: str, *, change: bool = False) -> bool:
         """Before a port call. Raises a transient error, or returns True when the call should
         take effect and then lose its answer (only for a change)."""
+        self.alive(op)
         if self.on_call is not None:
             self.on_call(op)
         if not self.armed:
@@ -163,7 +182,8 @@ class Faults:
 
     def boundary(self, where: str) -> None:
         """A step boundary: the worker may die here. The core's own checkpoints (named points
-        inside a key-rotation step) are ten times likelier, so random schedules reach them."""
+        inside a key-rotation step, and after each object of a batch) are ten times likelier, so
+        random schedules reach them."""
         if not self.armed:
             return
         self.boundaries += 1
@@ -173,7 +193,22 @@ class Faults:
         ):
             self.crashes += 1
             self.log(f"✝ worker dies after {where}")
-            raise WorkerCrash(where)
+            self.die(where)
+
+    def die(self, where: str) -> None:
+        """The running worker dies here (kill -9)."""
+        self.dying = True
+        self.dead.setdefault(self.worker, self.clock())
+        raise WorkerCrash(where)
+
+    def alive(self, op: str) -> None:
+        """Before any port call, read or write: a dead worker's call does nothing."""
+        if self.dying:
+            raise WorkerCrash(f"dead before {op}")
+
+    def revive(self, worker: str) -> None:
+        """The broker hands the next task to ``worker`` (a live process)."""
+        self.dying, self.worker = False, worker
 
     @contextmanager
     def disarmed(self) -> Iterator[None]:
@@ -456,7 +491,10 @@ class ChaosAdmin(FakeAdmin):
 
 
 class ChaosRuns(MemoryRuns):
-    """The run store (Redis): every write tells the observer and is a step boundary."""
+    """The run store (Redis): every write tells the observer and is a step boundary. A batch's
+    ``begin_attempts`` and ``record_outcomes`` are one Lua call each in Redis: here too each is
+    one call and one boundary, all of it or nothing (not tests/fakes.py's loop over the
+    single-object writes)."""
 
     def __init__(self, env: Env) -> None:
         super().__init__(clock=env.clock)
@@ -511,16 +549,38 @@ class ChaosRuns(MemoryRuns):
         self._write("runs.record_outcome", run_id)
         return remaining
 
+    def begin_attempts(self, run_id: str, tables: list[ObjectName]) -> list[Any]:
+        self.env.faults.call("", "runs.begin_attempts")
+        outcomes = [MemoryRuns.begin_attempt(self, run_id, table) for table in tables]
+        self._write("runs.begin_attempts", run_id)
+        return outcomes
+
+    def record_outcomes(
+        self, run_id: str, outcomes: list[Any], wave: tuple[int, int] | None = None
+    ) -> tuple[int, int, int]:
+        self.env.faults.call("", "runs.record_outcomes")
+        remaining, finished, size = len(self.pending_.get(run_id, ())), 0, 0
+        for outcome in outcomes:
+            remaining = MemoryRuns.record_outcome(self, run_id, outcome)
+            if wave is not None:
+                finished = self.wave_finished(run_id, wave[0], outcome.table, wave[1])
+                size = self.wave_size(run_id, wave[0])
+        self.env.faults.log(f"· {len(outcomes)} outcome(s) written, {remaining} pending")
+        self._write("runs.record_outcomes", run_id)
+        return remaining, finished, size
+
     def record_pending(self, run_id: str, outcome: Any) -> None:
         self.env.faults.call("", "runs.record_pending")
         super().record_pending(run_id, outcome)
         self._write("runs.record_pending", run_id)
 
     def mark_retiring(self, run_id: str) -> None:
+        self.env.faults.alive("runs.mark_retiring")
         super().mark_retiring(run_id)
         self._write("runs.mark_retiring", run_id)
 
     def unmark_retiring(self, run_id: str) -> None:
+        self.env.faults.alive("runs.unmark_retiring")
         super().unmark_retiring(run_id)
         self._write("runs.unmark_retiring", run_id)
 
@@ -550,12 +610,14 @@ class ChaosLocks(MemoryLocks):
         return True
 
     def renew(self, secret_arn: str, owner: str) -> bool:
+        self.env.faults.alive("locks.renew")
         if self.holder(secret_arn) != owner:
             return False
         self.expires[secret_arn] = self.env.clock() + self.ttl
         return True
 
     def release(self, secret_arn: str, owner: str) -> None:
+        self.env.faults.alive("locks.release")
         if self.holder(secret_arn) == owner:
             del self.owners[secret_arn]
         self.env.faults.done("", "locks.release", False)
@@ -566,15 +628,44 @@ class ChaosLocks(MemoryLocks):
 
 
 class ChaosFences(MemoryFences):
-    """Fencing tokens and changes in flight (Redis): gone with a flush, checked atomically."""
+    """Fencing tokens and changes in flight (Redis): gone with a flush, checked atomically. Each
+    change in flight names the worker that entered it (``holders``): a dead worker's changes stop
+    counting ALIVE_TTL after it died, as RedisFences drops entries whose holder's heartbeat is
+    gone. ``leave`` ends a batch's entries in one call, a step boundary."""
 
     def __init__(self, env: Env, runs: ChaosRuns) -> None:
         super().__init__(runs=runs, clock=env.clock)
         self.env = env
+        self.holders: dict[str, dict[str, str]] = {}  # run -> item -> worker
+
+    def _drop_dead(self, run_id: str) -> None:
+        dead, now = self.env.faults.dead, self.env.clock()
+        held = self.holders.get(run_id, {})
+        for item, worker in list(held.items()):
+            if worker in dead and now >= dead[worker] + ALIVE_TTL:
+                self.flying.get(run_id, {}).pop(item, None)
+                del held[item]
 
     def enter(self, run_id: str, item: str, **kwargs: Any) -> Any:
         self.env.faults.call("", "fences.enter")
-        return super().enter(run_id, item, **kwargs)
+        self._drop_dead(run_id)
+        verdict = super().enter(run_id, item, **kwargs)
+        if verdict is Admission.ADMITTED:
+            self.holders.setdefault(run_id, {})[item] = self.env.faults.worker
+        return verdict
+
+    def leave(self, run_id: str, *items: str) -> None:
+        if not items:
+            return
+        self.env.faults.call("", "fences.leave")
+        super().leave(run_id, *items)
+        for item in items:
+            self.holders.get(run_id, {}).pop(item, None)
+        self.env.faults.done("", "fences.leave", False, items)
+
+    def in_flight(self, run_id: str) -> list[str]:
+        self._drop_dead(run_id)
+        return super().in_flight(run_id)
 
     def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
         self.env.faults.call("", "fences.issue")
@@ -583,6 +674,7 @@ class ChaosFences(MemoryFences):
     def flush(self) -> None:
         self.newest.clear()
         self.flying.clear()
+        self.holders.clear()
 
 
 class ChaosIntake(MemoryIntakeState):
@@ -591,11 +683,13 @@ class ChaosIntake(MemoryIntakeState):
         self.env = env
 
     def claim(self, secret_arn: str, version_id: str, run_id: str):  # type: ignore[no-untyped-def]
+        self.env.faults.alive("intake.claim")
         claim = super().claim(secret_arn, version_id, run_id)
         self.env.faults.done("", "intake.claim", False)
         return claim
 
     def mark_enqueued(self, secret_arn: str, version_id: str) -> None:
+        self.env.faults.alive("intake.mark_enqueued")
         super().mark_enqueued(secret_arn, version_id)
         self.env.faults.done("", "intake.mark_enqueued", False)
 
@@ -626,6 +720,7 @@ class ChaosWriter(FakeWriter):
         self.env.faults.done("", "UpdateSecretVersionStage", False)
 
     def drop_pending(self, arn: str, version_id: str) -> None:
+        self.env.faults.alive("UpdateSecretVersionStage")
         super().drop_pending(arn, version_id)
         self.env.faults.done("", "UpdateSecretVersionStage", False)
 

@@ -30,8 +30,9 @@ from tests.chaos import (
     seeded_uuids,
     start_key_rotation,
     switch,
+    switch_batch,
 )
-from tests.chaos_world import LOCK_TTL, WorkerCrash, World
+from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
 from worker.domain.errors import RotatorError
 from worker.domain.sql import TableName
 
@@ -88,6 +89,18 @@ def crash_when(world: World, wanted: Callable[[str, Any], bool]) -> None:
         if wanted(op, detail):
             world.env.faults.probe = None
             raise WorkerCrash(op)
+
+    world.env.faults.probe = probe
+
+
+def die_when(world: World, wanted: Callable[[str, Any], bool]) -> None:
+    """As crash_when, and the dead worker does nothing more: every port call its ``finally``
+    blocks make raises WorkerCrash again, until ``world.env.faults.revive``."""
+
+    def probe(op: str, detail: Any) -> None:
+        if wanted(op, detail):
+            world.env.faults.probe = None
+            world.env.faults.die(op)
 
     world.env.faults.probe = probe
 
@@ -263,3 +276,40 @@ def test_a_key_rotation_that_plans_no_table_is_refused(shape: Shape) -> None:
     assert isinstance(result, Refused)
     assert iam_keys(world) == {"K0": "active"}
     assert world.runs.runs == {}
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def test_a_batch_whose_worker_dies_between_two_objects_is_finished_by_its_redelivery() -> None:
+    # Given v1 (key K1) made AWSCURRENT and its run planned: one batch of sales.t0-t2
+    world = build_world(Shape(sales=3))
+    v1 = outside_rotation(world, "svc")
+    _verdict, _reason, run_id = intake(world, v1, lambda _run: None)
+    assert prepare(world, run_id) == [T0, T1, T2]
+    # When the batch's worker is killed right after the ALTER of sales.t1: sales.t0's outcome
+    # still buffered, both changes in flight
+    die_when(world, lambda op, _detail: op == f"ALTER {T1}")
+    with pytest.raises(WorkerCrash):
+        switch_batch(world, run_id, [T0, T1, T2])
+    world.env.faults.revive("w2")
+    # Then nothing of it was written (its finally block ran in a dead process), and both changes
+    # count as in flight until the dead worker's heartbeat has run out
+    assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K0"}
+    assert world.runs.pending(run_id) == [T0, T1, T2]
+    assert world.fences.in_flight(run_id) == [str(T0), str(T1)]
+    world.clock.now += ALIVE_TTL
+    assert world.fences.in_flight(run_id) == []
+
+    # When the broker redelivers the batch
+    result = switch_batch(world, run_id, [T0, T1, T2])
+
+    # Then it finishes the run: the two switched tables found switched, sales.t2 switched
+    assert result is not None and result.closed
+    assert [status for _table, status in result.outcomes] == [
+        "already_switched",
+        "already_switched",
+        "validated",
+    ]
+    assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
+    assert world.runs.peek(run_id).status == "succeeded"
