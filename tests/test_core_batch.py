@@ -380,3 +380,21 @@ def test_giving_up_on_an_ended_run_writes_nothing() -> None:
     result = give_up_objects("r1", world.tables, "gave up", runs=world.runs)
     assert result.outcomes == [] and world.writes == []
     assert [world.status(t) for t in world] == [TableStatus.PENDING] * 2
+
+
+def test_a_redelivered_batch_closes_a_run_its_dead_worker_left_open() -> None:
+    # Given a batch whose worker died after the write that left nothing pending, before closing
+    world = World(names(2))
+    world.runs.record_outcomes(
+        "r1", [TableOutcome(t, status=TableStatus.VALIDATED, attempts=1) for t in world]
+    )
+    assert world.runs.get("r1").status == RunStatus.SWITCHING
+
+    # When the broker redelivers it
+    result = world.batch()
+
+    # Then nothing is switched again and the run is closed (its lock released)
+    assert result is not None and result.closed and result.finished_before == world.tables
+    assert world.altered() == []
+    assert world.runs.get("r1").status == RunStatus.SUCCEEDED
+    assert SECRET not in world.locks.owners

@@ -126,6 +126,10 @@ def switch_batch(
         elif planned is not None:
             todo.append((name, planned))
     if not todo:
+        # every object finished already: a worker may have died between the write that left
+        # nothing pending and closing the run, so the redelivered batch closes it
+        if result.finished_before and not runs.pending(run_id):
+            result.closed = close_run(run_id, runs, locks)
         return result
     if locks is not None:
         locks.renew(run.secret, lock_owner(run))
