@@ -11,11 +11,12 @@ unit of work around it (``deadline()``: one table's switch and read-back gets
 ``ROTATOR_TABLE_TIME_LIMIT``). The driver's own timeouts are per HTTP request (its login waits up
 to ``connect_timeout`` + 10 s, a result paged through ``next_uri`` can take any number of requests,
 and it retries a timed-out request ``retry_count`` times), so they cannot give that bound alone: the
-statement runs on a helper thread and the caller stops waiting when its time is up, with a
-``DatabendUnavailable`` (retryable). The abandoned connection is never used again; the driver's
-per-request timeouts, set to the statement timeout unless the DSN says otherwise, end the helper.
-A statement given up on may still complete on the server: every statement this project sends is
-idempotent, and the retry checks before acting.
+statement runs on a helper thread (one per calling thread, reused) and the caller stops waiting
+when its time is up, with a ``DatabendUnavailable`` (retryable). The abandoned connection and
+helper are never used again; the driver's per-request timeouts, set to the statement timeout
+unless the DSN says otherwise, end the helper's statement. A statement given up on may still
+complete on the server: every statement this project sends is idempotent, and the retry checks
+before acting.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -118,36 +120,42 @@ class DatabendClient:
     def _bounded(self, work: Callable[[Any], T]) -> T:
         timeout, limited_by = self._timeout()
         conn = getattr(self._local, "conn", None)
-        done: dict[str, Any] = {}
 
-        def run() -> None:
+        def run() -> tuple[Any, Any, BaseException | None]:
+            used = conn if conn is not None else self._client.get_conn()  # may raise: no conn
             try:
-                used = conn if conn is not None else self._client.get_conn()
-                done["conn"] = used
-                done["result"] = work(used)
+                return used, work(used), None
             except BaseException as exc:
-                done["error"] = exc
+                return used, None, exc
 
-        helper = threading.Thread(target=run, name="databend-statement", daemon=True)
-        helper.start()
-        helper.join(timeout)
-        if helper.is_alive():
-            self._local.conn = None  # the helper still holds it: never use it again
+        helper = self._helper()
+        try:
+            used, result, error = helper.run(run, timeout)
+        except TimeoutError:
+            # the helper still holds the connection: never use either again
+            self._local.conn = None
+            self._local.helper = None
             if limited_by is not None:
-                raise DatabendUnavailable(f"{limited_by} ran out during a statement")
+                raise DatabendUnavailable(f"{limited_by} ran out during a statement") from None
             raise DatabendUnavailable(
                 f"Databend did not answer within {timeout:g}s (ROTATOR_STATEMENT_TIMEOUT);"
                 " the statement may still complete on the server"
-            )
-        error = done.get("error")
+            ) from None
+        except Exception as no_connection:
+            self._local.conn = None
+            raise classify_driver_error(no_connection) from None
         if error is not None:
-            if "conn" not in done or type(error).__name__ in ("OperationalError", "InterfaceError"):
-                self._local.conn = None  # no connection, or a broken one
-            else:
-                self._local.conn = done["conn"]
+            broken = type(error).__name__ in ("OperationalError", "InterfaceError")
+            self._local.conn = None if broken else used
             raise classify_driver_error(error) from None
-        self._local.conn = done["conn"]
-        return done["result"]  # type: ignore[no-any-return]
+        self._local.conn = used
+        return result  # type: ignore[no-any-return]
+
+    def _helper(self) -> _Helper:
+        helper: _Helper | None = getattr(self._local, "helper", None)
+        if helper is None:
+            helper = self._local.helper = _Helper()
+        return helper
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -156,3 +164,36 @@ class DatabendClient:
                 conn.close()
             finally:
                 self._local.conn = None
+
+
+class _Helper:
+    """The helper thread of one calling thread, reused statement after statement (starting a
+    thread per statement cost more CPU than the rotator's own bookkeeping of a table). A daemon:
+    one left behind by a statement that never answered does not hold its process up at exit."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._serve, name="databend-statement", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            job, box, done = self._jobs.get()
+            try:
+                box.append(job())
+            except BaseException as exc:  # handed to the caller, who is waiting for it
+                box.append(exc)
+                box.append(None)
+            done.set()
+
+    def run(self, job: Callable[[], T], timeout: float) -> T:
+        """``job()`` on the helper; TimeoutError when it has not returned within ``timeout``."""
+        box: list[Any] = []
+        done = threading.Event()
+        self._jobs.put((job, box, done))
+        if not done.wait(timeout):
+            raise TimeoutError
+        if len(box) == 2:
+            raise box[0]
+        return box[0]  # type: ignore[no-any-return]
