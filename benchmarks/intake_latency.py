@@ -173,6 +173,7 @@ def main() -> None:
         runs = RedisRunStore.from_url(valkey.url)
         deadline = time.time() + 300
         latencies: dict[str, float] = {}
+        stages: dict[str, tuple[float, float, float]] = {}
         while len(latencies) < len(sent) and time.time() < deadline:
             for run_id in runs.recent_runs(len(sent) + 10):
                 run = runs.get(run_id)
@@ -181,6 +182,11 @@ def main() -> None:
                 switched = [o.switched_at for o in runs.outcomes(run_id) if o.switched_at]
                 if switched:
                     latencies[run.secret] = min(switched) - sent[run.secret]
+                    stages[run.secret] = (
+                        run.created_at - sent[run.secret],
+                        run.started_at - run.created_at,
+                        min(switched) - run.started_at,
+                    )
             time.sleep(0.5)
         if not latencies:
             print("no run reached its first ALTER; see", work)
@@ -196,6 +202,22 @@ def main() -> None:
         print(
             f"event -> first ALTER latency: p50 {p50:.3f} s, p99 {p99:.3f} s, "
             f"max {values[-1]:.3f} s"
+        )
+        # where the time goes: intake (EventBridge, SQS, the intake's decision and claim), the
+        # Celery queue until a worker thread starts the run, the run until its first ALTER returned
+        intake, queued, planned = (statistics.median(v) for v in zip(*stages.values(), strict=True))
+        print(
+            f"  p50 by stage: event -> run recorded {intake:.3f} s, -> started {queued:.3f} s,"
+            f" -> first ALTER {planned:.3f} s"
+        )
+        order = [latencies[arn] for arn in sent if arn in latencies]
+        tenth = max(1, len(order) // 10)
+        print(
+            "  p50 of each tenth of the events, in send order: "
+            + ", ".join(
+                f"{statistics.median(order[i : i + tenth]):.2f}"
+                for i in range(0, len(order), tenth)
+            )
         )
         at = "" if args.rate == 10 else f" (goals are at 10 events/s; measured at {args.rate:g}/s)"
         print(f"goals (issue 14){at}:")
