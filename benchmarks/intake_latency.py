@@ -114,10 +114,12 @@ def main() -> None:
     )
 
     work = Path(tempfile.mkdtemp(prefix="bench-intake-"))
-    databend, valkey = start_databend_local(), start_valkey()
-    aws = start_moto(enforce_iam=False)  # any key works: the benchmark measures the pipeline
+    databend = start_databend_local()
+    valkey = aws = None
     processes: list[subprocess.Popen[bytes]] = []
     try:
+        valkey = start_valkey()
+        aws = start_moto(enforce_iam=False)  # any key works: the benchmark measures the pipeline
         db = DatabendClient(databend.dsn)
         sm, events = aws.client("secretsmanager"), aws.client("events")
         aws.client("s3").create_bucket(Bucket="bench")
@@ -227,8 +229,10 @@ def main() -> None:
         for process in processes:
             stop_process(process)
         databend.stop()
-        valkey.stop()
-        aws.stop()
+        if valkey is not None:
+            valkey.stop()
+        if aws is not None:
+            aws.stop()
 
 
 if __name__ == "__main__":

@@ -217,9 +217,9 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
     print(f"== {n} tables", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
     databend = start_databend_local(pool_size=max(8, args.threads))
-    valkey, aws = start_valkey(), start_moto(enforce_iam=False)
-    worker = None
+    valkey = aws = worker = None
     try:
+        valkey, aws = start_valkey(), start_moto(enforce_iam=False)
         db = DatabendClient(databend.dsn)
         aws.client("s3").create_bucket(Bucket="bench-migrate")
         names = ["src", "dst_a"] + [f"dst_{w}{r}" for r in range(args.rounds) for w in "bc"]
@@ -409,8 +409,10 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             stop_process(worker)
             log.close()
         databend.stop()
-        valkey.stop()
-        aws.stop()
+        if valkey is not None:
+            valkey.stop()
+        if aws is not None:
+            aws.stop()
 
 
 if __name__ == "__main__":
