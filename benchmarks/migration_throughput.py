@@ -13,10 +13,14 @@ with the busiest commands by name), and the worker's peak RSS (VmHWM). Then a go
 PASS/MISS line each (issue 14): c <= 1.05 x b at 1,000 tables; the worker's CPU <= 1.5 ms per
 table; <= 12 Redis commands per table; with --baseline 1000 at 10,000 tables, (c) 10,000 / 1,000
 <= 10.2 x and the worker's peak RSS <= 150 MB. (Issue 6 asked c <= 0.6 x a; c/a is still
-printed.) Everything runs on this machine (databend-local, Valkey, moto without IAM enforcement:
+printed.) With --redis-monitor one more (c) pass follows the rounds, untimed, under Valkey's
+MONITOR: its Redis commands per table by command and key pattern, the ones Lua scripts run
+apart (INFO commandstats counts those too), so the bookkeeping each command serves shows.
+Everything runs on this machine (databend-local, Valkey, moto without IAM enforcement:
 any key is accepted, which keeps moto's CPU out of the comparison).
 
-    python benchmarks/migration_throughput.py [--tables 1000] [--threads 8] [--skip-sequential]
+    python benchmarks/migration_throughput.py [--tables 1000] [--threads 8] [--skip-sequential] \
+        [--redis-monitor]
     python benchmarks/migration_throughput.py --tables 10000 --baseline 1000 --skip-sequential \
         --rounds 1
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +129,62 @@ def median_passes(passes: list[MigratePass], tables: int) -> tuple[float, float,
     return worker_ms, total, dict(sorted(by_command.items(), key=lambda kv: -kv[1]))
 
 
+def key_pattern(key: str) -> str:
+    """A Redis key with its ids and numbers wildcarded: ``rotator:run:<id>:outcomes``."""
+    key = re.sub(r"[0-9a-f]{8,}(?:-[0-9a-f]{4,})*", "<id>", key)
+    return re.sub(r"\d+", "N", key)
+
+
+class RedisMonitor:
+    """Valkey's MONITOR in a thread: every command counted by (source, command, key pattern),
+    source ``lua`` for those a script ran, ``client`` for the rest. MONITOR slows the server, so
+    a pass measured this way is not timed."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.stopping = threading.Event()
+        self.monitor = self.client.monitor().__enter__()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        while not self.stopping.is_set():
+            event = self.monitor.next_command()
+            words = event["command"].split(" ")
+            name = words[0].lower()
+            if name in ("evalsha", "eval") and len(words) > 3:  # script, numkeys, first key
+                target = f"{words[1][:8]} {key_pattern(words[3])}"
+            else:
+                target = key_pattern(words[1]) if len(words) > 1 else ""
+            source = "lua" if event["client_type"] == "lua" else "client"
+            self.counts[source, name, target] += 1
+
+    def stop(self) -> Counter[tuple[str, str, str]]:
+        self.stopping.set()
+        self.client.ping()  # wakes the listener
+        self.thread.join(timeout=10)
+        self.monitor.__exit__()
+        return self.counts
+
+
+def print_monitored(counts: Counter[tuple[str, str, str]], tables: int, top: int = 40) -> None:
+    total = sum(counts.values())
+    lua = sum(n for (source, _, _), n in counts.items() if source == "lua")
+    print(
+        f"(c) under MONITOR (untimed): {total / tables:.1f} Redis commands per table,"
+        f" {(total - lua) / tables:.1f} sent by clients and {lua / tables:.1f} run by Lua"
+        " scripts; by command and key:"
+    )
+    for (source, name, target), n in counts.most_common(top):
+        print(f"    {n / tables:6.2f}  {source:<6} {name:<10} {target}")
+    rest = sum(n for _, n in counts.most_common()[top:])
+    if rest:
+        print(f"    {rest / tables:6.2f}  (others)", flush=True)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -185,6 +247,11 @@ def main() -> None:
         metavar="N",
         help="first measure N tables the same way (fresh processes), then print --tables / N",
     )
+    parser.add_argument(
+        "--redis-monitor",
+        action="store_true",
+        help="one more (c) pass, untimed, under MONITOR: Redis commands by command and key",
+    )
     args = parser.parse_args()
     baseline = measure(args.baseline, args) if args.baseline else None
     figures = measure(args.tables, args)
@@ -222,7 +289,8 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         valkey, aws = start_valkey(), start_moto(enforce_iam=False)
         db = DatabendClient(databend.dsn)
         aws.client("s3").create_bucket(Bucket="bench-migrate")
-        names = ["src", "dst_a"] + [f"dst_{w}{r}" for r in range(args.rounds) for w in "bc"]
+        names = ["src", "dst_a", "dst_m"]
+        names += [f"dst_{w}{r}" for r in range(args.rounds) for w in "bc"]
         for i, name in enumerate(names):
             db.execute(
                 f"CREATE CONNECTION {name} STORAGE_TYPE='s3'"
@@ -399,10 +467,18 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         print(f"  Redis commands per table (every client): {redis_total:.1f}; by command:")
         for name, calls in list(by_command.items())[:TOP_COMMANDS]:
             print(f"    {name:<16} {calls:6.2f}")
-        rest = sum(list(by_command.values())[TOP_COMMANDS:])
-        if rest:
-            print(f"    {'(others)':<16} {rest:6.2f}")
+        rest = [(name, calls) for name, calls in by_command.items() if calls >= 0.005]
+        if rest[TOP_COMMANDS:]:
+            print("    others: " + ", ".join(f"{k} {v:.2f}" for k, v in rest[TOP_COMMANDS:]))
         print(f"  worker peak RSS: {rss:.0f} MB", flush=True)
+        if args.redis_monitor:
+            print("-- (c) once more under MONITOR, untimed", flush=True)
+            monitor = RedisMonitor(valkey.url)
+            try:
+                rotator_migrate(f"dst_c{args.rounds - 1}", "dst_m")
+            finally:
+                counts = monitor.stop()
+            print_monitored(counts, len(tables))
         return Figures(n, naive, floor, migrate, rss, worker_ms, redis_total, by_command)
     finally:
         if worker is not None:
