@@ -50,6 +50,7 @@ class EventPass:
     last: float  # put_events -> the run's end (every table validated)
     first: float  # put_events -> the first ALTER returned
     recorded: float  # put_events -> the run recorded by the intake
+    started: float  # put_events -> a worker thread began the run (planning)
     worker_cpu: float  # seconds
     redis_calls: int  # every client, over the pass
 
@@ -175,7 +176,12 @@ def main() -> None:
                 )
             first = min(o.switched_at for o in outcomes if o.switched_at)
             return EventPass(
-                run.updated_at - sent, first - sent, run.created_at - sent, worker_cpu, calls
+                last=run.updated_at - sent,
+                first=first - sent,
+                recorded=run.created_at - sent,
+                started=run.started_at - sent,
+                worker_cpu=worker_cpu,
+                redis_calls=calls,
             )
 
         floors, passes = [], []
@@ -184,7 +190,8 @@ def main() -> None:
             label = "warm-up" if r == 0 else f"round {r}"
             print(
                 f"{label}: floor {b:.2f}s; event -> last table {c.last:.2f}s ({c.last / b:.2f} x),"
-                f" -> run recorded {c.recorded:.2f}s, -> first ALTER {c.first:.2f}s;"
+                f" -> run recorded {c.recorded:.2f}s, -> started {c.started:.2f}s,"
+                f" -> first ALTER {c.first:.2f}s;"
                 f" worker {c.worker_cpu * 1000 / len(tables):.2f} ms CPU/table,"
                 f" Redis {c.redis_calls / len(tables):.1f} commands/table",
                 flush=True,
