@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from migration_throughput import CpuMeter
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -157,7 +159,19 @@ def main() -> None:
             dsn=databend.dsn, redis_url=valkey.url, bindings=work / "bindings.toml", aws=aws
         )
         env["ROTATOR_LOG_LEVEL"] = os.environ.get("ROTATOR_LOG_LEVEL", "WARNING")
-        processes.extend(start_pipeline(env, queue, work))
+        worker, intake = start_pipeline(env, queue, work)
+        processes.extend((worker, intake))
+        import redis
+
+        meter = CpuMeter(
+            {
+                "worker": worker.pid,
+                "intake": intake.pid,
+                "databend-local": databend.process.pid,
+                "moto": aws.process.pid if aws.process else os.getpid(),
+                "valkey": int(redis.Redis.from_url(valkey.url).info("server")["process_id"]),
+            }
+        )
         versions = {}
         for i, (name, _arn) in enumerate(secrets):
             versions[name] = sm.put_secret_value(
@@ -167,6 +181,7 @@ def main() -> None:
         sent: dict[str, float] = {}
         interval = 1.0 / args.rate
         start = time.time()
+        meter.start()
         for i, (name, arn) in enumerate(secrets):
             target = start + i * interval
             time.sleep(max(0.0, target - time.time()))
@@ -190,6 +205,7 @@ def main() -> None:
                         min(switched) - run.started_at,
                     )
             time.sleep(0.5)
+        cpu = meter.used()
         if not latencies:
             print("no run reached its first ALTER; see", work)
             sys.exit(1)
@@ -204,6 +220,11 @@ def main() -> None:
         print(
             f"event -> first ALTER latency: p50 {p50:.3f} s, p99 {p99:.3f} s, "
             f"max {values[-1]:.3f} s"
+        )
+        # 2 cores give 200 ms of CPU per event at 10 events/s, for everything on this machine
+        print(
+            f"  CPU per event ({sum(cpu.values()) * 1000 / len(sent):.0f} ms in all): "
+            + ", ".join(f"{name} {s * 1000 / len(sent):.0f} ms" for name, s in cpu.items())
         )
         # where the time goes: intake (EventBridge, SQS, the intake's decision and claim), the
         # Celery queue until a worker thread starts the run, the run until its first ALTER returned
