@@ -130,7 +130,7 @@ def median_passes(passes: list[MigratePass], tables: int) -> tuple[float, float,
 
 
 def key_pattern(key: str) -> str:
-    """A Redis key with its ids and numbers wildcarded: ``rotator:run:<id>:outcomes``."""
+    """A Redis key with its ids and numbers wildcarded: ``rotator:run:<id>:tables``."""
     key = re.sub(r"[0-9a-f]{8,}(?:-[0-9a-f]{4,})*", "<id>", key)
     return re.sub(r"\d+", "N", key)
 
@@ -153,6 +153,8 @@ class RedisMonitor:
     def _listen(self) -> None:
         while not self.stopping.is_set():
             event = self.monitor.next_command()
+            if event is None:
+                continue
             words = event["command"].split(" ")
             name = words[0].lower()
             if name in ("evalsha", "eval") and len(words) > 3:  # script, numkeys, first key
