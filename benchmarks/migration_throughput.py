@@ -135,16 +135,38 @@ def key_pattern(key: str) -> str:
     return re.sub(r"\d+", "N", key)
 
 
+def lua_script_names() -> dict[str, str]:
+    """The rotator's Lua scripts by their SHA1's first 8 hex digits (what EVALSHA sends), named
+    ``module.CONSTANT``: found as the string constants of worker/adapters that call redis."""
+    import hashlib
+    import importlib
+    import pkgutil
+
+    import worker.adapters
+
+    names = {}
+    for module in pkgutil.iter_modules(worker.adapters.__path__):
+        loaded = importlib.import_module(f"worker.adapters.{module.name}")
+        for constant, value in vars(loaded).items():
+            if isinstance(value, str) and "redis.call" in value:
+                sha = hashlib.sha1(value.encode(), usedforsecurity=False).hexdigest()
+                names[sha[:8]] = f"{module.name}.{constant}"
+    return names
+
+
 class RedisMonitor:
     """Valkey's MONITOR in a thread: every command counted by (source, command, key pattern),
-    source ``lua`` for those a script ran, ``client`` for the rest. MONITOR slows the server, so
-    a pass measured this way is not timed."""
+    source ``client`` for those a client sent, ``in SCRIPT`` for those a Lua script ran (MONITOR
+    shows them right after their EVALSHA). MONITOR slows the server, so a pass measured this way
+    is not timed."""
 
     def __init__(self, url: str) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url)
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.scripts = lua_script_names()
+        self.script = "?"  # the script the last EVALSHA ran
         self.stopping = threading.Event()
         self.monitor = self.client.monitor().__enter__()
         self.thread = threading.Thread(target=self._listen, daemon=True)
@@ -158,10 +180,11 @@ class RedisMonitor:
             words = event["command"].split(" ")
             name = words[0].lower()
             if name in ("evalsha", "eval") and len(words) > 3:  # script, numkeys, first key
-                target = f"{words[1][:8]} {key_pattern(words[3])}"
+                self.script = self.scripts.get(words[1][:8], words[1][:8])
+                target = f"{self.script} {key_pattern(words[3])}"
             else:
                 target = key_pattern(words[1]) if len(words) > 1 else ""
-            source = "lua" if event["client_type"] == "lua" else "client"
+            source = f"in {self.script}" if event["client_type"] == "lua" else "client"
             self.counts[source, name, target] += 1
 
     def stop(self) -> Counter[tuple[str, str, str]]:
@@ -174,14 +197,14 @@ class RedisMonitor:
 
 def print_monitored(counts: Counter[tuple[str, str, str]], tables: int, top: int = 40) -> None:
     total = sum(counts.values())
-    lua = sum(n for (source, _, _), n in counts.items() if source == "lua")
+    lua = sum(n for (source, _, _), n in counts.items() if source != "client")
     print(
         f"(c) under MONITOR (untimed): {total / tables:.1f} Redis commands per table,"
         f" {(total - lua) / tables:.1f} sent by clients and {lua / tables:.1f} run by Lua"
         " scripts; by command and key:"
     )
     for (source, name, target), n in counts.most_common(top):
-        print(f"    {n / tables:6.2f}  {source:<6} {name:<10} {target}")
+        print(f"    {n / tables:6.2f}  {source:<29} {name:<16} {target}")
     rest = sum(n for _, n in counts.most_common()[top:])
     if rest:
         print(f"    {rest / tables:6.2f}  (others)", flush=True)
