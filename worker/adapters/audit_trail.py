@@ -176,14 +176,18 @@ class Recorder:
 
     def _loop(self) -> None:
         delay = self.interval
+        shipped_at = float("-inf")
         while True:
             self._wake.wait(delay)
-            self._wake.clear()
-            if self._stop.is_set():
+            # let rows gather: one shipment per interval at most, so a busy run sends one INSERT
+            # (and one check for rows already there) per interval, not one per few rows
+            gather = max(min(0.2, self.interval), self.interval - (time.monotonic() - shipped_at))
+            if self._stop.wait(gather):
                 return  # the process is exiting: its main thread ships the rest
-            time.sleep(min(0.2, self.interval))  # let a burst of rows gather
+            self._wake.clear()
             try:
                 self.flush()
+                shipped_at = time.monotonic()
                 delay = self.interval
             except Exception as exc:
                 delay = min(MAX_BACKOFF, max(delay * 2, self.interval))
