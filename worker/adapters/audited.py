@@ -30,6 +30,7 @@ class AuditedAdmin(DriverDatabendAdmin):
         super().__init__(client)
         self.runs = runs
         self._shown: dict[str, str] = {}
+        self._forward: dict[str, str] = {}  # run id -> the connection the run switches objects to
 
     def create_connection(self, name: str, credentials: Credentials) -> None:
         super().create_connection(name, credentials)
@@ -64,14 +65,21 @@ class AuditedAdmin(DriverDatabendAdmin):
         audit(action, object_label(name), before=before, after=after)
 
     def _switch_facts(self, table: ObjectName, connection: str) -> tuple[AuditAction, str | None]:
+        """Switched forward to the run's connection, or back (a revert, an abort, a rollback) to
+        any other; and what the object showed before, as the plan recorded it."""
         run_id = structlog.contextvars.get_contextvars().get("run_id")
         if not run_id:
             return AuditAction.OBJECT_SWITCHED, None
-        run = self.runs.get(str(run_id))
+        forward = self._forward.get(str(run_id))
+        if forward is None:  # a run's connection never changes once set: read it once
+            forward = str(self.runs.get(str(run_id)).connection or "")
+            if forward:
+                if len(self._forward) > 10_000:
+                    self._forward.clear()
+                self._forward[str(run_id)] = forward
         planned = self.runs.outcome(str(run_id), table)
         before = masking.display(planned.previous) if planned and planned.previous else None
-        revert = (run.data.get("revert") or {}).get("connection")
-        going_back = connection == revert or run.status in ("aborted", "rolled_back")
+        going_back = connection != forward
         return (AuditAction.OBJECT_REVERTED if going_back else AuditAction.OBJECT_SWITCHED), before
 
     def _connection_shown(self, connection: str) -> str:

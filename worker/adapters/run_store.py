@@ -173,12 +173,15 @@ class RedisRunStore:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
         counts_key = self._key(run_id, ":counts")
         counts = Counter(str(o.status) for o in {o.table: o for o in outcomes}.values())
+        rows = {table_key(o.table): outcome_to_json(o) for o in outcomes}
+        pending = [table_key(o.table) for o in outcomes if not o.status.done]
         with self.redis.pipeline() as pipe:
             pipe.delete(tables_key, pending_key, counts_key)
-            for outcome in outcomes:
-                pipe.hset(tables_key, table_key(outcome.table), outcome_to_json(outcome))
-                if not outcome.status.done:
-                    pipe.sadd(pending_key, table_key(outcome.table))
+            keys = list(rows)
+            for start in range(0, len(keys), 1000):  # a few commands for the whole plan
+                pipe.hset(tables_key, mapping={k: rows[k] for k in keys[start : start + 1000]})
+            for start in range(0, len(pending), 1000):
+                pipe.sadd(pending_key, *pending[start : start + 1000])
             if counts:
                 by_status: dict[Any, int] = dict(counts)
                 pipe.hset(counts_key, mapping=by_status)
