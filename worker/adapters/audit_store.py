@@ -85,18 +85,21 @@ class AuditTable:
                 self.client.execute(statement)
             self._ready = True
 
-    def insert(self, rows: list[dict[str, Any]]) -> int:
-        """Insert rows not yet stored; returns how many were new."""
+    def insert(self, rows: list[dict[str, Any]], *, check: bool = True) -> int:
+        """Insert rows not yet stored; returns how many were new. ``check=False`` when the rows
+        cannot be there yet (nothing past the shipped offset was ever sent): no lookup first."""
         if not rows:
             return 0
         self.ensure()
-        ids = ", ".join(quote_string(r["event_id"]) for r in rows)
-        stored = {
-            str(r[0])
-            for r in self.client.query(
-                f"SELECT event_id FROM {table_sql(self.database)} WHERE event_id IN ({ids})"
-            )
-        }
+        stored: set[str] = set()
+        if check:
+            ids = ", ".join(quote_string(r["event_id"]) for r in rows)
+            stored = {
+                str(r[0])
+                for r in self.client.query(
+                    f"SELECT event_id FROM {table_sql(self.database)} WHERE event_id IN ({ids})"
+                )
+            }
         new = [r for r in rows if r["event_id"] not in stored]
         if not new:
             return 0
@@ -232,7 +235,7 @@ def pending_rows(directory: Path) -> int:
     return total
 
 
-def ship_file(path: Path, table: AuditTable, *, own: bool) -> int:
+def ship_file(path: Path, table: AuditTable, *, own: bool, sent_past_offset: bool = True) -> int:
     """Ship one spool file's unshipped rows; returns how many rows were shipped. An orphan (its
     process gone: its lock is free) is taken over while shipped and removed when done."""
     lock = None
@@ -266,7 +269,8 @@ def ship_file(path: Path, table: AuditTable, *, own: bool) -> int:
             for raw in lines:
                 with contextlib.suppress(ValueError):
                     rows.append(json.loads(raw))
-            table.insert(rows)
+            table.insert(rows, check=sent_past_offset)
+            sent_past_offset = False  # every row sent so far is now behind the offset
             _set_offset(path, offset + sum(len(x) for x in lines))
             shipped += len(rows)
         if not own:
