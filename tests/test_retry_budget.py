@@ -116,8 +116,8 @@ def celery_worker(redis_url: str) -> Iterator[None]:
     from celery.contrib.testing.worker import start_worker
 
     _URL[:] = [redis_url]
-    saved = {k: app.conf.get(k) for k in ("broker_url", "task_always_eager")}
-    app.conf.update(broker_url=redis_url, task_always_eager=False)
+    saved = {"broker_url": app.conf.get("broker_url")}
+    app.conf.update(broker_url=redis_url)
     try:
         with start_worker(
             app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="ERROR"
