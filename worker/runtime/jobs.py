@@ -1,8 +1,9 @@
-"""What each table task does, with the process's services bound: plan a rotation, switch a batch
-of a run's objects, release and judge a migration's waves, and record what a task gave up on.
+"""What each task does, with the process's services bound: plan a rotation, switch a batch of a
+run's objects, release and judge a migration's waves, retire due keys, reconcile, and record what
+a task gave up on.
 
-The decisions live in worker/flow (batch.py, runs.py, migration.py); this module wires them to
-the adapters (the Databend client's table time limit, the shared limits), the metrics and the
+The decisions live in worker/flow (runs/, migration.py, key_rotation.py, reconcile.py); this
+module wires them to the services (the table time limit, the shared limits), the metrics and the
 next messages. Messages are sent by task name, so nothing here imports tasks/.
 """
 
