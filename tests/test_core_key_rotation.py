@@ -21,7 +21,7 @@ from worker.flow.key_rotation import (
     plan_key_rotation,
     retire_old_key,
 )
-from worker.flow.runs import prepare_rotation, switch_and_record
+from worker.flow.runs import prepare_rotation, switch_batch
 
 K1 = "AKIAORIGINALKEY00K01"
 
@@ -69,9 +69,9 @@ def drive(ctx: KeyRotationContext, run_id: str, bindings: list[Binding] | None =
                 bindings=bindings or [binding("sales.*")],
                 locks=ctx.locks,
             ):
-                switch_and_record(
+                switch_batch(
                     table_run,
-                    t,
+                    [t],
                     runs=ctx.runs,
                     admin=ctx.admin,
                     locks=ctx.locks,

@@ -28,7 +28,7 @@ from worker.flow.evidence import key_usage, refuse_if_used
 from worker.flow.key_rotation import KeyRotationContext, new_key_rotation, plan_key_rotation
 from worker.flow.migration import MigrationOptions, plan_migration
 from worker.flow.rotation import plan_rotation, rotate_object
-from worker.flow.runs import prepare_rotation, switch_and_record
+from worker.flow.runs import prepare_rotation, switch_batch
 
 
 def creds(key_id: str) -> AccessKeyCredentials:
@@ -262,7 +262,7 @@ def test_a_run_plans_switches_and_closes_over_every_kind() -> None:
         DatabaseName("ours_anywhere"),
     }
     for name in pending:
-        switch_and_record("r1", name, runs=runs, admin=admin, retry=no_sleep_policy())
+        switch_batch("r1", [name], runs=runs, admin=admin, retry=no_sleep_policy())
     assert runs.get("r1").status == RunStatus.SUCCEEDED
     for name in pending:
         assert admin.key_of_object(name) == NEW, name

@@ -25,6 +25,7 @@ from worker.domain.bindings import find_binding
 from worker.domain.errors import FatalError, RunNotFound, UnknownSecretError
 from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import RunRecord
+from worker.domain.sql import ObjectName
 from worker.flow.key_rotation import (
     PHASES,
     Next,
@@ -33,7 +34,7 @@ from worker.flow.key_rotation import (
     plan_key_rotation,
 )
 from worker.flow.rotation import RetryPolicy
-from worker.flow.runs import prepare_rotation, switch_and_record
+from worker.flow.runs import prepare_rotation, split_batches, switch_batch
 from worker.runtime.settings import settings
 
 STEP_TARGETS = {
@@ -129,6 +130,8 @@ def _new_run(services: Any, secret_id: str, token: str, run_id: str) -> RunRecor
 
 
 def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
+    """The table run's objects, switched here in batches on ``threads`` threads: the same step a
+    worker's batch task runs (worker/flow/runs/switch.py)."""
     tables = prepare_rotation(
         table_run,
         runs=services.runs,
@@ -138,21 +141,20 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
         locks=services.locks,
         fences=services.fences,
     )
-    retry = RetryPolicy()
     limit = settings().table_time_limit
 
-    def switch(table: Any) -> None:
-        with table_time_limit(limit):
-            switch_and_record(
-                table_run,
-                table,
-                runs=services.runs,
-                admin=services.admin,
-                locks=services.locks,
-                retry=retry,
-                fences=services.fences,
-                lease_seconds=services.lease_seconds,
-            )
+    def switch(batch: list[ObjectName]) -> None:
+        switch_batch(
+            table_run,
+            batch,
+            runs=services.runs,
+            admin=services.admin,
+            locks=services.locks,
+            retry=RetryPolicy(),
+            fences=services.fences,
+            lease_seconds=services.lease_seconds,
+            each=lambda: table_time_limit(limit),
+        )
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(switch, tables))
+        list(pool.map(switch, split_batches(tables, threads)))

@@ -5,7 +5,7 @@
   bucket (pre-flight) and writes the plan (every object pending) before any object is touched.
 - ``switch.py``: ``switch_batch`` switches a batch of planned objects (a write-ahead for the
   batch, a fenced admission right before each change, outcomes written together);
-  ``switch_and_record`` is a batch of one; ``give_up_objects`` fails what a batch left.
+  ``give_up_objects`` fails what a batch left.
 - ``close.py``: ``finish_table`` records one object's outcome and ``close_run`` closes the run
   (releasing the lock) when the last one is in; ``give_up``, ``reopen_failed_tables``.
 
@@ -17,16 +17,13 @@ from worker.flow.runs.close import close_run, finish_table, give_up, reopen_fail
 from worker.flow.runs.prepare import list_binding_objects, prepare_rotation
 from worker.flow.runs.switch import (
     BatchResult,
-    Switched,
     give_up_objects,
     split_batches,
-    switch_and_record,
     switch_batch,
 )
 
 __all__ = [
     "BatchResult",
-    "Switched",
     "close_run",
     "finish_table",
     "give_up",
@@ -35,6 +32,5 @@ __all__ = [
     "prepare_rotation",
     "reopen_failed_tables",
     "split_batches",
-    "switch_and_record",
     "switch_batch",
 ]
