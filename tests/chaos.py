@@ -177,7 +177,7 @@ def switch_batch(
     faults = world.env.faults
 
     @contextmanager
-    def takes_time() -> Iterator[None]:
+    def takes_time(_planned: object) -> Iterator[None]:
         try:
             yield
         finally:

@@ -224,7 +224,7 @@ def test_outcomes_are_written_at_most_flush_every_apart_not_once_per_object() ->
     finished: dict[TableName, float] = {}
 
     @contextlib.contextmanager
-    def takes_400_ms() -> Iterator[None]:  # each object's switch
+    def takes_400_ms(_planned: object) -> Iterator[None]:  # each object's switch
         yield
         world.clock.now += 0.4
 
@@ -249,7 +249,7 @@ def test_each_write_ends_the_in_flight_entries_of_what_it_wrote() -> None:
     flying: list[list[str]] = []
 
     @contextlib.contextmanager
-    def look() -> Iterator[None]:
+    def look(_planned: object) -> Iterator[None]:
         flying.append(world.fences.in_flight("r1"))
         yield
         world.clock.now += 0.6
@@ -268,7 +268,7 @@ def test_a_retryable_error_mid_batch_writes_what_finished_leaves_nothing_in_flig
     flying: list[list[str]] = []
 
     @contextlib.contextmanager
-    def look() -> Iterator[None]:
+    def look(_planned: object) -> Iterator[None]:
         flying.append(world.fences.in_flight("r1"))
         yield
 

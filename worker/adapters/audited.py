@@ -20,7 +20,7 @@ from worker.domain import masking
 from worker.domain.audit import AuditAction
 from worker.domain.model import Credentials, DatabaseDefault, ExternalStage
 from worker.domain.sql import ObjectName, TableName, object_label
-from worker.observe.audit import audit
+from worker.observe.audit import audit, planned_previous
 
 
 class AuditedAdmin(DriverDatabendAdmin):
@@ -77,8 +77,11 @@ class AuditedAdmin(DriverDatabendAdmin):
                 if len(self._forward) > 10_000:
                     self._forward.clear()
                 self._forward[str(run_id)] = forward
-        planned = self.runs.outcome(str(run_id), table)
-        before = masking.display(planned.previous) if planned and planned.previous else None
+        known, previous = planned_previous(object_label(table))
+        if not known:  # not inside a run's batch (abort, rollback): read the plan
+            planned = self.runs.outcome(str(run_id), table)
+            previous = planned.previous if planned else None
+        before = masking.display(previous) if previous else None
         going_back = connection != forward
         return (AuditAction.OBJECT_REVERTED if going_back else AuditAction.OBJECT_SWITCHED), before
 

@@ -10,8 +10,10 @@ module imports no adapter: the trail is handed in, as the ports are to the core.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import structlog
@@ -65,6 +67,32 @@ def recorder() -> Trail | None:
 def _close_at_exit() -> None:
     if _recorder is not None:
         _recorder.close()
+
+
+_planned: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "audit_planned", default=None
+)
+
+
+@contextlib.contextmanager
+def switching(obj: str, previous: str | None) -> Iterator[None]:
+    """Inside the block the object ``obj`` is being switched and its run's plan says it showed
+    ``previous`` (a fingerprint): the audited adapter takes a switch row's ``before`` from here
+    instead of reading the plan back from Redis once per object."""
+    token = _planned.set((obj, previous))
+    try:
+        yield
+    finally:
+        _planned.reset(token)
+
+
+def planned_previous(obj: str) -> tuple[bool, str | None]:
+    """(known, fingerprint): what the plan says ``obj`` showed, when a ``switching`` block of
+    that object is around the caller; (False, None) otherwise."""
+    current = _planned.get()
+    if current is None or current[0] != obj:
+        return False, None
+    return True, current[1]
 
 
 def audit(action: AuditAction, obj: str, **fields: Any) -> None:

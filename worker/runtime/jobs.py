@@ -85,7 +85,7 @@ def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
         locks=s.locks,
         retry=RetryPolicy(),
         lease_seconds=s.lease_seconds,
-        each=s.table_time_limit,
+        each=s.object_scope,
         on_outcome=_finished(RunKind.ROTATION, crash_point="rotation-after-table"),
     )
     if result is not None and result.closed:
@@ -159,7 +159,7 @@ def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
             wave=(wave, epoch),
             lease_seconds=s.lease_seconds,
             before_each=(lambda: s.limits.pace(run_id, rate)) if rate else None,
-            each=s.table_time_limit,
+            each=s.object_scope,
             on_outcome=_finished(RunKind.MIGRATION),
         )
     if result is None:

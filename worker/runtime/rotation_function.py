@@ -20,7 +20,6 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from worker.adapters.databend_client import table_time_limit
 from worker.domain.bindings import find_binding
 from worker.domain.errors import FatalError, RunNotFound, UnknownSecretError
 from worker.domain.model import RunKind, RunStatus
@@ -35,7 +34,6 @@ from worker.flow.key_rotation import (
 )
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import prepare_rotation, split_batches, switch_batch
-from worker.runtime.settings import settings
 
 STEP_TARGETS = {
     "createSecret": Phase.PENDING_STORED,
@@ -141,7 +139,6 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
         locks=services.locks,
         fences=services.fences,
     )
-    limit = settings().table_time_limit
 
     def switch(batch: list[ObjectName]) -> None:
         switch_batch(
@@ -153,7 +150,7 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
             retry=RetryPolicy(),
             fences=services.fences,
             lease_seconds=services.lease_seconds,
-            each=lambda: table_time_limit(limit),
+            each=services.object_scope,
         )
 
     with ThreadPoolExecutor(max_workers=threads) as pool:

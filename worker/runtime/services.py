@@ -8,7 +8,9 @@ records alone, the audit table.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ from worker.adapters.redis_state import RedisFences, RedisIntakeState, RedisSecr
 from worker.adapters.run_store import RedisRunStore, redis_client
 from worker.domain.bindings import Binding, load_bindings
 from worker.domain.errors import RotatorError
+from worker.domain.model import TableOutcome
 from worker.domain.ports import (
     DatabendAdmin,
     Fences,
@@ -37,7 +40,9 @@ from worker.domain.ports import (
     SecretLocks,
     SecretsManager,
 )
+from worker.domain.sql import object_label
 from worker.flow.key_rotation import KeyRotationContext, KeyRotationPlan, plan_key_rotation
+from worker.observe.audit import switching as audit_switching
 from worker.observe.audit import use as use_audit_trail
 from worker.observe.notify import use_sns
 from worker.runtime.settings import Settings, settings
@@ -108,6 +113,16 @@ class Services:
         """The deadline of one table's switch and read-back (``ROTATOR_TABLE_TIME_LIMIT``): every
         Databend statement inside the block ends by then."""
         return table_time_limit(self.settings.table_time_limit)
+
+    @contextlib.contextmanager
+    def object_scope(self, planned: TableOutcome) -> Iterator[None]:
+        """Around one planned object's switch in a batch: its time limit, and the plan's view of
+        it handed to the audit (the switch row's ``before``, without a read per object)."""
+        with (
+            self.table_time_limit(),
+            audit_switching(object_label(planned.table), planned.previous),
+        ):
+            yield
 
     def queue_notification(self, sink: str, message: dict[str, Any]) -> None:
         """Hand one notification to the task that delivers it (worker/observe/notify.py)."""

@@ -104,7 +104,7 @@ def switch_batch(
     wave: tuple[int, int] | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     before_each: Callable[[], None] | None = None,
-    each: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    each: Callable[[TableOutcome], AbstractContextManager[None]] | None = None,
     on_outcome: Callable[[TableOutcome, float], None] | None = None,
     flush_every: float = DEFAULT_FLUSH_SECONDS,
     clock: Callable[[], float] = time.monotonic,
@@ -112,8 +112,9 @@ def switch_batch(
     """Switch, validate and record each planned object of ``names`` (see the module docstring).
 
     None when the run has ended. ``wave`` = (index, epoch) for a migration's objects.
-    ``before_each`` runs before each object is admitted (a migration's shared rate), ``each``
-    wraps each object's switch (its time limit), ``on_outcome(outcome, seconds)`` sees each one.
+    ``before_each`` runs before each object is admitted (a migration's shared rate),
+    ``each(planned)`` wraps each object's switch (its time limit; the plan's view of it for the
+    audit), ``on_outcome(outcome, seconds)`` sees each one.
     """
     run = run or runs.get(run_id)
     if RunStatus(run.status).final:
@@ -148,7 +149,7 @@ def switch_batch(
                 break
             else:
                 writer.entered.append(object_label(name))
-                with each():
+                with each(planned) if each is not None else contextlib.nullcontext():
                     outcome = _switch(admin, run, name, planned, retry)
             writer.buffered.append(outcome)
             if on_outcome is not None:
