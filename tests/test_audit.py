@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from worker.adapters.audit_store import AuditTable, Spool, pending_rows, spool_dir
 from worker.adapters.audit_trail import Recorder
 from worker.adapters.databend_client import DatabendClient
@@ -95,3 +97,83 @@ def test_databend_down_neither_blocks_nor_loses_a_row(tmp_path: Path, redis_url:
     assert pending_rows(directory) == 1
     line = next(directory.glob("*.jsonl")).read_text().strip()
     assert json.loads(line)["action"] == "awscurrent_moved"
+
+
+def test_a_switch_row_takes_before_from_its_batch_and_reads_the_plan_only_outside_one() -> None:
+    """Inside a batch's object scope the switch row's ``before`` is the plan's view handed in
+    (no Redis read per object); outside one (an abort, a rollback) the plan is read back."""
+    from types import SimpleNamespace
+
+    import structlog
+
+    from worker.adapters.audited import AuditedAdmin
+    from worker.domain import masking
+    from worker.domain.model import TableOutcome, TableStatus
+    from worker.domain.sql import TableName
+    from worker.observe.audit import switching
+
+    table = TableName("db", "t")
+    reads: list[TableName] = []
+
+    class Runs:
+        def get(self, _run_id: str) -> SimpleNamespace:
+            return SimpleNamespace(connection="c_new")
+
+        def outcome(self, _run_id: str, name: TableName) -> TableOutcome:
+            reads.append(name)
+            return TableOutcome(name, TableStatus.PENDING, previous="******OLD")
+
+    admin = AuditedAdmin(client=None, runs=Runs())
+    with structlog.contextvars.bound_contextvars(run_id="r1"):
+        with switching("db.t", "******XYZ"):
+            facts = admin._switch_facts(table, "c_new")
+            assert facts == (AuditAction.OBJECT_SWITCHED, masking.display("******XYZ"))
+            # a scope of another object says nothing about this one
+            assert admin._switch_facts(TableName("db", "u"), "c_old")[1] == masking.display(
+                "******OLD"
+            )
+        assert reads == [TableName("db", "u")]
+        reverted = (AuditAction.OBJECT_REVERTED, masking.display("******OLD"))
+        assert admin._switch_facts(table, "c_old") == reverted
+        assert reads == [TableName("db", "u"), table]
+
+
+def test_threads_recording_at_once_share_fsyncs_and_each_row_is_on_disk_when_append_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: every ``append`` returns only after an fsync that began once its row was in
+    the file, and eight threads appending together need far fewer fsyncs than rows."""
+    import os
+    import threading
+
+    from worker.adapters import audit_store
+
+    spool = Spool(tmp_path / "spool")
+    real_fsync = os.fsync
+    fsyncs: list[tuple[set[str], float]] = []  # (row ids in the file when it began, when it ended)
+
+    def slow_fsync(fd: int) -> None:
+        present = {json.loads(line)["id"] for line in spool.path.read_text().splitlines()}
+        time.sleep(0.005)  # a slow disk: appends pile up behind it
+        real_fsync(fd)
+        fsyncs.append((present, time.monotonic()))
+
+    monkeypatch.setattr(audit_store.os, "fsync", slow_fsync)
+    returned: dict[str, float] = {}
+
+    def append_rows(thread: int) -> None:
+        for i in range(20):
+            row_id = f"{thread}-{i}"
+            spool.append({"id": row_id})
+            returned[row_id] = time.monotonic()
+
+    threads = [threading.Thread(target=append_rows, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = [json.loads(line)["id"] for line in spool.path.read_text().splitlines()]
+    assert sorted(lines) == sorted(returned) and len(lines) == 160
+    for row_id, at in returned.items():
+        assert any(row_id in present and ended <= at for present, ended in fsyncs), row_id
+    assert len(fsyncs) < 160 / 2, len(fsyncs)
