@@ -65,6 +65,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_thread_name(pid: int) -> Counter[str]:
+    """CPU seconds of a process's live threads, summed by thread name (/proc/PID/task/*/comm):
+    the driver's native threads are named ``tokio-runtime-w`` and the like, Python's threads carry
+    the process name, so the split says how much of the worker's CPU is its own Python."""
+    totals: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        totals[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return totals
+
+
 class CpuMeter:
     """CPU seconds each named process spent between ``start`` and ``report``: on these 2-core
     machines every way is CPU-bound, so this says who a way's extra time went to."""
@@ -419,6 +434,7 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             cli_cpu = children.ru_utime + children.ru_stime
             calls = redis_calls()
+            threads_before = cpu_by_thread_name(worker.pid)
             started = time.perf_counter()
             profiler = None
             if os.environ.get("BENCH_PROFILE"):  # py-spy flame of the worker during (c)
@@ -426,7 +442,8 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
                     [
                         shutil.which("py-spy") or "py-spy",
                         *("record", "-p", str(worker.pid), "-o", os.environ["BENCH_PROFILE"]),
-                        *("-f", "raw", "--nonblocking", "--gil"),
+                        *("-f", "raw", "--nonblocking"),
+                        *os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split(),
                     ]
                 )
             result = subprocess.run(
@@ -443,6 +460,8 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             )
             wall = time.perf_counter() - started
             worker_cpu = meter.used()["worker"]
+            by_thread = cpu_by_thread_name(worker.pid)
+            by_thread.subtract(threads_before)
             cpu = meter.report(own=False)
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             cli_cpu = children.ru_utime + children.ru_stime - cli_cpu
@@ -461,6 +480,15 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             print(
                 f"{cpu}, migrate CLI {cli_cpu:.1f}s"
                 f" (worker {worker_cpu * 1000 / len(tables):.2f} ms/table)",
+                flush=True,
+            )
+            print(
+                "  worker CPU by thread name, ms/table: "
+                + ", ".join(
+                    f"{name} {seconds * 1000 / len(tables):.2f}"
+                    for name, seconds in by_thread.most_common()
+                    if seconds > 0
+                ),
                 flush=True,
             )
             after = redis_calls()
