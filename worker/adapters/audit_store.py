@@ -176,7 +176,9 @@ class Spool:
         self._lock_file = open(directory / f"{name}.lock", "w")  # noqa: SIM115 (held for life)
         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._write = threading.Lock()  # the file, the counts below
-        self._sync = threading.Lock()  # one fsync at a time; taken before _write when both are
+        # one fsync at a time; rows that one covers are released together (taken before _write)
+        self._sync = threading.Condition(threading.Lock())
+        self._syncing = False
         self._file: TextIO | None = None
         self._generation = 0  # which file (rotations and closes start a new one)
         self._appended = 0  # rows written to this file
@@ -192,20 +194,38 @@ class Spool:
             self._appended += 1
             generation, count = self._generation, self._appended
         with self._sync:
-            if generation != self._generation or self._synced >= count:
-                return  # on disk already: a later fsync, or the file's close, covered it
+            while generation == self._generation and self._synced < count:
+                if not self._syncing:
+                    break  # this thread syncs, for every row written so far
+                self._sync.wait()  # the fsync under way may not cover this row: see after it
+            else:
+                return  # on disk already: an fsync begun after it, or the file's close
+            self._syncing = True
             with self._write:
                 upto, file = self._appended, self._file
+        synced = False
+        try:
             assert file is not None
             os.fsync(file.fileno())
-            self._synced = upto
+            synced = True
+        finally:
+            with self._sync:
+                self._syncing = False
+                if synced:
+                    self._synced = max(self._synced, upto)
+                self._sync.notify_all()
 
     def close(self) -> None:
         """Put the file on disk and close it; a later ``append`` opens it again."""
-        with self._sync, self._write:
-            self._close_file()
+        with self._sync:
+            while self._syncing:  # never close the file under an fsync
+                self._sync.wait()
+            with self._write:
+                self._close_file()
+            self._sync.notify_all()
 
     def _close_file(self) -> None:
+        """(holding _sync with no fsync under way, and _write) The file on disk and closed."""
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -216,18 +236,22 @@ class Spool:
 
     def rotate_if_large(self) -> None:
         """Start a new file once this one is large and fully shipped (called by the flusher)."""
-        with self._sync, self._write:
-            size = self.path.stat().st_size if self.path.exists() else 0
-            if size <= ROTATE_BYTES or _offset(self.path) < size:
-                return
-            self._close_file()
-            old, old_lock = self.path, self._lock_file
-            name = f"{socket.gethostname()}-{self.pid}-{uuid.uuid4().hex[:8]}"
-            self.path = self.directory / f"{name}.jsonl"
-            self._lock_file = open(self.directory / f"{name}.lock", "w")  # noqa: SIM115
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _remove(old)
-            old_lock.close()
+        with self._sync:
+            while self._syncing:  # never close the file under an fsync
+                self._sync.wait()
+            with self._write:
+                size = self.path.stat().st_size if self.path.exists() else 0
+                if size <= ROTATE_BYTES or _offset(self.path) < size:
+                    return
+                self._close_file()
+                old, old_lock = self.path, self._lock_file
+                name = f"{socket.gethostname()}-{self.pid}-{uuid.uuid4().hex[:8]}"
+                self.path = self.directory / f"{name}.jsonl"
+                self._lock_file = open(self.directory / f"{name}.lock", "w")  # noqa: SIM115
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _remove(old)
+                old_lock.close()
+            self._sync.notify_all()  # appends waiting on the old file: it was shipped whole
 
     def files(self) -> Iterator[tuple[Path, bool]]:
         """(spool file, is it this process's) — this process's first, then orphans."""
