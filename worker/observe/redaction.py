@@ -26,6 +26,7 @@ from typing import Any
 
 _lock = threading.Lock()
 _secrets: dict[str, str] = {}  # value -> replacement
+_longest_first: list[tuple[str, str]] = []  # _secrets' items, longest value first
 MASK = "[REDACTED]"
 
 # keys whose values are secrets
@@ -73,11 +74,13 @@ def _escaped_forms(value: str) -> set[str]:
 
 
 def register_secret(value: str, replacement: str = MASK) -> None:
+    global _longest_first
     if isinstance(value, str) and len(value) >= 4:
         with _lock:
             _secrets[value] = replacement
             for form in _escaped_forms(value):
                 _secrets.setdefault(form, replacement)
+            _longest_first = sorted(_secrets.items(), key=lambda kv: -len(kv[0]))
 
 
 def register_secret_value(raw: str) -> None:
@@ -104,16 +107,21 @@ def _mask_sql_literal(match: re.Match[str]) -> str:
 
 
 def redact(text: str) -> str:
-    with _lock:
-        items = sorted(_secrets.items(), key=lambda kv: -len(kv[0]))
-    for value, replacement in items:
+    for value, replacement in _longest_first:  # (a list replaced whole, never changed in place)
         if value in text:
             text = text.replace(value, replacement)
-    text = _SQL_SECRET.sub(_mask_sql_literal, text)
-    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}@", text)
-    text = _PASSWORD_PARAM.sub(lambda m: f"{m[1]}={MASK}", text)
-    text = _SESSION_TOKEN_SHAPE.sub(MASK, text)
-    return _SECRET_KEY_SHAPE.sub(MASK, text)
+    # each pattern runs only where it could match: the SQL literal and the password parameter
+    # need an '=', a URL's password '://' and '@', a key or a token 40 characters in a row
+    if "=" in text:
+        text = _SQL_SECRET.sub(_mask_sql_literal, text)
+    if "://" in text and "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}@", text)
+    if "=" in text:
+        text = _PASSWORD_PARAM.sub(lambda m: f"{m[1]}={MASK}", text)
+    if len(text) >= 40:
+        text = _SESSION_TOKEN_SHAPE.sub(MASK, text)
+        text = _SECRET_KEY_SHAPE.sub(MASK, text)
+    return text
 
 
 def redact_field(key: Any, value: Any) -> Any:
