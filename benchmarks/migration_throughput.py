@@ -7,7 +7,8 @@
 Each way moves the same N tables to a connection of its own, so every ALTER really changes the
 table. (b) and (c) alternate for --rounds rounds (default 3) and their medians are compared: on
 2 shared cores one pass varies by +-10 %. Prints the times, the CPU each process spent, the ratios
-c/b and c/a (when (a) ran), and for (c), as medians of the rounds: the worker's CPU per table,
+c/b and c/a (when (a) ran), and for (c), as medians of the rounds: the worker's CPU per table
+(beside (b)'s own CPU for the same statements, and split by thread name),
 the Redis commands per table (INFO commandstats of every client, the delta over the (c) pass,
 with the busiest commands by name), and the worker's peak RSS (VmHWM). Then a goals block, one
 PASS/MISS line each (issue 14): c <= 1.05 x b at 1,000 tables; the worker's CPU <= 1.5 ms per
@@ -410,21 +411,23 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             stats = broker.info("commandstats")
             return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
-        def raw_floor(target: str) -> float:
-            """(b) K threads, no Celery."""
+        def raw_floor(target: str) -> tuple[float, float]:
+            """(b) K threads, no Celery: the time, and this script's CPU (the same driver calls
+            from as many threads: the part of the worker's CPU no bookkeeping adds)."""
             meter = CpuMeter(services)
             meter.start()
             started = time.perf_counter()
             with ThreadPoolExecutor(args.threads) as pool:
                 list(pool.map(lambda t: switch(t, target), tables))
             floor = time.perf_counter() - started
+            client_cpu = time.process_time() - meter.before["self"]
             print(
                 f"(b) {args.threads} threads, raw:         {floor:8.2f}s  "
                 f"{len(tables) / floor:7.1f} tables/s",
                 flush=True,
             )
-            print(meter.report(), flush=True)
-            return floor
+            print(f"{meter.report()} ({client_cpu * 1000 / len(tables):.2f} ms/table)", flush=True)
+            return floor, client_cpu
 
         def rotator_migrate(source: str, target: str) -> MigratePass:
             """(c) `rotator migrate --commit` on the worker of K threads: the run's own time, the
@@ -500,11 +503,14 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         # (b) and (c) alternate, each round moving every table twice more, so both see tables
         # with the same history and the machine's drift falls on both; the medians are compared.
         floors: list[float] = []
+        floor_cpus: list[float] = []
         passes: list[MigratePass] = []
         for r in range(args.rounds):
             if args.rounds > 1:
                 print(f"-- round {r + 1} of {args.rounds}", flush=True)
-            floors.append(raw_floor(f"dst_b{r}"))
+            floor_seconds, floor_cpu = raw_floor(f"dst_b{r}")
+            floors.append(floor_seconds)
+            floor_cpus.append(floor_cpu)
             passes.append(rotator_migrate(f"dst_b{r}", f"dst_c{r}"))
         migrates = [p.seconds for p in passes]
         floor, migrate = statistics.median(floors), statistics.median(migrates)
@@ -516,7 +522,12 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         c_over_a = "n/a (no (a))" if math.isnan(naive) else f"{migrate / naive:.2f}"
         print(f"c / b = {migrate / floor:.2f}   c / a = {c_over_a}")
         print(f"(c), medians of {args.rounds} round(s):")
-        print(f"  worker CPU: {worker_ms:.2f} ms/table")
+        floor_ms = statistics.median(floor_cpus) * 1000 / len(tables)
+        print(
+            f"  worker CPU: {worker_ms:.2f} ms/table; the same statements from (b)'s threads"
+            f" cost {floor_ms:.2f} ms/table, so the rotator's own share is"
+            f" {worker_ms - floor_ms:.2f} ms/table"
+        )
         print(f"  Redis commands per table (every client): {redis_total:.1f}; by command:")
         for name, calls in list(by_command.items())[:TOP_COMMANDS]:
             print(f"    {name:<16} {calls:6.2f}")
