@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 
 import pytest
@@ -20,7 +19,7 @@ from tests.stack import (
 from worker.adapters.aws_iam import BotoIamKeys
 from worker.adapters.aws_secrets import SecretsManagerStore
 from worker.adapters.databend_admin import DriverDatabendAdmin
-from worker.adapters.databend_client import DatabendClient, table_time_limit
+from worker.adapters.databend_client import DatabendClient
 from worker.adapters.redis_state import RedisFences, RedisSecretLocks
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.bindings import parse_bindings
@@ -49,9 +48,6 @@ class Services:
             f'connection_prefix = "fn_{db}"\ntables = ["{db}.*"]\n'
             "discover = false\n"
         )
-
-    def object_scope(self, _planned: object) -> contextlib.AbstractContextManager[None]:
-        return table_time_limit(300)
 
     def key_rotation(self) -> KeyRotationContext:
         return KeyRotationContext(

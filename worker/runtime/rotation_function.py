@@ -34,6 +34,8 @@ from worker.flow.key_rotation import (
 )
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import prepare_rotation, split_batches, switch_batch
+from worker.runtime.services import object_scope
+from worker.runtime.settings import settings
 
 STEP_TARGETS = {
     "createSecret": Phase.PENDING_STORED,
@@ -139,6 +141,7 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
         locks=services.locks,
         fences=services.fences,
     )
+    limit = settings().table_time_limit
 
     def switch(batch: list[ObjectName]) -> None:
         switch_batch(
@@ -150,7 +153,7 @@ def _switch_tables_inline(services: Any, table_run: str, threads: int) -> None:
             retry=RetryPolicy(),
             fences=services.fences,
             lease_seconds=services.lease_seconds,
-            each=services.object_scope,
+            each=lambda planned: object_scope(planned, limit),
         )
 
     with ThreadPoolExecutor(max_workers=threads) as pool:

@@ -114,15 +114,9 @@ class Services:
         Databend statement inside the block ends by then."""
         return table_time_limit(self.settings.table_time_limit)
 
-    @contextlib.contextmanager
-    def object_scope(self, planned: TableOutcome) -> Iterator[None]:
-        """Around one planned object's switch in a batch: its time limit, and the plan's view of
-        it handed to the audit (the switch row's ``before``, without a read per object)."""
-        with (
-            self.table_time_limit(),
-            audit_switching(object_label(planned.table), planned.previous),
-        ):
-            yield
+    def object_scope(self, planned: TableOutcome) -> AbstractContextManager[None]:
+        """Around one planned object's switch in a batch (``object_scope`` below)."""
+        return object_scope(planned, self.settings.table_time_limit)
 
     def queue_notification(self, sink: str, message: dict[str, Any]) -> None:
         """Hand one notification to the task that delivers it (worker/observe/notify.py)."""
@@ -155,6 +149,15 @@ def log_server(admin: DatabendAdmin) -> None:
 
 _lock = threading.Lock()
 _services: Services | None = None
+
+
+@contextlib.contextmanager
+def object_scope(planned: TableOutcome, seconds: float) -> Iterator[None]:
+    """Around one planned object's switch in a batch: its time limit (``seconds``), and the
+    plan's view of it handed to the audit (the switch row's ``before``, without a Redis read
+    per object)."""
+    with table_time_limit(seconds), audit_switching(object_label(planned.table), planned.previous):
+        yield
 
 
 def services() -> Services:
