@@ -369,10 +369,11 @@ class ChaosAdmin(FakeAdmin):
         self.env.faults.call("databend", "SHOW CONNECTIONS")
         return super().connection_fingerprint(name)
 
-    def create_connection(self, name: str, credentials: Any) -> None:
+    def create_connection(self, name: str, credentials: Any) -> bool:
         lose = self.env.faults.call("databend", f"CREATE CONNECTION {name}", change=True)
-        super().create_connection(name, credentials)
+        created = super().create_connection(name, credentials)
         self.env.faults.done("databend", f"CREATE CONNECTION {name}", lose)
+        return created
 
     def list_external_tables(self, databases: frozenset[str] | None = None) -> list[Any]:
         self.env.faults.call("databend", "SELECT … FROM system.tables")

@@ -93,9 +93,12 @@ class FakeAdmin:
             return f"ak:{mask(c.access_key_id, self.form)}"
         return c.fingerprint
 
-    def create_connection(self, name: str, credentials: Credentials) -> None:
+    def create_connection(self, name: str, credentials: Credentials) -> bool:
         self.statements.append(f"CREATE CONNECTION {name}")
-        self.connections.setdefault(name, credentials)
+        if name in self.connections:
+            return False
+        self.connections[name] = credentials
+        return True
 
     def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
         return [

@@ -32,11 +32,13 @@ class AuditedAdmin(DriverDatabendAdmin):
         self._shown: dict[str, str] = {}
         self._forward: dict[str, str] = {}  # run id -> the connection the run switches objects to
 
-    def create_connection(self, name: str, credentials: Credentials) -> None:
-        super().create_connection(name, credentials)
+    def create_connection(self, name: str, credentials: Credentials) -> bool:
+        if not super().create_connection(name, credentials):
+            return False  # it existed: nothing was changed
         shown = masking.display(credentials.fingerprint)
         self._shown[name] = shown
         audit(AuditAction.CONNECTION_CREATED, name, after=shown)
+        return True
 
     def drop_connection(self, name: str, *args: Any, **kwargs: Any) -> Any:
         result = super().drop_connection(name, *args, **kwargs)

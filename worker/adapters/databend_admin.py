@@ -39,6 +39,7 @@ from worker.domain.model import (
 from worker.domain.sql import DatabaseName, StageName, TableName, connection_name, quote_string
 
 _UNKNOWN_CONNECTION = 2510
+_CONNECTION_EXISTS = 2512
 _UNKNOWN_DATABASE = 1003
 _MASKED_PARAM = re.compile(r"(\w+)=(\S*)")
 _OPTION = re.compile(
@@ -115,8 +116,8 @@ class DriverDatabendAdmin:
             for name, _kind, params in self.client.query("SHOW CONNECTIONS")
         }
 
-    def create_connection(self, name: str, credentials: Credentials) -> None:
-        parts = [f"CREATE CONNECTION IF NOT EXISTS {connection_name(name)} STORAGE_TYPE='s3'"]
+    def create_connection(self, name: str, credentials: Credentials) -> bool:
+        parts = [f"CREATE CONNECTION {connection_name(name)} STORAGE_TYPE='s3'"]
         secrets: list[str] = []
         if isinstance(credentials, AccessKeyCredentials):
             parts.append(f"ACCESS_KEY_ID={quote_string(credentials.access_key_id)}")
@@ -133,7 +134,10 @@ class DriverDatabendAdmin:
             parts.append(f"REGION={quote_string(credentials.region)}")
         try:
             self.client.execute(" ".join(parts))
+            return True
         except DatabendQueryError as exc:
+            if exc.code == _CONNECTION_EXISTS or "ConnectionAlreadyExists" in exc.message:
+                return False
             message = exc.message
             for secret in secrets:
                 message = message.replace(secret, "******")

@@ -69,8 +69,9 @@ class DatabendAdmin(Protocol):
         """Every connection's name -> what its credentials look like."""
         ...
 
-    def create_connection(self, name: str, credentials: Credentials) -> None:
-        """CREATE CONNECTION IF NOT EXISTS."""
+    def create_connection(self, name: str, credentials: Credentials) -> bool:
+        """CREATE CONNECTION: True when this call created it, False when a connection of that
+        name exists already (then nothing was changed)."""
         ...
 
     def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:

@@ -76,18 +76,22 @@ def ensure_connection(admin: DatabendAdmin, name: str, credentials: Credentials)
     """Create the connection unless it exists; True when this call created it.
 
     An existing connection of that name must carry the same credentials (as far as Databend
-    shows them), otherwise the name was taken by someone else and nothing is changed.
+    shows them), otherwise the name was taken by someone else and nothing is changed. The create
+    comes first (a new version's connection does not exist yet: one statement); only when the
+    name is taken are its credentials looked at.
     """
-    existing = admin.connection_fingerprint(name)
-    if existing is not None:
-        if not _may_show(existing, credentials.fingerprint):
-            raise ConnectionConflict(
-                f"connection {name} already exists with other credentials "
-                f"({masking.display(existing)})"
-            )
-        return False
-    admin.create_connection(name, credentials)
-    return True
+    for _ in range(2):  # (once more if the existing one was dropped before it was looked at)
+        if admin.create_connection(name, credentials):
+            return True
+        existing = admin.connection_fingerprint(name)
+        if existing is not None:
+            if not _may_show(existing, credentials.fingerprint):
+                raise ConnectionConflict(
+                    f"connection {name} already exists with other credentials "
+                    f"({masking.display(existing)})"
+                )
+            return False
+    raise ConnectionConflict(f"connection {name} exists but cannot be looked at")
 
 
 def plan_rotation(
