@@ -72,9 +72,12 @@ def prepare_rotation(
         return []
     if locks is not None and not locks.acquire(run.secret, lock_owner(run)):
         raise LockBusy(f"another run is rotating secret {run.secret}")
+    info: SecretInfo | None = None  # read once: the skip decision and the plan see the same
     if run.status != RunStatus.SWITCHING:  # decided before it takes over anything
         try:
-            skip = _skip_reason(run, runs=runs, secrets=secrets, newest=newest)
+            if run.newest_wins:
+                info = secrets.describe(run.secret)
+            skip = _skip_reason(run, info, runs=runs, newest=newest)
         except FatalError as exc:
             runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
             release(locks, run)
@@ -98,7 +101,14 @@ def prepare_rotation(
             release(locks, run)
             return []
         try:
-            plan = _plan(run, runs=runs, secrets=secrets, admin=admin, bindings=bindings)
+            plan = _plan(
+                run,
+                info or secrets.describe(run.secret),
+                runs=runs,
+                secrets=secrets,
+                admin=admin,
+                bindings=bindings,
+            )
         except FatalError as exc:
             runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
             release(locks, run)
@@ -118,7 +128,7 @@ def prepare_rotation(
 
 
 def _skip_reason(
-    run: RunRecord, *, runs: RunStore, secrets: SecretStore, newest: IntakeState | None
+    run: RunRecord, info: SecretInfo | None, *, runs: RunStore, newest: IntakeState | None
 ) -> str | None:
     """Why an event-driven run must not start, if it must not.
 
@@ -127,9 +137,8 @@ def _skip_reason(
     back is obeyed: the label decides, not dates. And the label move a key rotation makes is its
     own: that rotation finishes (and retires the old key), a run of ours would only supersede it.
     """
-    if not run.newest_wins:
+    if not run.newest_wins or info is None:
         return None
-    info = secrets.describe(run.secret)
     outdated = info.version_with_stage("AWSCURRENT")
     if outdated is None and newest is not None:  # no label to go by: the intake's newest
         latest = newest.newest(info.arn)
@@ -144,6 +153,7 @@ def _skip_reason(
 
 def _plan(
     run: RunRecord,
+    info: SecretInfo,
     *,
     runs: RunStore,
     secrets: SecretStore,
@@ -152,7 +162,6 @@ def _plan(
 ) -> RotationPlan:
     """Read the version, plan (refusing unswitchable objects before anything changes), make its
     connection (and one to revert to), pre-flight."""
-    info = secrets.describe(run.secret)
     if run.version_id not in info.versions:
         raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
     if run.parent:
