@@ -375,9 +375,11 @@ class ChaosAdmin(FakeAdmin):
         self.env.faults.done("databend", f"CREATE CONNECTION {name}", lose)
         return created
 
-    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[Any]:
+    def list_external_tables(
+        self, databases: frozenset[str] | None = None, tables: frozenset[Any] | None = None
+    ) -> list[Any]:
         self.env.faults.call("databend", "SELECT … FROM system.tables")
-        return super().list_external_tables(databases)
+        return super().list_external_tables(databases, tables)
 
     def describe_table(self, table: TableName) -> Any:
         self.env.faults.call("databend", f"DESCRIBE {table}")

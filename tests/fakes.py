@@ -100,11 +100,17 @@ class FakeAdmin:
         self.connections[name] = credentials
         return True
 
-    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
+    def list_external_tables(
+        self,
+        databases: frozenset[str] | None = None,
+        tables: frozenset[TableName] | None = None,
+    ) -> list[ExternalTable]:
         return [
             ExternalTable(n, p)
             for n, p in self.tables.items()
-            if p.kind and (databases is None or n.database in databases)
+            if p.kind
+            and (databases is None or n.database in databases)
+            and (tables is None or n in tables)
         ]
 
     def describe_table(self, table: TableName) -> ExternalTable | None:

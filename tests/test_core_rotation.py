@@ -309,3 +309,10 @@ def test_narrow_bindings_scan_only_their_databases() -> None:
     assert binding("sales.*", "ops.t", discover=False).databases_to_scan() == {"sales", "ops"}
     assert binding("sales.*", discover=True).databases_to_scan() is None
     assert binding("sal*.t", discover=False).databases_to_scan() is None
+
+
+def test_bindings_of_exact_tables_scan_only_those_tables() -> None:
+    exact = binding("sales.orders", 'ops."T-1"', discover=False)
+    assert exact.tables_to_scan() == {TableName("sales", "orders"), TableName("ops", "T-1")}
+    assert binding("sales.orders", discover=True).tables_to_scan() is None
+    assert binding("sales.orders", "ops.t*", discover=False).tables_to_scan() is None

@@ -164,3 +164,26 @@ def test_connections_are_listed_with_their_key_and_dropped(
     admin.drop_connection(f"c1_{unique}")
     admin.drop_connection(f"c1_{unique}")  # idempotent
     assert f"c1_{unique}" not in {c.name for c in admin.list_connections()}
+
+
+def test_named_tables_are_listed_alone_however_they_are_spelled(
+    db: DatabendClient, aws: LocalAws, unique: str
+) -> None:
+    """A binding of exact tables lists only those (not every table of their databases), names
+    with quotes and odd characters included, and an absent one is simply not there."""
+    bucket, k1, _ = _keys(aws, unique)
+    create_key_connection(db, aws, f"named_{unique}", k1)
+    database = f"named_{unique}"
+    db.execute(f"CREATE DATABASE {database}")
+    names = [TableName(database, n) for n in ("a", "b", "it's-odd", "d")]
+    for name in names:
+        db.execute(
+            f"CREATE TABLE {name.sql} (id INT) 's3://{bucket}/named/{len(name.table)}/'"
+            f" CONNECTION=(connection_name='named_{unique}')"
+        )
+    admin = DriverDatabendAdmin(db)
+    wanted = frozenset({names[0], names[2], TableName(database, "absent")})
+    listed = admin.list_external_tables(frozenset({database}), wanted)
+    assert sorted(t.name for t in listed) == sorted([names[0], names[2]])
+    assert len(admin.list_external_tables(frozenset({database}))) == 4
+    assert admin.list_external_tables(frozenset({database}), frozenset()) == []

@@ -1,9 +1,8 @@
 """DatabendAdmin over the driver: connections, system.tables, system.stages, database defaults,
 the statements that switch each kind, and their validation.
 
-Every name goes through worker.domain.sql quoting.
-Messages of failed CREATE CONNECTION statements are
-scrubbed of the credentials the statement carried (Databend echoes SQL in syntax errors).
+Every name goes through worker.domain.sql quoting; messages of failed CREATE CONNECTION
+statements are scrubbed of the credentials the statement carried (Databend echoes SQL).
 
 Verified on the embedded engine (1.2.895): ``system.stages`` has ``name, stage_type, storage_type,
 url, storage_params`` (a JSON object, ``access_key_id`` masked), ``file_format_options`` and
@@ -36,7 +35,14 @@ from worker.domain.model import (
     parse_stage_params,
     parse_storage_param,
 )
-from worker.domain.sql import DatabaseName, StageName, TableName, connection_name, quote_string
+from worker.domain.sql import (
+    DatabaseName,
+    StageName,
+    TableName,
+    connection_name,
+    quote_string,
+    system_tables_rows_of,
+)
 
 _UNKNOWN_CONNECTION = 2510
 _CONNECTION_EXISTS = 2512
@@ -79,12 +85,7 @@ def _unquote(text: str) -> str:
 
 def _connection_fingerprint(params_text: str) -> str:
     """What a connection's credentials look like (``ak:<as shown>``), from SHOW CONNECTIONS."""
-    params = dict(_MASKED_PARAM.findall(params_text))
-    if params.get("role_arn"):
-        return masking.observed("role", params["role_arn"])
-    if params.get("access_key_id"):
-        return masking.observed("ak", params["access_key_id"])
-    return "unknown"
+    return _connection_info("", "", params_text).fingerprint or "unknown"
 
 
 class DriverDatabendAdmin:
@@ -143,13 +144,21 @@ class DriverDatabendAdmin:
                 message = message.replace(secret, "******")
             raise DatabendQueryError(exc.code, message) from None
 
-    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
+    def list_external_tables(
+        self,
+        databases: frozenset[str] | None = None,
+        tables: frozenset[TableName] | None = None,
+    ) -> list[ExternalTable]:
         where = "is_external"
         if databases is not None:
             if not databases:
                 return []
             listed = ", ".join(quote_string(d) for d in sorted(databases))
             where += f" AND database IN ({listed})"
+        if tables is not None:  # a few named tables: not every table of their databases
+            if not tables:
+                return []
+            where += f" AND ({system_tables_rows_of(tables)})"
         rows = self.client.query(
             f"SELECT database, name, storage_param FROM system.tables WHERE {where}"
         )

@@ -183,6 +183,13 @@ class Binding:
             return None
         return frozenset(s.database for s in self.selectors)
 
+    def tables_to_scan(self) -> frozenset[TableName] | None:
+        """The only tables this binding can affect when every table selector names one exactly
+        and nothing is discovered; None when it may be others (see ``databases_to_scan``)."""
+        if self.discover or not all(s.is_exact for s in self.selectors):
+            return None
+        return frozenset(s.exact_table for s in self.selectors)
+
     def covers_secret(self, arn: str, name: str) -> bool:
         return self.secret in (arn, name)
 

@@ -74,8 +74,13 @@ class DatabendAdmin(Protocol):
         name exists already (then nothing was changed)."""
         ...
 
-    def list_external_tables(self, databases: frozenset[str] | None = None) -> list[ExternalTable]:
-        """External tables, of the given databases only when ``databases`` is not None."""
+    def list_external_tables(
+        self,
+        databases: frozenset[str] | None = None,
+        tables: frozenset[TableName] | None = None,
+    ) -> list[ExternalTable]:
+        """External tables, of the given databases only when ``databases`` is not None, and
+        only those named when ``tables`` is not None."""
         ...
 
     def describe_table(self, table: TableName) -> ExternalTable | None:

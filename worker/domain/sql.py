@@ -8,6 +8,7 @@ unicode, SQL fragments) therefore become inert text once quoted here.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -273,3 +274,15 @@ def split_qualified_name_parts(text: str) -> list[tuple[str, bool]]:
         raise ValueError(f"empty name part at the end of {text!r}")
     parts.append(("".join(current), quoted_part))
     return parts
+
+
+def system_tables_rows_of(tables: Iterable[TableName]) -> str:
+    """The condition on ``system.tables`` that selects exactly these tables:
+    ``(database = 'a' AND name IN ('t1', 't2')) OR …``."""
+    by_database: dict[str, list[str]] = {}
+    for table in sorted(tables):
+        by_database.setdefault(table.database, []).append(quote_string(table.table))
+    return " OR ".join(
+        f"(database = {quote_string(db)} AND name IN ({', '.join(names)}))"
+        for db, names in by_database.items()
+    )

@@ -84,12 +84,14 @@ def list_for(
     admin: DatabendAdmin,
     *,
     databases: frozenset[str] | None = None,
+    tables: frozenset[TableName] | None = None,
     stages: bool = True,
     defaults: bool = True,
 ) -> list[StoredObject]:
-    """External tables (of ``databases`` only, when given), and unless turned off every external
-    stage and every database default: what a plan, an inventory or the evidence looks at."""
-    objects: list[StoredObject] = list(admin.list_external_tables(databases))
+    """External tables (of ``databases`` only, and only ``tables``, when given), and unless
+    turned off every external stage and every database default: what a plan, an inventory or
+    the evidence looks at."""
+    objects: list[StoredObject] = list(admin.list_external_tables(databases, tables))
     if stages:
         objects += admin.list_stages()
     if defaults:

@@ -209,6 +209,7 @@ def list_binding_objects(admin: DatabendAdmin, binding: Binding) -> list[StoredO
     return objects_.list_for(
         admin,
         databases=binding.databases_to_scan(),
+        tables=binding.tables_to_scan(),
         stages=binding.lists_stages,
         defaults=binding.lists_databases,
     )
