@@ -415,7 +415,11 @@ class Scenario:
             self.faults.armed = self.depth > 0
 
     def _retry(self, msg: Message, exc: Exception) -> bool:
-        """Celery's self.retry: later, with backoff, up to MAX_RETRIES; False once exhausted."""
+        """Celery's self.retry: later, with backoff, up to MAX_RETRIES since the task last made
+        progress (a batch that recorded objects counts from zero: RotatorTask.retry); False once
+        exhausted."""
+        if isinstance(exc, RetryableError) and exc.progress:
+            msg = replace(msg, retries=0)
         if msg.retries >= MAX_RETRIES:
             self.log(f"  gave up after {MAX_RETRIES} retries: {exc}")
             return False

@@ -272,9 +272,11 @@ def test_a_retryable_error_mid_batch_writes_what_finished_leaves_nothing_in_flig
         flying.append(world.fences.in_flight("r1"))
         yield
 
-    with pytest.raises(DatabendUnavailable):
+    with pytest.raises(DatabendUnavailable) as stopped:
         world.batch(each=look, flush_every=3600)
 
+    # the error carries what this call recorded: the task's retry budget starts again
+    assert stopped.value.progress == 2
     # t0 was written at once; t1 (unwritten) and t2 were in flight when t2 failed
     assert flying[-1] == [str(t1), str(t2)], "t2 was in flight when it failed"
     assert world.fences.in_flight("r1") == [], "every in-flight entry ended before the raise"
@@ -293,6 +295,15 @@ def test_a_retryable_error_mid_batch_writes_what_finished_leaves_nothing_in_flig
     attempts = {o.table: o.attempts for o in world.runs.outcomes("r1")}
     assert attempts == {t0: 1, t1: 1, t2: 2, t3: 2, t4: 2}
     assert world.runs.get("r1").status == RunStatus.SUCCEEDED
+
+
+def test_an_error_before_any_object_finished_carries_no_progress() -> None:
+    world = World(names(3))
+    world.admin.switch_failures[world.tables[0]] = [DatabendUnavailable("connection reset")] * 4
+    with pytest.raises(DatabendUnavailable) as stopped:
+        world.batch()
+    assert stopped.value.progress == 0  # the retry counts against the task's budget
+    assert world.writes == []
 
 
 def test_a_redelivered_batch_does_not_switch_an_object_switched_but_not_recorded() -> None:

@@ -97,6 +97,30 @@ def _short_wait(key: str) -> None:
     raise ShortWait("busy")
 
 
+def _progressing_gave_up(
+    key: str, _progress_until: int, _runs_until_done: int, reason: str
+) -> None:
+    _gave_up(key, reason)
+
+
+@app.task(
+    base=RotatorTask,
+    name="rotator.test.progressing",
+    retry_backoff_max=0,
+    gave_up=_progressing_gave_up,
+)
+def _progressing(key: str, progress_until: int, runs_until_done: int) -> None:
+    """A batch whose runs each record an object and then meet a transient error, up to run
+    ``progress_until``; from then on it records nothing; it is done on run ``runs_until_done``."""
+    run = int(_redis().incr(key))
+    if run >= runs_until_done:
+        _redis().set(f"{key}:done", "1")
+        return
+    error = DatabendUnavailable("connection reset")
+    error.progress = 1 if run <= progress_until else 0
+    raise error
+
+
 @app.task(base=RotatorTask, name="rotator.test.fatal", gave_up=_gave_up)
 def _fatal(key: str) -> None:
     _redis().incr(key)
@@ -140,7 +164,7 @@ def _wait_for(key: str, timeout: float = 30) -> str:
             time.sleep(0.3)  # a run after the hook would show in the count
             return reason.decode()
         time.sleep(0.05)
-    raise AssertionError(f"{key}: the task never gave up")
+    raise AssertionError(f"{key}: the task never gave up ({_redis().get(key)} runs)")
 
 
 def test_a_task_runs_at_most_task_retries_plus_one_times_then_records_why(
@@ -159,6 +183,28 @@ def test_an_error_that_knows_its_delay_and_budget_carries_them(celery_worker: No
     assert int(_redis().get("short") or 0) == ShortWait.max_retries + 1
     assert time.monotonic() - started >= ShortWait.max_retries * ShortWait.retry_after
     assert reason == "gave up after 2 retries: busy"
+
+
+def test_a_batch_that_records_objects_gets_its_whole_budget_again(celery_worker: None) -> None:
+    # a batch of 10 objects that meets an error after each one still ends: it ran 11 times,
+    # twice the budget of a task that makes no progress
+    _progressing.delay("progressing", 10, 11)
+    deadline = time.monotonic() + 30
+    while _redis().get("progressing:done") is None:
+        assert _redis().get("progressing:gave_up") is None, "gave up while making progress"
+        assert time.monotonic() < deadline, "never finished"
+        time.sleep(0.05)
+    assert int(_redis().get("progressing") or 0) == 11 > TASK_RETRIES + 1
+
+
+def test_the_budget_counts_from_the_last_run_that_recorded_an_object(
+    celery_worker: None,
+) -> None:
+    # two runs record an object, then none does: TASK_RETRIES more runs, then it gives up
+    _progressing.delay("stalled", 2, 1000)
+    reason = _wait_for("stalled")
+    assert int(_redis().get("stalled") or 0) == 2 + TASK_RETRIES
+    assert reason == f"gave up after {TASK_RETRIES} retries: connection reset"
 
 
 def test_a_fatal_error_is_never_retried_and_still_recorded(celery_worker: None) -> None:

@@ -54,11 +54,14 @@ class RetryableError(RotatorError):
     """Transient: the same work may succeed later. Celery's retry of a whole task (the base task,
     worker/runtime/celery_app.py) takes only this branch. A subclass that knows how long to wait
     says so: ``retry_after`` seconds instead of the task's backoff, ``max_retries`` instead of the
-    task's budget (worker/domain/retries.py lists every budget)."""
+    task's budget (worker/domain/retries.py lists every budget). ``progress`` is how many objects
+    a batch recorded before this error stopped it (set by worker/flow/runs/switch.py): a batch
+    that moved on gets the task's whole budget again."""
 
     retryable = True
     retry_after: float | None = None
     max_retries: int | None = None
+    progress: int = 0
 
 
 class FatalError(RotatorError):

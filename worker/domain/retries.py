@@ -2,7 +2,10 @@
 
 A statement is tried at most STEP_ATTEMPTS times inside one step (tenacity, transient errors
 only); a task whose step gave up on a transient error is run again at most TASK_RETRIES more
-times (Celery, declared once on the base task); then the object is recorded failed. So one
+times (Celery, declared once on the base task); then the object is recorded failed. A batch
+task counts its retries since it last recorded an object: one that finished some of its objects
+before the error starts its budget again (so a batch of many objects is not failed by errors
+that each cost it one retry; it ends, since each such retry recorded an object). So one
 statement is sent at most ``worst_case_statement_attempts()`` = 4 x 6 = 24 times per object,
 and each of those is bounded in time by ROTATOR_STATEMENT_TIMEOUT (the driver's own re-sends of
 a timed-out request happen inside that bound, not on top of it). A single AWS API call is tried

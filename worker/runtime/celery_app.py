@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
+from celery.utils.time import get_exponential_backoff_interval
 
 from worker.domain.errors import FatalError, LockBusy, RetryableError
 from worker.domain.retries import TASK_BACKOFF, TASK_BACKOFF_MAX, TASK_RETRIES
@@ -95,7 +96,8 @@ class RotatorTask(Task):  # type: ignore[misc]
 
     - A fresh log context per task, bound to the task's identity.
     - Retries: a RetryableError runs the task again after 2 s, 4 s, 8 s ... (at most 60 s, full
-      jitter), at most TASK_RETRIES times; an error that knows its delay or budget
+      jitter), at most TASK_RETRIES times since the task last made progress (a batch that recorded
+      objects before the error counts from zero again); an error that knows its delay or budget
       (``retry_after``, ``max_retries``: LockBusy) overrides them; a task may declare its own
       budget (``max_retries``, ``retry_backoff`` options). worker/domain/retries.py lists them.
     - A FatalError is expected: logged without a traceback, never retried.
@@ -131,6 +133,11 @@ class RotatorTask(Task):  # type: ignore[misc]
         **options: Any,
     ) -> Any:
         if isinstance(exc, RetryableError):
+            if exc.progress:  # a batch that recorded objects before this error: budget anew
+                self.request.retries = 0
+                countdown = get_exponential_backoff_interval(
+                    self.retry_backoff, 0, self.retry_backoff_max, self.retry_jitter
+                )
             countdown = countdown if exc.retry_after is None else exc.retry_after
             max_retries = max_retries if exc.max_retries is None else exc.max_retries
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)

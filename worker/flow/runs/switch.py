@@ -15,8 +15,9 @@ first at once, then whenever ``flush_every`` seconds have passed when an object 
 ``rotator status`` stays about that far behind, plus one object's time), and at the end, also
 when the batch stops on an error. That call ends those objects' in-flight entries; the write that
 leaves nothing pending closes the run. A RetryableError that outlives an object's step retries
-ends the batch after that write and propagates: the task runs the batch again later, and the
-finished objects are skipped.
+ends the batch after that write and propagates, carrying how many objects this call recorded
+(``progress``): the task runs the batch again later, the finished objects are skipped, and a
+batch that made progress has its whole retry budget again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from worker.domain.errors import RetryableError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
@@ -136,6 +138,7 @@ def switch_batch(
         locks.renew(run.secret, lock_owner(run))
     writer = _Writer(run, runs, fences, locks, wave, result)
     written = float("-inf")  # the first outcome is written at once: progress shows early
+    stopped_by: RetryableError | None = None
     try:
         for name, planned in todo:
             if before_each is not None:
@@ -157,8 +160,13 @@ def switch_batch(
             if clock() - written >= flush_every:
                 writer.write()
                 written = clock()
+    except RetryableError as exc:
+        stopped_by = exc
+        raise
     finally:
         writer.write()
+        if stopped_by is not None:  # what this call recorded: its retry budget restarts
+            stopped_by.progress = len(result.outcomes)
     return result
 
 
