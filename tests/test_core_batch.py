@@ -205,6 +205,10 @@ def test_a_newer_run_taking_the_fence_mid_batch_leaves_the_rest_superseded_and_u
     reasons = {o.reason for o in result.outcomes if o.status is TableStatus.SUPERSEDED}
     assert reasons == {"a newer run of the same secret took over; left untouched"}
     assert world.runs.pending("r1") == [] and world.fences.in_flight("r1") == []
+    # the run does not claim success for what a newer run took over
+    run = world.runs.get("r1")
+    assert run.status == RunStatus.SUPERSEDED
+    assert run.error == "3 of 4 tables left to a newer run of the same secret"
 
 
 def test_a_superseded_batch_changes_nothing_at_all() -> None:

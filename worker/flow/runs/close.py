@@ -3,7 +3,7 @@ the secret's lock), give up on a run whose planning ran out of retries, reopen f
 
 from __future__ import annotations
 
-from worker.domain.model import RunStatus, TableOutcome
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, TableName
 
@@ -19,13 +19,24 @@ def finish_table(
 
 
 def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> bool:
+    """The last outcome is in: ``failed`` when an object failed, ``superseded`` when a newer run
+    of the secret took some over (they were left untouched), else ``succeeded``."""
     run = runs.get(run_id)
     if RunStatus(run.status).final:
         return False
     outcomes = runs.outcomes(run_id)
     failed = [o for o in outcomes if o.status.failed]
-    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
-    error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed" if failed else None
+    left = [o for o in outcomes if o.status is TableStatus.SUPERSEDED]
+    status, error = RunStatus.SUCCEEDED, None
+    if failed:
+        status = RunStatus.FAILED
+        error = f"{len(failed)} of {len(outcomes)} {_objects_word(outcomes)} failed"
+    elif left:
+        status = RunStatus.SUPERSEDED
+        error = (
+            f"{len(left)} of {len(outcomes)} {_objects_word(outcomes)} left to a newer run "
+            "of the same secret"
+        )
     runs.update(run_id, status=status, error=error)
     release(locks, run)
     return True
