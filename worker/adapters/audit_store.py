@@ -194,13 +194,11 @@ class Spool:
             self._appended += 1
             generation, count = self._generation, self._appended
         with self._sync:
-            while generation == self._generation and self._synced < count:
-                if not self._syncing:
-                    break  # this thread syncs, for every row written so far
+            while self._syncing and not self._on_disk(generation, count):
                 self._sync.wait()  # the fsync under way may not cover this row: see after it
-            else:
-                return  # on disk already: an fsync begun after it, or the file's close
-            self._syncing = True
+            if self._on_disk(generation, count):
+                return
+            self._syncing = True  # this thread syncs, for every row written so far
             with self._write:
                 upto, file = self._appended, self._file
         synced = False
@@ -214,6 +212,11 @@ class Spool:
                 if synced:
                     self._synced = max(self._synced, upto)
                 self._sync.notify_all()
+
+    def _on_disk(self, generation: int, count: int) -> bool:
+        """(holding _sync) Row ``count`` of file ``generation``: an fsync begun after it was
+        written has ended, or its file was closed (which syncs it)."""
+        return generation != self._generation or self._synced >= count
 
     def close(self) -> None:
         """Put the file on disk and close it; a later ``append`` opens it again."""
