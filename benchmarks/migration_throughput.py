@@ -398,7 +398,8 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         log = open(work / "worker.log", "wb")  # noqa: SIM115 (closed with the worker)
         worker = subprocess.Popen(
             [*cli, "worker", "--concurrency", str(args.threads)],
-            env=env,
+            # BENCH_PERF: Python's perf trampoline, so `perf` names the Python functions
+            env={**env, "PYTHONPERFSUPPORT": "1"} if os.environ.get("BENCH_PERF") else env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -448,6 +449,15 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
                         *("-f", "raw", "--nonblocking"),
                         *os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split(),
                     ]
+                )
+            elif os.environ.get("BENCH_PERF"):  # on-CPU samples of every worker thread, native too
+                profiler = subprocess.Popen(
+                    [
+                        *("perf", "record", "-F", "499", "-g", "-p", str(worker.pid)),
+                        *("-o", os.environ["BENCH_PERF"]),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             result = subprocess.run(
                 [
