@@ -5,7 +5,6 @@ and why)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -66,9 +65,10 @@ def _literal(value: Any) -> str:
 
 
 def row_of(event: AuditEvent) -> dict[str, Any]:
-    data = dataclasses.asdict(event)
-    data["action"] = str(event.action)
-    return {c: data[c] for c in COLUMNS}
+    """The event's columns (every field is a plain value: no deep copy as ``asdict`` makes)."""
+    row = {c: getattr(event, c) for c in COLUMNS}
+    row["action"] = str(event.action)
+    return row
 
 
 class AuditTable:
