@@ -81,13 +81,9 @@ def migrate(
     --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
     """
     from worker.domain.bindings import Selector, find_binding
+    from worker.domain.errors import MigrationRefused
     from worker.domain.masking import display
-    from worker.flow.migration import (
-        MigrationOptions,
-        MigrationRefused,
-        new_migration,
-        plan_migration,
-    )
+    from worker.flow.migration import MigrationOptions, new_migration, plan_migration
 
     if more_selectors and not selectors:
         raise click.UsageError(

@@ -123,9 +123,9 @@ def status(run_id: str, as_json: bool, watch: bool) -> None:
         console.print(f"note: {note}")
     console.print(table)
     print_outcomes(p, console)
-    rate = "" if p.final else rate_text(p)
-    if rate:
-        console.print(rate)
+    pace = "" if p.final else rate_text(p)
+    if pace:
+        console.print(pace)
     if not p.final:
         console.print(f"last progress {max(0.0, time.time() - p.run.updated_at):.0f}s ago")
 

@@ -6,8 +6,9 @@ and the fix. Nothing is changed except a throwaway probe connection, created and
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,7 +70,7 @@ def _checks(settings: Any) -> Iterator[Check]:
     yield from _notify(settings)
 
 
-def _bindings(settings: Any) -> Iterator[Check]:
+def _bindings(settings: Any) -> Generator[Check, None, list[Any]]:
     if not settings.bindings_path:
         return []
     from worker.domain.bindings import load_bindings
@@ -114,13 +115,18 @@ def _databend(settings: Any) -> Iterator[Check]:
         f"reachable: {version}; keys shown as {form or 'an unknown form'}",
         "a server whose version cannot be read: key masking is guessed per row",
     )
+
+    def rows_in(sql: str) -> str:
+        row = client.query_one(sql)
+        return f"readable ({row[0] if row else '?'} rows)"
+
     for name, sql in (
         ("databend system.tables", "SELECT count(*) FROM system.tables WHERE is_external"),
         ("databend system.stages", "SELECT count(*) FROM system.stages"),
     ):
         yield _try(
             name,
-            lambda sql=sql: f"readable ({client.query_one(sql)[0]} rows)",  # type: ignore[index]
+            functools.partial(rows_in, sql),
             "grant the DSN user SELECT on system tables (see README, Deployment)",
         )
     probe = f"rotator_doctor_{uuid.uuid4().hex[:10]}"
@@ -231,7 +237,7 @@ def _redis(url: str) -> Iterator[Check]:
         )
 
 
-def _aws(settings: Any) -> Iterator[Check]:
+def _aws(settings: Any) -> Generator[Check, None, bool]:
     from worker.adapters.aws_clients import aws_client
 
     try:
