@@ -11,16 +11,19 @@ from worker.domain.bindings import Binding, Selector
 from worker.domain.errors import (
     DatabendQueryError,
     DatabendUnavailable,
+    PreflightFailed,
     SecretFormatError,
     StorageUnavailable,
 )
 from worker.domain.model import (
     AccessKeyCredentials,
+    PlannedTable,
+    RotationPlan,
     RunStatus,
     TableStatus,
 )
 from worker.domain.ports import RunRecord
-from worker.domain.sql import TableName
+from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 from worker.flow.rotation import (
     ConnectionConflict,
     RetryPolicy,
@@ -30,6 +33,7 @@ from worker.flow.rotation import (
     rotate_object,
 )
 from worker.flow.runs import finish_table, prepare_rotation
+from worker.flow.runs.prepare import preflight
 
 OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
 T_OLD, T_NEW = f"ak:{OLD}", f"ak:{NEW}"  # the credentials a run holds, as fingerprints
@@ -316,3 +320,35 @@ def test_bindings_of_exact_tables_scan_only_those_tables() -> None:
     assert exact.tables_to_scan() == {TableName("sales", "orders"), TableName("ops", "T-1")}
     assert binding("sales.orders", discover=True).tables_to_scan() is None
     assert binding("sales.orders", "ops.t*", discover=False).tables_to_scan() is None
+
+
+def test_one_table_is_checked_by_its_own_alter_and_anything_more_is_probed_first() -> None:
+    """The pre-flight lists every bucket before the first ALTER, except for a plan of one table,
+    whose ALTER checks the new key on its own location before changing anything."""
+    probes = {}
+    for selectors in (("sales.t0",), ("sales.t0", "sales.t1")):
+        admin, secrets, runs = _run_setup(key_json(NEW))
+        prepare_rotation(
+            "r1",
+            runs=runs,
+            secrets=secrets,
+            admin=admin,
+            bindings=[binding(*selectors, discover=False)],
+        )
+        probes[len(selectors)] = [s for s in admin.statements if s.startswith("PROBE")]
+    assert probes == {1: [], 2: ["PROBE lake_main_v2 lake"]}
+
+
+@pytest.mark.parametrize("name", [StageName("landing"), DatabaseName("lakehouse")])
+def test_a_lone_stage_or_database_default_is_still_probed(name: ObjectName) -> None:
+    """Their ALTER never touches storage: only the probe finds a key that cannot reach it."""
+    admin = FakeAdmin()
+    admin.probe_failures["lake"] = DatabendQueryError(3002, "PermissionDenied (403)")
+    plan = RotationPlan(
+        connection="new",
+        target=T_NEW,
+        tables=(PlannedTable(table=name, rule="r", current=T_OLD, bucket="lake"),),
+    )
+    with pytest.raises(PreflightFailed, match="cannot list bucket lake"):
+        preflight(admin, "new", plan)
+    assert admin.statements == ["PROBE new lake"]

@@ -101,6 +101,13 @@ tables = ["crash_{token}.*"]
 discover = false
 
 [[bindings]]
+name = "single"
+secret = "databend/single-{token}"
+connection_prefix = "single_{token}"
+tables = ["single_{token}.only"]
+discover = false
+
+[[bindings]]
 name = "partial"
 secret = "databend/partial-{token}"
 connection_prefix = "partial_{token}"
@@ -298,6 +305,35 @@ def test_a_new_key_that_cannot_list_a_bucket_fails_the_run_before_any_table_is_t
         assert storage_tail(databend, table) == tail(k1["AccessKeyId"]), table
         assert len(databend.query(f"SELECT * FROM {table.sql}")) == 3, "still readable on K1"
     assert quote_identifier(unreachable.table) and quote_string(unreachable.table)
+
+
+def test_a_single_table_on_a_key_that_cannot_reach_it_fails_untouched_without_a_probe(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws
+) -> None:
+    """A plan of one table sends no pre-flight probe: the table's own ALTER checks the new key on
+    its location first, and a key that cannot reach it changes nothing there either."""
+    t = scenario.token
+    table = TableName(f"single_{t}", "only")
+    k1, secret = _seed_lake(scenario, databend, aws, "single", [table])
+    elsewhere = f"single-elsewhere-{t}"
+    aws.client("s3").create_bucket(Bucket=elsewhere)
+    k2 = make_user(aws, f"single-new-{t}", elsewhere)  # may only reach another bucket
+    _put_version(aws, secret, key_secret_json(aws, k2))
+    stages_before = databend.query("SELECT name FROM system.stages")
+
+    result = scenario.stack.cli("rotate-version", secret, "--timeout", "180")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pre-flight" not in result.stdout + result.stderr
+    status = json.loads(scenario.stack.cli("status", run_id_of(result), "--json").stdout)
+    assert status["status"] == "failed"
+    [outcome] = status["tables"]
+    assert (outcome["table"], outcome["status"]) == ([table.database, table.table], "failed")
+    assert "denied" in outcome["reason"].lower() or "403" in outcome["reason"], outcome["reason"]
+    assert storage_tail(databend, table) == tail(k1["AccessKeyId"])
+    assert len(databend.query(f"SELECT * FROM {table.sql}")) == 3, "still readable on K1"
+    assert databend.query("SELECT name FROM system.stages") == stages_before, "no probe stage"
+    assert k2["SecretAccessKey"] not in result.stdout + result.stderr
 
 
 def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(

@@ -39,7 +39,7 @@ from worker.domain.ports import (
     SecretStore,
 )
 from worker.domain.secret_value import parse_secret_value
-from worker.domain.sql import ObjectName
+from worker.domain.sql import ObjectName, TableName
 from worker.flow import objects as objects_
 from worker.flow.fencing import admitted, require_drained, take_fence
 from worker.flow.rotation import connection_name_for, ensure_connection, plan_rotation
@@ -264,8 +264,18 @@ def _previous_version(info: SecretInfo, version_id: str) -> str | None:
 
 
 def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None:
-    """Before the first ALTER: the new connection must list every bucket the plan touches."""
-    buckets = sorted({t.bucket for t in plan.tables if t.bucket and not t.problem})
+    """Before the first ALTER: the new connection must list every bucket the plan touches, so a
+    key that cannot reach one of them changes no object at all.
+
+    A plan of one table needs no probe: its ``ALTER TABLE … CONNECTION`` checks the new
+    credentials on the table's own location before it changes anything (an invalid key fails
+    with 3901, the table untouched). Stages and database defaults are always probed: their ALTER
+    never touches storage.
+    """
+    switchable = [t for t in plan.tables if not t.problem]
+    if len(switchable) == 1 and isinstance(switchable[0].table, TableName):
+        return
+    buckets = sorted({t.bucket for t in switchable if t.bucket})
     for bucket in buckets:
         try:
             admin.probe_connection(connection, bucket)
