@@ -64,7 +64,8 @@ def prepare_rotation(
     Takes the secret's lock and fencing token, reads the version, plans every object, refuses
     (nothing changed) when the binding selects one Databend cannot switch, creates the
     connection, proves it can list every bucket involved (pre-flight), and writes the plan (every
-    object pending) before any object is touched. Raises LockBusy (retryable) while another run
+    object pending) before any object is touched (a plan of one table leaves that proof to the
+    table's own ALTER: see ``preflight``). Raises LockBusy (retryable) while another run
     holds the secret.
     """
     run = runs.get(run_id)
@@ -269,8 +270,9 @@ def preflight(admin: DatabendAdmin, connection: str, plan: RotationPlan) -> None
 
     A plan of one table needs no probe: its ``ALTER TABLE … CONNECTION`` checks the new
     credentials on the table's own location before it changes anything (an invalid key fails
-    with 3901, the table untouched). Stages and database defaults are always probed: their ALTER
-    never touches storage.
+    with 3901, the table untouched; Databend's own tests hold that an ALTER to a connection with a
+    wrong key fails). Stages and database defaults are always probed: their ALTER never touches
+    storage.
     """
     switchable = [t for t in plan.tables if not t.problem]
     if len(switchable) == 1 and isinstance(switchable[0].table, TableName):
