@@ -53,7 +53,7 @@ from worker.local.embedded import DatabendLocalProcess, LocalAws
 pytestmark = pytest.mark.slow
 
 # the bindings of this module, each on the tables of database cur_<token>_<name>: name -> discover
-BINDINGS = {"main": True, "twokeys": False, "late": False}
+BINDINGS = {"main": True, "twokeys": False, "late": False, "single": False}
 
 
 @dataclass
@@ -301,4 +301,21 @@ def test_a_table_created_on_the_old_key_after_the_rotation_blocks_its_retirement
     assert labelled(world.aws, secret, "AWSCURRENT") is not None
     assert rows(world.db, newcomer) == 3 and all(rows(world.db, t) == 2 for t in tables)
     assert_shown_in_current_form(world, tables, k2)
+    world.assert_no_secret_leaked(secret)
+
+
+def test_a_key_rotation_of_one_table_moves_it_with_no_pre_flight(world: World) -> None:
+    """A one-table run leaves the check of the new key to the table's own ALTER (no pre-flight
+    probe): the table moves, reads, shows K2 in the current form, and K1 is retired."""
+    user, secret, [table], k1 = seed(world, "single", 1)
+
+    result = world.stack.cli("rotate", f"single-{world.token}", "--commit", "--timeout", "120")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    k2 = current_key(world.aws, secret)
+    assert access_keys(world.aws, user) == {k1["AccessKeyId"]: "Inactive", k2: "Active"}
+    assert_shown_in_current_form(world, [table], k2)
+    assert rows(world.db, table) == 2
+    run = world.runs.get(run_id_of(result))
+    assert world.status(str(run.data["table_run"]))["counts"] == {"validated": 1}
     world.assert_no_secret_leaked(secret)

@@ -332,7 +332,7 @@ def test_a_single_table_on_a_key_that_cannot_reach_it_fails_untouched_without_a_
     assert "denied" in outcome["reason"].lower() or "403" in outcome["reason"], outcome["reason"]
     assert storage_tail(databend, table) == tail(k1["AccessKeyId"])
     assert len(databend.query(f"SELECT * FROM {table.sql}")) == 3, "still readable on K1"
-    assert databend.query("SELECT name FROM system.stages") == stages_before, "no probe stage"
+    assert databend.query("SELECT name FROM system.stages") == stages_before, "no stage left"
     assert k2["SecretAccessKey"] not in result.stdout + result.stderr
 
 
