@@ -535,6 +535,14 @@ class ChaosRuns(MemoryRuns):
         super().update(run_id, **fields)
         self._write("runs.update", run_id, fields)
 
+    def update_unless_final(self, run_id: str, **fields: object) -> bool:
+        """One Lua call in Redis: the check and the write are one step here too."""
+        self.env.faults.call("", "runs.update")
+        written = MemoryRuns.update_unless_final(self, run_id, **fields)
+        if written:
+            self._write("runs.update", run_id, fields)
+        return written
+
     def set_plan(self, run_id: str, outcomes: list[Any]) -> None:
         self.env.faults.call("", "runs.set_plan")
         super().set_plan(run_id, outcomes)

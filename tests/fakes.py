@@ -281,6 +281,12 @@ class MemoryRuns:
             self.on_update(run_id, fields)
         self.runs[run_id] = dataclasses.replace(self.runs[run_id], **fields)  # type: ignore[arg-type]
 
+    def update_unless_final(self, run_id: str, **fields: object) -> bool:
+        if RunStatus(MemoryRuns.get(self, run_id).status).final:
+            return False
+        MemoryRuns.update(self, run_id, **fields)
+        return True
+
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         self.tables[run_id] = {o.table: o for o in outcomes}
         self.pending_[run_id] = {o.table for o in outcomes if not o.status.done}

@@ -34,7 +34,7 @@ from tests.chaos import (
 )
 from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
 from worker.domain.errors import RotatorError
-from worker.domain.sql import TableName
+from worker.domain.sql import DatabaseName, TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
 BLIND = TableName("misc", "b0")
@@ -163,6 +163,60 @@ def test_switches_delivered_after_an_abort_cannot_land_on_the_deleted_key() -> N
     # Then every table is back on K0, which is still active, and K1 is gone
     assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K0", "sales.t2": "K0"}
     assert iam_keys(world) == {"K0": "active"}
+
+
+@pytest.mark.parametrize(
+    "landing",
+    [
+        "runs.set_plan",  # the plan is made, its status not yet written
+        "runs.update",  # the first write after the check that the run is active: its token
+    ],
+    ids=["after-the-plan", "before-planning"],
+)
+def test_an_abort_while_the_table_run_is_planned_is_not_undone_by_the_plan(landing: str) -> None:
+    """Chaos seed 816101: `rotator abort` landed while the table run was being planned; the
+    plan then wrote its status (switching) over ``aborted``, and the batch switched a database
+    default to the new key abort had deleted (its ALTER never touches storage)."""
+    # Given a key rotation whose table run (3 tables and a database default) is being planned
+    world = build_world(Shape(sales=3, databases=1))
+    run_id = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    assert isinstance(run_id, str)
+    while (step := advance(world, run_id))[0] != "start_tables":
+        assert step[0] == "continue", step
+    table_run = step[1][0][1]
+    # when the operator's abort lands in the middle of it
+    world.env.faults.on_call = once(landing, lambda: deliver(lambda: abort(world, run_id)))
+
+    planned = prepare(world, table_run)
+
+    # Then the plan hands out nothing to switch, the run stays aborted, and a late batch of
+    # every object changes nothing: no object is on a deleted key, every one still on K0
+    assert planned == []
+    assert world.runs.peek(table_run).status == "aborted"
+    objects = [T0, T1, T2, DatabaseName("lakehouse0")]
+    deliver(lambda: switch_batch(world, table_run, objects))
+    assert world.stranded() == []
+    assert set(world.env.label(k) for k in world.admin.object_keys().values()) == {"K0"}
+
+
+def test_an_abort_before_a_key_rotations_first_step_is_not_undone_by_that_step() -> None:
+    """The first step moves a queued key rotation to switching: an abort that lands after its
+    check that the run is active, before that write, must still stop it."""
+    # Given a key rotation recorded, its first step under way
+    world = build_world(Shape(sales=2))
+    run_id = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    assert isinstance(run_id, str)
+    world.env.faults.on_call = once("runs.update", lambda: deliver(lambda: abort(world, run_id)))
+
+    # When the abort lands during it, and the step is delivered again later
+    first = advance(world, run_id)
+    again = advance(world, run_id)
+
+    # Then the run stays aborted and makes no key: the tables stay on K0, the only key
+    assert (first[0], again[0]) == ("stop", "stop")
+    assert world.runs.peek(run_id).status == "aborted"
+    assert iam_keys(world) == {"K0": "active"}
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K0"}
 
 
 # --- point 3 ------------------------------------------------------------------------------------

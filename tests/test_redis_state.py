@@ -214,6 +214,31 @@ def test_unfinished_runs_are_indexed_until_they_end(redis_url: str, unique: str)
     assert f"u-{unique}" not in store.unfinished()
 
 
+def test_a_conditional_write_never_brings_an_ended_run_back(redis_url: str, unique: str) -> None:
+    """update_unless_final: written while the run has not ended (paused included), refused once
+    it has; the unfinished index and the ended list follow the status it writes."""
+    client = redis.Redis.from_url(redis_url)
+    store = RedisRunStore(client)
+    run_id = f"c-{unique}"
+    _fenced_run(store, run_id, f"arn-{unique}", status="queued")
+
+    assert store.update_unless_final(run_id, status="planning", error=None)
+    assert store.get(run_id).status == "planning" and run_id in store.unfinished()
+    store.update(run_id, status="paused")
+    assert store.update_unless_final(run_id, notes=["still paused"])
+    assert store.get(run_id).notes == ["still paused"]
+
+    assert store.update_unless_final(run_id, status="aborted", error="aborted")
+    assert run_id not in store.unfinished()
+    assert run_id.encode() in client.lrange("rotator:ended", 0, -1)
+    for late in ({"status": "switching"}, {"status": "succeeded"}, {"notes": ["late"]}):
+        assert not store.update_unless_final(run_id, **late)
+    run = store.get(run_id)
+    assert (run.status, run.error, run.notes) == ("aborted", "aborted", ["still paused"])
+    assert run_id not in store.unfinished()
+    assert not store.update_unless_final(f"never-{unique}", status="planning")
+
+
 def test_a_retiring_runs_record_outlives_the_ttl_until_its_key_is_retired(
     redis_url: str, unique: str
 ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from worker.adapters.run_store_scripts import ACTIVE
 from worker.domain.errors import StateStoreUnavailable
 from worker.domain.model import RunStatus
 from worker.domain.ports import Admission, Claim, NewestVersion
@@ -86,7 +87,6 @@ local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1])
 return {token, previous or ''}
 """
-_ACTIVE = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.active) + "}"
 # KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash
 # ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
 #       '1' for an exclusive item, now (ms), this process's holder id
@@ -98,7 +98,7 @@ if not raw then return '{Admission.ENDED}' end
 local status = cjson.decode(raw)
 if ARGV[5] == '1' then
   if status == '{RunStatus.PAUSED}' then return '{Admission.PAUSED}' end
-  local active = {_ACTIVE}
+  local active = {ACTIVE}
   if not active[status] then return '{Admission.ENDED}' end
 end
 if tonumber(ARGV[1]) > 0 then

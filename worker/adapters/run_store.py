@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES
+from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_UNLESS_FINAL
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
@@ -82,6 +82,7 @@ class RedisRunStore:
         self.ttl = ttl_seconds
         self._begin = client.register_script(BEGIN_ATTEMPTS)
         self._record_script = client.register_script(RECORD_OUTCOMES)
+        self._update_unless_final = client.register_script(UPDATE_UNLESS_FINAL)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -142,13 +143,7 @@ class RedisRunStore:
         return RunRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
 
     def update(self, run_id: str, **fields: Any) -> None:
-        unknown = set(fields) - _RECORD_FIELDS
-        if unknown:
-            raise ValueError(f"unknown run fields: {sorted(unknown)}")
-        fields.setdefault("updated_at", time.time())
-        encoded: dict[Any, str] = {
-            k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()
-        }
+        encoded = _encoded_fields(fields)
         if "status" not in fields:
             _call(self.redis.hset, self._key(run_id), mapping=encoded)
             return
@@ -168,6 +163,19 @@ class RedisRunStore:
     def forget_unfinished(self, run_id: str) -> None:
         """Drop a run from the index (its record expired or was flushed)."""
         _call(self.redis.srem, f"{PREFIX}unfinished", run_id)
+
+    def update_unless_final(self, run_id: str, **fields: Any) -> bool:
+        encoded = _encoded_fields(fields)
+        status = fields.get("status")
+        args: list[Any] = [
+            run_id,
+            int(status is not None),
+            int(status is not None and RunStatus(str(status)).final),
+        ]
+        for key, value in encoded.items():
+            args += [key, value]
+        keys = [self._key(run_id), f"{PREFIX}unfinished", f"{PREFIX}ended"]
+        return bool(_call(self._update_unless_final, keys=keys, args=args))
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
@@ -333,6 +341,15 @@ class RedisRunStore:
         """Run ids newest first: ``limit`` of them, skipping the ``start`` newest."""
         raw = _call(self.redis.zrevrange, f"{PREFIX}runs", start, start + limit - 1)
         return [r.decode() for r in raw]
+
+
+def _encoded_fields(fields: dict[str, Any]) -> dict[Any, str]:
+    """A run's fields as the hash holds them (JSON each), ``updated_at`` stamped."""
+    unknown = set(fields) - _RECORD_FIELDS
+    if unknown:
+        raise ValueError(f"unknown run fields: {sorted(unknown)}")
+    fields.setdefault("updated_at", time.time())
+    return {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

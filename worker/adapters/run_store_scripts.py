@@ -3,7 +3,33 @@ commands per call however many objects it carries (worker/adapters/run_store.py 
 
 from __future__ import annotations
 
-from worker.domain.model import TableStatus
+from worker.domain.model import RunStatus, TableStatus
+
+# Lua tables of the run statuses whose work may still change something (RunStatus.active), and
+# of those that have ended (RunStatus.final).
+ACTIVE = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.active) + "}"
+FINAL = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.final) + "}"
+
+# Write a run's fields unless its status is final (the check and the write in one step).
+#   KEYS: the run's hash, the unfinished set, the ended list; ARGV: run id, "1" when the fields
+#   set a status, "1" when that status is final, then field, value, ... Returns 1 when written.
+UPDATE_UNLESS_FINAL = f"""
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return 0 end
+local final = {FINAL}
+if final[cjson.decode(raw)] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if ARGV[2] == '1' then
+  if ARGV[3] == '1' then
+    redis.call('SREM', KEYS[2], ARGV[1])
+    redis.call('LPUSH', KEYS[3], ARGV[1])
+    redis.call('LTRIM', KEYS[3], 0, 9999)
+  else
+    redis.call('SADD', KEYS[2], ARGV[1])
+  end
+end
+return 1
+"""
 
 # Read a batch of outcomes and, for each one not finished, count one more attempt: one round trip
 # (the write-ahead checkpoint of every object of a batch).

@@ -23,6 +23,12 @@ class RunStore(Protocol):
 
     def update(self, run_id: str, **fields: object) -> None: ...
 
+    def update_unless_final(self, run_id: str, **fields: object) -> bool:
+        """``update``, unless the run has ended (its status is final), checked and written in
+        one atomic step: a run that ended meanwhile (aborted, superseded) is never brought back
+        to life by a late write. False, with nothing written, when it had ended."""
+        ...
+
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         """Write every planned table as pending (or failed) before any table is switched."""
         ...

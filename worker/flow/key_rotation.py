@@ -214,7 +214,11 @@ def advance(ctx: KeyRotationContext, run_id: str) -> Next:
     take_fence(run, ctx.runs, ctx.fences)
     require_drained(ctx.fences, run)
     if run.status == RunStatus.QUEUED:
-        ctx.runs.update(run_id, status=RunStatus.SWITCHING, started_at=ctx.clock())
+        # conditional: an abort since the check above is not undone by this write
+        if not ctx.runs.update_unless_final(
+            run_id, status=RunStatus.SWITCHING, started_at=ctx.clock()
+        ):
+            return Next.STOP
         run.status = RunStatus.SWITCHING
     # one step of a run at a time, whatever number of workers were handed it (duplicates, resume)
     with admitted(ctx.fences, run, "step", lease_seconds=STEP_LEASE, exclusive=True) as verdict:

@@ -37,7 +37,8 @@ def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> 
             f"{len(left)} of {len(outcomes)} {_objects_word(outcomes)} left to a newer run "
             "of the same secret"
         )
-    runs.update(run_id, status=status, error=error)
+    if not runs.update_unless_final(run_id, status=status, error=error):
+        return False  # ended meanwhile (an abort, a newer run): that status stands
     release(locks, run)
     return True
 
@@ -45,9 +46,8 @@ def close_run(run_id: str, runs: RunStore, locks: SecretLocks | None = None) -> 
 def give_up(run_id: str, reason: str, *, runs: RunStore, locks: SecretLocks | None) -> None:
     """A run whose planning ran out of retries ends ``failed`` with the reason (resumable)."""
     run = runs.get(run_id)
-    if RunStatus(run.status).final:
+    if not runs.update_unless_final(run_id, status=RunStatus.FAILED, error=reason):
         return
-    runs.update(run_id, status=RunStatus.FAILED, error=reason)
     release(locks, run)
 
 

@@ -95,7 +95,11 @@ def prepare_rotation(
         if not pending:
             close_run(run_id, runs, locks)
         return pending
-    runs.update(run_id, status=RunStatus.PLANNING, started_at=time.time())
+    # from here on, a status written after reading it must not undo an abort (or a newer run's
+    # takeover) that came in between: each is a conditional write
+    if not runs.update_unless_final(run_id, status=RunStatus.PLANNING, started_at=time.time()):
+        release(locks, run)
+        return []
     run.status = RunStatus.PLANNING
     with admitted(fences, run, "plan") as verdict:
         if verdict is not Admission.ADMITTED:
@@ -121,7 +125,9 @@ def prepare_rotation(
             outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
         outcomes.append(outcome)
     runs.set_plan(run_id, outcomes)
-    runs.update(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes))
+    if not runs.update_unless_final(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes)):
+        release(locks, run)  # ended while it was planned: none of its objects is switched
+        return []
     pending = runs.pending(run_id)
     if not pending:
         close_run(run_id, runs, locks)
