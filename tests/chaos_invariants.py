@@ -57,8 +57,9 @@ class Invariants:
     - **hung-run** — every run in the run store is final, or flagged for a human, within
       HANG_BOUND seconds of its last progress (any write to it, its outcomes or its table run).
       A run with a message ready in the broker is not judged: real workers would have taken it at
-      once, and the scenario letting time pass meanwhile is its own doing (a message delayed
-      beyond the bound — a dead worker's task — does not excuse it). Runs lost to a Redis flush
+      once, and the scenario letting time pass meanwhile is its own doing, so its silence counts
+      from the last moment such a message was waiting (a message delayed beyond the bound — a
+      dead worker's task — does not excuse it). Runs lost to a Redis flush
       are not in the store and not judged.
     """
 
@@ -152,7 +153,12 @@ class Invariants:
             )
         now = self.world.clock()
         for run_id, run in sorted(self.world.runs.runs.items()):
-            if is_final(run) or is_flagged(run) or self.ready_work(run_id, ready_at or now):
+            if is_final(run) or is_flagged(run):
+                continue
+            if self.ready_work(run_id, ready_at or now):
+                # the scenario, not the system, keeps it waiting now: its silence counts from here
+                excused = ready_at or now
+                self.progress[run_id] = max(self.progress.get(run_id, excused), excused)
                 continue
             idle = now - self.progress.get(run_id, now)
             if idle > HANG_BOUND:

@@ -236,3 +236,23 @@ def test_a_silent_run_hangs_unless_it_is_final_or_flagged() -> None:
     world.runs.runs[run_id].status = "queued"
     checker.check()
     assert [v.invariant for v in checker.violations] == ["hung-run"]
+
+
+def test_a_run_kept_waiting_by_the_scenario_hangs_only_a_bound_after_that_wait() -> None:
+    # Given a run whose message the scenario left waiting, ready, for a long time
+    world, checker = _watched()
+    with seeded_uuids(4):
+        intake(world, "v0", lambda _run: None)
+    waiting = True
+    checker.ready_work = lambda _run_id, _at: waiting
+    world.clock.now += 3 * HANG_BOUND
+    checker.check()
+    # When the message is taken and nothing comes of it: not before the bound has passed again
+    waiting = False
+    world.clock.now += HANG_BOUND - 1
+    checker.check()
+    assert checker.violations == []
+    # and after it, the run hangs
+    world.clock.now += 2
+    checker.check()
+    assert [v.invariant for v in checker.violations] == ["hung-run"]
