@@ -80,11 +80,11 @@ def prepare_rotation(
                 info = secrets.describe(run.secret)
             skip = _skip_reason(run, info, runs=runs, newest=newest)
         except FatalError as exc:
-            runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
+            runs.update_unless_final(run_id, status=RunStatus.FAILED, error=str(exc))
             release(locks, run)
             raise
         if skip is not None:  # skipped before it started: it changes nothing
-            runs.update(run_id, status=RunStatus.SKIPPED, error=skip)
+            runs.update_unless_final(run_id, status=RunStatus.SKIPPED, error=skip)
             release(locks, run)
             return []
     take_fence(run, runs, fences)
@@ -115,7 +115,7 @@ def prepare_rotation(
                 bindings=bindings,
             )
         except FatalError as exc:
-            runs.update(run_id, status=RunStatus.FAILED, error=str(exc))
+            runs.update_unless_final(run_id, status=RunStatus.FAILED, error=str(exc))
             release(locks, run)
             raise
     outcomes = []
