@@ -225,3 +225,25 @@ def test_no_row_is_lost_when_the_spool_rotates_under_appending_threads(
     assert len(files) > 3  # it did rotate, several times
     assert len(list(spool.directory.glob("*.jsonl"))) <= 1  # rotated away: removed
     assert sorted(shipped) == sorted(f"{t}-{i}" for t in range(8) for i in range(100))
+
+
+def test_a_shipment_takes_only_the_rows_spooled_when_it_began(tmp_path: Path) -> None:
+    """Rows recorded while an INSERT is under way wait for the next shipment: a busy run sends
+    one INSERT per flush interval, not one of a few rows per INSERT's time."""
+    from worker.adapters.audit_store import ship_file
+
+    spool = Spool(tmp_path / "spool")
+    for i in range(5):
+        spool.append({"id": f"first-{i}"})
+    inserts: list[list[str]] = []
+
+    class Table:
+        def insert(self, rows: list[dict[str, str]], *, check: bool = True) -> None:
+            inserts.append([row["id"] for row in rows])
+            spool.append({"id": f"during-{len(inserts)}"})  # a switch ends meanwhile
+
+    assert ship_file(spool.path, Table(), own=True) == 5  # type: ignore[arg-type]
+    assert inserts == [[f"first-{i}" for i in range(5)]]
+    assert ship_file(spool.path, Table(), own=True) == 1  # type: ignore[arg-type]
+    assert inserts[1] == ["during-1"]
+    assert pending_rows(spool.directory) == 1  # the row appended by the second INSERT
