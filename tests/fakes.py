@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from worker.domain.errors import DatabendQueryError, RunNotFound, UnknownSecretError
 from worker.domain.masking import MaskForm, mask
@@ -282,7 +283,13 @@ class MemoryRuns:
         self.runs[run_id] = dataclasses.replace(self.runs[run_id], **fields)  # type: ignore[arg-type]
 
     def update_unless_final(self, run_id: str, **fields: object) -> bool:
-        if RunStatus(MemoryRuns.get(self, run_id).status).final:
+        return MemoryRuns.update_if(self, run_id, {}, **fields)
+
+    def update_if(self, run_id: str, expected: dict[str, Any], **fields: object) -> bool:
+        run = MemoryRuns.get(self, run_id)
+        if RunStatus(run.status).final:
+            return False
+        if any(getattr(run, name) != value for name, value in expected.items()):
             return False
         MemoryRuns.update(self, run_id, **fields)
         return True

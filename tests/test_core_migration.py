@@ -25,7 +25,9 @@ from worker.flow.lifecycle import rollback
 from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
+    WaveDecision,
     assign_waves,
+    conclude_wave,
     estimate,
     judge_wave,
     new_migration,
@@ -115,6 +117,53 @@ def test_a_rollback_moves_each_table_back_inside_its_own_time_limit() -> None:
     assert sorted(result.moved) == tables and result.complete
     assert all(admin.keys[t] == src.access_key_id for t in tables)
     assert blocks == ["entered", "entered"]
+
+
+def _migrating(runs: MemoryRuns, waves: int = 3) -> RunRecord:
+    options = {"max_error_rate": 0.0, "concurrency": 2}
+    data = {"wave": 0, "epoch": 0, "options": options}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SWITCHING, data=data))
+    runs.set_waves("m1", [[TableName("db", f"w{i}")] for i in range(waves)])
+    return runs.get("m1")
+
+
+def test_a_wave_verdict_moves_the_run_to_the_next_wave_or_halts_it() -> None:
+    runs = MemoryRuns()
+    seen = _migrating(runs)
+    passed = judge_wave(outcomes(1, 0), 0.0)
+    assert conclude_wave(runs, seen, 0, passed) is WaveDecision.NEXT_WAVE
+    assert runs.get("m1").data["wave"] == 1
+    failed = judge_wave(outcomes(0, 1), 0.0)
+    assert conclude_wave(runs, runs.get("m1"), 1, failed) is WaveDecision.HALTED
+    halted = runs.get("m1")
+    assert halted.status == RunStatus.HALTED and "wave 1: 1 of 1 tables failed" in str(halted.error)
+    last = _migrating(MemoryRuns(), waves=1)
+    assert conclude_wave(MemoryRuns(), last, 0, passed) is WaveDecision.LAST_WAVE
+
+
+@pytest.mark.parametrize("meanwhile", ["rolled_back", "aborted", "paused", "resumed"])
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_wave_verdict_on_a_run_that_changed_meanwhile_is_not_acted_on(
+    meanwhile: str, failing: bool
+) -> None:
+    """Step by step: the verdict's run is read (switching, wave 0, epoch 0); before its write,
+    the operator rolls the run back, aborts it, pauses it, or pauses and resumes it (epoch 1,
+    the wave released again). The late verdict changes nothing: a rolled-back run is never shown
+    halted (a resume would switch its objects forward again), a resumed run is not moved past a
+    wave it has yet to finish."""
+    runs = MemoryRuns()
+    seen = _migrating(runs)
+    verdict = judge_wave(outcomes(0, 1) if failing else outcomes(1, 0), 0.0)
+    if meanwhile == "resumed":
+        runs.update("m1", status=RunStatus.PAUSED)
+        runs.update("m1", status=RunStatus.SWITCHING, data={**seen.data, "epoch": 1})
+    else:
+        runs.update("m1", status=RunStatus(meanwhile))
+    before = runs.get("m1")
+
+    assert conclude_wave(runs, seen, 0, verdict) is WaveDecision.RUN_CHANGED
+    after = runs.get("m1")
+    assert (after.status, after.data, after.error) == (before.status, before.data, before.error)
 
 
 def test_plans_select_by_source_credentials_or_selectors_and_refuse_unknown_targets() -> None:

@@ -239,6 +239,29 @@ def test_a_conditional_write_never_brings_an_ended_run_back(redis_url: str, uniq
     assert not store.update_unless_final(f"never-{unique}", status="planning")
 
 
+def test_a_write_on_a_changed_run_is_refused(redis_url: str, unique: str) -> None:
+    """update_if: written only while every expected field holds the value read (status and the
+    whole data blob, as a verdict read them); refused, with nothing written, once either changed."""
+    store = RedisRunStore(redis.Redis.from_url(redis_url))
+    run_id = f"w-{unique}"
+    _fenced_run(store, run_id, f"arn-{unique}", status="switching")
+    store.update(run_id, data={"wave": 0, "epoch": 0, "options": {"rate": None, "x": 0.5}})
+    seen = store.get(run_id)
+
+    assert store.update_if(run_id, {"status": "switching", "data": seen.data}, notes=["n"])
+    resumed = {**seen.data, "epoch": 1}
+    store.update(run_id, data=resumed)  # paused and resumed meanwhile
+    assert not store.update_if(
+        run_id, {"status": "switching", "data": seen.data}, data={**seen.data, "wave": 1}
+    )
+    assert not store.update_if(run_id, {"status": "paused"}, status="halted")
+    run = store.get(run_id)
+    assert (run.status, run.data, run.notes) == ("switching", resumed, ["n"])
+    assert store.update_if(run_id, {"status": "switching", "data": resumed}, status="halted")
+    assert store.get(run_id).status == "halted"
+    assert not store.update_if(f"never-{unique}", {}, status="halted")
+
+
 def test_a_retiring_runs_record_outlives_the_ttl_until_its_key_is_retired(
     redis_url: str, unique: str
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_UNLESS_FINAL
+from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_IF
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
@@ -82,7 +82,7 @@ class RedisRunStore:
         self.ttl = ttl_seconds
         self._begin = client.register_script(BEGIN_ATTEMPTS)
         self._record_script = client.register_script(RECORD_OUTCOMES)
-        self._update_unless_final = client.register_script(UPDATE_UNLESS_FINAL)
+        self._update_if = client.register_script(UPDATE_IF)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -165,17 +165,23 @@ class RedisRunStore:
         _call(self.redis.srem, f"{PREFIX}unfinished", run_id)
 
     def update_unless_final(self, run_id: str, **fields: Any) -> bool:
+        return self.update_if(run_id, {}, **fields)
+
+    def update_if(self, run_id: str, expected: dict[str, Any], **fields: Any) -> bool:
         encoded = _encoded_fields(fields)
         status = fields.get("status")
         args: list[Any] = [
             run_id,
             int(status is not None),
             int(status is not None and RunStatus(str(status)).final),
+            len(expected),
         ]
+        for key, value in _encoded_fields(dict(expected), stamp=False).items():
+            args += [key, value]
         for key, value in encoded.items():
             args += [key, value]
         keys = [self._key(run_id), f"{PREFIX}unfinished", f"{PREFIX}ended"]
-        return bool(_call(self._update_unless_final, keys=keys, args=args))
+        return bool(_call(self._update_if, keys=keys, args=args))
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
@@ -343,12 +349,14 @@ class RedisRunStore:
         return [r.decode() for r in raw]
 
 
-def _encoded_fields(fields: dict[str, Any]) -> dict[Any, str]:
-    """A run's fields as the hash holds them (JSON each), ``updated_at`` stamped."""
+def _encoded_fields(fields: dict[str, Any], *, stamp: bool = True) -> dict[Any, str]:
+    """A run's fields as the hash holds them (JSON each), ``updated_at`` stamped (unless
+    ``stamp`` is False: values to compare with what the hash holds)."""
     unknown = set(fields) - _RECORD_FIELDS
     if unknown:
         raise ValueError(f"unknown run fields: {sorted(unknown)}")
-    fields.setdefault("updated_at", time.time())
+    if stamp:
+        fields.setdefault("updated_at", time.time())
     return {k: json.dumps(str(v) if hasattr(v, "value") else v) for k, v in fields.items()}
 
 

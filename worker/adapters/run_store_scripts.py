@@ -10,15 +10,21 @@ from worker.domain.model import RunStatus, TableStatus
 ACTIVE = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.active) + "}"
 FINAL = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.final) + "}"
 
-# Write a run's fields unless its status is final (the check and the write in one step).
+# Write a run's fields unless its status is final, and only while each expected field still holds
+# its value (the checks and the write in one step).
 #   KEYS: the run's hash, the unfinished set, the ended list; ARGV: run id, "1" when the fields
-#   set a status, "1" when that status is final, then field, value, ... Returns 1 when written.
-UPDATE_UNLESS_FINAL = f"""
+#   set a status, "1" when that status is final, the number of expected fields, then field,
+#   value, ... expected, then field, value, ... to write. Returns 1 when written.
+UPDATE_IF = f"""
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return 0 end
 local final = {FINAL}
 if final[cjson.decode(raw)] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local expected = tonumber(ARGV[4])
+for i = 5, 4 + 2 * expected, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5 + 2 * expected))
 if ARGV[2] == '1' then
   if ARGV[3] == '1' then
     redis.call('SREM', KEYS[2], ARGV[1])

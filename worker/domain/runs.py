@@ -29,6 +29,12 @@ class RunStore(Protocol):
         to life by a late write. False, with nothing written, when it had ended."""
         ...
 
+    def update_if(self, run_id: str, expected: dict[str, Any], **fields: object) -> bool:
+        """``update_unless_final``, and only while each field of ``expected`` still holds that
+        value (as this process read it): a decision taken on a record that changed meanwhile
+        (paused, resumed, rolled back) is not written. False, with nothing written, otherwise."""
+        ...
+
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         """Write every planned table as pending (or failed) before any table is switched."""
         ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 
 from worker.domain.bindings import NameSelector, Selector
 from worker.domain.errors import MigrationRefused
@@ -217,6 +218,35 @@ def judge_wave(outcomes: list[TableOutcome], max_error_rate: float) -> WaveVerdi
         total=len(outcomes),
         halt=complete and rate > max_error_rate + 1e-12,
     )
+
+
+class WaveDecision(StrEnum):
+    HALTED = "halted"  # too many failures: the run stops, the rest untouched
+    NEXT_WAVE = "next_wave"  # the next wave is current now: release it
+    LAST_WAVE = "last_wave"  # nothing after it (the run closes with its last outcome)
+    RUN_CHANGED = "run_changed"  # paused, resumed, rolled back or ended meanwhile: not acted on
+
+
+def conclude_wave(runs: RunStore, run: RunRecord, wave: int, verdict: WaveVerdict) -> WaveDecision:
+    """Act on a complete wave's verdict, given the run as it was read before the verdict was
+    taken. The write happens only if the run is still that run — switching, its data (wave,
+    epoch) unchanged — checked and written in one step: a verdict on an older view (the run was
+    paused and resumed, rolled back or aborted meanwhile) is not acted on; a resumed run judges
+    the wave again in its new epoch."""
+    expected = {"status": RunStatus.SWITCHING, "data": run.data}
+    if verdict.halt:
+        limit = float(run.data["options"]["max_error_rate"])
+        error = (
+            f"wave {wave}: {verdict.failed} of {verdict.total} tables failed "
+            f"({verdict.error_rate:.0%}), over the limit of {limit:.0%}; "
+            "the rest was not touched"
+        )
+        halted = runs.update_if(run.run_id, expected, status=RunStatus.HALTED, error=error)
+        return WaveDecision.HALTED if halted else WaveDecision.RUN_CHANGED
+    if wave + 1 >= runs.wave_count(run.run_id):
+        return WaveDecision.LAST_WAVE
+    moved = runs.update_if(run.run_id, expected, data={**run.data, "wave": wave + 1})
+    return WaveDecision.NEXT_WAVE if moved else WaveDecision.RUN_CHANGED
 
 
 def estimate(done: int, total: int, started_at: float, now: float) -> tuple[float, float | None]:

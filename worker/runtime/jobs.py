@@ -20,7 +20,7 @@ from worker.domain.model import RunKind, RunStatus, TableOutcome
 from worker.domain.sql import ObjectName, object_label, object_ref
 from worker.flow.inventory import take_inventory
 from worker.flow.key_rotation import due_retirements, retire_old_key
-from worker.flow.migration import finished_in_wave, judge_wave
+from worker.flow.migration import WaveDecision, conclude_wave, finished_in_wave, judge_wave
 from worker.flow.reconcile import find_drift, queue_fix
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import (
@@ -195,20 +195,12 @@ def judge(run_id: str, wave: int) -> None:
         return
     if not s.limits.once(f"judged:{run_id}:{run.data.get('epoch', 0)}:{wave}"):
         return
-    if verdict.halt:
-        s.runs.update(
-            run_id,
-            status=RunStatus.HALTED,
-            error=(
-                f"wave {wave}: {verdict.failed} of {verdict.total} tables failed "
-                f"({verdict.error_rate:.0%}), over the limit of {limit:.0%}; "
-                "the rest was not touched"
-            ),
-        )
+    decision = conclude_wave(s.runs, run, wave, verdict)
+    if decision is WaveDecision.HALTED:
         log.warning("migration halted", wave=wave, failed=verdict.failed, total=verdict.total)
-        return
-    if wave + 1 < s.runs.wave_count(run_id):
-        s.runs.update(run_id, data={**run.data, "wave": wave + 1})
+    elif decision is WaveDecision.RUN_CHANGED:
+        log.info("wave verdict not acted on: the run changed meanwhile", wave=wave)
+    elif decision is WaveDecision.NEXT_WAVE:
         release_wave(run_id)  # from here: no extra task hop between waves
 
 
