@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import FakeAdmin, MemoryRuns, fake_key
 from worker.domain.bindings import Selector
+from worker.domain.errors import FatalError
 from worker.domain.model import (
     AccessKeyCredentials,
     RoleCredentials,
@@ -21,7 +22,7 @@ from worker.domain.model import (
 )
 from worker.domain.ports import RunRecord
 from worker.domain.sql import TableName
-from worker.flow.lifecycle import rollback
+from worker.flow.lifecycle import pause, rollback
 from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
@@ -164,6 +165,28 @@ def test_a_wave_verdict_on_a_run_that_changed_meanwhile_is_not_acted_on(
     assert conclude_wave(runs, seen, 0, verdict) is WaveDecision.RUN_CHANGED
     after = runs.get("m1")
     assert (after.status, after.data, after.error) == (before.status, before.data, before.error)
+
+
+def test_a_pause_landing_as_the_run_ends_leaves_it_ended() -> None:
+    """Step by step: pause reads the run (switching); its last batch then closes it (succeeded);
+    the pause must not write 'paused' over the ended run (it would look unfinished forever)."""
+
+    class EndingRuns(MemoryRuns):
+        ends_after_read = False
+
+        def get(self, run_id: str) -> RunRecord:
+            run = super().get(run_id)
+            if self.ends_after_read:
+                self.ends_after_read = False
+                self.update(run_id, status=RunStatus.SUCCEEDED)
+            return run
+
+    runs = EndingRuns()
+    _migrating(runs)
+    runs.ends_after_read = True
+    with pytest.raises(FatalError, match="is succeeded now"):
+        pause(runs, None, "m1", timeout=0)
+    assert runs.get("m1").status == RunStatus.SUCCEEDED
 
 
 def test_plans_select_by_source_credentials_or_selectors_and_refuse_unknown_targets() -> None:

@@ -110,7 +110,10 @@ def pause(
         raise FatalError(
             f"run {run_id} is a {run.status} {run.kind} run: only a running migration can be paused"
         )
-    runs.update(run_id, status=RunStatus.PAUSED)
+    # (only if it is still switching: a run that ended meanwhile is not shown paused)
+    if not runs.update_if(run_id, {"status": RunStatus.SWITCHING}, status=RunStatus.PAUSED):
+        now = runs.get(run_id).status
+        raise FatalError(f"run {run_id} is {now} now: only a running migration can be paused")
     return _wait_idle(fences, run_id, busy_slots, timeout, sleep)
 
 
