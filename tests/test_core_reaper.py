@@ -75,6 +75,27 @@ def test_paused_finished_and_busy_runs_are_left_alone() -> None:
     assert reap(runs, fences, now=clock.now, stuck_after=STUCK_AFTER) == []
 
 
+@pytest.mark.parametrize("requeues", [0, MAX_REQUEUES])
+def test_a_run_that_ends_while_the_reaper_looks_at_it_is_left_ended(requeues: int) -> None:
+    """Step by step: the reaper reads a quiet switching run; an abort lands before its write.
+    The aborted run is neither flagged stuck (``rotator resume`` would bring it back, onto a
+    key the abort deleted) nor re-enqueued."""
+    clock = Clock()
+    runs = MemoryRuns(clock=clock)
+    rotation_run(runs, status="switching")
+    runs.update("r1", requeues=requeues, requeued_at=clock.now)
+
+    class AbortMeanwhile(MemoryFences):
+        def in_flight(self, run_id: str) -> list[str]:
+            runs.update(run_id, status=RunStatus.ABORTED, error="aborted")
+            return []
+
+    clock.now += STUCK_AFTER + 1
+    assert reap(runs, AbortMeanwhile(runs, clock=clock), now=clock.now, stuck_after=900) == []
+    run = runs.get("r1")
+    assert (run.status, run.error, run.requeues) == (RunStatus.ABORTED, "aborted", requeues)
+
+
 def test_a_rotation_function_run_is_flagged_not_requeued() -> None:
     clock = Clock()
     runs = MemoryRuns(clock=clock)

@@ -257,6 +257,10 @@ def test_a_write_on_a_changed_run_is_refused(redis_url: str, unique: str) -> Non
     assert not store.update_if(run_id, {"status": "paused"}, status="halted")
     run = store.get(run_id)
     assert (run.status, run.data, run.notes) == ("switching", resumed, ["n"])
+    quiet = store.get(run_id)  # the reaper's view: unchanged since this write's stamp
+    assert store.update_if(run_id, {"updated_at": quiet.updated_at}, requeues=1)
+    assert not store.update_if(run_id, {"updated_at": quiet.updated_at}, requeues=2)
+    assert store.get(run_id).requeues == 1
     assert store.update_if(run_id, {"status": "switching", "data": resumed}, status="halted")
     assert store.get(run_id).status == "halted"
     assert not store.update_if(f"never-{unique}", {}, status="halted")

@@ -58,12 +58,18 @@ def _reap_one(runs: RunStore, run: RunRecord, quiet: float, now: float) -> Reape
     followup, target, why = decided
     progressed = run.updated_at > run.requeued_at + 1
     requeues = 0 if progressed else run.requeues
+    # written only if the run is still as read (a write stamps updated_at): one that moved
+    # meanwhile — progress, a pause, an abort — is neither flagged nor re-enqueued
+    seen = {"status": run.status, "updated_at": run.updated_at}
     if followup is Followup.NOTHING or requeues >= MAX_REQUEUES:
         why = why or f"re-enqueued {requeues} times without progress"
         reason = f"stuck: no progress for {quiet:.0f}s while {run.status} ({why})"
-        runs.update(run.run_id, status=RunStatus.STUCK, error=reason, stuck_from=str(run.status))
+        stuck = {"status": RunStatus.STUCK, "error": reason, "stuck_from": str(run.status)}
+        if not runs.update_if(run.run_id, seen, **stuck):
+            return None
         return Reaped(run.run_id, Followup.NOTHING, reason)
-    runs.update(run.run_id, requeues=requeues + 1, requeued_at=now)
+    if not runs.update_if(run.run_id, seen, requeues=requeues + 1, requeued_at=now):
+        return None
     return Reaped(target, followup, f"no progress for {quiet:.0f}s while {run.status}")
 
 
