@@ -219,6 +219,28 @@ def test_an_abort_before_a_key_rotations_first_step_is_not_undone_by_that_step()
     assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K0"}
 
 
+def test_an_abort_while_a_key_rotation_is_being_resumed_is_not_undone_by_the_resume() -> None:
+    """`rotator resume` read the failed run, then wrote `switching`: an abort landing in between
+    (it deletes the new key) was overwritten, and the table run could go on onto that key."""
+    # Given a key rotation whose table run is planned, the run marked failed
+    world = build_world(Shape(sales=2))
+    run_id, table_run, _tables = _key_rotation_switching(world)
+    world.runs.update(run_id, status="failed", error="a step failed")
+    world.env.faults.on_call = once("runs.update", lambda: deliver(lambda: abort(world, run_id)))
+
+    # When the operator resumes it and an abort lands before the resume's write
+    with pytest.raises(RotatorError, match="became aborted while it was being resumed"):
+        resume(world, run_id)
+    # and the table run's switch tasks are delivered afterwards
+    for table in (T0, T1):
+        deliver(lambda table=table: switch(world, table_run, table))
+
+    # Then the run stays aborted, its key deleted, and no table moved onto it
+    assert world.runs.peek(run_id).status == "aborted"
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K0"}
+    assert world.stranded() == []
+
+
 # --- point 3 ------------------------------------------------------------------------------------
 
 

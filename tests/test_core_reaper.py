@@ -7,13 +7,14 @@ import pytest
 from tests.fakes import FakeAdmin, FakeSecrets, MemoryFences, MemoryRuns
 from tests.test_core_key_rotation import world
 from tests.test_core_rotation import binding, key_json
-from worker.domain.errors import UnknownSecretError
-from worker.domain.model import RunStatus
+from worker.domain.errors import FatalError, UnknownSecretError
+from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
+from worker.domain.sql import TableName
 from worker.flow.key_rotation import new_key_rotation
 from worker.flow.lifecycle import Followup, resume
 from worker.flow.reaper import MAX_REQUEUES, reap
-from worker.flow.runs import prepare_rotation
+from worker.flow.runs import prepare_rotation, reopen_failed_tables
 
 STUCK_AFTER = 900.0
 
@@ -138,3 +139,27 @@ def test_resume_puts_a_stuck_run_back_where_it_stopped() -> None:
             "r1", runs=ctx.runs, secrets=secrets, admin=ctx.admin, bindings=[binding("sales.*")]
         )
     assert ctx.runs.get("r1").status == RunStatus.FAILED
+
+
+def test_reopening_a_failed_run_that_ended_otherwise_meanwhile_changes_nothing() -> None:
+    """Step by step: resume reads a failed run and reopens its failed table; a newer run
+    supersedes it before the status write. It stays superseded (its objects belong to the
+    newer run now), and resume says so."""
+
+    class SupersededAfterRead(MemoryRuns):
+        armed = False
+
+        def get(self, run_id: str) -> RunRecord:
+            run = super().get(run_id)
+            if self.armed:
+                self.armed = False
+                self.update(run_id, status=RunStatus.SUPERSEDED, error="a newer run took over")
+            return run
+
+    runs = SupersededAfterRead()
+    rotation_run(runs, status="failed")
+    runs.set_plan("r1", [TableOutcome(TableName("sales", "t0"), TableStatus.FAILED)])
+    runs.armed = True
+    with pytest.raises(FatalError, match="became superseded"):
+        reopen_failed_tables("r1", runs)
+    assert runs.get("r1").status == RunStatus.SUPERSEDED

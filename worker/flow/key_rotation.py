@@ -350,11 +350,15 @@ def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED, RunStatus.SUPERSEDED):
         hint = f": `rotator abort {run_id}` cleans up its key" if run.status == "superseded" else ""
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume{hint}")
-    reopened: list[str] = []
+    # only if it is still as read: an abort landing meanwhile is not undone (its key is going)
+    if not ctx.runs.update_if(
+        run_id, {"status": run.status}, status=RunStatus.SWITCHING, error=None
+    ):
+        now = ctx.runs.get(run_id).status
+        raise FatalError(f"run {run_id} became {now} while it was being resumed: nothing resumed")
     if run.phase == Phase.SWITCHING and run.data.get("table_run"):
-        reopened = [str(t) for t in reopen_failed_tables(str(run.data["table_run"]), ctx.runs)]
-    ctx.runs.update(run_id, status=RunStatus.SWITCHING, error=None)
-    return reopened
+        return [str(t) for t in reopen_failed_tables(str(run.data["table_run"]), ctx.runs)]
+    return []
 
 
 def parse_duration(text: str) -> float:

@@ -3,6 +3,7 @@ the secret's lock), give up on a run whose planning ran out of retries, reopen f
 
 from __future__ import annotations
 
+from worker.domain.errors import FatalError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, TableName
@@ -57,7 +58,10 @@ def _objects_word(outcomes: list[TableOutcome]) -> str:
 
 
 def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
-    """Put a run's failed objects back to pending (for ``rotator resume``); returns them."""
+    """Put a run's failed objects back to pending (for ``rotator resume``); returns them. The
+    run goes back to switching only if its status is still the one read first (an abort or a
+    newer run landing meanwhile is not undone)."""
+    status = runs.get(run_id).status
     reopened = []
     for outcome in runs.outcomes(run_id):
         if outcome.status.failed:
@@ -66,8 +70,11 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
                 TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
             )
             reopened.append(outcome.table)
-    if reopened:
-        runs.update(run_id, status=RunStatus.SWITCHING, error=None)
+    if reopened and not runs.update_if(
+        run_id, {"status": status}, status=RunStatus.SWITCHING, error=None
+    ):
+        now = runs.get(run_id).status
+        raise FatalError(f"run {run_id} became {now} while it was being resumed: nothing resumed")
     return reopened
 
 
