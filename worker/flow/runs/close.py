@@ -59,23 +59,20 @@ def _objects_word(outcomes: list[TableOutcome]) -> str:
 
 def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
     """Put a run's failed objects back to pending (for ``rotator resume``); returns them. The
-    run goes back to switching only if its status is still the one read first (an abort or a
-    newer run landing meanwhile is not undone)."""
+    run goes back to switching only if its status is still the one read before they were
+    reopened (an abort or a newer run landing meanwhile is not undone)."""
+    failed = [o for o in runs.outcomes(run_id) if o.status.failed]
+    if not failed:
+        return []
     status = runs.get(run_id).status
-    reopened = []
-    for outcome in runs.outcomes(run_id):
-        if outcome.status.failed:
-            runs.record_pending(
-                run_id,
-                TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
-            )
-            reopened.append(outcome.table)
-    if reopened and not runs.update_if(
-        run_id, {"status": status}, status=RunStatus.SWITCHING, error=None
-    ):
+    for outcome in failed:
+        runs.record_pending(
+            run_id, TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous)
+        )
+    if not runs.update_if(run_id, {"status": status}, status=RunStatus.SWITCHING, error=None):
         now = runs.get(run_id).status
         raise FatalError(f"run {run_id} became {now} while it was being resumed: nothing resumed")
-    return reopened
+    return [o.table for o in failed]
 
 
 def lock_owner(run: RunRecord) -> str:
