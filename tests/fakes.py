@@ -380,6 +380,25 @@ class MemoryRuns:
 
 
 @dataclass
+class ChangedAfterRead(MemoryRuns):
+    """MemoryRuns where, once ``then(**fields)`` is armed, the next ``get`` returns the run as
+    it was and then applies ``fields``: another process's write landing right after the caller
+    read the run (step-by-step races)."""
+
+    armed: dict[str, object] | None = None
+
+    def then(self, **fields: object) -> None:
+        self.armed = fields
+
+    def get(self, run_id: str) -> RunRecord:
+        run = super().get(run_id)
+        if self.armed is not None:
+            fields, self.armed = self.armed, None
+            self.update(run_id, **fields)
+        return run
+
+
+@dataclass
 class MemoryIntakeState:
     claims: dict[tuple[str, str], list[object]] = field(default_factory=dict)
     newest_: dict[str, object] = field(default_factory=dict)

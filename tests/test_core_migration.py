@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.fakes import FakeAdmin, MemoryRuns, fake_key
+from tests.fakes import ChangedAfterRead, FakeAdmin, MemoryRuns, fake_key
 from worker.domain.bindings import Selector
 from worker.domain.errors import FatalError
 from worker.domain.model import (
@@ -170,20 +170,9 @@ def test_a_wave_verdict_on_a_run_that_changed_meanwhile_is_not_acted_on(
 def test_a_pause_landing_as_the_run_ends_leaves_it_ended() -> None:
     """Step by step: pause reads the run (switching); its last batch then closes it (succeeded);
     the pause must not write 'paused' over the ended run (it would look unfinished forever)."""
-
-    class EndingRuns(MemoryRuns):
-        ends_after_read = False
-
-        def get(self, run_id: str) -> RunRecord:
-            run = super().get(run_id)
-            if self.ends_after_read:
-                self.ends_after_read = False
-                self.update(run_id, status=RunStatus.SUCCEEDED)
-            return run
-
-    runs = EndingRuns()
+    runs = ChangedAfterRead()
     _migrating(runs)
-    runs.ends_after_read = True
+    runs.then(status=RunStatus.SUCCEEDED)
     with pytest.raises(FatalError, match="is succeeded now"):
         pause(runs, None, "m1", timeout=0)
     assert runs.get("m1").status == RunStatus.SUCCEEDED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import FakeAdmin, FakeSecrets, MemoryFences, MemoryRuns
+from tests.fakes import ChangedAfterRead, FakeAdmin, FakeSecrets, MemoryFences, MemoryRuns
 from tests.test_core_key_rotation import world
 from tests.test_core_rotation import binding, key_json
 from worker.domain.errors import FatalError, UnknownSecretError
@@ -145,21 +145,10 @@ def test_reopening_a_failed_run_that_ended_otherwise_meanwhile_changes_nothing()
     """Step by step: resume reads a failed run and reopens its failed table; a newer run
     supersedes it before the status write. It stays superseded (its objects belong to the
     newer run now), and resume says so."""
-
-    class SupersededAfterRead(MemoryRuns):
-        armed = False
-
-        def get(self, run_id: str) -> RunRecord:
-            run = super().get(run_id)
-            if self.armed:
-                self.armed = False
-                self.update(run_id, status=RunStatus.SUPERSEDED, error="a newer run took over")
-            return run
-
-    runs = SupersededAfterRead()
+    runs = ChangedAfterRead()
     rotation_run(runs, status="failed")
     runs.set_plan("r1", [TableOutcome(TableName("sales", "t0"), TableStatus.FAILED)])
-    runs.armed = True
+    runs.then(status=RunStatus.SUPERSEDED, error="a newer run took over")
     with pytest.raises(FatalError, match="became superseded"):
         reopen_failed_tables("r1", runs)
     assert runs.get("r1").status == RunStatus.SUPERSEDED
