@@ -536,7 +536,12 @@ class ChaosRuns(MemoryRuns):
         self._write("runs.update", run_id, fields)
 
     def update_unless_final(self, run_id: str, **fields: object) -> bool:
-        return self.update_if(run_id, {}, **fields)
+        """One Lua call in Redis: the check and the write are one step here too."""
+        self.env.faults.call("", "runs.update")
+        written = MemoryRuns.update_unless_final(self, run_id, **fields)
+        if written:
+            self._write("runs.update", run_id, fields)
+        return written
 
     def update_if(self, run_id: str, expected: dict[str, Any], **fields: object) -> bool:
         """One Lua call in Redis: the checks and the write are one step here too."""

@@ -283,12 +283,13 @@ class MemoryRuns:
         self.runs[run_id] = dataclasses.replace(self.runs[run_id], **fields)  # type: ignore[arg-type]
 
     def update_unless_final(self, run_id: str, **fields: object) -> bool:
-        return MemoryRuns.update_if(self, run_id, {}, **fields)
+        if RunStatus(MemoryRuns.get(self, run_id).status).final:
+            return False
+        MemoryRuns.update(self, run_id, **fields)
+        return True
 
     def update_if(self, run_id: str, expected: dict[str, Any], **fields: object) -> bool:
         run = MemoryRuns.get(self, run_id)
-        if RunStatus(run.status).final:
-            return False
         if any(getattr(run, name) != value for name, value in expected.items()):
             return False
         MemoryRuns.update(self, run_id, **fields)

@@ -241,6 +241,16 @@ def test_an_abort_while_a_key_rotation_is_being_resumed_is_not_undone_by_the_res
     assert world.stranded() == []
 
 
+def test_a_failed_key_rotation_is_resumed_when_nothing_lands_meanwhile() -> None:
+    """The conditional write of resume expects the status it read, failed included."""
+    world = build_world(Shape(sales=2))
+    run_id, table_run, _tables = _key_rotation_switching(world)
+    world.runs.update(run_id, status="failed", error="a step failed")
+
+    assert resume(world, run_id) == [("start", table_run)]
+    assert world.runs.peek(run_id).status == "switching"
+
+
 # --- point 3 ------------------------------------------------------------------------------------
 
 

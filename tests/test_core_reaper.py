@@ -152,3 +152,14 @@ def test_reopening_a_failed_run_that_ended_otherwise_meanwhile_changes_nothing()
     with pytest.raises(FatalError, match="became superseded"):
         reopen_failed_tables("r1", runs)
     assert runs.get("r1").status == RunStatus.SUPERSEDED
+
+
+def test_reopening_a_failed_run_puts_its_failed_objects_back_and_the_run_to_switching() -> None:
+    runs = MemoryRuns()
+    rotation_run(runs, status="failed")
+    t0, t1 = TableName("sales", "t0"), TableName("sales", "t1")
+    done = TableOutcome(t1, TableStatus.VALIDATED)
+    runs.set_plan("r1", [TableOutcome(t0, TableStatus.FAILED), done])
+    assert reopen_failed_tables("r1", runs) == [t0]
+    assert runs.get("r1").status == RunStatus.SWITCHING
+    assert runs.pending("r1") == [t0]

@@ -263,6 +263,9 @@ def test_a_write_on_a_changed_run_is_refused(redis_url: str, unique: str) -> Non
     assert store.get(run_id).requeues == 1
     assert store.update_if(run_id, {"status": "switching", "data": resumed}, status="halted")
     assert store.get(run_id).status == "halted"
+    # a final status may be expected: resuming a run that ended (halted, failed) is allowed
+    assert store.update_if(run_id, {"status": "halted"}, status="switching", error=None)
+    assert store.get(run_id).status == "switching" and run_id in store.unfinished()
     assert not store.update_if(f"never-{unique}", {}, status="halted")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_IF
+from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_CHECKED
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
@@ -82,7 +82,7 @@ class RedisRunStore:
         self.ttl = ttl_seconds
         self._begin = client.register_script(BEGIN_ATTEMPTS)
         self._record_script = client.register_script(RECORD_OUTCOMES)
-        self._update_if = client.register_script(UPDATE_IF)
+        self._update_checked = client.register_script(UPDATE_CHECKED)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -165,15 +165,21 @@ class RedisRunStore:
         _call(self.redis.srem, f"{PREFIX}unfinished", run_id)
 
     def update_unless_final(self, run_id: str, **fields: Any) -> bool:
-        return self.update_if(run_id, {}, **fields)
+        return self._checked_update(run_id, {}, fields, unless_final=True)
 
     def update_if(self, run_id: str, expected: dict[str, Any], **fields: Any) -> bool:
+        return self._checked_update(run_id, expected, fields, unless_final=False)
+
+    def _checked_update(
+        self, run_id: str, expected: dict[str, Any], fields: dict[str, Any], *, unless_final: bool
+    ) -> bool:
         encoded = _encoded_fields(fields)
         status = fields.get("status")
         args: list[Any] = [
             run_id,
             int(status is not None),
             int(status is not None and RunStatus(str(status)).final),
+            int(unless_final),
             len(expected),
         ]
         for key, value in _encoded_fields(dict(expected), stamp=False).items():
@@ -181,7 +187,7 @@ class RedisRunStore:
         for key, value in encoded.items():
             args += [key, value]
         keys = [self._key(run_id), f"{PREFIX}unfinished", f"{PREFIX}ended"]
-        return bool(_call(self._update_if, keys=keys, args=args))
+        return bool(_call(self._update_checked, keys=keys, args=args))
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")

@@ -10,21 +10,23 @@ from worker.domain.model import RunStatus, TableStatus
 ACTIVE = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.active) + "}"
 FINAL = "{" + ", ".join(f"['{s}'] = true" for s in RunStatus if s.final) + "}"
 
-# Write a run's fields unless its status is final, and only while each expected field still holds
-# its value (the checks and the write in one step).
+# Write a run's fields, with the checks first (the checks and the write in one step): unless its
+# status is final (update_unless_final), or only while each expected field still holds its value
+# (update_if).
 #   KEYS: the run's hash, the unfinished set, the ended list; ARGV: run id, "1" when the fields
-#   set a status, "1" when that status is final, the number of expected fields, then field,
-#   value, ... expected, then field, value, ... to write. Returns 1 when written.
-UPDATE_IF = f"""
+#   set a status, "1" when that status is final, "1" to refuse a final run, the number of
+#   expected fields, then field, value, ... expected, then field, value, ... to write.
+#   Returns 1 when written.
+UPDATE_CHECKED = f"""
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return 0 end
 local final = {FINAL}
-if final[cjson.decode(raw)] then return 0 end
-local expected = tonumber(ARGV[4])
-for i = 5, 4 + 2 * expected, 2 do
+if ARGV[4] == '1' and final[cjson.decode(raw)] then return 0 end
+local expected = tonumber(ARGV[5])
+for i = 6, 5 + 2 * expected, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5 + 2 * expected))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6 + 2 * expected))
 if ARGV[2] == '1' then
   if ARGV[3] == '1' then
     redis.call('SREM', KEYS[2], ARGV[1])

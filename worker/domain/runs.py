@@ -30,9 +30,10 @@ class RunStore(Protocol):
         ...
 
     def update_if(self, run_id: str, expected: dict[str, Any], **fields: object) -> bool:
-        """``update_unless_final``, and only while each field of ``expected`` still holds that
-        value (as this process read it): a decision taken on a record that changed meanwhile
-        (paused, resumed, rolled back) is not written. False, with nothing written, otherwise."""
+        """``update``, only while each field of ``expected`` still holds that value (as this
+        process read it), checked and written in one atomic step: a decision taken on a record
+        that changed meanwhile (paused, resumed, rolled back, aborted) is not written. (A final
+        status may be expected: resuming a failed run.) False, with nothing written, otherwise."""
         ...
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
