@@ -60,7 +60,7 @@ from worker.flow.key_context import (
 from worker.flow.key_create import create_and_store_key
 from worker.flow.retire import due_retirements, retire_old_key
 from worker.flow.rotation import plan_rotation
-from worker.flow.runs import list_binding_objects, reopen_failed_tables
+from worker.flow.runs import list_binding_objects, reopen_failed_tables, resume_switching
 
 # The story's other steps live beside this module (key_context, key_create, retire, abort); their
 # names are exported here too, so callers import one module for a key rotation.
@@ -350,12 +350,7 @@ def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED, RunStatus.SUPERSEDED):
         hint = f": `rotator abort {run_id}` cleans up its key" if run.status == "superseded" else ""
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume{hint}")
-    # only if it is still as read: an abort landing meanwhile is not undone (its key is going)
-    if not ctx.runs.update_if(
-        run_id, {"status": run.status}, status=RunStatus.SWITCHING, error=None
-    ):
-        now = ctx.runs.get(run_id).status
-        raise FatalError(f"run {run_id} became {now} while it was being resumed: nothing resumed")
+    resume_switching(run_id, ctx.runs, run.status)  # (an abort meanwhile: its key is going)
     if run.phase == Phase.SWITCHING and run.data.get("table_run"):
         return [str(t) for t in reopen_failed_tables(str(run.data["table_run"]), ctx.runs)]
     return []

@@ -7,13 +7,20 @@
   batch, a fenced admission right before each change, outcomes written together);
   ``give_up_objects`` fails what a batch left.
 - ``close.py``: ``finish_table`` records one object's outcome and ``close_run`` closes the run
-  (releasing the lock) when the last one is in; ``give_up``, ``reopen_failed_tables``.
+  (releasing the lock) when the last one is in; ``give_up``, ``reopen_failed_tables``,
+  ``resume_switching``.
 
 Every step is safe to run twice. The names below are the ones tasks, the rotation function and
 the rest of flow import from ``worker.flow.runs``.
 """
 
-from worker.flow.runs.close import close_run, finish_table, give_up, reopen_failed_tables
+from worker.flow.runs.close import (
+    close_run,
+    finish_table,
+    give_up,
+    reopen_failed_tables,
+    resume_switching,
+)
 from worker.flow.runs.prepare import list_binding_objects, prepare_rotation
 from worker.flow.runs.switch import (
     BatchResult,
@@ -31,6 +38,7 @@ __all__ = [
     "list_binding_objects",
     "prepare_rotation",
     "reopen_failed_tables",
+    "resume_switching",
     "split_batches",
     "switch_batch",
 ]

@@ -69,10 +69,16 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
         runs.record_pending(
             run_id, TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous)
         )
-    if not runs.update_if(run_id, {"status": status}, status=RunStatus.SWITCHING, error=None):
+    resume_switching(run_id, runs, status)
+    return [o.table for o in failed]
+
+
+def resume_switching(run_id: str, runs: RunStore, was: str) -> None:
+    """A resumed run back to switching, only if its status is still ``was`` (as read before the
+    decision): an abort or a newer run landing meanwhile is not undone, and resume says so."""
+    if not runs.update_if(run_id, {"status": was}, status=RunStatus.SWITCHING, error=None):
         now = runs.get(run_id).status
         raise FatalError(f"run {run_id} became {now} while it was being resumed: nothing resumed")
-    return [o.table for o in failed]
 
 
 def lock_owner(run: RunRecord) -> str:
