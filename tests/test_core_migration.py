@@ -22,7 +22,8 @@ from worker.domain.model import (
 )
 from worker.domain.ports import RunRecord
 from worker.domain.sql import TableName
-from worker.flow.lifecycle import pause, rollback
+from worker.flow.key_rotation import KeyRotationContext
+from worker.flow.lifecycle import Followup, Resumed, pause, resume, rollback
 from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
@@ -270,3 +271,116 @@ def test_a_table_a_late_copy_finished_in_an_older_epoch_completes_the_resumed_wa
     # Then epoch 1's own task for a, finding it done, counts it and completes the wave
     assert finished_in_wave(runs, "m", a, 0, 1) is True
     assert finished_in_wave(runs, "m", TableName("db", "ghost"), 0, 1) is False
+
+
+def _halted_with_a_failed_table(runs: MemoryRuns) -> RunRecord:
+    """A migration whose wave 0 (one table, db.w0) failed: halted, resumable."""
+    run = _migrating(runs)
+    runs.set_plan("m1", [TableOutcome(TableName("db", "w0"))])
+    runs.record_outcome("m1", TableOutcome(TableName("db", "w0"), TableStatus.FAILED))
+    runs.update("m1", status=RunStatus.HALTED, data={**run.data, "wave": 0})
+    return runs.get("m1")
+
+
+def _resume(runs: MemoryRuns) -> Resumed:
+    """``rotator resume`` of migration m1 (a migration's resume needs only the run store)."""
+    ctx = KeyRotationContext(runs, secrets=None, writer=None, iam=None, admin=FakeAdmin())  # type: ignore[arg-type]
+    return resume(ctx, "m1")
+
+
+def test_resuming_a_halted_migration_reopens_its_failed_tables_and_judges_the_wave_again() -> None:
+    runs = MemoryRuns()
+    _halted_with_a_failed_table(runs)
+    resumed = _resume(runs)
+    assert (resumed.followup, resumed.reopened) == (Followup.RELEASE_WAVE, ["db.w0"])
+    run = runs.get("m1")
+    assert (run.status, run.data["epoch"]) == (RunStatus.SWITCHING, 1)
+    assert [o.status for o in runs.outcomes("m1")] == [TableStatus.PENDING]
+
+
+@pytest.mark.parametrize(
+    "meanwhile",
+    [
+        {"status": RunStatus.PAUSED, "data_extra": {"rolling_back": True}},  # a rollback began
+        {"status": RunStatus.ROLLED_BACK},
+        {"status": RunStatus.SWITCHING, "data_extra": {"epoch": 1}},  # another resume won
+    ],
+)
+def test_a_resume_racing_another_operator_changes_nothing(meanwhile: dict[str, object]) -> None:
+    """Step by step: resume reads the halted migration; before it writes, a rollback starts (or
+    ends) or another resume wins. This resume must not write 'switching' over it (a rolled-back
+    run would switch its objects forward again) nor reopen any table: it is refused."""
+    runs = ChangedAfterRead()
+    seen = _halted_with_a_failed_table(runs)
+    extra = meanwhile.get("data_extra") or {}
+    runs.then(status=meanwhile["status"], data={**seen.data, **extra})  # type: ignore[dict-item]
+    before = dict(vars(seen))
+
+    refused = f"became {meanwhile['status']} while it was being resumed"
+    with pytest.raises(FatalError, match=refused):
+        _resume(runs)
+
+    after = runs.get("m1")
+    assert after.status == meanwhile["status"] and after.data == {**before["data"], **extra}
+    assert [o.status for o in runs.outcomes("m1")] == [TableStatus.FAILED]  # nothing reopened
+
+
+def test_a_migration_being_rolled_back_cannot_be_resumed_until_the_rollback_ends() -> None:
+    """A rollback that stopped halfway leaves the run marked: resume refuses it (a wave released
+    now would switch forward the objects being moved back); rollback again finishes it."""
+    runs = MemoryRuns()
+    seen = _halted_with_a_failed_table(runs)
+    runs.update("m1", status=RunStatus.PAUSED, data={**seen.data, "rolling_back": True})
+    with pytest.raises(FatalError, match="is being rolled back"):
+        _resume(runs)
+    assert runs.get("m1").status == RunStatus.PAUSED
+    assert rollback(runs, FakeAdmin(), None, "m1", timeout=0).complete
+    assert runs.get("m1").status == RunStatus.ROLLED_BACK
+
+
+def test_a_rollback_marks_the_run_first_and_a_resume_after_it_is_refused() -> None:
+    """Rolling back a running migration pauses it and marks it before any object moves."""
+    runs = MemoryRuns()
+    _migrating(runs)
+    rollback(runs, FakeAdmin(), None, "m1", timeout=0)
+    run = runs.get("m1")
+    assert run.status == RunStatus.ROLLED_BACK and run.data["rolling_back"] is True
+    with pytest.raises(FatalError, match="is rolled_back: nothing to resume"):
+        _resume(runs)
+
+
+def test_a_rollback_racing_a_resume_moves_nothing() -> None:
+    """Step by step: the rollback reads the halted run; a resume lands before the rollback's
+    first write (switching, epoch 1, the wave released). The rollback must not mark a run whose
+    wave is switching forward under it as paused and move objects back: it is refused and
+    nothing moves."""
+    admin = FakeAdmin()
+    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
+    admin.connections["src"] = src
+    table = TableName("db", "a")
+    admin.add(table, "DST")
+    runs = ChangedAfterRead()
+    data = {"wave": 0, "epoch": 0, "previous_connections": {src.fingerprint: "src"}}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.HALTED, data=data))
+    runs.set_plan("m1", [TableOutcome(table, TableStatus.VALIDATED, previous=src.fingerprint)])
+    runs.then(status=RunStatus.SWITCHING, data={**data, "epoch": 1})
+
+    with pytest.raises(FatalError, match="became switching while the rollback started"):
+        rollback(runs, admin, None, "m1", timeout=0)
+
+    assert admin.keys[table] == fake_key("DST")
+    assert runs.get("m1").status == RunStatus.SWITCHING
+    assert "rolling_back" not in runs.get("m1").data
+
+
+def test_resuming_a_stuck_run_that_changed_meanwhile_is_refused() -> None:
+    """Step by step: resume reads a stuck run; an abort (or a newer run) lands before its write;
+    the stuck run is not put back to where the reaper found it."""
+    runs = ChangedAfterRead()
+    data = {"wave": 0, "epoch": 0}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.STUCK, data=data))
+    runs.update("m1", stuck_from=RunStatus.SWITCHING)
+    runs.then(status=RunStatus.ABORTED)
+    with pytest.raises(FatalError, match="became aborted while it was being resumed"):
+        _resume(runs)
+    assert runs.get("m1").status == RunStatus.ABORTED

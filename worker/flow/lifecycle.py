@@ -17,7 +17,7 @@ from enum import StrEnum
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import FatalError, RotatorError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
-from worker.domain.ports import DatabendAdmin, Fences, RunStore
+from worker.domain.ports import DatabendAdmin, Fences, RunRecord, RunStore
 from worker.domain.sql import ObjectName, TableName, object_label
 from worker.flow import key_rotation
 from worker.flow import objects as objects_
@@ -25,7 +25,7 @@ from worker.flow.fencing import wait_until_idle
 from worker.flow.key_rotation import KeyRotationContext, Phase
 from worker.flow.migration import rollback_targets
 from worker.flow.rotation import RetryPolicy, rotate_object
-from worker.flow.runs import reopen_failed_tables
+from worker.flow.runs import reopen_failed_tables, update_or_refuse
 
 PAUSE_WAIT_SECONDS = 120.0
 
@@ -50,11 +50,19 @@ class Resumed:
 def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     """Make a failed, stuck, paused or interrupted run go on (finished tables stay done)."""
     run = ctx.runs.get(run_id)
-    if run.status == RunStatus.STUCK:  # back to where the reaper found it
-        ctx.runs.update(run_id, status=run.stuck_from or RunStatus.QUEUED, error=None)
+    if run.status == RunStatus.STUCK:  # back to where the reaper found it (if still stuck)
+        back = run.stuck_from or RunStatus.QUEUED
+        update_or_refuse(
+            ctx.runs,
+            run_id,
+            {"status": RunStatus.STUCK},
+            "it was being resumed: nothing resumed",
+            status=back,
+            error=None,
+        )
         run = ctx.runs.get(run_id)
     if run.kind == RunKind.MIGRATION:
-        return _resume_migration(ctx.runs, run_id)
+        return _resume_migration(ctx.runs, run)
     if run.kind == RunKind.KEY_ROTATION:
         reopened = key_rotation.resume(ctx, run_id)
         run = ctx.runs.get(run_id)  # as it is now: another worker may have advanced it meanwhile
@@ -72,22 +80,40 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     return Resumed(run_id, Followup.START_ROTATION, reopened)
 
 
-def _resume_migration(runs: RunStore, run_id: str) -> Resumed:
-    run = runs.get(run_id)
+def _resume_migration(runs: RunStore, run: RunRecord) -> Resumed:
+    """Judge the run's current wave again, its failed tables reopened; written only if the run
+    is still as ``run`` (the read this decision was made on)."""
+    run_id = run.run_id
     if run.status in (RunStatus.SUCCEEDED, RunStatus.ROLLED_BACK):
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
+    if run.data.get("rolling_back"):
+        raise FatalError(
+            f"run {run_id} is being rolled back: nothing resumed (run `rotator rollback {run_id}`"
+            " again to finish the rollback)"
+        )
     wave = int(run.data["wave"])
+    data = dict(run.data)
+    data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
+    # only if nothing changed since the read: a rollback, a verdict or another resume landing
+    # meanwhile is not overwritten (and no object is reopened for it)
+    update_or_refuse(
+        runs,
+        run_id,
+        {"status": run.status, "data": run.data},
+        "it was being resumed: nothing resumed",
+        status=RunStatus.SWITCHING,
+        error=None,
+        data=data,
+    )
+    in_wave = set(runs.wave(run_id, wave))
     reopened = []
     for outcome in runs.outcomes(run_id):
-        if outcome.table in set(runs.wave(run_id, wave)) and outcome.status.failed:
+        if outcome.table in in_wave and outcome.status.failed:
             runs.record_pending(
                 run_id,
                 TableOutcome(table=outcome.table, rule=outcome.rule, previous=outcome.previous),
             )
             reopened.append(object_label(outcome.table))
-    data = dict(run.data)
-    data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
-    runs.update(run_id, status=RunStatus.SWITCHING, error=None, data=data)
     return Resumed(run_id, Followup.RELEASE_WAVE, reopened)
 
 
@@ -179,8 +205,7 @@ def rollback(
     run = runs.get(run_id)
     if run.kind != RunKind.MIGRATION:
         raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
-    if run.status == RunStatus.SWITCHING:
-        runs.update(run_id, status=RunStatus.PAUSED)  # stop new tables first
+    _start_rollback(runs, run)
     _wait_idle(fences, run_id, busy_slots, timeout, time.sleep)
     back, unknown = rollback_targets(
         runs.outcomes(run_id), run.data.get("previous_connections", {})
@@ -219,6 +244,24 @@ def rollback(
         error=None if result.complete else "some tables could not be moved back",
     )
     return result
+
+
+def _start_rollback(runs: RunStore, run: RunRecord) -> None:
+    """Mark the run as rolling back before any object moves, only if it is still as read. From
+    then on no table is admitted (a switching run is paused first) and ``rotator resume`` refuses
+    it, so no wave can switch objects forward while they are moved back. A rollback that stops
+    halfway leaves the mark: running rollback again finishes it."""
+    if run.data.get("rolling_back") and run.status != RunStatus.SWITCHING:
+        return  # an earlier rollback started it
+    status = RunStatus.PAUSED if run.status == RunStatus.SWITCHING else run.status
+    update_or_refuse(
+        runs,
+        run.run_id,
+        {"status": run.status, "data": run.data},
+        "the rollback started: nothing moved back; try again",
+        status=status,
+        data={**run.data, "rolling_back": True},
+    )
 
 
 def _probe_previous(

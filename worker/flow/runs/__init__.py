@@ -8,7 +8,7 @@
   ``give_up_objects`` fails what a batch left.
 - ``close.py``: ``finish_table`` records one object's outcome and ``close_run`` closes the run
   (releasing the lock) when the last one is in; ``give_up``, ``reopen_failed_tables``,
-  ``resume_switching``.
+  ``resume_switching``, ``update_or_refuse``.
 
 Every step is safe to run twice. The names below are the ones tasks, the rotation function and
 the rest of flow import from ``worker.flow.runs``.
@@ -20,6 +20,7 @@ from worker.flow.runs.close import (
     give_up,
     reopen_failed_tables,
     resume_switching,
+    update_or_refuse,
 )
 from worker.flow.runs.prepare import list_binding_objects, prepare_rotation
 from worker.flow.runs.switch import (
@@ -41,4 +42,5 @@ __all__ = [
     "resume_switching",
     "split_batches",
     "switch_batch",
+    "update_or_refuse",
 ]

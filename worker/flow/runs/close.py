@@ -3,6 +3,8 @@ the secret's lock), give up on a run whose planning ran out of retries, reopen f
 
 from __future__ import annotations
 
+from typing import Any
+
 from worker.domain.errors import FatalError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, RunStore, SecretLocks
@@ -76,9 +78,25 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
 def resume_switching(run_id: str, runs: RunStore, was: str) -> None:
     """A resumed run back to switching, only if its status is still ``was`` (as read before the
     decision): an abort or a newer run landing meanwhile is not undone, and resume says so."""
-    if not runs.update_if(run_id, {"status": was}, status=RunStatus.SWITCHING, error=None):
+    update_or_refuse(
+        runs,
+        run_id,
+        {"status": was},
+        "it was being resumed: nothing resumed",
+        status=RunStatus.SWITCHING,
+        error=None,
+    )
+
+
+def update_or_refuse(
+    runs: RunStore, run_id: str, expected: dict[str, Any], during: str, **fields: Any
+) -> None:
+    """An operator's write that holds only if the run is still as read (``expected``); when
+    something else changed it meanwhile, nothing is written and the command is refused, naming
+    what the run became."""
+    if not runs.update_if(run_id, expected, **fields):
         now = runs.get(run_id).status
-        raise FatalError(f"run {run_id} became {now} while it was being resumed: nothing resumed")
+        raise FatalError(f"run {run_id} became {now} while {during}")
 
 
 def lock_owner(run: RunRecord) -> str:
