@@ -25,6 +25,8 @@ INVARIANTS = {
     "moved-behind": "no object moved behind the version AWSCURRENT held when the newest run "
     "started",
     "hung-run": f"every run final or flagged within {HANG_BOUND:.0f} s of its last progress",
+    "resume-refused": "no resume refused as 'changed meanwhile' when no other worker wrote a run "
+    "while it ran",
 }
 
 
@@ -61,6 +63,10 @@ class Invariants:
       from the last moment such a message was waiting (a message delayed beyond the bound — a
       dead worker's task — does not excuse it). Runs lost to a Redis flush
       are not in the store and not judged.
+    - **resume-refused** — ``rotator resume`` refuses a run only because another write landed
+      between its read and its write: a refusal that says the run "became" something while no
+      other worker wrote any run during the command is a resumable run wrongly left unresumable
+      (liveness: the runs flagged for a human must stay resumable).
     """
 
     def __init__(self, world: World, log: Callable[[str], None] = lambda _line: None) -> None:
@@ -73,6 +79,7 @@ class Invariants:
         # set by the scenario: is a message for this run ready (at that time) in the broker?
         self.ready_work: Callable[[str, float], bool] = lambda _run_id, _at: False
         self._reported: set[tuple[str, object]] = set()
+        self.run_writers: list[str] = []  # the worker behind each run write, in order
 
     def _violate(self, invariant: str, subject: object, text: str) -> None:
         if (invariant, subject) in self._reported:
@@ -88,6 +95,7 @@ class Invariants:
 
     def on_run_written(self, run_id: str, fields: dict[str, Any]) -> None:
         env, now = self.world.env, self.world.clock()
+        self.run_writers.append(env.faults.worker)
         run = self.world.runs.peek(run_id)
         self.progress[run_id] = now
         if run is not None and run.parent:
@@ -138,6 +146,18 @@ class Invariants:
                     ([f"{len(users)} object(s) use it ({', '.join(users[:4])})"] if users else [])
                     + ([f"{', '.join(holders)} holds it"] if holders else [])
                 ),
+            )
+
+    def on_resume_refused(self, run_id: str, worker: str, since: int, why: str) -> None:
+        """A resume by ``worker`` was refused as changed meanwhile (``why``); ``since``: how many
+        run writes there were when it began."""
+        others = [w for w in self.run_writers[since:] if w != worker]
+        if not others:
+            self._violate(
+                "resume-refused",
+                (run_id, self.step),
+                f"resume of {self.world.env.label(run_id)} refused ({why}), "
+                "yet no other worker wrote a run meanwhile",
             )
 
     # --- after every step ------------------------------------------------------------------------

@@ -654,7 +654,17 @@ class Scenario:
 
     def _resume(self, run_id: str) -> None:
         self.log(f"rotator resume {self.world.env.label(run_id)}")
-        self._armed("resume", lambda: self._enqueue_all(resume(self.world, run_id)), lambda: None)
+
+        def command() -> None:
+            worker, since = self.faults.worker, len(self.invariants.run_writers)
+            try:
+                self._enqueue_all(resume(self.world, run_id))
+            except FatalError as exc:
+                if "while it was being resumed" in str(exc):
+                    self.invariants.on_resume_refused(run_id, worker, since, self._named(str(exc)))
+                raise
+
+        self._armed("resume", command, lambda: None)
 
     def _do_rollback_label(self) -> None:
         previous = self.world.version_with("AWSPREVIOUS")

@@ -220,6 +220,22 @@ def test_moving_a_table_behind_the_newest_runs_start_is_a_violation() -> None:
     assert [v.invariant for v in checker.violations] == ["moved-behind"]
 
 
+def test_a_resume_refused_with_no_other_write_meanwhile_is_a_violation() -> None:
+    # Given a run, and a resume by worker w1 that began after its last write
+    world, checker = _watched()
+    with seeded_uuids(5):
+        _verdict, _reason, run_id = intake(world, "v0", lambda _run: None)
+    since = len(checker.run_writers)
+    # When another worker writes a run and the resume is refused as changed meanwhile: fine
+    world.env.faults.revive("w2")
+    world.runs.update(run_id, error=None)
+    checker.on_resume_refused(run_id, "w1", since, "became queued")
+    assert checker.violations == []
+    # When a resume is refused while nobody else wrote: the run was wrongly left unresumable
+    checker.on_resume_refused(run_id, "w1", len(checker.run_writers), "became queued")
+    assert [v.invariant for v in checker.violations] == ["resume-refused"]
+
+
 def test_a_silent_run_hangs_unless_it_is_final_or_flagged() -> None:
     # Given a run recorded, and nothing happening to it
     world, checker = _watched()
