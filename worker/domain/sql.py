@@ -15,6 +15,7 @@ from typing import ClassVar
 MAX_IDENTIFIER_LENGTH = 255
 
 _PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UnsafeNameError(ValueError):
@@ -27,7 +28,7 @@ def check_name(name: str, what: str = "name") -> str:
         raise UnsafeNameError(f"{what} must be a non-empty string")
     if len(name) > MAX_IDENTIFIER_LENGTH:
         raise UnsafeNameError(f"{what} is longer than {MAX_IDENTIFIER_LENGTH} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+    if _CONTROL_CHARACTER.search(name):
         raise UnsafeNameError(f"{what} contains control characters")
     return name
 
