@@ -71,7 +71,15 @@ def plan_rotation(run_id: str) -> None:
 
 
 def send_rotation_batch(run_id: str, names: list[ObjectName]) -> None:
-    app.send_task(SWITCH_BATCH, args=[run_id, [object_ref(n) for n in names]])
+    _send_batch(SWITCH_BATCH, [run_id], names)
+
+
+def _send_batch(task: str, lead: list[Any], names: list[ObjectName]) -> None:
+    """One batch message. Its args as Celery shows them in logs and events (``argsrepr``) are
+    the run and the number of objects: Celery would otherwise render every object's reference
+    (CPU on every send, and log lines as long as the batch)."""
+    args = [*lead, [object_ref(n) for n in names]]
+    app.send_task(task, args=args, argsrepr=repr((*lead, f"<{len(names)} objects>")))
 
 
 def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
@@ -135,7 +143,7 @@ def release_wave(run_id: str) -> None:
         judge(run_id, wave)
         return
     for batch in split_batches(todo, int(run.data["options"]["concurrency"])):
-        app.send_task(MIGRATE_BATCH, args=[run_id, wave, [object_ref(n) for n in batch]])
+        _send_batch(MIGRATE_BATCH, [run_id, wave], batch)
 
 
 def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
