@@ -384,3 +384,32 @@ def test_resuming_a_stuck_run_that_changed_meanwhile_is_refused() -> None:
     with pytest.raises(FatalError, match="became aborted while it was being resumed"):
         _resume(runs)
     assert runs.get("m1").status == RunStatus.ABORTED
+
+
+def _stuck_migration(runs: MemoryRuns) -> RunRecord:
+    data = {"wave": 0, "epoch": 0}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.STUCK, data=data))
+    runs.update("m1", stuck_from=RunStatus.SWITCHING)
+    return runs.get("m1")
+
+
+def test_a_stuck_migration_being_rolled_back_is_not_resumed_and_stays_stuck() -> None:
+    """A rollback of a stuck migration marks it and leaves it stuck; resuming it must refuse
+    before its first write (put back to switching, the reaper would release its wave again)."""
+    runs = MemoryRuns()
+    seen = _stuck_migration(runs)
+    runs.update("m1", data={**seen.data, "rolling_back": True})
+    with pytest.raises(FatalError, match="is being rolled back"):
+        _resume(runs)
+    assert runs.get("m1").status == RunStatus.STUCK
+
+
+def test_a_rollback_marking_a_stuck_migration_while_it_is_resumed_stops_the_resume() -> None:
+    """Step by step: resume reads the stuck migration; the rollback marks it (still stuck)
+    before resume writes it back to switching. Resume is refused; the run stays stuck."""
+    runs = ChangedAfterRead()
+    seen = _stuck_migration(runs)
+    runs.then(data={**seen.data, "rolling_back": True})
+    with pytest.raises(FatalError, match="became stuck while it was being resumed"):
+        _resume(runs)
+    assert runs.get("m1").status == RunStatus.STUCK

@@ -50,12 +50,14 @@ class Resumed:
 def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     """Make a failed, stuck, paused or interrupted run go on (finished tables stay done)."""
     run = ctx.runs.get(run_id)
-    if run.status == RunStatus.STUCK:  # back to where the reaper found it (if still stuck)
+    if run.kind == RunKind.MIGRATION:
+        _refuse_unresumable_migration(run)  # before any write, the stuck run's below too
+    if run.status == RunStatus.STUCK:  # back to where the reaper found it (if still as read)
         back = run.stuck_from or RunStatus.QUEUED
         update_or_refuse(
             ctx.runs,
             run_id,
-            {"status": RunStatus.STUCK},
+            {"status": RunStatus.STUCK, "data": run.data},
             "it was being resumed: nothing resumed",
             status=back,
             error=None,
@@ -84,13 +86,7 @@ def _resume_migration(runs: RunStore, run: RunRecord) -> Resumed:
     """Judge the run's current wave again, its failed tables reopened; written only if the run
     is still as ``run`` (the read this decision was made on)."""
     run_id = run.run_id
-    if run.status in (RunStatus.SUCCEEDED, RunStatus.ROLLED_BACK):
-        raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
-    if run.data.get("rolling_back"):
-        raise FatalError(
-            f"run {run_id} is being rolled back: nothing resumed (run `rotator rollback {run_id}`"
-            " again to finish the rollback)"
-        )
+    _refuse_unresumable_migration(run)
     wave = int(run.data["wave"])
     data = dict(run.data)
     data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
@@ -115,6 +111,18 @@ def _resume_migration(runs: RunStore, run: RunRecord) -> Resumed:
             )
             reopened.append(object_label(outcome.table))
     return Resumed(run_id, Followup.RELEASE_WAVE, reopened)
+
+
+def _refuse_unresumable_migration(run: RunRecord) -> None:
+    """A migration that succeeded, was rolled back or is being rolled back is not resumed (a
+    wave released now would switch forward the objects being moved back)."""
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.ROLLED_BACK):
+        raise FatalError(f"run {run.run_id} is {run.status}: nothing to resume")
+    if run.data.get("rolling_back"):
+        raise FatalError(
+            f"run {run.run_id} is being rolled back: nothing resumed (run `rotator rollback"
+            f" {run.run_id}` again to finish the rollback)"
+        )
 
 
 def pause(
