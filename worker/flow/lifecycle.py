@@ -25,7 +25,7 @@ from worker.flow.fencing import wait_until_idle
 from worker.flow.key_rotation import KeyRotationContext, Phase
 from worker.flow.migration import rollback_targets
 from worker.flow.rotation import RetryPolicy, rotate_object
-from worker.flow.runs import reopen_failed_tables, update_or_refuse
+from worker.flow.runs import reopen_failed_tables, resume_switching, update_or_refuse
 
 PAUSE_WAIT_SECONDS = 120.0
 
@@ -77,16 +77,17 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED, RunStatus.SUPERSEDED):
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
     reopened = [str(t) for t in reopen_failed_tables(run_id, ctx.runs)]
-    if not RunStatus(ctx.runs.get(run_id).status).active:
-        ctx.runs.update(run_id, status=RunStatus.SWITCHING, error=None)
+    status = ctx.runs.get(run_id).status
+    if not RunStatus(status).active:  # e.g. its planning gave up: no object was reopened
+        resume_switching(run_id, ctx.runs, status)
     return Resumed(run_id, Followup.START_ROTATION, reopened)
 
 
 def _resume_migration(runs: RunStore, run: RunRecord) -> Resumed:
     """Judge the run's current wave again, its failed tables reopened; written only if the run
-    is still as ``run`` (the read this decision was made on)."""
+    is still as ``run`` (the read this decision was made on; ``resume`` has refused what may not
+    be resumed)."""
     run_id = run.run_id
-    _refuse_unresumable_migration(run)
     wave = int(run.data["wave"])
     data = dict(run.data)
     data["epoch"] = int(data.get("epoch", 0)) + 1  # the wave may be judged again
