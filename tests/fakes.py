@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.domain.errors import DatabendQueryError, RunNotFound, UnknownSecretError
+from worker.domain.errors import (
+    DatabendQueryError,
+    RunNotFound,
+    SlotTimeout,
+    UnknownSecretError,
+)
 from worker.domain.masking import MaskForm, mask
 from worker.domain.model import (
     AccessKeyCredentials,
@@ -337,6 +343,10 @@ class MemoryRuns:
     def outcomes(self, run_id: str) -> list[TableOutcome]:
         return sorted(self.tables.get(run_id, {}).values(), key=lambda o: o.table)
 
+    def outcomes_for(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome]:
+        have = self.tables.get(run_id, {})
+        return [have[t] for t in tables if t in have]
+
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
         self.tables[run_id][outcome.table] = outcome
         if run_id in self.runs:
@@ -436,6 +446,36 @@ class MemoryLocks:
     def release(self, secret_arn: str, owner: str) -> None:
         if self.owners.get(secret_arn) == owner:
             del self.owners[secret_arn]
+
+
+@dataclass
+class MemoryLimits:
+    """A run's shared concurrency slots (no waiting: none free raises SlotTimeout at once) and
+    its rate (recorded, never slept on)."""
+
+    held: dict[str, int] = field(default_factory=dict)
+    paced: list[tuple[str, float | None]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def slot(
+        self, run_id: str, limit: int, *, wait: float = 60, poll: float = 0.02
+    ) -> Iterator[None]:
+        if self.held.get(run_id, 0) >= limit:
+            raise SlotTimeout(f"no free slot for run {run_id} within {wait:.0f}s")
+        self.held[run_id] = self.held.get(run_id, 0) + 1
+        try:
+            yield
+        finally:
+            self.held[run_id] -= 1
+
+    def pace(self, run_id: str, per_second: float | None) -> None:
+        self.paced.append((run_id, per_second))
+
+    def busy_slots(self, run_id: str) -> int:
+        return self.held.get(run_id, 0)
+
+    def flush(self) -> None:
+        self.held.clear()
 
 
 @dataclass

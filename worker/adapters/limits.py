@@ -117,6 +117,3 @@ class RedisLimits:
         self.redis.zremrangebyscore(key, "-inf", time.time())
         return int(self.redis.zcard(key))
 
-    def once(self, key: str, ttl: int = 86400) -> bool:
-        """True for the first caller only (e.g. who evaluates a finished wave)."""
-        return bool(self.redis.set(f"{PREFIX}once:{key}", "1", nx=True, ex=ttl))

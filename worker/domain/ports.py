@@ -254,10 +254,6 @@ class Limits(Protocol):
 
     def busy_slots(self, run_id: str) -> int: ...
 
-    def once(self, key: str, ttl: int = 86400) -> bool:
-        """True for the first caller only (e.g. who evaluates a finished wave)."""
-        ...
-
 
 @dataclass(frozen=True)
 class AccessKey:

@@ -16,11 +16,12 @@ from typing import Any
 import structlog
 
 from worker.domain.errors import RunNotFound
-from worker.domain.model import RunKind, RunStatus, TableOutcome
+from worker.domain.model import RunKind, TableOutcome
 from worker.domain.sql import ObjectName, object_label, object_ref
+from worker.flow import waves
 from worker.flow.inventory import take_inventory
 from worker.flow.key_rotation import due_retirements, retire_old_key
-from worker.flow.migration import WaveDecision, conclude_wave, finished_in_wave, judge_wave
+from worker.flow.migration import WaveDecision
 from worker.flow.reconcile import find_drift, queue_fix
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import (
@@ -127,57 +128,40 @@ def wake_parent(run_id: str) -> None:
 
 def release_wave(run_id: str) -> None:
     """Send the current wave's unfinished objects (again, after a pause or crash), in as many
-    batches as the run may switch at once (its --concurrency)."""
-    s = services()
-    run = s.runs.get(run_id)
-    if run.status != RunStatus.SWITCHING:
+    batches as the run may switch at once (its --concurrency); a wave with nothing left is
+    judged, and the next one released, at once."""
+    release = waves.release_wave(services().runs, run_id)
+    if release is None:
         return
-    wave, epoch = int(run.data["wave"]), int(run.data.get("epoch", 0))
-    outcomes = s.runs.outcomes_for(run_id, s.runs.wave(run_id, wave))
-    for outcome in outcomes:  # finished before a pause or crash: counted for this epoch
-        if outcome.status.done:
-            s.runs.wave_finished(run_id, wave, outcome.table, epoch)
-    todo = [o.table for o in outcomes if not o.status.done]
-    log.info("wave released", wave=wave, tables=len(todo))
-    if not todo:
-        judge(run_id, wave)
-        return
-    for batch in split_batches(todo, int(run.data["options"]["concurrency"])):
-        _send_batch(MIGRATE_BATCH, [run_id, wave], batch)
+    for judged in release.judged:
+        _log_judged(judged)
+    if release.batches:
+        log.info("wave released", wave=release.wave, tables=sum(map(len, release.batches)))
+    for batch in release.batches:
+        _send_batch(MIGRATE_BATCH, [run_id, release.wave], batch)
 
 
 def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
-    """Switch a batch under the run's shared limits: one concurrency slot for the batch (its
-    objects go one after another), the shared rate per object."""
+    """Switch a batch under the run's shared limits (worker/flow/waves.py)."""
     s = services()
-    run = s.runs.get(run_id)
-    if run.status != RunStatus.SWITCHING:
-        return  # paused, halted or over: the objects stay pending for `rotator resume`
-    options, epoch = run.data["options"], int(run.data.get("epoch", 0))
-    rate = options.get("rate")
-    with s.limits.slot(run_id, int(options["concurrency"])):
-        result = switch_batch(
-            run_id,
-            names,
-            runs=s.runs,
-            admin=s.admin,
-            fences=s.fences,
-            retry=RetryPolicy(),
-            run=run,
-            wave=(wave, epoch),
-            lease_seconds=s.lease_seconds,
-            before_each=(lambda: s.limits.pace(run_id, rate)) if rate else None,
-            each=s.object_scope,
-            on_outcome=_finished(RunKind.MIGRATION),
-        )
-    if result is None:
+    done = waves.migration_batch(
+        run_id,
+        wave,
+        names,
+        runs=s.runs,
+        admin=s.admin,
+        fences=s.fences,
+        limits=s.limits,
+        retry=RetryPolicy(),
+        lease_seconds=s.lease_seconds,
+        each=s.object_scope,
+        on_outcome=_finished(RunKind.MIGRATION),
+    )
+    if done.result is None:
         return
     # one line per batch (its objects' lines are debug): which worker did how much of a run
-    log.info("batch done", wave=wave, objects=len(names), recorded=len(result.outcomes))
-    # finished already, maybe by a redelivered copy that counted it in an older epoch: count it
-    # in this one too, or the resumed wave would never be judged complete
-    counted = [finished_in_wave(s.runs, run_id, n, wave, epoch) for n in result.finished_before]
-    if result.wave_complete or any(counted):
+    log.info("batch done", wave=wave, objects=len(names), recorded=len(done.result.outcomes))
+    if done.wave_complete:
         judge(run_id, wave)
 
 
@@ -192,24 +176,22 @@ def migration_gave_up(run_id: str, wave: int, names: list[ObjectName], reason: s
 
 def judge(run_id: str, wave: int) -> None:
     """The wave is complete: halt on too many failures, else release the next wave."""
-    s = services()
-    run = s.runs.get(run_id)
-    if run.status != RunStatus.SWITCHING or int(run.data["wave"]) != wave:
+    judged = waves.judge(services().runs, run_id, wave)
+    if judged is None:
         return
-    outcomes = s.runs.outcomes_for(run_id, s.runs.wave(run_id, wave))
-    limit = float(run.data["options"]["max_error_rate"])
-    verdict = judge_wave(outcomes, limit)
-    if not verdict.complete:
-        return
-    if not s.limits.once(f"judged:{run_id}:{run.data.get('epoch', 0)}:{wave}"):
-        return
-    decision = conclude_wave(s.runs, run, wave, verdict)
-    if decision is WaveDecision.HALTED:
-        log.warning("migration halted", wave=wave, failed=verdict.failed, total=verdict.total)
-    elif decision is WaveDecision.RUN_CHANGED:
-        log.info("wave verdict not acted on: the run changed meanwhile", wave=wave)
-    elif decision is WaveDecision.NEXT_WAVE:
+    _log_judged(judged)
+    if judged.decision is WaveDecision.NEXT_WAVE:
         release_wave(run_id)  # from here: no extra task hop between waves
+
+
+def _log_judged(judged: waves.Judged) -> None:
+    verdict = judged.verdict
+    if judged.decision is WaveDecision.HALTED:
+        log.warning(
+            "migration halted", wave=judged.wave, failed=verdict.failed, total=verdict.total
+        )
+    elif judged.decision is WaveDecision.RUN_CHANGED:
+        log.info("wave verdict not acted on: the run changed meanwhile", wave=judged.wave)
 
 
 # --- key rotations -------------------------------------------------------------------------------

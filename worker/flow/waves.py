@@ -1,0 +1,149 @@
+"""A migration's waves as the workers run them: release the current wave in batches, switch a
+batch under the run's shared limits, judge a complete wave and go on to the next.
+
+worker/runtime/jobs.py wires these to the services, sends the batches they return and logs what
+they decided; the chaos suite (tests/chaos.py) drives the very same functions over its faulty
+world. The rules of a wave (its verdict, the conditional write acting on it) live in
+migration.py; this module is the order in which workers apply them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from worker.domain.model import RunStatus, TableOutcome
+from worker.domain.ports import DatabendAdmin, Fences, Limits, RunStore
+from worker.domain.sql import ObjectName
+from worker.flow.fencing import DEFAULT_LEASE_SECONDS
+from worker.flow.migration import (
+    WaveDecision,
+    WaveVerdict,
+    conclude_wave,
+    finished_in_wave,
+    judge_wave,
+)
+from worker.flow.rotation import RetryPolicy
+from worker.flow.runs.switch import BatchResult, split_batches, switch_batch
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A complete wave's verdict, and what was done with it."""
+
+    wave: int
+    verdict: WaveVerdict
+    decision: WaveDecision
+
+
+@dataclass
+class Release:
+    """What releasing a run's current wave came to: the batches to send for ``wave`` (none when
+    it had nothing left), and the verdicts on the waves found complete on the way (each one
+    that let the run go on released the next wave at once: no task hop between waves)."""
+
+    wave: int
+    batches: list[list[ObjectName]] = field(default_factory=list)
+    judged: list[Judged] = field(default_factory=list)
+
+
+def release_wave(runs: RunStore, run_id: str) -> Release | None:
+    """The current wave's unfinished objects cut into batches, one per slot of the run's
+    ``--concurrency`` (again after a pause or a crash: finished objects are counted for this
+    epoch and not sent). None when the run is not switching (paused, halted or over)."""
+    release: Release | None = None
+    while True:
+        run = runs.get(run_id)
+        if run.status != RunStatus.SWITCHING:
+            return release
+        wave, epoch = int(run.data["wave"]), int(run.data.get("epoch", 0))
+        release = Release(wave, judged=release.judged if release else [])
+        outcomes = runs.outcomes_for(run_id, runs.wave(run_id, wave))
+        for outcome in outcomes:  # finished before a pause or crash: counted for this epoch
+            if outcome.status.done:
+                runs.wave_finished(run_id, wave, outcome.table, epoch)
+        todo = [o.table for o in outcomes if not o.status.done]
+        if todo:
+            release.batches = split_batches(todo, int(run.data["options"]["concurrency"]))
+            return release
+        judged = judge(runs, run_id, wave)
+        if judged is None:
+            return release
+        release.judged.append(judged)
+        if judged.decision is not WaveDecision.NEXT_WAVE:
+            return release
+
+
+def judge(runs: RunStore, run_id: str, wave: int) -> Judged | None:
+    """Judge ``wave`` if it is the run's current one and complete: halt on too many failures,
+    else make the next wave current. None when there was nothing to judge.
+
+    Any number of workers may judge the same wave at once (each batch that completes it, a
+    redelivered one, the reaper's release): ``conclude_wave`` writes only if the run is still
+    as read, so exactly one of them acts and the others find RUN_CHANGED. A worker that dies
+    before writing leaves the wave to the next judge (no one-shot claim to lose)."""
+    run = runs.get(run_id)
+    if run.status != RunStatus.SWITCHING or int(run.data["wave"]) != wave:
+        return None
+    outcomes = runs.outcomes_for(run_id, runs.wave(run_id, wave))
+    verdict = judge_wave(outcomes, float(run.data["options"]["max_error_rate"]))
+    if not verdict.complete:
+        return None
+    return Judged(wave, verdict, conclude_wave(runs, run, wave, verdict))
+
+
+@dataclass
+class WaveBatch:
+    """What one delivery of a migration batch did: its objects' result (None when the run was
+    not switching or has ended), and whether its wave was found complete (then judge it)."""
+
+    result: BatchResult | None
+    wave_complete: bool = False
+
+
+def migration_batch(
+    run_id: str,
+    wave: int,
+    names: list[ObjectName],
+    *,
+    runs: RunStore,
+    admin: DatabendAdmin,
+    fences: Fences | None,
+    limits: Limits,
+    retry: RetryPolicy | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    each: Callable[[TableOutcome], AbstractContextManager[None]] | None = None,
+    on_outcome: Callable[[TableOutcome, float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> WaveBatch:
+    """Switch a batch of ``wave`` under the run's shared limits: one concurrency slot for the
+    batch (its objects go one after another), the shared rate per object."""
+    run = runs.get(run_id)
+    if run.status != RunStatus.SWITCHING:
+        return WaveBatch(None)  # paused, halted or over: the objects stay pending for resume
+    options, epoch = run.data["options"], int(run.data.get("epoch", 0))
+    rate = options.get("rate")
+    with limits.slot(run_id, int(options["concurrency"])):
+        result = switch_batch(
+            run_id,
+            names,
+            runs=runs,
+            admin=admin,
+            fences=fences,
+            retry=retry,
+            run=run,
+            wave=(wave, epoch),
+            lease_seconds=lease_seconds,
+            before_each=(lambda: limits.pace(run_id, rate)) if rate else None,
+            each=each,
+            on_outcome=on_outcome,
+            clock=clock,
+        )
+    if result is None:
+        return WaveBatch(None)
+    # finished already, maybe by a redelivered copy that counted it in an older epoch: count it
+    # in this one too, or the resumed wave would never be judged complete
+    counted = [finished_in_wave(runs, run_id, n, wave, epoch) for n in result.finished_before]
+    return WaveBatch(result, result.wave_complete or any(counted))
