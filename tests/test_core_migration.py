@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from tests.fakes import ChangedAfterRead, FakeAdmin, MemoryRuns, fake_key
-from worker.domain.bindings import Selector
+from tests.fakes import (
+    ChangedAfterRead,
+    FakeAdmin,
+    FakeSecrets,
+    MemoryFences,
+    MemoryRuns,
+    fake_key,
+)
+from worker.domain.bindings import Binding, Selector
 from worker.domain.errors import FatalError
+from worker.domain.masking import MaskForm, mask
 from worker.domain.model import (
     AccessKeyCredentials,
     RoleCredentials,
@@ -20,7 +29,7 @@ from worker.domain.model import (
     TableStatus,
     parse_storage_param,
 )
-from worker.domain.ports import RunRecord
+from worker.domain.ports import Admission, RunRecord
 from worker.domain.sql import TableName
 from worker.flow.key_rotation import KeyRotationContext
 from worker.flow.lifecycle import Followup, Resumed, pause, resume, rollback
@@ -36,6 +45,7 @@ from worker.flow.migration import (
     plan_migration,
     rollback_targets,
 )
+from worker.flow.stale import RotatedAway
 
 
 def names(n: int) -> list[TableName]:
@@ -413,3 +423,65 @@ def test_a_rollback_marking_a_stuck_migration_while_it_is_resumed_stops_the_resu
     with pytest.raises(FatalError, match="became stuck while it was being resumed"):
         _resume(runs)
     assert runs.get("m1").status == RunStatus.STUCK
+
+
+def _rolled_away_lake() -> tuple[FakeAdmin, MemoryRuns, FakeSecrets, Binding]:
+    """A migration moved db.a off connection src (key SRC, which its secret has since been
+    rotated away from: AWSCURRENT now holds NEW) and db.b off the user's own connection own (key
+    OWN, in no secret) onto DST."""
+    admin = FakeAdmin()
+    src = AccessKeyCredentials(fake_key("SRC"), "s")
+    own = AccessKeyCredentials(fake_key("OWN"), "o")
+    admin.connections.update(src=src, own=own)
+    a, b = TableName("db", "a"), TableName("db", "b")
+    admin.add(a, "DST")
+    admin.add(b, "DST")
+    values = {
+        "v0": json.dumps({"access_key_id": src.access_key_id, "secret_access_key": "s"}),
+        "v1": json.dumps({"access_key_id": fake_key("NEW"), "secret_access_key": "n"}),
+    }
+    secrets = FakeSecrets(values=values, stages={"v0": ("AWSPREVIOUS",), "v1": ("AWSCURRENT",)})
+    binding = Binding(name="lake", secret=secrets.name, connection_prefix="lake")
+    runs = MemoryRuns()
+    shown = {t: f"ak:{mask(c.access_key_id, MaskForm.LEGACY)}" for t, c in ((a, src), (b, own))}
+    data = {"previous_connections": {shown[a]: "src", shown[b]: "own"}}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SUCCEEDED, data=data))
+    runs.set_plan("m1", [TableOutcome(t, TableStatus.VALIDATED, previous=shown[t]) for t in (a, b)])
+    return admin, runs, secrets, binding
+
+
+def test_a_rollback_leaves_an_object_whose_previous_key_was_rotated_away_where_it_is() -> None:
+    # Given a migration whose db.a came off a key its secret has been rotated away from
+    admin, runs, secrets, binding = _rolled_away_lake()
+    a, b = TableName("db", "a"), TableName("db", "b")
+    behind = RotatedAway(secrets, [binding]).reason
+    # When it is rolled back
+    result = rollback(runs, admin, None, "m1", timeout=0, behind=behind)
+    # Then db.b goes back to its own connection; db.a stays on DST (a working key), not moved
+    # onto SRC, which is due to be retired; the run says the rollback is not complete
+    assert result.moved == [b] and admin.keys[b] == fake_key("OWN")
+    assert [t for t, _ in result.behind] == [a] and admin.keys[a] == fake_key("DST")
+    assert "rotated away from" in result.behind[0][1] and not result.complete
+    assert runs.get("m1").error == "some tables could not be moved back"
+    # And once the operator moves AWSCURRENT back to v0, a rollback again moves db.a too
+    secrets.stages = {"v0": ("AWSCURRENT",), "v1": ("AWSPREVIOUS",)}
+    again = rollback(runs, admin, None, "m1", timeout=0, behind=behind)
+    assert again.moved == [a] and again.complete and admin.keys[a] == fake_key("SRC")
+
+
+def test_a_rollback_with_a_change_still_in_flight_moves_nothing_until_it_has_ended() -> None:
+    """A batch admitted before the rollback paused the run is still switching db.a: moving the
+    others back now would report the run rolled back while db.a ends up switched. The rollback
+    refuses (its mark stays: resume stays refused) and, run again once the change has ended,
+    finishes."""
+    admin, runs, _secrets, _binding = _rolled_away_lake()
+    fences = MemoryFences(runs)
+    runs.update("m1", status=RunStatus.SWITCHING)
+    assert fences.enter("m1", "db.a") is Admission.ADMITTED
+    with pytest.raises(FatalError, match=r"1 change\(s\) still in flight .* nothing moved back"):
+        rollback(runs, admin, fences, "m1", timeout=0)
+    assert admin.keys[TableName("db", "b")] == fake_key("DST")
+    assert runs.get("m1").status == RunStatus.PAUSED and runs.get("m1").data["rolling_back"]
+    fences.leave("m1", "db.a")
+    assert rollback(runs, admin, fences, "m1", timeout=0).complete
+    assert runs.get("m1").status == RunStatus.ROLLED_BACK

@@ -588,3 +588,57 @@ def test_a_rate_is_shared_by_every_worker_of_the_run(
     switched = sorted(o.switched_at for o in outcomes if o.switched_at is not None)
     assert len(switched) == count
     assert switched[-1] - switched[0] >= (count - 1) / rate - 2.0, switched[-1] - switched[0]
+
+
+def test_a_rollback_keeps_tables_off_a_key_their_secret_was_rotated_away_from(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    """The bound secret held the source key when the migration ran, and has since been rotated to
+    another key (the source key is only AWSPREVIOUS now, due to be retired): `rollback` leaves
+    the tables on the target (a working key), says why, exits 1; once AWSCURRENT is back on the
+    source key's version, `rollback` again moves them back."""
+    t = world.token
+    sm = world.aws.client("secretsmanager")
+    tables = make_tables(world, databend, "rotatedaway", 3)
+    result = world.stack.cli(
+        "migrate", "--to", f"mig_{t}_target", "--tables", f"mig_{t}_rotatedaway.*", "--commit"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = run_id_of(result)
+    source, other = world.keys["source"], world.keys["ratesource"]
+
+    def value(key: dict[str, str]) -> str:
+        return json.dumps(
+            {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+        )
+
+    secret = f"unused-{t}"  # the secret the world's binding names
+    first = sm.create_secret(Name=secret, SecretString=value(source))["VersionId"]
+    try:
+        sm.put_secret_value(SecretId=secret, SecretString=value(other))  # rotated away
+
+        back = world.stack.cli("rollback", run_id)
+        assert back.returncode == 1, back.stdout + back.stderr
+        assert "0 table(s) moved back" in back.stdout
+        assert back.stderr.count("rotated away from") == 3, back.stderr
+        for key in (source, other):
+            assert key["SecretAccessKey"] not in back.stdout + back.stderr
+        for table in tables:
+            assert storage_tail(databend, table) == suffix(world, "target")
+            assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
+        status = world.status(run_id)
+        assert status["status"] == "rolled_back" and status["counts"] == {"validated": 3}
+
+        current = sm.describe_secret(SecretId=secret)["VersionIdsToStages"]
+        now = next(v for v, stages in current.items() if "AWSCURRENT" in stages)
+        sm.update_secret_version_stage(
+            SecretId=secret, VersionStage="AWSCURRENT", MoveToVersionId=first,
+            RemoveFromVersionId=now,
+        )  # fmt: skip
+        again = world.stack.cli("rollback", run_id)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "3 table(s) moved back" in again.stdout
+        for table in tables:
+            assert storage_tail(databend, table) == suffix(world, "source")
+    finally:
+        sm.delete_secret(SecretId=secret, ForceDeleteWithoutRecovery=True)

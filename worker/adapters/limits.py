@@ -116,4 +116,3 @@ class RedisLimits:
         key = f"{PREFIX}slots:{run_id}"
         self.redis.zremrangebyscore(key, "-inf", time.time())
         return int(self.redis.zcard(key))
-

@@ -187,10 +187,12 @@ class RolledBack:
     failed: list[tuple[ObjectName, str]] = field(default_factory=list)
     unknown: list[ObjectName] = field(default_factory=list)  # no connection for the old credentials
     unreachable: list[tuple[ObjectName, str]] = field(default_factory=list)  # probe failed
+    # previous credentials a bound secret has moved away from: left where the migration put them
+    behind: list[tuple[ObjectName, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return not (self.failed or self.unknown or self.unreachable)
+        return not (self.failed or self.unknown or self.unreachable or self.behind)
 
 
 def rollback(
@@ -204,18 +206,28 @@ def rollback(
     timeout: float = PAUSE_WAIT_SECONDS,
     retry: RetryPolicy | None = None,
     per_table: Callable[[], AbstractContextManager[object]] = nullcontext,
+    behind: Callable[[str | None], str | None] = lambda _previous: None,
 ) -> RolledBack:
     """Move the objects a migration switched back to their previous connection.
 
-    The run is paused first and objects in flight are waited for; each previous connection must
-    list the buckets of its objects (a probe) before any object is moved onto it; every object
-    moved is validated (a table read back, a stage listed, a database's bucket listed), each
-    inside ``per_table()`` (the CLI passes the table time limit)."""
+    The run is paused first and objects in flight are waited for (any still in flight at
+    ``timeout``: nothing moves, run it again); each previous connection must list the buckets of
+    its objects (a probe) before any object is moved onto it; every object moved is validated (a
+    table read back, a stage listed, a database's bucket listed), each inside ``per_table()``
+    (the CLI passes the table time limit). Right before each object moves, ``behind(previous
+    credentials)`` says why they must not be moved onto (a key a bound secret was rotated away
+    from: worker/flow/stale.py), and then it stays where the migration put it."""
     run = runs.get(run_id)
     if run.kind != RunKind.MIGRATION:
         raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
     _start_rollback(runs, run)
-    _wait_idle(fences, run_id, busy_slots, timeout, time.sleep)
+    flying = _wait_idle(fences, run_id, busy_slots, timeout, time.sleep)
+    if flying:
+        raise FatalError(
+            f"run {run_id}: {len(flying)} change(s) still in flight after {timeout:g}s "
+            f"({', '.join(flying[:3])}): nothing moved back; run `rotator rollback {run_id}` "
+            "again once they have ended"
+        )
     back, unknown = rollback_targets(
         runs.outcomes(run_id), run.data.get("previous_connections", {})
     )
@@ -223,8 +235,11 @@ def rollback(
     reachable = _probe_previous(admin, back, result)
     targets = [item for item in back if item[1] in reachable]
 
-    def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome]:
+    def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome | str]:
         table, connection, fingerprint = item
+        why_not = behind(fingerprint)
+        if why_not is not None:
+            return table, connection, why_not
         with per_table():
             outcome = rotate_object(
                 admin, table, connection=connection, target=fingerprint, retry=retry
@@ -233,6 +248,9 @@ def rollback(
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for table, connection, outcome in pool.map(undo, targets):
+            if isinstance(outcome, str):
+                result.behind.append((table, outcome))
+                continue
             if outcome.status.failed:
                 result.failed.append((table, str(outcome.reason)))
                 continue

@@ -1,0 +1,89 @@
+"""Which credentials a bound secret has moved away from (worker/flow/stale.py): what a rollback
+must not move an object back onto."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fakes import FakeSecrets, fake_key
+from worker.domain.bindings import Binding
+from worker.domain.errors import AwsPermanentError
+from worker.domain.masking import MaskForm, mask
+from worker.flow.stale import RotatedAway
+
+OLD, LIVE, PENDING = fake_key("OLD1"), fake_key("LIVE"), fake_key("PEND")
+
+
+def _value(key: str) -> str:
+    return json.dumps({"access_key_id": key, "secret_access_key": "x" * 40})
+
+
+def _secrets(**stages: tuple[str, str]) -> FakeSecrets:
+    """version -> (key, label or '')"""
+    return FakeSecrets(
+        values={v: _value(k) for v, (k, _) in stages.items()},
+        stages={v: (label,) if label else () for v, (_, label) in stages.items()},
+    )
+
+
+def _shown(key: str, form: MaskForm) -> str:
+    return f"ak:{mask(key, form)}"
+
+
+def _checker(secrets: FakeSecrets) -> RotatedAway:
+    return RotatedAway(secrets, [Binding(name="lake", secret=secrets.name, connection_prefix="l")])
+
+
+LAKE = {"v0": (OLD, ""), "v1": (fake_key("PREV"), "AWSPREVIOUS"), "v2": (LIVE, "AWSCURRENT")}
+
+
+@pytest.mark.parametrize("form", [MaskForm.LEGACY, MaskForm.CURRENT])
+def test_a_key_an_older_version_held_is_behind_in_either_masking_form(form: MaskForm) -> None:
+    checker = _checker(_secrets(**LAKE))
+    reason = checker.reason(_shown(OLD, form))
+    assert reason is not None and "rotated away from" in reason
+    assert checker.reason(_shown(fake_key("PREV"), form)) is not None  # AWSPREVIOUS too
+    assert checker.reason(_shown(LIVE, form)) is None
+    assert checker.reason(_shown(fake_key("MINE"), form)) is None  # in no secret: the user's
+
+
+def test_a_pending_key_is_live_and_a_key_a_live_version_also_holds_is_live() -> None:
+    secrets = _secrets(v0=(OLD, ""), v1=(OLD, "AWSCURRENT"), v2=(PENDING, "AWSPENDING"))
+    checker = _checker(secrets)
+    assert checker.reason(_shown(OLD, MaskForm.LEGACY)) is None
+    assert checker.reason(_shown(PENDING, MaskForm.LEGACY)) is None
+
+
+def test_a_masked_key_that_may_be_either_a_live_or_an_old_key_is_behind() -> None:
+    """Fail closed: two keys Databend shows alike (same last three characters), one live, one
+    rotated away: the object's key may be the old one."""
+    twin = LIVE[:-4] + "Q" + LIVE[-3:]
+    checker = _checker(_secrets(v0=(twin, ""), v1=(LIVE, "AWSCURRENT")))
+    assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is not None
+
+
+def test_a_role_nothing_shown_and_an_unreadable_secret() -> None:
+    checker = _checker(_secrets(**LAKE))
+    assert checker.reason("role:arn:aws:iam::1:role/r") is None
+    assert checker.reason(None) is None
+    gone = RotatedAway(_secrets(**LAKE), [Binding(name="x", secret="gone", connection_prefix="x")])
+    assert gone.reason(_shown(OLD, MaskForm.LEGACY)) is None  # no such secret: it holds no key
+    secrets = _secrets(**LAKE)
+    secrets.read_version = _denied  # type: ignore[method-assign]
+    reason = _checker(secrets).reason(_shown(OLD, MaskForm.LEGACY))
+    assert reason is not None and "cannot be read" in reason  # fail closed: nothing moves
+
+
+def _denied(_arn: str, _version: str) -> str:
+    raise AwsPermanentError("AccessDeniedException: not allowed to read the secret")
+
+
+def test_labels_are_read_fresh_for_every_question() -> None:
+    secrets = _secrets(**LAKE)
+    checker = _checker(secrets)
+    assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is None
+    secrets.values["v3"] = _value(fake_key("NEWR"))
+    secrets.stages = {"v2": ("AWSPREVIOUS",), "v3": ("AWSCURRENT",)}
+    assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is not None

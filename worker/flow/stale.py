@@ -1,0 +1,72 @@
+"""Credentials a bound secret has moved away from: the keys its earlier versions held that neither
+AWSCURRENT nor AWSPENDING holds now.
+
+An object moved onto such a key is behind its secret: the key is due to be deactivated and deleted
+(by a key rotation's retirement, or by whatever rotated the secret), and the object would then
+be stranded. The rotator's own runs never do it (fencing, worker/flow/fencing.py); an operator's
+`rotator rollback` could, by moving an object back to the credentials it had before its migration.
+``RotatedAway`` answers, for each object right before it is moved, whether its destination is
+such a key, read fresh each time (a rotation may move AWSCURRENT at any moment; a version's
+value never changes, so each is read once). Masked keys match through ``masking``: a destination
+that may be a key moved away from counts as one (fail closed), also when it may be a live key
+too; a key that a live version holds as well is live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.domain import masking
+from worker.domain.bindings import Binding
+from worker.domain.errors import RotatorError, UnknownSecretError
+from worker.domain.ports import SecretStore
+from worker.flow.evidence import LIVE_STAGES, key_id_of
+
+
+@dataclass
+class RotatedAway:
+    secrets: SecretStore
+    bindings: list[Binding]
+    _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (arn, version) ->
+
+    def reason(self, fingerprint: str | None) -> str | None:
+        """Why ``fingerprint`` (what an object showed) must not be moved onto, or None.
+
+        A secret that cannot be read is a reason too: nothing is moved onto credentials that
+        cannot be told apart from a key rotated away. (One that does not exist holds no key.)"""
+        if not fingerprint or not fingerprint.startswith("ak:"):
+            return None  # a role, or nothing shown: no key of a secret to be retired
+        for binding in self.bindings:
+            try:
+                live, old, name = self._keys_of(binding.secret)
+            except UnknownSecretError:
+                continue  # a bound secret that does not exist holds no key
+            except RotatorError as exc:
+                return f"secret {binding.secret} cannot be read to check its versions: {exc}"
+            if any(_may_hold(fingerprint, k) for k in old - live):
+                return (
+                    f"its previous credentials ({masking.display(fingerprint)}) may be a key "
+                    f"secret {name} has been rotated away from (no longer AWSCURRENT): moving it "
+                    "back would put it on a key due to be retired"
+                )
+        return None
+
+    def _keys_of(self, secret: str) -> tuple[set[str], set[str], str]:
+        info = self.secrets.describe(secret)
+        live: set[str] = set()
+        old: set[str] = set()
+        for version in info.versions.values():
+            slot = (info.arn, version.version_id)
+            if slot not in self._keys:
+                self._keys[slot] = key_id_of(self.secrets.read_version(*slot))
+            key = self._keys[slot]
+            if key:
+                (live if set(version.stages) & set(LIVE_STAGES) else old).add(key)
+        return live, old, info.name
+
+
+def _may_hold(seen: str, key_id: str) -> bool:
+    try:
+        return masking.may_hold(seen, masking.held("ak", key_id))
+    except RotatorError:  # unreadable: it may be that key
+        return True
