@@ -10,7 +10,7 @@ in reading order:
 - **tests/chaos_world.py**: the faulty fakes — real IAM keys, an ALTER that needs both keys,
   transient faults, crashes (a dead worker does nothing more), Redis flushes and its atomic batch
   writes, a second worker between two calls.
-- **tests/chaos_invariants.py**: the four invariants, each explained.
+- **tests/chaos_invariants.py**: the invariants, each explained.
 - **tests/chaos_schedule.py**: the schedule generator (``Scenario``) and ``run_scenarios``, used
   by tests/test_chaos.py and benchmarks/chaos.py. A run's objects go in batch messages
   (``switch_batch`` below), as the workers send and switch them.
@@ -35,6 +35,7 @@ from tests.chaos_world import (
     ChaosFences,
     ChaosIam,
     ChaosIntake,
+    ChaosLimits,
     ChaosLocks,
     ChaosRuns,
     ChaosWriter,
@@ -56,14 +57,22 @@ from worker.domain.model import (
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 from worker.flow import key_rotation as _key_rotation
 from worker.flow import lifecycle as _lifecycle
+from worker.flow import migration as _migration
 from worker.flow import reaper as _reaper
 from worker.flow import runs as _runs
+from worker.flow import stale as _stale
+from worker.flow import waves as _waves
 from worker.flow.intake import handle_event
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import switch as _batch
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER
 USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either
+OPS = "ops_role"  # the operator's own connection (a key of IAM user "ops", in no secret)
+OPS_KEYS = (
+    "AKIAOPSOPSOPSOPS2QZX",
+    "AKIAOPSOPSOPSOPS7WVU",
+)  # its key: the one K0 does not look like
 
 # =================================================================================================
 # 1. The adapter: everything below, down to section 2, calls the core. Adjust it when the API
@@ -321,6 +330,7 @@ _FOLLOWUPS = {
     _lifecycle.Followup.START_ROTATION: "start",
     _lifecycle.Followup.ADVANCE_KEY_ROTATION: "advance",
     _lifecycle.Followup.RETIRE_DUE: "retire_due",
+    _lifecycle.Followup.RELEASE_WAVE: "release",
 }
 
 
@@ -335,6 +345,145 @@ def resume(world: World, run_id: str) -> list[Followup]:
     """`rotator resume` (worker/flow/lifecycle.py): the tasks it enqueues."""
     resumed = _lifecycle.resume(ctx=key_context(world), run_id=run_id)
     return _followups(resumed.followup, resumed.run_id)
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def start_migration(world: World, *, source: str | None, options: dict[str, Any]) -> str | Refused:
+    """`rotator migrate --to ops_role (--from SOURCE | --tables sales.*) --commit`: plan, then
+    record the run (every object pending); the caller sends its release. Returns the run id, or
+    Refused."""
+    chosen = _migration.MigrationOptions(**options)
+    try:
+        plan = _migration.plan_migration(
+            world.admin,
+            target=OPS,
+            from_connection=source,
+            selectors=() if source else (Selector.parse("sales.*"),),
+            options=chosen,
+            connection_fingerprints=world.admin.connection_fingerprints(),
+        )
+        return _migration.new_migration(world.runs, plan, chosen, "chaos migration")
+    except FatalError as exc:
+        return Refused(str(exc))
+
+
+def release_wave(world: World, run_id: str) -> Any:
+    """tasks/migration.release_wave (worker/runtime/jobs.release_wave): the batches to send for
+    the current wave (``.wave``, ``.batches``), and the waves judged on the way (``.judged``);
+    None when the run is not switching."""
+    return _waves.release_wave(runs=world.runs, run_id=run_id)
+
+
+def judge(world: World, run_id: str, wave: int) -> Any:
+    """worker/runtime/jobs.judge: the wave's verdict and decision, or None."""
+    return _waves.judge(runs=world.runs, run_id=run_id, wave=wave)
+
+
+def migrate_batch(
+    world: World,
+    run_id: str,
+    wave: int,
+    names: list[ObjectName],
+    *,
+    object_seconds: Callable[[], float] = lambda: 0.0,
+    step_attempts: int = 4,
+) -> tuple[Batch | None, bool]:
+    """tasks/migration.migrate_batch (worker/runtime/jobs.migration_batch): a batch of ``wave``
+    under the run's concurrency slot; (what it did, or None when the run was not switching;
+    whether the wave is complete: then judge it). Crash point after each object, as for
+    rotations."""
+    faults = world.env.faults
+
+    @contextmanager
+    def takes_time(_planned: object) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            world.clock.now += object_seconds()
+
+    def done(outcome: Any) -> None:
+        faults.log(f"  {outcome.table}: {outcome.status}")
+        faults.boundary("checkpoint migration-after-table")
+
+    result = _waves.migration_batch(
+        run_id=run_id,
+        wave=wave,
+        names=list(names),
+        runs=world.runs,
+        admin=world.admin,
+        fences=world.fences,
+        limits=world.limits,
+        retry=_no_sleep(step_attempts),
+        each=takes_time,
+        on_outcome=lambda outcome, _seconds: done(outcome),
+        clock=world.clock,
+    )
+    if result.result is None:
+        return None, False
+    r = result.result
+    batch = Batch(
+        outcomes=[(o.table, str(o.status)) for o in r.outcomes],
+        skipped=list(r.finished_before),
+        closed=r.closed,
+        stopped=None if r.stopped is None else str(r.stopped),
+    )
+    return batch, result.wave_complete
+
+
+def give_up_migration(
+    world: World, run_id: str, wave: int, names: list[ObjectName], reason: str
+) -> tuple[Batch, bool]:
+    """worker/runtime/jobs.migration_gave_up: the batch's unfinished objects recorded failed in
+    the wave's current epoch; (what was recorded, whether the wave is complete)."""
+    epoch = int(world.runs.get(run_id).data.get("epoch", 0))
+    result = _batch.give_up_objects(
+        run_id=run_id, names=list(names), reason=reason, runs=world.runs, wave=(wave, epoch)
+    )
+    batch = Batch(
+        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
+        skipped=[],
+        closed=result.closed,
+        stopped=None,
+    )
+    return batch, result.wave_complete
+
+
+def pause(world: World, run_id: str) -> list[str]:
+    """`rotator pause --timeout 0`: the run paused; what was still in flight."""
+    return _lifecycle.pause(
+        runs=world.runs,
+        fences=world.fences,
+        run_id=run_id,
+        busy_slots=world.limits.busy_slots,
+        timeout=0,
+        sleep=lambda _s: None,
+    )
+
+
+def rollback(world: World, run_id: str) -> str:
+    """`rotator rollback --timeout 0`: the objects the migration switched moved back; a line
+    saying what happened."""
+    result = _lifecycle.rollback(
+        runs=world.runs,
+        admin=world.admin,
+        fences=world.fences,
+        run_id=run_id,
+        busy_slots=world.limits.busy_slots,
+        concurrency=1,
+        timeout=0,
+        retry=_no_sleep(),
+        behind=_stale.RotatedAway(secrets=world.secrets, bindings=world.bindings).reason,
+    )
+    parts = [f"moved back: {', '.join(map(str, result.moved)) or 'none'}"]
+    parts += [f"left (behind): {', '.join(str(t) for t, _ in result.behind)}"] * bool(result.behind)
+    parts += [f"failed: {', '.join(str(t) for t, _ in result.failed)}"] * bool(result.failed)
+    parts += [f"unknown: {', '.join(map(str, result.unknown))}"] * bool(result.unknown)
+    parts += [f"unreachable: {', '.join(str(t) for t, _ in result.unreachable)}"] * bool(
+        result.unreachable
+    )
+    return "; ".join(parts)
 
 
 def retire_due(world: World) -> list[str]:
@@ -369,8 +518,9 @@ def is_final(run: Any) -> bool:
 
 
 def is_flagged(run: Any) -> bool:
-    """Marked for a human by the reaper (issue 10: `stuck`, with the reason)."""
-    return str(run.status) == "stuck"
+    """Marked for a human by the reaper (issue 10: `stuck`, with the reason), or held by one
+    (a migration `rotator pause` paused: `rotator resume` goes on)."""
+    return str(run.status) in ("stuck", "paused")
 
 
 def run_started(fields: dict[str, Any]) -> bool:
@@ -458,10 +608,13 @@ def build_world(
     mask: str = "legacy",
     log: Callable[[str], None] = lambda _line: None,
     on_current: Callable[[str], None] = lambda _version: None,
+    ops: bool = False,
 ) -> World:
     """One secret (databend/lake, version v0 holding key K0 of IAM user svc) and a lake of external
     tables on K0. No faults unless ``faults`` says so; ``on_current`` hears of every AWSCURRENT
-    move (the scenario turns it into an EventBridge event)."""
+    move (the scenario turns it into an EventBridge event). ``ops``: also the operator's own
+    connections, for migrations: ``origin`` (K0, the one the tables were created from) and
+    ``ops_role`` (key Kops of IAM user ops, in no secret: the migrations' target)."""
     rng = rng or random.Random(0)
     env = Env(faults=faults or Faults(rng=rng, log=log), clock=Clock(), rng=rng)
     env.faults.log, env.faults.clock = log, env.clock
@@ -485,6 +638,12 @@ def build_world(
         admin.connections["seed"] = AccessKeyCredentials(k0, "s" * 40)  # the user's own
     for i in range(shape.databases):
         admin.put_database(DatabaseName(f"lakehouse{i}"), "seed", "lake")
+    if ops:  # (later keys are drawn unlike every key so far: this one too)
+        ops_key = next(k for k in OPS_KEYS if k[-2:] != k0[-2:] and k[-3:] != k0[-3:])
+        env.labels[ops_key] = "Kops"
+        iam.add_key("ops", ops_key)
+        admin.connections["origin"] = AccessKeyCredentials(k0, "s" * 40)
+        admin.connections[OPS] = AccessKeyCredentials(ops_key, "o" * 40)
     runs = ChaosRuns(env)
     return World(
         env=env,
@@ -498,4 +657,5 @@ def build_world(
         intake=ChaosIntake(env),
         bindings=[BINDING],
         value_of=secret_value,
+        limits=ChaosLimits(env),
     )

@@ -23,10 +23,12 @@ INVARIANTS = {
     "live-key-retired": "no key deleted or deactivated while an object uses it or the secret's "
     "AWSCURRENT/AWSPENDING holds it",
     "moved-behind": "no object moved behind the version AWSCURRENT held when the newest run "
-    "started",
+    "started (by a rollback: onto a key of the secret no live version holds)",
     "hung-run": f"every run final or flagged within {HANG_BOUND:.0f} s of its last progress",
     "resume-refused": "no resume refused as 'changed meanwhile' when no other worker wrote a run "
     "while it ran",
+    "rollback-partial": "no migration shown rolled back in full with an object still switched by "
+    "it",
 }
 
 
@@ -56,6 +58,9 @@ class Invariants:
       redelivered task, a resumed run — must not undo a newer version; nor may a run that
       (re)starts after AWSCURRENT moved on apply its older version. An operator who moves
       AWSCURRENT back starts a run on that older version, so the newest start sets the floor.
+      An operator's ``rotator rollback`` of a migration is no run of the secret: it may move an
+      object back onto a key of the secret only while AWSCURRENT or AWSPENDING holds that key
+      (else the object would sit on a key due to be retired).
     - **hung-run** — every run in the run store is final, or flagged for a human, within
       HANG_BOUND seconds of its last progress (any write to it, its outcomes or its table run).
       A run with a message ready in the broker is not judged: real workers would have taken it at
@@ -67,6 +72,10 @@ class Invariants:
       between its read and its write: a refusal that says the run "became" something while no
       other worker wrote any run during the command is a resumable run wrongly left unresumable
       (liveness: the runs flagged for a human must stay resumable).
+    - **rollback-partial** — a migration ``rotator rollback`` reported rolled back in full
+      (status rolled_back, no error) has no object whose outcome still says the migration
+      switched it (validated): one still in flight when the rollback moved the others back would
+      end switched, behind the operator's back.
     """
 
     def __init__(self, world: World, log: Callable[[str], None] = lambda _line: None) -> None:
@@ -80,6 +89,7 @@ class Invariants:
         self.ready_work: Callable[[str, float], bool] = lambda _run_id, _at: False
         self._reported: set[tuple[str, object]] = set()
         self.run_writers: list[str] = []  # the worker behind each run write, in order
+        self.actors: list[str] = []  # set by the scenario: the task or command running, nested
 
     def _violate(self, invariant: str, subject: object, text: str) -> None:
         if (invariant, subject) in self._reported:
@@ -106,6 +116,9 @@ class Invariants:
                 self.floor = (current, env.label(run_id))
 
     def on_switch(self, table: ObjectName, old_key: str, new_key: str, connection: str) -> None:
+        if self.actors and self.actors[-1] == "rollback":
+            self._rolled_back_onto(table, old_key, new_key)
+            return
         if self.floor is None:
             return
         floor, starter = self.floor
@@ -126,6 +139,23 @@ class Invariants:
                 (table, new_key, floor),
                 f"{mover} moved {table} from {self._k(old_key)} to {self._k(new_key)} of "
                 f"{label(version)}, behind {label(floor)} ({why})",
+            )
+
+    def _rolled_back_onto(self, table: ObjectName, old_key: str, new_key: str) -> None:
+        world = self.world
+        holders = [v for v in world.secrets.values if world.key_of(v) == new_key]
+        live = [
+            v
+            for v in holders
+            if {"AWSCURRENT", "AWSPENDING"} & set(world.secrets.stages.get(v, ()))
+        ]
+        if holders and not live:
+            current = world.env.label(world.version_with("AWSCURRENT"))
+            self._violate(
+                "moved-behind",
+                (table, new_key, "rollback"),
+                f"a rollback moved {table} from {self._k(old_key)} to {self._k(new_key)} of "
+                f"{world.env.label(holders[-1])}, while AWSCURRENT is {current}",
             )
 
     def on_retire(self, key_id: str, action: str) -> None:
@@ -173,6 +203,17 @@ class Invariants:
             )
         now = self.world.clock()
         for run_id, run in sorted(self.world.runs.runs.items()):
+            if str(run.status) == "rolled_back" and not run.error:
+                left = [
+                    o.table for o in self.world.runs.outcomes(run_id) if o.status == "validated"
+                ]
+                if left:
+                    self._violate(
+                        "rollback-partial",
+                        run_id,
+                        f"{self.world.env.label(run_id)} is rolled back in full, yet "
+                        f"{', '.join(map(str, left[:4]))} stay(s) switched by it",
+                    )
             if is_final(run) or is_flagged(run):
                 continue
             if self.ready_work(run_id, ready_at or now):

@@ -31,20 +31,28 @@ from tests.chaos import (
     build_world,
     describe_run,
     give_up,
+    give_up_migration,
     give_up_planning,
     intake,
     is_final,
+    judge,
+    migrate_batch,
+    pause,
     prepare,
     reap,
+    release_wave,
     resume,
     retire_due,
+    rollback,
     seeded_uuids,
     start_key_rotation,
+    start_migration,
     switch_batch,
     unfinished_key_rotation,
 )
 from tests.chaos_invariants import HANG_BOUND, INVARIANTS, Invariants, Violation
 from tests.chaos_world import Faults, WorkerCrash
+from tests.fakes import FakeIam
 from worker.domain.errors import FatalError, LockBusy, RetryableError, RotatorError
 from worker.domain.sql import ObjectName
 
@@ -66,15 +74,19 @@ class ChaosSettings:
     drain_limit: int = 300  # deliveries after the random actions, at most
     script: tuple[str, ...] | None = None  # fixed actions instead of random ones
     shape: Shape | None = None  # fixed lake instead of a random one
+    migrations: bool | None = None  # operators migrate too (None: in 2 scenarios of 5)
 
 
 @dataclass
 class Message:
     """A task (Celery) or an event (SQS) waiting in the broker."""
 
-    kind: str  # event | start | switch (a batch of a run's objects) | advance | retire_due | reap
+    # event | start | switch (a batch of a run's objects) | advance | retire_due | reap
+    # | release (a migration's current wave) | mbatch (a batch of a migration's wave)
+    kind: str
     run_id: str = ""
-    tables: tuple[ObjectName, ...] = ()  # a switch message's batch
+    tables: tuple[ObjectName, ...] = ()  # a switch or mbatch message's batch
+    wave: int = 0  # an mbatch message's wave
     version_id: str = ""
     not_before: float = 0.0
     retries: int = 0
@@ -82,7 +94,7 @@ class Message:
 
 
 BEAT_KINDS = ("retire_due", "reap")
-_REDELIVERABLE = ("start", "switch", "advance")
+_REDELIVERABLE = ("start", "switch", "advance", "release", "mbatch")
 
 
 @dataclass
@@ -129,6 +141,14 @@ class Scenario:
     flush                     1       Redis loses everything (in 1 scenario of 5, at most once)
     ========================  ======  ===========================================================
 
+    In 2 scenarios of 5 the operator also migrates (drawn apart from the rest, so the other
+    scenarios replay as before): one step in seven becomes ``migrate`` (3: `rotator migrate
+    --to ops_role` of the tables on some connection, or of sales.*, at most three times), ``pause``
+    (1) or ``rollback`` (2) of a migration, or ``ops_key`` (1: ops_role's key deactivated, or
+    activated again); their waves travel as release and batch messages
+    (deliver, redeliver), ``resume`` and the reaper go on with them, and the operator's commands
+    landing mid-batch include pause and rollback.
+
     Underneath every action: transient faults, crashes at step boundaries (a batch's: after each
     object, its outcome unwritten; after each write of outcomes; after leaving its changes in
     flight), and another worker's task landing between two port calls (see tests/chaos_world.py).
@@ -169,6 +189,10 @@ class Scenario:
         # tries per statement inside a batch's step: fewer than 4 make its faults end the batch
         self.step_attempts = random.Random(seed * 7 + 4).choice((1, 2, 4))
         self.may_flush = rng.random() < 0.2
+        drawn = random.Random(seed * 7 + 5).random() < 0.4
+        self.migrations = drawn if settings.migrations is None else settings.migrations
+        self.migration_rng = random.Random(seed * 7 + 6)  # picks the operator's migration steps
+        self.migrated = 0
         self.queue: list[Message] = []
         self.history: list[Message] = []
         self.trace: list[str] = []
@@ -194,6 +218,7 @@ class Scenario:
             mask=settings.mask,
             log=self.log,
             on_current=self._announce,
+            ops=self.migrations,
         )
         self.invariants = Invariants(self.world, self.log)
         self.invariants.ready_work = self._has_ready_work
@@ -207,6 +232,7 @@ class Scenario:
                 f"mask {self.settings.mask}, {self.parallel} batch(es) per run, "
                 f"{self.step_attempts} tr(ies) per statement in a batch"
                 + (", Redis may be flushed" if self.may_flush else "")
+                + (", the operator migrates" if self.migrations else "")
             )
             script = self.settings.script
             for i in range(len(script) if script is not None else self.settings.steps):
@@ -235,7 +261,11 @@ class Scenario:
         actions = [
             (a, w) for a, w in self.WEIGHTS if a != "flush" or (self.may_flush and not self.flushed)
         ]
-        return self.rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
+        action = self.rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
+        if self.migrations and self.migration_rng.random() < 1 / 7:
+            actions, weights = ("migrate", "pause", "rollback", "ops_key"), (3, 1, 2, 1)
+            return self.migration_rng.choices(actions, weights)[0]
+        return action
 
     def _step(self, action: str) -> None:
         self.step_no += 1
@@ -287,6 +317,9 @@ class Scenario:
             return f"event: AWSCURRENT is {label(msg.version_id)}"
         if msg.kind == "switch":
             return f"switch({label(msg.run_id)}, [{', '.join(map(str, msg.tables))}])"
+        if msg.kind == "mbatch":
+            objects = ", ".join(map(str, msg.tables))
+            return f"migrate_batch({label(msg.run_id)}, wave {msg.wave}, [{objects}])"
         if msg.kind in BEAT_KINDS:
             return f"{msg.kind} (beat)"
         return f"{msg.kind}({label(msg.run_id)})"
@@ -366,6 +399,8 @@ class Scenario:
             for command, run_id in (
                 ("abort", self._pick_run(lambda r: r.kind == "key-rotation" and not is_final(r))),
                 ("resume", self._pick_run(lambda r: not r.parent and r.status != "succeeded")),
+                ("pause", self._pick_run(_switching_migration)),
+                ("rollback", self._pick_run(_migration)),
             )
             if run_id is not None
         ]
@@ -373,7 +408,12 @@ class Scenario:
             return False
         command, run_id = self.rng.choice(commands)
         self.log("↳ meanwhile, the operator:")
-        (self._abort if command == "abort" else self._resume)(run_id)
+        {
+            "abort": self._abort,
+            "resume": self._resume,
+            "pause": self._pause,
+            "rollback": self._rollback,
+        }[command](run_id)
         return True
 
     def execute(self, msg: Message) -> None:
@@ -397,6 +437,7 @@ class Scenario:
         self.workers += 1
         previous = self.faults.worker
         self.faults.revive(f"w{self.workers}")
+        self.invariants.actors.append(what)
         try:
             fn()
         except WorkerCrash:
@@ -408,6 +449,7 @@ class Scenario:
             self.unexpected.append(f"seed {self.seed} step {self.step_no}: {exc!r}")
             self.log(f"  UNEXPECTED {type(exc).__name__}: {exc}")
         finally:
+            self.invariants.actors.pop()
             self.faults.revive(previous)  # the worker this one interleaved with is alive
             self.depth -= 1
             if self.depth == 0:
@@ -430,7 +472,9 @@ class Scenario:
         self.log(f"  retry in {delay:.0f} s: {type(exc).__name__}")
         return True
 
-    def _wait_for_lock(self, msg: Message, gave_up: Callable[[str], None] | None = None) -> None:
+    def _wait_for_lock(
+        self, msg: Message, gave_up: Callable[[Message, str], None] | None = None
+    ) -> None:
         """LockBusy: try again until LOCK_WAIT has passed (coarser polls than 2 s, same budget),
         then the task's ``gave_up`` hook (by default: the run fails)."""
         since = msg.waiting_since if msg.waiting_since is not None else self.world.clock()
@@ -561,6 +605,81 @@ class Scenario:
     def _task_reap(self, _msg: Message) -> None:
         self._enqueue_all(reap(self.world))
 
+    def _task_release(self, msg: Message) -> None:
+        """tasks/migration.release_wave: the current wave's unfinished objects, in batches (a
+        wave with nothing left is judged, and the next released, at once). Out of retries, the
+        task ends: the reaper re-enqueues a quiet run."""
+        try:
+            release = release_wave(self.world, msg.run_id)
+        except RetryableError as exc:
+            self._retry(msg, exc)
+            return
+        if release is None:
+            self.log("  nothing to release: the run is not switching")
+            return
+        self._log_judged(release.judged)
+        for names in release.batches:
+            self.enqueue("mbatch", msg.run_id, tables=tuple(names), wave=release.wave)
+        if release.batches:
+            count = sum(map(len, release.batches))
+            self.log(
+                f"  wave {release.wave}: {count} object(s) in {len(release.batches)} batch(es)"
+            )
+
+    def _task_mbatch(self, msg: Message) -> None:
+        """tasks/migration.migrate_batch: retries (RetryableError, a concurrency slot not free),
+        then, or at once on a FatalError, its gave_up hook; a batch that completes its wave
+        judges it (and releases the next)."""
+        try:
+            batch, complete = migrate_batch(
+                self.world,
+                msg.run_id,
+                msg.wave,
+                list(msg.tables),
+                object_seconds=lambda: self.rng.uniform(0.05, 1.5),
+                step_attempts=self.step_attempts,
+            )
+        except RetryableError as exc:
+            if not self._retry(msg, exc):
+                self._give_up_mbatch(msg, f"gave up after {MAX_RETRIES} retries: {exc}")
+            return
+        except FatalError as exc:
+            self.log(f"  fatal: {type(exc).__name__}: {self._named(str(exc))}")
+            self._give_up_mbatch(msg, str(exc))
+            return
+        if batch is None:
+            self.log("  nothing to do: the run is not switching")
+            return
+        if batch.skipped:
+            self.log(f"  finished before: {', '.join(map(str, batch.skipped))}")
+        if batch.stopped:
+            self.log(f"  stopped, the run {batch.stopped}: the rest stays pending")
+        if complete:
+            self._judge(msg.run_id, msg.wave)
+
+    def _give_up_mbatch(self, msg: Message, reason: str) -> None:
+        given_up, complete = give_up_migration(
+            self.world, msg.run_id, msg.wave, list(msg.tables), reason
+        )
+        for table, status in given_up.outcomes:
+            self.log(f"  {table}: {status} (given up)")
+        if complete:
+            self._judge(msg.run_id, msg.wave)
+
+    def _judge(self, run_id: str, wave: int) -> None:
+        judged = judge(self.world, run_id, wave)
+        if judged is None:
+            return
+        self._log_judged([judged])
+        if str(judged.decision) == "next_wave":
+            self._task_release(Message("release", run_id))
+
+    def _log_judged(self, judged: list[Any]) -> None:
+        for j in judged:
+            self.log(
+                f"  wave {j.wave}: {j.verdict.failed} of {j.verdict.total} failed: {j.decision}"
+            )
+
     # --- the actions --------------------------------------------------------------------------
 
     def _do_deliver(self) -> None:
@@ -675,6 +794,72 @@ class Scenario:
         with self.faults.disarmed():
             self.world.writer.make_current(self.world.secrets.arn, previous)
 
+    def _do_migrate(self) -> None:
+        if self.migrated >= 3:
+            self._do_tick()
+            return
+        self.migrated += 1
+        sources = sorted(c for c in self.world.admin.connections if c != "ops_role")
+        source = self.rng.choice([None, *sources])
+        options = {
+            "wave_size": self.rng.randint(1, 3),
+            "canary": self.rng.choice((0, 1, 2)),
+            "max_error_rate": self.rng.choice((0.0, 0.0, 0.5)),
+            "concurrency": self.rng.randint(1, 3),
+        }
+        chosen = f"--from {self.world.env.label(source)}" if source else "sales.*"
+        self.log(f"rotator migrate --to ops_role {chosen} --commit ({options})")
+
+        def command() -> None:
+            result = start_migration(self.world, source=source, options=options)
+            if isinstance(result, Refused):
+                self.log(f"  refused: {result.reason}")
+            else:
+                self.log(f"  {self.world.env.label(result)} recorded")
+                self._enqueue_all([("release", result)])
+
+        self._armed("migrate", command, lambda: None)
+
+    def _do_pause(self) -> None:
+        run_id = self._pick_run(_switching_migration)
+        if run_id is None:
+            self._do_tick()
+            return
+        self._pause(run_id)
+
+    def _pause(self, run_id: str) -> None:
+        self.log(f"rotator pause {self.world.env.label(run_id)}")
+
+        def command() -> None:
+            flying = pause(self.world, run_id)
+            self.log(f"  paused; still in flight: {', '.join(flying) or 'nothing'}")
+
+        self._armed("pause", command, lambda: None)
+
+    def _do_rollback(self) -> None:
+        run_id = self._pick_run(_migration)
+        if run_id is None:
+            self._do_tick()
+            return
+        self._rollback(run_id)
+
+    def _rollback(self, run_id: str) -> None:
+        self.log(f"rotator rollback {self.world.env.label(run_id)}")
+
+        def command() -> None:
+            self.log(f"  {rollback(self.world, run_id)}")
+
+        self._armed("rollback", command, lambda: None)
+
+    def _do_ops_key(self) -> None:
+        """The operator's own key (of ops_role) is deactivated, or activated again: a migration
+        onto it fails (its waves halt), objects on it cannot be read meanwhile."""
+        iam = self.world.iam
+        key = str(iam.keys["ops"][0][0])
+        active = iam.state(key) != "active"
+        FakeIam.set_active(iam, "ops", key, active)  # the operator's doing: not the rotator's
+        self.log(f"the operator {'activates' if active else 'deactivates'} Kops (ops_role's key)")
+
     def _do_tick(self) -> None:
         seconds = self.rng.uniform(60, 900)
         self.world.clock.now += seconds
@@ -685,6 +870,14 @@ class Scenario:
         self.flushed = True
         self.world.flush_redis()
         self.log("Redis is flushed: every run, outcome, lock and intake claim is gone")
+
+
+def _migration(run: Any) -> bool:
+    return str(run.kind) == "migration"
+
+
+def _switching_migration(run: Any) -> bool:
+    return _migration(run) and str(run.status) == "switching"
 
 
 # =================================================================================================

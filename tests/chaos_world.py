@@ -64,6 +64,7 @@ from worker.domain.errors import (
     DatabendQueryError,
     DatabendUnavailable,
     RotatorError,
+    SlotTimeout,
     StoragePermissionDenied,
     StorageUnavailable,
     UnknownSecretError,
@@ -74,6 +75,9 @@ from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 LOCK_TTL = 600.0  # ROTATOR_LOCK_TTL's default
 ALIVE_TTL = 15.0  # redis_state.ALIVE_TTL_MS: a dead worker's changes stop counting this long after
+SLOT_LEASE = (
+    30.0  # limits.RedisLimits' lease: a dead worker's concurrency slot frees this long after
+)
 KEYS_PER_USER = 2  # IAM's quota
 _KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # what AWS key ids are made of
 
@@ -369,6 +373,11 @@ class ChaosAdmin(FakeAdmin):
         self.env.faults.call("databend", "SHOW CONNECTIONS")
         return super().connection_fingerprint(name)
 
+    def connection_fingerprints(self) -> dict[str, str]:
+        """SHOW CONNECTIONS: every connection's name -> what Databend shows of its key."""
+        self.env.faults.call("databend", "SHOW CONNECTIONS")
+        return {name: str(super().connection_fingerprint(name)) for name in self.connections}
+
     def create_connection(self, name: str, credentials: Any) -> bool:
         lose = self.env.faults.call("databend", f"CREATE CONNECTION {name}", change=True)
         created = super().create_connection(name, credentials)
@@ -523,7 +532,8 @@ class ChaosRuns(MemoryRuns):
         if run.parent:  # named for the trace: R0, R1, … / KR0, … / KR0.tables
             self.env.labels[run.run_id] = f"{self.env.label(run.parent)}.tables"
         else:
-            self.env.name(run.run_id, "KR" if run.kind == "key-rotation" else "R")
+            prefix = {"key-rotation": "KR", "migration": "M"}.get(str(run.kind), "R")
+            self.env.name(run.run_id, prefix)
         self._write("runs.create", run.run_id, {"created": run})
 
     def get(self, run_id: str) -> Any:
@@ -593,6 +603,20 @@ class ChaosRuns(MemoryRuns):
         super().record_pending(run_id, outcome)
         self._write("runs.record_pending", run_id)
 
+    def set_waves(self, run_id: str, waves: list[list[ObjectName]]) -> None:
+        self.env.faults.call("", "runs.set_waves")
+        super().set_waves(run_id, waves)
+        self._write("runs.set_waves", run_id)
+
+    def outcomes_for(self, run_id: str, tables: list[ObjectName]) -> list[Any]:
+        self.env.faults.call("", "runs.outcomes_for")
+        return super().outcomes_for(run_id, tables)
+
+    def wave_finished(self, run_id: str, index: int, table: ObjectName, epoch: int) -> int:
+        """One SADD in Redis (also called inside record_outcomes' Lua call: no boundary there)."""
+        self.env.faults.alive("runs.wave_finished")
+        return super().wave_finished(run_id, index, table, epoch)
+
     def mark_retiring(self, run_id: str) -> None:
         self.env.faults.alive("runs.mark_retiring")
         super().mark_retiring(run_id)
@@ -644,6 +668,52 @@ class ChaosLocks(MemoryLocks):
     def flush(self) -> None:
         self.owners.clear()
         self.expires.clear()
+
+
+class ChaosLimits:
+    """A migration's shared concurrency slots (Redis, worker/adapters/limits.py): each slot names
+    the worker holding it and, once that worker died, stops counting SLOT_LEASE later (nobody
+    renews its lease). With none free, SlotTimeout at once (a real task waits up to 60 s first,
+    then its retry comes later: the same here, with no waiting inside a step)."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.slots: dict[str, dict[int, str]] = {}  # run -> slot -> worker
+        self.taken = 0
+
+    def _drop_dead(self, run_id: str) -> dict[int, str]:
+        dead, now = self.env.faults.dead, self.env.clock()
+        held = self.slots.setdefault(run_id, {})
+        for token, worker in list(held.items()):
+            if worker in dead and now >= dead[worker] + SLOT_LEASE:
+                del held[token]
+        return held
+
+    @contextmanager
+    def slot(
+        self, run_id: str, limit: int, *, wait: float = 60, poll: float = 0.02
+    ) -> Iterator[None]:
+        self.env.faults.call("", "limits.slot")
+        held = self._drop_dead(run_id)
+        if len(held) >= limit:
+            raise SlotTimeout(f"no free slot for run {run_id} within {wait:.0f}s")
+        self.taken += 1
+        token = self.taken
+        held[token] = self.env.faults.worker
+        try:
+            yield
+        finally:
+            self.env.faults.alive("limits.release")  # a dead worker's slot stays until its lease
+            held.pop(token, None)
+
+    def pace(self, run_id: str, per_second: float | None) -> None:
+        self.env.faults.call("", "limits.pace")
+
+    def busy_slots(self, run_id: str) -> int:
+        return len(self._drop_dead(run_id))
+
+    def flush(self) -> None:
+        self.slots.clear()
 
 
 class ChaosFences(MemoryFences):
@@ -759,6 +829,7 @@ class World:
     bindings: list[Any]
     value_of: Callable[[str, str], str]  # (key id, secret key) -> the secret's JSON
     fences: ChaosFences
+    limits: ChaosLimits
 
     def __repr__(self) -> str:  # assertion messages name what matters, not the whole world
         keys = {str(t): self.env.label(k) for t, k in self.admin.object_keys().items()}
@@ -774,6 +845,7 @@ class World:
         self.locks.flush()
         self.intake.flush()
         self.fences.flush()
+        self.limits.flush()
 
     def version_with(self, stage: str) -> str | None:
         return next((v for v, s in self.secrets.stages.items() if stage in s), None)
