@@ -25,7 +25,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,35 @@ class Batch:
     stopped: str | None  # the run paused or ended mid-batch: the rest stays pending
 
 
+def _object_hooks(
+    world: World, object_seconds: Callable[[], float], crash_point: str
+) -> tuple[Callable[[Any], AbstractContextManager[None]], Callable[[Any, float], None]]:
+    """A batch's ``each`` (each admitted object takes ``object_seconds()`` of the world's clock)
+    and ``on_outcome`` (the trace, then the task's crash point: the outcome not yet written)."""
+
+    @contextmanager
+    def takes_time(_planned: object) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            world.clock.now += object_seconds()
+
+    def done(outcome: Any, _seconds: float) -> None:
+        world.env.faults.log(f"  {outcome.table}: {outcome.status}")
+        world.env.faults.boundary(f"checkpoint {crash_point}")
+
+    return takes_time, done
+
+
+def _batch_of(result: Any) -> Batch:
+    return Batch(
+        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
+        skipped=list(result.finished_before),
+        closed=result.closed,
+        stopped=None if result.stopped is None else str(result.stopped),
+    )
+
+
 def switch_batch(
     world: World,
     run_id: str,
@@ -183,19 +212,7 @@ def switch_batch(
     retries and at last gives up). After each object, its outcome not yet written and the
     batch in flight, is the task's crash point (jobs.py's fault point ``rotation-after-table``).
     None when the run has ended."""
-    faults = world.env.faults
-
-    @contextmanager
-    def takes_time(_planned: object) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            world.clock.now += object_seconds()
-
-    def done(outcome: Any) -> None:
-        faults.log(f"  {outcome.table}: {outcome.status}")
-        faults.boundary("checkpoint rotation-after-table")
-
+    each, on_outcome = _object_hooks(world, object_seconds, "rotation-after-table")
     result = _batch.switch_batch(
         run_id=run_id,
         names=list(names),
@@ -204,19 +221,12 @@ def switch_batch(
         fences=world.fences,
         locks=world.locks,
         retry=_no_sleep(step_attempts),
-        each=takes_time,
-        on_outcome=lambda outcome, _seconds: done(outcome),
+        each=each,
+        on_outcome=on_outcome,
         flush_every=flush_every,
         clock=world.clock,
     )
-    if result is None:
-        return None
-    return Batch(
-        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
-        skipped=list(result.finished_before),
-        closed=result.closed,
-        stopped=None if result.stopped is None else str(result.stopped),
-    )
+    return None if result is None else _batch_of(result)
 
 
 def switch(world: World, run_id: str, table: ObjectName) -> tuple[str, bool] | None:
@@ -234,12 +244,7 @@ def give_up(world: World, run_id: str, names: list[ObjectName], reason: str) -> 
     result = _batch.give_up_objects(
         run_id=run_id, names=list(names), reason=reason, runs=world.runs, locks=world.locks
     )
-    return Batch(
-        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
-        skipped=[],
-        closed=result.closed,
-        stopped=None,
-    )
+    return _batch_of(result)
 
 
 def give_up_planning(world: World, run_id: str, reason: str) -> None:
@@ -394,20 +399,8 @@ def migrate_batch(
     under the run's concurrency slot; (what it did, or None when the run was not switching;
     whether the wave is complete: then judge it). Crash point after each object, as for
     rotations."""
-    faults = world.env.faults
-
-    @contextmanager
-    def takes_time(_planned: object) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            world.clock.now += object_seconds()
-
-    def done(outcome: Any) -> None:
-        faults.log(f"  {outcome.table}: {outcome.status}")
-        faults.boundary("checkpoint migration-after-table")
-
-    result = _waves.migration_batch(
+    each, on_outcome = _object_hooks(world, object_seconds, "migration-after-table")
+    done = _waves.migration_batch(
         run_id=run_id,
         wave=wave,
         names=list(names),
@@ -416,20 +409,11 @@ def migrate_batch(
         fences=world.fences,
         limits=world.limits,
         retry=_no_sleep(step_attempts),
-        each=takes_time,
-        on_outcome=lambda outcome, _seconds: done(outcome),
+        each=each,
+        on_outcome=on_outcome,
         clock=world.clock,
     )
-    if result.result is None:
-        return None, False
-    r = result.result
-    batch = Batch(
-        outcomes=[(o.table, str(o.status)) for o in r.outcomes],
-        skipped=list(r.finished_before),
-        closed=r.closed,
-        stopped=None if r.stopped is None else str(r.stopped),
-    )
-    return batch, result.wave_complete
+    return (None, False) if done.result is None else (_batch_of(done.result), done.wave_complete)
 
 
 def give_up_migration(
@@ -441,13 +425,7 @@ def give_up_migration(
     result = _batch.give_up_objects(
         run_id=run_id, names=list(names), reason=reason, runs=world.runs, wave=(wave, epoch)
     )
-    batch = Batch(
-        outcomes=[(o.table, str(o.status)) for o in result.outcomes],
-        skipped=[],
-        closed=result.closed,
-        stopped=None,
-    )
-    return batch, result.wave_complete
+    return _batch_of(result), result.wave_complete
 
 
 def pause(world: World, run_id: str) -> list[str]:
