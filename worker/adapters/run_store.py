@@ -143,18 +143,14 @@ class RedisRunStore:
         return RunRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
 
     def update(self, run_id: str, **fields: Any) -> None:
-        encoded = _encoded_fields(fields)
+        """Write the fields. A new status also updates the unfinished index and, once final, the
+        ended list (for the notification sweep, worker/observe/notify.py): the rule lives in one
+        place, UPDATE_CHECKED, here with nothing to check. A run that is gone (expired or
+        flushed) stays gone: a status is not written into an empty record."""
         if "status" not in fields:
-            _call(self.redis.hset, self._key(run_id), mapping=encoded)
+            _call(self.redis.hset, self._key(run_id), mapping=_encoded_fields(fields))
             return
-        ended = RunStatus(str(fields["status"])).final
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self._key(run_id), mapping=encoded)
-            (pipe.srem if ended else pipe.sadd)(f"{PREFIX}unfinished", run_id)
-            if ended:  # for the notification sweep (worker/observe/notify.py)
-                pipe.lpush(f"{PREFIX}ended", run_id)
-                pipe.ltrim(f"{PREFIX}ended", 0, 9_999)  # kept when no beat sweeps them
-            _execute(pipe)
+        self._checked_update(run_id, {}, fields, unless_final=False)
 
     def unfinished(self) -> list[str]:
         """Runs not yet final (paused ones included): what the reaper looks at."""
