@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,28 @@ from worker.adapters.run_store import RedisRunStore
 from worker.domain.audit import AuditAction, AuditEvent
 from worker.local.embedded import DatabendLocalProcess, free_port
 
+_OPEN: list[Recorder] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_recorders() -> Iterator[None]:
+    """A recorder's flusher thread would go on retrying after its test (and its Databend) ended,
+    logging into a closed capture: each test's recorders are closed with it (nothing drained)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close(drain_timeout=0)
+
 
 def recorder(tmp_path: Path, dsn: str, database: str, redis_url: str) -> Recorder:
-    return Recorder(
+    rec = Recorder(
         base=tmp_path / "spool",
         dsn=dsn,
         database=database,
         interval=0.2,
         runs=RedisRunStore.from_url(redis_url),
     )
+    _OPEN.append(rec)
+    return rec
 
 
 def test_rows_reach_the_table_once_with_the_runs_facts(

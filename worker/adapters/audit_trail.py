@@ -222,10 +222,11 @@ class Recorder:
                 time.sleep(1.0)
         return False
 
-    def close(self) -> None:
+    def close(self, drain_timeout: float = 10.0) -> None:
         """At exit. The flusher must be out of the Databend driver before the interpreter goes
         down (a daemon thread killed inside the driver's native code aborts the process): stop
-        it, then ship the rest from this thread; a spool shipped to its end is removed."""
+        it, then ship the rest from this thread within ``drain_timeout``; a spool shipped to its
+        end is removed."""
         self._stop.set()
         self._wake.set()
         flusher = self._flusher
@@ -234,7 +235,7 @@ class Recorder:
         spool = self._spool
         if spool is not None and spool.pid == os.getpid():
             spool.close()
-        if self.drain() and spool is not None and spool.pid == os.getpid():
+        if self.drain(drain_timeout) and spool is not None and spool.pid == os.getpid():
             size = spool.path.stat().st_size if spool.path.exists() else 0
             if _offset(spool.path) >= size:  # everything shipped: leave nothing behind
                 _remove(spool.path)
