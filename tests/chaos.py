@@ -355,19 +355,22 @@ def resume(world: World, run_id: str) -> list[Followup]:
 # --- migrations ------------------------------------------------------------------------------
 
 
-def start_migration(world: World, *, source: str | None, options: dict[str, Any]) -> str | Refused:
-    """`rotator migrate --to ops_role (--from SOURCE | --tables sales.*) --commit`: plan, then
+def start_migration(
+    world: World, *, source: str | None, options: dict[str, Any], target: str = OPS
+) -> str | Refused:
+    """`rotator migrate --to TARGET (--from SOURCE | --tables sales.*) --commit`: plan, then
     record the run (every object pending); the caller sends its release. Returns the run id, or
     Refused."""
     chosen = _migration.MigrationOptions(**options)
     try:
         plan = _migration.plan_migration(
             world.admin,
-            target=OPS,
+            target=target,
             from_connection=source,
             selectors=() if source else (Selector.parse("sales.*"),),
             options=chosen,
             connection_fingerprints=world.admin.connection_fingerprints(),
+            behind=_stale.RotatedAway(secrets=world.secrets, bindings=world.bindings).reason,
         )
         return _migration.new_migration(world.runs, plan, chosen, "chaos migration")
     except FatalError as exc:
@@ -412,8 +415,14 @@ def migrate_batch(
         each=each,
         on_outcome=on_outcome,
         clock=world.clock,
+        behind=_stale.RotatedAway(secrets=world.secrets, bindings=world.bindings).reason,
     )
-    return (None, False) if done.result is None else (_batch_of(done.result), done.wave_complete)
+    if done.result is None:
+        return None, False
+    refused = {str(o.reason) for o in done.result.outcomes if "not switched:" in str(o.reason)}
+    for reason in sorted(refused):  # failed before any switch: no object's line says so
+        world.env.faults.log(f"  {len(done.result.outcomes)} object(s) failed: {reason}")
+    return _batch_of(done.result), done.wave_complete
 
 
 def give_up_migration(

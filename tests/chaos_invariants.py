@@ -23,7 +23,7 @@ INVARIANTS = {
     "live-key-retired": "no key deleted or deactivated while an object uses it or the secret's "
     "AWSCURRENT/AWSPENDING holds it",
     "moved-behind": "no object moved behind the version AWSCURRENT held when the newest run "
-    "started (by a rollback: onto a key of the secret no live version holds)",
+    "started (by a migration or its rollback: onto a key of the secret no live version holds)",
     "hung-run": f"every run final or flagged within {HANG_BOUND:.0f} s of its last progress",
     "resume-refused": "no resume refused as 'changed meanwhile' when no other worker wrote a run "
     "while it ran",
@@ -58,9 +58,10 @@ class Invariants:
       redelivered task, a resumed run — must not undo a newer version; nor may a run that
       (re)starts after AWSCURRENT moved on apply its older version. An operator who moves
       AWSCURRENT back starts a run on that older version, so the newest start sets the floor.
-      An operator's ``rotator rollback`` of a migration is no run of the secret: it may move an
-      object back onto a key of the secret only while AWSCURRENT or AWSPENDING holds that key
-      (else the object would sit on a key due to be retired).
+      An operator's migration (``rotator migrate``) and its ``rotator rollback`` are no runs of
+      the secret: they follow its labels, and may move an object onto a key of the secret only
+      while AWSCURRENT or AWSPENDING holds that key (else the object would sit on a key due to be
+      retired).
     - **hung-run** — every run in the run store is final, or flagged for a human, within
       HANG_BOUND seconds of its last progress (any write to it, its outcomes or its table run).
       A run with a message ready in the broker is not judged: real workers would have taken it at
@@ -116,8 +117,8 @@ class Invariants:
                 self.floor = (current, env.label(run_id))
 
     def on_switch(self, table: ObjectName, old_key: str, new_key: str, connection: str) -> None:
-        if self.actors and self.actors[-1] == "rollback":
-            self._rolled_back_onto(table, old_key, new_key)
+        if self.actors and self.actors[-1] in ("rollback", "mbatch"):
+            self._operator_onto(table, old_key, new_key, self.actors[-1])
             return
         if self.floor is None:
             return
@@ -141,7 +142,7 @@ class Invariants:
                 f"{label(version)}, behind {label(floor)} ({why})",
             )
 
-    def _rolled_back_onto(self, table: ObjectName, old_key: str, new_key: str) -> None:
+    def _operator_onto(self, table: ObjectName, old_key: str, new_key: str, actor: str) -> None:
         world = self.world
         holders = [v for v in world.secrets.values if world.key_of(v) == new_key]
         live = [
@@ -153,9 +154,10 @@ class Invariants:
             current = world.env.label(world.version_with("AWSCURRENT"))
             self._violate(
                 "moved-behind",
-                (table, new_key, "rollback"),
-                f"a rollback moved {table} from {self._k(old_key)} to {self._k(new_key)} of "
-                f"{world.env.label(holders[-1])}, while AWSCURRENT is {current}",
+                (table, new_key, actor),
+                f"a {'rollback' if actor == 'rollback' else 'migration'} moved {table} from "
+                f"{self._k(old_key)} to {self._k(new_key)} of {world.env.label(holders[-1])}, "
+                f"while AWSCURRENT is {current}",
             )
 
     def on_retire(self, key_id: str, action: str) -> None:

@@ -143,7 +143,8 @@ class Scenario:
 
     In 2 scenarios of 5 the operator also migrates (drawn apart from the rest, so the other
     scenarios replay as before): one step in seven becomes ``migrate`` (3: `rotator migrate
-    --to ops_role` of the tables on some connection, or of sales.*, at most three times), ``pause``
+    --to ops_role`, or half the time to any connection, of the tables on some other connection or
+    of sales.*, at most three times), ``pause``
     (1) or ``rollback`` (2) of a migration, or ``ops_key`` (1: ops_role's key deactivated, or
     activated again); their waves travel as release and batch messages
     (deliver, redeliver), ``resume`` and the reaper go on with them, and the operator's commands
@@ -799,19 +800,22 @@ class Scenario:
             self._do_tick()
             return
         self.migrated += 1
-        sources = sorted(c for c in self.world.admin.connections if c != "ops_role")
-        source = self.rng.choice([None, *sources])
+        connections = sorted(self.world.admin.connections)
+        # mostly to the operator's own connection; else to any, the secret's own ones included
+        # (one it has since been rotated away from is refused, at once or batch by batch)
+        target = "ops_role" if self.rng.random() < 0.5 else self.rng.choice(connections)
+        source = self.rng.choice([None, *(c for c in connections if c != target)])
         options = {
             "wave_size": self.rng.randint(1, 3),
             "canary": self.rng.choice((0, 1, 2)),
             "max_error_rate": self.rng.choice((0.0, 0.0, 0.5)),
             "concurrency": self.rng.randint(1, 3),
         }
-        chosen = f"--from {self.world.env.label(source)}" if source else "sales.*"
-        self.log(f"rotator migrate --to ops_role {chosen} --commit ({options})")
+        chosen = f"--from {self._named(source)}" if source else "sales.*"
+        self.log(f"rotator migrate --to {self._named(target)} {chosen} --commit ({options})")
 
         def command() -> None:
-            result = start_migration(self.world, source=source, options=options)
+            result = start_migration(self.world, source=source, options=options, target=target)
             if isinstance(result, Refused):
                 self.log(f"  refused: {result.reason}")
             else:

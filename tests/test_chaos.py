@@ -148,8 +148,8 @@ def test_a_clean_key_rotation_breaks_no_invariant() -> None:
 
 
 def test_the_schedules_exercise_every_action_and_fault() -> None:
-    # Given 300 seeded scenarios
-    scenarios = [Scenario(seed) for seed in range(300)]
+    # Given 300 seeded scenarios (without migrations: exactly the schedules from before them)
+    scenarios = [Scenario(seed, ChaosSettings(migrations=False)) for seed in range(300)]
     traces = "\n".join(line for s in scenarios for line in s.run().trace)
     # Then every kind of action, fault and crash happens in them
     for happening in (
@@ -194,10 +194,12 @@ def test_the_schedules_with_migrations_exercise_their_waves_and_commands() -> No
     traces = "\n".join(line for s in scenarios for line in s.run().trace)
     # Then migrations start, their waves are released in batches, judged, go on or halt; the
     # operator pauses, resumes and rolls them back, also while a batch runs; a worker dies
-    # between two objects of a migration batch, and batches come back late
+    # between two objects of a migration batch, and batches come back late; a migration onto a
+    # key the secret was rotated away from is refused, when planned or batch by batch
     for happening in (
         "rotator migrate --to ops_role --from ",
         "rotator migrate --to ops_role sales.*",
+        "rotator migrate --to lake_main_",
         "deliver release(M",
         "deliver migrate_batch(M",
         "failed: next_wave",
@@ -211,6 +213,8 @@ def test_the_schedules_with_migrations_exercise_their_waves_and_commands() -> No
         "still in flight after 0s",  # a rollback that waits for a change in flight: refused
         "left (behind): ",  # a rollback that keeps an object off a key rotated away from
         "the operator deactivates Kops",
+        "rotated away from (no longer AWSCURRENT or AWSPENDING), due to be retired; nothing was",
+        "not switched: the target connection's credentials",  # rotated away since it was planned
     ):
         assert happening in traces, happening
     assert re.search(r"moved back: (?!none)", traces)

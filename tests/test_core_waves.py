@@ -13,7 +13,13 @@ from worker.domain.errors import DatabendQueryError, SlotTimeout
 from worker.domain.model import AccessKeyCredentials, RunStatus, TableStatus
 from worker.domain.sql import TableName
 from worker.flow import waves
-from worker.flow.migration import MigrationOptions, WaveDecision, new_migration, plan_migration
+from worker.flow.migration import (
+    MigrationOptions,
+    MigrationRefused,
+    WaveDecision,
+    new_migration,
+    plan_migration,
+)
 from worker.flow.rotation import RetryPolicy
 
 
@@ -154,3 +160,51 @@ def test_a_batch_takes_one_of_the_runs_slots_and_none_free_switches_nothing() ->
         TableStatus.VALIDATED
     ]
     assert limits.paced == [(run_id, 5.0)] and limits.busy_slots(run_id) == 0
+
+
+def test_a_batch_whose_target_was_rotated_away_since_planning_switches_nothing() -> None:
+    """The migration was planned onto a connection whose key was then current; by the time a
+    batch runs, the secret has been rotated away from it (``behind`` says why): the batch's
+    objects are failed with that reason, nothing is switched, and the wave halts."""
+    admin, runs = _lake(4), MemoryRuns()
+    run_id = _migration(admin, runs, canary=0, wave_size=3)  # waves [t0, t1, t2], [t3]
+    seen: list[str | None] = []
+
+    def behind(target: str | None) -> str | None:
+        seen.append(target)
+        return "ak ******DST may be a key secret s has been rotated away from"
+
+    done = waves.migration_batch(
+        run_id, 0, [TableName("db", "t0"), TableName("db", "t1")], runs=runs, admin=admin,
+        fences=None, limits=MemoryLimits(), behind=behind,
+    )  # fmt: skip
+    assert not admin.statements and seen == [runs.get(run_id).target]
+    assert done.result is not None
+    assert [o.status for o in done.result.outcomes] == [TableStatus.FAILED] * 2
+    assert "not switched: the target connection's credentials ak ******DST" in str(
+        done.result.outcomes[0].reason
+    )
+    waves.migration_batch(
+        run_id, 0, [TableName("db", "t2")], runs=runs, admin=admin, fences=None,
+        limits=MemoryLimits(), behind=behind,
+    )  # fmt: skip
+    judged = waves.judge(runs, run_id, 0)
+    assert judged is not None and judged.decision is WaveDecision.HALTED
+    assert admin.keys[TableName("db", "t3")] == fake_key("OLD")  # the next wave: untouched
+
+
+def test_a_migration_onto_a_key_rotated_away_from_is_refused_when_planned() -> None:
+    admin, runs = _lake(2), MemoryRuns()
+    options = MigrationOptions()
+    plan = plan_migration(
+        admin,
+        target="dst",
+        from_connection=None,
+        selectors=(),
+        options=options,
+        connection_fingerprints={"dst": str(admin.connection_fingerprint("dst"))},
+        behind=lambda target: f"{target} may be a key secret s has been rotated away from",
+    )
+    with pytest.raises(MigrationRefused, match=r"target connection dst: ak:.* rotated away"):
+        new_migration(runs, plan, options, "test")
+    assert runs.runs == {}

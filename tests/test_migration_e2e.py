@@ -590,13 +590,14 @@ def test_a_rate_is_shared_by_every_worker_of_the_run(
     assert switched[-1] - switched[0] >= (count - 1) / rate - 2.0, switched[-1] - switched[0]
 
 
-def test_a_rollback_keeps_tables_off_a_key_their_secret_was_rotated_away_from(
+def test_rollback_and_migrate_keep_tables_off_a_key_their_secret_was_rotated_away_from(
     world: MigrationWorld, databend: DatabendClient
 ) -> None:
     """The bound secret held the source key when the migration ran, and has since been rotated to
     another key (the source key is only AWSPREVIOUS now, due to be retired): `rollback` leaves
-    the tables on the target (a working key), says why, exits 1; once AWSCURRENT is back on the
-    source key's version, `rollback` again moves them back."""
+    the tables on the target (a working key), says why, exits 1, and a `migrate --to` the source
+    connection is refused (exit 2); once AWSCURRENT is back on the source key's version,
+    `rollback` again moves them back."""
     t = world.token
     sm = world.aws.client("secretsmanager")
     tables = make_tables(world, databend, "rotatedaway", 3)
@@ -628,6 +629,14 @@ def test_a_rollback_keeps_tables_off_a_key_their_secret_was_rotated_away_from(
             assert len(databend.query(f"SELECT * FROM {table.sql}")) == 1
         status = world.status(run_id)
         assert status["status"] == "rolled_back" and status["counts"] == {"validated": 3}
+        # nor can a new migration put them on that key: refused before anything moves
+        onto = world.stack.cli(
+            "migrate", "--to", f"mig_{t}_source", "--tables", f"mig_{t}_rotatedaway.*", "--commit"
+        )
+        assert onto.returncode == 2, onto.stdout + onto.stderr
+        assert f"target connection mig_{t}_source: " in onto.stderr
+        assert "rotated away from" in onto.stderr and "nothing was changed" in onto.stderr
+        assert {storage_tail(databend, x) for x in tables} == {suffix(world, "target")}
 
         current = sm.describe_secret(SecretId=secret)["VersionIdsToStages"]
         now = next(v for v, stages in current.items() if "AWSCURRENT" in stages)

@@ -83,7 +83,12 @@ def migrate(
     from worker.domain.bindings import Selector, find_binding
     from worker.domain.errors import MigrationRefused
     from worker.domain.masking import display
-    from worker.flow.migration import MigrationOptions, new_migration, plan_migration
+    from worker.flow.migration import (
+        MigrationOptions,
+        new_migration,
+        plan_migration,
+        refuse_unswitchable,
+    )
 
     if more_selectors and not selectors:
         raise click.UsageError(
@@ -117,6 +122,7 @@ def migrate(
         selectors=chosen,
         options=options,
         connection_fingerprints=s.admin.connection_fingerprints(),
+        behind=s.rotated_away.reason,
     )
     from collections import Counter
 
@@ -132,12 +138,7 @@ def migrate(
     for table in plan.tables:
         current = display(table.storage.fingerprint)
         click.echo(f"  {object_label(table.name)}\t{current}\t-> {target}")
-    if plan.refusals:
-        raise MigrationRefused(
-            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
-            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
-            "nothing was changed"
-        )
+    refuse_unswitchable(plan)
     if not commit:
         click.echo("dry run: nothing changed (add --commit)")
         return

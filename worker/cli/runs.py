@@ -209,7 +209,6 @@ def pause(run_id: str) -> None:
 def rollback(run_id: str, concurrency: int) -> None:
     """Move the tables a migration switched back to their previous connection."""
     from worker.flow.lifecycle import rollback as rollback_run
-    from worker.flow.stale import RotatedAway
 
     structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
     s = cli_services()
@@ -221,7 +220,7 @@ def rollback(run_id: str, concurrency: int) -> None:
         busy_slots=s.limits.busy_slots,
         concurrency=concurrency,
         per_table=s.table_time_limit,
-        behind=RotatedAway(s.secrets, s.loaded_bindings or []).reason,
+        behind=s.rotated_away.reason,
     )
     click.echo(f"run {run_id}: {len(result.moved)} table(s) moved back")
     for table, reason in result.failed:

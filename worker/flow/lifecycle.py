@@ -239,7 +239,7 @@ def rollback(
         table, connection, fingerprint = item
         why_not = behind(fingerprint)
         if why_not is not None:
-            return table, connection, why_not
+            return table, connection, f"its previous credentials: {why_not}; left as it is"
         with per_table():
             outcome = rotate_object(
                 admin, table, connection=connection, target=fingerprint, retry=retry

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -54,6 +55,7 @@ class MigrationPlan:
     waves: list[list[ObjectName]]
     previous_connections: dict[str, str]  # fingerprint -> a connection with those credentials
     refusals: tuple[str, ...] = ()  # chosen objects on storage Databend cannot switch
+    target_behind: str | None = None  # why the target's key must not be moved onto (stale.py)
 
 
 def select_tables(
@@ -104,10 +106,13 @@ def plan_migration(
     selectors: tuple[Selector | NameSelector, ...],
     options: MigrationOptions,
     connection_fingerprints: dict[str, str],
+    behind: Callable[[str | None], str | None] = lambda _target: None,
 ) -> MigrationPlan:
     """``connection_fingerprints``: every connection's name -> what it looks like to Databend.
     ``--tables`` selectors choose tables only; ``--from`` and a binding's selectors choose every
-    kind. Objects on storage Databend cannot switch are listed in ``refusals``."""
+    kind. Objects on storage Databend cannot switch are listed in ``refusals``; ``behind(target's
+    fingerprint)`` says why the target's credentials must not be moved onto (a key a bound secret
+    was rotated away from: worker/flow/stale.py), kept in ``target_behind``."""
     target_fp = connection_fingerprints.get(target)
     if target_fp is None:
         raise MigrationRefused(f"target connection {target} does not exist")
@@ -140,6 +145,7 @@ def plan_migration(
         refusals=tuple(
             f"{object_label(t.name)} ({t.storage.kind})" for t in tables if not t.storage.switchable
         ),
+        target_behind=behind(target_fp),
     )
 
 
@@ -149,12 +155,7 @@ def new_migration(
     """Record the run and its plan: every object pending, before anything is switched."""
     if not plan.tables:
         raise MigrationRefused("no object matches: nothing to migrate")
-    if plan.refusals:
-        raise MigrationRefused(
-            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
-            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
-            "nothing was changed"
-        )
+    refuse_unswitchable(plan)
     run_id = uuid.uuid4().hex
     wave_of = {t: i for i, wave in enumerate(plan.waves) for t in wave}
     runs.create(
@@ -193,6 +194,21 @@ def new_migration(
         ],
     )
     return run_id
+
+
+def refuse_unswitchable(plan: MigrationPlan) -> None:
+    """A plan that must not run: objects Databend cannot switch, or a target whose key its bound
+    secret has been rotated away from (the objects would land on a key due to be retired)."""
+    if plan.refusals:
+        raise MigrationRefused(
+            f"{len(plan.refusals)} object(s) are on storage Databend cannot switch to other "
+            f"credentials (only s3, gcs and azblob): {'; '.join(plan.refusals[:10])}; "
+            "nothing was changed"
+        )
+    if plan.target_behind:
+        raise MigrationRefused(
+            f"target connection {plan.target}: {plan.target_behind}; nothing was changed"
+        )
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ AWSCURRENT nor AWSPENDING holds now.
 An object moved onto such a key is behind its secret: the key is due to be deactivated and deleted
 (by a key rotation's retirement, or by whatever rotated the secret), and the object would then
 be stranded. The rotator's own runs never do it (fencing, worker/flow/fencing.py); an operator's
-`rotator rollback` could, by moving an object back to the credentials it had before its migration.
-``RotatedAway`` answers, for each object right before it is moved, whether its destination is
-such a key, read fresh each time (a rotation may move AWSCURRENT at any moment; a version's
-value never changes, so each is read once). Masked keys match through ``masking``: a destination
-that may be a key moved away from counts as one (fail closed), also when it may be a live key
-too; a key that a live version holds as well is live.
+`rotator rollback` could, by moving an object back to the credentials it had before its migration,
+and `rotator migrate --to` a connection holding such a key. ``RotatedAway`` answers whether a
+destination is such a key (for a rollback right before each object moves, for a migration when it
+is planned), reading the labels fresh each time (a rotation may move AWSCURRENT at any moment; a
+version's value never changes, so each is read once). Masked keys match through ``masking``: a
+destination that may be a key moved away from counts as one (fail closed), also when it may be
+a live key too; a key that a live version holds as well is live.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ class RotatedAway:
                 return f"secret {binding.secret} cannot be read to check its versions: {exc}"
             if any(_may_hold(fingerprint, k) for k in old - live):
                 return (
-                    f"its previous credentials ({masking.display(fingerprint)}) may be a key "
-                    f"secret {name} has been rotated away from (no longer AWSCURRENT): moving it "
-                    "back would put it on a key due to be retired"
+                    f"{masking.display(fingerprint)} may be a key secret {name} has been rotated "
+                    "away from (no longer AWSCURRENT or AWSPENDING), due to be retired"
                 )
         return None
 

@@ -26,7 +26,7 @@ from worker.flow.migration import (
     judge_wave,
 )
 from worker.flow.rotation import RetryPolicy
-from worker.flow.runs.switch import BatchResult, split_batches, switch_batch
+from worker.flow.runs.switch import BatchResult, give_up_objects, split_batches, switch_batch
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,23 @@ def migration_batch(
     each: Callable[[TableOutcome], AbstractContextManager[None]] | None = None,
     on_outcome: Callable[[TableOutcome, float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    behind: Callable[[str | None], str | None] = lambda _target: None,
 ) -> WaveBatch:
     """Switch a batch of ``wave`` under the run's shared limits: one concurrency slot for the
-    batch (its objects go one after another), the shared rate per object."""
+    batch (its objects go one after another), the shared rate per object.
+
+    First ``behind(the target's fingerprint)``: a target whose key its bound secret has been
+    rotated away from since the run was planned (worker/flow/stale.py) switches nothing; the
+    batch's objects are recorded failed with the reason, so the wave halts for the operator."""
     run = runs.get(run_id)
     if run.status != RunStatus.SWITCHING:
         return WaveBatch(None)  # paused, halted or over: the objects stay pending for resume
     options, epoch = run.data["options"], int(run.data.get("epoch", 0))
+    why_not = behind(run.target)
+    if why_not is not None:
+        reason = f"not switched: the target connection's credentials {why_not}"
+        failed = give_up_objects(run_id, names, reason, runs=runs, wave=(wave, epoch))
+        return WaveBatch(failed, failed.wave_complete)
     rate = options.get("rate")
     with limits.slot(run_id, int(options["concurrency"])):
         result = switch_batch(

@@ -42,6 +42,7 @@ from worker.domain.ports import (
 )
 from worker.domain.sql import object_label
 from worker.flow.key_rotation import KeyRotationContext, KeyRotationPlan, plan_key_rotation
+from worker.flow.stale import RotatedAway
 from worker.observe.audit import switching as audit_switching
 from worker.observe.audit import use as use_audit_trail
 from worker.observe.notify import use_sns
@@ -61,6 +62,15 @@ class Services:
     redis: redis.Redis  # the state store itself: the keys notifications and the schedule keep
     _admin: DatabendAdmin | None = field(default=None, repr=False)
     _iam: IamKeys | None = field(default=None, repr=False)
+    _rotated_away: RotatedAway | None = field(default=None, repr=False)
+
+    @property
+    def rotated_away(self) -> RotatedAway:
+        """Which keys the bound secrets have been rotated away from (worker/flow/stale.py): one
+        per process, so each secret version is read once."""
+        if self._rotated_away is None:
+            self._rotated_away = RotatedAway(self.secrets, self.loaded_bindings or [])
+        return self._rotated_away
 
     @property
     def bindings(self) -> list[Binding]:
