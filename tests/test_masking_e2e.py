@@ -53,7 +53,7 @@ from worker.local.embedded import DatabendLocalProcess, LocalAws
 pytestmark = pytest.mark.slow
 
 # the bindings of this module, each on the tables of database cur_<token>_<name>: name -> discover
-BINDINGS = {"main": True, "twokeys": False, "late": False, "single": False}
+BINDINGS = {"main": True, "twokeys": False, "late": False, "single": False, "rolled": False}
 
 
 @dataclass
@@ -270,6 +270,42 @@ def test_migrate_from_a_connection_finds_its_tables_by_what_it_shows(world: Worl
     assert_shown_in_current_form(world, [staying], kc["AccessKeyId"])
     assert all(rows(world.db, table) == 2 for table in [*moving, staying])
     world.assert_no_secret_leaked()
+
+
+def test_rollback_and_migrate_keep_tables_off_a_key_their_secret_was_rotated_away_from(
+    world: World,
+) -> None:
+    # Given tables on the binding's seed connection (K1, the secret's AWSCURRENT), migrated to
+    # connection C2 (KB)
+    t = world.token
+    user, secret, tables, k1 = seed(world, "rolled", 3)
+    _, kb = world.user("rolled-target")
+    seed_connection, c2 = f"{world.name('rolled')}_seed", f"cur_{t}_rolled_c2"
+    create_key_connection(world.db, world.aws, c2, kb)
+    migrated = world.stack.cli(
+        "migrate", "--to", c2, "--from", seed_connection, "--commit", "--timeout", "120"
+    )
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    run_id = run_id_of(migrated)
+    assert_shown_in_current_form(world, tables, kb["AccessKeyId"])
+    # When the secret is rotated on to K2 (K1 is only AWSPREVIOUS now, due to be retired)
+    k2 = world.key(user)
+    world.aws.client("secretsmanager").put_secret_value(
+        SecretId=secret, SecretString=key_secret_json(world.aws, k2)
+    )
+    # Then a rollback leaves the tables on KB (AK***YZ matched against K1), says why, exits 1
+    back = world.stack.cli("rollback", run_id)
+    assert back.returncode == 1, back.stdout + back.stderr
+    assert "0 table(s) moved back" in back.stdout
+    assert back.stderr.count("rotated away from") == 3, back.stderr
+    assert current_form(k1["AccessKeyId"]) in back.stderr  # named the way Databend shows it
+    # And a migration back onto the seed connection is refused before anything moves
+    onto = world.stack.cli("migrate", "--to", seed_connection, "--from", c2, "--commit")
+    assert onto.returncode == 2, onto.stdout + onto.stderr
+    assert "rotated away from" in onto.stderr and "nothing was changed" in onto.stderr
+    assert_shown_in_current_form(world, tables, kb["AccessKeyId"])
+    assert all(rows(world.db, table) == 2 for table in tables)
+    world.assert_no_secret_leaked(secret)
 
 
 def test_a_table_created_on_the_old_key_after_the_rotation_blocks_its_retirement(
