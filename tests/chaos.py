@@ -67,6 +67,7 @@ from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import switch as _batch
 
 STUCK_AFTER = 900.0  # ROTATOR_STUCK_AFTER
+LABELS_MAX_AGE = 5.0  # worker/runtime/services.LABELS_MAX_AGE
 USERS = ("svc", "svc2")  # IAM users: K0 belongs to the first; an outside rotation may use either
 OPS = "ops_role"  # the operator's own connection (a key of IAM user "ops", in no secret)
 OPS_KEYS = (
@@ -415,7 +416,7 @@ def migrate_batch(
         each=each,
         on_outcome=on_outcome,
         clock=world.clock,
-        behind=_stale.RotatedAway(secrets=world.secrets, bindings=world.bindings).reason,
+        behind=_labels_for_batches(world).reason,
     )
     if done.result is None:
         return None, False
@@ -423,6 +424,22 @@ def migrate_batch(
     for reason in sorted(refused):  # failed before any switch: no object's line says so
         world.env.faults.log(f"  {len(done.result.outcomes)} object(s) failed: {reason}")
     return _batch_of(done.result), done.wave_complete
+
+
+def _labels_for_batches(world: World) -> Any:
+    """The workers' RotatedAway (Services.rotated_away): labels reused LABELS_MAX_AGE seconds of
+    the world's clock. One for the whole world, as if every worker shared it: staler than one
+    per worker process, so no weaker a test."""
+    checker = getattr(world, "_labels_for_batches", None)
+    if checker is None:
+        checker = _stale.RotatedAway(
+            secrets=world.secrets,
+            bindings=world.bindings,
+            max_age=LABELS_MAX_AGE,
+            clock=world.clock,
+        )
+        world._labels_for_batches = checker  # type: ignore[attr-defined]
+    return checker
 
 
 def give_up_migration(

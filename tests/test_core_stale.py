@@ -4,6 +4,7 @@ must not move an object back onto."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,33 @@ def test_labels_are_read_fresh_for_every_question() -> None:
     secrets.values["v3"] = _value(fake_key("NEWR"))
     secrets.stages = {"v2": ("AWSPREVIOUS",), "v3": ("AWSCURRENT",)}
     assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is not None
+
+
+def test_with_a_max_age_labels_are_reused_that_long_and_then_read_again() -> None:
+    """A migration's batches: a secret's labels are read at most every ``max_age`` seconds."""
+    secrets = _secrets(**LAKE)
+    reads: list[str] = []
+    describe = secrets.describe
+
+    def counted(secret_id: str) -> Any:
+        reads.append(secret_id)
+        return describe(secret_id)
+
+    secrets.describe = counted  # type: ignore[method-assign]
+    now = [0.0]
+    checker = RotatedAway(
+        secrets,
+        [Binding(name="lake", secret=secrets.name, connection_prefix="l"),
+         Binding(name="gone", secret="gone", connection_prefix="g")],
+        max_age=5.0,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is None
+    secrets.values["v3"] = _value(fake_key("NEWR"))
+    secrets.stages = {"v2": ("AWSPREVIOUS",), "v3": ("AWSCURRENT",)}
+    now[0] = 4.9
+    assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is None  # still the labels read at 0
+    assert reads == [secrets.name, "gone"]  # a secret that does not exist: remembered too
+    now[0] = 5.0
+    assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is not None
+    assert reads == [secrets.name, "gone", secrets.name]  # (its answer needs no other secret)

@@ -122,7 +122,7 @@ def migrate(
         selectors=chosen,
         options=options,
         connection_fingerprints=s.admin.connection_fingerprints(),
-        behind=s.rotated_away.reason,
+        behind=s.fresh_rotated_away().reason,
     )
     from collections import Counter
 

@@ -7,14 +7,17 @@ be stranded. The rotator's own runs never do it (fencing, worker/flow/fencing.py
 `rotator rollback` could, by moving an object back to the credentials it had before its migration,
 and `rotator migrate --to` a connection holding such a key. ``RotatedAway`` answers whether a
 destination is such a key (for a rollback right before each object moves, for a migration when it
-is planned), reading the labels fresh each time (a rotation may move AWSCURRENT at any moment; a
-version's value never changes, so each is read once). Masked keys match through ``masking``: a
+is planned and before each batch), reading the labels fresh each time or, with ``max_age``, at
+most that many seconds old (a rotation may move AWSCURRENT at any moment; a version's value never
+changes, so each is read once). Masked keys match through ``masking``: a
 destination that may be a key moved away from counts as one (fail closed), also when it may be
 a live key too; a key that a live version holds as well is live.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.domain import masking
@@ -28,7 +31,15 @@ from worker.flow.evidence import LIVE_STAGES, key_id_of
 class RotatedAway:
     secrets: SecretStore
     bindings: list[Binding]
+    # how long a secret's labels, once read, answer later questions: 0 reads them for each one
+    # (a rollback, object by object); a migration's batches reuse them a few seconds
+    max_age: float = 0.0
+    clock: Callable[[], float] = time.monotonic
     _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (arn, version) ->
+    # secret -> (read at, live keys, old keys, name); None for a secret that does not exist
+    _read: dict[str, tuple[float, tuple[set[str], set[str], str] | None]] = field(
+        default_factory=dict
+    )
 
     def reason(self, fingerprint: str | None) -> str | None:
         """Why ``fingerprint`` (what an object showed) must not be moved onto, or None.
@@ -52,6 +63,21 @@ class RotatedAway:
         return None
 
     def _keys_of(self, secret: str) -> tuple[set[str], set[str], str]:
+        now = self.clock()
+        read = self._read.get(secret)
+        if read is not None and self.max_age > 0 and now - read[0] < self.max_age:
+            if read[1] is None:
+                raise UnknownSecretError(f"secret {secret} not found")
+            return read[1]
+        try:
+            keys = self._read_keys(secret)
+        except UnknownSecretError:
+            self._read[secret] = (now, None)
+            raise
+        self._read[secret] = (now, keys)
+        return keys
+
+    def _read_keys(self, secret: str) -> tuple[set[str], set[str], str]:
         info = self.secrets.describe(secret)
         live: set[str] = set()
         old: set[str] = set()

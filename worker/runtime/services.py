@@ -48,6 +48,8 @@ from worker.observe.audit import use as use_audit_trail
 from worker.observe.notify import use_sns
 from worker.runtime.settings import Settings, settings
 
+LABELS_MAX_AGE = 5.0  # seconds a worker reuses a bound secret's labels between batches
+
 
 @dataclass
 class Services:
@@ -66,11 +68,18 @@ class Services:
 
     @property
     def rotated_away(self) -> RotatedAway:
-        """Which keys the bound secrets have been rotated away from (worker/flow/stale.py): one
-        per process, so each secret version is read once."""
+        """Which keys the bound secrets have been rotated away from (worker/flow/stale.py), for
+        a migration's batches: one per process, so each secret version is read once and each
+        secret's labels at most every LABELS_MAX_AGE seconds (not once per batch)."""
         if self._rotated_away is None:
-            self._rotated_away = RotatedAway(self.secrets, self.loaded_bindings or [])
+            self._rotated_away = RotatedAway(
+                self.secrets, self.loaded_bindings or [], max_age=LABELS_MAX_AGE
+            )
         return self._rotated_away
+
+    def fresh_rotated_away(self) -> RotatedAway:
+        """The same, reading the labels for every question (a rollback, object by object)."""
+        return RotatedAway(self.secrets, self.loaded_bindings or [])
 
     @property
     def bindings(self) -> list[Binding]:
