@@ -17,7 +17,7 @@ from tests.fakes import (
     fake_key,
 )
 from worker.domain.bindings import Binding, Selector
-from worker.domain.errors import FatalError
+from worker.domain.errors import FatalError, StoragePermissionDenied
 from worker.domain.masking import MaskForm, mask
 from worker.domain.model import (
     AccessKeyCredentials,
@@ -43,6 +43,7 @@ from worker.flow.migration import (
     judge_wave,
     new_migration,
     plan_migration,
+    preflight,
     rollback_targets,
 )
 from worker.flow.stale import RotatedAway
@@ -485,3 +486,23 @@ def test_a_rollback_with_a_change_still_in_flight_moves_nothing_until_it_has_end
     fences.leave("m1", "db.a")
     assert rollback(runs, admin, fences, "m1", timeout=0).complete
     assert runs.get("m1").status == RunStatus.ROLLED_BACK
+
+
+def test_the_preflight_refuses_a_target_that_cannot_list_a_bucket_of_the_plan() -> None:
+    admin = FakeAdmin()
+    admin.connections["dst"] = AccessKeyCredentials(fake_key("DST"), "d")
+    admin.add(TableName("db", "a"), "OLD", bucket="lake")
+    admin.add(TableName("db", "b"), "OLD", bucket="other")
+    plan = plan_migration(
+        admin,
+        target="dst",
+        from_connection=None,
+        selectors=(),
+        options=MigrationOptions(),
+        connection_fingerprints={"dst": str(admin.connection_fingerprint("dst"))},
+    )
+    preflight(admin, plan)
+    assert admin.statements == ["PROBE dst lake", "PROBE dst other"]
+    admin.probe_failures["other"] = StoragePermissionDenied(3002, "403 at list other")
+    with pytest.raises(MigrationRefused, match="connection dst cannot reach bucket other: "):
+        preflight(admin, plan)

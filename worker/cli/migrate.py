@@ -12,7 +12,6 @@ from worker.cli.common import (
     reports_errors,
 )
 from worker.cli.follow import follow_run
-from worker.domain.errors import RotatorError
 
 
 @click.command()
@@ -87,6 +86,7 @@ def migrate(
         MigrationOptions,
         new_migration,
         plan_migration,
+        preflight,
         refuse_unswitchable,
     )
 
@@ -142,13 +142,7 @@ def migrate(
     if not commit:
         click.echo("dry run: nothing changed (add --commit)")
         return
-    for bucket in sorted({t.storage.bucket for t in plan.tables if t.storage.bucket}):
-        try:
-            s.admin.probe_connection(target, bucket)
-        except RotatorError as exc:
-            raise MigrationRefused(
-                f"connection {target} cannot reach bucket {bucket}: {exc}"
-            ) from None
+    preflight(s.admin, plan)
     from worker.runtime.celery_app import configure_app
 
     configure_app(s.settings)

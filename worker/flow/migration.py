@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.domain.bindings import NameSelector, Selector
-from worker.domain.errors import MigrationRefused
+from worker.domain.errors import MigrationRefused, RotatorError
 from worker.domain.model import (
     DatabaseDefault,
     RunKind,
@@ -209,6 +209,18 @@ def refuse_unswitchable(plan: MigrationPlan) -> None:
         raise MigrationRefused(
             f"target connection {plan.target}: {plan.target_behind}; nothing was changed"
         )
+
+
+def preflight(admin: DatabendAdmin, plan: MigrationPlan) -> None:
+    """Before the run is recorded: the target must list every bucket its objects live in (a
+    throwaway stage on an empty prefix; no object is touched), else a refusal."""
+    for bucket in sorted({t.storage.bucket for t in plan.tables if t.storage.bucket}):
+        try:
+            admin.probe_connection(plan.target, bucket)
+        except RotatorError as exc:
+            raise MigrationRefused(
+                f"connection {plan.target} cannot reach bucket {bucket}: {exc}"
+            ) from None
 
 
 @dataclass(frozen=True)
