@@ -373,6 +373,8 @@ def start_migration(
             connection_fingerprints=world.admin.connection_fingerprints(),
             behind=_stale.RotatedAway(secrets=world.secrets, bindings=world.bindings).reason,
         )
+        _migration.refuse_unswitchable(plan)
+        _migration.preflight(world.admin, plan)
         return _migration.new_migration(world.runs, plan, chosen, "chaos migration")
     except FatalError as exc:
         return Refused(str(exc))
