@@ -10,7 +10,7 @@ import pytest
 
 from tests.fakes import FakeSecrets, fake_key
 from worker.domain.bindings import Binding
-from worker.domain.errors import AwsPermanentError
+from worker.domain.errors import AwsPermanentError, AwsTransientError
 from worker.domain.masking import MaskForm, mask
 from worker.flow.stale import RotatedAway
 
@@ -118,3 +118,15 @@ def test_with_a_max_age_labels_are_reused_that_long_and_then_read_again() -> Non
     now[0] = 5.0
     assert checker.reason(_shown(LIVE, MaskForm.LEGACY)) is not None
     assert reads == [secrets.name, "gone", secrets.name]  # (its answer needs no other secret)
+
+
+def test_a_passing_fault_reading_a_secret_is_raised_not_taken_for_a_reason() -> None:
+    """Throttled: the batch (or the rollback) is tried again later; objects are not failed."""
+    secrets = _secrets(**LAKE)
+
+    def throttled(_secret_id: str) -> Any:
+        raise AwsTransientError("ThrottlingException: rate exceeded")
+
+    secrets.describe = throttled  # type: ignore[method-assign]
+    with pytest.raises(AwsTransientError):
+        _checker(secrets).reason(_shown(OLD, MaskForm.LEGACY))

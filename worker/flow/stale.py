@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from worker.domain import masking
 from worker.domain.bindings import Binding
-from worker.domain.errors import RotatorError, UnknownSecretError
+from worker.domain.errors import RetryableError, RotatorError, UnknownSecretError
 from worker.domain.ports import SecretStore
 from worker.flow.evidence import LIVE_STAGES, key_id_of
 
@@ -44,8 +44,10 @@ class RotatedAway:
     def reason(self, fingerprint: str | None) -> str | None:
         """Why ``fingerprint`` (what an object showed) must not be moved onto, or None.
 
-        A secret that cannot be read is a reason too: nothing is moved onto credentials that
-        cannot be told apart from a key rotated away. (One that does not exist holds no key.)"""
+        A secret that cannot be read (denied, unparsable) is a reason too: nothing is moved onto
+        credentials that cannot be told apart from a key rotated away. One that does not exist
+        holds no key. A RetryableError (throttling, AWS unreachable) propagates: the task or the
+        command is tried again, rather than objects failed for a passing fault."""
         if not fingerprint or not fingerprint.startswith("ak:"):
             return None  # a role, or nothing shown: no key of a secret to be retired
         for binding in self.bindings:
@@ -53,6 +55,8 @@ class RotatedAway:
                 live, old, name = self._keys_of(binding.secret)
             except UnknownSecretError:
                 continue  # a bound secret that does not exist holds no key
+            except RetryableError:
+                raise  # throttled, unreachable: the caller's step is tried again later
             except RotatorError as exc:
                 return f"secret {binding.secret} cannot be read to check its versions: {exc}"
             if any(_may_hold(fingerprint, k) for k in old - live):
