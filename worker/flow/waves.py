@@ -53,27 +53,26 @@ def release_wave(runs: RunStore, run_id: str) -> Release | None:
     """The current wave's unfinished objects cut into batches, one per slot of the run's
     ``--concurrency`` (again after a pause or a crash: finished objects are counted for this
     epoch and not sent). None when the run is not switching (paused, halted or over)."""
-    release: Release | None = None
+    judged: list[Judged] = []
+    wave = 0
     while True:
         run = runs.get(run_id)
         if run.status != RunStatus.SWITCHING:
-            return release
+            return Release(wave, judged=judged) if judged else None
         wave, epoch = int(run.data["wave"]), int(run.data.get("epoch", 0))
-        release = Release(wave, judged=release.judged if release else [])
         outcomes = runs.outcomes_for(run_id, runs.wave(run_id, wave))
         for outcome in outcomes:  # finished before a pause or crash: counted for this epoch
             if outcome.status.done:
                 runs.wave_finished(run_id, wave, outcome.table, epoch)
         todo = [o.table for o in outcomes if not o.status.done]
         if todo:
-            release.batches = split_batches(todo, int(run.data["options"]["concurrency"]))
-            return release
-        judged = judge(runs, run_id, wave)
-        if judged is None:
-            return release
-        release.judged.append(judged)
-        if judged.decision is not WaveDecision.NEXT_WAVE:
-            return release
+            concurrency = int(run.data["options"]["concurrency"])
+            return Release(wave, split_batches(todo, concurrency), judged)
+        verdict = judge(runs, run_id, wave)
+        if verdict is not None:
+            judged.append(verdict)
+        if verdict is None or verdict.decision is not WaveDecision.NEXT_WAVE:
+            return Release(wave, judged=judged)
 
 
 def judge(runs: RunStore, run_id: str, wave: int) -> Judged | None:
