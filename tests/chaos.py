@@ -404,7 +404,7 @@ def migrate_batch(
     """tasks/migration.migrate_batch (worker/runtime/jobs.migration_batch): a batch of ``wave``
     under the run's concurrency slot; (what it did, or None when the run was not switching;
     whether the wave is complete: then judge it). Crash point after each object, as for
-    rotations."""
+    rotations. A target rotated away from raises MigrationRefused (the task's gave_up follows)."""
     each, on_outcome = _object_hooks(world, object_seconds, "migration-after-table")
     done = _waves.migration_batch(
         run_id=run_id,
@@ -422,9 +422,6 @@ def migrate_batch(
     )
     if done.result is None:
         return None, False
-    refused = {str(o.reason) for o in done.result.outcomes if "not switched:" in str(o.reason)}
-    for reason in sorted(refused):  # failed before any switch: no object's line says so
-        world.env.faults.log(f"  {len(done.result.outcomes)} object(s) failed: {reason}")
     return _batch_of(done.result), done.wave_complete
 
 

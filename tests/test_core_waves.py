@@ -21,6 +21,7 @@ from worker.flow.migration import (
     plan_migration,
 )
 from worker.flow.rotation import RetryPolicy
+from worker.flow.runs import give_up_objects
 
 
 class Died(BaseException):
@@ -164,8 +165,9 @@ def test_a_batch_takes_one_of_the_runs_slots_and_none_free_switches_nothing() ->
 
 def test_a_batch_whose_target_was_rotated_away_since_planning_switches_nothing() -> None:
     """The migration was planned onto a connection whose key was then current; by the time a
-    batch runs, the secret has been rotated away from it (``behind`` says why): the batch's
-    objects are failed with that reason, nothing is switched, and the wave halts."""
+    batch runs, the secret has been rotated away from it (``behind`` says why): the batch
+    switches nothing and raises the reason; the task's gave_up hook (give_up_objects, as
+    jobs.migration_gave_up does) fails its objects with it, and the wave halts."""
     admin, runs = _lake(4), MemoryRuns()
     run_id = _migration(admin, runs, canary=0, wave_size=3)  # waves [t0, t1, t2], [t3]
     seen: list[str | None] = []
@@ -174,23 +176,39 @@ def test_a_batch_whose_target_was_rotated_away_since_planning_switches_nothing()
         seen.append(target)
         return "ak ******DST may be a key secret s has been rotated away from"
 
-    done = waves.migration_batch(
-        run_id, 0, [TableName("db", "t0"), TableName("db", "t1")], runs=runs, admin=admin,
-        fences=None, limits=MemoryLimits(), behind=behind,
-    )  # fmt: skip
+    batch = [TableName("db", f"t{i}") for i in range(3)]
+    with pytest.raises(MigrationRefused, match=r"not switched: .* ak \*{6}DST may be") as refused:
+        waves.migration_batch(
+            run_id, 0, batch, runs=runs, admin=admin, fences=None, limits=MemoryLimits(),
+            behind=behind,
+        )  # fmt: skip
     assert not admin.statements and seen == [runs.get(run_id).target]
-    assert done.result is not None
-    assert [o.status for o in done.result.outcomes] == [TableStatus.FAILED] * 2
-    assert "not switched: the target connection's credentials ak ******DST" in str(
-        done.result.outcomes[0].reason
-    )
-    waves.migration_batch(
-        run_id, 0, [TableName("db", "t2")], runs=runs, admin=admin, fences=None,
-        limits=MemoryLimits(), behind=behind,
-    )  # fmt: skip
+    given_up = give_up_objects(run_id, batch, str(refused.value), runs=runs, wave=(0, 0))
+    assert [o.status for o in given_up.outcomes] == [TableStatus.FAILED] * 3
+    assert given_up.wave_complete
     judged = waves.judge(runs, run_id, 0)
     assert judged is not None and judged.decision is WaveDecision.HALTED
     assert admin.keys[TableName("db", "t3")] == fake_key("OLD")  # the next wave: untouched
+
+
+def test_a_target_rotated_away_from_mid_batch_stops_the_batch_at_its_next_object() -> None:
+    """The secret moves on while a batch runs: the objects switched before are recorded, the
+    next one is not switched."""
+    admin, runs = _lake(3), MemoryRuns()
+    run_id = _migration(admin, runs, canary=0, wave_size=3)
+    answers = iter([None, "ak ******DST may be a key secret s has been rotated away from"])
+    batch = [TableName("db", f"t{i}") for i in range(3)]
+    with pytest.raises(MigrationRefused):
+        waves.migration_batch(
+            run_id, 0, batch, runs=runs, admin=admin, fences=None, limits=MemoryLimits(),
+            behind=lambda _target: next(answers),
+        )  # fmt: skip
+    assert [o.status for o in runs.outcomes(run_id)] == [
+        TableStatus.VALIDATED,
+        TableStatus.PENDING,
+        TableStatus.PENDING,
+    ]
+    assert admin.keys[batch[1]] == fake_key("OLD") and admin.keys[batch[0]] == fake_key("DST")
 
 
 def test_a_migration_onto_a_key_rotated_away_from_is_refused_when_planned() -> None:

@@ -52,13 +52,14 @@ class RotatedAway:
             return None  # a role, or nothing shown: no key of a secret to be retired
         for binding in self.bindings:
             try:
-                live, old, name = self._keys_of(binding.secret)
-            except UnknownSecretError:
-                continue  # a bound secret that does not exist holds no key
+                keys = self._keys_of(binding.secret)
             except RetryableError:
                 raise  # throttled, unreachable: the caller's step is tried again later
             except RotatorError as exc:
                 return f"secret {binding.secret} cannot be read to check its versions: {exc}"
+            if keys is None:
+                continue  # a bound secret that does not exist holds no key
+            live, old, name = keys
             if any(_may_hold(fingerprint, k) for k in old - live):
                 return (
                     f"{masking.display(fingerprint)} may be a key secret {name} has been rotated "
@@ -66,18 +67,17 @@ class RotatedAway:
                 )
         return None
 
-    def _keys_of(self, secret: str) -> tuple[set[str], set[str], str]:
+    def _keys_of(self, secret: str) -> tuple[set[str], set[str], str] | None:
+        """(live keys, keys rotated away from, name); None when the secret does not exist."""
         now = self.clock()
         read = self._read.get(secret)
         if read is not None and self.max_age > 0 and now - read[0] < self.max_age:
-            if read[1] is None:
-                raise UnknownSecretError(f"secret {secret} not found")
             return read[1]
+        keys: tuple[set[str], set[str], str] | None
         try:
             keys = self._read_keys(secret)
         except UnknownSecretError:
-            self._read[secret] = (now, None)
-            raise
+            keys = None
         self._read[secret] = (now, keys)
         return keys
 

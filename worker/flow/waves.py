@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from worker.domain.errors import MigrationRefused
 from worker.domain.model import RunStatus, TableOutcome
 from worker.domain.ports import DatabendAdmin, Fences, Limits, RunStore
 from worker.domain.sql import ObjectName
@@ -26,7 +27,7 @@ from worker.flow.migration import (
     judge_wave,
 )
 from worker.flow.rotation import RetryPolicy
-from worker.flow.runs.switch import BatchResult, give_up_objects, split_batches, switch_batch
+from worker.flow.runs.switch import BatchResult, split_batches, switch_batch
 
 
 @dataclass(frozen=True)
@@ -121,19 +122,23 @@ def migration_batch(
     """Switch a batch of ``wave`` under the run's shared limits: one concurrency slot for the
     batch (its objects go one after another), the shared rate per object.
 
-    First ``behind(the target's fingerprint)``: a target whose key its bound secret has been
-    rotated away from since the run was planned (worker/flow/stale.py) switches nothing; the
-    batch's objects are recorded failed with the reason, so the wave halts for the operator."""
+    Before each object, ``behind(the target's fingerprint)``: once the target's key is one its
+    bound secret has been rotated away from (worker/flow/stale.py), the batch switches nothing
+    more and raises MigrationRefused with the reason (the outcomes so far are written): the
+    task's gave_up hook records the rest failed with it, so the wave halts for the operator."""
     run = runs.get(run_id)
     if run.status != RunStatus.SWITCHING:
         return WaveBatch(None)  # paused, halted or over: the objects stay pending for resume
     options, epoch = run.data["options"], int(run.data.get("epoch", 0))
-    why_not = behind(run.target)
-    if why_not is not None:
-        reason = f"not switched: the target connection's credentials {why_not}"
-        failed = give_up_objects(run_id, names, reason, runs=runs, wave=(wave, epoch))
-        return WaveBatch(failed, failed.wave_complete)
     rate = options.get("rate")
+
+    def before_each() -> None:
+        why_not = behind(run.target)
+        if why_not is not None:
+            raise MigrationRefused(f"not switched: the target connection's credentials {why_not}")
+        if rate:
+            limits.pace(run_id, rate)
+
     with limits.slot(run_id, int(options["concurrency"])):
         result = switch_batch(
             run_id,
@@ -145,7 +150,7 @@ def migration_batch(
             run=run,
             wave=(wave, epoch),
             lease_seconds=lease_seconds,
-            before_each=(lambda: limits.pace(run_id, rate)) if rate else None,
+            before_each=before_each,
             each=each,
             on_outcome=on_outcome,
             clock=clock,
