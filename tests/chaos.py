@@ -446,9 +446,8 @@ def give_up_migration(
 ) -> tuple[Batch, bool]:
     """worker/runtime/jobs.migration_gave_up: the batch's unfinished objects recorded failed in
     the wave's current epoch; (what was recorded, whether the wave is complete)."""
-    epoch = int(world.runs.get(run_id).data.get("epoch", 0))
-    result = _batch.give_up_objects(
-        run_id=run_id, names=list(names), reason=reason, runs=world.runs, wave=(wave, epoch)
+    result = _waves.give_up_batch(
+        runs=world.runs, run_id=run_id, wave=wave, names=list(names), reason=reason
     )
     return _batch_of(result), result.wave_complete
 

@@ -7,11 +7,11 @@ be stranded. The rotator's own runs never do it (fencing, worker/flow/fencing.py
 `rotator rollback` could, by moving an object back to the credentials it had before its migration,
 and `rotator migrate --to` a connection holding such a key. ``RotatedAway`` answers whether a
 destination is such a key (for a rollback right before each object moves, for a migration when it
-is planned and before each batch), reading the labels fresh each time or, with ``max_age``, at
-most that many seconds old (a rotation may move AWSCURRENT at any moment; a version's value never
-changes, so each is read once). Masked keys match through ``masking``: a
-destination that may be a key moved away from counts as one (fail closed), also when it may be
-a live key too; a key that a live version holds as well is live.
+is planned and right before each object it switches), reading the labels fresh each time or,
+with ``max_age``, at most that many seconds old (a rotation may move AWSCURRENT at any moment; a
+version's value never changes, so each is read once). Masked keys match through ``masking``: a
+destination that may be a key moved away from counts as one (fail closed), also when it may be a
+live key too; a key that a live version holds as well is live.
 """
 
 from __future__ import annotations

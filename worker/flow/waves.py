@@ -27,7 +27,7 @@ from worker.flow.migration import (
     judge_wave,
 )
 from worker.flow.rotation import RetryPolicy
-from worker.flow.runs.switch import BatchResult, split_batches, switch_batch
+from worker.flow.runs.switch import BatchResult, give_up_objects, split_batches, switch_batch
 
 
 @dataclass(frozen=True)
@@ -161,3 +161,13 @@ def migration_batch(
     # in this one too, or the resumed wave would never be judged complete
     counted = [finished_in_wave(runs, run_id, n, wave, epoch) for n in result.finished_before]
     return WaveBatch(result, result.wave_complete or any(counted))
+
+
+def give_up_batch(
+    runs: RunStore, run_id: str, wave: int, names: list[ObjectName], reason: str
+) -> BatchResult:
+    """A batch out of retries or stopped by a fatal error (its task's gave_up hook): its
+    unfinished objects recorded failed with ``reason``, counted in the wave's current epoch
+    (``wave_complete``: then judge the wave)."""
+    epoch = int(runs.get(run_id).data.get("epoch", 0))
+    return give_up_objects(run_id, names, reason, runs=runs, wave=(wave, epoch))

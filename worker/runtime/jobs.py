@@ -167,9 +167,7 @@ def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
 
 
 def migration_gave_up(run_id: str, wave: int, names: list[ObjectName], reason: str) -> None:
-    s = services()
-    epoch = int(s.runs.get(run_id).data.get("epoch", 0))
-    result = give_up_objects(run_id, names, reason, runs=s.runs, wave=(wave, epoch))
+    result = waves.give_up_batch(services().runs, run_id, wave, names, reason)
     _log_given_up(result, reason)
     if result.wave_complete:
         judge(run_id, wave)
