@@ -60,6 +60,43 @@ def test_a_step_sends_a_failing_statement_at_most_step_attempts_times() -> None:
     assert all(0 < w <= STEP_MAX_WAIT for w in waits)
 
 
+def test_the_policy_runs_the_first_attempt_once_and_counts_it_in_the_budget() -> None:
+    # Given statements failing transiently 0, 1, 3 and 4 times, and one failing fatally
+    for failures, succeeds in ((0, True), (1, True), (3, True), (4, False)):
+        calls: list[int] = []
+        waits: list[float] = []
+
+        def statement(failures: int = failures, calls: list[int] = calls) -> str:
+            calls.append(1)
+            if len(calls) <= failures:
+                raise DatabendUnavailable("connection reset")
+            return "done"
+
+        # When the step's policy runs each
+        policy = RetryPolicy(sleep=waits.append)
+        if succeeds:
+            assert policy.call(statement) == "done"
+        else:
+            with pytest.raises(DatabendUnavailable):
+                policy.call(statement)
+
+        # Then each attempt ran once (a failed first one is not re-sent), within the budget,
+        # with a bounded wait before the second attempt and each later one
+        assert len(calls) == min(failures + 1, STEP_ATTEMPTS)
+        assert len(waits) == len(calls) - 1
+        assert all(0 < w <= STEP_MAX_WAIT for w in waits)
+
+    fatal: list[int] = []
+
+    def refused() -> None:
+        fatal.append(1)
+        raise FatalError("access denied")
+
+    with pytest.raises(FatalError):
+        RetryPolicy(sleep=lambda _s: pytest.fail("a fatal error is not waited on")).call(refused)
+    assert fatal == [1]
+
+
 def test_the_base_task_declares_the_task_layer_once() -> None:
     assert RotatorTask.autoretry_for == (RetryableError,)
     assert RotatorTask.throws == (FatalError,)
