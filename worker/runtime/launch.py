@@ -140,16 +140,26 @@ def wait_for_run(
     timeout: float,
     on_update: Callable[[RunProgress], None] | None = None,
     poll: float = 0.2,
+    max_poll: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> RunProgress:
-    """Poll the run's counts until it ends (or ``timeout``); then read every table once."""
-    deadline = time.monotonic() + timeout
+    """Poll the run's counts until it ends (or ``timeout``); then read every table once.
+
+    Every ``poll`` seconds at first, then an eighth of the time waited so far, up to
+    ``max_poll`` (a batch writes its outcomes seconds apart anyway): a short run's end is
+    seen at once, a longer one's within an eighth of its time and a second at most, and an
+    hour-long migration costs Redis two reads a second, not ten."""
+    started = clock()
+    deadline = started + timeout
     while True:
         current = progress(runs, run_id, tables=False)
         if on_update:
             on_update(current)
-        if current.final or time.monotonic() > deadline:
+        now = clock()
+        if current.final or now >= deadline:
             return progress(runs, run_id)
-        time.sleep(poll)
+        sleep(min(max_poll, max(poll, (now - started) / 8), max(0.0, deadline - now)))
 
 
 def outcome_json(outcome: TableOutcome) -> dict[str, Any]:
