@@ -36,7 +36,10 @@ from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit
 from worker.flow.rotation import RetryPolicy, rotate_object
 from worker.flow.runs.close import close_run, lock_owner
 
-DEFAULT_FLUSH_SECONDS = 1.0
+# Outcomes are written at most this far apart: each write is one Lua call of about a dozen Redis
+# commands however many objects it carries, so on a slow engine (half a second per object) a
+# one-second interval cost 5 commands per object; `rotator status` lags by this much at most.
+DEFAULT_FLUSH_SECONDS = 2.0
 MAX_BATCH = 64  # objects per message at most: a redelivered batch redoes little
 
 
