@@ -8,7 +8,8 @@ the machine's speed from day to day; here only the bookkeeping runs, so a change
 ratio within one run. ``--compare REV`` measures a git revision's worker/ and tasks/ (a worktree
 beside this one) in the same run, interleaved round by round, and prints new / old.
 
-    python benchmarks/bookkeeping.py [--objects 2000] [--threads 8] [--rounds 5] [--compare REV]
+    python benchmarks/bookkeeping.py [--objects 2000] [--wave-size 100] [--threads 8] [--rounds 5] \
+        [--compare REV]
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ class _Driver:
         return _Conn()
 
 
-def child(objects: int, threads: int, out: Path) -> None:
-    """One round in a fresh process (``--child``): plan a migration of ``objects`` tables, switch
-    its batches from ``threads`` threads as the worker does, print the CPU per object."""
+def child(objects: int, threads: int, wave_size: int, out: Path) -> None:
+    """One round in a fresh process (``--child``): plan a migration of ``objects`` tables in waves
+    of ``wave_size``, switch each wave's batches from ``threads`` threads as the worker's tasks
+    do and judge it, and write the CPU per object to ``out``."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -83,7 +85,7 @@ def child(objects: int, threads: int, out: Path) -> None:
     planner.connections["dst"] = AccessKeyCredentials(fake_key("BCD"), "dst-secret")
     for i in range(objects):
         planner.add(TableName("bench", f"t{i:05d}"), "OLD")
-    options = MigrationOptions(canary=0, wave_size=objects, concurrency=threads)
+    options = MigrationOptions(canary=0, wave_size=wave_size, concurrency=threads)
     plan = plan_migration(
         planner,
         target="dst",
@@ -94,13 +96,17 @@ def child(objects: int, threads: int, out: Path) -> None:
     )
     s = services()
     run_id = new_migration(s.runs, plan, options, "bookkeeping benchmark")
-    release = waves.release_wave(s.runs, run_id)
-    assert release is not None
     s.admin.server_version  # noqa: B018 (built before the clock starts, as in a running worker)
-    jobs.judge = lambda *_args: None  # the next wave's release is not this benchmark's business
+    jobs.judge = lambda *_args: None  # judged below, wave after wave (jobs would send messages)
     before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda batch: jobs.migration_batch(run_id, 0, batch), release.batches))
+        release = waves.release_wave(s.runs, run_id)
+        while release is not None and release.batches:
+            wave, batches = release.wave, release.batches
+            count = len(batches)
+            list(pool.map(jobs.migration_batch, [run_id] * count, [wave] * count, batches))
+            waves.judge(s.runs, run_id, wave)
+            release = waves.release_wave(s.runs, run_id)
     after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     left = s.runs.pending(run_id)
@@ -122,8 +128,9 @@ def child(objects: int, threads: int, out: Path) -> None:
 def measure(tree: Path, args: argparse.Namespace, env: dict[str, str], work: Path) -> float:
     out = work / "round.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(args.objects)]
+    command += ["--threads", str(args.threads), "--wave-size", str(args.wave_size)]
     subprocess.run(
-        [*command, "--threads", str(args.threads), "--out", str(out)],
+        [*command, "--out", str(out)],
         cwd=tree,
         env=env,
         check=True,
@@ -138,13 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--wave-size", type=int, default=100)  # rotator migrate's default
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--compare", metavar="REV", help="also measure this git revision")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.threads, args.out)
+        child(args.child, args.threads, args.wave_size, args.out)
         return
 
     sys.path.insert(0, str(REPO))
@@ -177,7 +185,10 @@ def main() -> None:
             for name, tree in order if index % 2 == 0 else reversed(order):
                 figures[name].append(measure(tree, args, env, work))
                 print(f"round {index + 1}: {name}: {figures[name][-1]:.3f} ms/object", flush=True)
-        print(f"== {args.objects} objects, {args.threads} threads, medians of {args.rounds} rounds")
+        print(
+            f"== {args.objects} objects in waves of {args.wave_size}, {args.threads} threads,"
+            f" medians of {args.rounds} rounds"
+        )
         for name, values in figures.items():
             print(f"  {name}: {statistics.median(values):.3f} ms of CPU per object")
         if args.compare:
