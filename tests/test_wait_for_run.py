@@ -41,7 +41,7 @@ def _wait(run: _Run, timeout: float = 7200) -> float:
         "r",
         timeout=timeout,
         sleep=run.sleep,
-        clock=lambda: run.now,  # type: ignore[arg-type]
+        clock=lambda: run.now,
     )
     assert final.final or run.now >= timeout
     return run.now - run.lasts  # how late the end was seen
