@@ -418,7 +418,7 @@ def migrate_batch(
         each=each,
         on_outcome=on_outcome,
         clock=world.clock,
-        behind=_labels_for_batches(world).reason,
+        behind=_labels_for_batches(world),
     )
     if done.result is None:
         return None, False
@@ -436,6 +436,7 @@ def _labels_for_batches(world: World) -> Any:
             bindings=world.bindings,
             max_age=LABELS_MAX_AGE,
             clock=world.clock,
+            epoch=world.fences.labels_epoch,
         )
         world._labels_for_batches = checker  # type: ignore[attr-defined]
     return checker

@@ -760,10 +760,20 @@ class ChaosFences(MemoryFences):
         self.env.faults.call("", "fences.issue")
         return super().issue(secret_arn, run_id)
 
+    def labels_epoch(self) -> int:
+        self.env.faults.call("", "fences.labels_epoch")
+        return super().labels_epoch()
+
+    def labels_moved(self) -> int:
+        self.env.faults.call("", "fences.labels_moved")
+        return super().labels_moved()
+
     def flush(self) -> None:
         self.newest.clear()
         self.flying.clear()
         self.holders.clear()
+        self.under.clear()
+        self.epoch = 0
 
 
 class ChaosIntake(MemoryIntakeState):

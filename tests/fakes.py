@@ -541,6 +541,8 @@ class MemoryFences:
     clock: Callable[[], float] = lambda: 0.0
     newest: dict[str, tuple[int, str]] = field(default_factory=dict)
     flying: dict[str, dict[str, float]] = field(default_factory=dict)
+    epoch: int = 0  # the labels epoch
+    under: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> item -> its epoch
 
     def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
         token, previous = self.newest.get(secret_arn, (0, None))
@@ -557,6 +559,7 @@ class MemoryFences:
         lease_seconds: float = 600,
         require_active: bool = True,
         exclusive: bool = False,
+        labels_epoch: int | None = None,
     ) -> Admission:
         run = self.runs.runs.get(run_id)
         if run is None:
@@ -570,12 +573,19 @@ class MemoryFences:
             return Admission.SUPERSEDED
         if exclusive and self.flying.get(run_id, {}).get(item, 0.0) > self.clock():
             return Admission.BUSY
+        if labels_epoch is not None and labels_epoch != self.epoch:
+            return Admission.STALE
         self.flying.setdefault(run_id, {})[item] = self.clock() + lease_seconds
+        if labels_epoch is None:
+            self.under.get(run_id, {}).pop(item, None)
+        else:
+            self.under.setdefault(run_id, {})[item] = labels_epoch
         return Admission.ADMITTED
 
     def leave(self, run_id: str, *items: str) -> None:
         for item in items:
             self.flying.get(run_id, {}).pop(item, None)
+            self.under.get(run_id, {}).pop(item, None)
 
     def in_flight(self, run_id: str) -> list[str]:
         now = self.clock()
@@ -583,3 +593,18 @@ class MemoryFences:
 
     def is_newest(self, secret_arn: str, token: int) -> bool:
         return self.newest.get(secret_arn, (0, ""))[0] == token
+
+    def labels_epoch(self) -> int:
+        return self.epoch
+
+    def labels_moved(self) -> int:
+        self.epoch += 1
+        return self.epoch
+
+    def in_flight_before(self, epoch: int) -> list[str]:
+        return [
+            f"{run_id}:{item}"
+            for run_id, under in sorted(self.under.items())
+            for item in self.in_flight(run_id)
+            if under.get(item, epoch) != epoch
+        ]

@@ -130,3 +130,43 @@ def test_a_passing_fault_reading_a_secret_is_raised_not_taken_for_a_reason() -> 
     secrets.describe = throttled  # type: ignore[method-assign]
     with pytest.raises(AwsTransientError):
         _checker(secrets).reason(_shown(OLD, MaskForm.LEGACY))
+
+
+def test_an_answer_rests_on_the_epoch_read_before_its_labels_until_they_are_forgotten() -> None:
+    """With the fences' labels epoch: each secret's labels are read after the epoch, ``check``
+    answers with the oldest epoch it rests on, and ``stale`` (an admission found the labels
+    moved since) makes the next question read the epoch and the labels again."""
+    secrets = _secrets(**LAKE)
+    order: list[str] = []
+    epoch = [7]
+    describe = secrets.describe
+
+    def described(secret_id: str) -> Any:
+        order.append("labels")
+        return describe(secret_id)
+
+    def read_epoch() -> int:
+        order.append(f"epoch {epoch[0]}")
+        return epoch[0]
+
+    secrets.describe = described  # type: ignore[method-assign]
+    checker = RotatedAway(
+        secrets,
+        [Binding(name="lake", secret=secrets.name, connection_prefix="l")],
+        max_age=5.0,
+        clock=lambda: 0.0,
+        epoch=read_epoch,
+    )
+    assert checker.check(_shown(LIVE, MaskForm.LEGACY)) == (None, 7)
+    assert order == ["epoch 7", "labels"]
+    # the labels move on and the rotator says so: the cached answer still rests on epoch 7
+    secrets.values["v3"] = _value(fake_key("NEWR"))
+    secrets.stages = {"v2": ("AWSPREVIOUS",), "v3": ("AWSCURRENT",)}
+    epoch[0] = 8
+    assert checker.check(_shown(LIVE, MaskForm.LEGACY)) == (None, 7)
+    checker.stale()
+    reason, _ = checker.check(_shown(LIVE, MaskForm.LEGACY))
+    assert reason is not None and "rotated away from" in reason
+    assert order == ["epoch 7", "labels", "epoch 8", "labels"]
+    assert checker.check(_shown(fake_key("NEWR"), MaskForm.LEGACY)) == (None, 8)
+    assert checker.check("role:arn:aws:iam::1:role/x") == (None, None)  # no labels needed

@@ -4,12 +4,13 @@ when judges race or die."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.fakes import FakeAdmin, MemoryLimits, MemoryRuns, fake_key
-from worker.domain.errors import DatabendQueryError, SlotTimeout
+from tests.fakes import FakeAdmin, MemoryFences, MemoryLimits, MemoryRuns, fake_key
+from worker.domain.errors import DatabendQueryError, LabelsMoving, SlotTimeout
 from worker.domain.model import AccessKeyCredentials, RunStatus, TableStatus
 from worker.domain.sql import TableName
 from worker.flow import waves
@@ -26,6 +27,19 @@ from worker.flow.runs import give_up_objects
 
 class Died(BaseException):
     """A worker killed between two calls."""
+
+
+class _Says:
+    """A view of the labels that answers ``behind(target)`` and rests on no labels epoch."""
+
+    def __init__(self, behind: Callable[[str | None], str | None]) -> None:
+        self.behind = behind
+
+    def check(self, fingerprint: str | None) -> tuple[str | None, int | None]:
+        return self.behind(fingerprint), None
+
+    def stale(self) -> None:
+        pass
 
 
 def _lake(tables: int) -> FakeAdmin:
@@ -180,7 +194,7 @@ def test_a_batch_whose_target_was_rotated_away_since_planning_switches_nothing()
     with pytest.raises(MigrationRefused, match=r"not switched: .* ak \*{6}DST may be") as refused:
         waves.migration_batch(
             run_id, 0, batch, runs=runs, admin=admin, fences=None, limits=MemoryLimits(),
-            behind=behind,
+            behind=_Says(behind),
         )  # fmt: skip
     assert not admin.statements and seen == [runs.get(run_id).target]
     given_up = give_up_objects(run_id, batch, str(refused.value), runs=runs, wave=(0, 0))
@@ -201,7 +215,7 @@ def test_a_target_rotated_away_from_mid_batch_stops_the_batch_at_its_next_object
     with pytest.raises(MigrationRefused):
         waves.migration_batch(
             run_id, 0, batch, runs=runs, admin=admin, fences=None, limits=MemoryLimits(),
-            behind=lambda _target: next(answers),
+            behind=_Says(lambda _target: next(answers)),
         )  # fmt: skip
     assert [o.status for o in runs.outcomes(run_id)] == [
         TableStatus.VALIDATED,
@@ -226,3 +240,30 @@ def test_a_migration_onto_a_key_rotated_away_from_is_refused_when_planned() -> N
     with pytest.raises(MigrationRefused, match=r"target connection dst: ak:.* rotated away"):
         new_migration(runs, plan, options, "test")
     assert runs.runs == {}
+
+
+def test_a_batch_whose_labels_keep_moving_under_each_check_is_tried_again_later() -> None:
+    """Each admission finds the labels moved since the target was checked: the object is
+    checked again on fresh labels, a few times, then the batch raises a RetryableError (the
+    task tries it later); nothing was switched."""
+    admin, runs = _lake(2), MemoryRuns()
+    run_id = _migration(admin, runs, canary=0, wave_size=2)
+    fences = MemoryFences(runs)
+    checks: list[str] = []
+
+    class Moving:
+        def check(self, fingerprint: str | None) -> tuple[str | None, int | None]:
+            checks.append("check")
+            fences.labels_moved()  # (a rotation moves them right after each read)
+            return None, fences.epoch - 1
+
+        def stale(self) -> None:
+            checks.append("stale")
+
+    with pytest.raises(LabelsMoving):
+        waves.migration_batch(
+            run_id, 0, [TableName("db", "t0"), TableName("db", "t1")], runs=runs, admin=admin,
+            fences=fences, limits=MemoryLimits(), behind=Moving(),
+        )  # fmt: skip
+    assert checks == ["check", "stale", "check", "stale", "check"]
+    assert not admin.statements and fences.in_flight(run_id) == []

@@ -192,6 +192,40 @@ def test_a_change_is_admitted_only_for_an_active_run_holding_the_newest_token(
     assert fences.enter(f"gone-{unique}", "t2", secret_arn=arn, token=new) is Admission.ENDED
 
 
+def test_a_change_checked_on_labels_that_moved_since_is_stale_and_told_apart_in_flight(
+    redis_url: str, unique: str
+) -> None:
+    """The labels epoch: an admission carrying the epoch the caller read the labels under is
+    refused STALE once they have moved, registers nothing, and an admitted change remembers its
+    epoch, so a retirement finds the changes checked before the labels last moved."""
+    from worker.adapters.redis_state import RedisFences
+    from worker.domain.ports import Admission
+
+    client = redis.Redis.from_url(redis_url)
+    store, fences = RedisRunStore(client), RedisFences(client)
+    run = f"m-{unique}"
+    _fenced_run(store, run, f"arn-{unique}")
+    before = fences.labels_epoch()
+    assert fences.enter(run, "t0", labels_epoch=before) is Admission.ADMITTED
+    assert fences.enter(run, "t1") is Admission.ADMITTED  # no labels read: never stale
+    moved = fences.labels_moved()
+    assert moved == before + 1 == fences.labels_epoch()
+    assert fences.enter(run, "t2", labels_epoch=before) is Admission.STALE
+    assert fences.in_flight(run) == ["t0", "t1"]
+    assert f"{run}:t0" in fences.in_flight_before(moved)
+    assert fences.enter(run, "t2", labels_epoch=moved) is Admission.ADMITTED
+    assert not [c for c in fences.in_flight_before(moved) if c.startswith(f"{run}:")][1:]
+    fences.leave(run, "t0")
+    assert [c for c in fences.in_flight_before(moved) if c.startswith(f"{run}:")] == []
+    assert f"{run}:t2" in fences.in_flight_before(fences.labels_moved())
+    # an exclusive item held with an epoch is still told apart by its holder
+    now = fences.labels_epoch()
+    assert fences.enter(run, "t3", exclusive=True, labels_epoch=now) is Admission.ADMITTED
+    other = RedisFences(client)
+    other._keep_alive()
+    assert other.enter(run, "t3", exclusive=True) is Admission.BUSY
+
+
 def test_a_change_in_flight_counts_until_its_lease_ends(redis_url: str, unique: str) -> None:
     from worker.adapters.redis_state import RedisFences
 

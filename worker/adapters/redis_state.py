@@ -87,11 +87,14 @@ local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1])
 return {token, previous or ''}
 """
-# KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash
+# KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash, the
+#       labels epoch
 # ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
-#       '1' for an exclusive item, now (ms), this process's holder id
-# An in-flight entry is "<lease end ms>|<holder>"; it counts while its lease runs and its holder's
-# heartbeat key (rotator:alive:<holder>) exists, so a killed worker's entries die within seconds.
+#       '1' for an exclusive item, now (ms), this process's holder id, the labels epoch the
+#       caller read the labels under ('' when it did not)
+# An in-flight entry is "<lease end ms>|<holder>|<labels epoch>"; it counts while its lease runs
+# and its holder's heartbeat key (rotator:alive:<holder>) exists, so a killed worker's entries die
+# within seconds.
 _ENTER = f"""
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return '{Admission.ENDED}' end
@@ -111,16 +114,23 @@ if ARGV[6] == '1' then
     local sep = string.find(held, '|', 1, true)
     local lease_end = tonumber(string.sub(held, 1, sep - 1))
     local holder = string.sub(held, sep + 1)
+    local tail = string.find(holder, '|', 1, true)
+    if tail then holder = string.sub(holder, 1, tail - 1) end
     if lease_end > tonumber(ARGV[7]) and holder ~= ARGV[8]
        and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
       return '{Admission.BUSY}'
     end
   end
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. ARGV[8])
+if ARGV[9] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[9] then
+  return '{Admission.STALE}'
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. ARGV[8] .. '|' .. ARGV[9])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return '{Admission.ADMITTED}'
 """
+# moved on by ``labels_moved`` whenever the rotator moves a secret's labels (kept, like the fences)
+LABELS_EPOCH_KEY = f"{PREFIX}labels-epoch"
 HEARTBEAT_SECONDS = 5.0  # a process that holds changes in flight says it is alive this often
 ALIVE_TTL_MS = 15_000  # and is taken for dead this long after its last word
 
@@ -259,15 +269,16 @@ class RedisFences:
         lease_seconds: float = 600,
         require_active: bool = True,
         exclusive: bool = False,
+        labels_epoch: int | None = None,
     ) -> Admission:
         self._keep_alive()
         now = time.time()
         fence = self._fence(secret_arn) if secret_arn else f"{PREFIX}fence:-"
         args = [token if secret_arn else 0, item, int((now + lease_seconds) * 1000), self.ttl]
         args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
-        result = _guard(
-            self._enter, keys=[f"{PREFIX}run:{run_id}", fence, self._inflight(run_id)], args=args
-        )
+        args.append("" if labels_epoch is None else str(labels_epoch))
+        keys = [f"{PREFIX}run:{run_id}", fence, self._inflight(run_id), LABELS_EPOCH_KEY]
+        result = _guard(self._enter, keys=keys, args=args)
         return Admission(result.decode() if isinstance(result, bytes) else str(result))
 
     def leave(self, run_id: str, *items: str) -> None:
@@ -277,17 +288,42 @@ class RedisFences:
     def in_flight(self, run_id: str) -> list[str]:
         """Items whose lease runs and whose holder is alive (expired or orphaned ones are
         dropped on the way)."""
+        return sorted(item for item, _epoch in self._live(run_id))
+
+    def in_flight_before(self, epoch: int) -> list[str]:
+        """(A scan of every run's in-flight hash: a key's retirement asks, once.)"""
+        pattern = self._inflight("*")
+        flying = []
+        for key in _guard(lambda: list(self.redis.scan_iter(match=pattern, count=1000))):
+            run_id = key.decode()[len(f"{PREFIX}run:") : -len(":inflight")]
+            flying += [
+                f"{run_id}:{item}" for item, at in self._live(run_id) if at not in ("", str(epoch))
+            ]
+        return sorted(flying)
+
+    def _live(self, run_id: str) -> list[tuple[str, str]]:
+        """(item, labels epoch it was admitted under, '' for none) of the live entries."""
         entries = _guard(self.redis.hgetall, self._inflight(run_id))
         now = time.time() * 1000
-        live: list[bytes] = []
+        live: list[tuple[str, str]] = []
         dead: list[bytes] = []
         for item, value in entries.items():
-            until, _, holder = value.decode().partition("|")
+            until, _, rest = value.decode().partition("|")
+            holder, _, epoch = rest.partition("|")
             alive = not holder or _guard(self.redis.exists, f"{PREFIX}alive:{holder}")
-            (live if float(until) > now and alive else dead).append(item)
+            if float(until) > now and alive:
+                live.append((item.decode(), epoch))
+            else:
+                dead.append(item)
         if dead:
             _guard(self.redis.hdel, self._inflight(run_id), *dead)
-        return sorted(k.decode() for k in live)
+        return live
+
+    def labels_epoch(self) -> int:
+        return int(_guard(self.redis.get, LABELS_EPOCH_KEY) or 0)
+
+    def labels_moved(self) -> int:
+        return int(_guard(self.redis.incr, LABELS_EPOCH_KEY))
 
     def is_newest(self, secret_arn: str, token: int) -> bool:
         newest = _guard(self.redis.hget, self._fence(secret_arn), "token")

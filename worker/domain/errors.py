@@ -10,6 +10,7 @@
     │   ├── LockBusy                another run holds the secret's lock
     │   ├── ClaimInFlight           another intake is recording the same secret version
     │   ├── SlotTimeout             a migration's shared concurrency slots stayed busy
+    │   ├── LabelsMoving            a secret's labels kept moving while an object was checked
     │   └── DeliveryUnavailable     a notification sink could not take the message now
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
@@ -103,6 +104,11 @@ class ClaimInFlight(RetryableError):
 
 class SlotTimeout(RetryableError):
     """A migration's object waited too long for one of the run's shared concurrency slots."""
+
+
+class LabelsMoving(RetryableError):
+    """A secret's labels moved again and again between an object's check on them and its
+    admission: the batch is tried again later, on labels read then."""
 
 
 class DeliveryUnavailable(RetryableError):

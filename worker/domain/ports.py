@@ -185,6 +185,7 @@ class Admission(StrEnum):
     PAUSED = "paused"  # the run is paused: leave the object pending for ``resume``
     BUSY = "busy"  # an exclusive item is in flight in another live process: try again later
     ENDED = "ended"  # the run is final, or unknown (a Redis flush): change nothing
+    STALE = "stale"  # a secret's labels moved since the caller read them: read them again first
 
 
 class Fences(Protocol):
@@ -211,10 +212,12 @@ class Fences(Protocol):
         lease_seconds: float = 600,
         require_active: bool = True,
         exclusive: bool = False,
+        labels_epoch: int | None = None,
     ) -> Admission:
         """Check (run active, unless not ``require_active``: an abort's own changes; ``token``
-        still the newest when given; for an ``exclusive`` item, nobody else holding it) and
-        register ``item`` as in flight."""
+        still the newest when given; for an ``exclusive`` item, nobody else holding it; with a
+        ``labels_epoch``, the secrets' labels unmoved since the caller read them under that
+        epoch, else STALE) and register ``item`` as in flight (with the labels' epoch)."""
         ...
 
     def leave(self, run_id: str, *items: str) -> None:
@@ -226,6 +229,21 @@ class Fences(Protocol):
         ...
 
     def is_newest(self, secret_arn: str, token: int) -> bool: ...
+
+    def labels_epoch(self) -> int:
+        """The secrets' labels epoch: it changes whenever the rotator has moved a secret's
+        labels (``labels_moved``), so a view of them read under an older epoch is stale."""
+        ...
+
+    def labels_moved(self) -> int:
+        """A secret's labels have moved: every view of them read before is stale, and a change
+        admitted under it is told apart (``in_flight_before``). Returns the new epoch."""
+        ...
+
+    def in_flight_before(self, epoch: int) -> list[str]:
+        """Changes in flight, of any run, admitted under a labels epoch other than ``epoch`` (on
+        a view of the labels from before they last moved), as ``run:item``."""
+        ...
 
 
 class SecretLocks(Protocol):

@@ -76,9 +76,12 @@ def admit(
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     exclusive: bool = False,
+    labels_epoch: int | None = None,
 ) -> Admission:
     """Check the run and its token right before a change; ADMITTED registers ``item`` as in
-    flight, and the caller must ``fences.leave`` it when the change has ended."""
+    flight, and the caller must ``fences.leave`` it when the change has ended. With the
+    ``labels_epoch`` a check of the secrets' labels rested on: STALE once they have moved since
+    (worker/flow/stale.py)."""
     if fences is None:
         return Admission.ADMITTED
     return fences.enter(
@@ -88,6 +91,7 @@ def admit(
         token=run.fence,
         lease_seconds=lease_seconds,
         exclusive=exclusive,
+        labels_epoch=labels_epoch,
     )
 
 

@@ -306,6 +306,8 @@ def _finish(ctx: KeyRotationContext, run: RunRecord) -> Next:
             f"{run.version_id}; `rotator abort {run.run_id}` removes the pending key"
         )
     ctx.writer.make_current(run.secret, run.version_id)
+    if ctx.fences is not None:
+        ctx.fences.labels_moved()  # running migrations check their targets on fresh labels
     ctx.runs.update(run.run_id, phase=Phase.FINISHED)
     return Next.CONTINUE
 

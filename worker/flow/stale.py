@@ -9,7 +9,15 @@ and `rotator migrate --to` a connection holding such a key. ``RotatedAway`` answ
 destination is such a key (for a rollback right before each object moves, for a migration when it
 is planned and right before each object it switches), reading the labels fresh each time or,
 with ``max_age``, at most that many seconds old (a rotation may move AWSCURRENT at any moment; a
-version's value never changes, so each is read once). Masked keys match through ``masking``: a
+version's value never changes, so each is read once).
+
+With an ``epoch`` source (the fences' labels epoch, moved on whenever the rotator moves a secret's
+labels: worker/domain/ports.Fences) the epoch is read before each secret's labels, and ``check``
+answers with the oldest epoch its answer rests on. A migration's admission carries that epoch and
+is refused (STALE) when the labels have moved since; the batch then forgets what it read
+(``stale``) and checks again on fresh labels. So a rotation the rotator makes is seen at once, not
+up to ``max_age`` later, and a key's retirement waits for the changes admitted before the move
+(worker/flow/retire.py). Masked keys match through ``masking``: a
 destination that may be a key moved away from counts as one (fail closed), also when it may be a
 live key too; a key that a live version holds as well is live.
 """
@@ -19,12 +27,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import RetryableError, RotatorError, UnknownSecretError
 from worker.domain.ports import SecretStore
 from worker.flow.evidence import LIVE_STAGES, key_id_of
+
+
+class LabelsView(Protocol):
+    """What a migration's batches check their target against (``RotatedAway``)."""
+
+    def check(self, fingerprint: str | None) -> tuple[str | None, int | None]: ...
+
+    def stale(self) -> None: ...
 
 
 @dataclass
@@ -35,9 +52,11 @@ class RotatedAway:
     # (a rollback, object by object); a migration's batches reuse them a few seconds
     max_age: float = 0.0
     clock: Callable[[], float] = time.monotonic
+    epoch: Callable[[], int] | None = None  # the labels epoch (Fences.labels_epoch), if kept
     _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (arn, version) ->
-    # secret -> (read at, live keys, old keys, name); None for a secret that does not exist
-    _read: dict[str, tuple[float, tuple[set[str], set[str], str] | None]] = field(
+    # secret -> (read at, the labels epoch read just before, (live keys, old keys, name) or None
+    # for a secret that does not exist)
+    _read: dict[str, tuple[float, int | None, tuple[set[str], set[str], str] | None]] = field(
         default_factory=dict
     )
 
@@ -48,15 +67,25 @@ class RotatedAway:
         credentials that cannot be told apart from a key rotated away. One that does not exist
         holds no key. A RetryableError (throttling, AWS unreachable) propagates: the task or the
         command is tried again, rather than objects failed for a passing fault."""
+        return self.check(fingerprint)[0]
+
+    def check(self, fingerprint: str | None) -> tuple[str | None, int | None]:
+        """``reason``, and the oldest labels epoch the answer rests on (None when it read no
+        labels, or no epoch is kept): an admission under that epoch is refused once the labels
+        have moved since."""
         if not fingerprint or not fingerprint.startswith("ak:"):
-            return None  # a role, or nothing shown: no key of a secret to be retired
+            return None, None  # a role, or nothing shown: no key of a secret to be retired
+        epochs: list[int] = []
         for binding in self.bindings:
             try:
-                keys = self._keys_of(binding.secret)
+                epoch, keys = self._keys_of(binding.secret)
             except RetryableError:
                 raise  # throttled, unreachable: the caller's step is tried again later
             except RotatorError as exc:
-                return f"secret {binding.secret} cannot be read to check its versions: {exc}"
+                why = f"secret {binding.secret} cannot be read to check its versions: {exc}"
+                return why, None
+            if epoch is not None:
+                epochs.append(epoch)
             if keys is None:
                 continue  # a bound secret that does not exist holds no key
             live, old, name = keys
@@ -64,22 +93,29 @@ class RotatedAway:
                 return (
                     f"{masking.display(fingerprint)} may be a key secret {name} has been rotated "
                     "away from (no longer AWSCURRENT or AWSPENDING), due to be retired"
-                )
-        return None
+                ), None
+        return None, min(epochs, default=None)
 
-    def _keys_of(self, secret: str) -> tuple[set[str], set[str], str] | None:
-        """(live keys, keys rotated away from, name); None when the secret does not exist."""
+    def stale(self) -> None:
+        """The labels moved since some answer's views were read (an admission said STALE):
+        forget every view, so the next question reads the epoch and the labels again."""
+        self._read.clear()
+
+    def _keys_of(self, secret: str) -> tuple[int | None, tuple[set[str], set[str], str] | None]:
+        """(the labels epoch read before them, (live keys, keys rotated away from, name) or None
+        when the secret does not exist)."""
         now = self.clock()
         read = self._read.get(secret)
         if read is not None and self.max_age > 0 and now - read[0] < self.max_age:
-            return read[1]
+            return read[1], read[2]
+        epoch = self.epoch() if self.epoch is not None else None  # before: a move after shows
         keys: tuple[set[str], set[str], str] | None
         try:
             keys = self._read_keys(secret)
         except UnknownSecretError:
             keys = None
-        self._read[secret] = (now, keys)
-        return keys
+        self._read[secret] = (now, epoch, keys)
+        return epoch, keys
 
     def _read_keys(self, secret: str) -> tuple[set[str], set[str], str]:
         info = self.secrets.describe(secret)

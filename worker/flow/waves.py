@@ -28,6 +28,7 @@ from worker.flow.migration import (
 )
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs.switch import BatchResult, give_up_objects, split_batches, switch_batch
+from worker.flow.stale import LabelsView
 
 
 @dataclass(frozen=True)
@@ -117,27 +118,34 @@ def migration_batch(
     each: Callable[[TableOutcome], AbstractContextManager[None]] | None = None,
     on_outcome: Callable[[TableOutcome, float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
-    behind: Callable[[str | None], str | None] = lambda _target: None,
+    behind: LabelsView | None = None,
 ) -> WaveBatch:
     """Switch a batch of ``wave`` under the run's shared limits: one concurrency slot for the
     batch (its objects go one after another), the shared rate per object.
 
-    Before each object, ``behind(the target's fingerprint)``: once the target's key is one its
-    bound secret has been rotated away from (worker/flow/stale.py), the batch switches nothing
-    more and raises MigrationRefused with the reason (the outcomes so far are written): the
-    task's gave_up hook records the rest failed with it, so the wave halts for the operator."""
+    Right before each object's admission, ``behind.check(the target's fingerprint)``: once the
+    target's key is one its bound secret has been rotated away from (worker/flow/stale.py), the
+    batch switches nothing more and raises MigrationRefused with the reason (the outcomes so far
+    are written): the task's gave_up hook records the rest failed with it, so the wave halts for
+    the operator. The admission carries the labels epoch the check rests on; when the labels
+    moved since, ``behind`` forgets what it read and the object is checked again."""
     run = runs.get(run_id)
     if run.status != RunStatus.SWITCHING:
         return WaveBatch(None)  # paused, halted or over: the objects stay pending for resume
     options, epoch = run.data["options"], int(run.data.get("epoch", 0))
     rate = options.get("rate")
 
-    def before_each() -> None:
-        why_not = behind(run.target)
+    def before_each(labels_moved: bool) -> int | None:
+        if rate and not labels_moved:
+            limits.pace(run_id, rate)
+        if behind is None:
+            return None
+        if labels_moved:
+            behind.stale()
+        why_not, labels_epoch = behind.check(run.target)
         if why_not is not None:
             raise MigrationRefused(f"not switched: the target connection's credentials {why_not}")
-        if rate:
-            limits.pace(run_id, rate)
+        return labels_epoch
 
     with limits.slot(run_id, int(options["concurrency"])):
         result = switch_batch(

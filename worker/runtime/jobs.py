@@ -156,7 +156,7 @@ def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
         lease_seconds=s.lease_seconds,
         each=s.object_scope,
         on_outcome=_finished(RunKind.MIGRATION),
-        behind=s.rotated_away.reason,
+        behind=s.rotated_away,
     )
     if done.result is None:
         return

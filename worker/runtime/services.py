@@ -70,10 +70,14 @@ class Services:
     def rotated_away(self) -> RotatedAway:
         """Which keys the bound secrets have been rotated away from (worker/flow/stale.py), for
         a migration's batches: one per process, so each secret version is read once and each
-        secret's labels at most every LABELS_MAX_AGE seconds (not once per batch)."""
+        secret's labels at most every LABELS_MAX_AGE seconds (not once per batch), or at once
+        when the rotator has moved labels since (the fences' labels epoch)."""
         if self._rotated_away is None:
             self._rotated_away = RotatedAway(
-                self.secrets, self.loaded_bindings or [], max_age=LABELS_MAX_AGE
+                self.secrets,
+                self.loaded_bindings or [],
+                max_age=LABELS_MAX_AGE,
+                epoch=self.fences.labels_epoch,
             )
         return self._rotated_away
 

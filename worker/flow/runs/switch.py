@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from worker.domain.errors import RetryableError
+from worker.domain.errors import LabelsMoving, RetryableError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
@@ -41,6 +41,7 @@ from worker.flow.runs.close import close_run, lock_owner
 # one-second interval cost 5 commands per object; `rotator status` lags by this much at most.
 DEFAULT_FLUSH_SECONDS = 2.0
 MAX_BATCH = 64  # objects per message at most: a redelivered batch redoes little
+STALE_CHECKS = 3  # an object's check on fresh labels, at most, while they keep moving
 
 
 def split_batches(names: list[ObjectName], parallel: int) -> list[list[ObjectName]]:
@@ -108,7 +109,7 @@ def switch_batch(
     run: RunRecord | None = None,
     wave: tuple[int, int] | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    before_each: Callable[[], None] | None = None,
+    before_each: Callable[[bool], int | None] | None = None,
     each: Callable[[TableOutcome], AbstractContextManager[None]] | None = None,
     on_outcome: Callable[[TableOutcome, float], None] | None = None,
     flush_every: float = DEFAULT_FLUSH_SECONDS,
@@ -117,7 +118,9 @@ def switch_batch(
     """Switch, validate and record each planned object of ``names`` (see the module docstring).
 
     None when the run has ended. ``wave`` = (index, epoch) for a migration's objects.
-    ``before_each`` runs before each object is admitted (a migration's shared rate),
+    ``before_each(labels_moved)`` runs before each object is admitted (a migration's shared rate
+    and its target's check) and returns the labels epoch that check rests on (None: none), which
+    the admission carries; when the labels have moved since (STALE) it runs again with True,
     ``each(planned)`` wraps each object's switch (its time limit; the plan's view of it for the
     audit), ``on_outcome(outcome, seconds)`` sees each one.
     """
@@ -144,10 +147,8 @@ def switch_batch(
     stopped_by: RetryableError | None = None
     try:
         for name, planned in todo:
-            if before_each is not None:
-                before_each()
             started = clock()
-            verdict = admit(fences, run, object_label(name), lease_seconds=lease_seconds)
+            verdict = _admit(fences, run, object_label(name), lease_seconds, before_each)
             if verdict is Admission.SUPERSEDED:
                 outcome = _superseded(name, planned)
             elif verdict is not Admission.ADMITTED:
@@ -171,6 +172,25 @@ def switch_batch(
         if stopped_by is not None:  # what this call recorded: its retry budget restarts
             stopped_by.progress = len(result.outcomes)
     return result
+
+
+def _admit(
+    fences: Fences | None,
+    run: RunRecord,
+    label: str,
+    lease_seconds: float,
+    before_each: Callable[[bool], int | None] | None,
+) -> Admission:
+    """The object's check and admission; while the labels the check read move on before the
+    admission (STALE), check again on fresh ones (a few times, then try the batch later)."""
+    for attempt in range(STALE_CHECKS):
+        epoch = before_each(attempt > 0) if before_each is not None else None
+        verdict = admit(fences, run, label, lease_seconds=lease_seconds, labels_epoch=epoch)
+        if verdict is not Admission.STALE:
+            return verdict
+    raise LabelsMoving(
+        f"the secrets' labels moved {STALE_CHECKS} times while {label} was being checked"
+    )
 
 
 def _switch(
