@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.chaos import (
+    OPS,
     Refused,
     Shape,
     abort,
@@ -24,16 +25,19 @@ from tests.chaos import (
     build_world,
     drive_key_rotation,
     intake,
+    migrate_batch,
     prepare,
+    release_wave,
     resume,
     retire_due,
     seeded_uuids,
     start_key_rotation,
+    start_migration,
     switch,
     switch_batch,
 )
 from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
-from worker.domain.errors import RotatorError
+from worker.domain.errors import MigrationRefused, RotatorError
 from worker.domain.sql import DatabaseName, TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
@@ -395,3 +399,94 @@ def test_a_batch_whose_worker_dies_between_two_objects_is_finished_by_its_redeli
     assert [status for _table, status in result.outcomes] == ["already_switched", "validated"]
     assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
     assert world.runs.peek(run_id).status == "succeeded"
+
+
+# --- issue 14: a migration's batches reuse a secret's labels for a few seconds -----------------
+
+
+def _migrated_to_ops(world: World) -> None:
+    """Every sales table moved onto the operator's connection (key Kops) by a finished
+    migration."""
+    run_id = start_migration(
+        world, source=None, options={"canary": 0, "wave_size": 3, "concurrency": 1}, target=OPS
+    )
+    assert isinstance(run_id, str)
+    for names in release_wave(world, run_id).batches:
+        migrate_batch(world, run_id, 0, names)
+    assert keys_of_tables(world) == {"sales.t0": "Kops", "sales.t1": "Kops", "sales.t2": "Kops"}
+
+
+def _migration_back_to_k0(world: World) -> tuple[str, list[TableName]]:
+    """A migration from the operator's connection to "origin" (K0, the secret's AWSCURRENT
+    key: checked and live when planned), released: one batch of sales.t0-t2."""
+    run_id = start_migration(
+        world, source=OPS, options={"canary": 0, "wave_size": 3, "concurrency": 1}, target="origin"
+    )
+    assert isinstance(run_id, str)
+    (batch,) = release_wave(world, run_id).batches
+    assert batch == [T0, T1, T2]
+    return run_id, batch
+
+
+def test_a_key_rotation_mid_batch_is_seen_by_the_batch_at_its_next_object() -> None:
+    """Between two objects of a migration's batch, a key rotation moves AWSCURRENT from K0 to
+    K1. The batch's worker read the labels for its first object and may reuse them for 5 s, but
+    the rotation marked the labels moved: the next admission is refused as stale, the target is
+    checked again on fresh labels, and nothing more is moved onto K0."""
+    # Given the sales tables on Kops, and a migration of them back onto K0 released
+    world = build_world(Shape(sales=3), ops=True)
+    _migrated_to_ops(world)
+    run_id, batch = _migration_back_to_k0(world)
+
+    # When, right after the batch's ALTER of sales.t0, a key rotation runs to its end (its table
+    # run moves every sales table onto K1; AWSCURRENT moves to K1), with no time passing
+    def rotate_now() -> None:
+        world.env.faults.probe = None
+        rotation = start_key_rotation(world, deactivate_after=3600, delete_after=7200)
+        assert isinstance(rotation, str)
+        assert drive_key_rotation(world, rotation) == "stop"
+
+    world.env.faults.probe = lambda op, _detail: rotate_now() if op == f"ALTER {T0}" else None
+    # Then the batch stops at sales.t1 with the reason, and no table is on K0
+    with pytest.raises(MigrationRefused, match="rotated away from"):
+        migrate_batch(world, run_id, 0, batch)
+    assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
+    assert [o.status for o in world.runs.outcomes(run_id)][:1] == ["validated"]
+
+
+def test_a_key_is_not_retired_while_a_change_checked_before_its_rotation_is_in_flight() -> None:
+    """A migration's object was admitted on labels read while K0 was AWSCURRENT; its ALTER is
+    still in flight (Databend checks the new key, then commits) when a key rotation moves
+    AWSCURRENT away from K0 and comes to deactivate it. Deactivating now could leave that object
+    on an inactive key once its ALTER commits: the retirement refuses while the change is in
+    flight, and goes ahead once it has ended and nothing uses K0."""
+    world = build_world(Shape(sales=3), ops=True)
+    _migrated_to_ops(world)
+    run_id, batch = _migration_back_to_k0(world)
+    # Given the batch admitted sales.t0 (on the labels as they were) and is about to ALTER it
+    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
+    assert isinstance(rotation, str)
+    outcomes: list[str] = []
+
+    def rotate_now() -> None:
+        world.env.faults.on_call = None
+        # When the key rotation runs to its end, deactivating K0 at once if it may
+        assert drive_key_rotation(world, rotation) == "stop"
+        outcomes.append(world.runs.peek(rotation).data.get("retire_blocked", ""))
+
+    world.env.faults.on_call = once(f"ALTER {T0}", rotate_now)
+    with pytest.raises(MigrationRefused):
+        migrate_batch(world, run_id, 0, batch)
+    # Then the retirement refused, naming the change in flight, and K0 stayed active: the ALTER
+    # committed sales.t0 onto K0 after the rotation had moved it to K1 (a check made before the
+    # move, its change landing after), and sales.t1 was checked again and not moved
+    assert "checked against the secrets' labels before they last moved" in outcomes[0]
+    assert f"{run_id}:{T0}" in outcomes[0]
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
+    assert iam_keys(world)["K0"] == "active"
+    # When the change has ended and the schedule tries the retirement again
+    assert world.fences.in_flight(run_id) == []
+    retire_due(world)
+    # Then it refuses for what it now finds: sales.t0 uses K0, which stays active
+    assert iam_keys(world)["K0"] == "active"
+    assert "sales.t0" in world.runs.peek(rotation).data["retire_blocked"]

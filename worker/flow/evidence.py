@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from worker.domain import masking
 from worker.domain.errors import KeyInUse, RotatorError, UnknownSecretError, UnreadableEvidence
 from worker.domain.model import DatabaseDefault, StoredObject
-from worker.domain.ports import DatabendAdmin, SecretStore
+from worker.domain.ports import DatabendAdmin, Fences, SecretStore
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
 
@@ -104,10 +104,25 @@ def refuse_if_used(
     secret_ids: Iterable[str],
     key_id: str,
     action: str,
+    *,
+    fences: Fences | None = None,
 ) -> None:
     """Raise KeyInUse / UnreadableEvidence, naming what blocks, unless ``key_id`` is provably
-    unused; ``action`` says what was about to happen ("delete", "deactivate", …)."""
+    unused; ``action`` says what was about to happen ("delete", "deactivate", …).
+
+    With ``fences``, first: a migration checks its target's key against the secrets' labels
+    right before each object (worker/flow/stale.py), and a change admitted on a view of them
+    from before they moved away from this key may still land on it after the objects are read
+    here. The labels are marked moved (changes admitted from now on read them afresh, so they see
+    the key rotated away from), and while any change admitted before is in flight: KeyInUse."""
     shown = masking.show_key(key_id)
+    if fences is not None:
+        flying = fences.in_flight_before(fences.labels_moved())
+        if flying:
+            raise KeyInUse(
+                f"not going to {action} {shown}: {len(flying)} change(s) checked against the "
+                f"secrets' labels before they last moved still in flight: {', '.join(flying[:5])}"
+            )
     usage = key_usage(admin, key_id)
     if usage.unreadable:
         names = ", ".join(

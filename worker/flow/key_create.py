@@ -143,7 +143,8 @@ def delete_key(
     ctx: KeyRotationContext, run: RunRecord, user: str, key_id: str, action: str
 ) -> None:
     """DeleteAccessKey, only when the key is provably unused (refuses otherwise)."""
-    refuse_if_used(ctx.admin, ctx.secrets, secrets_to_check(ctx, run), key_id, action)
+    secrets = secrets_to_check(ctx, run)
+    refuse_if_used(ctx.admin, ctx.secrets, secrets, key_id, action, fences=ctx.fences)
     ctx.iam.delete_key(user, key_id)
 
 

@@ -33,7 +33,9 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
         return "not finished"
     user, key = str(data["user"]), str(data["old_key_id"])
     try:
-        refuse_if_used(ctx.admin, ctx.secrets, secrets_to_check(ctx, run), key, action)
+        refuse_if_used(
+            ctx.admin, ctx.secrets, secrets_to_check(ctx, run), key, action, fences=ctx.fences
+        )
         if action == "delete":
             _brownout_check(ctx, run)
     except (Refused, UnreadableEvidence) as exc:
