@@ -477,7 +477,9 @@ def rollback(world: World, run_id: str) -> str:
         concurrency=1,
         timeout=0,
         retry=_no_sleep(),
-        behind=_stale.RotatedAway(secrets=world.secrets, bindings=world.bindings).reason,
+        behind=_stale.RotatedAway(
+            secrets=world.secrets, bindings=world.bindings, epoch=world.fences.labels_epoch
+        ),
     )
     parts = [f"moved back: {', '.join(map(str, result.moved)) or 'none'}"]
     parts += [f"left (behind): {', '.join(str(t) for t, _ in result.behind)}"] * bool(result.behind)

@@ -455,7 +455,7 @@ def test_a_rollback_leaves_an_object_whose_previous_key_was_rotated_away_where_i
     # Given a migration whose db.a came off a key its secret has been rotated away from
     admin, runs, secrets, binding = _rolled_away_lake()
     a, b = TableName("db", "a"), TableName("db", "b")
-    behind = RotatedAway(secrets, [binding]).reason
+    behind = RotatedAway(secrets, [binding])
     # When it is rolled back
     result = rollback(runs, admin, None, "m1", timeout=0, behind=behind)
     # Then db.b goes back to its own connection; db.a stays on DST (a working key), not moved

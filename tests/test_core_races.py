@@ -30,6 +30,7 @@ from tests.chaos import (
     release_wave,
     resume,
     retire_due,
+    rollback,
     seeded_uuids,
     start_key_rotation,
     start_migration,
@@ -490,3 +491,31 @@ def test_a_key_is_not_retired_while_a_change_checked_before_its_rotation_is_in_f
     # Then it refuses for what it now finds: sales.t0 uses K0, which stays active
     assert iam_keys(world)["K0"] == "active"
     assert "sales.t0" in world.runs.peek(rotation).data["retire_blocked"]
+
+
+def test_a_key_is_not_retired_while_a_rollback_checked_before_its_rotation_is_in_flight() -> None:
+    """The same for `rotator rollback`: it reads the labels fresh for each object, yet a move
+    back onto K0 checked while K0 was AWSCURRENT may commit after the retirement read the
+    objects. Each move back counts as in flight until it has ended."""
+    world = build_world(Shape(sales=3), ops=True)
+    _migrated_to_ops(world)
+    (migration,) = [r for r, run in world.runs.runs.items() if run.kind == "migration"]
+    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
+    assert isinstance(rotation, str)
+    blocked: list[str] = []
+
+    def rotate_now() -> None:
+        world.env.faults.on_call = None
+        assert drive_key_rotation(world, rotation) == "stop"
+        blocked.append(world.runs.peek(rotation).data.get("retire_blocked", ""))
+
+    # When the rollback is about to move sales.t0 back onto K0 and a key rotation runs to its end
+    world.env.faults.on_call = once(f"ALTER {T0}", rotate_now)
+    line = rollback(world, migration)
+    # Then the retirement refused, naming the move back in flight; K0 stayed active; the objects
+    # checked after the rotation were left where they were
+    assert f"{migration}:rollback:{T0}" in blocked[0]
+    assert iam_keys(world)["K0"] == "active"
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
+    assert "left (behind): sales.t1, sales.t2" in line
+    assert world.fences.in_flight(migration) == []

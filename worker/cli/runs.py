@@ -220,7 +220,7 @@ def rollback(run_id: str, concurrency: int) -> None:
         busy_slots=s.limits.busy_slots,
         concurrency=concurrency,
         per_table=s.table_time_limit,
-        behind=s.fresh_rotated_away().reason,
+        behind=s.fresh_rotated_away(),
     )
     click.echo(f"run {run_id}: {len(result.moved)} table(s) moved back")
     for table, reason in result.failed:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from worker.domain.errors import FatalError, LockBusy
+from worker.domain.errors import FatalError, LabelsMoving, LockBusy
 from worker.domain.model import RunStatus
 from worker.domain.ports import Admission, Fences, RunRecord, RunStore
 
@@ -93,6 +93,23 @@ def admit(
         exclusive=exclusive,
         labels_epoch=labels_epoch,
     )
+
+
+STALE_CHECKS = 3  # a change's check on fresh labels, at most, while they keep moving
+
+
+def admit_on_fresh_labels(
+    check: Callable[[bool], int | None], enter: Callable[[int | None], Admission], what: str
+) -> Admission:
+    """``enter(epoch)`` a change right after ``check(labels_moved)`` approved it on the
+    secrets' labels read under ``epoch`` (worker/flow/stale.py). While they move on before the
+    admission (STALE), check again on fresh ones (``labels_moved`` True), a few times; then
+    LabelsMoving (retryable) names ``what`` was being checked."""
+    for attempt in range(STALE_CHECKS):
+        verdict = enter(check(attempt > 0))
+        if verdict is not Admission.STALE:
+            return verdict
+    raise LabelsMoving(f"the secrets' labels moved {STALE_CHECKS} times while {what} was checked")
 
 
 @contextmanager

@@ -17,15 +17,16 @@ from enum import StrEnum
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import FatalError, RotatorError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
-from worker.domain.ports import DatabendAdmin, Fences, RunRecord, RunStore
+from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore
 from worker.domain.sql import ObjectName, TableName, object_label
 from worker.flow import key_rotation
 from worker.flow import objects as objects_
-from worker.flow.fencing import wait_until_idle
+from worker.flow.fencing import admit_on_fresh_labels, wait_until_idle
 from worker.flow.key_rotation import KeyRotationContext, Phase
 from worker.flow.migration import rollback_targets
 from worker.flow.rotation import RetryPolicy, rotate_object
 from worker.flow.runs import reopen_failed_tables, resume_switching, update_or_refuse
+from worker.flow.stale import LabelsView
 
 PAUSE_WAIT_SECONDS = 120.0
 
@@ -206,7 +207,7 @@ def rollback(
     timeout: float = PAUSE_WAIT_SECONDS,
     retry: RetryPolicy | None = None,
     per_table: Callable[[], AbstractContextManager[object]] = nullcontext,
-    behind: Callable[[str | None], str | None] = lambda _previous: None,
+    behind: LabelsView | None = None,
 ) -> RolledBack:
     """Move the objects a migration switched back to their previous connection.
 
@@ -214,9 +215,11 @@ def rollback(
     ``timeout``: nothing moves, run it again); each previous connection must list the buckets of
     its objects (a probe) before any object is moved onto it; every object moved is validated (a
     table read back, a stage listed, a database's bucket listed), each inside ``per_table()``
-    (the CLI passes the table time limit). Right before each object moves, ``behind(previous
-    credentials)`` says why they must not be moved onto (a key a bound secret was rotated away
-    from: worker/flow/stale.py), and then it stays where the migration put it."""
+    (the CLI passes the table time limit). Right before each object moves, ``behind.check(its
+    previous credentials)`` says why they must not be moved onto (a key a bound secret was
+    rotated away from: worker/flow/stale.py), and then it stays where the migration put it. Each
+    move back counts as in flight (``rollback:<object>``, with the labels epoch its check rests
+    on) until it has ended: a key's retirement waits for one checked before the labels moved."""
     run = runs.get(run_id)
     if run.kind != RunKind.MIGRATION:
         raise FatalError(f"run {run_id} is a {run.kind} run; only migrations roll back")
@@ -237,13 +240,37 @@ def rollback(
 
     def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome | str]:
         table, connection, fingerprint = item
-        why_not = behind(fingerprint)
-        if why_not is not None:
-            return table, connection, f"its previous credentials: {why_not}; left as it is"
-        with per_table():
-            outcome = rotate_object(
-                admin, table, connection=connection, target=fingerprint, retry=retry
-            )
+        label = f"rollback:{object_label(table)}"
+
+        def check(labels_moved: bool) -> int | None:
+            if behind is None:
+                return None
+            if labels_moved:
+                behind.stale()
+            why_not, epoch = behind.check(fingerprint)
+            if why_not is not None:
+                raise _Behind(f"its previous credentials: {why_not}; left as it is")
+            return epoch
+
+        def enter(epoch: int | None) -> Admission:
+            if fences is None:
+                return Admission.ADMITTED
+            return fences.enter(run_id, label, require_active=False, labels_epoch=epoch)
+
+        try:
+            verdict = admit_on_fresh_labels(check, enter, object_label(table))
+        except _Behind as exc:
+            return table, connection, str(exc)
+        if verdict is not Admission.ADMITTED:
+            raise FatalError(f"run {run_id} is gone ({verdict}): nothing more moved back")
+        try:
+            with per_table():
+                outcome = rotate_object(
+                    admin, table, connection=connection, target=fingerprint, retry=retry
+                )
+        finally:
+            if fences is not None:
+                fences.leave(run_id, label)
         return table, connection, outcome
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -271,6 +298,10 @@ def rollback(
         error=None if result.complete else "some tables could not be moved back",
     )
     return result
+
+
+class _Behind(Exception):
+    """An object's previous credentials are a key rotated away from: it stays (the reason)."""
 
 
 def _start_rollback(runs: RunStore, run: RunRecord) -> None:

@@ -83,7 +83,7 @@ class Services:
 
     def fresh_rotated_away(self) -> RotatedAway:
         """The same, reading the labels for every question (a rollback, object by object)."""
-        return RotatedAway(self.secrets, self.loaded_bindings or [])
+        return RotatedAway(self.secrets, self.loaded_bindings or [], epoch=self.fences.labels_epoch)
 
     @property
     def bindings(self) -> list[Binding]:

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from worker.domain.errors import LabelsMoving, RetryableError
+from worker.domain.errors import RetryableError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
-from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit
+from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit, admit_on_fresh_labels
 from worker.flow.rotation import RetryPolicy, rotate_object
 from worker.flow.runs.close import close_run, lock_owner
 
@@ -41,7 +41,6 @@ from worker.flow.runs.close import close_run, lock_owner
 # one-second interval cost 5 commands per object; `rotator status` lags by this much at most.
 DEFAULT_FLUSH_SECONDS = 2.0
 MAX_BATCH = 64  # objects per message at most: a redelivered batch redoes little
-STALE_CHECKS = 3  # an object's check on fresh labels, at most, while they keep moving
 
 
 def split_batches(names: list[ObjectName], parallel: int) -> list[list[ObjectName]]:
@@ -181,15 +180,12 @@ def _admit(
     lease_seconds: float,
     before_each: Callable[[bool], int | None] | None,
 ) -> Admission:
-    """The object's check and admission; while the labels the check read move on before the
-    admission (STALE), check again on fresh ones (a few times, then try the batch later)."""
-    for attempt in range(STALE_CHECKS):
-        epoch = before_each(attempt > 0) if before_each is not None else None
-        verdict = admit(fences, run, label, lease_seconds=lease_seconds, labels_epoch=epoch)
-        if verdict is not Admission.STALE:
-            return verdict
-    raise LabelsMoving(
-        f"the secrets' labels moved {STALE_CHECKS} times while {label} was being checked"
+    """The object's check (``before_each``) and its admission, carrying the labels epoch the
+    check rests on (checked again while the labels move on meanwhile)."""
+    return admit_on_fresh_labels(
+        before_each or (lambda _moved: None),
+        lambda epoch: admit(fences, run, label, lease_seconds=lease_seconds, labels_epoch=epoch),
+        label,
     )
 
 
