@@ -134,6 +134,7 @@ def intake(world: World, version_id: str, enqueue: Callable[[str], None]) -> tup
         state=world.intake,
         runs=world.runs,
         enqueue=enqueue,
+        labels_moved=world.fences.labels_moved,
     )
     return str(result.verdict), result.reason, result.run_id or ""
 

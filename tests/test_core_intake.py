@@ -32,6 +32,7 @@ class World:
         self.runs = MemoryRuns()
         self.enqueued: list[str] = []
         self.bindings = [binding("sales.*")]
+        self.labels_moved = 0
 
     def handle(self, event: dict[str, object]):  # type: ignore[no-untyped-def]
         return handle_event(
@@ -41,7 +42,11 @@ class World:
             state=self.state,
             runs=self.runs,
             enqueue=self.enqueued.append,
+            labels_moved=self._moved,
         )
+
+    def _moved(self) -> None:
+        self.labels_moved += 1
 
 
 def event_for(world: World, version: str) -> dict[str, object]:
@@ -307,3 +312,17 @@ def test_a_secret_two_bindings_serve_is_a_config_error_and_records_nothing() -> 
     with pytest.raises(ConfigError, match="'lake-main' and 'by-arn'"):
         world.handle(event_for(world, V2))
     assert world.state.claims == {} and world.runs.runs == {} and world.enqueued == []
+
+
+def test_an_event_about_a_bound_secret_marks_its_labels_moved() -> None:
+    """Running migrations then check their targets on fresh labels at once (someone else's
+    rotation), not within the 5 s a worker reuses them; an event about a secret no binding
+    covers, or a duplicate's parse failure, does not."""
+    world = World()
+    world.handle(event_for(world, V2))
+    assert world.labels_moved == 1
+    world.handle(event_for(world, V2))  # a duplicate: the labels may have moved back and forth
+    assert world.labels_moved == 2
+    world.bindings = []
+    world.handle(event_for(world, V2))
+    assert world.labels_moved == 2

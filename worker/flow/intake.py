@@ -58,8 +58,13 @@ def handle_event(
     state: IntakeState,
     runs: RunStore,
     enqueue: Callable[[str], None],
+    labels_moved: Callable[[], object] = lambda: None,
 ) -> IntakeResult:
-    """Act on one parsed event. Retryable errors propagate: the message stays in the queue."""
+    """Act on one parsed event. Retryable errors propagate: the message stays in the queue.
+
+    An event about a bound secret may mean its labels moved (someone else's rotation):
+    ``labels_moved()`` (the fences' labels epoch) makes running migrations check their targets
+    on fresh labels at once instead of within LABELS_MAX_AGE (worker/flow/stale.py)."""
     base = {"event_id": decision.event_id, "secret": decision.secret}
     if decision.action is Action.REJECT:
         return IntakeResult(Verdict.REJECTED, decision.reason, **base)
@@ -76,6 +81,7 @@ def handle_event(
     binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
     if binding is None:
         return IntakeResult(Verdict.IGNORED, f"no binding covers secret {info.name}", **base)
+    labels_moved()
     current = info.version_with_stage("AWSCURRENT")
     version_id = decision.version_id or current
     redirected = False

@@ -43,6 +43,7 @@ def make_handler(services: Any, enqueue: Callable[[str], None]) -> Handler:
             state=services.intake_state,
             runs=services.runs,
             enqueue=enqueue,
+            labels_moved=services.fences.labels_moved,
         )
         EVENTS.labels(result.verdict.value).inc()
         level = log.warning if result.verdict in (Verdict.REJECTED, Verdict.ALERT) else log.info
