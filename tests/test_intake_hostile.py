@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.event_samples import api_call, label_updated, service_event, sns_wrapped
 from worker.adapters.aws_secrets import SecretsManagerStore
-from worker.adapters.redis_state import RedisIntakeState
+from worker.adapters.redis_state import RedisFences, RedisIntakeState
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.bindings import parse_bindings
 from worker.flow.intake import Verdict
@@ -30,6 +30,7 @@ class Services:
         client = redis.Redis.from_url(redis_url)
         self.runs = RedisRunStore(client)
         self.intake_state = RedisIntakeState(client)
+        self.fences = RedisFences(client)
         self.secrets = SecretsManagerStore(aws.client("secretsmanager"))
         self.bindings = parse_bindings(
             f'[[bindings]]\nname = "h"\nsecret = "{NAME}"\n'
