@@ -9,17 +9,17 @@ and `rotator migrate --to` a connection holding such a key. ``RotatedAway`` answ
 destination is such a key (for a rollback right before each object moves, for a migration when it
 is planned and right before each object it switches), reading the labels fresh each time or,
 with ``max_age``, at most that many seconds old (a rotation may move AWSCURRENT at any moment; a
-version's value never changes, so each is read once).
-
-With an ``epoch`` source (the fences' labels epoch, moved on whenever the rotator moves a secret's
-labels: worker/domain/ports.Fences) the epoch is read before each secret's labels, and ``check``
-answers with the oldest epoch its answer rests on. A migration's admission carries that epoch and
-is refused (STALE) when the labels have moved since; the batch then forgets what it read
-(``stale``) and checks again on fresh labels. So a rotation the rotator makes is seen at once, not
-up to ``max_age`` later, and a key's retirement waits for the changes admitted before the move
-(worker/flow/retire.py). Masked keys match through ``masking``: a
+version's value never changes, so each is read once). Masked keys match through ``masking``: a
 destination that may be a key moved away from counts as one (fail closed), also when it may be a
 live key too; a key that a live version holds as well is live.
+
+With an ``epoch`` source (the fences' labels epoch, moved on whenever the rotator moves a secret's
+labels or hears of a move: worker/domain/ports.Fences) the epoch is read before each secret's
+labels, and ``check`` answers with the oldest epoch its answer rests on. An admission carries that
+epoch and is refused (STALE) when the labels have moved since; the caller then forgets what it
+read (``stale``) and checks again on fresh labels (worker/flow/fencing.admit_on_fresh_labels). So
+a rotation the rotator makes is seen at once, not up to ``max_age`` later, and a key's retirement
+waits for the changes admitted before the move (worker/flow/evidence.refuse_if_used).
 """
 
 from __future__ import annotations
