@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pytest
 import structlog
@@ -368,3 +369,46 @@ def test_bad_reconcile_settings_fail_at_start(
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=fragment):
         load_settings()
+
+
+def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_REGION (docker-compose.yml sets only it; botocore itself reads AWS_DEFAULT_REGION) is
+    the clients' region, a region passed explicitly wins, and with none anywhere every command
+    says what to set and exits 2 instead of a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from worker.adapters.aws_clients import aws_client
+    from worker.runtime.settings import Settings
+
+    bounds = Settings()
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert aws_client("sts", bounds=bounds).meta.region_name == "eu-west-3"
+    assert aws_client("sts", bounds=bounds, region_name="ap-south-1").meta.region_name == (
+        "ap-south-1"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") and k not in ("REDIS_URL", "ROTATOR_BINDINGS")
+    }
+    env |= {
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # (never reached)
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "status", "some-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "missing configuration: set AWS_REGION" in done.stderr
+    assert "Traceback" not in done.stderr

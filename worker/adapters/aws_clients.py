@@ -11,9 +11,12 @@ when the wait is over, and that must not count as a dead endpoint.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 from botocore.config import Config
+
+from worker.domain.errors import ConfigError
 
 
 class AwsBounds(Protocol):
@@ -41,8 +44,21 @@ def aws_client(
     service: str, *, bounds: AwsBounds, long_poll_seconds: float = 0, **kwargs: Any
 ) -> Any:
     """``boto3.client(service, **kwargs)`` with the bounds above (``worker.runtime.services.
-    aws_client`` passes this process's settings)."""
+    aws_client`` passes this process's settings).
+
+    The region: ``region_name`` if given, else ``AWS_REGION`` (which the AWS CLI and the other
+    SDKs read first, and docker-compose.yml sets, but botocore ignores), else botocore's own chain
+    (``AWS_DEFAULT_REGION``, the profile). None at all is a ConfigError, not a traceback."""
     import boto3
+    from botocore.exceptions import NoRegionError
 
     config = boto_config(bounds, long_poll_seconds=long_poll_seconds)
-    return boto3.client(service, config=config, **kwargs)
+    if not kwargs.get("region_name") and os.environ.get("AWS_REGION"):
+        kwargs["region_name"] = os.environ["AWS_REGION"]
+    try:
+        return boto3.client(service, config=config, **kwargs)
+    except NoRegionError:
+        raise ConfigError(
+            "missing configuration: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in the "
+            "AWS profile): the region of the bound secrets"
+        ) from None
