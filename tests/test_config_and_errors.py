@@ -412,3 +412,18 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
     assert done.returncode == 2, done.stderr
     assert "missing configuration: set AWS_REGION" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "notaurl:hunter2pw", "http://h:6379/0"])
+def test_a_redis_url_that_is_no_redis_url_fails_at_start_without_repeating_it(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    from worker.runtime.settings import load_settings
+
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(ConfigError, match=r"REDIS_URL: .*must start with redis://") as refused:
+        load_settings()
+    assert url not in str(refused.value)  # (it may hold a password)
+    for good in ("redis://:pw@h:6379/0", "rediss://h/1", "unix:///run/redis.sock"):
+        monkeypatch.setenv("REDIS_URL", good)
+        assert load_settings().redis_url == good

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.domain.errors import ConfigError
@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     audit_flush_interval: float = Field(default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/runtime/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            # (the value is not repeated: it may hold a password)
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     def require(self, *names: str) -> Settings:
         """Fail fast, naming the environment variable, when a needed setting is missing."""
