@@ -427,3 +427,18 @@ def test_a_redis_url_that_is_no_redis_url_fails_at_start_without_repeating_it(
     for good in ("redis://:pw@h:6379/0", "rediss://h/1", "unix:///run/redis.sock"):
         monkeypatch.setenv("REDIS_URL", good)
         assert load_settings().redis_url == good
+
+
+@pytest.mark.parametrize("dsn", ["garbage", "http://u:s3cretpw@h:8000/db", "databend:/u:p@h"])
+def test_a_databend_dsn_of_another_scheme_fails_at_start_without_repeating_it(
+    monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    from worker.runtime.settings import load_settings
+
+    monkeypatch.setenv("DATABEND_DSN", dsn)
+    with pytest.raises(ConfigError, match=r"DATABEND_DSN: .*databend-driver DSN") as refused:
+        load_settings()
+    assert dsn not in str(refused.value)  # (it holds a password)
+    for good in ("databend://root:@h:8000/default?sslmode=disable", "databend+https://u:p@h/db"):
+        monkeypatch.setenv("DATABEND_DSN", good)
+        assert load_settings().databend_dsn == good

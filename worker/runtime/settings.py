@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.domain.errors import ConfigError
 
+# the schemes databend-driver accepts (bendsql's driver/src/client.rs)
+DSN_SCHEMES = ("databend", "databend+http", "databend+https", "databend+flight", "databend+grpc")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -70,6 +73,18 @@ class Settings(BaseSettings):
     audit_flush_interval: float = Field(default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/runtime/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
+
+    @field_validator("databend_dsn")
+    @classmethod
+    def _a_databend_dsn(cls, value: str | None) -> str | None:
+        scheme, sep, _ = (value or "").partition("://")
+        if value and not (sep and scheme in DSN_SCHEMES):
+            # (the value is not repeated: it holds a password)
+            raise ValueError(
+                "must be a databend-driver DSN, starting "
+                + ", ".join(f"{s}://" for s in DSN_SCHEMES)
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod
