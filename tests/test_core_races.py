@@ -455,34 +455,41 @@ def test_a_key_rotation_mid_batch_is_seen_by_the_batch_at_its_next_object() -> N
     assert [o.status for o in world.runs.outcomes(run_id)][:1] == ["validated"]
 
 
+def _key_rotation_right_before(world: World, op: str) -> list[str]:
+    """A key rotation (deactivating the old key at once) that runs to its end right before the
+    world performs ``op``; the list gets what its retirement recorded as blocking it."""
+    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
+    assert isinstance(rotation, str)
+    blocked: list[str] = []
+
+    def rotate_now() -> None:
+        world.env.faults.on_call = None
+        assert drive_key_rotation(world, rotation) == "stop"
+        blocked.append(world.runs.peek(rotation).data.get("retire_blocked", ""))
+
+    world.env.faults.on_call = once(op, rotate_now)
+    return blocked
+
+
 def test_a_key_is_not_retired_while_a_change_checked_before_its_rotation_is_in_flight() -> None:
     """A migration's object was admitted on labels read while K0 was AWSCURRENT; its ALTER is
     still in flight (Databend checks the new key, then commits) when a key rotation moves
     AWSCURRENT away from K0 and comes to deactivate it. Deactivating now could leave that object
     on an inactive key once its ALTER commits: the retirement refuses while the change is in
-    flight, and goes ahead once it has ended and nothing uses K0."""
+    flight, and afterwards for the object the change left on K0."""
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
-    # Given the batch admitted sales.t0 (on the labels as they were) and is about to ALTER it
-    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
-    assert isinstance(rotation, str)
-    outcomes: list[str] = []
-
-    def rotate_now() -> None:
-        world.env.faults.on_call = None
-        # When the key rotation runs to its end, deactivating K0 at once if it may
-        assert drive_key_rotation(world, rotation) == "stop"
-        outcomes.append(world.runs.peek(rotation).data.get("retire_blocked", ""))
-
-    world.env.faults.on_call = once(f"ALTER {T0}", rotate_now)
+    # When the batch has admitted sales.t0 (on the labels as they were) and is about to ALTER
+    # it, a key rotation runs to its end, deactivating K0 at once if it may
+    blocked = _key_rotation_right_before(world, f"ALTER {T0}")
     with pytest.raises(MigrationRefused):
         migrate_batch(world, run_id, 0, batch)
     # Then the retirement refused, naming the change in flight, and K0 stayed active: the ALTER
     # committed sales.t0 onto K0 after the rotation had moved it to K1 (a check made before the
     # move, its change landing after), and sales.t1 was checked again and not moved
-    assert "checked against the secrets' labels before they last moved" in outcomes[0]
-    assert f"{run_id}:{T0}" in outcomes[0]
+    assert "checked against the secrets' labels before they last moved" in blocked[0]
+    assert f"{run_id}:{T0}" in blocked[0]
     assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
     assert iam_keys(world)["K0"] == "active"
     # When the change has ended and the schedule tries the retirement again
@@ -490,6 +497,7 @@ def test_a_key_is_not_retired_while_a_change_checked_before_its_rotation_is_in_f
     retire_due(world)
     # Then it refuses for what it now finds: sales.t0 uses K0, which stays active
     assert iam_keys(world)["K0"] == "active"
+    (rotation,) = [r for r, run in world.runs.runs.items() if run.kind == "key-rotation"]
     assert "sales.t0" in world.runs.peek(rotation).data["retire_blocked"]
 
 
@@ -500,17 +508,8 @@ def test_a_key_is_not_retired_while_a_rollback_checked_before_its_rotation_is_in
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     (migration,) = [r for r, run in world.runs.runs.items() if run.kind == "migration"]
-    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
-    assert isinstance(rotation, str)
-    blocked: list[str] = []
-
-    def rotate_now() -> None:
-        world.env.faults.on_call = None
-        assert drive_key_rotation(world, rotation) == "stop"
-        blocked.append(world.runs.peek(rotation).data.get("retire_blocked", ""))
-
     # When the rollback is about to move sales.t0 back onto K0 and a key rotation runs to its end
-    world.env.faults.on_call = once(f"ALTER {T0}", rotate_now)
+    blocked = _key_rotation_right_before(world, f"ALTER {T0}")
     line = rollback(world, migration)
     # Then the retirement refused, naming the move back in flight; K0 stayed active; the objects
     # checked after the rotation were left where they were
