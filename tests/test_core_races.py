@@ -518,3 +518,22 @@ def test_a_key_is_not_retired_while_a_rollback_checked_before_its_rotation_is_in
     assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
     assert "left (behind): sales.t1, sales.t2" in line
     assert world.fences.in_flight(migration) == []
+
+
+def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_retirement() -> None:
+    """The wait is only for changes that may land on the key being retired: a migration onto
+    the operator's own key (Kops) with a change in flight when K0 is retired does not delay
+    K0's deactivation."""
+    world = build_world(Shape(sales=3), ops=True)
+    run_id = start_migration(
+        world, source=None, options={"canary": 0, "wave_size": 3, "concurrency": 1}, target=OPS
+    )
+    assert isinstance(run_id, str)
+    (batch,) = release_wave(world, run_id).batches
+    # When the batch is about to ALTER sales.t0 and a key rotation runs to its end
+    blocked = _key_rotation_right_before(world, f"ALTER {T0}")
+    migrate_batch(world, run_id, 0, batch)
+    # Then K0 was deactivated at once, and every table ended on the operator's key
+    assert blocked == [""]
+    assert iam_keys(world)["K0"] == "inactive"
+    assert keys_of_tables(world) == {"sales.t0": "Kops", "sales.t1": "Kops", "sales.t2": "Kops"}

@@ -63,6 +63,8 @@ def abort(
     info = ctx.secrets.describe(run.secret)
     if "AWSPENDING" in getattr(info.versions.get(run.version_id), "stages", ()):
         ctx.writer.drop_pending(info.arn, run.version_id)
+        if ctx.fences is not None:
+            ctx.fences.labels_moved()  # a change checked before must end before its key goes
     user = str(run.data["user"])
     data = dict(ctx.runs.get(run_id).data)
     owns = run.status != RunStatus.SUPERSEDED and _owns_secret(ctx, run)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from worker.domain import masking
 from worker.domain.errors import KeyInUse, RotatorError, UnknownSecretError, UnreadableEvidence
 from worker.domain.model import DatabaseDefault, StoredObject
-from worker.domain.ports import DatabendAdmin, Fences, SecretStore
+from worker.domain.ports import DatabendAdmin, Fences, RunStore, SecretStore
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
 
@@ -98,6 +98,25 @@ def key_id_of(raw: str | None) -> str | None:
     return None
 
 
+def changes_checked_before(fences: Fences, runs: RunStore | None, key_id: str) -> list[str]:
+    """Changes in flight (``run:item``) admitted before the labels last moved that may land on
+    ``key_id``: a rollback's move back (its objects' previous keys vary) or a migration's switch
+    onto a target that may be the key. A run that cannot be read counts (fail closed)."""
+    held = masking.held("ak", key_id)
+    flying = []
+    for entry in fences.in_flight_before(fences.labels_epoch()):
+        run_id, _, item = entry.partition(":")
+        if runs is not None and not item.startswith("rollback:"):
+            try:
+                target = runs.get(run_id).target
+                if target and not masking.may_hold(target, held):
+                    continue  # (onto a role or another key: it cannot land this one)
+            except RotatorError:
+                pass  # gone, or a target shown unreadably: it may be this key
+        flying.append(entry)
+    return flying
+
+
 def refuse_if_used(
     admin: DatabendAdmin,
     secrets: SecretStore,
@@ -106,18 +125,20 @@ def refuse_if_used(
     action: str,
     *,
     fences: Fences | None = None,
+    runs: RunStore | None = None,
 ) -> None:
     """Raise KeyInUse / UnreadableEvidence, naming what blocks, unless ``key_id`` is provably
     unused; ``action`` says what was about to happen ("delete", "deactivate", …).
 
-    With ``fences``, first: a migration checks its target's key against the secrets' labels
-    right before each object (worker/flow/stale.py), and a change admitted on a view of them
-    from before they moved away from this key may still land on it after the objects are read
-    here. The labels are marked moved (changes admitted from now on read them afresh, so they see
-    the key rotated away from), and while any change admitted before is in flight: KeyInUse."""
+    With ``fences`` (and the ``runs`` they belong to), first: a migration checks its target's
+    key against the secrets' labels right before each object, and a rollback each object's
+    previous key (worker/flow/stale.py). A change admitted on a view of the labels from before
+    they last moved (a key rotation marks them moved when it moves AWSCURRENT, an abort when it
+    drops AWSPENDING) may still land on this key after the objects are read here: while one is
+    in flight, KeyInUse. A migration whose target cannot be this key is no reason to wait."""
     shown = masking.show_key(key_id)
     if fences is not None:
-        flying = fences.in_flight_before(fences.labels_moved())
+        flying = changes_checked_before(fences, runs, key_id)
         if flying:
             raise KeyInUse(
                 f"not going to {action} {shown}: {len(flying)} change(s) checked against the "

@@ -144,7 +144,9 @@ def delete_key(
 ) -> None:
     """DeleteAccessKey, only when the key is provably unused (refuses otherwise)."""
     secrets = secrets_to_check(ctx, run)
-    refuse_if_used(ctx.admin, ctx.secrets, secrets, key_id, action, fences=ctx.fences)
+    refuse_if_used(
+        ctx.admin, ctx.secrets, secrets, key_id, action, fences=ctx.fences, runs=ctx.runs
+    )
     ctx.iam.delete_key(user, key_id)
 
 

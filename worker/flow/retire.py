@@ -34,7 +34,13 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     user, key = str(data["user"]), str(data["old_key_id"])
     try:
         refuse_if_used(
-            ctx.admin, ctx.secrets, secrets_to_check(ctx, run), key, action, fences=ctx.fences
+            ctx.admin,
+            ctx.secrets,
+            secrets_to_check(ctx, run),
+            key,
+            action,
+            fences=ctx.fences,
+            runs=ctx.runs,
         )
         if action == "delete":
             _brownout_check(ctx, run)
