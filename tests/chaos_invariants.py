@@ -24,6 +24,8 @@ INVARIANTS = {
     "AWSCURRENT/AWSPENDING holds it",
     "moved-behind": "no object moved behind the version AWSCURRENT held when the newest run "
     "started (by a migration or its rollback: onto a key of the secret no live version holds)",
+    "onto-dead-key": "no object moved onto a key of the secret that is inactive or deleted when "
+    "the move commits",
     "hung-run": f"every run final or flagged within {HANG_BOUND:.0f} s of its last progress",
     "resume-refused": "no resume refused as 'changed meanwhile' when no other worker wrote a run "
     "while it ran",
@@ -62,6 +64,11 @@ class Invariants:
       the secret: they follow its labels, and may move an object onto a key of the secret only
       while AWSCURRENT or AWSPENDING holds that key (else the object would sit on a key due to be
       retired).
+    - **onto-dead-key** — at every ALTER's commit, a key of the secret that the object moves to is
+      active. Databend checks the new key before it commits: one the rotator deactivated or
+      deleted between the two (a key's retirement while a change checked earlier is in flight)
+      leaves the object unreadable. (The operator's own key, which the scenario deactivates at
+      will, is the migration's validation's business, not this check's.)
     - **hung-run** — every run in the run store is final, or flagged for a human, within
       HANG_BOUND seconds of its last progress (any write to it, its outcomes or its table run).
       A run with a message ready in the broker is not judged: real workers would have taken it at
@@ -117,6 +124,13 @@ class Invariants:
                 self.floor = (current, env.label(run_id))
 
     def on_switch(self, table: ObjectName, old_key: str, new_key: str, connection: str) -> None:
+        state = self.world.iam.state(new_key)
+        if state != "active" and self.world.version_of_key(new_key) is not None:
+            self._violate(
+                "onto-dead-key",
+                (table, new_key),
+                f"{table} moved from {self._k(old_key)} onto {self._k(new_key)}, which is {state}",
+            )
         if self.actors and self.actors[-1] in ("rollback", "mbatch"):
             self._operator_onto(table, old_key, new_key, self.actors[-1])
             return

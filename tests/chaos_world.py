@@ -61,6 +61,7 @@ from tests.fakes import (
 from worker.domain.errors import (
     AwsPermanentError,
     AwsTransientError,
+    ConcurrentTableChange,
     DatabendQueryError,
     DatabendUnavailable,
     RotatorError,
@@ -138,6 +139,9 @@ class Faults:
     crash_at: int | None = None
     interleave_rate: float = 0.0
     interleave: Callable[[], None] | None = None
+    # its own stream (the schedules drawn from ``rng`` stay as they were when it is unused): the
+    # chance of another worker's task between an ALTER's check of the keys and its commit
+    commit_rng: random.Random | None = None
     on_call: Callable[[str], None] | None = None
     probe: Callable[[str, Any], None] | None = None
     log: Callable[[str], None] = lambda _line: None
@@ -173,6 +177,16 @@ class Faults:
         error = _TRANSIENT[system](op)
         self.log(f"· {system} fault: {type(error).__name__} before {op}")
         raise error
+
+    def before_commit(self, op: str) -> None:
+        """Databend has checked the ALTER's keys and is about to commit it: maybe another
+        worker's task runs first (with ``commit_rng``, at ``interleave_rate``)."""
+        if not (self.armed and self.interleave and self.commit_rng is not None):
+            return
+        if self.commit_rng.random() < self.interleave_rate:
+            self.log(f"· between the check and the commit of {op}:")
+            self.interleave()
+            self.alive(op)
 
     def done(self, system: str, op: str, lose_answer: bool, detail: Any = None) -> None:
         """After a change took effect: the test probe, a lost answer, or a crash."""
@@ -410,6 +424,9 @@ class ChaosAdmin(FakeAdmin):
             )
         if not self.works(old):
             raise StoragePermissionDenied(3002, f"PermissionDenied (403) at write {table} _ss/")
+        self.env.faults.before_commit(op)  # (the keys were checked; what happens meanwhile…)
+        if self.true_keys[table] != old:
+            raise ConcurrentTableChange(f"[2009] table {table} changed meanwhile: not committed")
         self.statements.append(op)
         self.true_keys[table] = new
         self._show(table)
