@@ -6,7 +6,8 @@ points (some while a batch runs), runs' objects switched in batches of 1 to seve
 now and then, worker crashes at step boundaries (between two objects of a batch, too) and 20 %
 transient Databend / S3 / IAM faults; in 2 scenarios of 5 the operator also migrates objects to
 a connection of its own, pauses, resumes and rolls migrations back. The invariants are checked
-after every step: no table on a deleted key; no key deleted or deactivated while in use; nothing
+after every step: no table on a deleted key; no key deleted or deactivated while in use; no
+object moved onto a key of the secret that is inactive or deleted as the move commits; nothing
 moved behind the version AWSCURRENT held when the newest run started (nor, by a rollback, onto a
 key no live version holds); every run final or flagged within its bound; no migration shown
 rolled back in full with an object still switched by it.
