@@ -784,6 +784,10 @@ class ChaosFences(MemoryFences):
         self.env.faults.alive("fences.labels_epoch")
         return super().labels_epoch()
 
+    def labels_moving(self, seconds: float) -> None:
+        self.env.faults.alive("fences.labels_moving")
+        super().labels_moving(seconds)
+
     def labels_moved(self) -> int:
         self.env.faults.alive("fences.labels_moved")
         return super().labels_moved()
@@ -794,6 +798,7 @@ class ChaosFences(MemoryFences):
         self.holders.clear()
         self.under.clear()
         self.epoch = 0
+        self.moving_until = float("-inf")
 
 
 class ChaosIntake(MemoryIntakeState):

@@ -542,6 +542,7 @@ class MemoryFences:
     newest: dict[str, tuple[int, str]] = field(default_factory=dict)
     flying: dict[str, dict[str, float]] = field(default_factory=dict)
     epoch: int = 0  # the labels epoch
+    moving_until: float = float("-inf")  # admissions carrying an epoch are held until then
     under: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> item -> its epoch
 
     def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
@@ -573,7 +574,8 @@ class MemoryFences:
             return Admission.SUPERSEDED
         if exclusive and self.flying.get(run_id, {}).get(item, 0.0) > self.clock():
             return Admission.BUSY
-        if labels_epoch is not None and labels_epoch != self.epoch:
+        moving = self.clock() < self.moving_until
+        if labels_epoch is not None and (labels_epoch != self.epoch or moving):
             return Admission.STALE
         self.flying.setdefault(run_id, {})[item] = self.clock() + lease_seconds
         if labels_epoch is None:
@@ -597,8 +599,12 @@ class MemoryFences:
     def labels_epoch(self) -> int:
         return self.epoch
 
+    def labels_moving(self, seconds: float) -> None:
+        self.moving_until = self.clock() + seconds
+
     def labels_moved(self) -> int:
         self.epoch += 1
+        self.moving_until = float("-inf")
         return self.epoch
 
     def in_flight_before(self, epoch: int) -> list[str]:

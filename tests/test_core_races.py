@@ -38,7 +38,7 @@ from tests.chaos import (
     switch_batch,
 )
 from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
-from worker.domain.errors import MigrationRefused, RotatorError
+from worker.domain.errors import LabelsMoving, LockBusy, MigrationRefused, RotatorError
 from worker.domain.sql import DatabaseName, TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
@@ -429,101 +429,118 @@ def _migration_back_to_k0(world: World) -> tuple[str, list[TableName]]:
     return run_id, batch
 
 
-def test_a_key_rotation_mid_batch_is_seen_by_the_batch_at_its_next_object() -> None:
-    """Between two objects of a migration's batch, a key rotation moves AWSCURRENT from K0 to
-    K1. The batch's worker read the labels for its first object and may reuse them for 5 s, but
-    the rotation marked the labels moved: the next admission is refused as stale, the target is
-    checked again on fresh labels, and nothing more is moved onto K0."""
+def test_a_key_rotation_waits_for_a_batch_change_onto_its_old_key_and_the_batch_sees_it() -> None:
+    """A key rotation comes to move AWSCURRENT from K0 to K1 right after a migration's batch
+    switched sales.t0 onto K0, that change still in flight. It holds every admission and waits
+    (LockBusy, tried again shortly) rather than move the label under the change; the batch's next
+    object is held too (LabelsMoving, tried again shortly). Once the batch's changes have ended,
+    AWSCURRENT moves, and the batch, delivered again, checks its target on fresh labels (the
+    worker's 5 s reuse notwithstanding) and moves nothing more onto K0."""
     # Given the sales tables on Kops, and a migration of them back onto K0 released
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
+    rotation = start_key_rotation(world, deactivate_after=3600, delete_after=7200)
+    assert isinstance(rotation, str)
+    waited: list[str] = []
 
-    # When, right after the batch's ALTER of sales.t0, a key rotation runs to its end (its table
-    # run moves every sales table onto K1; AWSCURRENT moves to K1), with no time passing
+    # When, right after the batch's ALTER of sales.t0, the key rotation runs as far as it may
+    # (its table run moves every sales table onto K1), with no time passing
     def rotate_now() -> None:
         world.env.faults.probe = None
-        rotation = start_key_rotation(world, deactivate_after=3600, delete_after=7200)
-        assert isinstance(rotation, str)
-        assert drive_key_rotation(world, rotation) == "stop"
+        try:
+            drive_key_rotation(world, rotation)
+        except LockBusy as exc:
+            waited.append(str(exc))
 
     world.env.faults.probe = lambda op, _detail: rotate_now() if op == f"ALTER {T0}" else None
-    # Then the batch stops at sales.t1 with the reason, and no table is on K0
+    # Then AWSCURRENT has not moved, and the batch stopped at sales.t1, to be tried again
+    with pytest.raises(LabelsMoving):
+        migrate_batch(world, run_id, 0, batch)
+    assert f"{run_id}:{T0}" in waited[0] and world.version_with("AWSCURRENT") == "v0"
+    assert world.fences.in_flight(run_id) == []
+    # When the rotation goes on, and the batch comes back
+    assert drive_key_rotation(world, rotation) == "stop"
+    assert world.version_with("AWSCURRENT") != "v0"
     with pytest.raises(MigrationRefused, match="rotated away from"):
         migrate_batch(world, run_id, 0, batch)
+    # Then no table is on K0
     assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
     assert [o.status for o in world.runs.outcomes(run_id)][:1] == ["validated"]
 
 
-def _key_rotation_right_before(world: World, op: str) -> list[str]:
-    """A key rotation (deactivating the old key at once) that runs to its end right before the
-    world performs ``op``; the list gets what its retirement recorded as blocking it."""
+def _key_rotation_right_before(world: World, op: str) -> tuple[str, list[str]]:
+    """A key rotation (deactivating the old key at once) that runs as far as it may right
+    before the world performs ``op``: (its run id, why it had to wait, if it did)."""
     rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
     assert isinstance(rotation, str)
-    blocked: list[str] = []
+    waited: list[str] = []
 
     def rotate_now() -> None:
         world.env.faults.on_call = None
-        assert drive_key_rotation(world, rotation) == "stop"
-        blocked.append(world.runs.peek(rotation).data.get("retire_blocked", ""))
+        try:
+            assert drive_key_rotation(world, rotation) == "stop"
+        except LockBusy as exc:
+            waited.append(str(exc))
 
     world.env.faults.on_call = once(op, rotate_now)
-    return blocked
+    return rotation, waited
 
 
-def test_a_key_is_not_retired_while_a_change_checked_before_its_rotation_is_in_flight() -> None:
-    """A migration's object was admitted on labels read while K0 was AWSCURRENT; its ALTER is
-    still in flight (Databend checks the new key, then commits) when a key rotation moves
-    AWSCURRENT away from K0 and comes to deactivate it. Deactivating now could leave that object
-    on an inactive key once its ALTER commits: the retirement refuses while the change is in
-    flight, and afterwards for the object the change left on K0."""
+def test_a_key_rotation_moves_awscurrent_only_once_a_change_onto_its_old_key_has_ended() -> None:
+    """A migration's object was admitted while K0 was AWSCURRENT and its ALTER is about to
+    commit when a key rotation comes to move AWSCURRENT away from K0 (and deactivate K0 at
+    once). It waits: the ALTER commits while K0 is still AWSCURRENT, and once the change has
+    ended AWSCURRENT moves; the retirement then refuses for the object the change left on K0,
+    which stays active (never an object on a dead key, nor moved behind its secret)."""
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
-    # When the batch has admitted sales.t0 (on the labels as they were) and is about to ALTER
-    # it, a key rotation runs to its end, deactivating K0 at once if it may
-    blocked = _key_rotation_right_before(world, f"ALTER {T0}")
-    with pytest.raises(MigrationRefused):
+    # When the batch has admitted sales.t0 and is about to ALTER it, a key rotation comes
+    rotation, waited = _key_rotation_right_before(world, f"ALTER {T0}")
+    with pytest.raises(LabelsMoving):
         migrate_batch(world, run_id, 0, batch)
-    # Then the retirement refused, naming the change in flight, and K0 stayed active: the ALTER
-    # committed sales.t0 onto K0 after the rotation had moved it to K1 (a check made before the
-    # move, its change landing after), and sales.t1 was checked again and not moved
-    assert "checked against the secrets' labels before they last moved" in blocked[0]
-    assert f"{run_id}:{T0}" in blocked[0]
+    # Then it waited for that change, which committed while K0 was still AWSCURRENT
+    assert "waiting for 1 change(s) onto" in waited[0] and f"{run_id}:{T0}" in waited[0]
+    assert world.version_with("AWSCURRENT") == "v0"
     assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
-    assert iam_keys(world)["K0"] == "active"
-    # When the change has ended and the schedule tries the retirement again
+    # When the change has ended and the rotation goes on
     assert world.fences.in_flight(run_id) == []
-    retire_due(world)
-    # Then it refuses for what it now finds: sales.t0 uses K0, which stays active
+    assert drive_key_rotation(world, rotation) == "stop"
+    # Then AWSCURRENT moved, and K0 stays active: sales.t0 uses it
+    assert world.version_with("AWSCURRENT") != "v0"
     assert iam_keys(world)["K0"] == "active"
-    (rotation,) = [r for r, run in world.runs.runs.items() if run.kind == "key-rotation"]
     assert "sales.t0" in world.runs.peek(rotation).data["retire_blocked"]
 
 
-def test_a_key_is_not_retired_while_a_rollback_checked_before_its_rotation_is_in_flight() -> None:
+def test_a_key_rotation_moves_awscurrent_only_once_a_rollback_onto_its_old_key_has_ended() -> None:
     """The same for `rotator rollback`: it reads the labels fresh for each object, yet a move
-    back onto K0 checked while K0 was AWSCURRENT may commit after the retirement read the
-    objects. Each move back counts as in flight until it has ended."""
+    back onto K0 checked while K0 was AWSCURRENT commits a moment later. Each move back counts
+    as in flight until it has ended, and the rotation waits for it."""
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     (migration,) = [r for r, run in world.runs.runs.items() if run.kind == "migration"]
-    # When the rollback is about to move sales.t0 back onto K0 and a key rotation runs to its end
-    blocked = _key_rotation_right_before(world, f"ALTER {T0}")
-    line = rollback(world, migration)
-    # Then the retirement refused, naming the move back in flight; K0 stayed active; the objects
-    # checked after the rotation were left where they were
-    assert f"{migration}:rollback:{T0}" in blocked[0]
-    assert iam_keys(world)["K0"] == "active"
+    # When the rollback is about to move sales.t0 back onto K0 and a key rotation comes
+    rotation, waited = _key_rotation_right_before(world, f"ALTER {T0}")
+    with pytest.raises(LabelsMoving):
+        rollback(world, migration)
+    # Then the rotation waited for the move back, which committed while K0 was AWSCURRENT
+    assert f"{migration}:rollback:{T0}" in waited[0]
+    assert world.version_with("AWSCURRENT") == "v0"
     assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
-    assert "left (behind): sales.t1, sales.t2" in line
     assert world.fences.in_flight(migration) == []
+    # When the rotation goes on and the rollback is run again
+    assert drive_key_rotation(world, rotation) == "stop"
+    line = rollback(world, migration)
+    # Then the objects still to move back stay where they are: K0 was rotated away from
+    assert "left (behind): sales.t1, sales.t2" in line
+    assert iam_keys(world)["K0"] == "active"  # (sales.t0 uses it)
 
 
-def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_retirement() -> None:
-    """The wait is only for changes that may land on the key being retired: a migration onto
-    the operator's own key (Kops) with a change in flight when K0 is retired does not delay
-    K0's deactivation."""
+def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_key_rotation() -> None:
+    """The wait is only for changes that may land on the key AWSCURRENT moves away from: a
+    migration onto the operator's own key (Kops) with a change in flight delays neither the
+    label's move nor K0's deactivation."""
     world = build_world(Shape(sales=3), ops=True)
     run_id = start_migration(
         world, source=None, options={"canary": 0, "wave_size": 3, "concurrency": 1}, target=OPS
@@ -531,9 +548,9 @@ def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_retirement() 
     assert isinstance(run_id, str)
     (batch,) = release_wave(world, run_id).batches
     # When the batch is about to ALTER sales.t0 and a key rotation runs to its end
-    blocked = _key_rotation_right_before(world, f"ALTER {T0}")
+    rotation, waited = _key_rotation_right_before(world, f"ALTER {T0}")
     migrate_batch(world, run_id, 0, batch)
-    # Then K0 was deactivated at once, and every table ended on the operator's key
-    assert blocked == [""]
+    # Then it did not wait, K0 was deactivated at once, and every table ended on the operator's key
+    assert waited == [] and "retire_blocked" not in world.runs.peek(rotation).data
     assert iam_keys(world)["K0"] == "inactive"
     assert keys_of_tables(world) == {"sales.t0": "Kops", "sales.t1": "Kops", "sales.t2": "Kops"}

@@ -88,7 +88,7 @@ redis.call('HSET', KEYS[1], 'run_id', ARGV[1])
 return {token, previous or ''}
 """
 # KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash, the
-#       labels epoch
+#       labels epoch, the labels-moving mark
 # ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
 #       '1' for an exclusive item, now (ms), this process's holder id, the labels epoch the
 #       caller read the labels under ('' when it did not)
@@ -122,15 +122,18 @@ if ARGV[6] == '1' then
     end
   end
 end
-if ARGV[9] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[9] then
+if ARGV[9] ~= '' and ((redis.call('GET', KEYS[4]) or '0') ~= ARGV[9]
+                      or redis.call('EXISTS', KEYS[5]) == 1) then
   return '{Admission.STALE}'
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. ARGV[8] .. '|' .. ARGV[9])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return '{Admission.ADMITTED}'
 """
-# moved on by ``labels_moved`` whenever the rotator moves a secret's labels (kept, like the fences)
+# moved on by ``labels_moved`` whenever the rotator moves a secret's labels (kept, like the fences);
+# the mark holds admissions while a key rotation moves AWSCURRENT (``labels_moving``)
 LABELS_EPOCH_KEY = f"{PREFIX}labels-epoch"
+LABELS_MOVING_KEY = f"{PREFIX}labels-moving"
 HEARTBEAT_SECONDS = 5.0  # a process that holds changes in flight says it is alive this often
 ALIVE_TTL_MS = 15_000  # and is taken for dead this long after its last word
 
@@ -278,6 +281,7 @@ class RedisFences:
         args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
         args.append("" if labels_epoch is None else str(labels_epoch))
         keys = [f"{PREFIX}run:{run_id}", fence, self._inflight(run_id), LABELS_EPOCH_KEY]
+        keys.append(LABELS_MOVING_KEY)
         result = _guard(self._enter, keys=keys, args=args)
         return Admission(result.decode() if isinstance(result, bytes) else str(result))
 
@@ -322,8 +326,17 @@ class RedisFences:
     def labels_epoch(self) -> int:
         return int(_guard(self.redis.get, LABELS_EPOCH_KEY) or 0)
 
+    def labels_moving(self, seconds: float) -> None:
+        _guard(self.redis.set, LABELS_MOVING_KEY, "1", px=max(1, int(seconds * 1000)))
+
     def labels_moved(self) -> int:
-        return int(_guard(self.redis.incr, LABELS_EPOCH_KEY))
+        def moved() -> int:
+            pipe = self.redis.pipeline()
+            pipe.incr(LABELS_EPOCH_KEY)
+            pipe.delete(LABELS_MOVING_KEY)
+            return int(pipe.execute()[0])
+
+        return int(_guard(moved))
 
     def is_newest(self, secret_arn: str, token: int) -> bool:
         newest = _guard(self.redis.hget, self._fence(secret_arn), "token")

@@ -10,7 +10,7 @@
     │   ├── LockBusy                another run holds the secret's lock
     │   ├── ClaimInFlight           another intake is recording the same secret version
     │   ├── SlotTimeout             a migration's shared concurrency slots stayed busy
-    │   ├── LabelsMoving            a secret's labels kept moving while an object was checked
+    │   ├── LabelsMoving            a secret's labels are moving while an object is checked
     │   └── DeliveryUnavailable     a notification sink could not take the message now
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
@@ -108,7 +108,12 @@ class SlotTimeout(RetryableError):
 
 class LabelsMoving(RetryableError):
     """A secret's labels moved again and again between an object's check on them and its
-    admission: the batch is tried again later, on labels read then."""
+    admission, or a key rotation is moving AWSCURRENT right now: the batch is tried again
+    shortly, on labels read then (every LOCK_WAIT seconds, as for a lock, without using up
+    its retry budget)."""
+
+    retry_after = LOCK_WAIT_SECONDS
+    max_retries = LOCK_WAIT_RETRIES
 
 
 class DeliveryUnavailable(RetryableError):

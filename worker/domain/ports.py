@@ -235,9 +235,15 @@ class Fences(Protocol):
         labels (``labels_moved``), so a view of them read under an older epoch is stale."""
         ...
 
+    def labels_moving(self, seconds: float) -> None:
+        """A secret's labels are about to move: until ``labels_moved`` (or ``seconds`` pass,
+        should the mover die), every admission carrying a labels epoch is refused STALE."""
+        ...
+
     def labels_moved(self) -> int:
         """A secret's labels have moved: every view of them read before is stale, and a change
-        admitted under it is told apart (``in_flight_before``). Returns the new epoch."""
+        admitted under it is told apart (``in_flight_before``); admissions are no longer held
+        (``labels_moving``). Returns the new epoch."""
         ...
 
     def in_flight_before(self, epoch: int) -> list[str]:

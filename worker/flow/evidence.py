@@ -98,13 +98,16 @@ def key_id_of(raw: str | None) -> str | None:
     return None
 
 
-def changes_checked_before(fences: Fences, runs: RunStore | None, key_id: str) -> list[str]:
-    """Changes in flight (``run:item``) admitted before the labels last moved that may land on
-    ``key_id``: a rollback's move back (its objects' previous keys vary) or a migration's switch
-    onto a target that may be the key. A run that cannot be read counts (fail closed)."""
+def changes_onto(
+    fences: Fences, runs: RunStore | None, key_id: str, *, checked_before: int | None = None
+) -> list[str]:
+    """Changes in flight (``run:item``) checked against the labels that may land on ``key_id``
+    — a rollback's move back (its objects' previous keys vary) or a migration's switch onto a
+    target that may be the key; a run that cannot be read counts (fail closed) — admitted under
+    a labels epoch other than ``checked_before``, or under any when it is None."""
     held = masking.held("ak", key_id)
     flying = []
-    for entry in fences.in_flight_before(fences.labels_epoch()):
+    for entry in fences.in_flight_before(-1 if checked_before is None else checked_before):
         run_id, _, item = entry.partition(":")
         if runs is not None and not item.startswith("rollback:"):
             try:
@@ -138,7 +141,7 @@ def refuse_if_used(
     in flight, KeyInUse. A migration whose target cannot be this key is no reason to wait."""
     shown = masking.show_key(key_id)
     if fences is not None:
-        flying = changes_checked_before(fences, runs, key_id)
+        flying = changes_onto(fences, runs, key_id, checked_before=fences.labels_epoch())
         if flying:
             raise KeyInUse(
                 f"not going to {action} {shown}: {len(flying)} change(s) checked against the "

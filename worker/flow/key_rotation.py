@@ -44,7 +44,7 @@ from worker.domain.ports import (
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
 from worker.flow.abort import ABORT_WAIT_SECONDS, abort
-from worker.flow.evidence import key_usage, refuse_if_used
+from worker.flow.evidence import changes_onto, key_usage, refuse_if_used
 from worker.flow.fencing import admitted, require_drained, take_fence
 from worker.flow.key_context import (
     PHASES,
@@ -296,8 +296,19 @@ def _test_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
     return Next.CONTINUE
 
 
+# admissions held while AWSCURRENT moves, at most this long should the mover die meanwhile
+LABELS_MOVING_SECONDS = 60.0
+
+
 def _finish(ctx: KeyRotationContext, run: RunRecord) -> Next:
-    """finishSecret: AWSCURRENT to the new version — only from the version this run started on."""
+    """finishSecret: AWSCURRENT to the new version — only from the version this run started on.
+
+    A running migration (or rollback) checks its target's key against the labels right before
+    each object, and Databend commits its ALTER a moment later: one checked while the old key
+    was AWSCURRENT must not commit after the label has moved. So admissions are held while
+    AWSCURRENT moves, and it moves only once no change that may land on the old key is in
+    flight (LockBusy: the step is tried again shortly); then the labels are marked moved and
+    every later check reads them afresh."""
     info = ctx.secrets.describe(run.secret)
     current = info.version_with_stage("AWSCURRENT")
     if current not in (run.data["old_version"], run.version_id):
@@ -305,9 +316,18 @@ def _finish(ctx: KeyRotationContext, run: RunRecord) -> Next:
             f"AWSCURRENT moved to version {current} since this rotation started: not moving it to "
             f"{run.version_id}; `rotator abort {run.run_id}` removes the pending key"
         )
+    if ctx.fences is not None and current != run.version_id:
+        ctx.fences.labels_moving(LABELS_MOVING_SECONDS)
+        old_key = str(run.data["old_key_id"])
+        flying = changes_onto(ctx.fences, ctx.runs, old_key)
+        if flying:
+            raise LockBusy(
+                f"waiting for {len(flying)} change(s) onto {masked(old_key)} checked while it was "
+                f"AWSCURRENT before moving AWSCURRENT: {', '.join(flying[:3])}"
+            )
     ctx.writer.make_current(run.secret, run.version_id)
     if ctx.fences is not None:
-        ctx.fences.labels_moved()  # running migrations check their targets on fresh labels
+        ctx.fences.labels_moved()  # admissions go on, and check their targets on fresh labels
     ctx.runs.update(run.run_id, phase=Phase.FINISHED)
     return Next.CONTINUE
 
