@@ -429,6 +429,29 @@ def _migration_back_to_k0(world: World) -> tuple[str, list[TableName]]:
     return run_id, batch
 
 
+def _key_rotation_at(
+    world: World, op: str, *, after: bool = False, deactivate_after: float = 0
+) -> tuple[str, list[str]]:
+    """A key rotation that runs as far as it may right before the world performs ``op`` (or
+    right after it took effect): (its run id, why it had to wait, if it did)."""
+    rotation = start_key_rotation(world, deactivate_after=deactivate_after, delete_after=7200)
+    assert isinstance(rotation, str)
+    waited: list[str] = []
+
+    def rotate_now() -> None:
+        world.env.faults.on_call = world.env.faults.probe = None
+        try:
+            assert drive_key_rotation(world, rotation) == "stop"
+        except LockBusy as exc:
+            waited.append(str(exc))
+
+    if after:
+        world.env.faults.probe = lambda done, _detail: rotate_now() if done == op else None
+    else:
+        world.env.faults.on_call = once(op, rotate_now)
+    return rotation, waited
+
+
 def test_a_key_rotation_waits_for_a_batch_change_onto_its_old_key_and_the_batch_sees_it() -> None:
     """A key rotation comes to move AWSCURRENT from K0 to K1 right after a migration's batch
     switched sales.t0 onto K0, that change still in flight. It holds every admission and waits
@@ -440,20 +463,9 @@ def test_a_key_rotation_waits_for_a_batch_change_onto_its_old_key_and_the_batch_
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
-    rotation = start_key_rotation(world, deactivate_after=3600, delete_after=7200)
-    assert isinstance(rotation, str)
-    waited: list[str] = []
-
-    # When, right after the batch's ALTER of sales.t0, the key rotation runs as far as it may
+    # When, right after the batch's ALTER of sales.t0, a key rotation runs as far as it may
     # (its table run moves every sales table onto K1), with no time passing
-    def rotate_now() -> None:
-        world.env.faults.probe = None
-        try:
-            drive_key_rotation(world, rotation)
-        except LockBusy as exc:
-            waited.append(str(exc))
-
-    world.env.faults.probe = lambda op, _detail: rotate_now() if op == f"ALTER {T0}" else None
+    rotation, waited = _key_rotation_at(world, f"ALTER {T0}", after=True, deactivate_after=3600)
     # Then AWSCURRENT has not moved, and the batch stopped at sales.t1, to be tried again
     with pytest.raises(LabelsMoving):
         migrate_batch(world, run_id, 0, batch)
@@ -469,24 +481,6 @@ def test_a_key_rotation_waits_for_a_batch_change_onto_its_old_key_and_the_batch_
     assert [o.status for o in world.runs.outcomes(run_id)][:1] == ["validated"]
 
 
-def _key_rotation_right_before(world: World, op: str) -> tuple[str, list[str]]:
-    """A key rotation (deactivating the old key at once) that runs as far as it may right
-    before the world performs ``op``: (its run id, why it had to wait, if it did)."""
-    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
-    assert isinstance(rotation, str)
-    waited: list[str] = []
-
-    def rotate_now() -> None:
-        world.env.faults.on_call = None
-        try:
-            assert drive_key_rotation(world, rotation) == "stop"
-        except LockBusy as exc:
-            waited.append(str(exc))
-
-    world.env.faults.on_call = once(op, rotate_now)
-    return rotation, waited
-
-
 def test_a_key_rotation_moves_awscurrent_only_once_a_change_onto_its_old_key_has_ended() -> None:
     """A migration's object was admitted while K0 was AWSCURRENT and its ALTER is about to
     commit when a key rotation comes to move AWSCURRENT away from K0 (and deactivate K0 at
@@ -497,7 +491,7 @@ def test_a_key_rotation_moves_awscurrent_only_once_a_change_onto_its_old_key_has
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
     # When the batch has admitted sales.t0 and is about to ALTER it, a key rotation comes
-    rotation, waited = _key_rotation_right_before(world, f"ALTER {T0}")
+    rotation, waited = _key_rotation_at(world, f"ALTER {T0}")
     with pytest.raises(LabelsMoving):
         migrate_batch(world, run_id, 0, batch)
     # Then it waited for that change, which committed while K0 was still AWSCURRENT
@@ -521,7 +515,7 @@ def test_a_key_rotation_moves_awscurrent_only_once_a_rollback_onto_its_old_key_h
     _migrated_to_ops(world)
     (migration,) = [r for r, run in world.runs.runs.items() if run.kind == "migration"]
     # When the rollback is about to move sales.t0 back onto K0 and a key rotation comes
-    rotation, waited = _key_rotation_right_before(world, f"ALTER {T0}")
+    rotation, waited = _key_rotation_at(world, f"ALTER {T0}")
     with pytest.raises(LabelsMoving):
         rollback(world, migration)
     # Then the rotation waited for the move back, which committed while K0 was AWSCURRENT
@@ -548,7 +542,7 @@ def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_key_rotation(
     assert isinstance(run_id, str)
     (batch,) = release_wave(world, run_id).batches
     # When the batch is about to ALTER sales.t0 and a key rotation runs to its end
-    rotation, waited = _key_rotation_right_before(world, f"ALTER {T0}")
+    rotation, waited = _key_rotation_at(world, f"ALTER {T0}")
     migrate_batch(world, run_id, 0, batch)
     # Then it did not wait, K0 was deactivated at once, and every table ended on the operator's key
     assert waited == [] and "retire_blocked" not in world.runs.peek(rotation).data
