@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -236,3 +237,22 @@ def test_a_key_rotation_that_deletes_the_old_key_drops_its_own_dead_connections(
     assert retire_old_key(ctx, run_id, "delete") == "done"
     assert ctx.runs.get(run_id).data["connections_dropped"] == [OURS_OLD]
     assert "seed" in admin.connections, "a connection the rotator did not make is never dropped"
+
+
+def test_a_connection_a_bindings_database_default_names_is_that_bindings() -> None:
+    """Two bindings may hold keys that look alike to Databend (same secret here; with Databend
+    >= 1.2.919 any two keys whose last two characters agree). The user's connection "seed" goes
+    to the binding whose database default names it, not to the first whose keys it may hold."""
+    secrets, iam, admin = world(MaskForm.CURRENT)
+    admin.add_database("warehouse", "seed", bucket="elsewhere")
+    first = lake_binding(iam_user="svc")
+    second = dataclasses.replace(
+        lake_binding(tables=(), databases=("warehouse",), iam_user="svc"),
+        name="warehouse",
+        connection_prefix="warehouse",
+    )
+    found = take_inventory(admin, secrets, iam, [first, second], clock=lambda: 12 * DAY)
+    by_name = {(o["kind"], o["name"]): o for o in found.to_json()["objects"]}
+    assert by_name[("database", "warehouse")]["binding"] == "warehouse"
+    assert by_name[("connection", "seed")]["binding"] == "warehouse"
+    assert by_name[("connection", "mine")]["binding"] == "lake-main"  # (named by nothing)

@@ -27,6 +27,7 @@ from worker.domain.model import (
     AccessKeyCredentials,
     ConnectionInfo,
     Credentials,
+    DatabaseDefault,
     StoredObject,
 )
 from worker.domain.ports import AccessKey, DatabendAdmin, IamKeys, SecretInfo, SecretStore
@@ -157,7 +158,14 @@ def take_inventory(
             if planned.problem is None:
                 owner.setdefault(planned.table, view)
     items = [_object_item(obj, owner.get(obj.name), now) for obj in objects]
-    items += [_connection_item(c, views.values(), now) for c in connections]
+    # a connection a binding's database default names is that binding's (a fingerprint alone
+    # may match several bindings' keys: Databend >= 1.2.919 shows 4 characters of a key)
+    named_by = {
+        obj.connection: owner[obj.name]
+        for obj in reversed(objects)
+        if isinstance(obj, DatabaseDefault) and obj.connection and obj.name in owner
+    }
+    items += [_connection_item(c, views.values(), now, named_by.get(c.name)) for c in connections]
     items.sort(key=lambda i: (_KIND_ORDER[i.kind], i.name))
     if only is not None:
         items = [i for i in items if i.binding == only]
@@ -227,11 +235,16 @@ def _object_item(obj: StoredObject, view: BindingView | None, now: float) -> Inv
 
 
 def _connection_item(
-    connection: ConnectionInfo, views: Iterable[BindingView], now: float
+    connection: ConnectionInfo,
+    views: Iterable[BindingView],
+    now: float,
+    named_by: BindingView | None = None,
 ) -> InventoryItem:
+    """A connection belongs to the binding whose naming it follows, else to the binding whose
+    database default names it, else to the first binding whose keys it may hold."""
     views = list(views)
     fingerprint = connection.fingerprint if connection.unreadable is None else None
-    view = next((v for v in views if v.binding.owns_connection(connection.name)), None)
+    view = next((v for v in views if v.binding.owns_connection(connection.name)), named_by)
     if view is None and fingerprint is not None:
         view = next(
             (v for v in views if any(_may_hold(fingerprint, f) for f in v.fingerprints())), None
