@@ -169,6 +169,15 @@ def may_hold(seen: str | None, holding: str) -> bool:
     return compare(seen, holding) is not Match.NO
 
 
+def may_be_key(seen: str | None, key_id: str) -> bool:
+    """May what an object shows be access key ``key_id``? A view that cannot be read says yes:
+    the callers keep, wait or refuse rather than trust it (fail closed)."""
+    try:
+        return may_hold(seen, held("ak", key_id))
+    except UnreadableEvidence:
+        return True
+
+
 def readable(seen: str | None) -> bool:
     if seen is None:
         return True

@@ -105,17 +105,16 @@ def changes_onto(
     — a rollback's move back (its objects' previous keys vary) or a migration's switch onto a
     target that may be the key; a run that cannot be read counts (fail closed) — admitted under
     a labels epoch other than ``checked_before``, or under any when it is None."""
-    held = masking.held("ak", key_id)
     flying = []
     for entry in fences.in_flight_before(-1 if checked_before is None else checked_before):
         run_id, _, item = entry.partition(":")
         if runs is not None and not item.startswith("rollback:"):
             try:
                 target = runs.get(run_id).target
-                if target and not masking.may_hold(target, held):
-                    continue  # (onto a role or another key: it cannot land this one)
             except RotatorError:
-                pass  # gone, or a target shown unreadably: it may be this key
+                target = None  # gone: it may have been onto this key
+            if target and not masking.may_be_key(target, key_id):
+                continue  # (onto a role or another key: it cannot land this one)
         flying.append(entry)
     return flying
 

@@ -98,7 +98,7 @@ def _decide(
         return keep("it holds no access key (a role is never retired here)")
     if live is None:
         return keep(f"which keys are live cannot be told: {why_unknown}")
-    alive = [k for k in live if _may_hold(fingerprint, k)]
+    alive = [k for k in live if masking.may_be_key(fingerprint, k)]
     if alive:
         return keep(f"it may hold a live key ({masking.show_key(alive[0])})")
     return Decision(
@@ -139,7 +139,9 @@ def drop_after_key_deletion(
         fingerprint = connection.fingerprint
         if connection.unreadable is not None or connection.name in named:
             continue
-        if not _may_hold(fingerprint, key_id) or any(_may_hold(fingerprint, k) for k in live):
+        if not masking.may_be_key(fingerprint, key_id):
+            continue
+        if any(masking.may_be_key(fingerprint, k) for k in live):
             continue
         admin.drop_connection(connection.name)
         dropped.append(connection.name)
@@ -173,12 +175,3 @@ def _busy_secrets(runs: RunStore | None) -> set[str]:
         except RotatorError:
             continue
     return busy
-
-
-def _may_hold(seen: str | None, key_id: str) -> bool:
-    if seen is None:
-        return False
-    try:
-        return masking.may_hold(seen, masking.held("ak", key_id))
-    except RotatorError:
-        return True  # unreadable: keep (it may be this key)

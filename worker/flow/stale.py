@@ -89,7 +89,7 @@ class RotatedAway:
             if keys is None:
                 continue  # a bound secret that does not exist holds no key
             live, old, name = keys
-            if any(_may_hold(fingerprint, k) for k in old - live):
+            if any(masking.may_be_key(fingerprint, k) for k in old - live):
                 return (
                     f"{masking.display(fingerprint)} may be a key secret {name} has been rotated "
                     "away from (no longer AWSCURRENT or AWSPENDING), due to be retired"
@@ -129,10 +129,3 @@ class RotatedAway:
             if key:
                 (live if set(version.stages) & set(LIVE_STAGES) else old).add(key)
         return live, old, info.name
-
-
-def _may_hold(seen: str, key_id: str) -> bool:
-    try:
-        return masking.may_hold(seen, masking.held("ak", key_id))
-    except RotatorError:  # unreadable: it may be that key
-        return True
