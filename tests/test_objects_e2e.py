@@ -215,7 +215,12 @@ def test_rotate_commit_moves_every_kind_and_deleting_the_old_key_breaks_nothing(
 
     w.wait("K1's deletion", lambda: lake.k1["AccessKeyId"] not in w.keys_of(lake.user))
     w.everything_works(lake, label="after_k1")
-    # garbage collection: the rotator's connection on K1 is gone, the user's own stays
+    # garbage collection: the rotator's connection on K1 is gone, the user's own stays (it runs
+    # right after the deletion, and the run records it a moment later)
+    w.wait(
+        "K1's garbage collection",
+        lambda: {"connections_dropped", "gc_error"} & set(w.runs.get(run_id).data),
+    )
     own_old = w.runs.get(run_id).data["connections_dropped"]
     assert own_old and all(c.startswith(f"obj_{w.token}_keyrot_") for c in own_old)
     assert not set(own_old) & connection_names(w.db)
