@@ -169,31 +169,34 @@ class DatabendClient:
 class _Helper:
     """The helper thread of one calling thread, reused statement after statement (starting a
     thread per statement cost more CPU than the rotator's own bookkeeping of a table). A daemon:
-    one left behind by a statement that never answered does not hold its process up at exit."""
+    one left behind by a statement that never answered does not hold its process up at exit.
+
+    Jobs and replies pass through two ``SimpleQueue``s (C code: a put and a get with a timeout
+    each, where a ``threading.Event`` per statement took a Python-level condition and its locks
+    on both sides). A helper whose caller stopped waiting is never given another job, so a late
+    reply can never be mistaken for the next statement's."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="databend-statement", daemon=True).start()
 
     def _serve(self) -> None:
         while True:
-            job, box, done = self._jobs.get()
+            job = self._jobs.get()
             try:
-                box.append(job())
+                reply: tuple[bool, Any] = (True, job())
             except BaseException as exc:  # handed to the caller, who is waiting for it
-                box.append(exc)
-                box.append(None)
-            done.set()
+                reply = (False, exc)
+            self._replies.put(reply)
 
     def run(self, job: Callable[[], T], timeout: float) -> T:
         """``job()`` on the helper; TimeoutError when it has not returned within ``timeout``."""
-        box: list[Any] = []
-        done = threading.Event()
-        self._jobs.put((job, box, done))
-        if not done.wait(timeout):
-            raise TimeoutError
-        if len(box) == 2:
-            raise box[0]
-        return box[0]  # type: ignore[no-any-return]
+        self._jobs.put(job)
+        try:
+            ok, value = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
