@@ -97,8 +97,12 @@ class Recorder:
         except OSError as exc:
             self._write_through(row, exc)
             return
-        self.start()
-        self._wake.set()
+        # without a lock once all is running: eight threads recording at once queued on them
+        flusher = self._flusher
+        if flusher is None or not flusher.is_alive():
+            self.start()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _complete(self, event: AuditEvent) -> AuditEvent:
         run_id = event.run_id or structlog.contextvars.get_contextvars().get("run_id")
@@ -143,6 +147,9 @@ class Recorder:
     # spool and flushing -----------------------------------------------------------------------
 
     def spool(self) -> Spool:
+        made = self._spool
+        if made is not None and made.pid == os.getpid():
+            return made
         with self._lock:
             if self._spool is None or self._spool.pid != os.getpid():  # new, or after a fork
                 self._spool = Spool(spool_dir(self.base, self.dsn, self.database))

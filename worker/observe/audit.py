@@ -51,6 +51,9 @@ def use(build: Callable[[], Trail | None]) -> None:
 def recorder() -> Trail | None:
     """This process's trail (None when no Databend DSN or Redis is configured)."""
     global _recorder, _unwired_warned
+    made = _recorder
+    if made is not None:  # made once: every change after the first skips the lock
+        return made
     with _recorder_lock:
         if _recorder is None:
             if _build is None:
