@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import redis
 import structlog
 
+from worker.adapters.redis_scripts import LuaScript
 from worker.domain.errors import SlotTimeout, StateStoreUnavailable
 
 PREFIX = "rotator:"
@@ -44,8 +45,8 @@ class RedisLimits:
     def __init__(self, client: redis.Redis, lease: float = 30) -> None:
         self.redis = client
         self.lease = lease
-        self._acquire = client.register_script(_ACQUIRE)
-        self._reserve = client.register_script(_RESERVE)
+        self._acquire = LuaScript(client, _ACQUIRE)
+        self._reserve = LuaScript(client, _RESERVE)
         self._held: dict[str, str] = {}  # token -> slots key, for the renewing thread
         self._held_lock = threading.Lock()
         self._renewer: threading.Thread | None = None

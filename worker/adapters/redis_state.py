@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from worker.adapters.redis_scripts import LuaScript
 from worker.adapters.run_store_scripts import ACTIVE
 from worker.domain.errors import StateStoreUnavailable
 from worker.domain.model import RunStatus
@@ -149,8 +150,8 @@ class RedisIntakeState:
     def __init__(self, client: redis.Redis, lease_seconds: float = 30) -> None:
         self.redis = client
         self.lease_seconds = lease_seconds
-        self._advance = client.register_script(_ADVANCE_NEWEST)
-        self._claim = client.register_script(_CLAIM)
+        self._advance = LuaScript(client, _ADVANCE_NEWEST)
+        self._claim = LuaScript(client, _CLAIM)
 
     def claim(self, secret_arn: str, version_id: str, run_id: str) -> Claim:
         now = time.time()
@@ -199,9 +200,9 @@ class RedisSecretLocks:
     def __init__(self, client: redis.Redis, ttl_seconds: float = 600) -> None:
         self.redis = client
         self.ttl_ms = int(ttl_seconds * 1000)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._acquire = LuaScript(client, _ACQUIRE)
+        self._renew = LuaScript(client, _RENEW)
+        self._release = LuaScript(client, _RELEASE)
 
     def _key(self, secret_arn: str) -> str:
         return f"{PREFIX}lock:{secret_arn}"
@@ -227,8 +228,8 @@ class RedisFences:
         self.redis = client
         self.ttl = ttl_seconds
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._issue = client.register_script(_ISSUE)
-        self._enter = client.register_script(_ENTER)
+        self._issue = LuaScript(client, _ISSUE)
+        self._enter = LuaScript(client, _ENTER)
         self._heartbeat: threading.Thread | None = None
 
     @staticmethod

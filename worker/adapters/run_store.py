@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from worker.adapters.redis_scripts import LuaScript, ThreadConnections
 from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_CHECKED
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
@@ -30,7 +31,8 @@ _RECORD_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
 
 
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+    """The process's client: its Lua scripts go the short way (worker/adapters/redis_scripts.py)."""
+    return ThreadConnections.from_url(
         url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
     )
 
@@ -80,9 +82,9 @@ class RedisRunStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int = 30 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
-        self._begin = client.register_script(BEGIN_ATTEMPTS)
-        self._record_script = client.register_script(RECORD_OUTCOMES)
-        self._update_checked = client.register_script(UPDATE_CHECKED)
+        self._begin = LuaScript(client, BEGIN_ATTEMPTS)
+        self._record_script = LuaScript(client, RECORD_OUTCOMES)
+        self._update_checked = LuaScript(client, UPDATE_CHECKED)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
