@@ -39,7 +39,7 @@ from tests.chaos import (
 )
 from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
 from worker.domain.errors import LabelsMoving, LockBusy, MigrationRefused, RotatorError
-from worker.domain.sql import DatabaseName, TableName
+from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
 BLIND = TableName("misc", "b0")
@@ -202,6 +202,45 @@ def test_an_abort_while_the_table_run_is_planned_is_not_undone_by_the_plan(landi
     deliver(lambda: switch_batch(world, table_run, objects))
     assert world.stranded() == []
     assert set(world.env.label(k) for k in world.admin.object_keys().values()) == {"K0"}
+
+
+def test_an_abort_that_read_the_run_before_its_table_run_started_ends_that_table_run_too() -> None:
+    """Chaos seed 5,200,595 (mask current): `rotator abort` read the key rotation before the
+    step that starts its table run had recorded it, and another worker ran that step to its end
+    and planned the table run meanwhile. Acting on what it had read, the abort ended only the
+    parent, switched nothing back and deleted K1; the table run's late batch then moved the
+    stage onto the deleted K1. The abort now reads the run again once the changes in flight have
+    ended, and ends (and waits for) a table run that appeared."""
+    # Given a key rotation whose new key K1 is stored as AWSPENDING, its table run not started
+    world = build_world(Shape(sales=2, stages=1))
+    run_id = start_key_rotation(world, deactivate_after=900, delete_after=0)
+    assert isinstance(run_id, str)
+    while world.runs.peek(run_id).phase != "pending_stored":
+        assert advance(world, run_id)[0] == "continue"
+    planned: list[ObjectName] = []
+    gets = 0
+
+    def another_worker(op: str) -> None:
+        nonlocal gets
+        gets += op == "runs.get"
+        if gets == 2:  # the abort has read the run, and not yet marked it aborted
+            world.env.faults.on_call = None
+            step, followups = advance(world, run_id)
+            assert step == "start_tables"
+            planned.extend(prepare(world, followups[0][1]))
+
+    # When the operator's abort and that step overlap so
+    world.env.faults.on_call = another_worker
+    deliver(lambda: abort(world, run_id))
+    table_run = str(world.runs.peek(run_id).data["table_run"])
+    assert planned == [T0, T1, StageName("landing0")]
+    # and the table run's batch is delivered afterwards
+    deliver(lambda: switch_batch(world, table_run, planned))
+    # Then the table run was ended with its parent, nothing moved onto K1, and K1 is gone
+    assert world.runs.peek(table_run).status == "aborted"
+    assert world.stranded() == []
+    assert set(world.env.label(k) for k in world.admin.object_keys().values()) == {"K0"}
+    assert iam_keys(world) == {"K0": "active"}
 
 
 def test_an_abort_before_a_key_rotations_first_step_is_not_undone_by_that_step() -> None:

@@ -48,17 +48,23 @@ def abort(
         raise FatalError(f"run {run_id} already moved AWSCURRENT: rotate again instead of aborting")
     if run.status == RunStatus.ABORTED and run.data.get("abort_done"):
         return []
-    table_run = run.data.get("table_run")
-    runs_of_it = [run_id] + ([str(table_run)] if table_run else [])
-    for rid in runs_of_it:
-        _end_for_abort(ctx, rid)
-    flying = wait_until_idle(ctx.fences, runs_of_it, timeout=wait_seconds, sleep=sleep)
-    if flying:
-        raise FatalError(
-            f"run {run_id} is marked aborted, but {len(flying)} change(s) were still in flight "
-            f"after {wait_seconds:g}s ({', '.join(flying[:5])}); nothing was switched back yet: "
-            f"ask `rotator abort {run_id}` again once they have ended"
-        )
+    while True:
+        # a step admitted before the run was marked may start the table run meanwhile: once that
+        # step has ended, a table run that appeared is ended and waited for too
+        table_run = run.data.get("table_run")
+        runs_of_it = [run_id] + ([str(table_run)] if table_run else [])
+        for rid in runs_of_it:
+            _end_for_abort(ctx, rid)
+        flying = wait_until_idle(ctx.fences, runs_of_it, timeout=wait_seconds, sleep=sleep)
+        if flying:
+            raise FatalError(
+                f"run {run_id} is marked aborted, but {len(flying)} change(s) were still in "
+                f"flight after {wait_seconds:g}s ({', '.join(flying[:5])}); nothing was switched "
+                f"back yet: ask `rotator abort {run_id}` again once they have ended"
+            )
+        run = ctx.runs.get(run_id)
+        if run.data.get("table_run") == table_run:
+            break
     switched_back = _switch_back(ctx, run, binding)
     info = ctx.secrets.describe(run.secret)
     if "AWSPENDING" in getattr(info.versions.get(run.version_id), "stages", ()):
