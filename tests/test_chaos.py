@@ -176,9 +176,14 @@ def test_the_schedules_exercise_every_action_and_fault() -> None:
         "finished before: ",
         "stopped, the run ended: the rest stays pending",
         "meanwhile, the operator:",
-        "(given up)",
     ):
         assert happening in traces, happening
+    # a batch out of retries is rare at one fault in five (one seed in a few hundred, and which
+    # one moves whenever the core's calls change): looked for where faults are twice as common
+    harsher = [
+        Scenario(seed, ChaosSettings(migrations=False, fault_rate=0.4)) for seed in range(100)
+    ]
+    assert any("(given up)" in line for s in harsher for line in s.run().trace)
     # batches of several objects, some writing their outcomes before they end
     assert re.search(r"deliver switch\(\S+, \[[^\]]+, ", traces)
     assert re.search(r"outcome\(s\) written, \d+ pending\n +[a-z]\w*(\.\w+)?: \w+\n", traces)

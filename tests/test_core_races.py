@@ -38,7 +38,7 @@ from tests.chaos import (
     switch_batch,
 )
 from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
-from worker.domain.errors import LabelsMoving, LockBusy, MigrationRefused, RotatorError
+from worker.domain.errors import LockBusy, MigrationRefused, RotatorError
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
@@ -492,23 +492,25 @@ def _key_rotation_at(
 
 
 def test_a_key_rotation_waits_for_a_batch_change_onto_its_old_key_and_the_batch_sees_it() -> None:
-    """A key rotation comes to move AWSCURRENT from K0 to K1 right after a migration's batch
-    switched sales.t0 onto K0, that change still in flight. It holds every admission and waits
-    (LockBusy, tried again shortly) rather than move the label under the change; the batch's next
-    object is held too (LabelsMoving, tried again shortly). Once the batch's changes have ended,
-    AWSCURRENT moves, and the batch, delivered again, checks its target on fresh labels (the
-    worker's 5 s reuse notwithstanding) and moves nothing more onto K0."""
+    """A key rotation of K0 starts right after a migration's batch switched sales.t0 onto K0,
+    that change still in flight. It stores K1 as AWSPENDING, marks the labels moved, and waits
+    (LockBusy, tried again shortly) rather than start its table run under the change; the
+    batch's next object is checked on fresh labels (the worker's 5 s reuse notwithstanding) and
+    refused: K0 is being rotated away from. Once the change has ended the table run moves every
+    table onto K1, and the batch, delivered again, still moves nothing onto K0."""
     # Given the sales tables on Kops, and a migration of them back onto K0 released
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
-    # When, right after the batch's ALTER of sales.t0, a key rotation runs as far as it may
-    # (its table run moves every sales table onto K1), with no time passing
+    # When, right after the batch's ALTER of sales.t0, a key rotation runs as far as it may, with
+    # no time passing
     rotation, waited = _key_rotation_at(world, f"ALTER {T0}", after=True, deactivate_after=3600)
-    # Then AWSCURRENT has not moved, and the batch stopped at sales.t1, to be tried again
-    with pytest.raises(LabelsMoving):
+    # Then the batch stopped at sales.t1, and the rotation waited before switching any table
+    with pytest.raises(MigrationRefused, match="being rotated away from"):
         migrate_batch(world, run_id, 0, batch)
-    assert f"{run_id}:{T0}" in waited[0] and world.version_with("AWSCURRENT") == "v0"
+    assert "checked before the new key was stored" in waited[0] and f"{run_id}:{T0}" in waited[0]
+    assert world.version_with("AWSPENDING") and world.version_with("AWSCURRENT") == "v0"
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "Kops", "sales.t2": "Kops"}
     assert world.fences.in_flight(run_id) == []
     # When the rotation goes on, and the batch comes back
     assert drive_key_rotation(world, rotation) == "stop"
@@ -520,54 +522,57 @@ def test_a_key_rotation_waits_for_a_batch_change_onto_its_old_key_and_the_batch_
     assert [o.status for o in world.runs.outcomes(run_id)][:1] == ["validated"]
 
 
-def test_a_key_rotation_moves_awscurrent_only_once_a_change_onto_its_old_key_has_ended() -> None:
-    """A migration's object was admitted while K0 was AWSCURRENT and its ALTER is about to
-    commit when a key rotation comes to move AWSCURRENT away from K0 (and deactivate K0 at
-    once). It waits: the ALTER commits while K0 is still AWSCURRENT, and once the change has
-    ended AWSCURRENT moves; the retirement then refuses for the object the change left on K0,
-    which stays active (never an object on a dead key, nor moved behind its secret)."""
+def test_a_key_rotation_switches_tables_only_once_a_change_onto_its_old_key_has_ended() -> None:
+    """A migration's object was admitted while K0 was AWSCURRENT with no rotation under way, and
+    its ALTER is about to commit when a key rotation of K0 starts (deactivating K0 at once when it
+    ends). The rotation waits before its table run: the ALTER commits onto K0, and the table run,
+    started once the change has ended, moves sales.t0 onto K1 with the rest. Without the wait the
+    table run would switch sales.t0 first and the ALTER would then put it back on K0."""
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     run_id, batch = _migration_back_to_k0(world)
     # When the batch has admitted sales.t0 and is about to ALTER it, a key rotation comes
     rotation, waited = _key_rotation_at(world, f"ALTER {T0}")
-    with pytest.raises(LabelsMoving):
+    with pytest.raises(MigrationRefused, match="being rotated away from"):
         migrate_batch(world, run_id, 0, batch)
     # Then it waited for that change, which committed while K0 was still AWSCURRENT
     assert "waiting for 1 change(s) onto" in waited[0] and f"{run_id}:{T0}" in waited[0]
     assert world.version_with("AWSCURRENT") == "v0"
-    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "Kops", "sales.t2": "Kops"}
     # When the change has ended and the rotation goes on
     assert world.fences.in_flight(run_id) == []
     assert drive_key_rotation(world, rotation) == "stop"
-    # Then AWSCURRENT moved, and K0 stays active: sales.t0 uses it
+    # Then every table is on K1, AWSCURRENT moved, and K0 was deactivated: nothing uses it
+    assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
     assert world.version_with("AWSCURRENT") != "v0"
-    assert iam_keys(world)["K0"] == "active"
-    assert "sales.t0" in world.runs.peek(rotation).data["retire_blocked"]
+    assert iam_keys(world)["K0"] == "inactive"
+    assert "retire_blocked" not in world.runs.peek(rotation).data
 
 
-def test_a_key_rotation_moves_awscurrent_only_once_a_rollback_onto_its_old_key_has_ended() -> None:
+def test_a_key_rotation_switches_tables_only_once_a_rollback_onto_its_old_key_has_ended() -> None:
     """The same for `rotator rollback`: it reads the labels fresh for each object, yet a move
-    back onto K0 checked while K0 was AWSCURRENT commits a moment later. Each move back counts
-    as in flight until it has ended, and the rotation waits for it."""
+    back onto K0 checked before the rotation stored its new key commits a moment later. Each
+    move back counts as in flight until it has ended, and the rotation waits for it; the objects
+    the rollback comes to afterwards stay where they are (K0 is being rotated away from)."""
     world = build_world(Shape(sales=3), ops=True)
     _migrated_to_ops(world)
     (migration,) = [r for r, run in world.runs.runs.items() if run.kind == "migration"]
     # When the rollback is about to move sales.t0 back onto K0 and a key rotation comes
     rotation, waited = _key_rotation_at(world, f"ALTER {T0}")
-    with pytest.raises(LabelsMoving):
-        rollback(world, migration)
+    line = rollback(world, migration)
     # Then the rotation waited for the move back, which committed while K0 was AWSCURRENT
     assert f"{migration}:rollback:{T0}" in waited[0]
+    assert "left (behind): sales.t1, sales.t2" in line
     assert world.version_with("AWSCURRENT") == "v0"
-    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "K1", "sales.t2": "K1"}
+    assert keys_of_tables(world) == {"sales.t0": "K0", "sales.t1": "Kops", "sales.t2": "Kops"}
     assert world.fences.in_flight(migration) == []
     # When the rotation goes on and the rollback is run again
     assert drive_key_rotation(world, rotation) == "stop"
     line = rollback(world, migration)
-    # Then the objects still to move back stay where they are: K0 was rotated away from
-    assert "left (behind): sales.t1, sales.t2" in line
-    assert iam_keys(world)["K0"] == "active"  # (sales.t0 uses it)
+    # Then every table is on K1 and K0 was deactivated; nothing more moves back onto it
+    assert "moved back: none" in line
+    assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
+    assert iam_keys(world)["K0"] == "inactive"
 
 
 def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_key_rotation() -> None:

@@ -51,10 +51,30 @@ def test_a_key_an_older_version_held_is_behind_in_either_masking_form(form: Mask
 
 
 def test_a_pending_key_is_live_and_a_key_a_live_version_also_holds_is_live() -> None:
+    secrets = _secrets(v0=(OLD, ""), v1=(OLD, "AWSCURRENT"))
+    assert _checker(secrets).reason(_shown(OLD, MaskForm.LEGACY)) is None
+    secrets = _secrets(v0=(OLD, ""), v1=(OLD, "AWSCURRENT"), v2=(OLD, "AWSPENDING"))
+    assert _checker(secrets).reason(_shown(OLD, MaskForm.LEGACY)) is None  # the same key pending
     secrets = _secrets(v0=(OLD, ""), v1=(OLD, "AWSCURRENT"), v2=(PENDING, "AWSPENDING"))
-    checker = _checker(secrets)
-    assert checker.reason(_shown(OLD, MaskForm.LEGACY)) is None
-    assert checker.reason(_shown(PENDING, MaskForm.LEGACY)) is None
+    assert _checker(secrets).reason(_shown(PENDING, MaskForm.LEGACY)) is None
+
+
+@pytest.mark.parametrize("form", list(MaskForm))
+def test_the_current_key_is_being_rotated_away_from_while_another_is_pending(
+    form: MaskForm,
+) -> None:
+    """A rotation under way: nothing is moved onto AWSCURRENT's key while AWSPENDING holds a new
+    one (the rotation's table run may already have switched that object); AWSCURRENT moved on or
+    AWSPENDING dropped, the key is rotated away from or current again."""
+    secrets = _secrets(v1=(OLD, "AWSCURRENT"), v2=(PENDING, "AWSPENDING"))
+    reason = _checker(secrets).reason(_shown(OLD, form))
+    assert reason is not None and "being rotated away from" in reason
+    assert _checker(secrets).reason(_shown(PENDING, form)) is None
+    aborted = _secrets(v1=(OLD, "AWSCURRENT"), v2=(PENDING, ""))
+    assert _checker(aborted).reason(_shown(OLD, form)) is None
+    finished = _secrets(v1=(OLD, "AWSPREVIOUS"), v2=(PENDING, "AWSCURRENT"))
+    reason = _checker(finished).reason(_shown(OLD, form))
+    assert reason is not None and "has been rotated away from" in reason
 
 
 def test_a_masked_key_that_may_be_either_a_live_or_an_old_key_is_behind() -> None:

@@ -20,7 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from worker.domain import masking
-from worker.domain.errors import KeyInUse, RotatorError, UnknownSecretError, UnreadableEvidence
+from worker.domain.errors import (
+    KeyInUse,
+    LockBusy,
+    RotatorError,
+    UnknownSecretError,
+    UnreadableEvidence,
+)
 from worker.domain.model import DatabaseDefault, StoredObject
 from worker.domain.ports import DatabendAdmin, Fences, RunStore, SecretStore
 from worker.domain.sql import object_label
@@ -117,6 +123,19 @@ def changes_onto(
                 continue  # (onto a role or another key: it cannot land this one)
         flying.append(entry)
     return flying
+
+
+def wait_for_changes_onto(
+    fences: Fences, runs: RunStore, key_id: str, why: str, *, checked_before: int | None = None
+) -> None:
+    """LockBusy (the step is tried again shortly) while ``changes_onto`` the key are in flight;
+    ``why`` says what waits ("before moving AWSCURRENT")."""
+    flying = changes_onto(fences, runs, key_id, checked_before=checked_before)
+    if flying:
+        raise LockBusy(
+            f"waiting for {len(flying)} change(s) onto {masking.show_key(key_id)} {why}: "
+            f"{', '.join(flying[:3])}"
+        )
 
 
 def refuse_if_used(

@@ -43,6 +43,7 @@ def create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     stored = _stored_pending(ctx, info, run.version_id)
     if stored is not None:  # stored before a crash: take the key id from it
         data["new_key_id"] = stored.access_key_id
+        _pending_stored(ctx)  # (again: the crash may have come before the first mark)
         ctx.runs.update(run.run_id, phase=Phase.PENDING_STORED, data=data)
         return Next.CONTINUE
     user, old_key = str(data["user"]), str(data["old_key_id"])
@@ -70,9 +71,19 @@ def create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     value = {k: v for k, v in current_value.items() if k not in _KEY_FIELDS}
     value.update(access_key_id=key_id, secret_access_key=secret_key)
     ctx.writer.put_pending(info.arn, run.version_id, json.dumps(value))
+    _pending_stored(ctx)
     data["new_key_id"] = key_id
     ctx.runs.update(run.run_id, phase=Phase.PENDING_STORED, data=data)
     return Next.CONTINUE
+
+
+def _pending_stored(ctx: KeyRotationContext) -> None:
+    """The new key is AWSPENDING: from now on the old key is one the secret is being rotated
+    away from, and no migration or rollback moves an object onto it (worker/flow/stale.py).
+    Marking the labels moved makes every running one check again on fresh labels; the table run
+    starts once the changes admitted on the older view have ended (key_rotation._start_tables)."""
+    if ctx.fences is not None:
+        ctx.fences.labels_moved()
 
 
 _LOOK_ALIKE_ATTEMPTS = 8

@@ -44,7 +44,7 @@ from worker.domain.ports import (
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
 from worker.flow.abort import ABORT_WAIT_SECONDS, abort
-from worker.flow.evidence import changes_onto, key_usage, refuse_if_used
+from worker.flow.evidence import key_usage, refuse_if_used, wait_for_changes_onto
 from worker.flow.fencing import admitted, require_drained, take_fence
 from worker.flow.key_context import (
     PHASES,
@@ -235,6 +235,18 @@ def advance(ctx: KeyRotationContext, run_id: str) -> Next:
 
 
 def _start_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
+    """Start the table run — once no migration's or rollback's change that may land on the old
+    key, admitted before the new key was stored as AWSPENDING, is in flight (LockBusy: the step
+    is tried again shortly). One could otherwise commit onto the old key after the table run
+    switched that object, and the test step would find it there; later ones are refused."""
+    if ctx.fences is not None:
+        wait_for_changes_onto(
+            ctx.fences,
+            ctx.runs,
+            str(run.data["old_key_id"]),
+            "checked before the new key was stored, before switching tables",
+            checked_before=ctx.fences.labels_epoch(),
+        )
     data = dict(run.data)
     table_run = data.get("table_run") or uuid.uuid4().hex
     if "table_run" not in data:
@@ -318,13 +330,8 @@ def _finish(ctx: KeyRotationContext, run: RunRecord) -> Next:
         )
     if ctx.fences is not None and current != run.version_id:
         ctx.fences.labels_moving(LABELS_MOVING_SECONDS)
-        old_key = str(run.data["old_key_id"])
-        flying = changes_onto(ctx.fences, ctx.runs, old_key)
-        if flying:
-            raise LockBusy(
-                f"waiting for {len(flying)} change(s) onto {masked(old_key)} checked while it was "
-                f"AWSCURRENT before moving AWSCURRENT: {', '.join(flying[:3])}"
-            )
+        old_key, why = str(run.data["old_key_id"]), "checked while it was AWSCURRENT"
+        wait_for_changes_onto(ctx.fences, ctx.runs, old_key, f"{why} before moving AWSCURRENT")
     ctx.writer.make_current(run.secret, run.version_id)
     if ctx.fences is not None:
         ctx.fences.labels_moved()  # admissions go on, and check their targets on fresh labels

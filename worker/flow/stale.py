@@ -1,17 +1,19 @@
 """Credentials a bound secret has moved away from: the keys its earlier versions held that neither
-AWSCURRENT nor AWSPENDING holds now.
+AWSCURRENT nor AWSPENDING holds now; and the key it is moving away from: AWSCURRENT's, while
+AWSPENDING holds another (a rotation under way: the rotator's key rotation, or any other).
 
 An object moved onto such a key is behind its secret: the key is due to be deactivated and deleted
-(by a key rotation's retirement, or by whatever rotated the secret), and the object would then
-be stranded. The rotator's own runs never do it (fencing, worker/flow/fencing.py); an operator's
-`rotator rollback` could, by moving an object back to the credentials it had before its migration,
-and `rotator migrate --to` a connection holding such a key. ``RotatedAway`` answers whether a
-destination is such a key (for a rollback right before each object moves, for a migration when it
-is planned and right before each object it switches), reading the labels fresh each time or,
-with ``max_age``, at most that many seconds old (a rotation may move AWSCURRENT at any moment; a
-version's value never changes, so each is read once). Masked keys match through ``masking``: a
-destination that may be a key moved away from counts as one (fail closed), also when it may be a
-live key too; a key that a live version holds as well is live.
+(by a key rotation's retirement, or by whatever rotated the secret), and the object would then be
+stranded; moved onto the key being rotated away from, it could also land after the rotation's table
+run switched it, and be left there. The rotator's own runs never do it (fencing,
+worker/flow/fencing.py); an operator's `rotator rollback` could, by moving an object back to the
+credentials it had before its migration, and `rotator migrate --to` a connection holding such a
+key. ``RotatedAway`` answers whether a destination is such a key (for a rollback right before each
+object moves, for a migration when it is planned and right before each object it switches), reading
+the labels fresh each time or, with ``max_age``, at most that many seconds old (a rotation may move
+AWSCURRENT at any moment; a version's value never changes, so each is read once). Masked keys match
+through ``masking``: a destination that may be a key moved away from counts as one (fail closed),
+also when it may be a live key too; a key that a live version holds as well is live.
 
 With an ``epoch`` source (the fences' labels epoch, moved on whenever the rotator moves a secret's
 labels or hears of a move: worker/domain/ports.Fences) the epoch is read before each secret's
@@ -54,11 +56,9 @@ class RotatedAway:
     clock: Callable[[], float] = time.monotonic
     epoch: Callable[[], int] | None = None  # the labels epoch (Fences.labels_epoch), if kept
     _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (arn, version) ->
-    # secret -> (read at, the labels epoch read just before, (live keys, old keys, name) or None
-    # for a secret that does not exist)
-    _read: dict[str, tuple[float, int | None, tuple[set[str], set[str], str] | None]] = field(
-        default_factory=dict
-    )
+    # secret -> (read at, the labels epoch read just before, its keys or None for a secret that
+    # does not exist)
+    _read: dict[str, tuple[float, int | None, _Keys | None]] = field(default_factory=dict)
 
     def reason(self, fingerprint: str | None) -> str | None:
         """Why ``fingerprint`` (what an object showed) must not be moved onto, or None.
@@ -88,11 +88,16 @@ class RotatedAway:
                 epochs.append(epoch)
             if keys is None:
                 continue  # a bound secret that does not exist holds no key
-            live, old, name = keys
-            if any(masking.may_be_key(fingerprint, k) for k in old - live):
+            if any(masking.may_be_key(fingerprint, k) for k in keys.old - keys.live):
                 return (
-                    f"{masking.display(fingerprint)} may be a key secret {name} has been rotated "
-                    "away from (no longer AWSCURRENT or AWSPENDING), due to be retired"
+                    f"{masking.display(fingerprint)} may be a key secret {keys.name} has been "
+                    "rotated away from (no longer AWSCURRENT or AWSPENDING), due to be retired"
+                ), None
+            if keys.leaving and masking.may_be_key(fingerprint, keys.leaving):
+                return (
+                    f"{masking.display(fingerprint)} may be the key secret {keys.name} is being "
+                    "rotated away from (AWSPENDING holds a new key): let the rotation finish "
+                    "(or abort it) first"
                 ), None
         return None, min(epochs, default=None)
 
@@ -101,15 +106,15 @@ class RotatedAway:
         forget every view, so the next question reads the epoch and the labels again."""
         self._read.clear()
 
-    def _keys_of(self, secret: str) -> tuple[int | None, tuple[set[str], set[str], str] | None]:
-        """(the labels epoch read before them, (live keys, keys rotated away from, name) or None
-        when the secret does not exist)."""
+    def _keys_of(self, secret: str) -> tuple[int | None, _Keys | None]:
+        """(the labels epoch read before them, its keys or None when the secret does not
+        exist)."""
         now = self.clock()
         read = self._read.get(secret)
         if read is not None and self.max_age > 0 and now - read[0] < self.max_age:
             return read[1], read[2]
         epoch = self.epoch() if self.epoch is not None else None  # before: a move after shows
-        keys: tuple[set[str], set[str], str] | None
+        keys: _Keys | None
         try:
             keys = self._read_keys(secret)
         except UnknownSecretError:
@@ -117,15 +122,29 @@ class RotatedAway:
         self._read[secret] = (now, epoch, keys)
         return epoch, keys
 
-    def _read_keys(self, secret: str) -> tuple[set[str], set[str], str]:
+    def _read_keys(self, secret: str) -> _Keys:
         info = self.secrets.describe(secret)
-        live: set[str] = set()
-        old: set[str] = set()
+        keys = _Keys(info.name)
+        by_stage: dict[str, str | None] = {}
         for version in info.versions.values():
             slot = (info.arn, version.version_id)
             if slot not in self._keys:
                 self._keys[slot] = key_id_of(self.secrets.read_version(*slot))
             key = self._keys[slot]
+            by_stage.update((stage, key) for stage in version.stages)
             if key:
-                (live if set(version.stages) & set(LIVE_STAGES) else old).add(key)
-        return live, old, info.name
+                (keys.live if set(version.stages) & set(LIVE_STAGES) else keys.old).add(key)
+        current, pending = by_stage.get("AWSCURRENT"), by_stage.get("AWSPENDING")
+        if current and pending and pending != current:
+            keys.leaving = current
+        return keys
+
+
+@dataclass
+class _Keys:
+    """What one read of a secret's versions found."""
+
+    name: str
+    live: set[str] = field(default_factory=set)  # held by AWSCURRENT or AWSPENDING
+    old: set[str] = field(default_factory=set)  # held by another version only
+    leaving: str | None = None  # AWSCURRENT's key, while AWSPENDING holds another
