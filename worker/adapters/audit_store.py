@@ -165,7 +165,10 @@ class Spool:
 
     ``append`` returns once its row is on disk. The file stays open, and threads appending at
     once share one fsync (group commit): a row waits only for an fsync begun after it was
-    written, so eight threads recording together cost about one fsync, not eight in a row."""
+    written, so eight threads recording together cost about one fsync, not eight in a row. The
+    fsync runs holding ``_sync``, a plain lock: a thread that waited for it first looks whether
+    the fsync it waited behind covered its row (a Condition woke every waiter, in Python, after
+    every fsync)."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -176,9 +179,7 @@ class Spool:
         self._lock_file = open(directory / f"{name}.lock", "w")  # noqa: SIM115 (held for life)
         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._write = threading.Lock()  # the file, the counts below
-        # one fsync at a time; rows that one covers are released together (taken before _write)
-        self._sync = threading.Condition(threading.Lock())
-        self._syncing = False
+        self._sync = threading.Lock()  # held for each fsync, and to close the file (before _write)
         self._file: TextIO | None = None
         self._generation = 0  # which file (rotations and closes start a new one)
         self._appended = 0  # rows written to this file
@@ -194,24 +195,13 @@ class Spool:
             self._appended += 1
             generation, count = self._generation, self._appended
         with self._sync:
-            while self._syncing and not self._on_disk(generation, count):
-                self._sync.wait()  # the fsync under way may not cover this row: see after it
-            if self._on_disk(generation, count):
+            if self._on_disk(generation, count):  # an fsync this thread waited behind covered it
                 return
-            self._syncing = True  # this thread syncs, for every row written so far
-            with self._write:
+            with self._write:  # this thread syncs, for every row written so far
                 upto, file = self._appended, self._file
-        synced = False
-        try:
-            assert file is not None
+            assert file is not None  # (closing the file takes _sync: it is still this one)
             os.fsync(file.fileno())
-            synced = True
-        finally:
-            with self._sync:
-                self._syncing = False
-                if synced:
-                    self._synced = max(self._synced, upto)
-                self._sync.notify_all()
+            self._synced = max(self._synced, upto)
 
     def _on_disk(self, generation: int, count: int) -> bool:
         """(holding _sync) Row ``count`` of file ``generation``: an fsync begun after it was
@@ -220,15 +210,11 @@ class Spool:
 
     def close(self) -> None:
         """Put the file on disk and close it; a later ``append`` opens it again."""
-        with self._sync:
-            while self._syncing:  # never close the file under an fsync
-                self._sync.wait()
-            with self._write:
-                self._close_file()
-            self._sync.notify_all()
+        with self._sync, self._write:  # never under an fsync
+            self._close_file()
 
     def _close_file(self) -> None:
-        """(holding _sync with no fsync under way, and _write) The file on disk and closed."""
+        """(holding _sync and _write) The file on disk and closed."""
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -239,22 +225,18 @@ class Spool:
 
     def rotate_if_large(self) -> None:
         """Start a new file once this one is large and fully shipped (called by the flusher)."""
-        with self._sync:
-            while self._syncing:  # never close the file under an fsync
-                self._sync.wait()
-            with self._write:
-                size = self.path.stat().st_size if self.path.exists() else 0
-                if size <= ROTATE_BYTES or _offset(self.path) < size:
-                    return
-                self._close_file()
-                old, old_lock = self.path, self._lock_file
-                name = f"{socket.gethostname()}-{self.pid}-{uuid.uuid4().hex[:8]}"
-                self.path = self.directory / f"{name}.jsonl"
-                self._lock_file = open(self.directory / f"{name}.lock", "w")  # noqa: SIM115
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _remove(old)
-                old_lock.close()
-            self._sync.notify_all()  # appends waiting on the old file: it was shipped whole
+        with self._sync, self._write:  # never under an fsync
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size <= ROTATE_BYTES or _offset(self.path) < size:
+                return
+            self._close_file()
+            old, old_lock = self.path, self._lock_file
+            name = f"{socket.gethostname()}-{self.pid}-{uuid.uuid4().hex[:8]}"
+            self.path = self.directory / f"{name}.jsonl"
+            self._lock_file = open(self.directory / f"{name}.lock", "w")  # noqa: SIM115
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _remove(old)
+            old_lock.close()
 
     def files(self) -> Iterator[tuple[Path, bool]]:
         """(spool file, is it this process's) — this process's first, then orphans."""
