@@ -22,6 +22,7 @@ from tests.chaos import (
     Shape,
     abort,
     advance,
+    batches,
     build_world,
     drive_key_rotation,
     intake,
@@ -39,6 +40,7 @@ from tests.chaos import (
 )
 from tests.chaos_world import ALIVE_TTL, LOCK_TTL, WorkerCrash, World
 from worker.domain.errors import LockBusy, MigrationRefused, RotatorError
+from worker.domain.ports import Admission
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 T0, T1, T2 = (TableName("sales", f"t{i}") for i in range(3))
@@ -573,6 +575,37 @@ def test_a_key_rotation_switches_tables_only_once_a_rollback_onto_its_old_key_ha
     assert "moved back: none" in line
     assert keys_of_tables(world) == {"sales.t0": "K1", "sales.t1": "K1", "sales.t2": "K1"}
     assert iam_keys(world)["K0"] == "inactive"
+
+
+def test_a_change_onto_the_old_key_in_flight_still_holds_awscurrents_move() -> None:
+    """The second line: once AWSPENDING is stored no check admits a change onto the old key, but
+    should one be in flight when AWSCURRENT is about to move (whatever admitted it: a view of
+    the labels that was behind, say), the move waits for it, holding admissions meanwhile."""
+    world = build_world(Shape(sales=3), ops=True)
+    _migrated_to_ops(world)
+    run_id, _batch = _migration_back_to_k0(world)
+    rotation = start_key_rotation(world, deactivate_after=0, delete_after=7200)
+    assert isinstance(rotation, str)
+    while world.runs.peek(rotation).phase != "tested":
+        _step, followups = advance(world, rotation)
+        for _start, table_run in followups:  # (its table run, switched as one batch)
+            for names in batches(prepare(world, table_run), 1):
+                switch_batch(world, table_run, names)
+    # When a change of the migration onto K0 is in flight, admitted under the current labels
+    run = world.runs.get(run_id)
+    epoch = world.fences.labels_epoch()
+    admitted = world.fences.enter(run_id, str(T0), token=run.fence, labels_epoch=epoch)
+    assert admitted is Admission.ADMITTED
+    # Then AWSCURRENT does not move, and admissions are held meanwhile
+    with pytest.raises(LockBusy, match="before moving AWSCURRENT"):
+        advance(world, rotation)
+    assert world.version_with("AWSCURRENT") == "v0"
+    held = world.fences.enter(run_id, str(T1), token=run.fence, labels_epoch=epoch)
+    assert held is Admission.STALE
+    # When the change has ended, it moves
+    world.fences.leave(run_id, str(T0))
+    assert drive_key_rotation(world, rotation) == "stop"
+    assert world.version_with("AWSCURRENT") != "v0"
 
 
 def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_key_rotation() -> None:
