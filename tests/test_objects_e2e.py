@@ -4,7 +4,8 @@ subprocesses. Tables, a stage, a database default and a table created inside it,
 to K2 under `rotate --commit`, an event and `migrate --from`; once K1 is deleted everything still
 works. Plus: a stage left alone on K1 blocks K1's retirement by name; the inventory and reconcile
 see (and fix) a table made on the old connection; an unswitchable stage is refused by name with
-nothing changed; garbage collection drops only the rotator's own dead connections."""
+nothing changed; garbage collection drops only the rotator's own dead connections; a migration
+onto the key being rotated leaves nothing on it."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
 
-LAKES = ("keyrot", "event", "migrate", "lonely", "oss")
+LAKES = ("keyrot", "event", "migrate", "lonely", "oss", "racing")
 
 
 @dataclass
@@ -317,6 +318,66 @@ def test_migrate_from_a_connection_moves_every_kind_on_its_credentials(world: Wo
     kinds = {o.get("kind", "table") for o in json.loads(status.stdout)["tables"]}
     assert kinds == {"table", "stage", "database"}
     w.secrets_stay_secret(lake.k1, k2)
+
+
+def test_a_migration_onto_the_key_being_rotated_leaves_nothing_on_it(world: World) -> None:
+    """A migration moves tables of the binding's database, 1.5 a second, from another user's
+    key K0 onto a connection holding the bound secret's key K1, while `rotator rotate --commit`
+    rotates that secret to K2. Before, the rotation's table run switched a table the migration
+    then moved back onto K1, and the rotation failed its test step. Now the migration's objects
+    are refused once K2 is AWSPENDING (K1 is being rotated away from: the migration fails,
+    saying so), the table run starts once the changes admitted before have ended, the rotation
+    succeeds, and no object is on K1 once K1 is deactivated or deleted; everything works."""
+    w, t = world, world.token
+    lake = seed(w, "racing")
+    k0, k1 = make_user(w.aws, f"obj-{t}-racingsource"), lake.k1["AccessKeyId"]
+    create_key_connection(w.db, w.aws, f"obj_{t}_racing_source", k0)
+    create_key_connection(w.db, w.aws, f"obj_{t}_racing_onto", lake.k1)
+    movers = [TableName(f"obj_{t}_racing", f"mover {i}") for i in range(16)]
+    for name in movers:
+        create_external_table(w.db, name, lake.bucket, f"obj_{t}_racing_source", rows=2)
+    migration = w.stack.start(
+        "racing-migrate",
+        *("migrate", "--to", f"obj_{t}_racing_onto", "--tables", f"obj_{t}_racing.mover*"),
+        *("--commit", "--canary", "0", "--concurrency", "2", "--rate", "1.5"),
+    )
+    w.wait("the migration's first switch", lambda: any(w.shown_tail(m) == tail(k1) for m in movers))
+
+    started = time.monotonic()
+    result = w.stack.cli(
+        "rotate", f"racing-{t}", "--commit", "--delete-after", "6s", "--timeout", "240"
+    )
+    rotated_in = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the migration's later objects were refused once K2 was AWSPENDING: it ends failed
+    assert migration.wait(timeout=120) == 1
+    said = (w.stack.log_dir / "racing-migrate.log").read_text()
+    run_id = next(
+        line.split()[1].rstrip(":") for line in said.splitlines() if line.startswith("run ")
+    )
+    outcomes = json.loads(w.stack.cli("status", run_id, "--json").stdout)["tables"]
+    refused = [o for o in outcomes if o["status"] == "failed"]
+    assert refused and all("rotated away from" in o["reason"] for o in refused), refused
+    k2 = next(k for k in w.keys_of(lake.user) if k != k1)
+    all_on(w, lake, k2)
+
+    everything = [*lake.tables, lake.inside, lake.stage, lake.database, *movers]
+
+    def k1_deleted_and_never_used_once_retired() -> bool:
+        status = w.keys_of(lake.user).get(k1, "Deleted")
+        if status != "Active":
+            on_k1 = [o for o in everything if w.shown_tail(o) == tail(k1)]
+            assert not on_k1, f"K1 {status} and still used by {on_k1}"
+        return status == "Deleted"
+
+    w.wait("K1's deletion", k1_deleted_and_never_used_once_retired)
+    w.everything_works(lake, label="after_k1")
+    for mover in movers:
+        assert len(w.db.query(f"SELECT * FROM {mover.sql}")) == 2, mover
+    moved = [m for m in movers if w.shown_tail(m) == tail(k2)]
+    assert moved, "the tables the migration moved onto K1 went on to K2 with the rotation"
+    print(f"[{w.mask}] rotation with a migration onto its old key: {rotated_in:.1f}s")
+    w.secrets_stay_secret(lake.k1, k0)
 
 
 def test_a_stage_alone_on_the_old_key_blocks_its_retirement_by_name(world: World) -> None:
