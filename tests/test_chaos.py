@@ -178,7 +178,7 @@ def test_the_schedules_exercise_every_action_and_fault() -> None:
         "meanwhile, the operator:",
     ):
         assert happening in traces, happening
-    # a batch out of retries is rare at one fault in five (one seed in a few hundred, and which
+    # a batch out of retries is rare at one fault in five (one seed in 300 to 1,200, and which
     # one moves whenever the core's calls change): looked for where faults are twice as common
     harsher = [
         Scenario(seed, ChaosSettings(migrations=False, fault_rate=0.4)) for seed in range(100)
