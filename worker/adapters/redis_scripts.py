@@ -64,20 +64,17 @@ class LuaScript:
             _send(connection, ("SCRIPT", "LOAD", self.script.script))
         except redis.ConnectionError:  # a connection the server or the network dropped
             connection = self.client.thread_connection(fresh=True)
-        except redis.ResponseError:  # the script's own error: the connection is fine
-            raise
-        except BaseException:
-            connection.disconnect()  # a reply may still be on its way: never read it as ours
-            raise
-        try:
-            return _send(connection, command)
-        except redis.ResponseError:
-            raise
-        except BaseException:
-            connection.disconnect()
-            raise
+        return _send(connection, command)
 
 
 def _send(connection: Any, command: tuple[Any, ...]) -> Any:
-    connection.send_command(*command)
-    return connection.read_response()
+    """One command and its reply. Anything but the server's own error reply leaves the
+    connection closed: a reply may still be on its way, and must never be read as another's."""
+    try:
+        connection.send_command(*command)
+        return connection.read_response()
+    except redis.ResponseError:  # (NOSCRIPT, or the script's own error): the connection is fine
+        raise
+    except BaseException:
+        connection.disconnect()
+        raise
