@@ -30,7 +30,6 @@ in worker/adapters/audit_store.py; worker/runtime/services.py makes this process
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -87,7 +86,7 @@ class Recorder:
 
     def record(self, event: AuditEvent) -> None:
         try:
-            row = row_of(self._complete(event))
+            row = self._complete(event)
         except Exception as exc:  # never let the trail fail a change that already happened
             log.error("audit event incomplete", error=str(exc), action=str(event.action))
             row = row_of(event)
@@ -104,20 +103,19 @@ class Recorder:
         if not self._wake.is_set():
             self._wake.set()
 
-    def _complete(self, event: AuditEvent) -> AuditEvent:
+    def _complete(self, event: AuditEvent) -> dict[str, Any]:
+        """The event's row, with what it left out filled in: the run id, the run's binding,
+        secret and actor (the row is built once: no copy of the event)."""
+        row = row_of(event)
         run_id = event.run_id or structlog.contextvars.get_contextvars().get("run_id")
-        binding, secret, who = event.binding, event.secret, event.actor
         if run_id:
             run_binding, run_secret, run_actor = self._run_facts(str(run_id))
-            binding, secret = binding or run_binding, secret or run_secret
-            who = who or run_actor
-        return dataclasses.replace(
-            event,
-            run_id=run_id,
-            binding=binding,
-            secret=secret,
-            actor=who or actor.current(),
-        )
+            row["run_id"] = run_id
+            row["binding"] = event.binding or run_binding
+            row["secret"] = event.secret or run_secret
+            row["actor"] = event.actor or run_actor
+        row["actor"] = row["actor"] or actor.current()
+        return row
 
     def _run_facts(self, run_id: str) -> tuple[str | None, str | None, str | None]:
         cached = self._run_cache.get(run_id)

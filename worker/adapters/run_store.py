@@ -11,6 +11,7 @@ it is done.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+@functools.lru_cache(maxsize=16_384)  # a batch asks for each object's key several times
 def table_key(name: ObjectName) -> str:
     """An object's stable key in a run's records: ``["db", "table"]`` for a table (as always), and
     ``{"stage": "s"}`` / ``{"database": "d"}`` for the other kinds (no table key is an object)."""

@@ -6,6 +6,9 @@ through the worker. The default registry is per process: the thread and solo poo
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 TABLES = Counter(
@@ -27,5 +30,11 @@ TABLE_RETRIES = Counter(
 
 
 def table_finished(kind: str, status: str, seconds: float) -> None:
-    TABLES.labels(kind=kind, status=status).inc()
-    TABLE_SECONDS.labels(kind=kind).observe(seconds)
+    counted, timed = _per_table(kind, status)
+    counted.inc()
+    timed.observe(seconds)
+
+
+@functools.cache  # a few kinds and statuses: each labelled child looked up once, not per table
+def _per_table(kind: str, status: str) -> tuple[Any, Any]:
+    return TABLES.labels(kind=kind, status=status), TABLE_SECONDS.labels(kind=kind)
