@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -123,6 +124,49 @@ def test_after_giving_up_the_client_goes_on_with_a_fresh_connection(
     with deadline(0.2, "a short test limit"), pytest.raises(DatabendUnavailable):
         client.query("SELECT sum(number) FROM numbers(3000000000)")  # ~1.5 s on the engine
     assert client.query_one("SELECT 2") == (2,)
+
+
+def _statement_helpers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "databend-statement"}
+
+
+def _new_helpers_after(before: set[threading.Thread], seconds: float) -> set[threading.Thread]:
+    """The helper threads started since ``before`` still alive once ``seconds`` have passed
+    (or as soon as there are none). Helpers of earlier tests may end meanwhile: not counted."""
+    ends = time.monotonic() + seconds
+    while (new := _statement_helpers() - before) and time.monotonic() < ends:
+        time.sleep(0.05)
+    return new
+
+
+def test_a_calling_thread_that_ends_takes_its_statement_helper_with_it(
+    databend_local: DatabendLocalProcess,
+) -> None:
+    """Short-lived threads (a pool reading every database's options does this on each plan)
+    leave no helper thread, and so no driver connection, behind."""
+    client = DatabendClient(databend_local.dsn)
+    before = _statement_helpers()
+    for _ in range(3):
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: client.query_one("SELECT 1"), range(8)))
+        assert answers == [(1,)] * 8
+    assert not _new_helpers_after(before, 5.0)
+
+
+def test_a_helper_given_up_on_ends_once_its_statement_returns(
+    databend_local: DatabendLocalProcess,
+) -> None:
+    client = DatabendClient(databend_local.dsn)
+    before = _statement_helpers()
+    assert client.query_one("SELECT 1") == (1,)
+    (first,) = _statement_helpers() - before
+    with deadline(0.2, "a short test limit"), pytest.raises(DatabendUnavailable):
+        client.query("SELECT sum(number) FROM numbers(3000000000)")  # ~1.5 s on the engine
+    assert client.query_one("SELECT 2") == (2,)  # on a new helper: the old one is still busy
+    (second,) = _statement_helpers() - before - {first}
+    first.join(30.0)
+    assert not first.is_alive()
+    assert second.is_alive()  # the client's helper now, its thread still running
 
 
 @pytest.mark.parametrize(

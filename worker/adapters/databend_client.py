@@ -27,6 +27,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -174,21 +175,22 @@ class _Helper:
     Jobs and replies pass through two ``SimpleQueue``s (C code: a put and a get with a timeout
     each, where a ``threading.Event`` per statement took a Python-level condition and its locks
     on both sides). A helper whose caller stopped waiting is never given another job, so a late
-    reply can never be mistaken for the next statement's."""
+    reply can never be mistaken for the next statement's.
+
+    The thread ends once nothing refers to its ``_Helper`` any more: when the calling thread
+    ends (its thread-local state goes with it: a short-lived pool thread, such as those that
+    read every database's options, left a thread and a driver session behind for good before)
+    or when the caller gives up on it (after the statement it is stuck in, if it ever returns).
+    """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="databend-statement", daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                reply: tuple[bool, Any] = (True, job())
-            except BaseException as exc:  # handed to the caller, who is waiting for it
-                reply = (False, exc)
-            self._replies.put(reply)
+        # the thread holds the queues, never this object, so this object can go away first
+        weakref.finalize(self, self._jobs.put, None)
+        threading.Thread(
+            target=_serve, args=(self._jobs, self._replies), name="databend-statement", daemon=True
+        ).start()
 
     def run(self, job: Callable[[], T], timeout: float) -> T:
         """``job()`` on the helper; TimeoutError when it has not returned within ``timeout``."""
@@ -200,3 +202,16 @@ class _Helper:
         if not ok:
             raise value
         return value  # type: ignore[no-any-return]
+
+
+def _serve(
+    jobs: queue.SimpleQueue[Callable[[], Any] | None], replies: queue.SimpleQueue[tuple[bool, Any]]
+) -> None:
+    """A helper thread: each job run and its reply handed back, until ``None`` (no caller)."""
+    while (job := jobs.get()) is not None:
+        try:
+            reply: tuple[bool, Any] = (True, job())
+        except BaseException as exc:  # handed to the caller, who is waiting for it
+            reply = (False, exc)
+        replies.put(reply)
+        del job, reply  # an idle helper keeps no connection (nor anything else) alive
