@@ -72,11 +72,13 @@ class World:
         meta = self.aws.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
         return {k["AccessKeyId"]: k["Status"] for k in meta}
 
-    def wait(self, what: str, check: Any, timeout: float = 90) -> None:
+    def wait(self, what: str, check: Any, timeout: float = 90, explain: Any = None) -> None:
+        """Until ``check()``; on timeout, ``explain()`` (if given) says what stood in the way."""
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
+                why = f": {explain()}" if explain is not None else ""
+                raise AssertionError(f"timed out waiting for {what}{why}")
             time.sleep(0.3)
 
     def shown_tail(self, obj: TableName | StageName | DatabaseName) -> str | None:
@@ -370,7 +372,14 @@ def test_a_migration_onto_the_key_being_rotated_leaves_nothing_on_it(world: Worl
             assert not on_k1, f"K1 {status} and still used by {on_k1}"
         return status == "Deleted"
 
-    w.wait("K1's deletion", k1_deleted_and_never_used_once_retired)
+    def retirement() -> str:  # what the key rotation's run says of its old key
+        data = json.loads(w.stack.cli("status", run_id_of(result), "--json").stdout)["data"]
+        facts = ("deactivated_at", "deleted_at", "retire_blocked", "alert")
+        return f"K1 {w.keys_of(lake.user).get(k1, 'Deleted')}, " + ", ".join(
+            f"{key}={data[key]!r}" for key in facts if key in data
+        )
+
+    w.wait("K1's deletion", k1_deleted_and_never_used_once_retired, explain=retirement)
     w.everything_works(lake, label="after_k1")
     for mover in movers:
         assert len(w.db.query(f"SELECT * FROM {mover.sql}")) == 2, mover
