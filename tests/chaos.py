@@ -59,6 +59,7 @@ from worker.flow import key_rotation as _key_rotation
 from worker.flow import lifecycle as _lifecycle
 from worker.flow import migration as _migration
 from worker.flow import reaper as _reaper
+from worker.flow import retire as _retire
 from worker.flow import runs as _runs
 from worker.flow import stale as _stale
 from worker.flow import waves as _waves
@@ -493,16 +494,15 @@ def rollback(world: World, run_id: str) -> str:
 
 
 def retire_due(world: World) -> list[str]:
-    """tasks/key_rotation.retire_due (the beat): deactivate / delete old keys that are due."""
+    """tasks/key_rotation.retire_due (the beat): deactivate / delete old keys that are due, one
+    sweep per run at a time (its slot in the shared limits)."""
     ctx, lines = key_context(world), []
     for run_id in world.runs.retiring():
-        run = world.runs.get(run_id)
-        for action in _key_rotation.due_retirements(run=run, now=world.clock()):
-            result = _key_rotation.retire_old_key(ctx=ctx, run_id=run_id, action=action)
+        done = _retire.retire_due(ctx, world.limits, run_id, world.clock())
+        if done is None:
+            lines.append(f"{world.env.label(run_id)}: left to the sweep already on it")
+        for action, result in done or []:
             lines.append(f"{world.env.label(run_id)}: {action} the old key: {result}")
-        data = world.runs.get(run_id).data
-        if data.get("deactivated_at") and data.get("deleted_at"):
-            world.runs.unmark_retiring(run_id)
     return lines
 
 

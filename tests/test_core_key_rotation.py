@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
+from tests.fakes import (
+    FakeAdmin,
+    FakeIam,
+    FakeSecrets,
+    FakeWriter,
+    MemoryLimits,
+    MemoryLocks,
+    MemoryRuns,
+)
 from tests.test_core_rotation import binding, key_json, no_sleep_policy
 from worker.domain.bindings import Binding
 from worker.domain.model import RunStatus
@@ -21,6 +29,7 @@ from worker.flow.key_rotation import (
     plan_key_rotation,
     retire_old_key,
 )
+from worker.flow.retire import retire_due
 from worker.flow.runs import prepare_rotation, switch_batch
 
 K1 = "AKIAORIGINALKEY00K01"
@@ -79,6 +88,25 @@ def drive(ctx: KeyRotationContext, run_id: str, bindings: list[Binding] | None =
                 )
         elif step is Next.STOP:
             return
+
+
+def test_a_retirement_sweep_leaves_a_run_another_sweep_is_on_to_that_one() -> None:
+    """Two sweeps of the same run at once (the beat's next tick while a long brown-out check
+    still runs): the second changes nothing, so it can never delete a key the first is about to
+    reactivate; once the first is done, a later sweep retires the key."""
+    ctx, plan = world()
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    assert run_id in ctx.runs.retiring()
+    limits = MemoryLimits()
+    with limits.slot(f"retire:{run_id}", 1):  # the first sweep, still checking
+        assert retire_due(ctx, limits, run_id, now=1061.0) is None
+        assert K1 in [k.key_id for k in ctx.iam.list_keys("svc")]
+        assert "deleted_at" not in ctx.runs.get(run_id).data
+    assert retire_due(ctx, limits, run_id, now=1061.0) == [("delete", "done")]
+    assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
+    assert run_id not in ctx.runs.retiring()
+    assert retire_due(ctx, limits, run_id, now=1062.0) == []
 
 
 def test_the_old_key_is_deactivated_only_after_every_table_moved() -> None:

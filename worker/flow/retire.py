@@ -4,10 +4,11 @@ again and reactivates the key on any failure. Afterwards, dead connections are c
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
-from worker.domain.errors import BrownOut, Refused, RotatorError, UnreadableEvidence
-from worker.domain.ports import RunRecord
+from worker.domain.errors import BrownOut, Refused, RotatorError, SlotTimeout, UnreadableEvidence
+from worker.domain.ports import Limits, RunRecord
 from worker.domain.sql import object_label
 from worker.flow import gc
 from worker.flow import objects as objects_
@@ -101,6 +102,30 @@ def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
         f"ALERT: {len(failures)} object(s) could not be used while {masked(key)} was inactive, "
         f"so it was reactivated and not deleted: {'; '.join(failures[:5])}"
     )
+
+
+def retire_due(
+    ctx: KeyRotationContext, limits: Limits, run_id: str, now: float
+) -> list[tuple[str, str]] | None:
+    """One sweep over a retiring run: each due action (deactivate, delete) and what came of it;
+    the run leaves the retiring set once its old key is deactivated and deleted.
+
+    One sweep at a time per run, across workers (a slot of 1 in the shared limits, kept alive
+    while the sweep runs): a sweep sent while another still checks the run (a brown-out check
+    of thousands of objects can outlast the beat's interval) leaves it to that one and returns
+    None. Otherwise one sweep's brown-out could reactivate the key while another, whose check
+    had passed, deletes it."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(limits.slot(f"retire:{run_id}", 1, wait=0))
+        except SlotTimeout:
+            return None
+        run = ctx.runs.get(run_id)
+        done = [(a, retire_old_key(ctx, run_id, a)) for a in due_retirements(run, now)]
+        data = ctx.runs.get(run_id).data
+        if data.get("deactivated_at") and data.get("deleted_at"):
+            ctx.runs.unmark_retiring(run_id)
+        return done
 
 
 def due_retirements(run: RunRecord, now: float) -> list[str]:

@@ -20,9 +20,9 @@ from worker.domain.model import RunKind, TableOutcome
 from worker.domain.sql import ObjectName, object_label, object_ref
 from worker.flow import waves
 from worker.flow.inventory import take_inventory
-from worker.flow.key_rotation import due_retirements, retire_old_key
 from worker.flow.migration import WaveDecision
 from worker.flow.reconcile import find_drift, queue_fix
+from worker.flow.retire import retire_due
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import (
     BatchResult,
@@ -204,17 +204,16 @@ def retire_due_keys() -> None:
     now = time.time()
     for run_id in s.runs.retiring():
         try:
-            run = s.runs.get(run_id)
+            done = retire_due(ctx, s.limits, run_id, now)
         except RunNotFound:  # lost before retiring runs were kept: the others still go on
             log.error("retiring run has no record; retire its old key by hand", run_id=run_id)
             continue
-        for action in due_retirements(run, now):
-            result = retire_old_key(ctx, run_id, action)
+        if done is None:
+            log.info("old key retirement left to the sweep already on it", run_id=run_id)
+            continue
+        for action, result in done:
             log.info("old key " + action, run_id=run_id, result=result)
             retirement_report(s, run_id)
-        data = s.runs.get(run_id).data
-        if data.get("deactivated_at") and data.get("deleted_at"):
-            s.runs.unmark_retiring(run_id)
 
 
 # --- reconcile -----------------------------------------------------------------------------------
