@@ -121,7 +121,9 @@ def retire_due(
         except SlotTimeout:
             return None
         run = ctx.runs.get(run_id)
-        done = [(a, retire_old_key(ctx, run_id, a)) for a in due_retirements(run, now)]
+        done = [
+            (action, retire_old_key(ctx, run_id, action)) for action in due_retirements(run, now)
+        ]
         data = ctx.runs.get(run_id).data
         if data.get("deactivated_at") and data.get("deleted_at"):
             ctx.runs.unmark_retiring(run_id)
