@@ -7,7 +7,6 @@ through the worker. The default registry is per process: the thread and solo poo
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -36,5 +35,5 @@ def table_finished(kind: str, status: str, seconds: float) -> None:
 
 
 @functools.cache  # a few kinds and statuses: each labelled child looked up once, not per table
-def _per_table(kind: str, status: str) -> tuple[Any, Any]:
+def _per_table(kind: str, status: str) -> tuple[Counter, Histogram]:
     return TABLES.labels(kind=kind, status=status), TABLE_SECONDS.labels(kind=kind)
