@@ -380,3 +380,27 @@ def test_an_exclusive_change_waits_for_a_live_holder_but_not_for_a_dead_one(
     client.delete(f"{PREFIX}alive:{first.holder}")
     assert second.in_flight(f"x-{unique}") == []
     assert second.enter(f"x-{unique}", "step", exclusive=True) is Admission.ADMITTED
+
+
+def test_a_workers_threads_arriving_at_once_start_one_heartbeat(redis_url: str) -> None:
+    """A worker's task threads all reach their first admission together: one heartbeat thread
+    for the process, not one per thread that got there before the first had started it."""
+    import threading
+
+    from worker.adapters.redis_state import RedisFences
+
+    fences = RedisFences(redis.Redis.from_url(redis_url))
+    before = {t for t in threading.enumerate() if t.name == "rotator-alive"}
+    gate = threading.Barrier(8)
+
+    def arrive() -> None:
+        gate.wait()
+        fences._keep_alive()
+
+    threads = [threading.Thread(target=arrive) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started = {t for t in threading.enumerate() if t.name == "rotator-alive"} - before
+    assert len(started) == 1, f"{len(started)} heartbeat threads"

@@ -231,6 +231,7 @@ class RedisFences:
         self._issue = LuaScript(client, _ISSUE)
         self._enter = LuaScript(client, _ENTER)
         self._heartbeat: threading.Thread | None = None
+        self._starting = threading.Lock()
 
     @staticmethod
     def _fence(secret_arn: str) -> str:
@@ -244,9 +245,15 @@ class RedisFences:
         _guard(self.redis.set, f"{PREFIX}alive:{self.holder}", "1", px=ALIVE_TTL_MS)
 
     def _keep_alive(self) -> None:
-        """Start the heartbeat once, before this process first holds anything."""
+        """Start the heartbeat once, before this process first holds anything (a worker's
+        threads all get here at once with its first batches: one of them starts it)."""
         if self._heartbeat is not None and self._heartbeat.is_alive():
             return
+        with self._starting:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
         self._beat()
 
         def beat_forever() -> None:
