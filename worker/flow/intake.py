@@ -23,7 +23,15 @@ from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import ClaimInFlight, RunNotFound, UnknownSecretError
 from worker.domain.events import Action, EventDecision
 from worker.domain.model import RunKind, RunStatus
-from worker.domain.ports import IntakeState, NewestVersion, RunRecord, RunStore, SecretStore
+from worker.domain.ports import (
+    Claim,
+    IntakeState,
+    NewestVersion,
+    RunRecord,
+    RunStore,
+    SecretInfo,
+    SecretStore,
+)
 
 
 class Verdict(StrEnum):
@@ -66,12 +74,8 @@ def handle_event(
     ``labels_moved()`` (the fences' labels epoch) makes running migrations check their targets
     on fresh labels at once instead of within LABELS_MAX_AGE (worker/flow/stale.py)."""
     base = {"event_id": decision.event_id, "secret": decision.secret}
-    if decision.action is Action.REJECT:
-        return IntakeResult(Verdict.REJECTED, decision.reason, **base)
-    if decision.action is Action.ALERT:
-        return IntakeResult(Verdict.ALERT, decision.reason, **base)
-    if decision.action is Action.LOG:
-        return IntakeResult(Verdict.IGNORED, decision.reason, **base)
+    if decision.action is not Action.ROTATE:
+        return IntakeResult(_NOT_A_ROTATION[decision.action], decision.reason, **base)
     assert decision.secret is not None
     try:
         info = secrets.describe(decision.secret)
@@ -82,13 +86,7 @@ def handle_event(
     if binding is None:
         return IntakeResult(Verdict.IGNORED, f"no binding covers secret {info.name}", **base)
     labels_moved()
-    current = info.version_with_stage("AWSCURRENT")
-    version_id = decision.version_id or current
-    redirected = False
-    if version_id is not None and current is not None and version_id != current:
-        # The event's version is no longer AWSCURRENT: something newer took its place (creation
-        # dates alone cannot tell: they tie within a second). Apply what is current instead.
-        version_id, redirected = current, True
+    version_id, redirected = _version_to_apply(decision, info)
     if version_id is None or version_id not in info.versions:
         return IntakeResult(
             Verdict.IGNORED, "the version no longer exists", **base, version_id=version_id
@@ -100,52 +98,23 @@ def handle_event(
     moved_back = (
         newest is not None and newest.version_id != version_id and newest.created_at > created
     )
-    if newest is not None and newest.version_id == version_id:
-        claim_key = newest.claim or version_id  # the claim of this version's latest run
-    else:
-        claim_key = version_id
-    claim = state.claim(info.arn, claim_key, uuid.uuid4().hex)
-    if claim.enqueued and newest is not None and newest.version_id != version_id:
-        # This version had a run before, another version since: AWSCURRENT came back to it,
-        # which needs a run of its own, one per return (keyed by the run it follows).
-        claim_key = f"{version_id}@{newest.run_id or newest.version_id}"
-        claim = state.claim(info.arn, claim_key, uuid.uuid4().hex)
+    claim, claim_key = _claim_version(state, info.arn, version_id, newest)
     run_id = claim.run_id
+    found = {**base, "version_id": version_id, "run_id": run_id}
     if claim.enqueued:
         if redirected:
-            return IntakeResult(
-                Verdict.STALE,
-                f"superseded by AWSCURRENT {version_id}, which already has a run",
-                **base,
-                version_id=version_id,
-                run_id=run_id,
-            )
+            why = f"superseded by AWSCURRENT {version_id}, which already has a run"
+            return IntakeResult(Verdict.STALE, why, **found)
         restarted = _restart_if_cut_short(runs, run_id, enqueue)
-        return IntakeResult(
-            Verdict.DUPLICATE,
-            "this version already has a run"
-            + (", not finished: queued again" if restarted else ""),
-            **base,
-            version_id=version_id,
-            run_id=run_id,
-        )
+        why = "this version already has a run"
+        if restarted:
+            why += ", not finished: queued again"
+        return IntakeResult(Verdict.DUPLICATE, why, **found)
     if not claim.mine:
         # another handler is recording this version right now; if it dies, its lease runs out
         # and this message, back from the queue, takes over
         raise ClaimInFlight(f"secret version {version_id} is being recorded by another handler")
-    try:
-        runs.get(run_id)
-    except RunNotFound:
-        runs.create(
-            RunRecord(
-                run_id=run_id,
-                kind=RunKind.ROTATION,
-                secret=info.arn,
-                version_id=version_id,
-                binding=binding.name,
-                newest_wins=True,
-            )
-        )
+    _record_run(runs, run_id, info.arn, version_id, binding.name)
     state.advance_newest(
         info.arn, NewestVersion(version_id, created, run_id, claim_key), moved_back=moved_back
     )
@@ -156,7 +125,61 @@ def handle_event(
         reason += "; superseded, applying AWSCURRENT"
     if moved_back and newest is not None:
         reason += f"; AWSCURRENT moved back from the newer version {newest.version_id}"
-    return IntakeResult(Verdict.ACCEPTED, reason, **base, version_id=version_id, run_id=run_id)
+    return IntakeResult(Verdict.ACCEPTED, reason, **found)
+
+
+_NOT_A_ROTATION = {
+    Action.REJECT: Verdict.REJECTED,
+    Action.ALERT: Verdict.ALERT,
+    Action.LOG: Verdict.IGNORED,
+}
+
+
+def _version_to_apply(decision: EventDecision, info: SecretInfo) -> tuple[str | None, bool]:
+    """The event's version, or AWSCURRENT's when that is no longer the event's (something newer
+    took its place: creation dates alone cannot tell, they tie within a second); and whether the
+    event was redirected so."""
+    current = info.version_with_stage("AWSCURRENT")
+    version_id = decision.version_id or current
+    if version_id is not None and current is not None and version_id != current:
+        return current, True
+    return version_id, False
+
+
+def _claim_version(
+    state: IntakeState, arn: str, version_id: str, newest: NewestVersion | None
+) -> tuple[Claim, str]:
+    """Claim the version for a new run id (the claim already made, if any), and the claim's key.
+
+    A repeat of the latest move finds that move's claim. A version that had a run before and
+    another version since is AWSCURRENT coming back to it: that needs a run of its own, one per
+    return, keyed by the run it follows."""
+    if newest is not None and newest.version_id == version_id:
+        claim_key = newest.claim or version_id
+    else:
+        claim_key = version_id
+    claim = state.claim(arn, claim_key, uuid.uuid4().hex)
+    if claim.enqueued and newest is not None and newest.version_id != version_id:
+        claim_key = f"{version_id}@{newest.run_id or newest.version_id}"
+        claim = state.claim(arn, claim_key, uuid.uuid4().hex)
+    return claim, claim_key
+
+
+def _record_run(runs: RunStore, run_id: str, arn: str, version_id: str, binding: str) -> None:
+    """The run's record, unless a handler that died after writing it left it there."""
+    try:
+        runs.get(run_id)
+    except RunNotFound:
+        runs.create(
+            RunRecord(
+                run_id=run_id,
+                kind=RunKind.ROTATION,
+                secret=arn,
+                version_id=version_id,
+                binding=binding,
+                newest_wins=True,
+            )
+        )
 
 
 # a queued or planning run younger than this is most likely fine: its start task is on its way
