@@ -239,39 +239,7 @@ def rollback(
     targets = [item for item in back if item[1] in reachable]
 
     def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome | str]:
-        table, connection, fingerprint = item
-        label = f"rollback:{object_label(table)}"
-
-        def check(labels_moved: bool) -> int | None:
-            if behind is None:
-                return None
-            if labels_moved:
-                behind.stale()
-            why_not, epoch = behind.check(fingerprint)
-            if why_not is not None:
-                raise _Behind(f"its previous credentials: {why_not}; left as it is")
-            return epoch
-
-        def enter(epoch: int | None) -> Admission:
-            if fences is None:
-                return Admission.ADMITTED
-            return fences.enter(run_id, label, require_active=False, labels_epoch=epoch)
-
-        try:
-            verdict = admit_on_fresh_labels(check, enter, object_label(table))
-        except _Behind as exc:
-            return table, connection, str(exc)
-        if verdict is not Admission.ADMITTED:
-            raise FatalError(f"run {run_id} is gone ({verdict}): nothing more moved back")
-        try:
-            with per_table():
-                outcome = rotate_object(
-                    admin, table, connection=connection, target=fingerprint, retry=retry
-                )
-        finally:
-            if fences is not None:
-                fences.leave(run_id, label)
-        return table, connection, outcome
+        return _move_back(item, run_id, admin, fences, behind, per_table, retry)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for table, connection, outcome in pool.map(undo, targets):
@@ -298,6 +266,52 @@ def rollback(
         error=None if result.complete else "some tables could not be moved back",
     )
     return result
+
+
+def _move_back(
+    item: tuple[ObjectName, str, str],
+    run_id: str,
+    admin: DatabendAdmin,
+    fences: Fences | None,
+    behind: LabelsView | None,
+    per_table: Callable[[], AbstractContextManager[object]],
+    retry: RetryPolicy | None,
+) -> tuple[ObjectName, str, TableOutcome | str]:
+    """One object moved back onto ``connection`` (its previous credentials, ``fingerprint``):
+    admitted on fresh labels, in flight until it has ended. The outcome, or why it stays."""
+    table, connection, fingerprint = item
+    label = f"rollback:{object_label(table)}"
+
+    def check(labels_moved: bool) -> int | None:
+        if behind is None:
+            return None
+        if labels_moved:
+            behind.stale()
+        why_not, epoch = behind.check(fingerprint)
+        if why_not is not None:
+            raise _Behind(f"its previous credentials: {why_not}; left as it is")
+        return epoch
+
+    def enter(epoch: int | None) -> Admission:
+        if fences is None:
+            return Admission.ADMITTED
+        return fences.enter(run_id, label, require_active=False, labels_epoch=epoch)
+
+    try:
+        verdict = admit_on_fresh_labels(check, enter, object_label(table))
+    except _Behind as exc:
+        return table, connection, str(exc)
+    if verdict is not Admission.ADMITTED:
+        raise FatalError(f"run {run_id} is gone ({verdict}): nothing more moved back")
+    try:
+        with per_table():
+            outcome = rotate_object(
+                admin, table, connection=connection, target=fingerprint, retry=retry
+            )
+    finally:
+        if fences is not None:
+            fences.leave(run_id, label)
+    return table, connection, outcome
 
 
 class _Behind(Exception):
