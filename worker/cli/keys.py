@@ -14,7 +14,6 @@ from worker.cli.common import (
 )
 from worker.cli.follow import follow_run
 from worker.domain.errors import FatalError
-from worker.domain.model import RunKind
 
 
 def _duration(_ctx: Any, _param: Any, value: str) -> float:
@@ -70,6 +69,7 @@ def rotate(
 
     from worker.domain.bindings import find_binding
     from worker.domain.errors import UnknownSecretError
+    from worker.flow.key_context import unfinished_key_rotation
     from worker.flow.key_rotation import masked, new_key_rotation
     from worker.runtime.celery_app import configure_app
 
@@ -79,7 +79,7 @@ def rotate(
     binding = by_name or find_binding(s.bindings, secret_arn=info.arn, secret_name=info.name)
     if binding is None:
         raise UnknownSecretError(f"no binding covers secret {info.name}")
-    unfinished = _unfinished_key_rotation(s.runs, info.arn)
+    unfinished = unfinished_key_rotation(s.runs, info.arn)
     if unfinished and commit:
         raise FatalError(unfinished)
     plan = s.plan_key_rotation(binding, info, allow_empty=allow_empty)
@@ -129,21 +129,6 @@ def rotate(
     if no_wait:
         return
     sys.exit(follow_run(s.runs, run_id, timeout=timeout))
-
-
-def _unfinished_key_rotation(runs: Any, secret_arn: str) -> str | None:
-    """Why a new key rotation of the secret may not start, if one has not ended: a second
-    would create a third key behind the first's back. One cut short by a crash is resumed or
-    aborted, not started over."""
-    run = runs.unfinished_run(RunKind.KEY_ROTATION, secret_arn)
-    if run is None:
-        return None
-    run_id = run.run_id
-    return (
-        f"key rotation {run_id} of this secret has not ended ({run.status}, phase "
-        f"{run.phase}): follow it with `rotator status {run_id}`, or if its worker died, "
-        f"`rotator resume {run_id}` (or `rotator abort {run_id}`)"
-    )
 
 
 @click.command("retire-due")

@@ -12,7 +12,7 @@ from enum import StrEnum
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import NotAKeySecret
-from worker.domain.model import AccessKeyCredentials, RunStatus
+from worker.domain.model import AccessKeyCredentials, RunKind, RunStatus
 from worker.domain.ports import (
     DatabendAdmin,
     Fences,
@@ -96,3 +96,18 @@ def fail(ctx: KeyRotationContext, run: RunRecord, error: str) -> None:
 def release(ctx: KeyRotationContext, run: RunRecord) -> None:
     if ctx.locks is not None:
         ctx.locks.release(run.secret, run.run_id)
+
+
+def unfinished_key_rotation(runs: RunStore, secret_arn: str) -> str | None:
+    """Why a new key rotation of the secret may not start, if one has not ended: a second
+    would create a third key behind the first's back. One cut short by a crash is resumed or
+    aborted, not started over."""
+    run = runs.unfinished_run(RunKind.KEY_ROTATION, secret_arn)
+    if run is None:
+        return None
+    run_id = run.run_id
+    return (
+        f"key rotation {run_id} of this secret has not ended ({run.status}, phase "
+        f"{run.phase}): follow it with `rotator status {run_id}`, or if its worker died, "
+        f"`rotator resume {run_id}` (or `rotator abort {run_id}`)"
+    )

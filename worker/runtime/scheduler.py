@@ -24,6 +24,7 @@ from worker.domain.errors import RotatorError
 from worker.domain.model import ExternalTable, RunKind
 from worker.domain.schedule import ScheduleState, decide
 from worker.domain.sql import ObjectName
+from worker.flow.key_context import unfinished_key_rotation
 from worker.flow.key_rotation import current_credentials, new_key_rotation
 from worker.flow.rotation import plan_rotation
 from worker.observe import actor
@@ -82,7 +83,7 @@ def observe(
     except RotatorError as exc:
         seen.problem = str(exc)
     rotating = bool(
-        seen.secret_arn and s.runs.unfinished_run(RunKind.KEY_ROTATION, seen.secret_arn) is not None
+        seen.secret_arn and unfinished_key_rotation(s.runs, seen.secret_arn) is not None
     )
     verdict = decide(policy, key_age=seen.key_age_seconds, now=now, rotating=rotating)
     seen.state, seen.next_window_start = verdict.state.value, verdict.next_window_start
@@ -150,8 +151,8 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
     claim = f"rotator:schedule:claim:{arn}"
     if not s.redis.set(claim, str(now_ms()), nx=True, ex=max(1, int(interval))):
         return None  # another tick claimed this secret within the interval
-    if s.runs.unfinished_run(RunKind.KEY_ROTATION, arn) is not None:
-        return None
+    if unfinished_key_rotation(s.runs, arn) is not None:
+        return None  # as `rotate --commit` refuses: that run is resumed or aborted, not doubled
     try:
         info = s.secrets.describe(arn)
         plan = s.plan_key_rotation(binding, info)
