@@ -75,8 +75,6 @@ def event_goal_line(ratio: float) -> str:
 def measure_event(n_tables: int, threads: int, rounds: int) -> float:
     """Measure on fresh processes and print each round and the medians; returns the medians'
     event -> last table / floor (benchmarks/migration_throughput.py prints it with its goals)."""
-    args = argparse.Namespace(tables=n_tables, threads=threads, rounds=rounds)
-
     import redis
 
     from worker.adapters.databend_client import DatabendClient
@@ -92,7 +90,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
     )
 
     work = Path(tempfile.mkdtemp(prefix="bench-event-"))
-    databend = start_databend_local(pool_size=max(8, args.threads))
+    databend = start_databend_local(pool_size=max(8, threads))
     valkey = aws = None
     processes = []
     try:
@@ -101,7 +99,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
         sm, events = aws.client("secretsmanager"), aws.client("events")
         aws.client("s3").create_bucket(Bucket="bench-event")
         endpoint = quote_string(aws.endpoint_url)
-        for r in range(args.rounds + 1):  # round 0 is the warm-up
+        for r in range(rounds + 1):  # round 0 is the warm-up
             db.execute(
                 f"CREATE CONNECTION floor_{r} STORAGE_TYPE='s3'"
                 f" ACCESS_KEY_ID='{key_id('floor', r)}' SECRET_ACCESS_KEY='x'"
@@ -112,7 +110,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
             f" SECRET_ACCESS_KEY='x' ENDPOINT_URL={endpoint} REGION='us-east-1'"
         )
         db.execute("CREATE DATABASE bench")
-        tables = [TableName("bench", f"t{i:04d}") for i in range(args.tables)]
+        tables = [TableName("bench", f"t{i:04d}") for i in range(n_tables)]
         local = threading.local()
 
         def client() -> DatabendClient:
@@ -132,7 +130,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
             assert client().query(f"SELECT * FROM {table.sql} LIMIT 1")
 
         print(f"creating {len(tables)} external tables ...", flush=True)
-        with ThreadPoolExecutor(args.threads) as pool:
+        with ThreadPoolExecutor(threads) as pool:
             list(pool.map(create, tables))
         arn = sm.create_secret(
             Name=SECRET, SecretString=secret_value(key_id("seed", 0), "x", aws.endpoint_url)
@@ -146,7 +144,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
             dsn=databend.dsn, redis_url=valkey.url, bindings=work / "bindings.toml", aws=aws
         )
         env["ROTATOR_LOG_LEVEL"] = os.environ.get("ROTATOR_LOG_LEVEL", "WARNING")
-        worker, intake = start_pipeline(env, queue, work, args.threads)
+        worker, intake = start_pipeline(env, queue, work, threads)
         processes = [worker, intake]
         runs = RedisRunStore.from_url(valkey.url)
         broker = redis.Redis.from_url(valkey.url)
@@ -156,7 +154,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
 
         def floor(r: int) -> float:
             started = time.perf_counter()
-            with ThreadPoolExecutor(args.threads) as pool:
+            with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(lambda t: switch(t, f"floor_{r}"), tables))
             return time.perf_counter() - started
 
@@ -200,7 +198,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
             )
 
         floors, passes = [], []
-        for r in range(args.rounds + 1):
+        for r in range(rounds + 1):
             b, c = floor(r), event(r)
             label = "warm-up" if r == 0 else f"round {r}"
             print(
@@ -218,7 +216,7 @@ def measure_event(n_tables: int, threads: int, rounds: int) -> float:
         last = statistics.median(p.last for p in passes)
         ratio = last / b
         print(
-            f"medians of {args.rounds} round(s), {len(tables)} tables, {args.threads} threads:"
+            f"medians of {rounds} round(s), {len(tables)} tables, {threads} threads:"
             f" floor {b:.2f}s, event -> last table {last:.2f}s"
             f" (-> first ALTER {statistics.median(p.first for p in passes):.2f}s);"
             f" worker peak RSS {peak_rss_mb(worker.pid):.0f} MB",

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import FatalError, RotatorError
@@ -238,9 +239,15 @@ def rollback(
     reachable = _probe_previous(admin, back, result)
     targets = [item for item in back if item[1] in reachable]
 
-    def undo(item: tuple[ObjectName, str, str]) -> tuple[ObjectName, str, TableOutcome | str]:
-        return _move_back(item, run_id, admin, fences, behind, per_table, retry)
-
+    undo = partial(
+        _move_back,
+        run_id=run_id,
+        admin=admin,
+        fences=fences,
+        behind=behind,
+        per_table=per_table,
+        retry=retry,
+    )
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for table, connection, outcome in pool.map(undo, targets):
             if isinstance(outcome, str):
