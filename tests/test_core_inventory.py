@@ -256,3 +256,24 @@ def test_a_connection_a_bindings_database_default_names_is_that_bindings() -> No
     assert by_name[("database", "warehouse")]["binding"] == "warehouse"
     assert by_name[("connection", "seed")]["binding"] == "warehouse"
     assert by_name[("connection", "mine")]["binding"] == "lake-main"  # (named by nothing)
+
+
+@pytest.mark.parametrize("ref", ["lake-main", "databend/lake", FakeSecrets.arn])
+def test_a_secret_is_named_by_its_binding_its_name_or_its_arn(ref: str) -> None:
+    from worker.flow.inventory import resolve_secret
+
+    binding, info = resolve_secret(ref, secrets=FakeSecrets(), bindings=[lake_binding()])
+    assert (binding.name, info.arn) == ("lake-main", FakeSecrets.arn)
+
+
+def test_a_secret_no_binding_serves_is_refused_by_name() -> None:
+    from worker.domain.bindings import Binding
+    from worker.domain.errors import UnknownSecretError
+    from worker.flow.inventory import resolve_secret
+
+    other = dataclasses.replace(lake_binding(), name="other", secret="databend/other")
+    bindings: list[Binding] = [other]
+    with pytest.raises(UnknownSecretError, match="no binding covers secret databend/lake"):
+        resolve_secret("databend/lake", secrets=FakeSecrets(), bindings=bindings)
+    with pytest.raises(UnknownSecretError, match="not found"):  # a name no binding has
+        resolve_secret("lake-main", secrets=FakeSecrets(), bindings=bindings)

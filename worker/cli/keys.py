@@ -67,18 +67,13 @@ def rotate(
     """
     from rich.console import Console
 
-    from worker.domain.bindings import find_binding
-    from worker.domain.errors import UnknownSecretError
+    from worker.flow.inventory import resolve_secret
     from worker.flow.key_context import unfinished_key_rotation
     from worker.flow.key_rotation import masked, new_key_rotation
     from worker.runtime.celery_app import configure_app
 
     s = cli_services()
-    by_name = find_binding(s.bindings, name=secret)
-    info = s.secrets.describe(by_name.secret if by_name else secret)
-    binding = by_name or find_binding(s.bindings, secret_arn=info.arn, secret_name=info.name)
-    if binding is None:
-        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    binding, info = resolve_secret(secret, secrets=s.secrets, bindings=s.bindings)
     unfinished = unfinished_key_rotation(s.runs, info.arn)
     if unfinished and commit:
         raise FatalError(unfinished)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.domain.errors import ConfigError
+from worker.domain.errors import ConfigError, UnknownSecretError
 from worker.domain.schedule import (
     DEFAULT_WINDOW_DURATION,
     SchedulePolicy,
@@ -381,3 +381,11 @@ def find_binding(
     if len(serving) > 1:
         raise ConfigError(_two_bindings(serving[0], serving[1]))
     return serving[0] if serving else None
+
+
+def binding_covering(bindings: list[Binding], arn: str, name: str) -> Binding:
+    """The binding serving a secret (its ARN and name); UnknownSecretError when none does."""
+    binding = find_binding(bindings, secret_arn=arn, secret_name=name)
+    if binding is None:
+        raise UnknownSecretError(f"no binding covers secret {name}")
+    return binding

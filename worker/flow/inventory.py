@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.domain import masking
-from worker.domain.bindings import Binding
+from worker.domain.bindings import Binding, binding_covering, find_binding
 from worker.domain.errors import RotatorError
 from worker.domain.model import (
     AccessKeyCredentials,
@@ -174,6 +174,16 @@ def take_inventory(
 
 
 _KIND_ORDER = {"table": 0, "stage": 1, "database": 2, "connection": 3}
+
+
+def resolve_secret(
+    ref: str, *, secrets: SecretStore, bindings: list[Binding]
+) -> tuple[Binding, SecretInfo]:
+    """A secret as an operator names it (a binding's name, a secret's name or its ARN): the
+    binding serving it and the secret's description; UnknownSecretError when no binding does."""
+    by_name = find_binding(bindings, name=ref)
+    info = secrets.describe(by_name.secret if by_name else ref)
+    return by_name or binding_covering(bindings, info.arn, info.name), info
 
 
 def binding_view(binding: Binding, secrets: SecretStore, iam: IamKeys) -> BindingView:

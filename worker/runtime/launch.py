@@ -12,10 +12,11 @@ from functools import cached_property
 from typing import Any
 
 from worker.adapters.run_store import RedisRunStore, outcome_to_json
-from worker.domain.bindings import Binding, find_binding
+from worker.domain.bindings import Binding
 from worker.domain.errors import UnknownSecretError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, SecretStore
+from worker.flow.inventory import resolve_secret
 from worker.flow.lifecycle import Followup
 
 
@@ -31,11 +32,7 @@ def resolve_version(
     secret: str, version_id: str | None, *, secrets: SecretStore, bindings: list[Binding]
 ) -> ResolvedVersion:
     """SECRET may be a secret name, an ARN or a binding name; the version defaults to AWSCURRENT."""
-    by_name = find_binding(bindings, name=secret)
-    info = secrets.describe(by_name.secret if by_name else secret)
-    binding = by_name or find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
-    if binding is None:
-        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    binding, info = resolve_secret(secret, secrets=secrets, bindings=bindings)
     if version_id is None:
         version_id = info.version_with_stage("AWSCURRENT")
         if version_id is None:

@@ -20,8 +20,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from worker.domain.bindings import find_binding
-from worker.domain.errors import FatalError, RunNotFound, UnknownSecretError
+from worker.domain.bindings import binding_covering
+from worker.domain.errors import FatalError, RunNotFound
 from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import RunRecord
 from worker.domain.sql import ObjectName
@@ -95,9 +95,7 @@ def _validated(event: Any) -> tuple[str, str, str]:
 
 def _new_run(services: Any, secret_id: str, token: str, run_id: str) -> RunRecord:
     info = services.secrets.describe(secret_id)
-    binding = find_binding(services.bindings, secret_arn=info.arn, secret_name=info.name)
-    if binding is None:
-        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    binding = binding_covering(services.bindings, info.arn, info.name)
     if token in info.versions and "AWSCURRENT" in info.versions[token].stages:
         raise FatalError(f"version {token} is already AWSCURRENT")
     plan = plan_key_rotation(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from worker.domain import masking
-from worker.domain.bindings import Binding, find_binding
+from worker.domain.bindings import Binding, binding_covering
 from worker.domain.errors import (
     FatalError,
     LockBusy,
@@ -173,9 +173,7 @@ def _plan(
         raise UnknownSecretError(f"secret {info.name} has no version {run.version_id}")
     if run.parent:
         _require_unmoved(runs.get(run.parent), info)
-    binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
-    if binding is None:
-        raise UnknownSecretError(f"no binding covers secret {info.name}")
+    binding = binding_covering(bindings, info.arn, info.name)
     where = f"secret {info.name} version {run.version_id}"
     credentials = parse_secret_value(secrets.read_version(info.arn, run.version_id), where=where)
     old = _old_credentials(secrets, info, run.version_id)
