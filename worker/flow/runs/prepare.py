@@ -75,26 +75,14 @@ def prepare_rotation(
         raise LockBusy(f"another run is rotating secret {run.secret}")
     info: SecretInfo | None = None  # read once: the skip decision and the plan see the same
     if run.status != RunStatus.SWITCHING:  # decided before it takes over anything
-        try:
-            if run.newest_wins:
-                info = secrets.describe(run.secret)
-            skip = _skip_reason(run, info, runs=runs, newest=newest)
-        except FatalError as exc:
-            runs.update_unless_final(run_id, status=RunStatus.FAILED, error=str(exc))
-            release(locks, run)
-            raise
-        if skip is not None:  # skipped before it started: it changes nothing
-            runs.update_unless_final(run_id, status=RunStatus.SKIPPED, error=skip)
-            release(locks, run)
+        info, skipped = _skip_or_start(run, secrets=secrets, runs=runs, newest=newest, locks=locks)
+        if skipped:
             return []
     take_fence(run, runs, fences)
     require_drained(fences, run)
     if run.status == RunStatus.SWITCHING:
         # redelivered (or resumed) after the plan was written: the same tables again
-        pending = runs.pending(run_id)
-        if not pending:
-            close_run(run_id, runs, locks)
-        return pending
+        return _still_pending(run, runs, locks)
     # from here on, a status written after reading it must not undo an abort (or a newer run's
     # takeover) that came in between: each is a conditional write
     if not runs.update_unless_final(run_id, status=RunStatus.PLANNING, started_at=time.time()):
@@ -115,23 +103,65 @@ def prepare_rotation(
                 bindings=bindings,
             )
         except FatalError as exc:
-            runs.update_unless_final(run_id, status=RunStatus.FAILED, error=str(exc))
-            release(locks, run)
+            _fail(run, runs, locks, exc)
             raise
+    return _write_plan(run, plan, runs, locks)
+
+
+def _skip_or_start(
+    run: RunRecord,
+    *,
+    secrets: SecretStore,
+    runs: RunStore,
+    newest: IntakeState | None,
+    locks: SecretLocks | None,
+) -> tuple[SecretInfo | None, bool]:
+    """The secret's description (read only for an event-driven run) and whether the run was
+    recorded SKIPPED (see ``_skip_reason``); a FatalError fails the run and propagates."""
+    info: SecretInfo | None = None
+    try:
+        if run.newest_wins:
+            info = secrets.describe(run.secret)
+        skip = _skip_reason(run, info, runs=runs, newest=newest)
+    except FatalError as exc:
+        _fail(run, runs, locks, exc)
+        raise
+    if skip is not None:  # skipped before it started: it changes nothing
+        runs.update_unless_final(run.run_id, status=RunStatus.SKIPPED, error=skip)
+        release(locks, run)
+    return info, skip is not None
+
+
+def _fail(run: RunRecord, runs: RunStore, locks: SecretLocks | None, exc: FatalError) -> None:
+    runs.update_unless_final(run.run_id, status=RunStatus.FAILED, error=str(exc))
+    release(locks, run)
+
+
+def _still_pending(run: RunRecord, runs: RunStore, locks: SecretLocks | None) -> list[ObjectName]:
+    """What is left to switch; a run with nothing left is closed (its last write may have been
+    cut short before it could close it)."""
+    pending = runs.pending(run.run_id)
+    if not pending:
+        close_run(run.run_id, runs, locks)
+    return pending
+
+
+def _write_plan(
+    run: RunRecord, plan: RotationPlan, runs: RunStore, locks: SecretLocks | None
+) -> list[ObjectName]:
+    """Every planned object pending (one the plan refuses: failed with its problem), then the
+    run SWITCHING, unless it ended meanwhile (then none of its objects is switched)."""
     outcomes = []
     for planned in plan.tables:
         outcome = TableOutcome(table=planned.table, rule=planned.rule, previous=planned.current)
         if planned.problem:
             outcome.status, outcome.reason = TableStatus.FAILED, planned.problem
         outcomes.append(outcome)
-    runs.set_plan(run_id, outcomes)
-    if not runs.update_unless_final(run_id, status=RunStatus.SWITCHING, notes=list(plan.notes)):
-        release(locks, run)  # ended while it was planned: none of its objects is switched
+    runs.set_plan(run.run_id, outcomes)
+    if not runs.update_unless_final(run.run_id, status=RunStatus.SWITCHING, notes=list(plan.notes)):
+        release(locks, run)
         return []
-    pending = runs.pending(run_id)
-    if not pending:
-        close_run(run_id, runs, locks)
-    return pending
+    return _still_pending(run, runs, locks)
 
 
 def _skip_reason(
