@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +12,10 @@ from worker.cli.common import (
     reports_errors,
 )
 from worker.cli.follow import follow_run
+
+if TYPE_CHECKING:
+    from worker.domain.bindings import Binding, NameSelector, Selector
+    from worker.flow.migration import MigrationPlan
 
 
 @click.command()
@@ -79,9 +83,6 @@ def migrate(
     Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
     --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
     """
-    from worker.domain.bindings import Selector, find_binding
-    from worker.domain.errors import MigrationRefused
-    from worker.domain.masking import display
     from worker.flow.migration import (
         MigrationOptions,
         new_migration,
@@ -97,17 +98,10 @@ def migrate(
     selectors += more_selectors
     if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
         raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
-    try:
-        parsed = tuple(Selector.parse(t) for t in selectors)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tables") from None
+    chosen = _parse_tables(selectors)
     s = cli_services()
-    chosen: tuple[Any, ...] = parsed
     if binding is not None:
-        found = find_binding(s.bindings, name=binding)
-        if found is None:
-            raise MigrationRefused(f"no binding named {binding}")
-        chosen = (*found.selectors, *found.stage_selectors, *found.database_selectors)
+        chosen = _binding_selectors(binding, s.bindings)
     options = MigrationOptions(
         wave_size=wave_size,
         canary=canary,
@@ -124,20 +118,7 @@ def migrate(
         connection_fingerprints=s.admin.connection_fingerprints(),
         behind=s.fresh_rotated_away().reason,
     )
-    from collections import Counter
-
-    from worker.domain.sql import object_label
-
-    shown = display(plan.target_fingerprint)
-    kinds = Counter(t.name.kind for t in plan.tables)
-    what = ", ".join(f"{kinds[k]} {k}(s)" for k in ("table", "stage", "database") if kinds[k])
-    click.echo(
-        f"{what or '0 table(s)'} -> connection {target} ({shown}) in "
-        f"{len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
-    )
-    for table in plan.tables:
-        current = display(table.storage.fingerprint)
-        click.echo(f"  {object_label(table.name)}\t{current}\t-> {target}")
+    _show(plan, canary)
     refuse_unswitchable(plan)
     if not commit:
         click.echo("dry run: nothing changed (add --commit)")
@@ -160,6 +141,45 @@ def migrate(
     click.echo(f"run {run_id}: migrating {len(plan.tables)} object(s) to {target}")
     if not no_wait:
         sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _parse_tables(selectors: tuple[str, ...]) -> tuple[Selector | NameSelector, ...]:
+    from worker.domain.bindings import Selector
+
+    try:
+        return tuple(Selector.parse(t) for t in selectors)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tables") from None
+
+
+def _binding_selectors(name: str, bindings: list[Binding]) -> tuple[Selector | NameSelector, ...]:
+    """Every selector of the binding called ``name``: its tables, stages and databases."""
+    from worker.domain.bindings import find_binding
+    from worker.domain.errors import MigrationRefused
+
+    found = find_binding(bindings, name=name)
+    if found is None:
+        raise MigrationRefused(f"no binding named {name}")
+    return (*found.selectors, *found.stage_selectors, *found.database_selectors)
+
+
+def _show(plan: MigrationPlan, canary: int) -> None:
+    """The plan: how many objects of each kind go to the target in how many waves, then each
+    object with the credentials it shows now (masked)."""
+    from collections import Counter
+
+    from worker.domain.masking import display
+    from worker.domain.sql import object_label
+
+    kinds = Counter(t.name.kind for t in plan.tables)
+    what = ", ".join(f"{kinds[k]} {k}(s)" for k in ("table", "stage", "database") if kinds[k])
+    click.echo(
+        f"{what or '0 table(s)'} -> connection {plan.target} ({display(plan.target_fingerprint)})"
+        f" in {len(plan.waves)} wave(s)" + (f", canary {canary}" if canary else "")
+    )
+    for table in plan.tables:
+        current = display(table.storage.fingerprint)
+        click.echo(f"  {object_label(table.name)}\t{current}\t-> {plan.target}")
 
 
 def register(main: click.Group) -> None:
