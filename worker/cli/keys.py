@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,11 @@ from worker.cli.common import (
 )
 from worker.cli.follow import follow_run
 from worker.domain.errors import FatalError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from worker.flow.key_rotation import KeyRotationPlan
 
 
 def _duration(_ctx: Any, _param: Any, value: str) -> float:
@@ -69,7 +74,7 @@ def rotate(
 
     from worker.flow.inventory import resolve_secret
     from worker.flow.key_context import unfinished_key_rotation
-    from worker.flow.key_rotation import masked, new_key_rotation
+    from worker.flow.key_rotation import new_key_rotation
     from worker.runtime.celery_app import configure_app
 
     s = cli_services()
@@ -81,34 +86,11 @@ def rotate(
     console = Console(soft_wrap=True)
     if unfinished:
         console.print(f"note: {unfinished}")
-    console.print(f"secret {plan.secret_name} (binding {plan.binding}), IAM user {plan.user}")
-    for key in plan.keys:
-        role = "held by the secret" if key.key_id == plan.current_key else "not in the secret"
-        console.print(
-            f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, {role}"
-        )
-    from worker.domain.sql import object_label
-
-    console.print(f"{len(plan.tables)} object(s) use the current key {masked(plan.current_key)}:")
-    for table in plan.tables:
-        console.print(f"  {object_label(table.name)}  (bucket {table.storage.bucket})")
-    console.print(f"binding {plan.binding} switches {len(plan.planned)} object(s)")
-    for table in plan.unreadable:
-        console.print(
-            f"  warning: {object_label(table.name)} shows credentials that cannot be read"
-        )
+    _show(console, plan)
     if plan.refusal:
         click.echo(f"error: {plan.refusal}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    steps = [f"remove unused key {masked(plan.key_to_remove)}"] if plan.key_to_remove else []
-    steps += [
-        "create a new access key and store it as AWSPENDING",
-        "create a connection from it and switch every affected table, reading each back",
-        "read every table back again",
-        "move AWSCURRENT to the new version",
-        f"deactivate the old key after {deactivate_after:g}s and delete it after "
-        f"{delete_after:g}s, each only if no table still uses it",
-    ]
+    steps = _steps(plan, deactivate_after, delete_after)
     console.print("steps:" + "".join(f"\n  {i}. {step}" for i, step in enumerate(steps, 1)))
     if not commit:
         console.print("dry run: nothing changed (add --commit)")
@@ -124,6 +106,42 @@ def rotate(
     if no_wait:
         return
     sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _show(console: Console, plan: KeyRotationPlan) -> None:
+    """The secret's keys, the objects on its current key and what the binding switches."""
+    from worker.domain.sql import object_label
+    from worker.flow.key_rotation import masked
+
+    console.print(f"secret {plan.secret_name} (binding {plan.binding}), IAM user {plan.user}")
+    for key in plan.keys:
+        role = "held by the secret" if key.key_id == plan.current_key else "not in the secret"
+        console.print(
+            f"  key {masked(key.key_id)} {'active' if key.active else 'inactive'}, {role}"
+        )
+    console.print(f"{len(plan.tables)} object(s) use the current key {masked(plan.current_key)}:")
+    for table in plan.tables:
+        console.print(f"  {object_label(table.name)}  (bucket {table.storage.bucket})")
+    console.print(f"binding {plan.binding} switches {len(plan.planned)} object(s)")
+    for table in plan.unreadable:
+        console.print(
+            f"  warning: {object_label(table.name)} shows credentials that cannot be read"
+        )
+
+
+def _steps(plan: KeyRotationPlan, deactivate_after: float, delete_after: float) -> list[str]:
+    from worker.flow.key_rotation import masked
+
+    steps = [f"remove unused key {masked(plan.key_to_remove)}"] if plan.key_to_remove else []
+    return [
+        *steps,
+        "create a new access key and store it as AWSPENDING",
+        "create a connection from it and switch every affected table, reading each back",
+        "read every table back again",
+        "move AWSCURRENT to the new version",
+        f"deactivate the old key after {deactivate_after:g}s and delete it after "
+        f"{delete_after:g}s, each only if no table still uses it",
+    ]
 
 
 @click.command("retire-due")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,9 @@ from worker.cli.common import (
 from worker.cli.follow import follow_run, print_outcomes, rate_text, run_rate
 from worker.cli.service import structlog_bind_run
 from worker.domain.model import RunKind
+
+if TYPE_CHECKING:
+    from worker.runtime.launch import RunProgress
 
 
 @click.command("rotate-version")
@@ -66,41 +69,50 @@ def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: 
 @reports_errors
 def status(run_id: str, as_json: bool, watch: bool) -> None:
     """Show a run's status and per-table outcomes (counts, rate and ETA while it runs)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from worker.runtime.launch import outcome_json, progress
+    from worker.runtime.launch import progress
 
     s = cli_services()
     if watch and not as_json:
         sys.exit(follow_run(s.runs, run_id, timeout=float("inf")))
     p = progress(s.runs, run_id)
     if as_json:
-        rate, left = run_rate(p)
-        payload = {
-            "run_id": p.run.run_id,
-            "kind": p.run.kind,
-            "status": p.run.status,
-            "secret": p.run.secret,
-            "version_id": p.run.version_id,
-            "binding": p.run.binding,
-            "connection": p.run.connection,
-            "error": p.run.error,
-            "notes": p.run.notes,
-            "phase": p.run.phase or None,
-            "parent": p.run.parent,
-            "data": _shown_data(p.run.data),
-            "counts": dict(p.counts),
-            "total": p.total,
-            "done": p.done,
-            "tables_per_second": round(rate, 3),
-            "eta_seconds": None if left is None else round(left, 1),
-            "seconds_since_progress": round(max(0.0, time.time() - p.run.updated_at), 1),
-            "rate": rate_text(p),
-            "tables": [outcome_json(o) for o in p.outcomes],
-        }
-        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
-        return
+        click.echo(json.dumps(_status_json(p), indent=2, ensure_ascii=False))
+    else:
+        _print_status(p)
+
+
+def _status_json(p: RunProgress) -> dict[str, Any]:
+    from worker.runtime.launch import outcome_json
+
+    rate, left = run_rate(p)
+    return {
+        "run_id": p.run.run_id,
+        "kind": p.run.kind,
+        "status": p.run.status,
+        "secret": p.run.secret,
+        "version_id": p.run.version_id,
+        "binding": p.run.binding,
+        "connection": p.run.connection,
+        "error": p.run.error,
+        "notes": p.run.notes,
+        "phase": p.run.phase or None,
+        "parent": p.run.parent,
+        "data": _shown_data(p.run.data),
+        "counts": dict(p.counts),
+        "total": p.total,
+        "done": p.done,
+        "tables_per_second": round(rate, 3),
+        "eta_seconds": None if left is None else round(left, 1),
+        "seconds_since_progress": round(max(0.0, time.time() - p.run.updated_at), 1),
+        "rate": rate_text(p),
+        "tables": [outcome_json(o) for o in p.outcomes],
+    }
+
+
+def _print_status(p: RunProgress) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     from worker.domain.sql import object_label
 
     console = Console(soft_wrap=True)
