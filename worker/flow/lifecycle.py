@@ -250,29 +250,40 @@ def rollback(
     )
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for table, connection, outcome in pool.map(undo, targets):
-            if isinstance(outcome, str):
-                result.behind.append((table, outcome))
-                continue
-            if outcome.status.failed:
-                result.failed.append((table, str(outcome.reason)))
-                continue
-            result.moved.append(table)
-            runs.record_outcome(
-                run_id,
-                TableOutcome(
-                    table=table,
-                    status=TableStatus.ROLLED_BACK,
-                    rule=f"rolled back to {connection}",
-                    rows_read=outcome.rows_read,
-                    previous=outcome.previous,
-                ),
-            )
+            _record_move(runs, run_id, result, table, connection, outcome)
     runs.update(
         run_id,
         status=RunStatus.ROLLED_BACK,
         error=None if result.complete else "some tables could not be moved back",
     )
     return result
+
+
+def _record_move(
+    runs: RunStore,
+    run_id: str,
+    result: RolledBack,
+    table: ObjectName,
+    connection: str,
+    outcome: TableOutcome | str,
+) -> None:
+    """One object's move back counted in ``result``; a moved one recorded ROLLED_BACK."""
+    if isinstance(outcome, str):  # why it stays where the migration put it
+        result.behind.append((table, outcome))
+    elif outcome.status.failed:
+        result.failed.append((table, str(outcome.reason)))
+    else:
+        result.moved.append(table)
+        runs.record_outcome(
+            run_id,
+            TableOutcome(
+                table=table,
+                status=TableStatus.ROLLED_BACK,
+                rule=f"rolled back to {connection}",
+                rows_read=outcome.rows_read,
+                previous=outcome.previous,
+            ),
+        )
 
 
 def _move_back(

@@ -222,8 +222,6 @@ def run_demo(
 ) -> int:
     """The whole rotation on the local stack; ``follow(runs, run_id, timeout=)`` shows the run and
     returns its exit code (the CLI's progress bar: this module never imports the CLI)."""
-    from rich.table import Table
-
     from worker.adapters.aws_secrets import SecretsManagerStore
     from worker.adapters.run_store import RedisRunStore
     from worker.domain.bindings import load_bindings
@@ -270,20 +268,7 @@ def run_demo(
         )
         console.print(f"old key {show_key(stack.lake_key['AccessKeyId'])} deleted in IAM")
 
-        table = Table(
-            "table", "key before", "key now", "rows read", "insert", title="after revocation"
-        )
-        healthy = True
-        for t in BOUND_TABLES + OTHER_TABLES:
-            try:
-                db.execute(f"INSERT INTO {t.sql} VALUES (4, 'written after rotation')")
-                rows = len(db.query(f"SELECT * FROM {t.sql}"))
-                insert = "ok"
-            except Exception as exc:  # shown, then the demo fails
-                rows, insert, healthy = 0, f"FAILED: {exc}", False
-            table.add_row(str(t), before[t], _suffix_of(db, t), str(rows), insert)
-        console.print(table)
-        if not healthy:
+        if not _still_working(console, db, before):
             console.print("[red]some tables no longer work")
             return 1
         console.print(
@@ -295,6 +280,25 @@ def run_demo(
     finally:
         stack.close()
         worker_log.close()
+
+
+def _still_working(console: Any, db: DatabendClient, before: dict[TableName, str]) -> bool:
+    """After the old key's deletion: every table written to and read, shown with the key it was
+    on before and the one it is on now; False when any of them fails."""
+    from rich.table import Table
+
+    table = Table("table", "key before", "key now", "rows read", "insert", title="after revocation")
+    healthy = True
+    for t in BOUND_TABLES + OTHER_TABLES:
+        try:
+            db.execute(f"INSERT INTO {t.sql} VALUES (4, 'written after rotation')")
+            rows = len(db.query(f"SELECT * FROM {t.sql}"))
+            insert = "ok"
+        except Exception as exc:  # shown, then the demo fails
+            rows, insert, healthy = 0, f"FAILED: {exc}", False
+        table.add_row(str(t), before[t], _suffix_of(db, t), str(rows), insert)
+    console.print(table)
+    return healthy
 
 
 def run_up(
