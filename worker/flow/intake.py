@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from worker.domain.bindings import Binding, find_binding
 from worker.domain.errors import ClaimInFlight, RunNotFound, UnknownSecretError
@@ -102,14 +103,7 @@ def handle_event(
     run_id = claim.run_id
     found = {**base, "version_id": version_id, "run_id": run_id}
     if claim.enqueued:
-        if redirected:
-            why = f"superseded by AWSCURRENT {version_id}, which already has a run"
-            return IntakeResult(Verdict.STALE, why, **found)
-        restarted = _restart_if_cut_short(runs, run_id, enqueue)
-        why = "this version already has a run"
-        if restarted:
-            why += ", not finished: queued again"
-        return IntakeResult(Verdict.DUPLICATE, why, **found)
+        return _already_claimed(runs, enqueue, redirected, found)
     if not claim.mine:
         # another handler is recording this version right now; if it dies, its lease runs out
         # and this message, back from the queue, takes over
@@ -126,6 +120,20 @@ def handle_event(
     if moved_back and newest is not None:
         reason += f"; AWSCURRENT moved back from the newer version {newest.version_id}"
     return IntakeResult(Verdict.ACCEPTED, reason, **found)
+
+
+def _already_claimed(
+    runs: RunStore, enqueue: Callable[[str], None], redirected: bool, found: dict[str, Any]
+) -> IntakeResult:
+    """The version already has a run: a redirected event is stale; a repeat is a duplicate,
+    and queues its run again if that looks cut short."""
+    if redirected:
+        why = f"superseded by AWSCURRENT {found['version_id']}, which already has a run"
+        return IntakeResult(Verdict.STALE, why, **found)
+    why = "this version already has a run"
+    if _restart_if_cut_short(runs, found["run_id"], enqueue):
+        why += ", not finished: queued again"
+    return IntakeResult(Verdict.DUPLICATE, why, **found)
 
 
 _NOT_A_ROTATION = {
