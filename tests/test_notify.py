@@ -57,6 +57,22 @@ def test_the_message_is_slack_text_plus_fields_and_holds_no_secret() -> None:
     assert SECRET_KEY not in repr(message)
 
 
+LAKE_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-AbCdEf"
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        (LAKE_ARN, {"secret": LAKE_ARN, "secret_name": "databend/lake"}),
+        ("databend/lake", {"secret_name": "databend/lake"}),  # a name alone: never "[REDACTED]"
+    ],
+)
+def test_a_message_names_its_secret_readably(given: str, shown: dict[str, str]) -> None:
+    message = build_message("drift", binding="lake", secret=given)
+    assert {k: message[k] for k in ("secret", "secret_name") if k in message} == shown
+    assert "secret databend/lake" in message["text"]
+
+
 def test_delivery_says_whether_trying_again_can_help(
     receiver: tuple[str, list[int], list[bytes]],
 ) -> None:
@@ -73,3 +89,50 @@ def test_delivery_says_whether_trying_again_can_help(
     nowhere = SimpleNamespace(notify_url="http://127.0.0.1:9/", notify_sns_topic=None)
     with pytest.raises(DeliveryUnavailable):
         deliver(nowhere, "webhook", {"text": "x"})
+
+
+def test_a_due_rotation_that_cannot_start_is_notified_once_per_reason(redis_url: str) -> None:
+    """The beat's start of a due key rotation: a refused plan, and an error before any run
+    exists, each reach the sinks as ``schedule_refused`` naming the binding and the reason, once
+    per reason however many ticks see it; nothing is started."""
+    import redis
+
+    from tests.fakes import FakeSecrets, MemoryRuns
+    from tests.test_core_objects import lake_binding
+    from worker.domain.errors import UnknownSecretError
+    from worker.runtime.scheduler import Observation, start_scheduled
+
+    queued: list[dict[str, Any]] = []
+    client = redis.Redis.from_url(redis_url)
+    secrets = FakeSecrets()
+    refusal = "binding lake-main selects no object (add --allow-empty)"
+
+    def plan(binding: object, info: object) -> SimpleNamespace:
+        return SimpleNamespace(refusal=refusal)
+
+    s = SimpleNamespace(
+        redis=client,
+        runs=MemoryRuns(),
+        secrets=secrets,
+        plan_key_rotation=plan,
+        settings=SimpleNamespace(notify_url="http://127.0.0.1:9/", notify_sns_topic=None),
+        queue_notification=lambda sink, message: queued.append(message),
+    )
+    seen = Observation(binding="lake-main", secret=secrets.name, secret_arn=secrets.arn)
+    for _tick in range(2):
+        client.delete(f"rotator:schedule:claim:{secrets.arn}")  # the next interval's tick
+        assert start_scheduled(s, lake_binding(), seen, interval=300) is None
+    assert [(m["event"], m["binding"], m["reason"]) for m in queued] == [
+        ("schedule_refused", "lake-main", refusal)
+    ]
+    assert (queued[0]["secret"], queued[0]["secret_name"]) == (secrets.arn, secrets.name)
+
+    def unreadable(_secret: str) -> None:
+        raise UnknownSecretError("secret databend/lake not found")
+
+    s.secrets = SimpleNamespace(describe=unreadable)
+    client.delete(f"rotator:schedule:claim:{secrets.arn}")
+    assert start_scheduled(s, lake_binding(), seen, interval=300) is None
+    assert queued[-1]["reason"] == "secret databend/lake not found"
+    assert queued[-1]["secret_name"] == secrets.name and len(queued) == 2
+    assert s.runs.runs == {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,10 @@ TITLES = {
     "schedule_refused": "scheduled rotation refused",
 }
 MAX_FAILING = 5
+# a secret's ARN ends in its name and "-" + six characters AWS adds
+_SECRET_ARN = re.compile(
+    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:(?P<name>.+?)(?:-[A-Za-z0-9]{6})?\Z"
+)
 
 
 def configured_sinks(settings: Any) -> list[str]:
@@ -67,13 +72,17 @@ def configured_sinks(settings: Any) -> list[str]:
 
 
 def build_message(event: str, **fields: Any) -> dict[str, Any]:
-    """The message: ``text`` for chat tools, the same facts as fields for machines."""
+    """The message: ``text`` for chat tools, the same facts as fields for machines.
+
+    ``secret`` (given as an ARN or a name) becomes ``secret_name``, plus ``secret`` when it is
+    the ARN: the redaction guard masks any other value under a key called ``secret`` whole."""
     fields = {k: v for k, v in fields.items() if v is not None}
+    fields.update(_naming(fields.pop("secret", None)))
     parts = [f"databend-rotator: {TITLES.get(event, event)}"]
     if fields.get("binding"):
         parts.append(f"binding {fields['binding']}")
-    if fields.get("secret"):
-        parts.append(f"secret {fields['secret']}")
+    if fields.get("secret_name"):
+        parts.append(f"secret {fields['secret_name']}")
     if fields.get("run_id"):
         parts.append(
             f"run {fields['run_id']} ({fields.get('kind', '?')}, {fields.get('status', '?')})"
@@ -92,6 +101,16 @@ def build_message(event: str, **fields: Any) -> dict[str, Any]:
         **fields,
     }
     return dict(redact_value(message))
+
+
+def _naming(secret: str | None) -> dict[str, str]:
+    """How a message names its secret: ``secret_name`` always, ``secret`` (the ARN) if known."""
+    if not secret:
+        return {}
+    arn = _SECRET_ARN.match(secret)
+    if arn is None:
+        return {"secret_name": secret}
+    return {"secret": secret, "secret_name": arn["name"]}
 
 
 def notify(s: Any, event: str, *, dedupe: str | None = None, **fields: Any) -> bool:

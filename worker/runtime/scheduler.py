@@ -158,14 +158,7 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         plan = s.plan_key_rotation(binding, info)
         if plan.refusal:
             log.warning("scheduled rotation refused", binding=binding.name, reason=plan.refusal)
-            notify(
-                s,
-                "schedule_refused",
-                binding=binding.name,
-                secret=info.name,
-                reason=plan.refusal,
-                dedupe=f"refused:{binding.name}:{plan.refusal}",
-            )
+            _notify_refused(s, binding, arn, plan.refusal)
             return None
         with actor.acting_as("schedule"):
             run_id = new_key_rotation(
@@ -173,14 +166,7 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
             )
     except RotatorError as exc:
         log.error("scheduled rotation could not start", binding=binding.name, error=str(exc))
-        notify(
-            s,
-            "schedule_refused",
-            binding=binding.name,
-            secret=seen.secret,
-            reason=str(exc),
-            dedupe=f"refused:{binding.name}:{exc}",
-        )
+        _notify_refused(s, binding, arn, str(exc))
         return None
     from tasks.key_rotation import advance_key_rotation
 
@@ -195,12 +181,26 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         s,
         "scheduled_start",
         binding=binding.name,
-        secret=info.name,
+        secret=info.arn,
         run_id=run_id,
         kind=RunKind.KEY_ROTATION,
         status="queued",
     )
     return run_id
+
+
+def _notify_refused(s: Any, binding: Binding, secret: str, reason: str) -> None:
+    """A due rotation that did not start: said once per binding and reason (deduplicated)."""
+    from worker.observe.notify import notify
+
+    notify(
+        s,
+        "schedule_refused",
+        binding=binding.name,
+        secret=secret,
+        reason=reason,
+        dedupe=f"refused:{binding.name}:{reason}",
+    )
 
 
 def now_ms() -> int:
