@@ -742,22 +742,25 @@ class ChaosFences(MemoryFences):
     def __init__(self, env: Env, runs: ChaosRuns) -> None:
         super().__init__(runs=runs, clock=env.clock)
         self.env = env
-        self.holders: dict[str, dict[str, str]] = {}  # run -> item -> worker
+        self.holders: dict[str, dict[str, str]] = {}  # run -> entry -> worker
+
+    def entrant(self) -> str:
+        return str(self.env.faults.worker)
 
     def _drop_dead(self, run_id: str) -> None:
         dead, now = self.env.faults.dead, self.env.clock()
         held = self.holders.get(run_id, {})
-        for item, worker in list(held.items()):
+        for entry, worker in list(held.items()):
             if worker in dead and now >= dead[worker] + ALIVE_TTL:
-                self.flying.get(run_id, {}).pop(item, None)
-                del held[item]
+                self.flying.get(run_id, {}).pop(entry, None)
+                del held[entry]
 
     def enter(self, run_id: str, item: str, **kwargs: Any) -> Any:
         self.env.faults.call("", "fences.enter")
         self._drop_dead(run_id)
         verdict = super().enter(run_id, item, **kwargs)
         if verdict is Admission.ADMITTED:
-            self.holders.setdefault(run_id, {})[item] = self.env.faults.worker
+            self.holders.setdefault(run_id, {})[self._entry(item)] = self.env.faults.worker
         return verdict
 
     def leave(self, run_id: str, *items: str) -> None:
@@ -766,7 +769,7 @@ class ChaosFences(MemoryFences):
         self.env.faults.call("", "fences.leave")
         super().leave(run_id, *items)
         for item in items:
-            self.holders.get(run_id, {}).pop(item, None)
+            self.holders.get(run_id, {}).pop(self._entry(item), None)
         self.env.faults.done("", "fences.leave", False, items)
 
     def in_flight(self, run_id: str) -> list[str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.adapters.redis_state import ENTRANT_SEP
 from worker.domain.errors import (
     DatabendQueryError,
     RunNotFound,
@@ -535,15 +537,24 @@ class FakeWriter:
 
 @dataclass
 class MemoryFences:
-    """Fences over a MemoryRuns: the same rules as worker.adapters.redis_state.RedisFences."""
+    """Fences over a MemoryRuns: the same rules as worker.adapters.redis_state.RedisFences.
+
+    One in-flight entry per item and entrant (``entrant()``: the calling thread; the chaos world
+    names its simulated worker), as "<item>\\x1f<entrant>": an entrant leaves only its own."""
 
     runs: MemoryRuns
     clock: Callable[[], float] = lambda: 0.0
     newest: dict[str, tuple[int, str]] = field(default_factory=dict)
-    flying: dict[str, dict[str, float]] = field(default_factory=dict)
+    flying: dict[str, dict[str, float]] = field(default_factory=dict)  # run -> entry -> lease end
     epoch: int = 0  # the labels epoch
     moving_until: float = float("-inf")  # admissions carrying an epoch are held until then
-    under: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> item -> its epoch
+    under: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> entry -> its epoch
+
+    def entrant(self) -> str:
+        return str(threading.get_ident())
+
+    def _entry(self, item: str) -> str:
+        return f"{item}{ENTRANT_SEP}{self.entrant()}"
 
     def issue(self, secret_arn: str, run_id: str) -> tuple[int, str | None]:
         token, previous = self.newest.get(secret_arn, (0, None))
@@ -572,26 +583,35 @@ class MemoryFences:
             return Admission.ENDED
         if secret_arn and token and self.newest.get(secret_arn, (0, ""))[0] != token:
             return Admission.SUPERSEDED
-        if exclusive and self.flying.get(run_id, {}).get(item, 0.0) > self.clock():
+        if exclusive and item in self.in_flight(run_id):
             return Admission.BUSY
         moving = self.clock() < self.moving_until
         if labels_epoch is not None and (labels_epoch != self.epoch or moving):
             return Admission.STALE
-        self.flying.setdefault(run_id, {})[item] = self.clock() + lease_seconds
+        entry = self._entry(item)
+        self.flying.setdefault(run_id, {})[entry] = self.clock() + lease_seconds
         if labels_epoch is None:
-            self.under.get(run_id, {}).pop(item, None)
+            self.under.get(run_id, {}).pop(entry, None)
         else:
-            self.under.setdefault(run_id, {})[item] = labels_epoch
+            self.under.setdefault(run_id, {})[entry] = labels_epoch
         return Admission.ADMITTED
 
     def leave(self, run_id: str, *items: str) -> None:
         for item in items:
-            self.flying.get(run_id, {}).pop(item, None)
-            self.under.get(run_id, {}).pop(item, None)
+            self.flying.get(run_id, {}).pop(self._entry(item), None)
+            self.under.get(run_id, {}).pop(self._entry(item), None)
 
     def in_flight(self, run_id: str) -> list[str]:
+        return sorted({item for item, _entry in self._live(run_id)})
+
+    def _live(self, run_id: str) -> list[tuple[str, str]]:
+        """(item, entry) of the entries whose lease runs."""
         now = self.clock()
-        return sorted(k for k, until in self.flying.get(run_id, {}).items() if until > now)
+        return [
+            (entry.partition(ENTRANT_SEP)[0], entry)
+            for entry, until in self.flying.get(run_id, {}).items()
+            if until > now
+        ]
 
     def is_newest(self, secret_arn: str, token: int) -> bool:
         return self.newest.get(secret_arn, (0, ""))[0] == token
@@ -608,9 +628,11 @@ class MemoryFences:
         return self.epoch
 
     def in_flight_before(self, epoch: int) -> list[str]:
-        return [
-            f"{run_id}:{item}"
-            for run_id, under in sorted(self.under.items())
-            for item in self.in_flight(run_id)
-            if under.get(item, epoch) != epoch
-        ]
+        return sorted(
+            {
+                f"{run_id}:{item}"
+                for run_id, under in sorted(self.under.items())
+                for item, entry in self._live(run_id)
+                if under.get(entry, epoch) != epoch
+            }
+        )

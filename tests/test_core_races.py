@@ -371,6 +371,44 @@ def test_late_switches_of_an_older_version_do_not_move_tables_back() -> None:
     assert keys_of_tables(world) == {"sales.t0": "K2", "sales.t1": "K2", "sales.t2": "K2"}
 
 
+def test_a_batch_delivered_twice_at_once_keeps_both_copies_changes_in_flight() -> None:
+    """Chaos seed 6,551,006: two workers ran one batch of a run at once (a redelivery while the
+    first was still alive). The copy that ended first left its changes in flight, and with them
+    the other copy's entry for the same object, so a newer run of the secret saw nothing in
+    flight and went ahead while that other copy's ALTER, checked and admitted under the old run,
+    was still to land. Each entrant now holds its own entry and leaves only that one."""
+    # Given v1 (key K1) made AWSCURRENT and its run planned
+    world = build_world(Shape(sales=3))
+    v1 = outside_rotation(world, "svc")
+    _verdict, _reason, old_run = intake(world, v1, lambda _run: None)
+    planned = prepare(world, old_run)
+    assert planned == [T0, T1, T2]
+    newer: dict[str, Any] = {}
+
+    def meanwhile() -> None:
+        # another worker runs the same batch to its end (it closes the run) ...
+        world.env.faults.revive("w-copy")
+        switch_batch(world, old_run, planned)
+        world.env.faults.revive("w0")
+        newer["in_flight"] = world.fences.in_flight(old_run)
+        # ... and v2 (key K2) is made AWSCURRENT; its run must wait for the first copy's ALTER
+        v2 = outside_rotation(world, "svc2")
+        _v, _r, newer["run"] = intake(world, v2, lambda _run: None)
+        with pytest.raises(LockBusy, match="superseded run to end"):
+            prepare(world, newer["run"])
+
+    # When the first copy is admitted to switch sales.t1 and, before its ALTER, that happens
+    world.env.faults.on_call = once("ALTER sales.t1", meanwhile)
+    switch_batch(world, old_run, planned)
+
+    # Then the first copy's change counted as in flight until it ended,
+    assert newer["in_flight"] == ["sales.t1"]
+    # and the newer run, planned once it has, moves every table to K2 for good
+    for table in prepare(world, newer["run"]):
+        switch(world, newer["run"], table)
+    assert keys_of_tables(world) == {"sales.t0": "K2", "sales.t1": "K2", "sales.t2": "K2"}
+
+
 # --- point 5 ------------------------------------------------------------------------------------
 
 

@@ -404,3 +404,45 @@ def test_a_workers_threads_arriving_at_once_start_one_heartbeat(redis_url: str) 
         thread.join()
     started = {t for t in threading.enumerate() if t.name == "rotator-alive"} - before
     assert len(started) == 1, f"{len(started)} heartbeat threads"
+
+
+def test_two_copies_of_one_change_each_hold_their_own_entry(redis_url: str, unique: str) -> None:
+    """A batch delivered twice at once (a redelivery while the first worker is alive), by two
+    processes or two threads of one: each copy's admission of the same object is its own entry,
+    so the copy that ends first leaves only its own and the object still counts as in flight."""
+    import threading
+
+    from worker.adapters.redis_state import RedisFences
+    from worker.domain.ports import Admission
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisRunStore(client)
+    run = f"d-{unique}"
+    _fenced_run(store, run, f"arn-{unique}")
+    first, second = RedisFences(client), RedisFences(client)  # two worker processes
+    assert first.enter(run, "sales.t1") is Admission.ADMITTED
+    assert second.enter(run, "sales.t1") is Admission.ADMITTED
+    second.leave(run, "sales.t1")
+    assert first.in_flight(run) == ["sales.t1"]
+    first.leave(run, "sales.t1")
+    assert first.in_flight(run) == []
+
+    # two threads of one process: the same
+    entered = threading.Event()
+    assert first.enter(run, "sales.t2") is Admission.ADMITTED
+
+    def other_thread() -> None:
+        assert first.enter(run, "sales.t2") is Admission.ADMITTED
+        entered.set()
+        first.leave(run, "sales.t2")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert entered.is_set() and first.in_flight(run) == ["sales.t2"]
+    first.leave(run, "sales.t2")
+    assert first.in_flight(run) == []
+    # an exclusive item held by one process is still busy for another, whatever its entry
+    assert first.enter(run, "step", exclusive=True) is Admission.ADMITTED
+    assert second.enter(run, "step", exclusive=True) is Admission.BUSY
+    assert first.enter(run, "step", exclusive=True) is Admission.ADMITTED  # its holder again

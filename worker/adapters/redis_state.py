@@ -7,7 +7,10 @@
   (a Lua compare-and-set), unless AWSCURRENT itself moved back to an older version;
 - ``rotator:lock:{arn}`` string = owning run id, with an expiry the owner renews;
 - ``rotator:fence:{arn}`` hash {token, run_id}: the newest fencing token of the secret and its run;
-- ``rotator:run:{id}:inflight`` hash item -> "<lease end ms>|<holder>": changes admitted, not left.
+- ``rotator:run:{id}:inflight`` hash "<item>\x1f<entrant>" -> "<lease end ms>|<holder>|<epoch>":
+  changes admitted, not left. One entry per entrant (a thread of a holder), so two deliveries of
+  one batch switching the same object at once each hold their own: the first to end leaves only
+  its own, and a newer run still waits for the other.
 """
 
 from __future__ import annotations
@@ -110,16 +113,20 @@ if tonumber(ARGV[1]) > 0 then
   if newest ~= tonumber(ARGV[1]) then return '{Admission.SUPERSEDED}' end
 end
 if ARGV[6] == '1' then
-  local held = redis.call('HGET', KEYS[3], ARGV[2])
-  if held then
-    local sep = string.find(held, '|', 1, true)
-    local lease_end = tonumber(string.sub(held, 1, sep - 1))
-    local holder = string.sub(held, sep + 1)
-    local tail = string.find(holder, '|', 1, true)
-    if tail then holder = string.sub(holder, 1, tail - 1) end
-    if lease_end > tonumber(ARGV[7]) and holder ~= ARGV[8]
-       and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
-      return '{Admission.BUSY}'
+  local entries = redis.call('HGETALL', KEYS[3])
+  for i = 1, #entries, 2 do
+    local field, held = entries[i], entries[i + 1]
+    local cut = string.find(field, '\\31', 1, true)
+    if (cut and string.sub(field, 1, cut - 1) or field) == ARGV[2] then
+      local sep = string.find(held, '|', 1, true)
+      local lease_end = tonumber(string.sub(held, 1, sep - 1))
+      local holder = string.sub(held, sep + 1)
+      local tail = string.find(holder, '|', 1, true)
+      if tail then holder = string.sub(holder, 1, tail - 1) end
+      if lease_end > tonumber(ARGV[7]) and holder ~= ARGV[8]
+         and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
+        return '{Admission.BUSY}'
+      end
     end
   end
 end
@@ -127,7 +134,8 @@ if ARGV[9] ~= '' and ((redis.call('GET', KEYS[4]) or '0') ~= ARGV[9]
                       or redis.call('EXISTS', KEYS[5]) == 1) then
   return '{Admission.STALE}'
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. ARGV[8] .. '|' .. ARGV[9])
+local entry = ARGV[2] .. '\\31' .. ARGV[10]
+redis.call('HSET', KEYS[3], entry, ARGV[3] .. '|' .. ARGV[8] .. '|' .. ARGV[9])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return '{Admission.ADMITTED}'
 """
@@ -135,6 +143,7 @@ return '{Admission.ADMITTED}'
 # the mark holds admissions while a key rotation moves AWSCURRENT (``labels_moving``)
 LABELS_EPOCH_KEY = f"{PREFIX}labels-epoch"
 LABELS_MOVING_KEY = f"{PREFIX}labels-moving"
+ENTRANT_SEP = "\x1f"  # between an in-flight entry's item and its entrant (no name holds it)
 HEARTBEAT_SECONDS = 5.0  # a process that holds changes in flight says it is alive this often
 ALIVE_TTL_MS = 15_000  # and is taken for dead this long after its last word
 
@@ -287,20 +296,26 @@ class RedisFences:
         fence = self._fence(secret_arn) if secret_arn else f"{PREFIX}fence:-"
         args = [token if secret_arn else 0, item, int((now + lease_seconds) * 1000), self.ttl]
         args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
-        args.append("" if labels_epoch is None else str(labels_epoch))
+        args += ["" if labels_epoch is None else str(labels_epoch), self._entrant()]
         keys = [f"{PREFIX}run:{run_id}", fence, self._inflight(run_id), LABELS_EPOCH_KEY]
         keys.append(LABELS_MOVING_KEY)
         result = _guard(self._enter, keys=keys, args=args)
         return Admission(result.decode() if isinstance(result, bytes) else str(result))
 
     def leave(self, run_id: str, *items: str) -> None:
+        """Ends this thread's entries of ``items`` (a thread enters and leaves its own)."""
         if items:
-            _guard(self.redis.hdel, self._inflight(run_id), *items)
+            entrant = self._entrant()
+            fields = [f"{item}{ENTRANT_SEP}{entrant}" for item in items]
+            _guard(self.redis.hdel, self._inflight(run_id), *fields)
+
+    def _entrant(self) -> str:
+        return f"{self.holder}:{threading.get_ident()}"
 
     def in_flight(self, run_id: str) -> list[str]:
         """Items whose lease runs and whose holder is alive (expired or orphaned ones are
         dropped on the way)."""
-        return sorted(item for item, _epoch in self._live(run_id))
+        return sorted({item for item, _epoch in self._live(run_id)})
 
     def in_flight_before(self, epoch: int) -> list[str]:
         """(A scan of every run's in-flight hash: a key's retirement asks, once.)"""
@@ -311,7 +326,7 @@ class RedisFences:
             flying += [
                 f"{run_id}:{item}" for item, at in self._live(run_id) if at not in ("", str(epoch))
             ]
-        return sorted(flying)
+        return sorted(set(flying))
 
     def _live(self, run_id: str) -> list[tuple[str, str]]:
         """(item, labels epoch it was admitted under, '' for none) of the live entries."""
@@ -324,7 +339,7 @@ class RedisFences:
             holder, _, epoch = rest.partition("|")
             alive = not holder or _guard(self.redis.exists, f"{PREFIX}alive:{holder}")
             if float(until) > now and alive:
-                live.append((item.decode(), epoch))
+                live.append((item.decode().partition(ENTRANT_SEP)[0], epoch))
             else:
                 dead.append(item)
         if dead:
