@@ -220,12 +220,9 @@ def test_an_abort_that_read_the_run_before_its_table_run_started_ends_that_table
     while world.runs.peek(run_id).phase != "pending_stored":
         assert advance(world, run_id)[0] == "continue"
     planned: list[ObjectName] = []
-    gets = 0
 
     def another_worker(op: str) -> None:
-        nonlocal gets
-        gets += op == "runs.get"
-        if gets == 2:  # the abort has read the run, and not yet marked it aborted
+        if op == "runs.update":  # the abort has read the run, and not yet marked it aborted
             world.env.faults.on_call = None
             step, followups = advance(world, run_id)
             assert step == "start_tables"
@@ -407,6 +404,38 @@ def test_a_batch_delivered_twice_at_once_keeps_both_copies_changes_in_flight() -
     for table in prepare(world, newer["run"]):
         switch(world, newer["run"], table)
     assert keys_of_tables(world) == {"sales.t0": "K2", "sales.t1": "K2", "sales.t2": "K2"}
+
+
+def test_an_abort_that_read_the_run_before_another_worker_finished_it_changes_nothing() -> None:
+    """Chaos seed 6,564,824 (mask current): `rotator abort` read a key rotation whose objects
+    were switched and tested; before it marked the run aborted, another worker's step moved
+    AWSCURRENT and retired the old key K0. Acting on what it had read, the abort marked the
+    finished run aborted and switched a database default back onto K0, by then inactive. The
+    mark is now conditional on the run standing where the abort read it."""
+    # Given a key rotation that has switched and read back every object, AWSCURRENT not moved
+    world = build_world(Shape(sales=2, databases=1))
+    run_id = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    assert isinstance(run_id, str)
+    while (step := advance(world, run_id))[0] != "start_tables":
+        assert step[0] == "continue", step
+    table_run = step[1][0][1]
+    for name in prepare(world, table_run):
+        switch(world, table_run, name)
+
+    def finish() -> None:
+        while advance(world, run_id)[0] == "continue":
+            pass
+
+    # When the operator's abort has read the run and another worker finishes it before the mark
+    world.env.faults.on_call = once("runs.update", finish)
+    with pytest.raises(RotatorError, match="already moved AWSCURRENT"):
+        abort(world, run_id)
+
+    # Then the run stays succeeded, and every object is on the new key K1, which is active
+    assert world.runs.peek(run_id).status == "succeeded"
+    assert set(world.env.label(k) for k in world.admin.object_keys().values()) == {"K1"}
+    assert iam_keys(world) == {"K0": "inactive", "K1": "active"}
+    assert world.stranded() == []
 
 
 # --- point 5 ------------------------------------------------------------------------------------

@@ -43,18 +43,17 @@ def abort(
        rule (no table may show it, no live version of a bound secret may hold it).
     Asking again after a refusal or a time-out goes on from where it stopped.
     """
-    run = ctx.runs.get(run_id)
-    if run.phase in (Phase.FINISHED, Phase.RETIRED):
-        raise FatalError(f"run {run_id} already moved AWSCURRENT: rotate again instead of aborting")
+    run = _not_past_awscurrent(ctx.runs.get(run_id))
     if run.status == RunStatus.ABORTED and run.data.get("abort_done"):
         return []
     while True:
         # a step admitted before the run was marked may start the table run meanwhile: once that
         # step has ended, a table run that appeared is ended and waited for too
+        run = _mark_aborted(ctx, run)
         table_run = run.data.get("table_run")
         runs_of_it = [run_id] + ([str(table_run)] if table_run else [])
-        for rid in runs_of_it:
-            _end_for_abort(ctx, rid)
+        if table_run:
+            _end_for_abort(ctx, str(table_run))
         flying = wait_until_idle(ctx.fences, runs_of_it, timeout=wait_seconds, sleep=sleep)
         if flying:
             raise FatalError(
@@ -62,7 +61,8 @@ def abort(
                 f"flight after {wait_seconds:g}s ({', '.join(flying[:5])}); nothing was switched "
                 f"back yet: ask `rotator abort {run_id}` again once they have ended"
             )
-        run = ctx.runs.get(run_id)
+        # a step admitted before the mark may have moved AWSCURRENT meanwhile
+        run = _not_past_awscurrent(ctx.runs.get(run_id))
         if run.data.get("table_run") == table_run:
             break
     switched_back = _switch_back(ctx, run, binding)
@@ -91,6 +91,26 @@ def abort(
 def _owns_secret(ctx: KeyRotationContext, run: RunRecord) -> bool:
     """Does the run still hold the secret's newest fencing token (no newer run took over)?"""
     return ctx.fences is None or not run.fence or ctx.fences.is_newest(run.secret, run.fence)
+
+
+def _not_past_awscurrent(run: RunRecord) -> RunRecord:
+    if run.phase in (Phase.FINISHED, Phase.RETIRED):
+        raise FatalError(
+            f"run {run.run_id} already moved AWSCURRENT: rotate again instead of aborting"
+        )
+    return run
+
+
+def _mark_aborted(ctx: KeyRotationContext, run: RunRecord) -> RunRecord:
+    """The key rotation marked aborted, only while it stands where it was read: another worker's
+    step may move it on meanwhile, up to moving AWSCURRENT and retiring the old key (then there
+    is nothing left to abort). Returns the run as marked."""
+    while run.status not in (RunStatus.SUPERSEDED, RunStatus.ABORTED):
+        seen = {"status": run.status, "phase": run.phase}
+        if ctx.runs.update_if(run.run_id, seen, status=RunStatus.ABORTED, error="aborted"):
+            return ctx.runs.get(run.run_id)
+        run = _not_past_awscurrent(ctx.runs.get(run.run_id))
+    return run
 
 
 def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
