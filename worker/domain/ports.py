@@ -221,7 +221,9 @@ class Fences(Protocol):
         ...
 
     def leave(self, run_id: str, *items: str) -> None:
-        """The changes of these items have ended (one call for a batch)."""
+        """The changes of these items have ended (one call for a batch). Each entrant (the
+        thread that entered them) holds and leaves its own entries: two copies of one batch
+        switching the same object at once each count until they have ended."""
         ...
 
     def in_flight(self, run_id: str) -> list[str]:
