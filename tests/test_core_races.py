@@ -414,12 +414,8 @@ def test_an_abort_that_read_the_run_before_another_worker_finished_it_changes_no
     mark is now conditional on the run standing where the abort read it."""
     # Given a key rotation that has switched and read back every object, AWSCURRENT not moved
     world = build_world(Shape(sales=2, databases=1))
-    run_id = start_key_rotation(world, deactivate_after=0, delete_after=3600)
-    assert isinstance(run_id, str)
-    while (step := advance(world, run_id))[0] != "start_tables":
-        assert step[0] == "continue", step
-    table_run = step[1][0][1]
-    for name in prepare(world, table_run):
+    run_id, table_run, objects = _key_rotation_switching(world)
+    for name in objects:
         switch(world, table_run, name)
 
     def finish() -> None:
