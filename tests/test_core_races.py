@@ -434,6 +434,27 @@ def test_an_abort_that_read_the_run_before_another_worker_finished_it_changes_no
     assert world.stranded() == []
 
 
+def test_an_abort_after_someone_else_moved_awscurrent_switches_back_to_awscurrent() -> None:
+    """Chaos seed 6,834,768 (mask current): while a key rotation was switching, someone else
+    rotated the secret (v2, key K2, made AWSCURRENT). The abort then switched the rotation's
+    objects back onto the version it had started from (K0), which was now behind AWSCURRENT, its
+    key the other party's to delete. It now switches them onto AWSCURRENT's credentials."""
+    # Given a key rotation that switched sales.t0 to its new key K1
+    world = build_world(Shape(sales=3))
+    run_id, table_run, _objects = _key_rotation_switching(world)
+    switch(world, table_run, T0)
+    # and someone else's rotation that made v2 (K2, another IAM user) AWSCURRENT meanwhile
+    outside_rotation(world, "svc2")
+
+    # When the operator aborts the key rotation
+    abort(world, run_id)
+
+    # Then sales.t0 is on AWSCURRENT's K2 (the others were never moved), and K1 is gone
+    assert keys_of_tables(world) == {"sales.t0": "K2", "sales.t1": "K0", "sales.t2": "K0"}
+    assert iam_keys(world) == {"K0": "active", "K2": "active"}
+    assert world.stranded() == []
+
+
 # --- point 5 ------------------------------------------------------------------------------------
 
 

@@ -123,8 +123,9 @@ def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
 
 
 def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> list[str]:
-    """Objects (of every kind) that may show the new key, back onto the old version's
-    credentials."""
+    """Objects (of every kind) that may show the new key, back onto the credentials of the
+    version the rotation started from, or of AWSCURRENT's when someone else has made another
+    version current since (the old version is behind it, its key theirs to retire)."""
     new_key = run.data.get("new_key_id")
     if not new_key:
         return []
@@ -132,6 +133,9 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
         return []  # a newer run of the secret owns the tables now: not ours to move
     info = ctx.secrets.describe(run.secret)
     old_version = str(run.data["old_version"])
+    awscurrent = info.version_with_stage("AWSCURRENT")
+    if awscurrent is not None and awscurrent != run.version_id:
+        old_version = awscurrent
     old = parse_secret_value(
         ctx.secrets.read_version(info.arn, old_version),
         where=f"secret {info.name} version {old_version}",
