@@ -438,7 +438,10 @@ def test_an_abort_after_someone_else_moved_awscurrent_switches_back_to_awscurren
     """Chaos seed 6,834,768 (mask current): while a key rotation was switching, someone else
     rotated the secret (v2, key K2, made AWSCURRENT). The abort then switched the rotation's
     objects back onto the version it had started from (K0), which was now behind AWSCURRENT, its
-    key the other party's to delete. It now switches them onto AWSCURRENT's credentials."""
+    key the other party's to delete. It now switches them onto AWSCURRENT's credentials when that
+    version is newer (an operator's move back to an older one is applied by that move's own run:
+    chaos seeds 6,894,979, 6,900,223 and 6,923,250 caught the first form of this fix moving
+    objects behind the version the newest run had started from)."""
     # Given a key rotation that switched sales.t0 to its new key K1
     world = build_world(Shape(sales=3))
     run_id, table_run, _objects = _key_rotation_switching(world)
@@ -452,6 +455,27 @@ def test_an_abort_after_someone_else_moved_awscurrent_switches_back_to_awscurren
     # Then sales.t0 is on AWSCURRENT's K2 (the others were never moved), and K1 is gone
     assert keys_of_tables(world) == {"sales.t0": "K2", "sales.t1": "K0", "sales.t2": "K0"}
     assert iam_keys(world) == {"K0": "active", "K2": "active"}
+    assert world.stranded() == []
+
+
+def test_an_abort_after_an_operator_moved_awscurrent_back_returns_to_where_it_started() -> None:
+    """The other side of the rule above: an operator who moves AWSCURRENT back to an older
+    version during a key rotation is followed by that move's own run; the abort puts the
+    rotation's objects back on the version it started from, never behind it."""
+    # Given v1 (another IAM user's key) made AWSCURRENT, a key rotation started from it that
+    # switched sales.t0 to its new key, and an operator who then moved AWSCURRENT back to v0
+    world = build_world(Shape(sales=3))
+    v1 = outside_rotation(world, "svc2")
+    started_on = world.env.label(world.key_of(v1))
+    run_id, table_run, _objects = _key_rotation_switching(world)
+    switch(world, table_run, T0)
+    world.writer.make_current(world.secrets.arn, "v0")
+
+    # When the operator aborts the key rotation
+    abort(world, run_id)
+
+    # Then sales.t0 is back on v1's key, where the rotation found it
+    assert keys_of_tables(world)["sales.t0"] == started_on
     assert world.stranded() == []
 
 

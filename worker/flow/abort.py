@@ -11,7 +11,7 @@ from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import FatalError, RotatorError, UnreadableEvidence
 from worker.domain.model import RunStatus
-from worker.domain.ports import Admission, RunRecord
+from worker.domain.ports import Admission, RunRecord, SecretInfo
 from worker.domain.secret_value import parse_secret_value
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
@@ -124,8 +124,10 @@ def _end_for_abort(ctx: KeyRotationContext, run_id: str) -> None:
 
 def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> list[str]:
     """Objects (of every kind) that may show the new key, back onto the credentials of the
-    version the rotation started from, or of AWSCURRENT's when someone else has made another
-    version current since (the old version is behind it, its key theirs to retire)."""
+    version the rotation started from, or of AWSCURRENT's when someone else has made a newer
+    version current since (the old version is behind it, its key theirs to retire). An operator
+    who moved AWSCURRENT back to an older version meanwhile is followed by that move's own run,
+    as ever: the objects go back to where the rotation found them first."""
     new_key = run.data.get("new_key_id")
     if not new_key:
         return []
@@ -134,8 +136,8 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     info = ctx.secrets.describe(run.secret)
     old_version = str(run.data["old_version"])
     awscurrent = info.version_with_stage("AWSCURRENT")
-    if awscurrent is not None and awscurrent != run.version_id:
-        old_version = awscurrent
+    if awscurrent not in (None, run.version_id) and _newer(info, awscurrent, old_version):
+        old_version = str(awscurrent)
     old = parse_secret_value(
         ctx.secrets.read_version(info.arn, old_version),
         where=f"secret {info.name} version {old_version}",
@@ -168,6 +170,13 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
             raise FatalError(f"could not switch {object_label(table)} back: {result.reason}")
         switched_back.append(object_label(table))
     return switched_back
+
+
+def _newer(info: SecretInfo, version: str | None, than: str) -> bool:
+    mine, theirs = info.versions.get(str(version)), info.versions.get(than)
+    if mine is None or theirs is None:
+        return False
+    return (mine.created_at or 0.0) > (theirs.created_at or 0.0)
 
 
 @contextmanager
