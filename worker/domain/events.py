@@ -21,8 +21,10 @@ MAX_EVENT_BYTES = 256 * 1024  # SQS's own message limit
 # Secret names: letters, digits and /_+=.@-; ARNs add ':' and the partition/region/account.
 _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}\Z")
 _SECRET_ARN = re.compile(
-    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]{1,32}:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}\Z"
+    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]{1,32}:\d{12}:secret:"
+    r"(?P<name>[A-Za-z0-9/_+=.@-]{1,512})\Z"
 )
+_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}\Z")  # what AWS appends to a secret's name in its ARN
 _VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}\Z")
 _EVENT_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}\Z")
 
@@ -201,6 +203,13 @@ def _rotate_to(version: Any, reason: str, event_id: str, secret: str, kind: str)
     if not isinstance(version, str) or not _VERSION_ID.match(version):
         return reject(f"{kind} with a malformed version id", event_id)
     return EventDecision(Action.ROTATE, reason, event_id, secret, version, kind)
+
+
+def secret_name_in_arn(text: str) -> str | None:
+    """The secret's name when ``text`` is a Secrets Manager ARN (AWS's six-character suffix
+    taken off), else None."""
+    arn = _SECRET_ARN.match(text)
+    return _ARN_SUFFIX.sub("", arn["name"]) if arn else None
 
 
 def _check_secret(secret: Any) -> str | None:

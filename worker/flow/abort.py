@@ -136,7 +136,7 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     info = ctx.secrets.describe(run.secret)
     old_version = str(run.data["old_version"])
     awscurrent = info.version_with_stage("AWSCURRENT")
-    if awscurrent not in (None, run.version_id) and _newer(info, awscurrent, old_version):
+    if awscurrent not in (None, run.version_id) and _newer(info, str(awscurrent), than=old_version):
         old_version = str(awscurrent)
     old = parse_secret_value(
         ctx.secrets.read_version(info.arn, old_version),
@@ -172,8 +172,8 @@ def _switch_back(ctx: KeyRotationContext, run: RunRecord, binding: Binding) -> l
     return switched_back
 
 
-def _newer(info: SecretInfo, version: str | None, than: str) -> bool:
-    mine, theirs = info.versions.get(str(version)), info.versions.get(than)
+def _newer(info: SecretInfo, version: str, *, than: str) -> bool:
+    mine, theirs = info.versions.get(version), info.versions.get(than)
     if mine is None or theirs is None:
         return False
     return (mine.created_at or 0.0) > (theirs.created_at or 0.0)

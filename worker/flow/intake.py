@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from worker.domain.bindings import Binding, find_binding
+from worker.domain.bindings import Binding, binding_covering
 from worker.domain.errors import ClaimInFlight, RunNotFound, UnknownSecretError
 from worker.domain.events import Action, EventDecision
 from worker.domain.model import RunKind, RunStatus
@@ -83,9 +83,10 @@ def handle_event(
     except UnknownSecretError:
         return IntakeResult(Verdict.IGNORED, "unknown secret", **base)
     base["secret"] = info.arn
-    binding = find_binding(bindings, secret_arn=info.arn, secret_name=info.name)
-    if binding is None:
-        return IntakeResult(Verdict.IGNORED, f"no binding covers secret {info.name}", **base)
+    try:
+        binding = binding_covering(bindings, info.arn, info.name)
+    except UnknownSecretError as exc:
+        return IntakeResult(Verdict.IGNORED, str(exc), **base)
     labels_moved()
     version_id, redirected = _version_to_apply(decision, info)
     if version_id is None or version_id not in info.versions:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from worker.domain.errors import (
     RotatorError,
     classify_aws_error,
 )
+from worker.domain.events import secret_name_in_arn
 from worker.domain.model import RunKind, RunStatus
 from worker.observe.redaction import redact_value
 
@@ -56,10 +56,6 @@ TITLES = {
     "schedule_refused": "scheduled rotation refused",
 }
 MAX_FAILING = 5
-# a secret's ARN ends in its name and "-" + six characters AWS adds
-_SECRET_ARN = re.compile(
-    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:(?P<name>.+?)(?:-[A-Za-z0-9]{6})?\Z"
-)
 
 
 def configured_sinks(settings: Any) -> list[str]:
@@ -107,10 +103,10 @@ def _naming(secret: str | None) -> dict[str, str]:
     """How a message names its secret: ``secret_name`` always, ``secret`` (the ARN) if known."""
     if not secret:
         return {}
-    arn = _SECRET_ARN.match(secret)
-    if arn is None:
+    name = secret_name_in_arn(secret)
+    if name is None:
         return {"secret_name": secret}
-    return {"secret": secret, "secret_name": arn["name"]}
+    return {"secret": secret, "secret_name": name}
 
 
 def notify(s: Any, event: str, *, dedupe: str | None = None, **fields: Any) -> bool:
