@@ -631,7 +631,7 @@ class MemoryFences:
         return sorted(
             {
                 f"{run_id}:{item}"
-                for run_id, under in sorted(self.under.items())
+                for run_id, under in self.under.items()
                 for item, entry in self._live(run_id)
                 if under.get(entry, epoch) != epoch
             }
