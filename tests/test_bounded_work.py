@@ -22,7 +22,8 @@ from worker.adapters.databend_client import DatabendClient, bounded_dsn, deadlin
 from worker.domain.errors import AwsTransientError, DatabendUnavailable
 from worker.domain.sql import TableName
 from worker.flow.intake import IntakeResult
-from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.flow.rotation import RetryPolicy
+from worker.flow.switch import rotate_object
 from worker.local.embedded import DatabendLocalProcess
 from worker.runtime.intake_runner import SqsIntake
 from worker.runtime.settings import Settings

@@ -27,8 +27,9 @@ from worker.domain.sql import DatabaseName, StageName, TableName
 from worker.flow.evidence import key_usage, refuse_if_used
 from worker.flow.key_rotation import KeyRotationContext, new_key_rotation, plan_key_rotation
 from worker.flow.migration import MigrationOptions, plan_migration
-from worker.flow.rotation import plan_rotation, rotate_object
+from worker.flow.rotation import plan_rotation
 from worker.flow.runs import prepare_rotation, switch_batch
+from worker.flow.switch import rotate_object
 
 
 def creds(key_id: str) -> AccessKeyCredentials:

@@ -30,10 +30,10 @@ from worker.flow.rotation import (
     connection_name_for,
     ensure_connection,
     plan_rotation,
-    rotate_object,
 )
 from worker.flow.runs import finish_table, prepare_rotation
 from worker.flow.runs.prepare import preflight
+from worker.flow.switch import rotate_object
 
 OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
 T_OLD, T_NEW = f"ak:{OLD}", f"ak:{NEW}"  # the credentials a run holds, as fingerprints

@@ -32,7 +32,8 @@ from worker.domain.retries import (
     worst_case_statement_attempts,
 )
 from worker.domain.sql import TableName
-from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.flow.rotation import RetryPolicy
+from worker.flow.switch import rotate_object
 from worker.runtime.celery_app import RotatorTask, app
 
 README = Path(__file__).resolve().parents[1] / "README.md"

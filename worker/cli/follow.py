@@ -79,7 +79,7 @@ def rate_text(p: Any) -> str:
 def print_outcomes(p: Any, console: Any) -> None:
     from rich.table import Table
 
-    from worker.flow.rotation import STRANDED_RUNBOOK
+    from worker.flow.switch import STRANDED_RUNBOOK
     from worker.runtime.launch import failed_outcomes
 
     failed = failed_outcomes(p)

@@ -19,7 +19,8 @@ from worker.flow.evidence import key_usage
 from worker.flow.fencing import wait_until_idle
 from worker.flow.key_context import KeyRotationContext, Phase, release
 from worker.flow.key_create import delete_key, held_keys, own_orphans
-from worker.flow.rotation import connection_name_for, ensure_connection, rotate_object
+from worker.flow.rotation import connection_name_for, ensure_connection
+from worker.flow.switch import rotate_object
 
 ABORT_WAIT_SECONDS = 120.0
 

@@ -25,9 +25,10 @@ from worker.flow import objects as objects_
 from worker.flow.fencing import admit_on_fresh_labels, wait_until_idle
 from worker.flow.key_rotation import KeyRotationContext, Phase
 from worker.flow.migration import rollback_targets
-from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import reopen_failed_tables, resume_switching, update_or_refuse
 from worker.flow.stale import LabelsView
+from worker.flow.switch import rotate_object
 
 PAUSE_WAIT_SECONDS = 120.0
 

@@ -16,6 +16,7 @@ the old key), so those two can be switched even after their old key is gone.
 
 from __future__ import annotations
 
+from worker.domain import masking
 from worker.domain.errors import FatalError, NotSwitchable
 from worker.domain.model import DatabaseDefault, ExternalStage, StoredObject
 from worker.domain.ports import DatabendAdmin
@@ -102,3 +103,12 @@ def list_for(
 def list_all(admin: DatabendAdmin) -> list[StoredObject]:
     """Every object of every kind that holds (or names) credentials."""
     return list_for(admin)
+
+
+def may_show(seen: str | None, target: str) -> bool:
+    """May an object showing ``seen`` hold ``target``? An unreadable view says no: the object is
+    switched (again) rather than trusted."""
+    try:
+        return masking.may_hold(seen, target)
+    except FatalError:
+        return False

@@ -1,14 +1,13 @@
-"""Rotation steps: plan the affected objects, create the connection, switch and validate an object.
+"""Rotation steps: plan the affected objects and create the connection (worker/flow/switch.py
+switches and validates each object).
 
 Each step checks before acting and may run twice: the second run changes nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +18,7 @@ from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import (
     ConnectionConflict,
-    FatalError,
     RetryableError,
-    StoragePermissionDenied,
 )
 from worker.domain.model import (
     Credentials,
@@ -29,13 +26,11 @@ from worker.domain.model import (
     PlannedTable,
     RotationPlan,
     StoredObject,
-    TableOutcome,
-    TableStatus,
     short_version_id,
 )
 from worker.domain.ports import DatabendAdmin
 from worker.domain.retries import STEP_ATTEMPTS, STEP_INITIAL_WAIT, STEP_MAX_WAIT
-from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName, object_label
+from worker.domain.sql import ObjectName, object_label
 from worker.flow import objects as objects_
 
 log = logging.getLogger("rotator.core")
@@ -108,7 +103,7 @@ def ensure_connection(admin: DatabendAdmin, name: str, credentials: Credentials)
             return True
         existing = admin.connection_fingerprint(name)
         if existing is not None:
-            if not _may_show(existing, credentials.fingerprint):
+            if not objects_.may_show(existing, credentials.fingerprint):
                 raise ConnectionConflict(
                     f"connection {name} already exists with other credentials "
                     f"({masking.display(existing)})"
@@ -202,7 +197,7 @@ def _discover(
             continue
         fp = obj.storage.fingerprint
         own = isinstance(obj, DatabaseDefault) and binding.owns_connection(obj.connection)
-        if own and obj.storage.unreadable is None and any(_may_show(fp, w) for w in wanted):
+        if own and obj.storage.unreadable is None and any(objects_.may_show(fp, w) for w in wanted):
             assert isinstance(obj, DatabaseDefault)
             planned[obj.name] = _planned(
                 obj, f"discovered: names {obj.connection}, a connection of this binding"
@@ -213,7 +208,7 @@ def _discover(
         if obj.storage.unreadable is not None:
             unreadable.append(f"{object_label(obj.name)} ({obj.storage.unreadable})")
             continue
-        if not any(_may_show(fp, w) for w in wanted):
+        if not any(objects_.may_show(fp, w) for w in wanted):
             continue
         planned[obj.name] = _planned(
             obj, f"discovered: {masking.display(fp)} in bucket {obj.storage.bucket}"
@@ -224,165 +219,3 @@ def _discover(
             f"were not discovered (no key is retired while they exist): "
             f"{', '.join(unreadable[:5])}"
         )
-
-
-def rotate_object(
-    admin: DatabendAdmin,
-    table: ObjectName,
-    *,
-    connection: str,
-    target: str,
-    may_skip_switched: bool = True,
-    retry: RetryPolicy | None = None,
-    clock: Callable[[], float] = time.time,
-    known_current: str | None = None,
-    revert_to: tuple[str, str] | None = None,
-) -> TableOutcome:
-    """Switch one object (a table, a stage or a database default) to ``connection`` and validate
-    it: a table is read back, a stage listed, a database's new connection lists its path's bucket.
-    Never raises a FatalError: a permanent failure becomes a FAILED outcome with Databend's
-    message. A RetryableError that outlives the step's retries propagates, so the task layer can
-    retry later.
-
-    ``known_current``: a table's credentials as the plan saw them, for a first attempt; the
-    lookup in system.tables (a scan of every table) is then skipped. (A stage or a database is
-    always looked at first: its switch restates what it shows.) A retry passes None and checks
-    before acting. ``revert_to`` = (connection, its credentials' fingerprint): when validation
-    fails after a switch and the object was on those credentials, it is switched back (and
-    validated) and recorded REVERTED instead of being left on credentials that fail."""
-    retry = retry or RetryPolicy()
-    outcome = TableOutcome(table=table)
-    name = table
-    try:
-        current: StoredObject | None = None
-        if known_current is None or not isinstance(name, TableName):
-            current = retry.call(lambda: objects_.describe(admin, name))
-            if current is None:
-                table_name = isinstance(name, TableName)
-                return _failed(outcome, "table not found" if table_name else objects_.missing(name))
-            if not current.storage.kind:
-                return _failed(outcome, "not an external table")
-            known_current = current.storage.fingerprint
-        outcome.previous = known_current
-        on = connection
-        if may_skip_switched and _may_show(known_current, target):
-            outcome.status = TableStatus.ALREADY_SWITCHED
-            on = objects_.connection_of(current) or connection
-        else:
-            try:
-                retry.call(lambda: objects_.switch(admin, name, current, connection))
-            except StoragePermissionDenied as exc:
-                if _old_credentials_dead(admin, name, retry):
-                    outcome.status, outcome.reason = (
-                        TableStatus.STRANDED,
-                        (
-                            f"its current credentials no longer work, so Databend cannot write the "
-                            f"switch ({exc}); see the stranded-table runbook"
-                        ),
-                    )
-                    return outcome
-                raise
-            outcome.status = TableStatus.SWITCHED
-            outcome.switched_at = clock()
-        try:
-            outcome.rows_read = retry.call(lambda: _validate_on(admin, name, current, on))
-        except FatalError as exc:
-            if outcome.status is TableStatus.SWITCHED and revert_to is not None:
-                return _revert(admin, outcome, revert_to, retry, f"{exc}")
-            return _failed(outcome, f"switched, but {_validation(name)} failed: {exc}")
-        if outcome.status is TableStatus.SWITCHED:
-            outcome.status = TableStatus.VALIDATED
-        return outcome
-    except FatalError as exc:
-        return _failed(outcome, str(exc))
-
-
-def _validate_on(
-    admin: DatabendAdmin, name: ObjectName, current: StoredObject | None, connection: str
-) -> int:
-    """Validate the object as it is after switching to ``connection`` (a database default is
-    validated through the connection it now names)."""
-    if isinstance(current, DatabaseDefault):
-        current = dataclasses.replace(current, connection=connection)
-    return objects_.validate(admin, name, current)
-
-
-def _validation(name: ObjectName) -> str:
-    if isinstance(name, TableName):
-        return "reading it back"
-    if isinstance(name, StageName):
-        return "listing it"
-    return "listing its path's bucket through the new connection"
-
-
-def _revert(
-    admin: DatabendAdmin,
-    outcome: TableOutcome,
-    revert_to: tuple[str, str],
-    retry: RetryPolicy,
-    failure: str,
-) -> TableOutcome:
-    """The new credentials cannot be validated: put the object back on the previous ones, if it
-    was on them, while they still work."""
-    back, previous = revert_to
-    name = outcome.table
-    what = _validation(name)
-    if not _may_show(outcome.previous, previous):
-        return _failed(outcome, f"switched, but {what} failed: {failure}")
-    try:
-        current = retry.call(lambda: objects_.describe(admin, name))
-        retry.call(lambda: objects_.switch(admin, name, current, back))
-        outcome.rows_read = retry.call(lambda: _validate_on(admin, name, current, back))
-    except FatalError as exc:
-        return _failed(
-            outcome,
-            f"switched, but {what} failed: {failure}; switching it back to {back} "
-            f"failed too: {exc}",
-        )
-    outcome.status = TableStatus.REVERTED
-    outcome.reason = (
-        f"{what} on the new credentials failed ({failure}); switched back to {back} and validated"
-    )
-    return outcome
-
-
-def _may_show(seen: str | None, target: str) -> bool:
-    """May an object showing ``seen`` hold ``target``? An unreadable view says no: the object is
-    switched (again) rather than trusted."""
-    try:
-        return masking.may_hold(seen, target)
-    except FatalError:
-        return False
-
-
-def _old_credentials_dead(admin: DatabendAdmin, name: ObjectName, retry: RetryPolicy) -> bool:
-    """Can the object still be used with the credentials it has now? No: it is stranded. (Only
-    a table's switch writes to storage; a stage's or a database's never needs the old key.)"""
-    if isinstance(name, DatabaseName):
-        return False
-    try:
-        retry.call(lambda: objects_.validate(admin, name, None))
-    except StoragePermissionDenied:
-        return True
-    except FatalError:
-        return False
-    return False
-
-
-STRANDED_RUNBOOK = """\
-Stranded tables: their current key was revoked before they were switched, and Databend writes the
-switch with the current key, so ALTER TABLE ... CONNECTION cannot succeed. Never DROP such a table:
-DROP + CREATE at the same location shows an empty table (the data is orphaned), and ATTACH TABLE
-needs an enterprise licence.
-1. If the old key was only deactivated, reactivate it (aws iam update-access-key --status Active),
-   re-run the rotation (rotator rotate-version SECRET --version-id NEW), then deactivate it again.
-2. If it was deleted, grant a key that can write the tables' location the same access and put it
-   in a connection; ask Databend support to repoint the tables, or keep them read-only elsewhere.
-3. Keep the data files in the bucket untouched until the tables read again.
-"""
-
-
-def _failed(outcome: TableOutcome, reason: str) -> TableOutcome:
-    outcome.status = TableStatus.FAILED
-    outcome.reason = reason
-    return outcome
