@@ -33,8 +33,9 @@ from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
 from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit, admit_on_fresh_labels
-from worker.flow.rotation import RetryPolicy, rotate_object
+from worker.flow.rotation import RetryPolicy
 from worker.flow.runs.close import close_run, lock_owner
+from worker.flow.switch import rotate_object
 
 # Outcomes are written at most this far apart: each write is one Lua call of about a dozen Redis
 # commands however many objects it carries, so on a slow engine (half a second per object) a
@@ -79,6 +80,16 @@ class _Writer:
     result: BatchResult
     buffered: list[TableOutcome] = field(default_factory=list)
     entered: list[str] = field(default_factory=list)
+    flush_every: float = DEFAULT_FLUSH_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    written: float = float("-inf")  # the first outcome is written at once: progress shows early
+
+    def add(self, outcome: TableOutcome) -> None:
+        """Buffer an object's outcome; write what is buffered when ``flush_every`` has passed."""
+        self.buffered.append(outcome)
+        if self.clock() - self.written >= self.flush_every:
+            self.write()
+            self.written = self.clock()
 
     def write(self) -> None:
         if self.buffered:
@@ -126,13 +137,7 @@ def switch_batch(
     run = run or runs.get(run_id)
     if RunStatus(run.status).final:
         return None
-    result = BatchResult()
-    todo: list[tuple[ObjectName, TableOutcome]] = []
-    for name, planned in zip(names, runs.begin_attempts(run_id, names), strict=True):
-        if planned is not None and planned.status.done:
-            result.finished_before.append(name)
-        elif planned is not None:
-            todo.append((name, planned))
+    result, todo = _begin(runs, run_id, names)
     if not todo:
         # every object finished already: a worker may have died between the write that left
         # nothing pending and closing the run, so the redelivered batch closes it
@@ -141,28 +146,25 @@ def switch_batch(
         return result
     if locks is not None:
         locks.renew(run.secret, lock_owner(run))
-    writer = _Writer(run, runs, fences, locks, wave, result)
-    written = float("-inf")  # the first outcome is written at once: progress shows early
+    writer = _Writer(run, runs, fences, locks, wave, result, flush_every=flush_every, clock=clock)
     stopped_by: RetryableError | None = None
     try:
         for name, planned in todo:
             started = clock()
-            verdict = _admit(fences, run, object_label(name), lease_seconds, before_each)
+            label = object_label(name)
+            verdict = _admit(fences, run, label, lease_seconds, before_each)
             if verdict is Admission.SUPERSEDED:
                 outcome = _superseded(name, planned)
             elif verdict is not Admission.ADMITTED:
                 result.stopped = verdict
                 break
             else:
-                writer.entered.append(object_label(name))
+                writer.entered.append(label)
                 with each(planned) if each is not None else contextlib.nullcontext():
                     outcome = _switch(admin, run, name, planned, retry)
-            writer.buffered.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome, clock() - started)
-            if clock() - written >= flush_every:
-                writer.write()
-                written = clock()
+            writer.add(outcome)
     except RetryableError as exc:
         stopped_by = exc
         raise
@@ -171,6 +173,21 @@ def switch_batch(
         if stopped_by is not None:  # what this call recorded: its retry budget restarts
             stopped_by.progress = len(result.outcomes)
     return result
+
+
+def _begin(
+    runs: RunStore, run_id: str, names: list[ObjectName]
+) -> tuple[BatchResult, list[tuple[ObjectName, TableOutcome]]]:
+    """Write every object's attempt ahead of its change (one call) and sort the batch: what
+    finished earlier is skipped (``finished_before``), the rest is to do with its plan."""
+    result = BatchResult()
+    todo: list[tuple[ObjectName, TableOutcome]] = []
+    for name, planned in zip(names, runs.begin_attempts(run_id, names), strict=True):
+        if planned is not None and planned.status.done:
+            result.finished_before.append(name)
+        elif planned is not None:
+            todo.append((name, planned))
+    return result, todo
 
 
 def _admit(
