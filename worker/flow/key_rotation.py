@@ -16,11 +16,9 @@ deleted, never guessed at.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from functools import partial
 
 from worker.domain import masking
-from worker.domain.bindings import Binding
 from worker.domain.errors import (
     FatalError,
     KeyInUse,
@@ -28,23 +26,17 @@ from worker.domain.errors import (
     NotAKeySecret,
     Refused,
     RotatorError,
-    UnreadableEvidence,
 )
-from worker.domain.model import PlannedTable, RunKind, RunStatus, StoredObject
+from worker.domain.model import RunKind, RunStatus
 from worker.domain.ports import (
-    AccessKey,
     Admission,
-    DatabendAdmin,
-    IamKeys,
     RunRecord,
     RunStore,
-    SecretInfo,
-    SecretStore,
 )
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
 from worker.flow.abort import ABORT_WAIT_SECONDS, abort
-from worker.flow.evidence import key_usage, refuse_if_used, wait_for_changes_onto
+from worker.flow.evidence import wait_for_changes_onto
 from worker.flow.fencing import admitted, require_drained, take_fence
 from worker.flow.key_context import (
     PHASES,
@@ -58,12 +50,12 @@ from worker.flow.key_context import (
     release,
 )
 from worker.flow.key_create import create_and_store_key
+from worker.flow.key_plan import KeyRotationPlan, plan_key_rotation
 from worker.flow.retire import due_retirements, retire_old_key
-from worker.flow.rotation import plan_rotation
-from worker.flow.runs import list_binding_objects, reopen_failed_tables, resume_switching
+from worker.flow.runs import reopen_failed_tables, resume_switching
 
-# The story's other steps live beside this module (key_context, key_create, retire, abort); their
-# names are exported here too, so callers import one module for a key rotation.
+# The story's other steps live beside this module (key_plan, key_context, key_create, retire,
+# abort); their names are exported here too, so callers import one module for a key rotation.
 __all__ = [
     "ABORT_WAIT_SECONDS",
     "PHASES",
@@ -85,92 +77,6 @@ __all__ = [
     "resume",
     "retire_old_key",
 ]
-
-
-@dataclass(frozen=True)
-class KeyRotationPlan:
-    secret_arn: str
-    secret_name: str
-    binding: str
-    user: str
-    current_version: str
-    current_key: str
-    keys: list[AccessKey]
-    key_to_remove: str | None
-    refusal: str | None
-    tables: list[StoredObject]  # every object (of any kind) that may use the current key
-    planned: list[PlannedTable] = field(default_factory=list)  # what the binding will switch
-    unreadable: list[StoredObject] = field(default_factory=list)
-    allow_empty: bool = False
-
-
-def plan_key_rotation(
-    binding: Binding,
-    info: SecretInfo,
-    *,
-    secrets: SecretStore,
-    iam: IamKeys,
-    admin: DatabendAdmin,
-    allow_empty: bool = False,
-    bound_secrets: tuple[str, ...] = (),
-) -> KeyRotationPlan:
-    """What ``rotate --commit`` would do, or why it must not: a spare key that may still be used
-    (or cannot be shown unused), a binding that selects an object Databend cannot switch, or one
-    that selects no object of any kind (unless ``allow_empty``)."""
-    version, credentials, _ = current_credentials(secrets, info)
-    user = binding.iam_user or iam.owner_of(credentials.access_key_id)
-    keys = sorted(iam.list_keys(user), key=lambda k: k.created_at)
-    others = [k for k in keys if k.key_id != credentials.access_key_id]
-    to_remove, refusal = None, None
-    if len(keys) >= 2:
-        victim = others[0] if others else keys[0]
-        try:
-            refuse_if_used(
-                admin, secrets, (*bound_secrets, info.arn), victim.key_id, "remove the spare key"
-            )
-            to_remove = victim.key_id
-        except (KeyInUse, UnreadableEvidence) as exc:
-            refusal = (
-                f"user {user} already has two access keys and {masked(victim.key_id)} is the one "
-                f"the secret does not hold: {exc}. Switch those first; nothing was changed."
-            )
-    usage = key_usage(admin, credentials.access_key_id)
-    plan = plan_rotation(
-        binding,
-        list_binding_objects(admin, binding),
-        connection="",
-        target=credentials.fingerprint,
-        old_fingerprints={credentials.fingerprint},
-    )
-    switchable = [p for p in plan.tables if not p.problem]
-    if refusal is None and plan.refusals:
-        refusal = (
-            f"binding {binding.name} selects {len(plan.refusals)} object(s) on storage Databend "
-            f"cannot switch to other credentials (only s3, gcs and azblob): "
-            f"{'; '.join(plan.refusals[:10])}. Take them out of the binding; nothing was changed."
-        )
-    if refusal is None and not switchable and not allow_empty:
-        refusal = (
-            f"binding {binding.name} selects no object to switch (its selectors and discovery "
-            "match no table, stage or database), so nothing would prove the new key before the "
-            "old one is retired; fix the binding, or pass --allow-empty to rotate a key nothing "
-            "uses. Nothing was changed."
-        )
-    return KeyRotationPlan(
-        secret_arn=info.arn,
-        secret_name=info.name,
-        binding=binding.name,
-        user=user,
-        current_version=version,
-        current_key=credentials.access_key_id,
-        keys=keys,
-        key_to_remove=to_remove,
-        refusal=refusal,
-        tables=usage.users,
-        planned=switchable,
-        unreadable=usage.unreadable,
-        allow_empty=allow_empty,
-    )
 
 
 def new_key_rotation(
