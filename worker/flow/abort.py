@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from worker.domain import masking
 from worker.domain.bindings import Binding
@@ -47,6 +48,27 @@ def abort(
     run = _not_past_awscurrent(ctx.runs.get(run_id))
     if run.status == RunStatus.ABORTED and run.data.get("abort_done"):
         return []
+    run = _stop(ctx, run, wait_seconds, sleep)
+    switched_back = _switch_back(ctx, run, binding)
+    info = ctx.secrets.describe(run.secret)
+    if "AWSPENDING" in getattr(info.versions.get(run.version_id), "stages", ()):
+        ctx.writer.drop_pending(info.arn, run.version_id)
+        if ctx.fences is not None:
+            ctx.fences.labels_moved()  # a change checked before must end before its key goes
+    data = dict(ctx.runs.get(run_id).data)
+    _delete_new_keys(ctx, run, data, info)
+    data["abort_done"] = ctx.clock()
+    ctx.runs.update(run_id, data=data, error=None)
+    release(ctx, run)
+    return switched_back
+
+
+def _stop(
+    ctx: KeyRotationContext, run: RunRecord, wait_seconds: float, sleep: Callable[[float], None]
+) -> RunRecord:
+    """Steps 1 and 2: mark the run (and its table run) final, wait for the changes admitted
+    before; the run as it stands then (AWSCURRENT still not moved by it)."""
+    run_id = run.run_id
     while True:
         # a step admitted before the run was marked may start the table run meanwhile: once that
         # step has ended, a table run that appeared is ended and waited for too
@@ -65,15 +87,15 @@ def abort(
         # a step admitted before the mark may have moved AWSCURRENT meanwhile
         run = _not_past_awscurrent(ctx.runs.get(run_id))
         if run.data.get("table_run") == table_run:
-            break
-    switched_back = _switch_back(ctx, run, binding)
-    info = ctx.secrets.describe(run.secret)
-    if "AWSPENDING" in getattr(info.versions.get(run.version_id), "stages", ()):
-        ctx.writer.drop_pending(info.arn, run.version_id)
-        if ctx.fences is not None:
-            ctx.fences.labels_moved()  # a change checked before must end before its key goes
+            return run
+
+
+def _delete_new_keys(
+    ctx: KeyRotationContext, run: RunRecord, data: dict[str, Any], info: SecretInfo
+) -> None:
+    """Step 4's keys: the run's new key and the orphans it may have left, each deleted under the
+    fail-closed rule."""
     user = str(run.data["user"])
-    data = dict(ctx.runs.get(run_id).data)
     owns = run.status != RunStatus.SUPERSEDED and _owns_secret(ctx, run)
     mine = set(
         own_orphans(data, ctx.iam.list_keys(user), held=held_keys(ctx, info), trust_unrecorded=owns)
@@ -83,10 +105,6 @@ def abort(
     for key in sorted(mine):
         if any(k.key_id == key for k in ctx.iam.list_keys(user)):
             delete_key(ctx, run, user, key, "delete the aborted rotation's new key")
-    data["abort_done"] = ctx.clock()
-    ctx.runs.update(run_id, data=data, error=None)
-    release(ctx, run)
-    return switched_back
 
 
 def _owns_secret(ctx: KeyRotationContext, run: RunRecord) -> bool:

@@ -133,20 +133,7 @@ def migration_batch(
     if run.status != RunStatus.SWITCHING:
         return WaveBatch(None)  # paused, halted or over: the objects stay pending for resume
     options, epoch = run.data["options"], int(run.data.get("epoch", 0))
-    rate = options.get("rate")
-
-    def before_each(labels_moved: bool) -> int | None:
-        if rate and not labels_moved:
-            limits.pace(run_id, rate)
-        if behind is None:
-            return None
-        if labels_moved:
-            behind.stale()
-        why_not, labels_epoch = behind.check(run.target)
-        if why_not is not None:
-            raise MigrationRefused(f"not switched: the target connection's credentials {why_not}")
-        return labels_epoch
-
+    before_each = _before_each(run_id, run.target, options.get("rate"), limits, behind)
     with limits.slot(run_id, int(options["concurrency"])):
         result = switch_batch(
             run_id,
@@ -169,6 +156,28 @@ def migration_batch(
     # in this one too, or the resumed wave would never be judged complete
     counted = [finished_in_wave(runs, run_id, n, wave, epoch) for n in result.finished_before]
     return WaveBatch(result, result.wave_complete or any(counted))
+
+
+def _before_each(
+    run_id: str, target: str | None, rate: float | None, limits: Limits, behind: LabelsView | None
+) -> Callable[[bool], int | None]:
+    """What runs right before each object's admission: the run's shared rate (once per object,
+    not again when the labels moved meanwhile), then the target's check; returns the labels
+    epoch that check rests on."""
+
+    def before_each(labels_moved: bool) -> int | None:
+        if rate and not labels_moved:
+            limits.pace(run_id, rate)
+        if behind is None:
+            return None
+        if labels_moved:
+            behind.stale()
+        why_not, labels_epoch = behind.check(target)
+        if why_not is not None:
+            raise MigrationRefused(f"not switched: the target connection's credentials {why_not}")
+        return labels_epoch
+
+    return before_each
 
 
 def give_up_batch(
