@@ -78,15 +78,10 @@ def handle_event(
     if decision.action is not Action.ROTATE:
         return IntakeResult(_NOT_A_ROTATION[decision.action], decision.reason, **base)
     assert decision.secret is not None
-    try:
-        info = secrets.describe(decision.secret)
-    except UnknownSecretError:
-        return IntakeResult(Verdict.IGNORED, "unknown secret", **base)
-    base["secret"] = info.arn
-    try:
-        binding = binding_covering(bindings, info.arn, info.name)
-    except UnknownSecretError as exc:
-        return IntakeResult(Verdict.IGNORED, str(exc), **base)
+    bound = _bound_secret(decision.secret, secrets, bindings, base)
+    if isinstance(bound, IntakeResult):
+        return bound
+    info, binding = bound
     labels_moved()
     version_id, redirected = _version_to_apply(decision, info)
     if version_id is None or version_id not in info.versions:
@@ -121,6 +116,22 @@ def handle_event(
     if moved_back and newest is not None:
         reason += f"; AWSCURRENT moved back from the newer version {newest.version_id}"
     return IntakeResult(Verdict.ACCEPTED, reason, **found)
+
+
+def _bound_secret(
+    secret: str, secrets: SecretStore, bindings: list[Binding], base: dict[str, Any]
+) -> tuple[SecretInfo, Binding] | IntakeResult:
+    """The event's secret and the binding that covers it, or why the event is ignored (an
+    unknown secret, or one no binding names). ``base`` then names the secret by its ARN."""
+    try:
+        info = secrets.describe(secret)
+    except UnknownSecretError:
+        return IntakeResult(Verdict.IGNORED, "unknown secret", **base)
+    base["secret"] = info.arn
+    try:
+        return info, binding_covering(bindings, info.arn, info.name)
+    except UnknownSecretError as exc:
+        return IntakeResult(Verdict.IGNORED, str(exc), **base)
 
 
 def _already_claimed(
