@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -348,6 +349,9 @@ class MemoryRuns:
     def outcomes_for(self, run_id: str, tables: list[ObjectName]) -> list[TableOutcome]:
         have = self.tables.get(run_id, {})
         return [have[t] for t in tables if t in have]
+
+    def status_counts(self, run_id: str) -> Counter[str] | None:
+        return +Counter(str(o.status) for o in self.tables.get(run_id, {}).values())
 
     def record_outcome(self, run_id: str, outcome: TableOutcome) -> int:
         self.tables[run_id][outcome.table] = outcome

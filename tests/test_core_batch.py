@@ -6,6 +6,7 @@ no finished outcome and leaves nothing in flight, and a batch given up fails onl
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ import pytest
 
 from tests.fakes import FakeAdmin, MemoryFences, MemoryLocks, MemoryRuns
 from tests.test_core_rotation import NEW, OLD, T_NEW, no_sleep_policy
-from worker.domain.errors import DatabendUnavailable
+from worker.domain.errors import DatabendUnavailable, NotSwitchable
 from worker.domain.model import AccessKeyCredentials, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, RunRecord
 from worker.domain.sql import TableName
@@ -413,3 +414,40 @@ def test_a_redelivered_batch_closes_a_run_its_dead_worker_left_open() -> None:
     assert world.altered() == []
     assert world.runs.get("r1").status == RunStatus.SUCCEEDED
     assert SECRET not in world.locks.owners
+
+
+# --- closing a run -------------------------------------------------------------------------------
+
+
+def test_a_run_whose_counts_show_only_successes_closes_without_reading_its_outcomes() -> None:
+    world = World(names(3))
+
+    def no_reading(_run_id: str) -> list[TableOutcome]:
+        raise AssertionError("a run that succeeded in full is closed from its status counts")
+
+    world.runs.outcomes = no_reading  # type: ignore[method-assign]
+    result = world.batch()
+    assert result is not None and result.closed
+    assert world.runs.get("r1").status == RunStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [None, {"validated": 2, "failed": 1}, {"validated": 2, "a-status-from-later": 1}],
+    ids=["recorded-without-counts", "a-failure-counted", "an-unknown-status-counted"],
+)
+def test_a_run_closes_from_its_outcomes_unless_its_counts_show_only_successes(
+    counts: dict[str, int] | None,
+) -> None:
+    # Given a run whose last object fails for good, and status counts that are missing, show the
+    # failure, or name a status this version does not know
+    world = World(names(3))
+    world.admin.switch_failures[world.tables[-1]] = [NotSwitchable("bad location")]
+    world.runs.status_counts = lambda _run_id: (  # type: ignore[method-assign]
+        None if counts is None else Counter(counts)
+    )
+    # When the batch ends the run
+    world.batch()
+    # Then the outcomes decide, and the message counts them
+    run = world.runs.get("r1")
+    assert (run.status, run.error) == (RunStatus.FAILED, "1 of 3 tables failed")
