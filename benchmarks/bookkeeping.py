@@ -10,6 +10,9 @@ beside this one) in the same run, interleaved round by round, and prints new / o
 
     python benchmarks/bookkeeping.py [--objects 2000] [--wave-size 100] [--threads 8] [--rounds 5] \
         [--compare REV]
+
+``BENCH_PROFILE=out.txt [BENCH_PROFILE_FLAGS="--gil -r 300"]`` records this tree's rounds with
+py-spy (raw collapsed stacks; the last round's profile is the one kept).
 """
 
 from __future__ import annotations
@@ -129,6 +132,14 @@ def measure(tree: Path, args: argparse.Namespace, env: dict[str, str], work: Pat
     out = work / "round.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(args.objects)]
     command += ["--threads", str(args.threads), "--wave-size", str(args.wave_size)]
+    if os.environ.get("BENCH_PROFILE") and tree == REPO:  # py-spy of this tree's rounds
+        command = [
+            shutil.which("py-spy") or "py-spy",
+            *("record", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "--nonblocking"),
+            *os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split(),
+            "--",
+            *command,
+        ]
     subprocess.run(
         [*command, "--out", str(out)],
         cwd=tree,
