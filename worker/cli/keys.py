@@ -74,8 +74,6 @@ def rotate(
 
     from worker.flow.inventory import resolve_secret
     from worker.flow.key_context import unfinished_key_rotation
-    from worker.flow.key_rotation import new_key_rotation
-    from worker.runtime.celery_app import configure_app
 
     s = cli_services()
     binding, info = resolve_secret(secret, secrets=s.secrets, bindings=s.bindings)
@@ -95,6 +93,18 @@ def rotate(
     if not commit:
         console.print("dry run: nothing changed (add --commit)")
         return
+    run_id = _start(s, plan, deactivate_after, delete_after)
+    click.echo(f"run {run_id}: rotating the key of {plan.secret_name}")
+    if no_wait:
+        return
+    sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _start(s: Any, plan: KeyRotationPlan, deactivate_after: float, delete_after: float) -> str:
+    """Record the key rotation run and hand its first step to the workers; returns the run id."""
+    from worker.flow.key_rotation import new_key_rotation
+    from worker.runtime.celery_app import configure_app
+
     configure_app(s.settings)
     run_id = new_key_rotation(
         s.runs, plan, deactivate_after=deactivate_after, delete_after=delete_after
@@ -102,10 +112,7 @@ def rotate(
     from tasks.key_rotation import advance_key_rotation
 
     advance_key_rotation.delay(run_id)
-    click.echo(f"run {run_id}: rotating the key of {plan.secret_name}")
-    if no_wait:
-        return
-    sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+    return run_id
 
 
 def _show(console: Console, plan: KeyRotationPlan) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,7 +15,7 @@ from worker.cli.follow import follow_run
 
 if TYPE_CHECKING:
     from worker.domain.bindings import Binding, NameSelector, Selector
-    from worker.flow.migration import MigrationPlan
+    from worker.flow.migration import MigrationOptions, MigrationPlan
 
 
 @click.command()
@@ -83,21 +83,9 @@ def migrate(
     Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
     --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
     """
-    from worker.flow.migration import (
-        MigrationOptions,
-        new_migration,
-        plan_migration,
-        preflight,
-        refuse_unswitchable,
-    )
+    from worker.flow.migration import MigrationOptions, preflight, refuse_unswitchable
 
-    if more_selectors and not selectors:
-        raise click.UsageError(
-            f"unexpected argument {more_selectors[0]!r}: table selectors follow --tables"
-        )
-    selectors += more_selectors
-    if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
-        raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
+    selectors = _all_selectors(source, selectors, more_selectors, binding)
     chosen = _parse_tables(selectors)
     s = cli_services()
     if binding is not None:
@@ -109,7 +97,49 @@ def migrate(
         concurrency=concurrency,
         rate=rate,
     )
-    plan = plan_migration(
+    plan = _plan(s, target, source, chosen, options)
+    _show(plan, canary)
+    refuse_unswitchable(plan)
+    if not commit:
+        click.echo("dry run: nothing changed (add --commit)")
+        return
+    preflight(s.admin, plan)
+    chosen_by = _chosen_by(source, binding, selectors)
+    run_id = _start(s, plan, options, f"migrate {chosen_by} to {target}")
+    click.echo(f"run {run_id}: migrating {len(plan.tables)} object(s) to {target}")
+    if not no_wait:
+        sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+
+
+def _all_selectors(
+    source: str | None,
+    selectors: tuple[str, ...],
+    more_selectors: tuple[str, ...],
+    binding: str | None,
+) -> tuple[str, ...]:
+    """The --tables selectors with the arguments after them; a UsageError unless exactly one of
+    --from, --tables and --binding chooses the tables."""
+    if more_selectors and not selectors:
+        raise click.UsageError(
+            f"unexpected argument {more_selectors[0]!r}: table selectors follow --tables"
+        )
+    selectors += more_selectors
+    if sum(x is not None and x != () for x in (source, selectors or None, binding)) != 1:
+        raise click.UsageError("choose the tables with exactly one of --from, --tables, --binding")
+    return selectors
+
+
+def _plan(
+    s: Any,
+    target: str,
+    source: str | None,
+    chosen: tuple[Selector | NameSelector, ...],
+    options: MigrationOptions,
+) -> MigrationPlan:
+    """The plan against the catalog as it is now (its connections' keys, a rotation behind)."""
+    from worker.flow.migration import plan_migration
+
+    return plan_migration(
         s.admin,
         target=target,
         from_connection=source,
@@ -118,29 +148,28 @@ def migrate(
         connection_fingerprints=s.admin.connection_fingerprints(),
         behind=s.fresh_rotated_away().reason,
     )
-    _show(plan, canary)
-    refuse_unswitchable(plan)
-    if not commit:
-        click.echo("dry run: nothing changed (add --commit)")
-        return
-    preflight(s.admin, plan)
+
+
+def _chosen_by(source: str | None, binding: str | None, selectors: tuple[str, ...]) -> str:
+    """How the tables were chosen, for the run's description."""
+    if source:
+        return f"from {source}"
+    if binding:
+        return f"binding {binding}"
+    return "tables " + " ".join(selectors)
+
+
+def _start(s: Any, plan: MigrationPlan, options: MigrationOptions, description: str) -> str:
+    """Record the migration run and release its first wave to the workers; returns the run id."""
+    from worker.flow.migration import new_migration
     from worker.runtime.celery_app import configure_app
 
     configure_app(s.settings)
-    chosen_by = (
-        f"from {source}"
-        if source
-        else f"binding {binding}"
-        if binding
-        else "tables " + " ".join(selectors)
-    )
-    run_id = new_migration(s.runs, plan, options, f"migrate {chosen_by} to {target}")
+    run_id = new_migration(s.runs, plan, options, description)
     from tasks.migration import release_wave
 
     release_wave.delay(run_id)
-    click.echo(f"run {run_id}: migrating {len(plan.tables)} object(s) to {target}")
-    if not no_wait:
-        sys.exit(follow_run(s.runs, run_id, timeout=timeout))
+    return run_id
 
 
 def _parse_tables(selectors: tuple[str, ...]) -> tuple[Selector | NameSelector, ...]:

@@ -190,16 +190,17 @@ def databend_local(
     warning = exposure_warning(config.host, config.user)
     if warning:
         click.echo(warning, err=True)
-
-    def announce(dsn: str) -> None:
-        click.echo(f"DSN: {dsn}")
-        click.echo("databend-local is ready; stop it with Ctrl-C.", err=True)
-        sys.stdout.flush()
-
     try:
-        serve(config, on_ready=announce)
+        serve(config, on_ready=_announce)
     except ListenError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _announce(dsn: str) -> None:
+    """The DSN on stdout, flushed at once: whoever started databend-local waits for that line."""
+    click.echo(f"DSN: {dsn}")
+    click.echo("databend-local is ready; stop it with Ctrl-C.", err=True)
+    sys.stdout.flush()
 
 
 _MASK_FORMAT_OPTION = click.option(
