@@ -222,13 +222,6 @@ def run_demo(
 ) -> int:
     """The whole rotation on the local stack; ``follow(runs, run_id, timeout=)`` shows the run and
     returns its exit code (the CLI's progress bar: this module never imports the CLI)."""
-    from worker.adapters.aws_secrets import SecretsManagerStore
-    from worker.adapters.run_store import RedisRunStore
-    from worker.domain.bindings import load_bindings
-    from worker.runtime.celery_app import configure_app
-    from worker.runtime.launch import enqueue_rotation, new_rotation_run, resolve_version
-    from worker.runtime.settings import Settings
-
     with console.status("starting databend-local, Valkey, moto server (IAM enforced), a worker"):
         worker_log = open(work_dir / "worker.log", "wb")  # noqa: SIM115 (closed below)
         stack = start_local_stack(
@@ -241,33 +234,12 @@ def run_demo(
             f"broker {stack.redis_url}"
         )
         before = {t: _suffix_of(db, t) for t in BOUND_TABLES + OTHER_TABLES}
-        new_key, version = put_new_key_version(stack)
-        console.print(
-            f"secret {SECRET_NAME}: new version {version} holds key "
-            f"{show_key(new_key['AccessKeyId'])} "
-            f"(old key {show_key(stack.lake_key['AccessKeyId'])})"
-        )
-
-        runs = RedisRunStore.from_url(stack.redis_url)
-        configure_app(Settings(REDIS_URL=stack.redis_url))
-        resolved = resolve_version(
-            "lake-main",
-            None,
-            secrets=SecretsManagerStore(stack.aws.client("secretsmanager")),
-            bindings=load_bindings(stack.bindings_path),
-        )
-        run_id = new_rotation_run(runs, resolved)
-        enqueue_rotation(run_id)
-        code = follow(runs, run_id, timeout=300)
+        _put_new_key(console, stack)
+        code = _rotate(stack, follow)
         if code != 0:
             console.print("[red]the rotation did not complete; the old key stays active")
             return code
-
-        stack.aws.client("iam").delete_access_key(
-            UserName=LAKE_USER, AccessKeyId=stack.lake_key["AccessKeyId"]
-        )
-        console.print(f"old key {show_key(stack.lake_key['AccessKeyId'])} deleted in IAM")
-
+        _delete_old_key(console, stack)
         if not _still_working(console, db, before):
             console.print("[red]some tables no longer work")
             return 1
@@ -280,6 +252,47 @@ def run_demo(
     finally:
         stack.close()
         worker_log.close()
+
+
+def _put_new_key(console: Any, stack: LocalStack) -> None:
+    """A new key for the lake user as the secret's AWSCURRENT version, shown next to the old."""
+    new_key, version = put_new_key_version(stack)
+    console.print(
+        f"secret {SECRET_NAME}: new version {version} holds key "
+        f"{show_key(new_key['AccessKeyId'])} "
+        f"(old key {show_key(stack.lake_key['AccessKeyId'])})"
+    )
+
+
+def _rotate(stack: LocalStack, follow: Callable[..., int]) -> int:
+    """Rotate binding lake-main to the secret's current version on the stack's worker; returns
+    ``follow``'s exit code for the run."""
+    from worker.adapters.aws_secrets import SecretsManagerStore
+    from worker.adapters.run_store import RedisRunStore
+    from worker.domain.bindings import load_bindings
+    from worker.runtime.celery_app import configure_app
+    from worker.runtime.launch import enqueue_rotation, new_rotation_run, resolve_version
+    from worker.runtime.settings import Settings
+
+    runs = RedisRunStore.from_url(stack.redis_url)
+    configure_app(Settings(REDIS_URL=stack.redis_url))
+    resolved = resolve_version(
+        "lake-main",
+        None,
+        secrets=SecretsManagerStore(stack.aws.client("secretsmanager")),
+        bindings=load_bindings(stack.bindings_path),
+    )
+    run_id = new_rotation_run(runs, resolved)
+    enqueue_rotation(run_id)
+    return follow(runs, run_id, timeout=300)
+
+
+def _delete_old_key(console: Any, stack: LocalStack) -> None:
+    """Delete the old key in IAM: from now on a table still on it fails."""
+    stack.aws.client("iam").delete_access_key(
+        UserName=LAKE_USER, AccessKeyId=stack.lake_key["AccessKeyId"]
+    )
+    console.print(f"old key {show_key(stack.lake_key['AccessKeyId'])} deleted in IAM")
 
 
 def _still_working(console: Any, db: DatabendClient, before: dict[TableName, str]) -> bool:

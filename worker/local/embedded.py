@@ -96,7 +96,30 @@ def start_databend_local(
     """
     if mask_format not in ("legacy", "current"):
         raise ValueError(f"mask_format must be 'legacy' or 'current', not {mask_format!r}")
-    cmd = [
+    process = subprocess.Popen(
+        _databend_local_command(port, pool_size, mask_format),
+        stdout=subprocess.PIPE,
+        stderr=log_file or subprocess.DEVNULL,
+        text=True,
+        env=_databend_local_env(user, password),
+    )
+    dsn = _read_dsn(process, timeout)
+    if dsn is None:
+        stop_process(process)
+        raise ServiceStartError("databend-local printed no DSN in time")
+    if password:
+        dsn = dsn.replace(":***@", f":{quote(password, safe='')}@")
+    return DatabendLocalProcess(
+        dsn=dsn,
+        process=process,
+        mask_format=mask_format,
+        log_path=getattr(log_file, "name", None),
+    )
+
+
+def _databend_local_command(port: int, pool_size: int, mask_format: str) -> list[str]:
+    """The ``rotator databend-local`` command line, run by this Python."""
+    return [
         sys.executable,
         "-m",
         "worker.cli",
@@ -108,18 +131,22 @@ def start_databend_local(
         "--mask-format",
         mask_format,
     ]
+
+
+def _databend_local_env(user: str | None, password: str | None) -> dict[str, str]:
+    """This process's environment plus the user and password databend-local should require
+    (passed in its environment, not on its command line)."""
     env = dict(os.environ)
     if user:
         env["DATABEND_LOCAL_USER"] = user
     if password:
         env["DATABEND_LOCAL_PASSWORD"] = password
-    process = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=log_file or subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    return env
+
+
+def _read_dsn(process: subprocess.Popen[str], timeout: float) -> str | None:
+    """The DSN databend-local prints once it is ready (password masked); None when ``timeout``
+    passes first, ServiceStartError when it exits."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,17 +156,8 @@ def start_databend_local(
                 raise ServiceStartError(f"databend-local exited with code {process.returncode}")
             continue
         if line.startswith("DSN: "):
-            dsn = line.removeprefix("DSN: ").strip()
-            if password:
-                dsn = dsn.replace(":***@", f":{quote(password, safe='')}@")
-            return DatabendLocalProcess(
-                dsn=dsn,
-                process=process,
-                mask_format=mask_format,
-                log_path=getattr(log_file, "name", None),
-            )
-    stop_process(process)
-    raise ServiceStartError("databend-local printed no DSN in time")
+            return line.removeprefix("DSN: ").strip()
+    return None
 
 
 # --- Valkey (Redis protocol) --------------------------------------------------------------------
