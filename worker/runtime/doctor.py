@@ -92,11 +92,34 @@ def _bindings(settings: Any) -> Generator[Check, None, list[Any]]:
 
 
 def _databend(settings: Any) -> Iterator[Check]:
+    """Databend reachable, its system tables readable, connections creatable; then the audit."""
+    client = yield from _databend_reachable(settings.databend_dsn)
+    if client is None:
+        return
+    for name, sql in (
+        ("databend system.tables", "SELECT count(*) FROM system.tables WHERE is_external"),
+        ("databend system.stages", "SELECT count(*) FROM system.stages"),
+    ):
+        yield _try(
+            name,
+            functools.partial(_rows_in, client, sql),
+            "grant the DSN user SELECT on system tables (see README, Deployment)",
+        )
+    yield _try(
+        "databend connections",
+        functools.partial(_create_and_drop_probe, client),
+        "grant the DSN user CREATE CONNECTION and DROP CONNECTION (see README, Deployment)",
+    )
+    yield from _audit(settings, client)
+
+
+def _databend_reachable(dsn: str) -> Generator[Check, None, Any]:
+    """Connect and read the server's version (which tells how it masks keys); returns the client,
+    or None when Databend cannot be reached."""
     from worker.adapters.databend_admin import DriverDatabendAdmin
     from worker.adapters.databend_client import DatabendClient
     from worker.domain import masking
 
-    dsn = settings.databend_dsn
     fix = (
         f"check DATABEND_DSN (now {_where(dsn)}): host, port, user, password and sslmode of a "
         "reachable Databend server"
@@ -107,7 +130,7 @@ def _databend(settings: Any) -> Iterator[Check]:
         version = admin.server_version()
     except Exception as exc:
         yield Check("databend", FAIL, f"cannot reach Databend at {_where(dsn)}: {_error(exc)}", fix)
-        return
+        return None
     form = masking.form_of_version(version)
     yield Check(
         "databend",
@@ -115,36 +138,24 @@ def _databend(settings: Any) -> Iterator[Check]:
         f"reachable: {version}; keys shown as {form or 'an unknown form'}",
         "a server whose version cannot be read: key masking is guessed per row",
     )
+    return client
 
-    def rows_in(sql: str) -> str:
-        row = client.query_one(sql)
-        return f"readable ({row[0] if row else '?'} rows)"
 
-    for name, sql in (
-        ("databend system.tables", "SELECT count(*) FROM system.tables WHERE is_external"),
-        ("databend system.stages", "SELECT count(*) FROM system.stages"),
-    ):
-        yield _try(
-            name,
-            functools.partial(rows_in, sql),
-            "grant the DSN user SELECT on system tables (see README, Deployment)",
-        )
+def _rows_in(client: Any, sql: str) -> str:
+    """The count ``sql`` reads, as a passing check's message."""
+    row = client.query_one(sql)
+    return f"readable ({row[0] if row else '?'} rows)"
+
+
+def _create_and_drop_probe(client: Any) -> str:
+    """Create a throwaway connection holding no real credentials, and drop it again."""
     probe = f"rotator_doctor_{uuid.uuid4().hex[:10]}"
-
-    def create_and_drop() -> str:
-        client.execute(
-            f"CREATE CONNECTION {probe} STORAGE_TYPE='s3' ACCESS_KEY_ID='AKIADOCTORPROBE00000'"
-            " SECRET_ACCESS_KEY='doctor-probe-holds-no-credentials'"
-        )
-        client.execute(f"DROP CONNECTION IF EXISTS {probe}")
-        return "a probe connection was created and dropped"
-
-    yield _try(
-        "databend connections",
-        create_and_drop,
-        "grant the DSN user CREATE CONNECTION and DROP CONNECTION (see README, Deployment)",
+    client.execute(
+        f"CREATE CONNECTION {probe} STORAGE_TYPE='s3' ACCESS_KEY_ID='AKIADOCTORPROBE00000'"
+        " SECRET_ACCESS_KEY='doctor-probe-holds-no-credentials'"
     )
-    yield from _audit(settings, client)
+    client.execute(f"DROP CONNECTION IF EXISTS {probe}")
+    return "a probe connection was created and dropped"
 
 
 def _audit(settings: Any, client: Any) -> Iterator[Check]:
@@ -255,8 +266,16 @@ def _aws(settings: Any) -> Generator[Check, None, bool]:
 
 
 def _binding(binding: Any, settings: Any) -> Iterator[Check]:
+    """The binding's secret, then (when it holds a key) that key's IAM user."""
+    credentials = yield from _binding_secret(binding, settings)
+    if credentials is not None:
+        yield from _binding_iam_user(binding, settings, credentials)
+
+
+def _binding_secret(binding: Any, settings: Any) -> Generator[Check, None, Any]:
+    """Can the binding's secret be read, and does AWSCURRENT hold a key? Returns its credentials,
+    or None when there is no key to check further."""
     from worker.adapters.aws_clients import aws_client
-    from worker.adapters.aws_iam import BotoIamKeys
     from worker.adapters.aws_secrets import SecretsManagerStore
     from worker.domain.errors import NotAKeySecret, SecretFormatError
     from worker.domain.masking import show_key
@@ -269,7 +288,7 @@ def _binding(binding: Any, settings: Any) -> Iterator[Check]:
         _version, credentials, _value = current_credentials(secrets, info)
     except NotAKeySecret as exc:
         yield Check(f"{name} secret", PASS, f"{exc}")
-        return
+        return None
     except SecretFormatError as exc:
         yield Check(
             f"{name} secret",
@@ -278,7 +297,7 @@ def _binding(binding: Any, settings: Any) -> Iterator[Check]:
             f"store a value with access_key_id and secret_access_key (or role_arn) as the "
             f"AWSCURRENT version of {binding.secret}",
         )
-        return
+        return None
     except Exception as exc:
         yield Check(
             f"{name} secret",
@@ -287,12 +306,22 @@ def _binding(binding: Any, settings: Any) -> Iterator[Check]:
             f"fix binding {binding.name}'s secret or allow secretsmanager:DescribeSecret, "
             "ListSecretVersionIds and GetSecretValue on it (see deploy/iam-policy.json)",
         )
-        return
+        return None
     yield Check(
         f"{name} secret",
         PASS,
         f"{info.name} readable; AWSCURRENT holds key {show_key(credentials.access_key_id)}",
     )
+    return credentials
+
+
+def _binding_iam_user(binding: Any, settings: Any, credentials: Any) -> Iterator[Check]:
+    """Can the key's IAM user be found and its keys listed, and is the secret's key one of them?"""
+    from worker.adapters.aws_clients import aws_client
+    from worker.adapters.aws_iam import BotoIamKeys
+    from worker.domain.masking import show_key
+
+    name = f"binding {binding.name}"
     try:
         iam = BotoIamKeys(aws_client("iam", bounds=settings))
         user = binding.iam_user or iam.owner_of(credentials.access_key_id)
