@@ -322,12 +322,8 @@ def ship_file(path: Path, table: AuditTable, *, own: bool, sent_past_offset: boo
     INSERT of a few rows every few tens of milliseconds instead of one per flush interval.)"""
     lock = None
     if not own:
-        try:
-            lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            if lock is not None:
-                lock.close()
+        lock = _take_over(path)
+        if lock is None:
             return 0  # its process is alive and ships it itself
     try:
         shipped = 0
@@ -336,18 +332,8 @@ def ship_file(path: Path, table: AuditTable, *, own: bool, sent_past_offset: boo
         except FileNotFoundError:
             return shipped
         while True:
-            offset = _offset(path)
             try:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    lines, position = [], offset
-                    for raw in f:
-                        if not raw.endswith(b"\n") or position + len(raw) > end:
-                            break  # a line still being written, or appended after the start
-                        lines.append(raw)
-                        position += len(raw)
-                        if len(lines) >= BATCH:
-                            break
+                lines, position = _read_batch(path, _offset(path), end)
             except FileNotFoundError:
                 return shipped
             if not lines:
@@ -366,6 +352,34 @@ def ship_file(path: Path, table: AuditTable, *, own: bool, sent_past_offset: boo
     finally:
         if lock is not None:
             lock.close()
+
+
+def _take_over(path: Path) -> TextIO | None:
+    """An orphan's lock, held while it is shipped; None when its process is alive (holds it)."""
+    lock = None
+    try:
+        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (the caller closes it)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        if lock is not None:
+            lock.close()
+        return None
+    return lock
+
+
+def _read_batch(path: Path, offset: int, end: int) -> tuple[list[bytes], int]:
+    """Up to BATCH whole lines from ``offset``, none past ``end``, and the offset after them."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        lines, position = [], offset
+        for raw in f:
+            if not raw.endswith(b"\n") or position + len(raw) > end:
+                break  # a line still being written, or appended after the start
+            lines.append(raw)
+            position += len(raw)
+            if len(lines) >= BATCH:
+                break
+    return lines, position
 
 
 def _sweep_stale_locks(spool: Spool) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,7 @@ def _two_bindings(first: Binding, second: Binding) -> str:
 
 
 def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> Binding:
+    """One [[bindings]] entry, checked key by key; an error names its line (within ``lines``)."""
     start, end = lines
 
     def fail(message: str, needle: str | None = None) -> ConfigError:
@@ -259,32 +261,10 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
 
     if not isinstance(entry, dict):
         raise fail("each [[bindings]] entry must be a table")
-    for key in entry:
-        if key not in _KNOWN_KEYS | _SCHEDULE_KEYS:
-            known = ", ".join(sorted(_KNOWN_KEYS | _SCHEDULE_KEYS))
-            raise fail(f"unknown key {key!r} (known: {known})", key)
-    for key in ("name", "secret", "connection_prefix"):
-        if key not in entry:
-            raise fail(f"{key!r} is required in every [[bindings]] entry")
-        if not isinstance(entry[key], str) or not entry[key].strip():
-            raise fail(f"{key!r} must be a non-empty string", key)
-    prefix = entry["connection_prefix"]
-    try:
-        connection_name(prefix)
-    except UnsafeNameError as exc:
-        raise fail(f"connection_prefix: {exc}", "connection_prefix") from None
-    if len(prefix) > MAX_PREFIX_LENGTH:
-        raise fail("connection_prefix is too long", "connection_prefix")
-    tables = entry.get("tables", [])
-    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
-        raise fail("'tables' must be a list of strings", "tables")
-    selectors = []
-    for selector_text in tables:
-        try:
-            selectors.append(Selector.parse(selector_text))
-        except ValueError as exc:
-            raise fail(f"bad table selector: {exc}", selector_text) from None
-    named = {kind: _name_selectors(entry, kind, fail) for kind in ("stages", "databases")}
+    prefix = _check_keys(entry, fail)
+    selectors = _selectors(entry, "tables", Selector.parse, fail)
+    stages = _selectors(entry, "stages", lambda t: NameSelector.parse(t, "stage"), fail)
+    databases = _selectors(entry, "databases", lambda t: NameSelector.parse(t, "database"), fail)
     discover = entry.get("discover", True)
     if not isinstance(discover, bool):
         raise fail("'discover' must be true or false", "discover")
@@ -294,7 +274,7 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
     iam_user = entry.get("iam_user")
     if iam_user is not None and (not isinstance(iam_user, str) or not iam_user):
         raise fail("'iam_user' must be a non-empty string", "iam_user")
-    if not selectors and not discover and not any(named.values()):
+    if not selectors and not discover and not stages and not databases:
         raise fail("a binding needs 'tables', 'stages', 'databases' or discover = true", "discover")
     try:
         schedule = _parse_schedule(entry)
@@ -306,23 +286,47 @@ def _parse_entry(entry: Any, text: str, lines: tuple[int, int], source: str) -> 
         name=entry["name"],
         secret=entry["secret"],
         connection_prefix=prefix,
-        selectors=tuple(selectors),
+        selectors=selectors,
         discover=discover,
         buckets=tuple(buckets),
         iam_user=iam_user,
-        stage_selectors=named["stages"],
-        database_selectors=named["databases"],
+        stage_selectors=stages,
+        database_selectors=databases,
     )
 
 
-def _name_selectors(entry: dict[str, Any], key: str, fail: Any) -> tuple[NameSelector, ...]:
+def _check_keys(entry: dict[str, Any], fail: Any) -> str:
+    """No unknown key, the three required strings, a usable connection_prefix (returned)."""
+    for key in entry:
+        if key not in _KNOWN_KEYS | _SCHEDULE_KEYS:
+            known = ", ".join(sorted(_KNOWN_KEYS | _SCHEDULE_KEYS))
+            raise fail(f"unknown key {key!r} (known: {known})", key)
+    for key in ("name", "secret", "connection_prefix"):
+        if key not in entry:
+            raise fail(f"{key!r} is required in every [[bindings]] entry")
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise fail(f"{key!r} must be a non-empty string", key)
+    prefix: str = entry["connection_prefix"]
+    try:
+        connection_name(prefix)
+    except UnsafeNameError as exc:
+        raise fail(f"connection_prefix: {exc}", "connection_prefix") from None
+    if len(prefix) > MAX_PREFIX_LENGTH:
+        raise fail("connection_prefix is too long", "connection_prefix")
+    return prefix
+
+
+def _selectors[S: (Selector, NameSelector)](
+    entry: dict[str, Any], key: str, parse: Callable[[str], S], fail: Any
+) -> tuple[S, ...]:
+    """The entry's ``key`` (tables, stages, databases), each selector parsed with ``parse``."""
     texts = entry.get(key, [])
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise fail(f"{key!r} must be a list of strings", key)
     selectors = []
     for text in texts:
         try:
-            selectors.append(NameSelector.parse(text, key.removesuffix("s")))
+            selectors.append(parse(text))
         except ValueError as exc:
             raise fail(f"bad {key.removesuffix('s')} selector: {exc}", text) from None
     return tuple(selectors)

@@ -238,20 +238,8 @@ def split_qualified_name_parts(text: str) -> list[tuple[str, bool]]:
         if ch in '`"':
             if current:
                 raise ValueError(f"quote in the middle of a name at position {i + 1} of {text!r}")
-            quote = ch
-            i += 1
-            while True:
-                if i >= n:
-                    raise ValueError(f"unclosed {quote} in {text!r}")
-                if text[i] == quote:
-                    if i + 1 < n and text[i + 1] == quote:
-                        current.append(quote)
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                current.append(text[i])
-                i += 1
+            name, i = _read_quoted(text, i)
+            current.extend(name)
             quoted_part = True
             if i < n and text[i] != ".":
                 raise ValueError(
@@ -275,6 +263,26 @@ def split_qualified_name_parts(text: str) -> list[tuple[str, bool]]:
         raise ValueError(f"empty name part at the end of {text!r}")
     parts.append(("".join(current), quoted_part))
     return parts
+
+
+def _read_quoted(text: str, i: int) -> tuple[str, int]:
+    """The name quoted by the quote character at ``text[i]`` (a doubled quote is one literal
+    quote), and the position just after its closing quote."""
+    quote = text[i]
+    name: list[str] = []
+    i += 1
+    n = len(text)
+    while True:
+        if i >= n:
+            raise ValueError(f"unclosed {quote} in {text!r}")
+        if text[i] == quote:
+            if i + 1 < n and text[i + 1] == quote:
+                name.append(quote)
+                i += 2
+                continue
+            return "".join(name), i + 1
+        name.append(text[i])
+        i += 1
 
 
 def system_tables_rows_of(tables: Iterable[TableName]) -> str:
