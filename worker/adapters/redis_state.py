@@ -130,9 +130,9 @@ if ARGV[6] == '1' then
     end
   end
 end
-if ARGV[9] ~= '' and ((redis.call('GET', KEYS[4]) or '0') ~= ARGV[9]
-                      or redis.call('EXISTS', KEYS[5]) == 1) then
-  return '{Admission.STALE}'
+if ARGV[9] ~= '' then
+  local labels = redis.call('MGET', KEYS[4], KEYS[5])  -- the epoch, and the moving mark
+  if (labels[1] or '0') ~= ARGV[9] or labels[2] then return '{Admission.STALE}' end
 end
 local entry = ARGV[2] .. '\\31' .. ARGV[10]
 redis.call('HSET', KEYS[3], entry, ARGV[3] .. '|' .. ARGV[8] .. '|' .. ARGV[9])
