@@ -16,7 +16,7 @@ from tests.fakes import (
     MemoryRuns,
     fake_key,
 )
-from worker.domain.bindings import Binding, Selector
+from worker.domain.bindings import Binding, NameSelector, Selector
 from worker.domain.errors import FatalError, StoragePermissionDenied
 from worker.domain.masking import MaskForm, mask
 from worker.domain.model import (
@@ -38,6 +38,7 @@ from worker.flow.migration import (
     MigrationRefused,
     WaveDecision,
     assign_waves,
+    binding_selectors,
     conclude_wave,
     estimate,
     judge_wave,
@@ -238,6 +239,24 @@ def test_plans_select_by_source_credentials_or_selectors_and_refuse_unknown_targ
     )
     with pytest.raises(MigrationRefused, match="nothing to migrate"):
         new_migration(MemoryRuns(), empty, MigrationOptions(), "x")
+
+
+def test_binding_chooses_its_selectors_and_a_discovering_binding_alone_is_refused() -> None:
+    named = Binding(
+        "named",
+        "s1",
+        "p1",
+        selectors=(Selector.parse("sales.*"),),
+        stage_selectors=(NameSelector.parse("landing", "stage"),),
+    )
+    discovering = Binding("found", "s2", "p2", discover=True, buckets=("lake",))
+    bindings = [named, discovering]
+    assert binding_selectors(bindings, "named") == (*named.selectors, *named.stage_selectors)
+    # no selector at all would choose every object of every kind: refused, not "everything"
+    with pytest.raises(MigrationRefused, match="binding found names no tables, stages or data"):
+        binding_selectors(bindings, "found")
+    with pytest.raises(MigrationRefused, match="no binding named nope"):
+        binding_selectors(bindings, "nope")
 
 
 def test_role_connections_and_tables_match_on_what_databend_shows() -> None:

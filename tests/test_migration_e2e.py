@@ -148,6 +148,10 @@ def world(
     (work / "bindings.toml").write_text(
         f'[[bindings]]\nname = "mig"\nsecret = "unused-{t}"\nconnection_prefix = "mig_{t}"\n'
         f'tables = ["mig_{t}_main.*"]\n'
+        f'[[bindings]]\nname = "migb"\nsecret = "unused-b-{t}"\nconnection_prefix = "migb_{t}"\n'
+        f'tables = ["mig_{t}_bound.*"]\ndiscover = false\n'
+        # finds its objects by discovery alone (and, with no bucket known, finds none)
+        f'[[bindings]]\nname = "migd"\nsecret = "unused-d-{t}"\nconnection_prefix = "migd_{t}"\n'
     )
     (work / "logs").mkdir()
     stack = Stack(
@@ -285,6 +289,33 @@ def test_tables_takes_several_selectors_and_nothing_else_takes_any(
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "Traceback" not in refused.stderr
     assert {storage_tail(databend, x) for x in tables} == {suffix(world, "source")}
+
+
+def test_binding_moves_what_its_selectors_name_and_a_discovering_binding_is_refused(
+    world: MigrationWorld, databend: DatabendClient
+) -> None:
+    t = world.token
+    named = make_tables(world, databend, "bound", 10)
+    others = make_tables(world, databend, "unbound", 2)  # on the same key, named by no binding
+    tables = named + others
+    target = f"mig_{t}_target"
+    for binding in ("migd", "nosuch"):
+        refused = world.stack.cli("migrate", "--to", target, "--binding", binding, "--commit")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stderr
+    refused = world.stack.cli("migrate", "--to", target, "--binding", "migd", "--commit")
+    assert "names no tables, stages or databases" in refused.stderr
+    assert "run " not in refused.stdout, "nothing was queued"
+    assert {storage_tail(databend, x) for x in tables} == {suffix(world, "source")}
+
+    result = world.stack.cli(
+        "migrate", "--to", target, "--binding", "migb", "--commit", "--canary", "2"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = world.status(run_id_of(result))
+    assert status["status"] == "succeeded" and status["counts"] == {"validated": 10}
+    assert {storage_tail(databend, x) for x in named} == {suffix(world, "target")}
+    assert {storage_tail(databend, x) for x in others} == {suffix(world, "source")}
 
 
 def test_hostile_names_migrate_and_roll_back(

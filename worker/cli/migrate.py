@@ -14,7 +14,7 @@ from worker.cli.common import (
 from worker.cli.follow import follow_run
 
 if TYPE_CHECKING:
-    from worker.domain.bindings import Binding, NameSelector, Selector
+    from worker.domain.bindings import NameSelector, Selector
     from worker.flow.migration import MigrationOptions, MigrationPlan
 
 
@@ -83,13 +83,18 @@ def migrate(
     Choose the tables with exactly one of --from, --tables or --binding. Dry run unless --commit.
     --tables takes one or more selectors: `--tables db.a 'db2.t_*'`, or `--tables` again.
     """
-    from worker.flow.migration import MigrationOptions, preflight, refuse_unswitchable
+    from worker.flow.migration import (
+        MigrationOptions,
+        binding_selectors,
+        preflight,
+        refuse_unswitchable,
+    )
 
     selectors = _all_selectors(source, selectors, more_selectors, binding)
     chosen = _parse_tables(selectors)
     s = cli_services()
     if binding is not None:
-        chosen = _binding_selectors(binding, s.bindings)
+        chosen = binding_selectors(s.bindings, binding)
     options = MigrationOptions(
         wave_size=wave_size,
         canary=canary,
@@ -179,17 +184,6 @@ def _parse_tables(selectors: tuple[str, ...]) -> tuple[Selector | NameSelector, 
         return tuple(Selector.parse(t) for t in selectors)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tables") from None
-
-
-def _binding_selectors(name: str, bindings: list[Binding]) -> tuple[Selector | NameSelector, ...]:
-    """Every selector of the binding called ``name``: its tables, stages and databases."""
-    from worker.domain.bindings import find_binding
-    from worker.domain.errors import MigrationRefused
-
-    found = find_binding(bindings, name=name)
-    if found is None:
-        raise MigrationRefused(f"no binding named {name}")
-    return (*found.selectors, *found.stage_selectors, *found.database_selectors)
 
 
 def _show(plan: MigrationPlan, canary: int) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.domain.bindings import NameSelector, Selector
+from worker.domain.bindings import Binding, NameSelector, Selector, find_binding
 from worker.domain.errors import MigrationRefused, RotatorError
 from worker.domain.model import (
     DatabaseDefault,
@@ -56,6 +56,27 @@ class MigrationPlan:
     previous_connections: dict[str, str]  # fingerprint -> a connection with those credentials
     refusals: tuple[str, ...] = ()  # chosen objects on storage Databend cannot switch
     target_behind: str | None = None  # why the target's key must not be moved onto (stale.py)
+
+
+def binding_selectors(bindings: list[Binding], name: str) -> tuple[Selector | NameSelector, ...]:
+    """``--binding NAME``: every selector of that binding (its tables, stages and databases).
+    A binding that names none (it finds its objects by discovery alone) is refused: no selector
+    at all would choose every object of every kind."""
+    found = find_binding(bindings, name=name)
+    if found is None:
+        raise MigrationRefused(f"no binding named {name}")
+    chosen: tuple[Selector | NameSelector, ...] = (
+        *found.selectors,
+        *found.stage_selectors,
+        *found.database_selectors,
+    )
+    if not chosen:
+        raise MigrationRefused(
+            f"binding {name} names no tables, stages or databases (it finds its objects by "
+            "discovery, which a migration does not use): choose them with --from or --tables; "
+            "nothing was changed"
+        )
+    return chosen
 
 
 def select_tables(
