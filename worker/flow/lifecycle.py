@@ -27,7 +27,7 @@ from worker.flow.key_rotation import KeyRotationContext, Phase
 from worker.flow.migration import rollback_targets
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import reopen_failed_tables, resume_switching, update_or_refuse
-from worker.flow.stale import LabelsView
+from worker.flow.stale import LabelsView, check_on
 from worker.flow.switch import rotate_object
 
 PAUSE_WAIT_SECONDS = 120.0
@@ -302,11 +302,7 @@ def _move_back(
     label = f"rollback:{object_label(table)}"
 
     def check(labels_moved: bool) -> int | None:
-        if behind is None:
-            return None
-        if labels_moved:
-            behind.stale()
-        why_not, epoch = behind.check(fingerprint)
+        why_not, epoch = check_on(behind, fingerprint, labels_moved)
         if why_not is not None:
             raise _Behind(f"its previous credentials: {why_not}; left as it is")
         return epoch

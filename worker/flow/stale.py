@@ -46,6 +46,19 @@ class LabelsView(Protocol):
     def stale(self) -> None: ...
 
 
+def check_on(
+    view: LabelsView | None, fingerprint: str | None, labels_moved: bool
+) -> tuple[str | None, int | None]:
+    """``view.check(fingerprint)`` on labels read again when they moved since the last check
+    (the callback ``admit_on_fresh_labels`` runs before each admission); (None, None) without a
+    view."""
+    if view is None:
+        return None, None
+    if labels_moved:
+        view.stale()
+    return view.check(fingerprint)
+
+
 @dataclass
 class RotatedAway:
     secrets: SecretStore

@@ -28,7 +28,7 @@ from worker.flow.migration import (
 )
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs.switch import BatchResult, give_up_objects, split_batches, switch_batch
-from worker.flow.stale import LabelsView
+from worker.flow.stale import LabelsView, check_on
 
 
 @dataclass(frozen=True)
@@ -168,11 +168,7 @@ def _before_each(
     def before_each(labels_moved: bool) -> int | None:
         if rate and not labels_moved:
             limits.pace(run_id, rate)
-        if behind is None:
-            return None
-        if labels_moved:
-            behind.stale()
-        why_not, labels_epoch = behind.check(target)
+        why_not, labels_epoch = check_on(behind, target, labels_moved)
         if why_not is not None:
             raise MigrationRefused(f"not switched: the target connection's credentials {why_not}")
         return labels_epoch
