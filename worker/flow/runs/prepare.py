@@ -89,38 +89,12 @@ def prepare_rotation(
         release(locks, run)
         return []
     run.status = RunStatus.PLANNING
-    plan = _plan_admitted(
-        run,
-        info,
-        runs=runs,
-        secrets=secrets,
-        admin=admin,
-        bindings=bindings,
-        locks=locks,
-        fences=fences,
-    )
-    return [] if plan is None else _write_plan(run, plan, runs, locks)
-
-
-def _plan_admitted(
-    run: RunRecord,
-    info: SecretInfo | None,
-    *,
-    runs: RunStore,
-    secrets: SecretStore,
-    admin: DatabendAdmin,
-    bindings: list[Binding],
-    locks: SecretLocks | None,
-    fences: Fences | None,
-) -> RotationPlan | None:
-    """Plan the run as one fenced change ("plan"): None, the lock released, when the run is no
-    longer admitted; a FatalError fails the run (resumable) and propagates."""
     with admitted(fences, run, "plan") as verdict:
         if verdict is not Admission.ADMITTED:
             release(locks, run)
-            return None
+            return []
         try:
-            return _plan(
+            plan = _plan(
                 run,
                 info or secrets.describe(run.secret),
                 runs=runs,
@@ -131,6 +105,7 @@ def _plan_admitted(
         except FatalError as exc:
             _fail(run, runs, locks, exc)
             raise
+    return _write_plan(run, plan, runs, locks)
 
 
 def _skip_or_start(
