@@ -82,6 +82,7 @@ def handle_event(
     if isinstance(bound, IntakeResult):
         return bound
     info, binding = bound
+    base["secret"] = info.arn
     labels_moved()
     version_id, redirected = _version_to_apply(decision, info)
     if version_id is None or version_id not in info.versions:
@@ -122,16 +123,15 @@ def _bound_secret(
     secret: str, secrets: SecretStore, bindings: list[Binding], base: dict[str, Any]
 ) -> tuple[SecretInfo, Binding] | IntakeResult:
     """The event's secret and the binding that covers it, or why the event is ignored (an
-    unknown secret, or one no binding names). ``base`` then names the secret by its ARN."""
+    unknown secret; one no binding names, the result naming the secret by its ARN)."""
     try:
         info = secrets.describe(secret)
     except UnknownSecretError:
         return IntakeResult(Verdict.IGNORED, "unknown secret", **base)
-    base["secret"] = info.arn
     try:
         return info, binding_covering(bindings, info.arn, info.name)
     except UnknownSecretError as exc:
-        return IntakeResult(Verdict.IGNORED, str(exc), **base)
+        return IntakeResult(Verdict.IGNORED, str(exc), **{**base, "secret": info.arn})
 
 
 def _already_claimed(
