@@ -42,6 +42,15 @@ def missing(name: ObjectName) -> str:
     return "no database of that name with a DEFAULT_STORAGE_CONNECTION"
 
 
+def validation(name: ObjectName) -> str:
+    """How an object of this kind is validated, as a message says it."""
+    if isinstance(name, TableName):
+        return "reading it back"
+    if isinstance(name, StageName):
+        return "listing it"
+    return "listing its path's bucket through the new connection"
+
+
 def switch(admin: DatabendAdmin, name: ObjectName, current: StoredObject | None, to: str) -> None:
     """Give the object the credentials of connection ``to``. ``current`` is the object as just
     described (a table may pass None: its switch needs only its name)."""

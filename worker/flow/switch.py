@@ -14,7 +14,7 @@ from collections.abc import Callable
 from worker.domain.errors import FatalError, StoragePermissionDenied
 from worker.domain.model import DatabaseDefault, StoredObject, TableOutcome, TableStatus
 from worker.domain.ports import DatabendAdmin
-from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
+from worker.domain.sql import DatabaseName, ObjectName, TableName
 from worker.flow import objects as objects_
 from worker.flow.rotation import RetryPolicy
 
@@ -114,7 +114,7 @@ def _validate(
     except FatalError as exc:
         if outcome.status is TableStatus.SWITCHED and revert_to is not None:
             return _revert(admin, outcome, revert_to, retry, f"{exc}")
-        return _failed(outcome, f"switched, but {_validation(name)} failed: {exc}")
+        return _failed(outcome, f"switched, but {objects_.validation(name)} failed: {exc}")
     if outcome.status is TableStatus.SWITCHED:
         outcome.status = TableStatus.VALIDATED
     return outcome
@@ -130,14 +130,6 @@ def _validate_on(
     return objects_.validate(admin, name, current)
 
 
-def _validation(name: ObjectName) -> str:
-    if isinstance(name, TableName):
-        return "reading it back"
-    if isinstance(name, StageName):
-        return "listing it"
-    return "listing its path's bucket through the new connection"
-
-
 def _revert(
     admin: DatabendAdmin,
     outcome: TableOutcome,
@@ -149,7 +141,7 @@ def _revert(
     was on them, while they still work."""
     back, previous = revert_to
     name = outcome.table
-    what = _validation(name)
+    what = objects_.validation(name)
     if not objects_.may_show(outcome.previous, previous):
         return _failed(outcome, f"switched, but {what} failed: {failure}")
     try:
