@@ -443,3 +443,58 @@ def test_a_url_of_another_scheme_fails_at_start_naming_the_variable_not_repeatin
     for value in good:
         monkeypatch.setenv(variable, value)
         assert value in (load_settings().redis_url, load_settings().databend_dsn)
+
+
+def test_a_log_level_logging_does_not_know_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.runtime.settings import load_settings
+
+    monkeypatch.setenv("ROTATOR_LOG_LEVEL", "LOUD")
+    with pytest.raises(ConfigError, match="ROTATOR_LOG_LEVEL"):
+        load_settings()
+    monkeypatch.setenv("ROTATOR_LOG_LEVEL", " warning ")
+    assert load_settings().log_level == "WARNING"
+
+
+# Refused by the CLI before any command body runs (so before any service is reached): exit 2.
+_SOON = ["--timeout"]
+_BAD_ARGUMENTS = [
+    ["rotate-version", "lake-main", *_SOON, "-1"],
+    ["rotate-version", "lake-main", *_SOON, "nan"],
+    ["rotate", "lake-main", "--commit", *_SOON, "inf"],
+    ["rotate", "lake-main", "--commit", "--deactivate-after", "inf"],
+    ["rotate", "lake-main", "--commit", "--delete-after", "nan"],
+    ["rotate", "lake-main", "--commit", "--delete-after", "-2d"],
+    ["migrate", "--to", "c", "--from", "b", "--commit", *_SOON, "-5"],
+    ["migrate", "--to", "c", "--from", "b", "--commit", "--rate", "nan"],
+    ["migrate", "--to", "c", "--from", "b", "--commit", "--max-error-rate", "nan"],
+    ["resume", "some-run", *_SOON, "-1"],
+    ["intake", "sqs", "--queue-url", "notaurl"],
+    ["intake", "sqs", "--queue-url", "https://sqs.us-east-1.amazonaws.com"],
+    ["intake", "sqs", "--queue-url", "http://h/q", "--metrics-port", "99999"],
+    ["intake", "rule", ""],
+    ["intake", "rule", "not-an-arn"],
+    ["intake", "rule", "arn:aws:s3:::bucket"],
+]
+
+
+@pytest.mark.parametrize("arguments", _BAD_ARGUMENTS, ids=" ".join)
+def test_bad_arguments_are_refused_with_exit_2_and_a_clear_line(arguments: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2, result.output
+    expected = "is not the start of a secret's ARN" if arguments[1] == "rule" else "Invalid value"
+    assert expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_rule_for_a_good_prefix_is_printed() -> None:
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    prefix = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/"
+    result = CliRunner().invoke(main, ["intake", "rule", prefix])
+    assert result.exit_code == 0 and prefix in result.output

@@ -349,6 +349,21 @@ def test_requests_naming_another_host_are_refused(databend_local: DatabendLocalP
         assert code == 200 and payload["data"] == [["1"]], host
 
 
+def test_an_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for data_dir in (a_file, a_file / "below"):
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "databend-local", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"error: cannot use --data-dir {data_dir}" in result.stderr
+        assert "Traceback" not in result.stderr and "DSN" not in result.stdout
+
+
 def test_listening_beyond_loopback_without_a_user_warns_loudly(
     databend_local: DatabendLocalProcess,
 ) -> None:
@@ -371,7 +386,7 @@ def test_listening_beyond_loopback_without_a_user_warns_loudly(
         text=True,
         timeout=120,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2, "an address it cannot listen on is bad input"
     assert "WARNING: databend-local listens on 192.0.2.1 with no --user" in result.stderr
     assert "cannot listen on 192.0.2.1:0" in result.stderr, "a clear error, not a traceback"
     assert "Traceback" not in result.stderr

@@ -489,3 +489,12 @@ def test_a_repeated_event_restarts_a_run_a_crashed_worker_cut_short(
     assert world.wait_final(accepted["run_id"], timeout=60).status == "succeeded"
     assert [r.version_id for r in world.runs_of(lake) if r.version_id == version] == [version]
     assert world.suffixes(databend, lake) == {tail(lake.keys[-1]["AccessKeyId"])}
+
+
+def test_a_queue_that_does_not_exist_stops_the_intake_at_start(world: World) -> None:
+    queue = _make_queue(world.aws, f"gone-{world.token}", None, 5)
+    world.aws.client("sqs").delete_queue(QueueUrl=queue)
+    intake = world.start_intake(queue, "intake-gone")
+    assert intake.wait(timeout=60) == 2, "a clear refusal, not a receive retried forever"
+    log = (world.stack.log_dir / "intake-gone.log").read_text()
+    assert f"error: SQS queue {queue} does not exist" in log and "Traceback" not in log

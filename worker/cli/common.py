@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -14,6 +15,22 @@ from worker.domain.errors import FatalError, RotatorError
 # Exit codes: 0 done and every table read back; 1 the run finished with failed tables;
 # 2 bad input or configuration (nothing was changed); 3 still running when --timeout passed.
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 3
+
+
+class FiniteRange(click.FloatRange):
+    """A float range that also refuses ``nan`` and ``inf`` (which pass any range check)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+# --timeout: seconds to follow a run (0: look once); bad values are refused before anything runs
+TIMEOUT_SECONDS = FiniteRange(min=0)
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,6 +47,15 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_BAD_INPUT if isinstance(exc, FatalError) else EXIT_FAILED)
 
     return wrapper
+
+
+def plain_console(*, stderr: bool = False) -> Any:
+    """A rich console that prints text as given: names, ARNs, reasons and Databend's messages
+    carry brackets and colons (``arn:aws:secretsmanager:…:secret:…``), which rich would read as
+    markup or emoji codes. Colour is asked for with ``style=``, never with markup in the text."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, markup=False, emoji=False)
 
 
 def cli_services() -> Any:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker.cli.common import (
-    EXIT_FAILED,
-    EXIT_TIMEOUT,
-)
+from worker.cli.common import EXIT_FAILED, EXIT_TIMEOUT, plain_console
 
 
 def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
     """Show a progress bar until the run ends; return the exit code."""
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -25,12 +21,12 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
 
     from worker.runtime.launch import wait_for_run
 
-    console = Console(stderr=True, soft_wrap=True)
+    console = plain_console(stderr=True)
     with Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[counts]}", markup=False),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -86,7 +82,7 @@ def print_outcomes(p: Any, console: Any) -> None:
     if any(o.status == "stranded" for o in failed):
         console.print(STRANDED_RUNBOOK)
     if p.run.error:
-        console.print(f"[red]run {p.run.run_id} {p.run.status}: {p.run.error}")
+        console.print(f"run {p.run.run_id} {p.run.status}: {p.run.error}", style="red")
     if failed:
         from worker.domain.sql import object_label
 

@@ -31,8 +31,24 @@ def _intake_handler() -> Any:
     return make_handler(s, enqueue_rotation)
 
 
+def _queue_url(_ctx: Any, _param: Any, value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or not parts.path.strip("/"):
+        raise click.BadParameter(
+            f"{value!r} is not a queue URL (e.g. https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+        )
+    return value
+
+
 @intake.command("sqs")
-@click.option("--queue-url", required=True, help="The SQS queue EventBridge delivers to.")
+@click.option(
+    "--queue-url",
+    required=True,
+    callback=_queue_url,
+    help="The SQS queue EventBridge delivers to.",
+)
 @click.option(
     "--wait-seconds",
     default=20,
@@ -43,7 +59,7 @@ def _intake_handler() -> Any:
 @click.option(
     "--metrics-port",
     default=None,
-    type=int,
+    type=click.IntRange(0, 65535),
     help="Serve Prometheus metrics on this port (127.0.0.1).",
 )
 @reports_errors
@@ -71,6 +87,7 @@ def intake_sqs(queue_url: str, wait_seconds: int, metrics_port: int | None) -> N
 
 @intake.command("rule")
 @click.argument("secret_arn_prefix")
+@reports_errors
 def intake_rule(secret_arn_prefix: str) -> None:
     """Print the EventBridge rule pattern to deploy for secrets under SECRET_ARN_PREFIX."""
     from worker.domain.events import eventbridge_rule_pattern

@@ -9,7 +9,9 @@ import click
 
 from worker.cli.common import (
     EXIT_BAD_INPUT,
+    TIMEOUT_SECONDS,
     cli_services,
+    plain_console,
     reports_errors,
 )
 from worker.cli.follow import follow_run
@@ -53,7 +55,13 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
     help="Rotate even when the binding selects no table (nothing then proves the new key).",
 )
 @click.option("--no-wait", is_flag=True, help="With --commit: enqueue, print the run id, return.")
-@click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
+@click.option(
+    "--timeout",
+    default=1800.0,
+    show_default=True,
+    type=TIMEOUT_SECONDS,
+    help="Seconds to follow the run.",
+)
 @reports_errors
 def rotate(
     secret: str,
@@ -70,8 +78,6 @@ def rotate(
     (deactivate, later delete), each only if no table still uses it. SECRET is a secret name, an
     ARN or a binding name. Dry run unless --commit.
     """
-    from rich.console import Console
-
     from worker.flow.inventory import resolve_secret
     from worker.flow.key_context import unfinished_key_rotation
 
@@ -81,7 +87,7 @@ def rotate(
     if unfinished and commit:
         raise FatalError(unfinished)
     plan = s.plan_key_rotation(binding, info, allow_empty=allow_empty)
-    console = Console(soft_wrap=True)
+    console = plain_console()
     if unfinished:
         console.print(f"note: {unfinished}")
     _show(console, plan)

@@ -7,10 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from worker.cli.common import (
-    cli_services,
-    reports_errors,
-)
+from worker.cli.common import TIMEOUT_SECONDS, FiniteRange, cli_services, reports_errors
 from worker.cli.follow import follow_run
 
 if TYPE_CHECKING:
@@ -44,7 +41,7 @@ if TYPE_CHECKING:
     "--max-error-rate",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteRange(0, 1),
     help="Halt when a wave's share of failed tables passes this.",
 )
 @click.option(
@@ -57,11 +54,11 @@ if TYPE_CHECKING:
 @click.option(
     "--rate",
     default=None,
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     help="At most this many tables per second, across all workers.",
 )
 @click.option("--no-wait", is_flag=True)
-@click.option("--timeout", default=7200.0, show_default=True)
+@click.option("--timeout", default=7200.0, show_default=True, type=TIMEOUT_SECONDS)
 @reports_errors
 def migrate(
     target: str,

@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from worker.cli.common import EXIT_FAILED, cli_services, reports_errors
+from worker.cli.common import (
+    EXIT_FAILED,
+    TIMEOUT_SECONDS,
+    cli_services,
+    plain_console,
+    reports_errors,
+)
 from worker.domain.errors import ConfigError
 
 
@@ -48,7 +54,6 @@ def inventory(binding: str | None, as_json: bool) -> None:
     """Every object that holds storage credentials — tables, stages, databases with a default
     connection, connections — with its binding, the secret version it is on and its key's state.
     Read-only."""
-    from rich.console import Console
     from rich.table import Table
 
     from worker.flow.inventory import STATES, counts_by_binding
@@ -59,7 +64,7 @@ def inventory(binding: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found.to_json(), indent=2, ensure_ascii=False))
         return
-    console = Console(soft_wrap=True)
+    console = plain_console()
     console.print(f"Databend {found.server_version}: {len(found.items)} object(s)")
     table = Table("binding", "kind", *STATES, "total")
     per_kind: dict[tuple[str | None, str], list[Any]] = {}
@@ -87,7 +92,11 @@ def inventory(binding: str | None, as_json: bool) -> None:
 @click.option("--commit", is_flag=True, help="Queue the runs that fix what can be fixed.")
 @click.option("--json", "as_json", is_flag=True, help="The drift of every binding as JSON.")
 @click.option(
-    "--timeout", default=1800.0, show_default=True, help="Seconds to follow the runs queued."
+    "--timeout",
+    default=1800.0,
+    show_default=True,
+    type=TIMEOUT_SECONDS,
+    help="Seconds to follow the runs queued.",
 )
 @reports_errors
 def reconcile(binding: str | None, commit: bool, as_json: bool, timeout: float) -> None:

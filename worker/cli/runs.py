@@ -13,7 +13,9 @@ import click
 from worker.cli.common import (
     EXIT_FAILED,
     EXIT_TIMEOUT,
+    TIMEOUT_SECONDS,
     cli_services,
+    plain_console,
     reports_errors,
 )
 from worker.cli.follow import follow_run, print_outcomes, rate_text, run_rate
@@ -28,7 +30,13 @@ if TYPE_CHECKING:
 @click.argument("secret")
 @click.option("--version-id", default=None, help="Version to apply (default: AWSCURRENT).")
 @click.option("--no-wait", is_flag=True, help="Enqueue the run, print its id and return.")
-@click.option("--timeout", default=1800.0, show_default=True, help="Seconds to follow the run.")
+@click.option(
+    "--timeout",
+    default=1800.0,
+    show_default=True,
+    type=TIMEOUT_SECONDS,
+    help="Seconds to follow the run.",
+)
 @reports_errors
 def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: float) -> None:
     """Switch every table bound to SECRET to a connection made from one version of it.
@@ -110,12 +118,11 @@ def _status_json(p: RunProgress) -> dict[str, Any]:
 
 
 def _print_status(p: RunProgress) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from worker.domain.sql import object_label
 
-    console = Console(soft_wrap=True)
+    console = plain_console()
     table = Table("object", "status", "rule", "rows read", "reason")
     for o in p.outcomes:
         table.add_row(
@@ -162,7 +169,7 @@ def _shown_data(data: dict[str, Any]) -> dict[str, Any]:
 @click.command()
 @click.argument("run_id")
 @click.option("--no-wait", is_flag=True)
-@click.option("--timeout", default=1800.0, show_default=True)
+@click.option("--timeout", default=1800.0, show_default=True, type=TIMEOUT_SECONDS)
 @reports_errors
 def resume(run_id: str, no_wait: bool, timeout: float) -> None:
     """Continue a failed or interrupted run from where it stopped (finished tables stay done)."""

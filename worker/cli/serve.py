@@ -7,9 +7,7 @@ import sys
 
 import click
 
-from worker.cli.common import (
-    reports_errors,
-)
+from worker.cli.common import EXIT_BAD_INPUT, plain_console, reports_errors
 from worker.domain.errors import FatalError
 
 
@@ -168,9 +166,9 @@ def databend_local(
 
     require_local_extra("databend-local", "databend", "pyarrow")
     from worker.local.databend_local import (
-        ListenError,
         MaskFormat,
         ServerConfig,
+        StartError,
         exposure_warning,
         serve,
     )
@@ -192,8 +190,9 @@ def databend_local(
         click.echo(warning, err=True)
     try:
         serve(config, on_ready=_announce)
-    except ListenError as exc:
-        raise click.ClickException(str(exc)) from None
+    except StartError as exc:  # the address or the data directory given: bad input
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _announce(dsn: str) -> None:
@@ -227,8 +226,6 @@ def demo(keep: bool, mask_format: str) -> None:
     import tempfile
     from pathlib import Path
 
-    from rich.console import Console
-
     from worker.local.embedded import require_local_extra
 
     require_local_extra("demo")
@@ -240,7 +237,7 @@ def demo(keep: bool, mask_format: str) -> None:
     current = settings()
     configure_logging("WARNING", current.log_format)
     work = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
-    console = Console()
+    console = plain_console()
     try:
         code = run_demo(
             console,
@@ -264,8 +261,6 @@ def up(mask_format: str) -> None:
     """Start the local stack (as in ``demo``) and keep it running for hands-on use."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from worker.local.embedded import require_local_extra
 
     require_local_extra("up")
@@ -276,7 +271,7 @@ def up(mask_format: str) -> None:
     current = settings()
     configure_logging("WARNING", current.log_format)
     run_up(
-        Console(),
+        plain_console(),
         redis_url=current.redis_url,
         work_dir=Path(".rotator/up").resolve(),
         mask_format=mask_format,

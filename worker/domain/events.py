@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from worker.domain.errors import ConfigError
+
 MAX_EVENT_BYTES = 256 * 1024  # SQS's own message limit
 # Secret names: letters, digits and /_+=.@-; ARNs add ':' and the partition/region/account.
 _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}\Z")
@@ -24,6 +26,8 @@ _SECRET_ARN = re.compile(
     r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]{1,32}:\d{12}:secret:"
     r"(?P<name>[A-Za-z0-9/_+=.@-]{1,512})\Z"
 )
+# an EventBridge rule's prefix: the start of such an ARN (a partition's whole service at least)
+_SECRET_ARN_PREFIX = re.compile(r"arn:aws[a-z-]*:secretsmanager:[A-Za-z0-9/_+=.@:-]*\Z")
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}\Z")  # what AWS appends to a secret's name in its ARN
 _VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}\Z")
 _EVENT_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}\Z")
@@ -235,8 +239,13 @@ def eventbridge_rule_pattern(secret_arn_prefix: str) -> dict[str, Any]:
     ``secret_arn_prefix`` like ``arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/``.
     Label events name the secret in ``resources``; service events in
     ``detail.additionalEventData.SecretId``; API calls in ``detail.responseElements.arn`` (older
-    events spell it ``aRN``).
+    events spell it ``aRN``). Anything but the start of a secret's ARN is a ConfigError.
     """
+    if not _SECRET_ARN_PREFIX.match(secret_arn_prefix):
+        raise ConfigError(
+            f"{secret_arn_prefix!r} is not the start of a secret's ARN: use e.g. "
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/"
+        )
     prefix = [{"prefix": secret_arn_prefix}]
     api_calls = ["PutSecretValue", "UpdateSecretVersionStage", "RotateSecret"]
     return {

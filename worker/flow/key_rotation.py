@@ -15,6 +15,7 @@ deleted, never guessed at.
 
 from __future__ import annotations
 
+import math
 import uuid
 from functools import partial
 
@@ -300,6 +301,6 @@ def parse_duration(text: str) -> float:
         value = float(text[:-1]) * units[text[-1]] if has_unit else float(text)
     except ValueError:
         raise ValueError(f"bad duration {text!r}: use e.g. 0, 90s, 15m, 2h, 7d") from None
-    if value < 0:
-        raise ValueError(f"bad duration {text!r}: must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"bad duration {text!r}: must be a finite number, not negative")
     return value

@@ -237,16 +237,17 @@ def run_demo(
         _put_new_key(console, stack)
         code = _rotate(stack, follow)
         if code != 0:
-            console.print("[red]the rotation did not complete; the old key stays active")
+            console.print("the rotation did not complete; the old key stays active", style="red")
             return code
         _delete_old_key(console, stack)
         if not _still_working(console, db, before):
-            console.print("[red]some tables no longer work")
+            console.print("some tables no longer work", style="red")
             return 1
         console.print(
-            f"[green]done: {len(BOUND_TABLES)} bound tables switched, read back, and "
+            f"done: {len(BOUND_TABLES)} bound tables switched, read back, and "
             "still reading and writing after the old key was deleted; "
-            f"{len(OTHER_TABLES)} unrelated table untouched"
+            f"{len(OTHER_TABLES)} unrelated table untouched",
+            style="green",
         )
         return 0
     finally:
@@ -335,8 +336,8 @@ def run_up(
             if k.startswith(("AWS_", "DATABEND_DSN", "REDIS_URL", "ROTATOR_"))
         )
     )
-    console.print(f"""[bold]local stack is up[/bold] (stop with Ctrl-C)
-  DATABEND_DSN={stack.dsn} (masked keys shown in the {mask_format} form)
+    console.print("local stack is up (stop with Ctrl-C)", style="bold")
+    console.print(f"""  DATABEND_DSN={stack.dsn} (masked keys shown in the {mask_format} form)
   REDIS_URL={stack.redis_url}
   AWS stand-in: {stack.aws.endpoint_url} (moto, IAM authentication enforced)
   bindings: {stack.bindings_path}; worker log: {work_dir / "worker.log"}

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from worker.domain.errors import RetryableError
+from worker.domain.errors import ConfigError, RetryableError
 from worker.domain.events import parse_event
 from worker.flow.intake import IntakeResult, Verdict, handle_event
 from worker.runtime.faults import fault_point
@@ -30,6 +30,7 @@ HANDLER_ERRORS = Counter(
 )
 
 Handler = Callable[[str | bytes], IntakeResult]
+_NO_SUCH_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 
 def make_handler(services: Any, enqueue: Callable[[str], None]) -> Handler:
@@ -92,10 +93,22 @@ class SqsIntake:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; the batch in hand is always finished first."""
+        self.check_queue()
         log.info("intake started", queue_url=self.queue_url)
         while not stop.is_set():
             self.poll_once()
         log.info("intake stopped")
+
+    def check_queue(self) -> None:
+        """A queue that does not exist is a ConfigError at start, not a receive retried forever;
+        any other failure (AWS unreachable for now) is left to the polling loop."""
+        try:
+            self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in _NO_SUCH_QUEUE:
+                raise ConfigError(f"SQS queue {self.queue_url} does not exist ({code})") from None
+            log.warning("queue check failed; polling anyway", error=f"{type(exc).__name__}")
 
     def poll_once(self) -> list[IntakeResult]:
         try:

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     databend_dsn: str | None = Field(default=None, alias="DATABEND_DSN")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     bindings_path: Path | None = Field(default=None, alias="ROTATOR_BINDINGS")
-    log_level: str = Field(default="INFO", alias="ROTATOR_LOG_LEVEL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", alias="ROTATOR_LOG_LEVEL"
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", alias="ROTATOR_LOG_FORMAT"
     )
@@ -73,6 +75,11 @@ class Settings(BaseSettings):
     audit_flush_interval: float = Field(default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0)
     # test-only failure points (comma-separated names), see worker/runtime/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("databend_dsn")
     @classmethod

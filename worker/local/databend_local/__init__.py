@@ -12,11 +12,11 @@ from worker.local.databend_local.guards import exposure_warning
 from worker.local.databend_local.masking import MaskFormat
 from worker.local.databend_local.server import DatabendLocalServer, ServerConfig
 
-__all__ = ["ListenError", "MaskFormat", "ServerConfig", "exposure_warning", "serve"]
+__all__ = ["MaskFormat", "ServerConfig", "StartError", "exposure_warning", "serve"]
 
 
-class ListenError(RuntimeError):
-    """The server could not bind its address."""
+class StartError(RuntimeError):
+    """The server cannot start: its data directory cannot be used or its address bound."""
 
 
 def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
@@ -25,12 +25,15 @@ def serve(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -
 
     with tempfile.TemporaryDirectory(prefix="databend-local-") as scratch:
         data_dir = config.data_dir or scratch
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartError(f"cannot use --data-dir {data_dir}: {exc.strerror or exc}") from None
         pool = EnginePool(data_dir, config.pool_size)
         try:
             server = DatabendLocalServer(config, pool)
         except OSError as exc:
-            raise ListenError(
+            raise StartError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
             ) from None
         stop = threading.Event()

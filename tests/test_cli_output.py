@@ -1,0 +1,63 @@
+"""The CLI's human output prints names, ARNs, reasons and Databend's messages as they are: rich
+would read ``:secret:`` (in every Secrets Manager ARN) as an emoji code and ``[...]`` as markup,
+mangling the text or failing on a closing tag."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from worker.cli.follow import print_outcomes
+from worker.cli.runs import _print_status
+from worker.domain.model import TableOutcome, TableStatus
+from worker.domain.runs import RunRecord
+from worker.domain.sql import TableName
+from worker.runtime.launch import RunProgress
+
+ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-main-AgTyoM"
+HOSTILE = TableName("sales", "t[/x] :secret: [red]")
+REASON = "Databend said [request_kind=login] [/bold] :thumbs_up: denied"
+
+
+def _progress(status: str = "failed") -> RunProgress:
+    run = RunRecord(
+        "r1",
+        "rotation",
+        ARN,
+        "v1",
+        status=status,
+        connection="lake_main_1a2b3c4d",
+        error="1 of 2 tables failed [/x]",
+        created_at=time.time() - 5,
+        updated_at=time.time(),
+    )
+    outcomes = [
+        TableOutcome(table=HOSTILE, status=TableStatus.FAILED, rule="binding [b]", reason=REASON),
+        TableOutcome(table=TableName("sales", "orders"), status=TableStatus.VALIDATED, rows_read=1),
+    ]
+    return RunProgress(run, outcomes)
+
+
+def _one_line(text: str) -> str:
+    """Table cells may wrap: compare with the layout's white space and borders taken out."""
+    return "".join(ch for ch in text if not ch.isspace() and ch not in "│┃|")
+
+
+def test_status_prints_arns_names_and_reasons_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
+    _print_status(_progress())
+    out = _one_line(capsys.readouterr().out)
+    for text in (ARN, str(HOSTILE), REASON, "1of2tablesfailed[/x]", "binding[b]"):
+        assert _one_line(text) in out
+    assert "㊙" not in out and "👍" not in out
+
+
+def test_followed_run_prints_its_error_and_failed_objects_verbatim(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from worker.cli.common import plain_console
+
+    print_outcomes(_progress(), plain_console(stderr=True))
+    err = _one_line(capsys.readouterr().err)
+    for text in (str(HOSTILE), REASON, "runr1failed:1of2tablesfailed[/x]"):
+        assert _one_line(text) in err
