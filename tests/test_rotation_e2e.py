@@ -217,6 +217,13 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     assert scenario.tables_counted("rotation", "validated") - validated_before == 20
     rules = {tuple(row["table"]): row["rule"] for row in status["tables"]}
     assert rules[(f"misc_{t}", "found_1")].startswith("discovered")
+    # each table's log line carries the run, the secret, the version and the table
+    logs = "".join(p.read_text() for p in scenario.stack.log_dir.glob("worker*.log"))
+    lines = [json.loads(x) for x in logs.splitlines() if x.startswith('{"')]
+    done = [x for x in lines if x.get("event") == "table done" and x.get("run_id") == run_id]
+    assert len(done) == 20
+    assert {(x["secret"], x["version"]) for x in done} == {(status["secret"], v2)}
+    assert {x["table"] for x in done} == {str(TableName(*row["table"])) for row in status["tables"]}
     assert rules[(f"sales_{t}", "orders")] == f"selector sales_{t}.*"
 
     # When K1 is deleted in IAM, every bound table still reads and accepts inserts

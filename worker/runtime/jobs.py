@@ -85,9 +85,12 @@ def _send_batch(task: str, lead: list[Any], names: list[ObjectName]) -> None:
 
 def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
     s = services()
+    run = s.runs.get(run_id)
+    structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
     result = switch_batch(
         run_id,
         names,
+        run=run,
         runs=s.runs,
         admin=s.admin,
         fences=s.fences,

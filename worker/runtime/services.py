@@ -167,7 +167,7 @@ def log_server(admin: DatabendAdmin) -> None:
         log.warning("databend server version unknown", error=str(exc))
         return
     form = admin.mask_form()
-    log.info("databend server", version=version, key_masking=str(form) if form else "unknown")
+    log.info("databend server", server_version=version, key_masking=str(form) if form else "unknown")
 
 
 _lock = threading.Lock()
