@@ -167,7 +167,8 @@ def log_server(admin: DatabendAdmin) -> None:
         log.warning("databend server version unknown", error=str(exc))
         return
     form = admin.mask_form()
-    log.info("databend server", server_version=version, key_masking=str(form) if form else "unknown")
+    masking = str(form) if form else "unknown"
+    log.info("databend server", server_version=version, key_masking=masking)
 
 
 _lock = threading.Lock()
