@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -498,3 +499,30 @@ def test_the_rule_for_a_good_prefix_is_printed() -> None:
     prefix = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/"
     result = CliRunner().invoke(main, ["intake", "rule", prefix])
     assert result.exit_code == 0 and prefix in result.output
+
+
+def test_the_drivers_retry_warnings_stay_out_of_json_output(tmp_path: Path) -> None:
+    """databend-driver logs its retries on stdout (env_logger): they must not land in the
+    middle of `--json` output, which a script parses."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "ROTATOR_BINDINGS")}
+    env |= {
+        "HOME": str(tmp_path),
+        "AWS_REGION": "us-east-1",
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # (never reached)
+        # nothing listens on port 1: the driver's login fails, is retried once, and fails
+        "DATABEND_DSN": "databend://root:@127.0.0.1:1/default?sslmode=disable"
+        "&retry_count=2&retry_delay_secs=1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "audit", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and done.stderr.startswith("error: "), done.stderr
+    assert done.stdout == "", "nothing but the JSON ever reaches stdout"

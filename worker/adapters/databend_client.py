@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 import queue
 import threading
 import time
@@ -82,6 +83,9 @@ class DatabendClient:
     """A thread-safe client: one driver connection per thread, created on first use."""
 
     def __init__(self, dsn: str, *, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT) -> None:
+        # the driver logs its retries (env_logger) on stdout, which would corrupt `--json`
+        # output and the worker's JSON logs: off unless RUST_LOG asks (its errors reach us)
+        os.environ.setdefault("RUST_LOG", "off")
         from databend_driver import BlockingDatabendClient
 
         if not statement_timeout > 0:
