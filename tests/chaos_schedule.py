@@ -727,7 +727,8 @@ class Scenario:
             self.log(f"{via}: refused, {self.world.env.label(unfinished)} has not ended")
             return
         deactivate_after = self.rng.choice((0.0, 0.0, 120.0, 900.0))
-        delete_after = self.rng.choice((0.0, 600.0, 1800.0, 3600.0))
+        # (never before the deactivation: `rotate` refuses that)
+        delete_after = max(deactivate_after, self.rng.choice((0.0, 600.0, 1800.0, 3600.0)))
 
         def command() -> None:
             result = start_key_rotation(

@@ -465,6 +465,7 @@ _BAD_ARGUMENTS = [
     ["rotate", "lake-main", "--commit", "--deactivate-after", "inf"],
     ["rotate", "lake-main", "--commit", "--delete-after", "nan"],
     ["rotate", "lake-main", "--commit", "--delete-after", "-2d"],
+    ["rotate", "lake-main", "--deactivate-after", "2d", "--delete-after", "1s"],
     ["migrate", "--to", "c", "--from", "b", "--commit", *_SOON, "-5"],
     ["migrate", "--to", "c", "--from", "b", "--commit", "--rate", "nan"],
     ["migrate", "--to", "c", "--from", "b", "--commit", "--max-error-rate", "nan"],
@@ -486,7 +487,11 @@ def test_bad_arguments_are_refused_with_exit_2_and_a_clear_line(arguments: list[
 
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2, result.output
-    expected = "is not the start of a secret's ARN" if arguments[1] == "rule" else "Invalid value"
+    expected = "Invalid value"
+    if "rule" in arguments:
+        expected = "is not the start of a secret's ARN"
+    elif arguments[-2:] == ["--delete-after", "1s"]:
+        expected = "--delete-after (1s) is shorter than --deactivate-after (172800s)"
     assert expected in result.output
     assert "Traceback" not in result.output
 

@@ -15,6 +15,7 @@ from tests.fakes import (
 )
 from tests.test_core_rotation import binding, key_json, no_sleep_policy
 from worker.domain.bindings import Binding
+from worker.domain.errors import ConfigError
 from worker.domain.model import RunStatus
 from worker.domain.sql import TableName
 from worker.flow.key_rotation import (
@@ -124,6 +125,33 @@ def test_the_old_key_is_deactivated_only_after_every_table_moved() -> None:
     assert retire_old_key(ctx, run_id, "delete") == "done"
     assert retire_old_key(ctx, run_id, "delete") == "already done"
     assert [k.key_id for k in ctx.iam.list_keys("svc")] == [new]
+
+
+def test_a_delete_due_before_the_deactivation_is_refused_and_never_comes_first() -> None:
+    """`--deactivate-after 2d --delete-after 1s` would delete a key that was never inactive, so
+    the brown-out check (every object read while the key is inactive) would prove nothing: such
+    delays are refused, and a sweep on a run that holds them anyway deactivates (and checks)
+    before it deletes."""
+    ctx, plan = world()
+    with pytest.raises(ConfigError, match="shorter than --deactivate-after"):
+        new_key_rotation(ctx.runs, plan, deactivate_after=172800, delete_after=1)
+    assert ctx.runs.runs == {} and [k.key_id for k in ctx.iam.list_keys("svc")] == [K1]
+
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    ctx.iam.set_active("svc", K1, True)  # as if the deactivation had not happened yet
+    data = dict(ctx.runs.get(run_id).data)
+    data.pop("deactivated_at")
+    data["deactivate_at"] = 1000.0 + 172800
+    ctx.runs.update(run_id, data=data)
+    assert retire_old_key(ctx, run_id, "delete") == "not deactivated yet"
+    assert (K1, True) in [(k.key_id, k.active) for k in ctx.iam.list_keys("svc")]
+    assert due_retirements(ctx.runs.get(run_id), now=1061.0) == ["deactivate", "delete"]
+    assert retire_due(ctx, MemoryLimits(), run_id, now=1061.0) == [
+        ("deactivate", "done"),
+        ("delete", "done"),
+    ]
+    assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
 
 
 def test_a_key_created_but_never_stored_is_found_and_removed_on_resume() -> None:

@@ -215,7 +215,7 @@ def test_an_abort_that_read_the_run_before_its_table_run_started_ends_that_table
     ended, and ends (and waits for) a table run that appeared."""
     # Given a key rotation whose new key K1 is stored as AWSPENDING, its table run not started
     world = build_world(Shape(sales=2, stages=1))
-    run_id = start_key_rotation(world, deactivate_after=900, delete_after=0)
+    run_id = start_key_rotation(world, deactivate_after=900, delete_after=3600)
     assert isinstance(run_id, str)
     while world.runs.peek(run_id).phase != "pending_stored":
         assert advance(world, run_id)[0] == "continue"

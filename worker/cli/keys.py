@@ -80,7 +80,9 @@ def rotate(
     """
     from worker.flow.inventory import resolve_secret
     from worker.flow.key_context import unfinished_key_rotation
+    from worker.flow.key_rotation import check_retirement_delays
 
+    check_retirement_delays(deactivate_after, delete_after)
     s = cli_services()
     binding, info = resolve_secret(secret, secrets=s.secrets, bindings=s.bindings)
     unfinished = unfinished_key_rotation(s.runs, info.arn)

@@ -21,6 +21,7 @@ from functools import partial
 
 from worker.domain import masking
 from worker.domain.errors import (
+    ConfigError,
     FatalError,
     KeyInUse,
     LockBusy,
@@ -86,6 +87,7 @@ def new_key_rotation(
     """Record a key rotation run (nothing external is changed yet)."""
     if plan.refusal:
         raise KeyInUse(plan.refusal)
+    check_retirement_delays(deactivate_after, delete_after)
     run_id = uuid.uuid4().hex
     runs.create(
         RunRecord(
@@ -290,6 +292,17 @@ def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     if run.phase == Phase.SWITCHING and run.data.get("table_run"):
         return [str(t) for t in reopen_failed_tables(str(run.data["table_run"]), ctx.runs)]
     return []
+
+
+def check_retirement_delays(deactivate_after: float, delete_after: float) -> None:
+    """The old key is deleted only after it was deactivated and every object proved to work
+    without it (the brown-out check): a delete due before the deactivation is refused."""
+    if delete_after < deactivate_after:
+        raise ConfigError(
+            f"--delete-after ({delete_after:g}s) is shorter than --deactivate-after "
+            f"({deactivate_after:g}s): the old key is deleted only after it was deactivated "
+            "and every object still worked without it"
+        )
 
 
 def parse_duration(text: str) -> float:

@@ -32,6 +32,8 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
         return "already done"
     if run.phase not in (Phase.FINISHED, Phase.RETIRED):
         return "not finished"
+    if action == "delete" and not data.get("deactivated_at"):
+        return "not deactivated yet"  # the brown-out check needs the key inactive first
     user, key = str(data["user"]), str(data["old_key_id"])
     try:
         refuse_if_used(
@@ -134,8 +136,12 @@ def due_retirements(run: RunRecord, now: float) -> list[str]:
     data = run.data
     actions = []
     if run.phase == Phase.RETIRED:
-        if not data.get("deactivated_at") and float(data.get("deactivate_at", 0)) <= now:
+        delete_due = not data.get("deleted_at") and float(data.get("delete_at", 0)) <= now
+        # never a delete before the deactivation and its brown-out check (which, when it
+        # fails, raises before the delete is reached)
+        deactivate_due = float(data.get("deactivate_at", 0)) <= now or delete_due
+        if not data.get("deactivated_at") and deactivate_due:
             actions.append("deactivate")
-        if not data.get("deleted_at") and float(data.get("delete_at", 0)) <= now:
+        if delete_due:
             actions.append("delete")
     return actions
