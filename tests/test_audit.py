@@ -266,3 +266,14 @@ def test_a_shipment_takes_only_the_rows_spooled_when_it_began(tmp_path: Path) ->
     assert ship_file(spool.path, Table(), own=True) == 1  # type: ignore[arg-type]
     assert inserts[1] == ["during-1"]
     assert pending_rows(spool.directory) == 1  # the row appended by the second INSERT
+
+
+def test_reading_an_audit_trail_never_written_creates_nothing(
+    databend_local: DatabendLocalProcess, unique: str
+) -> None:
+    """`rotator audit` is a read: a mistyped ROTATOR_AUDIT_DATABASE shows no events and leaves
+    no new database behind."""
+    client = DatabendClient(databend_local.dsn)
+    database = f"never written {unique}"
+    assert AuditTable(client, database).events() == []
+    assert not client.query(f"SELECT 1 FROM system.databases WHERE name = '{database}'")

@@ -119,7 +119,9 @@ class AuditTable:
     def events(
         self, *, since: float | None = None, binding: str | None = None, limit: int = 10_000
     ) -> list[dict[str, Any]]:
-        self.ensure()
+        exists = f"SELECT 1 FROM system.tables WHERE database = {quote_string(self.database)}"
+        if not self._ready and not self.client.query(f"{exists} AND name = '{TABLE}'"):
+            return []  # a read creates nothing: no rows before the first write
         where = []
         if since is not None:
             where.append(f"at >= {quote_string(_ts_text(since))}")
