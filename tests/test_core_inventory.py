@@ -11,6 +11,7 @@ from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks
 from tests.test_core_key_rotation import drive
 from tests.test_core_objects import creds, lake_binding
 from tests.test_core_rotation import no_sleep_policy
+from worker.domain.bindings import Binding
 from worker.domain.masking import MaskForm
 from worker.domain.model import RunStatus, short_version_id
 from worker.domain.ports import RunRecord
@@ -19,11 +20,15 @@ from worker.flow.gc import drop_after_key_deletion, plan_prune, prune
 from worker.flow.inventory import take_inventory
 from worker.flow.key_rotation import (
     KeyRotationContext,
+    Next,
+    abort,
+    advance,
     new_key_rotation,
     plan_key_rotation,
     retire_old_key,
 )
 from worker.flow.reconcile import find_drift, has_drift, queue_fix
+from worker.flow.runs import prepare_rotation
 
 OLD, NEW = "AKIAOLDOLDOLDOLD1OLD", "AKIANEWNEWNEWNEWXNEW"
 V1 = "11111111-aaaa-4aaa-8aaa-000000000001"  # AWSPREVIOUS: OLD
@@ -267,7 +272,6 @@ def test_a_secret_is_named_by_its_binding_its_name_or_its_arn(ref: str) -> None:
 
 
 def test_a_secret_no_binding_serves_is_refused_by_name() -> None:
-    from worker.domain.bindings import Binding
     from worker.domain.errors import UnknownSecretError
     from worker.flow.inventory import resolve_secret
 
@@ -277,3 +281,66 @@ def test_a_secret_no_binding_serves_is_refused_by_name() -> None:
         resolve_secret("databend/lake", secrets=FakeSecrets(), bindings=bindings)
     with pytest.raises(UnknownSecretError, match="not found"):  # a name no binding has
         resolve_secret("lake-main", secrets=FakeSecrets(), bindings=bindings)
+
+
+def _key_world(keys: list[list[object]]) -> tuple[KeyRotationContext, Binding]:
+    secrets = FakeSecrets(values={V1: key_json(OLD)}, stages={V1: ("AWSCURRENT",)})
+    admin = FakeAdmin()
+    admin.connections.update({"seed": creds(OLD), OURS_OLD: creds(OLD)})
+    admin.add(TableName("sales", "orders"), OLD)
+    b = lake_binding()
+    ctx = KeyRotationContext(
+        runs=MemoryRuns(),
+        secrets=secrets,
+        writer=FakeWriter(secrets),
+        iam=FakeIam(keys={"svc": keys}),
+        admin=admin,
+        locks=MemoryLocks(),
+        retry=no_sleep_policy(),
+        clock=lambda: 1000.0,
+        bindings=(b,),
+    )
+    return ctx, b
+
+
+def _start(ctx: KeyRotationContext, b: Binding) -> str:
+    info = ctx.secrets.describe(ctx.secrets.name)  # type: ignore[attr-defined]
+    plan = plan_key_rotation(b, info, secrets=ctx.secrets, iam=ctx.iam, admin=ctx.admin)
+    return new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+
+
+def test_removing_the_spare_key_drops_the_rotators_connections_that_hold_it() -> None:
+    """Issue 11: any key the rotator deletes, not only the retired one, takes the rotator's
+    own connections that hold it along (a user's connection stays)."""
+    spare, ours_spare = "AKIASPARESPARESPZZZ", "lake_main_5bae5bae"
+    ctx, b = _key_world([[spare, True, 0.5], [OLD, True, 1.0]])
+    ctx.admin.connections.update({ours_spare: creds(spare), "users_spare": creds(spare)})
+    run_id = _start(ctx, b)
+    drive(ctx, run_id, bindings=[b])
+    assert spare not in [k.key_id for k in ctx.iam.list_keys("svc")]
+    assert ctx.runs.get(run_id).data["connections_dropped"] == [ours_spare]
+    assert "users_spare" in ctx.admin.connections and ours_spare not in ctx.admin.connections
+
+
+def test_an_abort_drops_the_connection_it_made_for_the_new_key_it_deletes() -> None:
+    ctx, b = _key_world([[OLD, True, 1.0]])
+    run_id = _start(ctx, b)
+    while advance(ctx, run_id) is not Next.START_TABLES:
+        pass
+    table_run = str(ctx.runs.get(run_id).data["table_run"])
+    prepare_rotation(
+        table_run,
+        runs=ctx.runs,
+        secrets=ctx.secrets,
+        admin=ctx.admin,
+        bindings=[b],
+        locks=ctx.locks,
+    )
+    made = str(ctx.runs.get(table_run).connection)
+    new = str(ctx.runs.get(run_id).data["new_key_id"])
+    assert made in ctx.admin.connections
+    abort(ctx, run_id, b, wait_seconds=0)
+    assert [k.key_id for k in ctx.iam.list_keys("svc")] == [OLD]
+    assert made not in ctx.admin.connections, f"the connection holding {new} is gone"
+    assert ctx.runs.get(run_id).data["connections_dropped"] == [made]
+    assert {"seed", OURS_OLD} <= set(ctx.admin.connections)

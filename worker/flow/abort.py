@@ -55,8 +55,8 @@ def abort(
         ctx.writer.drop_pending(info.arn, run.version_id)
         if ctx.fences is not None:
             ctx.fences.labels_moved()  # a change checked before must end before its key goes
-    data = dict(ctx.runs.get(run_id).data)
-    _delete_new_keys(ctx, run, data, info)
+    _delete_new_keys(ctx, run, dict(ctx.runs.get(run_id).data), info)
+    data = dict(ctx.runs.get(run_id).data)  # as the deletions left it (connections dropped)
     data["abort_done"] = ctx.clock()
     ctx.runs.update(run_id, data=data, error=None)
     release(ctx, run)

@@ -19,6 +19,7 @@ from worker.domain.errors import (
 from worker.domain.model import AccessKeyCredentials
 from worker.domain.ports import AccessKey, RunRecord, SecretInfo
 from worker.domain.secret_value import parse_secret_value
+from worker.flow import gc
 from worker.flow.evidence import refuse_if_used
 from worker.flow.key_context import (
     KeyRotationContext,
@@ -63,6 +64,7 @@ def create_and_store_key(ctx: KeyRotationContext, run: RunRecord) -> Next:
     keys = ctx.iam.list_keys(user)
     if len(keys) >= 2:
         victim = sorted((k for k in keys if k.key_id != old_key), key=lambda k: k.created_at)[0]
+        data = dict(ctx.runs.get(run.run_id).data)  # as the deletions left it
         data["removed_key_id"] = victim.key_id
         ctx.runs.update(run.run_id, data=data)
         delete_key(ctx, run, user, victim.key_id, "remove the spare key")
@@ -153,12 +155,30 @@ def held_keys(ctx: KeyRotationContext, info: SecretInfo) -> set[str]:
 def delete_key(
     ctx: KeyRotationContext, run: RunRecord, user: str, key_id: str, action: str
 ) -> None:
-    """DeleteAccessKey, only when the key is provably unused (refuses otherwise)."""
+    """DeleteAccessKey, only when the key is provably unused (refuses otherwise); then the
+    rotator's own connections holding it are dropped."""
     secrets = secrets_to_check(ctx, run)
     refuse_if_used(
         ctx.admin, ctx.secrets, secrets, key_id, action, fences=ctx.fences, runs=ctx.runs
     )
     ctx.iam.delete_key(user, key_id)
+    drop_dead_connections(ctx, run.run_id, user, key_id)
+
+
+def drop_dead_connections(ctx: KeyRotationContext, run_id: str, user: str, key: str) -> None:
+    """Garbage collection after a key is deleted: the connections the rotator made that hold it
+    are dropped (see flow/gc.py), recorded in the run's ``connections_dropped``; a failure is
+    recorded (``gc_error``) and never undoes the deletion."""
+    data = dict(ctx.runs.get(run_id).data)
+    try:
+        live = [k.key_id for k in ctx.iam.list_keys(user)]
+        live += gc.bound_secret_keys(ctx.secrets, list(ctx.bindings))
+        dropped = gc.drop_after_key_deletion(ctx.admin, ctx.bindings, key, live)
+        data["connections_dropped"] = [*data.get("connections_dropped", []), *dropped]
+        data.pop("gc_error", None)
+    except RotatorError as exc:
+        data["gc_error"] = f"dead connections not dropped: {exc}"
+    ctx.runs.update(run_id, data=data)
 
 
 def secrets_to_check(ctx: KeyRotationContext, run: RunRecord) -> tuple[str, ...]:

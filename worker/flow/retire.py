@@ -10,11 +10,10 @@ from functools import partial
 from worker.domain.errors import BrownOut, Refused, RotatorError, SlotTimeout, UnreadableEvidence
 from worker.domain.ports import Limits, RunRecord
 from worker.domain.sql import object_label
-from worker.flow import gc
 from worker.flow import objects as objects_
 from worker.flow.evidence import refuse_if_used
 from worker.flow.key_context import KeyRotationContext, Phase, masked
-from worker.flow.key_create import secrets_to_check
+from worker.flow.key_create import drop_dead_connections, secrets_to_check
 
 
 def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
@@ -62,22 +61,8 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     data.pop("retire_blocked", None)
     ctx.runs.update(run_id, data=data)
     if action == "delete":
-        _drop_dead_connections(ctx, run_id, user, key)
+        drop_dead_connections(ctx, run_id, user, key)
     return "done"
-
-
-def _drop_dead_connections(ctx: KeyRotationContext, run_id: str, user: str, key: str) -> None:
-    """Garbage collection after the old key is gone: the connections the rotator made that hold
-    it are dropped (see core/gc.py); a failure here is recorded and never undoes the retirement."""
-    data = dict(ctx.runs.get(run_id).data)
-    try:
-        live = [k.key_id for k in ctx.iam.list_keys(user)]
-        live += gc.bound_secret_keys(ctx.secrets, list(ctx.bindings))
-        data["connections_dropped"] = gc.drop_after_key_deletion(ctx.admin, ctx.bindings, key, live)
-        data.pop("gc_error", None)
-    except RotatorError as exc:
-        data["gc_error"] = f"dead connections not dropped: {exc}"
-    ctx.runs.update(run_id, data=data)
 
 
 def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
