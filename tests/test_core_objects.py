@@ -385,3 +385,19 @@ def test_tables_keep_their_record_shape_and_other_kinds_add_a_kind() -> None:
     for name in (TableName("stage", "landing"), StageName("landing"), DatabaseName("d")):
         assert table_from_key(table_key(name)) == name
     assert table_key(TableName("a", "b")) == '["a", "b"]'
+
+
+def test_the_schedules_object_states_count_stages_and_database_defaults_too() -> None:
+    """`rotator_objects{binding,state}` (the schedule's tick) counts every kind the binding
+    covers, not only its tables."""
+    from worker.flow.objects import list_all
+    from worker.runtime.scheduler import object_states
+
+    admin = lake()
+    admin.add(TableName("sales", "moved"), NEW)
+    binding = lake_binding(stages=("landing", "gone"), databases=("lakehouse",))
+    states = object_states(binding, list_all(admin), creds(OLD).fingerprint)
+    # on OLD: sales.orders, stage landing, databases lakehouse (through "seed") and
+    # ours_anywhere (discovered: it names the binding's connection); sales.moved is on another
+    # key; stage gone names nothing
+    assert states == {"current": 4, "other": 1, "missing": 1}

@@ -1,5 +1,6 @@
 """The rotation schedule on real parts: each binding's key age from IAM, its objects' states from
-``system.tables``, and the start of a due key rotation exactly as ``rotator rotate --commit`` does.
+the catalog (tables, stages, database defaults), and the start of a due key rotation exactly as
+``rotator rotate --commit`` does.
 
 ``rotator worker --beat`` runs ``tick`` every ``ROTATOR_SCHEDULE_INTERVAL`` seconds (task
 ``rotator.schedule.tick``). Each tick writes what it saw per binding to Redis
@@ -21,9 +22,10 @@ import structlog
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
-from worker.domain.model import ExternalTable, RunKind
+from worker.domain.model import RunKind, StoredObject
 from worker.domain.schedule import ScheduleState, decide
 from worker.domain.sql import ObjectName
+from worker.flow import objects as objects_
 from worker.flow.key_context import unfinished_key_rotation
 from worker.flow.key_rotation import current_credentials, new_key_rotation
 from worker.flow.rotation import plan_rotation
@@ -52,7 +54,7 @@ class Observation:
 
 
 def observe(
-    s: Any, binding: Binding, *, now: float, tables: list[ExternalTable] | None
+    s: Any, binding: Binding, *, now: float, tables: list[StoredObject] | None
 ) -> Observation:
     """One binding now: key age (IAM CreateDate of the key AWSCURRENT holds), schedule state and,
     when ``tables`` is given, how many of its objects are on the current key."""
@@ -93,11 +95,12 @@ def observe(
     return seen
 
 
-def object_states(binding: Binding, tables: list[ExternalTable], current: str) -> dict[str, int]:
-    """The binding's tables by state: ``current`` (may hold the key AWSCURRENT holds), ``other``
-    (shows other credentials), ``unreadable``, ``missing`` (a selector names no external table)."""
-    plan = plan_rotation(binding, tables, connection="", target=current, old_fingerprints=set())
-    shown: dict[ObjectName, ExternalTable] = {t.name: t for t in tables}
+def object_states(binding: Binding, objects: list[StoredObject], current: str) -> dict[str, int]:
+    """The binding's objects (tables, stages, database defaults) by state: ``current`` (may hold
+    the key AWSCURRENT holds), ``other`` (shows other credentials), ``unreadable``, ``missing``
+    (a selector names no such object)."""
+    plan = plan_rotation(binding, objects, connection="", target=current, old_fingerprints=set())
+    shown: dict[ObjectName, StoredObject] = {t.name: t for t in objects}
     counts: dict[str, int] = {}
     for planned in plan.tables:
         table = shown.get(planned.table)
@@ -117,9 +120,9 @@ def tick(s: Any, *, now: float | None = None) -> list[Observation]:
     """Observe every binding, record what was seen, start what is due. Returns the observations."""
     now = time.time() if now is None else now
     try:
-        tables: list[ExternalTable] | None = s.admin.list_external_tables(None)
+        tables: list[StoredObject] | None = objects_.list_all(s.admin)
     except RotatorError as exc:
-        log.warning("schedule: cannot list tables; object metrics skipped", error=str(exc))
+        log.warning("schedule: cannot list objects; object metrics skipped", error=str(exc))
         tables = None
     seen = []
     for binding in s.bindings:
