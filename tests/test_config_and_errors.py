@@ -531,3 +531,38 @@ def test_the_drivers_retry_warnings_stay_out_of_json_output(tmp_path: Path) -> N
     )
     assert done.returncode != 0 and done.stderr.startswith("error: "), done.stderr
     assert done.stdout == "", "nothing but the JSON ever reaches stdout"
+
+
+@pytest.mark.parametrize(
+    ("variable", "bad", "good"),
+    [
+        (
+            "ROTATOR_NOTIFY_URL",
+            ["notaurl", "ftp://h/x", "https://", "hooks.example.com/T0K3NVALUE"],
+            ["https://hooks.example.com/services/T0K3N", "http://127.0.0.1:9/x"],
+        ),
+        (
+            "ROTATOR_NOTIFY_SNS_TOPIC",
+            ["topic", "arn:aws:sqs:us-east-1:123456789012:q", "arn:aws:sns:us-east-1:12:t"],
+            [
+                "arn:aws:sns:us-east-1:123456789012:rotations",
+                "arn:aws-cn:sns:cn-north-1:123456789012:r.fifo",
+            ],
+        ),
+    ],
+)
+def test_a_notification_target_that_cannot_be_one_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, bad: list[str], good: list[str]
+) -> None:
+    """(A notice sent there would fail on every delivery, and be lost.)"""
+    from worker.runtime.settings import load_settings
+
+    for value in bad:
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ConfigError, match=f"{variable}: .*") as refused:
+            load_settings()
+        assert "T0K3N" not in str(refused.value), "a webhook URL may carry a token"
+    for value in good:
+        monkeypatch.setenv(variable, value)
+        current = load_settings()
+        assert value in (current.notify_url, current.notify_sns_topic)

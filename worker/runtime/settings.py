@@ -6,6 +6,7 @@ chain (``AWS_ENDPOINT_URL`` points every client at a stand-in such as moto serve
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -101,6 +102,22 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("notify_url")
+    @classmethod
+    def _a_webhook_url(cls, value: str | None) -> str | None:
+        scheme, sep, rest = (value or "").partition("://")
+        if value and not (sep and scheme in ("http", "https") and rest.split("/")[0]):
+            # (the value is not repeated: a webhook URL often carries a token)
+            raise ValueError("must be an http:// or https:// URL")
+        return value or None
+
+    @field_validator("notify_sns_topic")
+    @classmethod
+    def _an_sns_topic_arn(cls, value: str | None) -> str | None:
+        if value and not _SNS_TOPIC_ARN.match(value):
+            raise ValueError(f"{value!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        return value or None
+
     def require(self, *names: str) -> Settings:
         """Fail fast, naming the environment variable, when a needed setting is missing."""
         missing = [
@@ -111,6 +128,9 @@ class Settings(BaseSettings):
         if missing:
             raise ConfigError(f"missing configuration: set {', '.join(missing)}")
         return self
+
+
+_SNS_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?\Z")
 
 
 def load_settings() -> Settings:
