@@ -15,7 +15,7 @@ from tests.fakes import (
 )
 from tests.test_core_rotation import binding, key_json, no_sleep_policy
 from worker.domain.bindings import Binding
-from worker.domain.errors import ConfigError
+from worker.domain.errors import ConfigError, FatalError
 from worker.domain.model import RunStatus
 from worker.domain.sql import TableName
 from worker.flow.key_rotation import (
@@ -28,6 +28,7 @@ from worker.flow.key_rotation import (
     new_key_rotation,
     parse_duration,
     plan_key_rotation,
+    resume,
     retire_old_key,
 )
 from worker.flow.retire import retire_due
@@ -152,6 +153,21 @@ def test_a_delete_due_before_the_deactivation_is_refused_and_never_comes_first()
         ("delete", "done"),
     ]
     assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
+
+
+def test_resuming_a_key_rotation_retries_its_retirement_until_the_old_key_is_gone() -> None:
+    """`rotator resume` on a succeeded key rotation keeps a pending retirement scheduled; once
+    the old key is deactivated and deleted there is nothing to resume (exit 2, like any other
+    finished run)."""
+    ctx, plan = world()
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    ctx.runs.unmark_retiring(run_id)
+    assert resume(ctx, run_id) == [] and run_id in ctx.runs.retiring()
+    assert retire_due(ctx, MemoryLimits(), run_id, now=1061.0) == [("delete", "done")]
+    with pytest.raises(FatalError, match=f"run {run_id} is succeeded: nothing to resume"):
+        resume(ctx, run_id)
+    assert run_id not in ctx.runs.retiring()
 
 
 def test_a_key_created_but_never_stored_is_found_and_removed_on_resume() -> None:

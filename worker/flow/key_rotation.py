@@ -282,7 +282,8 @@ _STEPS = {
 def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     """Make a failed, stuck or stalled key rotation go on; returns the tables reopened, if any."""
     run = ctx.runs.get(run_id)
-    if run.status == RunStatus.SUCCEEDED and run.phase == Phase.RETIRED:
+    retired = run.data.get("deactivated_at") and run.data.get("deleted_at")
+    if run.status == RunStatus.SUCCEEDED and run.phase == Phase.RETIRED and not retired:
         ctx.runs.mark_retiring(run_id)  # only the old key's retirement is left: keep it scheduled
         return []
     if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED, RunStatus.SUPERSEDED):
