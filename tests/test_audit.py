@@ -73,6 +73,23 @@ def test_rows_reach_the_table_once_with_the_runs_facts(
     assert table.events(since=time.time() + 60) == []
 
 
+def test_a_rows_secret_is_the_secrets_name(
+    tmp_path: Path, databend_local: DatabendLocalProcess, redis_url: str, unique: str
+) -> None:
+    from worker.domain.ports import RunRecord
+
+    arn = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-{unique}-AbC123"
+    runs = RedisRunStore.from_url(redis_url)
+    runs.create(RunRecord(f"run-{unique}", "rotation", arn, "v", binding="lake"))
+    database = f"audit_{unique}"
+    rec = recorder(tmp_path, databend_local.dsn, database, redis_url)
+    rec.record(AuditEvent(AuditAction.OBJECT_SWITCHED, "db.t", run_id=f"run-{unique}"))
+    rec.record(AuditEvent(AuditAction.AWSCURRENT_MOVED, "v", secret=arn))
+    rec.flush()
+    events = AuditTable(DatabendClient(databend_local.dsn), database).events()
+    assert [e["secret"] for e in events] == [f"databend/lake-{unique}"] * 2
+
+
 def test_a_spool_left_by_a_dead_process_is_shipped_by_the_next(
     tmp_path: Path, databend_local: DatabendLocalProcess, redis_url: str, unique: str
 ) -> None:

@@ -398,6 +398,7 @@ def test_audit_keeps_the_scheduled_rotations_changes_after_flushall(world: World
     assert {e["object"] for e in switched} >= {str(x) for x in world.due_tables}
     assert all(e["actor"] == "schedule" for e in events), {e["actor"] for e in events}
     assert all(e["run_id"] and e["at"].endswith("Z") for e in events)
+    assert {e["secret"] for e in events} == {world.secrets["due"]}, "the secret's name"
     first = world.first_keys["due"]
     assert any(e["before"] and tail(first["AccessKeyId"]) in e["before"] for e in switched)
     text = json.dumps(events)

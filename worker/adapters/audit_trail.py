@@ -52,6 +52,7 @@ from worker.adapters.audit_store import (
 from worker.adapters.databend_client import DatabendClient
 from worker.domain.audit import AuditEvent
 from worker.domain.errors import RotatorError
+from worker.domain.events import secret_name_in_arn
 from worker.domain.ports import RunStore
 from worker.observe import actor
 from worker.observe.redaction import redact
@@ -115,6 +116,8 @@ class Recorder:
             row["secret"] = event.secret or run_secret
             row["actor"] = event.actor or run_actor
         row["actor"] = row["actor"] or actor.current()
+        if row["secret"]:  # the secret's name, as people call it (runs hold its ARN)
+            row["secret"] = secret_name_in_arn(row["secret"]) or row["secret"]
         return row
 
     def _run_facts(self, run_id: str) -> tuple[str | None, str | None, str | None]:
