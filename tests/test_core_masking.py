@@ -114,3 +114,13 @@ def test_a_key_a_live_secret_version_holds_is_in_use_even_with_no_table() -> Non
     for key, stage in ((fake_key("OLD"), "AWSCURRENT"), (fake_key("NEW"), "AWSPENDING")):
         with pytest.raises(KeyInUse, match=stage):
             refuse_if_used(admin, secrets, [secrets.name], key, "delete")
+
+
+def test_a_held_key_is_displayed_as_the_server_shows_keys() -> None:
+    """The audit trail shows a connection it created the way Databend shows the objects on it,
+    so one run's rows never mix ``******XYZ`` and ``AK***YZ``."""
+    held = "ak:AKIAEXAMPLEKEY12QUW"
+    assert masking.display(held) == "ak ******QUW"
+    assert masking.display(held, MaskForm.CURRENT) == "ak AK***UW"
+    assert masking.display("ak:AK***UW", MaskForm.LEGACY) == "ak AK***UW", "shown stays shown"
+    assert masking.display(None) == "?"

@@ -35,7 +35,7 @@ class AuditedAdmin(DriverDatabendAdmin):
     def create_connection(self, name: str, credentials: Credentials) -> bool:
         if not super().create_connection(name, credentials):
             return False  # it existed: nothing was changed
-        shown = masking.display(credentials.fingerprint)
+        shown = masking.display(credentials.fingerprint, self._form())
         self._shown[name] = shown
         audit(AuditAction.CONNECTION_CREATED, name, after=shown)
         return True
@@ -87,6 +87,14 @@ class AuditedAdmin(DriverDatabendAdmin):
         going_back = connection != forward
         return (AuditAction.OBJECT_REVERTED if going_back else AuditAction.OBJECT_SWITCHED), before
 
+    def _form(self) -> masking.MaskForm:
+        """How this server shows keys: the audit shows a key it holds the same way (the legacy
+        form when the server's version cannot be read)."""
+        try:
+            return self.mask_form() or masking.MaskForm.LEGACY
+        except Exception:  # the change is done: its row goes in with what is known
+            return masking.MaskForm.LEGACY
+
     def _connection_shown(self, connection: str) -> str:
         if connection not in self._shown:
             fingerprint = self.connection_fingerprint(connection)
@@ -107,8 +115,13 @@ class AuditedIam(BotoIamKeys):
         audit(action, _key_object(user, key_id), before=before, after=after)
 
     def delete_key(self, user: str, key_id: str) -> None:
+        try:
+            active = next((k.active for k in self.list_keys(user) if k.key_id == key_id), None)
+        except Exception:  # IAM's answer is not needed for the delete: the row says less
+            active = None
+        before = None if active is None else ("Active" if active else "Inactive")
         super().delete_key(user, key_id)
-        audit(AuditAction.KEY_DELETED, _key_object(user, key_id), after="deleted")
+        audit(AuditAction.KEY_DELETED, _key_object(user, key_id), before=before, after="deleted")
 
 
 def _key_object(user: str, key_id: str) -> str:

@@ -188,11 +188,12 @@ def readable(seen: str | None) -> bool:
     return True
 
 
-def display(fingerprint: str | None) -> str:
-    """A fingerprint for people: ``ak ******XYZ`` / ``ak AK***YZ``; a held key id is masked."""
+def display(fingerprint: str | None, form: MaskForm = MaskForm.LEGACY) -> str:
+    """A fingerprint for people: ``ak ******XYZ`` / ``ak AK***YZ``; a held key id is masked
+    (as a server of ``form`` would show it)."""
     if not fingerprint:
         return "?"
     kind, _, text = fingerprint.partition(":")
     if kind == "ak" and "*" not in text and len(text) > 4:
-        text = show_key(text)
+        text = mask(text, form)
     return f"{kind} {text}"
