@@ -61,3 +61,12 @@ def test_followed_run_prints_its_error_and_failed_objects_verbatim(
     err = _one_line(capsys.readouterr().err)
     for text in (str(HOSTILE), REASON, "runr1failed:1of2tablesfailed[/x]"):
         assert _one_line(text) in err
+
+
+def test_a_key_rotations_status_names_its_step_not_a_connection_it_has_none_of(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = RunRecord("k1", "key-rotation", ARN, "v2", status="succeeded", phase="retired")
+    _print_status(RunProgress(run, []))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"run k1 (key-rotation) succeeded: secret {ARN} version v2, step retired"

@@ -132,11 +132,13 @@ def _print_status(p: RunProgress) -> None:
             "" if o.rows_read is None else str(o.rows_read),
             o.reason or "",
         )
-    what = (
-        f"to connection {p.run.connection}"
-        if p.run.kind == RunKind.MIGRATION
-        else f"secret {p.run.secret} version {p.run.version_id} -> connection {p.run.connection}"
-    )
+    what = f"secret {p.run.secret} version {p.run.version_id}"
+    if p.run.kind == RunKind.MIGRATION:
+        what = f"to connection {p.run.connection}"
+    elif p.run.kind == RunKind.KEY_ROTATION:
+        what += f", step {p.run.phase or 'planned'}"  # its table run has the connection
+    elif p.run.connection:
+        what += f" -> connection {p.run.connection}"
     console.print(f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: {what}")
     for note in p.run.notes:
         console.print(f"note: {note}")
