@@ -89,6 +89,13 @@ def test_delivery_says_whether_trying_again_can_help(
     nowhere = SimpleNamespace(notify_url="http://127.0.0.1:9/", notify_sns_topic=None)
     with pytest.raises(DeliveryUnavailable):
         deliver(nowhere, "webhook", {"text": "x"})
+    # queued by a worker with a webhook, taken by one without: tried again (maybe elsewhere),
+    # saying what is missing rather than posting to "None"
+    unset = SimpleNamespace(notify_url=None, notify_sns_topic=None)
+    for sink, variable in (("webhook", "ROTATOR_NOTIFY_URL"), ("sns", "ROTATOR_NOTIFY_SNS_TOPIC")):
+        with pytest.raises(DeliveryUnavailable, match=f"{variable} is not set on this worker"):
+            deliver(unset, sink, {"text": "x"})
+    assert len(bodies) == 3, "nothing more was posted"
 
 
 def test_a_due_rotation_that_cannot_start_is_notified_once_per_reason(redis_url: str) -> None:

@@ -263,12 +263,19 @@ def _now() -> float:
 def deliver(settings: Any, sink: str, message: dict[str, Any]) -> None:
     """Send one message to one sink now; raises DeliveryUnavailable (try again later) or
     DeliveryRefused."""
-    if sink == "webhook":
-        _post(str(settings.notify_url), message)
-    elif sink == "sns":
-        _publish(str(settings.notify_sns_topic), message)
-    else:
+    where = {"webhook": "notify_url", "sns": "notify_sns_topic"}.get(sink)
+    if where is None:
         raise DeliveryRefused(f"unknown sink {sink}")
+    target = getattr(settings, where)
+    if not target:  # queued by a worker that has it; maybe another worker of this broker does
+        raise DeliveryUnavailable(
+            f"{sink}: ROTATOR_{where.upper()} is not set on this worker: give every worker of "
+            "the broker the same ROTATOR_NOTIFY_* settings"
+        )
+    if sink == "webhook":
+        _post(str(target), message)
+    else:
+        _publish(str(target), message)
 
 
 def _post(url: str, message: dict[str, Any]) -> None:
