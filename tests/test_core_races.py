@@ -733,3 +733,48 @@ def test_a_migration_onto_another_key_in_flight_does_not_hold_up_a_key_rotation(
     assert waited == [] and "retire_blocked" not in world.runs.peek(rotation).data
     assert iam_keys(world)["K0"] == "inactive"
     assert keys_of_tables(world) == {"sales.t0": "Kops", "sales.t1": "Kops", "sales.t2": "Kops"}
+
+
+def test_a_start_that_read_the_run_before_another_worker_planned_it_does_not_plan_again() -> None:
+    """Chaos seed 7,172,248 (fault rate 0.2): `rotator resume` queued a second start of a key
+    rotation's table run, and two workers took both starts at once. One planned the run
+    (SWITCHING) and its batches began; the other, which had read the run before, wrote PLANNING
+    over it, failed on Databend, and when retried planned the run afresh — after AWSCURRENT had
+    moved on outside the rotator — while the first plan's batches went on switching objects onto
+    the now outdated pending key. A start that finds the run planned meanwhile now goes on as a
+    redelivery: it returns what is still pending, writes nothing and plans nothing."""
+    import copy
+    from dataclasses import dataclass
+
+    from tests.fakes import MemoryRuns
+    from tests.test_core_rotation import _run_setup, binding, key_json
+    from worker.domain.model import RunStatus
+    from worker.domain.runs import RunRecord
+    from worker.flow.runs import prepare_rotation
+
+    @dataclass
+    class ReadBeforeThePlan(MemoryRuns):
+        stale: RunRecord | None = None  # what the second worker read, before the first planned
+
+        def get(self, run_id: str) -> RunRecord:
+            run, self.stale = (self.stale, None) if self.stale else (super().get(run_id), None)
+            return run
+
+    admin, secrets, _ = _run_setup(key_json("AKIANEWNEWNEWNEWXNEW"))
+    runs = ReadBeforeThePlan()
+    runs.create(RunRecord(run_id="r1", kind="rotation", secret=secrets.name, version_id="v2"))
+    before_the_plan = copy.deepcopy(runs.get("r1"))
+    bound = [binding("sales.*")]
+    # Given the first worker's start planned the run
+    first = prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin, bindings=bound)
+    assert runs.get("r1").status == RunStatus.SWITCHING and len(first) == 3
+    statements, writes = len(admin.statements), []
+    runs.on_update = lambda _run, fields: writes.append(fields)  # type: ignore[assignment]
+    # When the second worker's start goes on from the run as it read it before that plan
+    runs.stale = before_the_plan
+    second = prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin, bindings=bound)
+    # Then it plans nothing and leaves the run switching: the same objects are still pending
+    assert second == first
+    assert runs.get("r1").status == RunStatus.SWITCHING
+    assert len(admin.statements) == statements, "no second planning"
+    assert not [w for w in writes if w.get("status") == RunStatus.PLANNING]

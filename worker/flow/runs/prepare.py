@@ -84,10 +84,18 @@ def prepare_rotation(
         # redelivered (or resumed) after the plan was written: the same tables again
         return _still_pending(run, runs, locks)
     # from here on, a status written after reading it must not undo an abort (or a newer run's
-    # takeover) that came in between: each is a conditional write
-    if not runs.update_unless_final(run_id, status=RunStatus.PLANNING, started_at=time.time()):
-        release(locks, run)
-        return []
+    # takeover) that came in between: each is a conditional write. Nor may it undo another
+    # worker's plan (a duplicate start taken at the same time): this one then goes on as a
+    # redelivery, and the plan's batches are never left running beside a second planning
+    while not runs.update_if(
+        run_id, {"status": run.status}, status=RunStatus.PLANNING, started_at=time.time()
+    ):
+        run = runs.get(run_id)
+        if not RunStatus(run.status).active:
+            release(locks, run)
+            return []
+        if run.status == RunStatus.SWITCHING:
+            return _still_pending(run, runs, locks)
     run.status = RunStatus.PLANNING
     with admitted(fences, run, "plan") as verdict:
         if verdict is not Admission.ADMITTED:
