@@ -71,6 +71,8 @@ def test_rows_reach_the_table_once_with_the_runs_facts(
     assert first["at"].endswith("Z") and first["before"] == "Active"
     assert table.events(binding="lake")[0]["event_id"] == first["event_id"]
     assert table.events(since=time.time() + 60) == []
+    newest = table.events(limit=1)  # a limit keeps the newest rows, shown oldest first
+    assert [e["action"] for e in newest] == ["connection_created"]
 
 
 def test_a_rows_secret_is_the_secrets_name(

@@ -129,12 +129,12 @@ class AuditTable:
             where.append(f"binding = {quote_string(binding)}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         columns = ", ".join(quote_identifier(c) for c in COLUMNS)
-        rows = self.client.query(
+        rows = self.client.query(  # the newest ``limit`` rows, shown oldest first
             f"SELECT {columns} FROM {table_sql(self.database)}{clause}"
-            f" ORDER BY at, event_id LIMIT {int(limit)}"
+            f" ORDER BY at DESC, event_id DESC LIMIT {int(limit)}"
         )
         events = []
-        for row in rows:
+        for row in reversed(rows):
             event = dict(zip(COLUMNS, row, strict=True))
             event["at"] = _iso(event["at"])
             events.append(event)
