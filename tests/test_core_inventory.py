@@ -216,9 +216,8 @@ def test_after_deleting_a_key_only_own_unnamed_connections_holding_it_are_droppe
     assert "seed" in admin.connections and "mine" in admin.connections
 
 
-def test_a_key_rotation_that_deletes_the_old_key_drops_its_own_dead_connections() -> None:
+def _key_world(keys: list[list[object]]) -> tuple[KeyRotationContext, Binding]:
     secrets = FakeSecrets(values={V1: key_json(OLD)}, stages={V1: ("AWSCURRENT",)})
-    iam = FakeIam(keys={"svc": [[OLD, True, 1.0]]})
     admin = FakeAdmin()
     admin.connections.update({"seed": creds(OLD), OURS_OLD: creds(OLD)})
     admin.add(TableName("sales", "orders"), OLD)
@@ -227,21 +226,29 @@ def test_a_key_rotation_that_deletes_the_old_key_drops_its_own_dead_connections(
         runs=MemoryRuns(),
         secrets=secrets,
         writer=FakeWriter(secrets),
-        iam=iam,
+        iam=FakeIam(keys={"svc": keys}),
         admin=admin,
         locks=MemoryLocks(),
         retry=no_sleep_policy(),
         clock=lambda: 1000.0,
         bindings=(b,),
     )
-    plan = plan_key_rotation(
-        b, secrets.describe(secrets.name), secrets=secrets, iam=iam, admin=admin
-    )
-    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=0)
+    return ctx, b
+
+
+def _start(ctx: KeyRotationContext, b: Binding) -> str:
+    info = ctx.secrets.describe(ctx.secrets.name)  # type: ignore[attr-defined]
+    plan = plan_key_rotation(b, info, secrets=ctx.secrets, iam=ctx.iam, admin=ctx.admin)
+    return new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+
+
+def test_a_key_rotation_that_deletes_the_old_key_drops_its_own_dead_connections() -> None:
+    ctx, b = _key_world([[OLD, True, 1.0]])
+    run_id = _start(ctx, b)
     drive(ctx, run_id, bindings=[b])
     assert retire_old_key(ctx, run_id, "delete") == "done"
     assert ctx.runs.get(run_id).data["connections_dropped"] == [OURS_OLD]
-    assert "seed" in admin.connections, "a connection the rotator did not make is never dropped"
+    assert "seed" in ctx.admin.connections, "a connection the rotator did not make is never dropped"
 
 
 def test_a_connection_a_bindings_database_default_names_is_that_bindings() -> None:
@@ -281,32 +288,6 @@ def test_a_secret_no_binding_serves_is_refused_by_name() -> None:
         resolve_secret("databend/lake", secrets=FakeSecrets(), bindings=bindings)
     with pytest.raises(UnknownSecretError, match="not found"):  # a name no binding has
         resolve_secret("lake-main", secrets=FakeSecrets(), bindings=bindings)
-
-
-def _key_world(keys: list[list[object]]) -> tuple[KeyRotationContext, Binding]:
-    secrets = FakeSecrets(values={V1: key_json(OLD)}, stages={V1: ("AWSCURRENT",)})
-    admin = FakeAdmin()
-    admin.connections.update({"seed": creds(OLD), OURS_OLD: creds(OLD)})
-    admin.add(TableName("sales", "orders"), OLD)
-    b = lake_binding()
-    ctx = KeyRotationContext(
-        runs=MemoryRuns(),
-        secrets=secrets,
-        writer=FakeWriter(secrets),
-        iam=FakeIam(keys={"svc": keys}),
-        admin=admin,
-        locks=MemoryLocks(),
-        retry=no_sleep_policy(),
-        clock=lambda: 1000.0,
-        bindings=(b,),
-    )
-    return ctx, b
-
-
-def _start(ctx: KeyRotationContext, b: Binding) -> str:
-    info = ctx.secrets.describe(ctx.secrets.name)  # type: ignore[attr-defined]
-    plan = plan_key_rotation(b, info, secrets=ctx.secrets, iam=ctx.iam, admin=ctx.admin)
-    return new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
 
 
 def test_removing_the_spare_key_drops_the_rotators_connections_that_hold_it() -> None:

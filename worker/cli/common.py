@@ -29,8 +29,19 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-# --timeout: seconds to follow a run (0: look once); bad values are refused before anything runs
-TIMEOUT_SECONDS = FiniteRange(min=0)
+def timeout_option(
+    default: float = 1800.0, help: str = "Seconds to follow the run."
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--timeout``: seconds to follow a run (0: look once; exit 3 when they pass); a bad value
+    is refused before anything runs."""
+    return click.option(
+        "--timeout",
+        default=default,
+        show_default=True,
+        type=FiniteRange(min=0),
+        metavar="SECONDS",
+        help=help,
+    )
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,10 +9,10 @@ import click
 
 from worker.cli.common import (
     EXIT_BAD_INPUT,
-    TIMEOUT_SECONDS,
     cli_services,
     plain_console,
     reports_errors,
+    timeout_option,
 )
 from worker.cli.follow import follow_run
 from worker.domain.errors import FatalError
@@ -55,13 +55,7 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
     help="Rotate even when the binding selects no table (nothing then proves the new key).",
 )
 @click.option("--no-wait", is_flag=True, help="With --commit: enqueue, print the run id, return.")
-@click.option(
-    "--timeout",
-    default=1800.0,
-    show_default=True,
-    type=TIMEOUT_SECONDS,
-    help="Seconds to follow the run.",
-)
+@timeout_option()
 @reports_errors
 def rotate(
     secret: str,

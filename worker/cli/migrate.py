@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from worker.cli.common import TIMEOUT_SECONDS, FiniteRange, cli_services, reports_errors
+from worker.cli.common import FiniteRange, cli_services, reports_errors, timeout_option
 from worker.cli.follow import follow_run
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     help="At most this many tables per second, across all workers.",
 )
 @click.option("--no-wait", is_flag=True)
-@click.option("--timeout", default=7200.0, show_default=True, type=TIMEOUT_SECONDS)
+@timeout_option(7200.0)
 @reports_errors
 def migrate(
     target: str,

@@ -13,10 +13,10 @@ import click
 
 from worker.cli.common import (
     EXIT_FAILED,
-    TIMEOUT_SECONDS,
     cli_services,
     plain_console,
     reports_errors,
+    timeout_option,
 )
 from worker.domain.errors import ConfigError
 
@@ -91,13 +91,7 @@ def inventory(binding: str | None, as_json: bool) -> None:
 @_binding_option
 @click.option("--commit", is_flag=True, help="Queue the runs that fix what can be fixed.")
 @click.option("--json", "as_json", is_flag=True, help="The drift of every binding as JSON.")
-@click.option(
-    "--timeout",
-    default=1800.0,
-    show_default=True,
-    type=TIMEOUT_SECONDS,
-    help="Seconds to follow the runs queued.",
-)
+@timeout_option(help="Seconds to follow the runs queued.")
 @reports_errors
 def reconcile(binding: str | None, commit: bool, as_json: bool, timeout: float) -> None:
     """Compare each binding's AWSCURRENT with what its objects use and with its last run.

@@ -13,10 +13,10 @@ import click
 from worker.cli.common import (
     EXIT_FAILED,
     EXIT_TIMEOUT,
-    TIMEOUT_SECONDS,
     cli_services,
     plain_console,
     reports_errors,
+    timeout_option,
 )
 from worker.cli.follow import follow_run, print_outcomes, rate_text, run_rate
 from worker.cli.service import structlog_bind_run
@@ -30,13 +30,7 @@ if TYPE_CHECKING:
 @click.argument("secret")
 @click.option("--version-id", default=None, help="Version to apply (default: AWSCURRENT).")
 @click.option("--no-wait", is_flag=True, help="Enqueue the run, print its id and return.")
-@click.option(
-    "--timeout",
-    default=1800.0,
-    show_default=True,
-    type=TIMEOUT_SECONDS,
-    help="Seconds to follow the run.",
-)
+@timeout_option()
 @reports_errors
 def rotate_version(secret: str, version_id: str | None, no_wait: bool, timeout: float) -> None:
     """Switch every table bound to SECRET to a connection made from one version of it.
@@ -171,7 +165,7 @@ def _shown_data(data: dict[str, Any]) -> dict[str, Any]:
 @click.command()
 @click.argument("run_id")
 @click.option("--no-wait", is_flag=True)
-@click.option("--timeout", default=1800.0, show_default=True, type=TIMEOUT_SECONDS)
+@timeout_option()
 @reports_errors
 def resume(run_id: str, no_wait: bool, timeout: float) -> None:
     """Continue a failed or interrupted run from where it stopped (finished tables stay done)."""

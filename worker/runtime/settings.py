@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     @classmethod
     def _an_sns_topic_arn(cls, value: str | None) -> str | None:
         if value and not _SNS_TOPIC_ARN.match(value):
-            raise ValueError(f"{value!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+            raise ValueError("must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
         return value or None
 
     def require(self, *names: str) -> Settings:
