@@ -113,11 +113,11 @@ class Recorder:
             run_binding, run_secret, run_actor = self._run_facts(str(run_id))
             row["run_id"] = run_id
             row["binding"] = event.binding or run_binding
-            row["secret"] = event.secret or run_secret
+            row["secret"] = _secret_name(event.secret) or run_secret
             row["actor"] = event.actor or run_actor
+        else:
+            row["secret"] = _secret_name(event.secret)
         row["actor"] = row["actor"] or actor.current()
-        if row["secret"]:  # the secret's name, as people call it (runs hold its ARN)
-            row["secret"] = secret_name_in_arn(row["secret"]) or row["secret"]
         return row
 
     def _run_facts(self, run_id: str) -> tuple[str | None, str | None, str | None]:
@@ -125,7 +125,7 @@ class Recorder:
         if cached is None:
             try:
                 run = self.runs.get(run_id)
-                cached = (run.binding, run.secret, run.data.get("actor"))
+                cached = (run.binding, _secret_name(run.secret), run.data.get("actor"))
             except RotatorError:
                 cached = (None, None, None)
             if len(self._run_cache) > 10_000:
@@ -247,3 +247,8 @@ class Recorder:
             size = spool.path.stat().st_size if spool.path.exists() else 0
             if _offset(spool.path) >= size:  # everything shipped: leave nothing behind
                 _remove(spool.path)
+
+
+def _secret_name(secret: str | None) -> str | None:
+    """The secret's name, as people call it (a run holds its ARN); anything else as given."""
+    return (secret_name_in_arn(secret) or secret) if secret else secret
