@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -379,8 +381,6 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
     the clients' region, a region passed explicitly wins, and with none anywhere every command
     says what to set and exits 2 instead of a traceback."""
     import os
-    import subprocess
-    import sys
 
     from worker.adapters.aws_clients import aws_client
     from worker.runtime.settings import Settings
@@ -403,13 +403,7 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
         "REDIS_URL": "redis://127.0.0.1:1/0",  # (never reached)
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "status", "some-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _rotator_in(env, "status", "some-run")
     assert done.returncode == 2, done.stderr
     assert "missing configuration: set AWS_REGION" in done.stderr
     assert "Traceback" not in done.stderr
@@ -529,8 +523,6 @@ def test_the_drivers_retry_warnings_stay_out_of_json_output(tmp_path: Path) -> N
     """databend-driver logs its retries on stdout (env_logger): they must not land in the
     middle of `--json` output, which a script parses."""
     import os
-    import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "ROTATOR_BINDINGS")}
     env |= {
@@ -541,12 +533,17 @@ def test_the_drivers_retry_warnings_stay_out_of_json_output(tmp_path: Path) -> N
         "DATABEND_DSN": "databend://root:@127.0.0.1:1/default?sslmode=disable"
         "&retry_count=2&retry_delay_secs=1",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "audit", "--json"],
+    done = _rotator_in(env, "audit", "--json")
+    assert done.returncode != 0 and done.stderr.startswith("error: "), done.stderr
+    assert done.stdout == "", "nothing but the JSON ever reaches stdout"
+
+
+def _rotator_in(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, with exactly ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *arguments],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode != 0 and done.stderr.startswith("error: "), done.stderr
-    assert done.stdout == "", "nothing but the JSON ever reaches stdout"
