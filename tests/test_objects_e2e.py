@@ -272,9 +272,12 @@ def test_an_event_moves_every_kind_and_reconcile_finds_and_fixes_a_late_table(
     found = w.stack.cli("reconcile", "--binding", binding)
     assert found.returncode == 1, found.stdout + found.stderr
     assert f"not_current\ttable {late}" in found.stdout
+    # drift found by hand counts as the beat's does (rotator_drift_objects, and its notice)
+    assert json.loads(w.runs.redis.hget("rotator:drift", binding))["count"] == 1
     fixed = w.stack.cli("reconcile", "--binding", binding, "--commit", "--json")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert json.loads(fixed.stdout)["drift"] == 0
+    assert json.loads(w.runs.redis.hget("rotator:drift", binding))["count"] == 0
     assert w.shown_tail(late) == tail(k2["AccessKeyId"])
     again = w.stack.cli("reconcile", "--binding", binding)
     assert again.returncode == 0, again.stdout

@@ -128,7 +128,22 @@ def reconcile(binding: str | None, commit: bool, as_json: bool, timeout: float) 
             report.queued = next((r.queued for r in queued if r.binding == report.binding), None)
         reports = after
     _print_reports(reports, as_json)
+    _notice(s, reports)
     sys.exit(EXIT_FAILED if has_drift(reports) else 0)
+
+
+def _notice(s: Any, reports: list[Any]) -> None:
+    """Drift found by hand is recorded and notified as the beat's would be (once a day per set);
+    a notice that cannot be queued never changes the command's answer."""
+    from worker.runtime.celery_app import configure_app
+    from worker.runtime.jobs import drift_noticed
+
+    configure_app(s.settings)
+    for report in reports:
+        try:
+            drift_noticed(s, report)
+        except Exception as exc:  # the broker is down: the report above stands
+            click.echo(f"note: drift not notified: {type(exc).__name__}", err=True)
 
 
 def _print_reports(reports: list[Any], as_json: bool) -> None:

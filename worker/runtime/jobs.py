@@ -21,7 +21,7 @@ from worker.domain.sql import ObjectName, object_label, object_ref
 from worker.flow import waves
 from worker.flow.inventory import take_inventory
 from worker.flow.migration import WaveDecision
-from worker.flow.reconcile import find_drift, queue_fix
+from worker.flow.reconcile import BindingReport, find_drift, queue_fix
 from worker.flow.retire import retire_due
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import (
@@ -233,12 +233,7 @@ def reconcile() -> None:
             if run_id is not None:
                 enqueue_rotation(run_id)
         problems = sorted({f"{d.problem} {d.kind} {d.name}" for d in report.drift})
-        drift_found(
-            s,
-            binding=report.binding,
-            secret=report.secret,
-            objects=[(f"{d.kind} {d.name}", f"{d.problem}: {d.detail}") for d in report.drift],
-        )
+        drift_noticed(s, report)
         (log.warning if report.drift else log.info)(
             "reconciled",
             binding=report.binding,
@@ -247,6 +242,17 @@ def reconcile() -> None:
             busy=report.busy,
             queued_run=report.queued,
         )
+
+
+def drift_noticed(s: Any, report: BindingReport) -> None:
+    """What a reconcile (the beat's or ``rotator reconcile``) found for one binding: the count
+    ``rotator_drift_objects`` shows and, when there is drift, a notice (once a day per set)."""
+    drift_found(
+        s,
+        binding=report.binding,
+        secret=report.secret,
+        objects=[(f"{d.kind} {d.name}", f"{d.problem}: {d.detail}") for d in report.drift],
+    )
 
 
 # --- notifications -------------------------------------------------------------------------------
