@@ -35,6 +35,7 @@ from worker.adapters.databend_admin import DriverDatabendAdmin
 from worker.adapters.databend_client import DatabendClient
 from worker.adapters.run_store import RedisRunStore
 from worker.domain.sql import DatabaseName, StageName, TableName
+from worker.flow.evidence import key_usage
 from worker.local.embedded import DatabendLocalProcess, LocalAws
 
 pytestmark = pytest.mark.slow
@@ -406,8 +407,16 @@ def test_a_stage_alone_on_the_old_key_blocks_its_retirement_by_name(world: World
     assert result.returncode == 0, result.stdout + result.stderr
     status = json.loads(w.stack.cli("status", run_id_of(result), "--json").stdout)
     blocked = status["data"]["retire_blocked"]
-    assert f"stage {lonely}" in blocked and "may still use it" in blocked, blocked
     assert w.keys_of(lake.user)[lake.k1["AccessKeyId"]] == "Active", "K1 was not deactivated"
+    # what the refusal rests on: every object that may show K1 (the stage among them); the
+    # catalog is shared with other modules, whose objects may be on a key the rotator made that
+    # Databend >= 1.2.919 shows like K1 (2 characters tell them apart): those block too, and may
+    # fill the five the message names
+    users = key_usage(DriverDatabendAdmin(w.db), lake.k1["AccessKeyId"]).users
+    assert lonely in [u.name for u in users]
+    assert f"{len(users)} object(s) may still use it" in blocked, blocked
+    if len(users) <= 5:
+        assert f"stage {lonely}" in blocked, blocked
 
 
 def test_an_unswitchable_stage_is_refused_by_name_and_nothing_changes(world: World) -> None:
