@@ -33,22 +33,26 @@ def describe(admin: DatabendAdmin, name: ObjectName) -> StoredObject | None:
     return admin.describe_database(name)
 
 
+# what messages say of each kind: why a named one cannot be planned (it is not there, as the
+# kind it was named as), and how one is validated
+_MISSING = {
+    "table": "no external table of that name",
+    "stage": "no external stage of that name",
+    "database": "no database of that name with a DEFAULT_STORAGE_CONNECTION",
+}
+_VALIDATION = {
+    "table": "reading it back",
+    "stage": "listing it",
+    "database": "listing its path's bucket through the new connection",
+}
+
+
 def missing(name: ObjectName) -> str:
-    """Why a named object cannot be planned: it is not there (as the kind it was named as)."""
-    if isinstance(name, TableName):
-        return "no external table of that name"
-    if isinstance(name, StageName):
-        return "no external stage of that name"
-    return "no database of that name with a DEFAULT_STORAGE_CONNECTION"
+    return _MISSING[name.kind]
 
 
 def validation(name: ObjectName) -> str:
-    """How an object of this kind is validated, as a message says it."""
-    if isinstance(name, TableName):
-        return "reading it back"
-    if isinstance(name, StageName):
-        return "listing it"
-    return "listing its path's bucket through the new connection"
+    return _VALIDATION[name.kind]
 
 
 def switch(admin: DatabendAdmin, name: ObjectName, current: StoredObject | None, to: str) -> None:
