@@ -166,6 +166,17 @@ def test_rotate_commit_switches_thirty_tables_then_retires_the_old_key(
     assert run.data["deactivated_at"] and run.data["deleted_at"]
     for table in tables:
         databend.execute(f"INSERT INTO {table.sql} VALUES (10, 'K1 gone')")
+
+    # the schedule's deletion is in the audit trail under the run, its binding and its secret
+    def deletions() -> list[Any]:
+        shown = world.stack.cli("audit", "--binding", f"main-{world.token}", "--json")
+        assert shown.returncode == 0, shown.stderr
+        return [e for e in json.loads(shown.stdout)["events"] if e["action"] == "key_deleted"]
+
+    deadline = time.monotonic() + 60
+    while not (deleted := deletions()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert [(e["run_id"], e["secret"]) for e in deleted] == [(run_id, secret)]
     output = world.stack.all_output()
     assert k1["SecretAccessKey"] not in output and k1["AccessKeyId"] not in output
     assert k2 not in output

@@ -207,7 +207,9 @@ def retire_due_keys() -> None:
     now = time.time()
     for run_id in s.runs.retiring():
         try:
-            done = retire_due(ctx, s.limits, run_id, now)
+            # its audit rows (key deactivated or deleted, connections dropped) name the run
+            with structlog.contextvars.bound_contextvars(run_id=run_id):
+                done = retire_due(ctx, s.limits, run_id, now)
         except RunNotFound:  # lost before retiring runs were kept: the others still go on
             log.error("retiring run has no record; retire its old key by hand", run_id=run_id)
             continue
