@@ -66,7 +66,43 @@ def test_followed_run_prints_its_error_and_failed_objects_verbatim(
 def test_a_key_rotations_status_names_its_step_not_a_connection_it_has_none_of(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run = RunRecord("k1", "key-rotation", ARN, "v2", status="succeeded", phase="retired")
+    run = RunRecord("k1", "key-rotation", ARN, "v2", status="succeeded", phase="switching")
     _print_status(RunProgress(run, []))
     first = capsys.readouterr().out.splitlines()[0]
-    assert first == f"run k1 (key-rotation) succeeded: secret {ARN} version v2, step retired"
+    assert first == f"run k1 (key-rotation) succeeded: secret {ARN} version v2, step switching"
+
+
+BLOCKED = "not going to deactivate ******D24: 4 object(s) may still use it: team.t"
+
+
+@pytest.mark.parametrize(
+    ("data", "step"),
+    [
+        ({}, "retiring: old key's deactivation scheduled"),
+        ({"deactivated_at": 1.0}, "retiring: old key deactivated, its deletion scheduled"),
+        ({"deactivated_at": 1.0, "deleted_at": 2.0}, "retired: old key deleted"),
+        ({"retire_blocked": BLOCKED}, "old key's retirement blocked"),
+    ],
+)
+def test_a_retiring_key_rotation_says_where_the_old_keys_retirement_stands(
+    capsys: pytest.CaptureFixture[str], data: dict[str, float | str], step: str
+) -> None:
+    run = RunRecord(
+        "k1", "key-rotation", ARN, "v2", status="succeeded", phase="retired", data=dict(data)
+    )
+    _print_status(RunProgress(run, []))
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(f"version v2, step {step}")
+    reason = _one_line("old key's retirement blocked: " + BLOCKED)
+    assert (reason in _one_line(out)) == ("retire_blocked" in data)
+
+
+def test_an_abort_that_kept_its_new_key_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli.common import plain_console
+
+    why = "not going to delete the aborted rotation's new key ******ENW: 3 object(s) may use it"
+    data = {"abort_blocked": why}
+    run = RunRecord("k1", "key-rotation", ARN, "v2", status="aborted", phase="switching", data=data)
+    print_outcomes(RunProgress(run, []), plain_console())
+    shown = _one_line(capsys.readouterr().out)
+    assert _one_line("the aborted rotation's new key kept: " + why) in shown

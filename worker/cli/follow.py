@@ -38,7 +38,7 @@ def follow_run(runs: Any, run_id: str, *, timeout: float) -> int:
 
         def update(p: Any) -> None:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(p.counts.items()))
-            label = f"{p.run.status} ({p.run.phase})" if p.run.phase else p.run.status
+            label = f"{p.run.status} ({phase_text(p.run)})" if p.run.phase else p.run.status
             bar.update(
                 task,
                 description=label,
@@ -72,6 +72,29 @@ def rate_text(p: Any) -> str:
     return f"{rate:.1f} tables/s{eta}"
 
 
+def phase_text(run: Any) -> str:
+    """A run's step for people: a key rotation's last step (``retired`` in the record: its
+    retirement under way) says where the old key's retirement stands."""
+    data = run.data
+    if run.phase != "retired":
+        return str(run.phase or "planned")
+    if data.get("deleted_at"):
+        return "retired: old key deleted"
+    if data.get("retire_blocked"):
+        return "old key's retirement blocked"
+    if data.get("deactivated_at"):
+        return "retiring: old key deactivated, its deletion scheduled"
+    return "retiring: old key's deactivation scheduled"
+
+
+# what a run's record says that stopped a step on the way, for people (``rotator status``)
+_BLOCKED = (
+    ("alert", "ALERT"),
+    ("retire_blocked", "old key's retirement blocked"),
+    ("abort_blocked", "the aborted rotation's new key kept"),
+)
+
+
 def print_outcomes(p: Any, console: Any) -> None:
     from rich.table import Table
 
@@ -83,6 +106,9 @@ def print_outcomes(p: Any, console: Any) -> None:
         console.print(STRANDED_RUNBOOK)
     if p.run.error:
         console.print(f"run {p.run.run_id} {p.run.status}: {p.run.error}", style="red")
+    for key, what in _BLOCKED:
+        if p.run.data.get(key):
+            console.print(f"{what}: {p.run.data[key]}", style="yellow")
     if failed:
         from worker.domain.sql import object_label
 

@@ -18,7 +18,7 @@ from worker.cli.common import (
     reports_errors,
     timeout_option,
 )
-from worker.cli.follow import follow_run, print_outcomes, rate_text, run_rate
+from worker.cli.follow import follow_run, phase_text, print_outcomes, rate_text, run_rate
 from worker.cli.service import structlog_bind_run
 from worker.domain.model import RunKind
 
@@ -130,7 +130,7 @@ def _print_status(p: RunProgress) -> None:
     if p.run.kind == RunKind.MIGRATION:
         what = f"to connection {p.run.connection}"
     elif p.run.kind == RunKind.KEY_ROTATION:
-        what += f", step {p.run.phase or 'planned'}"  # its table run has the connection
+        what += f", step {phase_text(p.run)}"  # its table run has the connection
     elif p.run.connection:
         what += f" -> connection {p.run.connection}"
     console.print(f"run {p.run.run_id} ({p.run.kind}) {p.run.status}: {what}")
