@@ -12,6 +12,7 @@ from tests.test_core_key_rotation import drive
 from tests.test_core_objects import creds, lake_binding
 from tests.test_core_rotation import no_sleep_policy
 from worker.domain.bindings import Binding
+from worker.domain.errors import PartlyDone
 from worker.domain.masking import MaskForm
 from worker.domain.model import RunStatus, short_version_id
 from worker.domain.ports import RunRecord
@@ -325,3 +326,36 @@ def test_an_abort_drops_the_connection_it_made_for_the_new_key_it_deletes() -> N
     assert made not in ctx.admin.connections, f"the connection holding {new} is gone"
     assert ctx.runs.get(run_id).data["connections_dropped"] == [made]
     assert {"seed", OURS_OLD} <= set(ctx.admin.connections)
+
+
+def test_an_abort_that_must_keep_its_new_key_says_what_it_did_and_goes_on_when_asked_again() -> (
+    None
+):
+    """An object that may show the new key (here another team's look-alike key, the same
+    ******XYZ) keeps the key: the abort has switched its objects back and removed AWSPENDING by
+    then, so it is not "refused, nothing changed" but PartlyDone (exit 1), and the record says
+    why; asked again once the look-alike has gone, it deletes the key."""
+    ctx, b = _key_world([[OLD, True, 1.0]])
+    run_id = _start(ctx, b)
+    while advance(ctx, run_id) is not Next.START_TABLES:
+        pass
+    new = str(ctx.runs.get(run_id).data["new_key_id"])
+    lookalike, theirs = "AKIATHEIRSTHEIRS0" + new[-3:], TableName("other", "t")
+    ctx.admin.add(theirs, lookalike)
+    with pytest.raises(PartlyDone) as refused:
+        abort(ctx, run_id, b, wait_seconds=0)
+    assert "AWSPENDING removed" in str(refused.value) and f"rotator abort {run_id}" in str(
+        refused.value
+    )
+    run = ctx.runs.get(run_id)
+    assert run.status == RunStatus.ABORTED and "abort_done" not in run.data
+    assert "may still use it" in run.data["abort_blocked"]
+    assert new in [k.key_id for k in ctx.iam.list_keys("svc")], "kept: it may be in use"
+    info = ctx.secrets.describe(ctx.secrets.name)  # type: ignore[attr-defined]
+    assert all("AWSPENDING" not in v.stages for v in info.versions.values())
+
+    ctx.admin.add(theirs, OLD)  # the other team moved on
+    abort(ctx, run_id, b, wait_seconds=0)
+    assert [k.key_id for k in ctx.iam.list_keys("svc")] == [OLD]
+    data = ctx.runs.get(run_id).data
+    assert data["abort_done"] and "abort_blocked" not in data

@@ -12,6 +12,7 @@
     │   ├── SlotTimeout             a migration's shared concurrency slots stayed busy
     │   ├── LabelsMoving            a secret's labels are moving while an object is checked
     │   └── DeliveryUnavailable     a notification sink could not take the message now
+    ├── PartlyDone          a command changed part of what it was asked, then refused the rest
     └── FatalError          permanent: retrying cannot help; report and stop
         ├── ConfigError             bad settings or bindings file
         ├── SecretFormatError       secret JSON missing/invalid fields (never carries the value)
@@ -67,6 +68,12 @@ class RetryableError(RotatorError):
 
 class FatalError(RotatorError):
     retryable = False
+
+
+class PartlyDone(RotatorError):
+    """A command made some of its changes, then a destructive step refused the rest: not "bad
+    input, nothing changed" (a FatalError, exit 2) but an unfinished result (exit 1), whose
+    message says what was done, what was not and why; asking again goes on from there."""
 
 
 class DatabendUnavailable(RetryableError):

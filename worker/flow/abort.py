@@ -10,7 +10,13 @@ from typing import Any
 
 from worker.domain import masking
 from worker.domain.bindings import Binding
-from worker.domain.errors import FatalError, RotatorError, UnreadableEvidence
+from worker.domain.errors import (
+    FatalError,
+    PartlyDone,
+    Refused,
+    RotatorError,
+    UnreadableEvidence,
+)
 from worker.domain.model import RunStatus
 from worker.domain.ports import Admission, RunRecord, SecretInfo
 from worker.domain.secret_value import parse_secret_value
@@ -55,12 +61,29 @@ def abort(
         ctx.writer.drop_pending(info.arn, run.version_id)
         if ctx.fences is not None:
             ctx.fences.labels_moved()  # a change checked before must end before its key goes
-    _delete_new_keys(ctx, run, dict(ctx.runs.get(run_id).data), info)
+    try:
+        _delete_new_keys(ctx, run, dict(ctx.runs.get(run_id).data), info)
+    except (Refused, UnreadableEvidence) as exc:
+        _kept_new_key(ctx, run_id, switched_back, str(exc))
     data = dict(ctx.runs.get(run_id).data)  # as the deletions left it (connections dropped)
+    data.pop("abort_blocked", None)
     data["abort_done"] = ctx.clock()
     ctx.runs.update(run_id, data=data, error=None)
     release(ctx, run)
     return switched_back
+
+
+def _kept_new_key(ctx: KeyRotationContext, run_id: str, switched_back: list[str], why: str) -> None:
+    """The abort switched its objects back and removed AWSPENDING, but a key it made may still
+    be in use: kept, the reason recorded in the run (``abort_blocked``, shown by `rotator
+    status`), and PartlyDone says what was done (exit 1, not "nothing changed")."""
+    data = dict(ctx.runs.get(run_id).data)
+    data["abort_blocked"] = why
+    ctx.runs.update(run_id, data=data)
+    raise PartlyDone(
+        f"run {run_id} aborted: {len(switched_back)} object(s) switched back to the old key, "
+        f"AWSPENDING removed; but {why}. Ask `rotator abort {run_id}` again once nothing uses it"
+    )
 
 
 def _stop(
