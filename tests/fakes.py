@@ -199,7 +199,15 @@ class FakeAdmin:
 
     def list_connections(self) -> list[ConnectionInfo]:
         return [
-            ConnectionInfo(name, "s3", self.connection_fingerprint(name), None)
+            ConnectionInfo(
+                name,
+                "s3",
+                self.connection_fingerprint(name),
+                None,
+                secret_shown=mask(c.secret_access_key, self.form)
+                if isinstance(c := self.connections[name], AccessKeyCredentials)
+                else None,
+            )
             for name in sorted(self.connections)
         ]
 

@@ -191,6 +191,50 @@ def test_a_pause_landing_as_the_run_ends_leaves_it_ended() -> None:
     assert runs.get("m1").status == RunStatus.SUCCEEDED
 
 
+@pytest.mark.parametrize("form", [MaskForm.LEGACY, MaskForm.CURRENT])
+def test_from_a_connection_whose_key_has_a_look_alike_is_refused(form: MaskForm) -> None:
+    """``--from lake``: another team's connection holds another key that Databend shows the same
+    way (the same tail, a different secret), so the objects showing that key cannot be told
+    apart: refused, nothing planned, rather than moving the other team's objects too. A second
+    connection made from the same key (the same secret) is no look-alike; a database default
+    that names the source is chosen by name; --tables still chooses by name."""
+    ours, theirs = "AKIAOURSOURSOURS0X24", "AKIATHEIRSTHEIRS0X24"
+    admin = FakeAdmin(form=form)
+    admin.connections.update(
+        {
+            "lake": AccessKeyCredentials(ours, "o" * 38 + "OA"),
+            "lake_copy": AccessKeyCredentials(ours, "o" * 38 + "OA"),
+            "dst": AccessKeyCredentials("AKIADESTDESTDEST0DST", "d" * 40),
+        }
+    )
+    admin.add(TableName("lake", "t"), ours)
+    admin.add(TableName("team", "t"), theirs)
+
+    def plan(source: str | None, *selectors: Selector) -> list[str]:
+        made = plan_migration(
+            admin,
+            target="dst",
+            from_connection=source,
+            selectors=selectors,
+            options=MigrationOptions(),
+            connection_fingerprints={
+                name: str(admin.connection_fingerprint(name)) for name in admin.connections
+            },
+        )
+        return [str(t.name) for t in made.tables]
+
+    # no look-alike connection is known: both tables show the source's key (the mask's limit)
+    assert plan("lake") == ["lake.t", "team.t"]
+    admin.connections["team"] = AccessKeyCredentials(theirs, "t" * 38 + "TB")
+    with pytest.raises(MigrationRefused, match="connection team holds another key") as refused:
+        plan("lake")
+    assert "--tables or --binding" in str(refused.value) and "lake_copy" not in str(refused.value)
+    assert plan(None, Selector.parse("lake.*")) == ["lake.t"]
+    admin.tables.clear()
+    admin.add_database("lakehouse", "lake")
+    assert plan("lake") == ["lakehouse"], "a database default naming the source is no guess"
+
+
 def test_plans_select_by_source_credentials_or_selectors_and_refuse_unknown_targets() -> None:
     admin = FakeAdmin()
     for i in range(3):

@@ -76,7 +76,8 @@ def _connection_info(name: str, kind: str, params_text: str) -> ConnectionInfo:
     unreadable = None
     if fingerprint is not None and not masking.readable(fingerprint):
         unreadable = f"{kind} credentials shown as {shown!r}"
-    return ConnectionInfo(name, kind, fingerprint, shown, unreadable)
+    secret = params.get("secret_access_key") or None
+    return ConnectionInfo(name, kind, fingerprint, shown, unreadable, secret_shown=secret)
 
 
 def _unquote(text: str) -> str:

@@ -213,6 +213,9 @@ class ConnectionInfo:
     fingerprint: str | None  # ak:<as shown> / role:<arn>; None when it shows no credential
     shown: str | None = None  # the key (or role) as Databend shows it
     unreadable: str | None = None
+    # the secret key as Databend shows it: two connections that show the same key id but
+    # different secrets hold different keys (a look-alike, worker/flow/migration.py)
+    secret_shown: str | None = None
 
 
 class TableStatus(StrEnum):

@@ -100,6 +100,33 @@ def select_tables(
     return sorted(chosen, key=lambda t: t.name)
 
 
+def _refuse_lookalikes(admin: DatabendAdmin, source: str, chosen: list[StoredObject]) -> None:
+    """``--from``: an object chosen because it shows the source's key (not a database default
+    naming the source) may instead use another connection's key that Databend shows the same way
+    (1 in 1,024 keys in the current form): refused, nothing changed, rather than moving another
+    team's objects. Another key is told by its secret, shown differently."""
+    shown = {c.name: c for c in admin.list_connections()}
+    mine = shown.get(source)
+    if mine is None or not mine.fingerprint or not mine.secret_shown:
+        return
+    others = sorted(
+        c.name
+        for c in shown.values()
+        if c.name != source
+        and c.fingerprint == mine.fingerprint
+        and c.secret_shown
+        and c.secret_shown != mine.secret_shown
+    )
+    by_key = [o for o in chosen if not (isinstance(o, DatabaseDefault) and o.connection == source)]
+    if others and by_key:
+        raise MigrationRefused(
+            f"connection {', '.join(others)} holds another key that Databend shows as "
+            f"{source}'s does ({mine.shown or mine.fingerprint}): which of them the "
+            f"{len(by_key)} object(s) showing it use cannot be told; choose them with --tables "
+            "or --binding"
+        )
+
+
 def _matches(selector: Selector | NameSelector, name: ObjectName) -> bool:
     if isinstance(selector, Selector):
         return isinstance(name, TableName) and selector.matches(name)
@@ -149,6 +176,8 @@ def plan_migration(
     tables = select_tables(
         listed, from_fingerprint=from_fp, from_connection=from_connection, selectors=selectors
     )
+    if from_connection is not None:
+        _refuse_lookalikes(admin, from_connection, tables)
     previous: dict[str, str] = {}
     for name, fp in sorted(connection_fingerprints.items()):
         previous.setdefault(fp, name)
