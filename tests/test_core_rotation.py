@@ -276,6 +276,22 @@ def test_a_run_plans_switches_and_closes() -> None:
     )
 
 
+@pytest.mark.parametrize("on_previous", [True, False])
+def test_the_connection_to_switch_back_to_is_made_only_when_an_object_shows_that_key(
+    on_previous: bool,
+) -> None:
+    """A switch goes back only onto what its object showed: with no object on the previous
+    version's key (all moved on; after that key's retirement it may be deleted, its connection
+    dropped), no connection is made from it."""
+    admin, secrets, runs = _run_setup(key_json(NEW))
+    if not on_previous:
+        for i in range(3):
+            admin.add(TableName("sales", f"t{i}"), NEW)
+    prepare_rotation("r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")])
+    assert ("lake_main_v1" in admin.connections) == on_previous
+    assert ("revert" in runs.get("r1").data) == on_previous
+
+
 def test_a_bad_version_fails_the_run_before_any_change() -> None:
     admin, secrets, runs = _run_setup(json.dumps({"access_key_id": NEW}))
     with pytest.raises(SecretFormatError, match="missing field 'secret_access_key'"):

@@ -237,10 +237,14 @@ def _plan(
     ensure_connection(admin, connection, credentials)
     data = dict(run.data)
     previous = _previous_version(info, run.version_id)
-    if previous in old:  # a connection on the previous credentials, to switch back to
-        back = connection_name_for(binding, previous)
-        ensure_connection(admin, back, old[previous])
-        data["revert"] = {"connection": back, "target": old[previous].fingerprint}
+    # a connection on the previous credentials, to switch back to: only when an object may show
+    # them (a switch goes back only onto what the object showed), so a run after that key's
+    # retirement does not make its connection again
+    was = old.get(previous) if previous is not None else None
+    if was is not None and any(objects_.may_show(o.current, was.fingerprint) for o in plan.tables):
+        back = connection_name_for(binding, str(previous))
+        ensure_connection(admin, back, was)
+        data["revert"] = {"connection": back, "target": was.fingerprint}
     runs.update(run.run_id, data=data)
     preflight(admin, connection, plan)
     return plan
