@@ -135,6 +135,7 @@ def test_reconcile_names_the_drift_and_a_missing_run() -> None:
     problems = {(d.problem, d.name): d.fixable for d in report.drift}
     assert problems == {("at_risk", "sales.late"): True, ("no_run", "databend/lake"): True}
     assert report.current_version == V2 and report.busy is None
+    assert f"AWSCURRENT version {V2} has no run" in [d.detail for d in report.drift]
 
     run_id = queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs)
     run = runs.get(str(run_id))
@@ -174,6 +175,7 @@ def test_a_run_that_failed_only_on_stranded_tables_is_not_started_again() -> Non
     (report,) = find_drift(inventory(secrets, iam, admin), runs)
     (drift,) = report.drift
     assert drift.problem == "no_run" and not drift.fixable and "stranded" in drift.detail
+    assert drift.detail.startswith(f"AWSCURRENT version {V2}'s latest run r1 is failed")
     assert queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs) is None
 
 

@@ -8,7 +8,7 @@ connection after the rotation. Reconcile reads the truth again (the inventory) a
 - ``stranded``: an object is on a deleted key — a table can no longer be switched (Databend writes
   the switch with its old key; see the stranded-table runbook), a stage or a database default still
   can (their switch never touches storage);
-- ``no_run``: AWSCURRENT's version has no succeeded rotation run (a lost event, a Redis flush).
+- ``no_run``: AWSCURRENT's version has no rotation run, or its latest did not succeed.
 
 Connections are never drift: they cannot be altered, and a dead one is garbage collection's
 business. Nothing is ever "fixed" by dropping anything: a fix is a rotation run to AWSCURRENT,
@@ -112,7 +112,9 @@ def _report(view: BindingView, items: list[InventoryItem], runs: RunStore) -> Bi
     elif latest is not None and not RunStatus(latest.status).final:
         report.busy = f"run {latest.run_id} is {latest.status}"
     elif latest is None or latest.status != RunStatus.SUCCEEDED:
-        had = f" (its latest run {latest.run_id} is {latest.status})" if latest else ""
+        # (an earlier run of the version may have succeeded: what counts is where its latest,
+        # the one that saw the objects last, ended)
+        had = f"'s latest run {latest.run_id} is {latest.status}" if latest else " has no run"
         stranded_only = latest is not None and _failed_only_on_stranded(runs, latest.run_id)
         if stranded_only:
             had += ", only on stranded tables: another run cannot fix them (see the runbook)"
@@ -121,7 +123,7 @@ def _report(view: BindingView, items: list[InventoryItem], runs: RunStore) -> Bi
                 "secret",
                 view.secret_name,
                 "no_run",
-                f"AWSCURRENT version {current[0]} has no succeeded run{had}",
+                f"AWSCURRENT version {current[0]}{had}",
                 not stranded_only,
             )
         )
