@@ -106,3 +106,36 @@ def test_an_abort_that_kept_its_new_key_says_why(capsys: pytest.CaptureFixture[s
     print_outcomes(RunProgress(run, []), plain_console())
     shown = _one_line(capsys.readouterr().out)
     assert _one_line("the aborted rotation's new key kept: " + why) in shown
+
+
+def test_a_key_rotations_dry_run_warns_of_objects_on_the_key_the_binding_does_not_select(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another team's table shows a key like the secret's (the same AK***24): the binding does
+    not select it, so the old key's retirement will wait for it; the dry run says so by name."""
+    from worker.cli.common import plain_console
+    from worker.cli.keys import _show
+    from worker.domain.model import ExternalTable, PlannedTable, StorageParam
+    from worker.flow.key_plan import KeyRotationPlan
+
+    def on_key(name: TableName) -> ExternalTable:
+        return ExternalTable(name, StorageParam(kind="s3", bucket="b", ak="AK***24"))
+
+    ours, theirs = TableName("sales", "orders"), TableName("team", "t")
+    plan = KeyRotationPlan(
+        secret_arn=ARN,
+        secret_name="databend/lake-main",
+        binding="lake-main",
+        user="lake-reader",
+        current_version="v1",
+        current_key="AKIAOURSOURSOURS0X24",
+        keys=[],
+        key_to_remove=None,
+        refusal=None,
+        tables=[on_key(ours), on_key(theirs)],
+        planned=[PlannedTable(ours, "selector sales.*", "ak:AK***24")],
+    )
+    _show(plain_console(), plan)
+    out = _one_line(capsys.readouterr().out)
+    assert _one_line("warning: 1 object(s) may use the current key but the binding") in out
+    assert out.endswith(_one_line("none shows it: team.t"))

@@ -132,6 +132,14 @@ def _show(console: Console, plan: KeyRotationPlan) -> None:
     for table in plan.tables:
         console.print(f"  {object_label(table.name)}  (bucket {table.storage.bucket})")
     console.print(f"binding {plan.binding} switches {len(plan.planned)} object(s)")
+    chosen = {p.table for p in plan.planned}
+    left = [object_label(t.name) for t in plan.tables if t.name not in chosen]
+    if left:
+        console.print(
+            f"  warning: {len(left)} object(s) may use the current key but the binding does not "
+            "select them (another key Databend shows the same way, or objects to add to the "
+            f"binding): the old key is retired only once none shows it: {', '.join(left[:10])}"
+        )
     for table in plan.unreadable:
         console.print(
             f"  warning: {object_label(table.name)} shows credentials that cannot be read"
