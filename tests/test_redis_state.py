@@ -446,3 +446,18 @@ def test_two_copies_of_one_change_each_hold_their_own_entry(redis_url: str, uniq
     assert first.enter(run, "step", exclusive=True) is Admission.ADMITTED
     assert second.enter(run, "step", exclusive=True) is Admission.BUSY
     assert first.enter(run, "step", exclusive=True) is Admission.ADMITTED  # its holder again
+
+
+def test_a_run_id_naming_another_key_of_a_run_is_no_run(redis_url: str, unique: str) -> None:
+    """``ID:tables`` is the hash of a run's outcomes: asked for as a run, it is not found (a
+    clear 'no run' for the CLI), never read as a run record."""
+    from worker.domain.errors import RunNotFound
+
+    store = RedisRunStore(redis.Redis.from_url(redis_url))
+    run_id = f"r-{unique}"
+    _fenced_run(store, run_id, f"arn-{unique}")
+    store.set_plan(run_id, [TableOutcome(TableName("sales", "t"), status=TableStatus.PENDING)])
+    assert store.get(run_id).status == "switching"
+    for other in (f"{run_id}:tables", f"{run_id}:counts", f"{run_id}:nothing"):
+        with pytest.raises(RunNotFound, match="no run with id"):
+            store.get(other)

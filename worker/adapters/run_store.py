@@ -146,8 +146,9 @@ class RedisRunStore:
             return None
 
     def get(self, run_id: str) -> RunRecord:
-        raw = _call(self.redis.hgetall, self._key(run_id))
-        if not raw:
+        # a run's id never holds the key separator: "ID:tables" names a run's outcomes, not a run
+        raw = _call(self.redis.hgetall, self._key(run_id)) if ":" not in run_id else None
+        if not raw or b"kind" not in raw:
             raise RunNotFound(f"no run with id {run_id}")
         data = {k.decode(): json.loads(v) for k, v in raw.items()}
         return RunRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
