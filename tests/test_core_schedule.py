@@ -45,6 +45,10 @@ def test_binding_keys_parse_into_a_policy() -> None:
         ('rotate_every = "1d"\nwindow = "0 2 * *"', "5-field cron"),
         ('rotate_every = "1d"\nwindow = "0 25 * * *"', "not a valid cron"),
         ('rotate_every = "1d"\nwindow = "0 2 * * * *"', "5-field cron"),
+        ('rotate_every = "1d"\nwindow = "0 2 30 2 *"', "never opens"),
+        ('rotate_every = "1d"\nwindow = "0 2 31 4 *"', "never opens"),
+        ('rotate_every = "infd"', "finite"),
+        ('rotate_every = "1e12d"', "longer than 100 years"),
         ('window = "0 2 * * *"', "need 'rotate_every'"),
         ('rotate_every = "1d"\nwindow_duration = "1h"', "needs 'window'"),
     ],
@@ -60,6 +64,12 @@ def test_intervals() -> None:
     assert parse_interval("30m") == 1800
     assert parse_interval("12h") == 43200
     assert parse_interval("1.5d") == 1.5 * DAY
+    assert parse_interval("36500d") == 36500 * DAY
+    for huge in ("1e20s", "99999999999999999999d", "1e400d"):
+        with pytest.raises(ValueError, match=r"longer than 100 years|finite"):
+            parse_interval(huge, "--since")
+    (leap,) = parse_bindings(binding('rotate_every = "1d"\nwindow = "0 2 29 2 *"'))
+    assert leap.schedule.window == "0 2 29 2 *", "29 February comes every fourth year"
 
 
 def test_a_window_is_open_from_its_start_for_its_duration() -> None:

@@ -10,10 +10,11 @@ Pure: the key's age comes from IAM through the caller, time is passed in.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 DEFAULT_WINDOW_DURATION = 3600.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -44,6 +45,9 @@ class ScheduleVerdict:
     next_window_start: float | None  # the open window's start while one is open, else the next
 
 
+MAX_INTERVAL_SECONDS = 100 * 365 * 86400.0
+
+
 def parse_interval(text: str, what: str = "duration") -> float:
     """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` -> seconds (> 0). Raises ValueError."""
     if not isinstance(text, str):
@@ -55,8 +59,12 @@ def parse_interval(text: str, what: str = "duration") -> float:
         seconds = float(value[:-1]) * _UNITS[value[-1]]
     except ValueError:
         raise ValueError(f"{what} {text!r}: use a number and a unit s, m, h or d") from None
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+    if not math.isfinite(seconds):
+        raise ValueError(f"{what} {text!r} must be a finite number")
+    if not seconds > 0:
         raise ValueError(f"{what} {text!r} must be more than zero")
+    if seconds > MAX_INTERVAL_SECONDS:  # past it, dates overflow (Python's and the platform's)
+        raise ValueError(f"{what} {text!r} is longer than 100 years")
     return seconds
 
 
@@ -69,6 +77,10 @@ def check_window(expression: str) -> str:
         )
     if not croniter.is_valid(expression):
         raise ValueError(f"window {expression!r} is not a valid cron expression")
+    try:  # valid fields may still name no date at all (30 February, 31 April)
+        croniter(expression, _utc(0)).get_next(dt.datetime)
+    except CroniterError:
+        raise ValueError(f"window {expression!r} never opens: it names no date") from None
     return expression
 
 
