@@ -14,7 +14,7 @@ import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from worker.adapters.databend_errors import classify_databend_error, classify_driver_error
-from worker.domain.bindings import parse_bindings
+from worker.domain.bindings import load_bindings, parse_bindings
 from worker.domain.errors import (
     AwsPermanentError,
     AwsTransientError,
@@ -131,6 +131,13 @@ def test_bad_bindings_fail_with_the_line_at_fault(text: str, line: int, fragment
         parse_bindings(text, source="b.toml")
     assert f"line {line}" in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_a_bindings_file_that_is_not_utf8_fails_with_the_line_at_fault(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    path.write_bytes(GOOD.encode() + b"\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"b\.toml: line 1[0-9]: not UTF-8 text"):
+        load_bindings(path)
 
 
 def test_a_name_and_the_arn_of_one_secret_are_refused_when_the_secret_is_resolved() -> None:

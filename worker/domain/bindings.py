@@ -201,6 +201,9 @@ def load_bindings(path: str | Path) -> list[Binding]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"bindings file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (TOML must be)") from None
     return parse_bindings(text, source=str(path))
 
 
