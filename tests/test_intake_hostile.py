@@ -105,3 +105,25 @@ def test_hostile_envelopes_are_answered_and_change_nothing(
     assert result.verdict in (Verdict.REJECTED, Verdict.IGNORED), result
     assert enqueued == []
     assert services.runs.recent_runs(10) == before
+
+
+def test_a_replayed_line_that_is_not_utf8_is_rejected_alone() -> None:
+    """`rotator intake replay` reads bytes: a line that is not UTF-8 is rejected by number and
+    the lines around it are handled, instead of a traceback after acting on the earlier ones."""
+    from worker.flow.intake import IntakeResult
+    from worker.runtime.intake_runner import replay
+
+    seen: list[str] = []
+
+    def handle(line: str) -> IntakeResult:
+        seen.append(line)
+        return IntakeResult(Verdict.IGNORED, "stub")
+
+    lines = [b'{"first": 1}\r\n', b"caf\xe9\n", b"\n", '{"last": "é"}\n'.encode()]
+    results = replay(lines, handle)
+    assert seen == ['{"first": 1}', '{"last": "é"}']
+    assert [(r.verdict, r.reason) for r in results] == [
+        (Verdict.IGNORED, "stub"),
+        (Verdict.REJECTED, "line 2 is not UTF-8 text"),
+        (Verdict.IGNORED, "stub"),
+    ]

@@ -96,7 +96,7 @@ def intake_rule(secret_arn_prefix: str) -> None:
 
 
 @intake.command("replay")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))  # decoded line by line: one bad line is rejected
 @reports_errors
 def intake_replay(file: Any) -> None:
     """Feed saved events (one JSON per line; - for stdin) through the intake's path.

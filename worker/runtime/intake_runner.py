@@ -62,13 +62,19 @@ def make_handler(services: Any, enqueue: Callable[[str], None]) -> Handler:
     return handle
 
 
-def replay(lines: Iterable[str], handle: Handler) -> list[IntakeResult]:
-    """Feed saved events (one JSON per line) through the same handler as SQS."""
+def replay(lines: Iterable[bytes | str], handle: Handler) -> list[IntakeResult]:
+    """Feed saved events (one JSON per line) through the same handler as SQS; a line that is
+    not UTF-8 is rejected on its own, as a malformed message would be."""
     results = []
-    for line in lines:
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            results.append(IntakeResult(Verdict.REJECTED, f"line {number} is not UTF-8 text"))
+            continue
         if line.strip():
             structlog.contextvars.clear_contextvars()
-            results.append(handle(line.rstrip("\n")))
+            results.append(handle(line.rstrip("\r\n")))
     return results
 
 
