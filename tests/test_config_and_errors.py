@@ -399,6 +399,13 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
     assert aws_client("sts", bounds=bounds, region_name="ap-south-1").meta.region_name == (
         "ap-south-1"
     )
+    monkeypatch.setenv("AWS_REGION", "us-east-1; rm")
+    with pytest.raises(ConfigError, match="bad configuration: AWS_REGION"):
+        aws_client("sts", bounds=bounds)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    with pytest.raises(ConfigError, match="bad configuration: AWS_ENDPOINT_URL") as bad:
+        aws_client("sts", bounds=bounds, endpoint_url="notaurl-s3cr3t")
+    assert "s3cr3t" not in str(bad.value)
     env = {
         k: v
         for k, v in os.environ.items()
@@ -421,7 +428,7 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
     [
         (
             "REDIS_URL",
-            ["localhost:6379", "notaurl:hunter2pw", "http://h:6379/0"],
+            ["localhost:6379", "notaurl:hunter2pw", "http://h:6379/0", "redis://:pw@h:99999/0"],
             ["redis://:pw@h:6379/0", "rediss://h/1", "unix:///run/redis.sock"],
         ),
         (
@@ -464,6 +471,32 @@ def test_a_url_of_another_scheme_fails_at_start_naming_the_variable_not_repeatin
             current.notify_url,
             current.notify_sns_topic,
         )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "ROTATOR_STATEMENT_TIMEOUT=inf",
+        "ROTATOR_STATEMENT_TIMEOUT=1e12",
+        "ROTATOR_AWS_CONNECT_TIMEOUT=inf",
+        "ROTATOR_AWS_READ_TIMEOUT=1e9",
+        "ROTATOR_STUCK_AFTER=inf",
+        "ROTATOR_REAP_INTERVAL=inf",
+        "ROTATOR_RECONCILE_INTERVAL=1e300",
+        "ROTATOR_AUDIT_FLUSH_INTERVAL=inf",
+        "ROTATOR_NOTIFY_INTERVAL=nan",
+    ],
+)
+def test_a_duration_setting_that_is_infinite_or_huge_fails_at_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """(Past a bound a timer overflows time_t: the error came later, naming nothing.)"""
+    from worker.runtime.settings import load_settings
+
+    variable, value = setting.split("=")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"bad configuration: {variable}: "):
+        load_settings()
 
 
 def test_a_log_level_logging_does_not_know_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:

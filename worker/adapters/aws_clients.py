@@ -50,7 +50,7 @@ def aws_client(
     SDKs read first, and docker-compose.yml sets, but botocore ignores), else botocore's own chain
     (``AWS_DEFAULT_REGION``, the profile). None at all is a ConfigError, not a traceback."""
     import boto3
-    from botocore.exceptions import NoRegionError
+    from botocore.exceptions import InvalidRegionError, NoRegionError
 
     config = boto_config(bounds, long_poll_seconds=long_poll_seconds)
     if not kwargs.get("region_name") and os.environ.get("AWS_REGION"):
@@ -61,4 +61,16 @@ def aws_client(
         raise ConfigError(
             "missing configuration: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in the "
             "AWS profile): the region of the bound secrets"
+        ) from None
+    except InvalidRegionError:
+        raise ConfigError(
+            "bad configuration: AWS_REGION (or AWS_DEFAULT_REGION): not a region name such as "
+            "us-east-1"
+        ) from None
+    except ValueError as exc:  # botocore: "Invalid endpoint: …" (the URL is not repeated)
+        if "endpoint" not in str(exc).lower():
+            raise
+        raise ConfigError(
+            "bad configuration: AWS_ENDPOINT_URL (or the endpoint given): not a URL such as "
+            "https://secretsmanager.us-east-1.amazonaws.com"
         ) from None

@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,11 @@ from worker.domain.errors import ConfigError
 
 # the schemes databend-driver accepts (bendsql's driver/src/client.rs)
 DSN_SCHEMES = ("databend", "databend+http", "databend+https", "databend+flight", "databend+grpc")
+
+
+# upper bounds of the durations below (seconds; inf and nan are refused too): past them a
+# timer overflows the platform's time_t, or the setting is a mistake
+HOUR, DAY, YEAR = 3600.0, 86400.0, 365 * 86400.0
 
 
 class Settings(BaseSettings):
@@ -41,31 +47,37 @@ class Settings(BaseSettings):
     # that many can be switched at once: set it to the total concurrency of the workers
     parallel: int = Field(default=8, alias="ROTATOR_PARALLEL", ge=1, le=1000)
     # one Databend statement (connecting included) gives up after this many seconds
-    statement_timeout: float = Field(default=60.0, alias="ROTATOR_STATEMENT_TIMEOUT", gt=0)
+    statement_timeout: float = Field(default=60.0, alias="ROTATOR_STATEMENT_TIMEOUT", gt=0, le=DAY)
     # every AWS API call: per-attempt connect and read timeouts, attempts in botocore's standard
     # retry mode (see worker/adapters/aws_clients.py for the resulting budget)
-    aws_connect_timeout: float = Field(default=5.0, alias="ROTATOR_AWS_CONNECT_TIMEOUT", gt=0)
-    aws_read_timeout: float = Field(default=20.0, alias="ROTATOR_AWS_READ_TIMEOUT", gt=0)
+    aws_connect_timeout: float = Field(
+        default=5.0, alias="ROTATOR_AWS_CONNECT_TIMEOUT", gt=0, le=HOUR
+    )
+    aws_read_timeout: float = Field(default=20.0, alias="ROTATOR_AWS_READ_TIMEOUT", gt=0, le=HOUR)
     aws_max_attempts: int = Field(default=3, alias="ROTATOR_AWS_MAX_ATTEMPTS", ge=1, le=10)
     # a secret's lock expires unless its run renews it (each table renews it)
     lock_ttl: int = Field(default=600, alias="ROTATOR_LOCK_TTL", ge=5)
     # how often the worker's embedded beat (rotator worker --beat) retires old keys that are due
-    retire_interval: float = Field(default=60.0, alias="ROTATOR_RETIRE_INTERVAL", gt=0)
+    retire_interval: float = Field(default=60.0, alias="ROTATOR_RETIRE_INTERVAL", gt=0, le=YEAR)
     # the reaper (worker --beat): a run with no progress for this long is re-enqueued or flagged
-    stuck_after: float = Field(default=900.0, alias="ROTATOR_STUCK_AFTER", gt=0)
-    reap_interval: float = Field(default=60.0, alias="ROTATOR_REAP_INTERVAL", gt=0)
+    stuck_after: float = Field(default=900.0, alias="ROTATOR_STUCK_AFTER", gt=0, le=YEAR)
+    reap_interval: float = Field(default=60.0, alias="ROTATOR_REAP_INTERVAL", gt=0, le=YEAR)
     # worker --beat reconciles every binding this often (0: never); "report" logs the drift,
     # "commit" also queues the runs that fix it
-    reconcile_interval: float = Field(default=600.0, alias="ROTATOR_RECONCILE_INTERVAL", ge=0)
+    reconcile_interval: float = Field(
+        default=600.0, alias="ROTATOR_RECONCILE_INTERVAL", ge=0, le=YEAR
+    )
     reconcile: Literal["report", "commit"] = Field(default="report", alias="ROTATOR_RECONCILE")
     # the rotation schedule (worker --beat): how often bindings' key ages are checked
-    schedule_interval: float = Field(default=300.0, alias="ROTATOR_SCHEDULE_INTERVAL", gt=0)
+    schedule_interval: float = Field(
+        default=300.0, alias="ROTATOR_SCHEDULE_INTERVAL", gt=0, le=YEAR
+    )
     # notifications (worker/observe/notify.py): a webhook, an SNS topic, which events, how
     # often ended runs are swept for failures
     notify_url: str | None = Field(default=None, alias="ROTATOR_NOTIFY_URL")
     notify_sns_topic: str | None = Field(default=None, alias="ROTATOR_NOTIFY_SNS_TOPIC")
     notify_on: Literal["failures", "all"] = Field(default="failures", alias="ROTATOR_NOTIFY_ON")
-    notify_interval: float = Field(default=15.0, alias="ROTATOR_NOTIFY_INTERVAL", gt=0)
+    notify_interval: float = Field(default=15.0, alias="ROTATOR_NOTIFY_INTERVAL", gt=0, le=YEAR)
     # the audit trail (worker/adapters/audit_trail.py): its database in Databend, the local spool
     # rows wait in until shipped (mount it on a volume), how often they are shipped
     audit_database: str = Field(default="rotator", alias="ROTATOR_AUDIT_DATABASE", min_length=1)
@@ -73,7 +85,9 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.home() / ".local/state/databend-rotator/audit-spool",
         alias="ROTATOR_AUDIT_SPOOL",
     )
-    audit_flush_interval: float = Field(default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0)
+    audit_flush_interval: float = Field(
+        default=2.0, alias="ROTATOR_AUDIT_FLUSH_INTERVAL", gt=0, le=DAY
+    )
     # test-only failure points (comma-separated names), see worker/runtime/faults.py
     faults: str = Field(default="", alias="ROTATOR_FAULTS")
 
@@ -100,6 +114,10 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             # (the value is not repeated: it may hold a password)
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            urlsplit(value or "").port  # noqa: B018 (raises on a port out of range)
+        except ValueError:
+            raise ValueError("its port must be a number from 0 to 65535") from None
         return value
 
     @field_validator("notify_url")
