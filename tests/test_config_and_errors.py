@@ -70,6 +70,14 @@ def test_role_secret() -> None:
         (json.dumps({"access_key_id": "AK IA", "secret_access_key": SECRET}), "look like"),
         (json.dumps({"role_arn": "role/r"}), "not an ARN"),
         (None, "no SecretString"),
+        (
+            json.dumps({"access_key_id": "AKIAX123", "secret_access_key": SECRET + "\x00"}),
+            "field 'secret_access_key' holds a control character",
+        ),
+        (
+            json.dumps({"access_key_id": "AKIAX123", "secret_access_key": SECRET, "region": "a\n"}),
+            "field 'region' holds a control character",
+        ),
     ],
 )
 def test_bad_secret_values_name_the_field_not_the_value(raw: str | None, message: str) -> None:

@@ -53,7 +53,7 @@ def _first(data: dict[str, Any], names: tuple[str, ...], where: str, label: str)
             value = data[name]
             if not isinstance(value, str) or not value:
                 raise SecretFormatError(f"{where}: field '{name}' must be a non-empty string")
-            return value
+            return _printable(value, name, where)
     spelled = " or ".join(f"'{n}'" for n in names[:2])
     raise SecretFormatError(f"{where}: missing field {spelled} ({label})")
 
@@ -64,4 +64,12 @@ def _optional_str(data: dict[str, Any], name: str, where: str) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise SecretFormatError(f"{where}: field '{name}' must be a non-empty string")
+    return _printable(value, name, where)
+
+
+def _printable(value: str, name: str, where: str) -> str:
+    """A credential is text Databend can take in a statement: a control character (NUL, a
+    newline) is refused here, naming the field, rather than by a statement half a run later."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise SecretFormatError(f"{where}: field '{name}' holds a control character")
     return value
