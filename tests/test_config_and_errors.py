@@ -519,6 +519,8 @@ def test_a_log_level_logging_does_not_know_fails_at_start(monkeypatch: pytest.Mo
 
 # Refused by the CLI before any command body runs (so before any service is reached): exit 2.
 _SOON = ["--timeout"]
+_POLICY = ["iam-policy", "--account", "123456789012", "--region", "us-east-1"]
+_POLICY += ["--secret-prefix", "databend/", "--user-prefix", "svc-"]
 _BAD_ARGUMENTS = [
     ["rotate-version", "lake-main", *_SOON, "-1"],
     ["rotate-version", "lake-main", *_SOON, "nan"],
@@ -537,6 +539,17 @@ _BAD_ARGUMENTS = [
     ["intake", "rule", ""],
     ["intake", "rule", "not-an-arn"],
     ["intake", "rule", "arn:aws:s3:::bucket"],
+    *(
+        [*_POLICY, *extra]
+        for extra in (
+            ["--partition", 'evil"'],
+            ["--partition", ""],
+            ["--sns-topic", "notanarn"],
+            ["--sns-topic", "arn:aws:sns:eu-west-1:123456789012:t"],
+            ["--queue-arn", "arn:aws:sqs:*:*:*"],
+            ["--queue-arn", "arn:aws:sns:us-east-1:123456789012:q"],
+        )
+    ),
 ]
 
 
@@ -551,6 +564,8 @@ def test_bad_arguments_are_refused_with_exit_2_and_a_clear_line(arguments: list[
     expected = "Invalid value"
     if "rule" in arguments:
         expected = "is not the start of a secret's ARN"
+    elif "iam-policy" in arguments:
+        expected = "is not an AWS partition" if "--partition" in arguments else "must be the ARN"
     elif arguments[-2:] == ["--delete-after", "1s"]:
         expected = "--delete-after (1s) is shorter than --deactivate-after (172800s)"
     assert expected in result.output

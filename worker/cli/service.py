@@ -200,6 +200,20 @@ def iam_policy_command(
     for option, value in (("--secret-prefix", secret_prefix), ("--user-prefix", user_prefix)):
         if not value or "*" in value or "?" in value:
             raise BadInput(f"{option} must be a non-empty name prefix without wildcards")
+    if not re.fullmatch(r"aws(-[a-z]+)*", partition):
+        raise BadInput(f"--partition {partition!r} is not an AWS partition (aws, aws-cn, …)")
+    name = r"[A-Za-z0-9_-]{1,256}(\.fifo)?"
+    for option, arn, service in (
+        ("--sns-topic", sns_topic, "sns"),
+        ("--queue-arn", queue_arn, "sqs"),
+    ):
+        if arn is not None and not re.fullmatch(
+            rf"arn:{partition}:{service}:{region}:\d{{12}}:{name}", arn
+        ):
+            raise BadInput(
+                f"{option} {arn!r} must be the ARN of one {service.upper()} resource in "
+                f"{partition} {region} (arn:{partition}:{service}:{region}:ACCOUNT:NAME)"
+            )
     _echo_json(
         worker_policy(
             account=account,
