@@ -539,6 +539,8 @@ _BAD_ARGUMENTS = [
     ["intake", "rule", ""],
     ["intake", "rule", "not-an-arn"],
     ["intake", "rule", "arn:aws:s3:::bucket"],
+    ["databend-local", "--host", "", "--port", "0"],
+    ["databend-local", "--host", "  ", "--port", "0"],
     *(
         [*_POLICY, *extra]
         for extra in (

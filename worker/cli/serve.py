@@ -175,6 +175,8 @@ def databend_local(
 
     if password and not user:
         raise click.UsageError("--password needs --user")
+    if not host.strip():  # (it would listen everywhere, and the DSN printed would name no host)
+        raise click.BadParameter("name an address, e.g. 127.0.0.1 or 0.0.0.0", param_hint="--host")
     config = ServerConfig(
         host=host,
         port=port,
