@@ -612,3 +612,43 @@ def _rotator_in(env: dict[str, str], *arguments: str) -> subprocess.CompletedPro
         text=True,
         timeout=120,
     )
+
+
+def test_the_doctors_spool_check_makes_no_directory(tmp_path: Path) -> None:
+    """A missing spool directory is reported as made on first use, not made by the check; one
+    under a file fails; an existing one is probed and left as it was."""
+    from types import SimpleNamespace
+
+    from worker.runtime.doctor import FAIL, PASS, _audit
+
+    class Client:
+        def query_one(self, _sql: str) -> tuple[int]:
+            return (1,)
+
+    def spool_check(spool: Path) -> Any:
+        settings = SimpleNamespace(
+            audit_database="rotator", audit_spool=spool, databend_dsn="databend://h:1/d"
+        )
+        return next(c for c in _audit(settings, Client()) if c.name == "audit spool")
+
+    from worker.adapters.audit_store import spool_dir
+
+    missing = tmp_path / "not" / "yet"
+    check = spool_check(missing)
+    assert check.level == PASS and "made on first use" in check.message
+    assert not (tmp_path / "not").exists()
+    (tmp_path / "file").write_text("")
+    assert spool_check(tmp_path / "file" / "spool").level == FAIL
+    made = spool_dir(tmp_path / "made", "databend://h:1/d", "rotator")
+    made.mkdir(parents=True)
+    check = spool_check(tmp_path / "made")
+    assert check.level == PASS and "writable; 0 row(s) waiting" in check.message
+    assert list(made.iterdir()) == [], "the probe file is gone"
+
+
+def test_an_empty_spool_path_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.runtime.settings import load_settings
+
+    monkeypatch.setenv("ROTATOR_AUDIT_SPOOL", " ")
+    with pytest.raises(ConfigError, match=r"ROTATOR_AUDIT_SPOOL: .*must name a directory"):
+        load_settings()

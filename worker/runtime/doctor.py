@@ -7,6 +7,7 @@ and the fix. Nothing is changed except a throwaway probe connection, created and
 from __future__ import annotations
 
 import functools
+import os
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -180,11 +181,19 @@ def _audit(settings: Any, client: Any) -> Iterator[Check]:
             + ("exists" if exists else "will be created on first use (CREATE DATABASE/TABLE)"),
         )
     directory = spool_dir(settings.audit_spool, settings.databend_dsn, database)
+    # looked at, never made: the check changes nothing (a worker makes the directory when needed)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".doctor-{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        if existing == directory:
+            probe = directory / f".doctor-{uuid.uuid4().hex}"
+            probe.write_text("")
+            probe.unlink()
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"{existing} is not writable")
     except OSError as exc:
         yield Check(
             "audit spool",
@@ -192,6 +201,9 @@ def _audit(settings: Any, client: Any) -> Iterator[Check]:
             f"{settings.audit_spool} is not writable ({exc.strerror})",
             "set ROTATOR_AUDIT_SPOOL to a writable directory on a volume",
         )
+        return
+    if existing != directory:
+        yield Check("audit spool", PASS, f"{settings.audit_spool} will be made on first use")
         return
     waiting = pending_rows(directory)
     yield Check(

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
             raise ValueError("its port must be a number from 0 to 65535") from None
         return value
 
+    @field_validator("audit_spool", mode="before")
+    @classmethod
+    def _a_spool_directory(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():  # (Path("") is the current directory)
+            raise ValueError("must name a directory (leave it unset for the default)")
+        return value
+
     @field_validator("notify_url")
     @classmethod
     def _a_webhook_url(cls, value: str | None) -> str | None:
