@@ -122,6 +122,22 @@ def test_the_inventory_lists_every_kind_under_its_binding_with_its_state(form: M
     assert {i.binding for i in only.items} == {"lake-main"}
 
 
+@pytest.mark.parametrize("form", [MaskForm.LEGACY, MaskForm.CURRENT])
+def test_a_connection_holding_a_look_alike_key_is_not_given_to_the_binding(form: MaskForm) -> None:
+    """Another team's connection shows a key like AWSCURRENT's (the same tail) but its secret
+    masked differently: another key, so no binding and no key status; a connection made from
+    AWSCURRENT's own key and secret stays the binding's."""
+    from worker.domain.model import AccessKeyCredentials
+
+    secrets, iam, admin = world(form)
+    admin.connections["team"] = AccessKeyCredentials("AKIATEAMTEAMTEAMXNEW", "t" * 40)
+    admin.connections["copy"] = creds(NEW)
+    items = {i.name: i for i in inventory(secrets, iam, admin).items if i.kind == "connection"}
+    team, copy = items["team"], items["copy"]
+    assert (team.binding, team.state, team.key_status) == (None, "unknown", None)
+    assert (copy.binding, copy.state, copy.key_status) == ("lake-main", "current", "Active")
+
+
 def test_a_deleted_key_shows_as_deleted() -> None:
     found = inventory(*world(old_key="deleted"))
     late = next(i for i in found.items if i.name == "sales.late")

@@ -87,9 +87,13 @@ class BindingView:
     def fingerprints(self) -> set[str]:
         return {c.fingerprint for _, c in self.versions.values()}
 
-    def state_of(self, fingerprint: str | None) -> str:
+    def state_of(self, fingerprint: str | None, secret_shown: str | None = None) -> str:
+        """The label of the version whose credentials the object may show; for a connection,
+        which shows its secret masked too, not a version whose secret it does not show."""
         for state, (_, credentials) in self.versions.items():
-            if _may_hold(fingerprint, credentials.fingerprint):
+            if _may_hold(fingerprint, credentials.fingerprint) and not _another_secret(
+                secret_shown, credentials
+            ):
                 return state
         return "unknown"
 
@@ -255,14 +259,14 @@ def _connection_item(
     views = list(views)
     fingerprint = connection.fingerprint if connection.unreadable is None else None
     view = next((v for v in views if v.binding.owns_connection(connection.name)), named_by)
-    if view is None and fingerprint is not None:
-        view = next(
-            (v for v in views if any(_may_hold(fingerprint, f) for f in v.fingerprints())), None
-        )
+    secret = connection.secret_shown
+    if view is None and fingerprint is not None:  # (another key that looks alike: not theirs)
+        view = next((v for v in views if v.state_of(fingerprint, secret) != "unknown"), None)
     state, key_status, age = "unknown", None, None
     if view is not None and fingerprint is not None:
-        state = view.state_of(fingerprint)
-        key_status, age = view.key_of(fingerprint, state, now)
+        state = view.state_of(fingerprint, secret)
+        if state != "unknown" or secret is None:
+            key_status, age = view.key_of(fingerprint, state, now)
     return InventoryItem(
         kind="connection",
         name=display_identifier(connection.name),
@@ -281,6 +285,16 @@ def _connection_item(
 def _status(key: AccessKey, now: float) -> tuple[str, float | None]:
     age = round(max(0.0, now - key.created_at) / 86400, 1) if key.created_at else None
     return ("Active" if key.active else "Inactive"), age
+
+
+def _another_secret(secret_shown: str | None, credentials: Credentials) -> bool:
+    """Does a connection that shows its secret as ``secret_shown`` hold another secret than
+    ``credentials``' (so another key, however alike the key ids look)?"""
+    if not secret_shown or not isinstance(credentials, AccessKeyCredentials):
+        return False
+    secret = credentials.secret_access_key
+    forms = (masking.MaskForm.LEGACY, masking.MaskForm.CURRENT)
+    return secret_shown not in (masking.mask(secret, form) for form in forms)
 
 
 def _may_hold(seen: str | None, holding: str) -> bool:
