@@ -412,6 +412,8 @@ def test_audit_keeps_the_scheduled_rotations_changes_after_flushall(world: World
     assert {e["event_id"] for e in events} <= {e["event_id"] for e in after}  # ... the trail is not
     bad = world.stack.cli("audit", "--since", "yesterday")
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    typo = world.stack.cli("audit", "--binding", f"dew-{t}")
+    assert typo.returncode == 2 and typo.stderr.startswith(f"error: no binding 'dew-{t}'")
 
 
 def test_doctor_passes_on_the_stack_and_names_the_dsn_pointing_nowhere(world: World) -> None:
