@@ -539,6 +539,8 @@ _BAD_ARGUMENTS = [
     ["intake", "rule", ""],
     ["intake", "rule", "not-an-arn"],
     ["intake", "rule", "arn:aws:s3:::bucket"],
+    ["intake", "rule", "arn:aws:secretsmanager:us-east-1:abc:secret:x/"],
+    ["intake", "rule", "arn:aws:secretsmanager:us-east-1:1234:secret:x/"],
     ["databend-local", "--host", "", "--port", "0"],
     ["databend-local", "--host", "  ", "--port", "0"],
     *(
@@ -579,9 +581,14 @@ def test_the_rule_for_a_good_prefix_is_printed() -> None:
 
     from worker.cli import main
 
-    prefix = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/"
-    result = CliRunner().invoke(main, ["intake", "rule", prefix])
-    assert result.exit_code == 0 and prefix in result.output
+    for prefix in (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/",
+        "arn:aws:secretsmanager:us-east-1:123456789012:",
+        "arn:aws:secretsmanager:us-east-1:1234",
+        "arn:aws-cn:secretsmanager:",
+    ):
+        result = CliRunner().invoke(main, ["intake", "rule", prefix])
+        assert result.exit_code == 0 and prefix in result.output
 
 
 def test_the_drivers_retry_warnings_stay_out_of_json_output(tmp_path: Path) -> None:

@@ -27,7 +27,12 @@ _SECRET_ARN = re.compile(
     r"(?P<name>[A-Za-z0-9/_+=.@-]{1,512})\Z"
 )
 # an EventBridge rule's prefix: the start of such an ARN (a partition's whole service at least)
-_SECRET_ARN_PREFIX = re.compile(r"arn:aws[a-z-]*:secretsmanager:[A-Za-z0-9/_+=.@:-]*\Z")
+# the start of a secret's ARN, cut anywhere: past the region, the account is digits (all 12 of
+# them once the prefix goes on)
+_SECRET_ARN_PREFIX = re.compile(
+    r"arn:aws[a-z-]*:secretsmanager:"
+    r"(?:[a-z0-9-]*|[a-z0-9-]+:\d{0,12}|[a-z0-9-]+:\d{12}:[A-Za-z0-9/_+=.@:-]*)\Z"
+)
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}\Z")  # what AWS appends to a secret's name in its ARN
 _VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}\Z")
 _EVENT_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}\Z")
