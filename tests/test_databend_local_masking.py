@@ -316,6 +316,16 @@ def test_system_stages_and_alter_stage(lake: Lake) -> None:
     assert after["secret_access_key"] == shown(lake.form, AS_SECRET)
     described = lake.query(f"DESC STAGE {stage}")[0]
     assert json.loads(str(described[7]))["access_key_id"] == shown(lake.form, AS_KEY)
+    # a path into storage_params, as a client may well ask it
+    ((name, key, secret),) = lake.query(
+        "SELECT name, storage_params:access_key_id, storage_params['secret_access_key']"
+        f" FROM system.stages WHERE name = {quote_string(stage)}"
+    )
+    assert (name, json.loads(str(key)), json.loads(str(secret))) == (
+        stage,
+        shown(lake.form, AS_KEY),
+        shown(lake.form, AS_SECRET),
+    )
 
 
 def test_show_connections_and_desc_connection(lake: Lake) -> None:

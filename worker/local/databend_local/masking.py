@@ -33,16 +33,14 @@ then sees a form it must treat as unknown, never a key it could mistake for anot
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.domain import masking
 from worker.local.databend_local.engine import ENGINE_VERSION, QueryResult
+from worker.local.databend_local.rewrite import Rewriter, is_legacy_masked
 from worker.local.databend_local.sqltokens import assigned_literals
 from worker.local.databend_local.statement_parser import parse_statement
 from worker.local.databend_local.statements import (
@@ -60,9 +58,6 @@ from worker.local.databend_local.statements import (
     DropTable,
     RenameDatabase,
     RenameTable,
-    SelectSystemTables,
-    ShowConnections,
-    ShowCreateTable,
     Statement,
     TableRef,
 )
@@ -70,17 +65,7 @@ from worker.local.databend_local.statements import (
 log = logging.getLogger("rotator.databend_local")
 
 CURRENT_MASKING_VERSION = "1.2.919"
-LEGACY_PREFIX = "******"
 
-# storage_param (and SHOW CREATE TABLE) show only the access key id: "...,ak=<masked>,iam_role=..."
-_STORAGE_PARAM_AK = re.compile(r"(?<=,ak=)(.*?)(?=,iam_role=)", re.S)
-# SHOW CONNECTIONS: "access_key_id=<masked> endpoint_url=<masked> ...", keys sorted
-_CONNECTION_KEY = re.compile(r"(?:^| )([a-z][a-z0-9_]*)=")
-# system.stages: a JSON object whose credential fields are masked
-_JSON_STRING_FIELD = re.compile(r'"([a-z_]+)":("(?:[^"\\]|\\.)*")')
-_STAGE_MASKED_FIELDS = frozenset(
-    {"access_key_id", "secret_access_key", "security_token", "master_key", "external_id"}
-)
 # parameter names that mean the same credential
 _ALIASES = {
     "aws_key_id": "access_key_id",
@@ -146,10 +131,6 @@ def _find(params: Params, field: str) -> Masked | None:
     return None
 
 
-def _is_legacy_masked(shown: str) -> bool:
-    return shown.startswith(LEGACY_PREFIX) and len(shown) > len(LEGACY_PREFIX)
-
-
 class MaskTracker:
     """Learns credentials from successful statements and rewrites results into the current form.
 
@@ -184,7 +165,7 @@ class MaskTracker:
             if statement is not None:
                 self._observe(statement)
             if result.rows:
-                _Rewriter(self, statement, result, started).run()
+                Rewriter(self, statement, result, started).run()
         if result.rows and self.engine_version_text:
             self._rewrite_version(result)
 
@@ -293,7 +274,7 @@ class MaskTracker:
         self, tracked: _Tracked | None, field: str, shown: str, started: int, *, masks_empty: bool
     ) -> str | None:
         """The current form of a value the engine shows as ``shown``; None when unknown."""
-        if not _is_legacy_masked(shown):
+        if not is_legacy_masked(shown):
             if len(shown) > 3:
                 return shown  # not a masked value at all: nothing to rewrite
             # the legacy form shows values of 3 characters or fewer as they are
@@ -312,87 +293,3 @@ class MaskTracker:
             shown if _canonical(field) == "access_key_id" else "masked",
         )
         return None
-
-
-class _Rewriter:
-    """Rewrites one result's masked cells; runs under the tracker's lock."""
-
-    def __init__(
-        self,
-        tracker: MaskTracker,
-        statement: Statement | None,
-        result: QueryResult,
-        started: int,
-    ) -> None:
-        self.tracker = tracker
-        self.statement = statement
-        self.result = result
-        self.started = started
-        self.columns = {c["name"]: i for i, c in enumerate(result.schema)}
-
-    def run(self) -> None:
-        for name, index in self.columns.items():
-            if name == "storage_param" or (
-                name == "Create Table" and isinstance(self.statement, ShowCreateTable)
-            ):
-                self._each(index, self._storage_param)
-            elif name == "storage_params" and isinstance(self.statement, ShowConnections):
-                self._each(index, self._connection_params)
-            elif name == "storage_params":
-                self._each(index, self._stage_params)
-
-    def _each(self, index: int, rewrite: Callable[[list[str | None], str], str]) -> None:
-        for row in self.result.rows:
-            cell = row[index]
-            if cell is not None:
-                row[index] = rewrite(row, cell)
-
-    def _cell(self, row: list[str | None], column: str) -> str | None:
-        index = self.columns.get(column)
-        return None if index is None else row[index]
-
-    def _table_of(self, row: list[str | None]) -> TableRef | None:
-        database, name = self._cell(row, "database"), self._cell(row, "name")
-        if database is not None and name is not None:
-            return (database, name)
-        if isinstance(self.statement, ShowCreateTable):
-            return self.statement.table
-        if isinstance(self.statement, SelectSystemTables):
-            return self.statement.pinned
-        return None
-
-    def _form(self, tracked: _Tracked | None, field: str, shown: str, masks_empty: bool) -> str:
-        current = self.tracker.current_form(
-            tracked, field, shown, self.started, masks_empty=masks_empty
-        )
-        return shown if current is None else current
-
-    def _storage_param(self, row: list[str | None], text: str) -> str:
-        tracked = self.tracker.table(self._table_of(row))
-        return _STORAGE_PARAM_AK.sub(
-            lambda m: self._form(tracked, "access_key_id", m.group(1), True), text, count=1
-        )
-
-    def _connection_params(self, row: list[str | None], text: str) -> str:
-        tracked = self.tracker.connection(self._cell(row, "name"))
-        keys = list(_CONNECTION_KEY.finditer(text))
-        parts = []
-        for key, following in zip(keys, [*keys[1:], None], strict=True):
-            end = following.start() if following else len(text)
-            shown = text[key.end() : end]
-            parts.append(f"{key.group(1)}={self._form(tracked, key.group(1), shown, True)}")
-        return " ".join(parts) if keys else text
-
-    def _stage_params(self, row: list[str | None], text: str) -> str:
-        if not text.startswith("{"):
-            return text
-        tracked = self.tracker.stage(self._cell(row, "name"))
-
-        def field(match: re.Match[str]) -> str:
-            key, shown = match.group(1), json.loads(match.group(2))
-            if key not in _STAGE_MASKED_FIELDS and not _is_legacy_masked(shown):
-                return match.group()
-            current = self._form(tracked, key, shown, False)
-            return f'"{key}":{json.dumps(current, ensure_ascii=False)}'
-
-        return _JSON_STRING_FIELD.sub(field, text)
