@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -15,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -414,6 +417,21 @@ def test_audit_keeps_the_scheduled_rotations_changes_after_flushall(world: World
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
     typo = world.stack.cli("audit", "--binding", f"dew-{t}")
     assert typo.returncode == 2 and typo.stderr.startswith(f"error: no binding 'dew-{t}'")
+    # a binding since removed from the file keeps its history, also when nothing is recent
+    other = Path(world.stack.env["ROTATOR_BINDINGS"]).with_name("without-due.toml")
+    other.write_text(
+        '[[bindings]]\nname = "other"\nsecret = "databend/other"\n'
+        'connection_prefix = "other"\ntables = ["a.b"]\n'
+    )
+    env = {**world.stack.env, "ROTATOR_BINDINGS": str(other)}
+    removed = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "audit", "--binding", f"due-{t}", "--since", "1s"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert removed.returncode == 0, removed.stderr
 
 
 def test_doctor_passes_on_the_stack_and_names_the_dsn_pointing_nowhere(world: World) -> None:

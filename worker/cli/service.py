@@ -134,12 +134,14 @@ def audit_command(since: str | None, binding: str | None, as_json: bool) -> None
         raise BadInput(str(exc)) from None
     current = settings().require("databend_dsn")
     configure_logging(current.log_level, current.log_format)
-    events = audit_table(current).events(since=cutoff, binding=binding)
+    trail = audit_table(current)
+    events = trail.events(since=cutoff, binding=binding)
     if binding and not events and current.bindings_path:
         # a binding removed from the file still has its history; a name in neither is a typo
         from worker.domain.bindings import load_bindings
 
-        if binding not in {b.name for b in load_bindings(current.bindings_path)}:
+        known = {b.name for b in load_bindings(current.bindings_path)}
+        if binding not in known and not trail.events(binding=binding, limit=1):
             raise BadInput(f"no binding {binding!r} in {current.bindings_path}, nor in the trail")
     if as_json:
         _echo_json({"events": events})
