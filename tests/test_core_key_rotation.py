@@ -155,6 +155,31 @@ def test_a_delete_due_before_the_deactivation_is_refused_and_never_comes_first()
     assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
 
 
+def test_a_deactivation_that_came_late_still_leaves_the_key_inactive_before_its_delete() -> None:
+    """Deactivate at once, delete after 60 s; an object outside the rotation blocks the old
+    key's retirement for far longer. Once it has moved, the sweep deactivates the key and the
+    delete waits another 60 s: a reversible inactive window, not the same sweep."""
+    ctx, plan = world()
+    now = [1000.0]
+    ctx.clock = lambda: now[0]
+    blocker = TableName("elsewhere", "t")
+    ctx.admin.add(blocker, K1, bucket="other")
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    assert "may still use it" in ctx.runs.get(run_id).data["retire_blocked"]
+    now[0] = 1000.0 + 30 * 86400
+    assert retire_due(ctx, MemoryLimits(), run_id, now=now[0])[0][0] == "deactivate"
+    assert (K1, True) in [(k.key_id, k.active) for k in ctx.iam.list_keys("svc")], "blocked"
+
+    new = str(ctx.runs.get(run_id).data["new_key_id"])
+    ctx.admin.add(blocker, new, bucket="other")  # its owner moved it on
+    assert retire_due(ctx, MemoryLimits(), run_id, now=now[0]) == [("deactivate", "done")]
+    assert (K1, False) in [(k.key_id, k.active) for k in ctx.iam.list_keys("svc")]
+    assert retire_due(ctx, MemoryLimits(), run_id, now=now[0] + 59) == []
+    assert retire_due(ctx, MemoryLimits(), run_id, now=now[0] + 60) == [("delete", "done")]
+    assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
+
+
 def test_resuming_a_key_rotation_retries_its_retirement_until_the_old_key_is_gone() -> None:
     """`rotator resume` on a succeeded key rotation keeps a pending retirement scheduled; once
     the old key is deactivated and deleted there is nothing to resume (exit 2, like any other
