@@ -328,8 +328,27 @@ def test_a_redelivered_batch_does_not_switch_an_object_switched_but_not_recorded
     again = world.batch()
     assert again is not None and again.closed
     assert world.altered() == [str(t0), str(t1), str(t2)], "t0 was not switched again"
-    assert world.status(t0) is TableStatus.ALREADY_SWITCHED
+    # ...but it is this run's switch (the plan saw it on OLD, an attempt was written ahead), with
+    # the plan's previous credentials: a rollback moves it back, the counts do not hide it
+    outcome = world.runs.outcome("r1", t0)
+    assert outcome is not None
+    assert (outcome.status, outcome.previous) == (TableStatus.VALIDATED, "ak:******OLD")
     assert [world.status(t) for t in (t1, t2)] == [TableStatus.VALIDATED] * 2
+
+
+def test_an_object_already_on_the_target_when_planned_stays_already_switched() -> None:
+    """Redelivered after a crash, an object the plan already saw on the target is not claimed
+    as this run's switch."""
+    world = World(names(2))
+    t0, t1 = world.tables
+    world.admin.add(t0, NEW)
+    plan = [TableOutcome(t, rule="selector sales.*", previous="ak:******OLD") for t in world]
+    plan[0].previous = "ak:******NEW"
+    world.runs.set_plan("r1", plan)
+    world.runs.begin_attempts("r1", [t0])  # an attempt written ahead, then the worker died
+    assert world.batch() is not None
+    assert world.status(t0) is TableStatus.ALREADY_SWITCHED
+    assert world.status(t1) is TableStatus.VALIDATED
 
 
 def test_a_migration_batch_reports_its_wave_complete_on_the_write_that_completes_it() -> None:

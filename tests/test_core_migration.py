@@ -95,6 +95,38 @@ def test_rate_and_eta() -> None:
     assert estimate(5, 5, 100.0, 110.0) == (0.5, 0.0)
 
 
+def test_a_rollback_after_a_worker_died_also_moves_what_it_switched_but_never_recorded() -> None:
+    """db.a was recorded; db.b was switched by a worker that died before its outcome was written
+    (pending, its attempt written ahead); db.c had an attempt written but was never switched.
+    The rollback moves db.a and db.b back, and leaves db.c where it is."""
+    admin = FakeAdmin()
+    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
+    admin.connections["src"] = src
+    a, b, c = TableName("db", "a"), TableName("db", "b"), TableName("db", "c")
+    admin.add(a, "DST")
+    admin.add(b, "DST")
+    admin.add(c, "SRC")
+    runs = MemoryRuns()
+    data = {"previous_connections": {src.fingerprint: "src"}}
+    target = f"ak:{mask(fake_key('DST'), MaskForm.LEGACY)}"
+    runs.create(
+        RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.PAUSED, target=target, data=data)
+    )
+    runs.set_plan(
+        "m1",
+        [
+            TableOutcome(a, TableStatus.VALIDATED, previous=src.fingerprint, attempts=1),
+            TableOutcome(b, previous=src.fingerprint, attempts=1),
+            TableOutcome(c, previous=src.fingerprint, attempts=1),
+        ],
+    )
+    result = rollback(runs, admin, None, "m1", timeout=0)
+    assert sorted(result.moved) == [a, b] and result.complete
+    assert admin.keys[a] == admin.keys[b] == admin.keys[c] == src.access_key_id
+    altered = sorted(s for s in admin.statements if s.startswith("ALTER"))
+    assert altered == [f"ALTER {a}", f"ALTER {b}"], "db.c was never moved, so it is not moved back"
+
+
 def test_rollback_goes_to_a_connection_with_the_previous_credentials() -> None:
     switched = TableOutcome(TableName("db", "a"), TableStatus.VALIDATED, previous="ak:OLD")
     orphan = TableOutcome(TableName("db", "b"), TableStatus.VALIDATED, previous="ak:ZZZ")

@@ -24,7 +24,7 @@ from worker.flow import key_rotation
 from worker.flow import objects as objects_
 from worker.flow.fencing import admit_on_fresh_labels, wait_until_idle
 from worker.flow.key_rotation import KeyRotationContext, Phase
-from worker.flow.migration import rollback_targets
+from worker.flow.migration import rollback_targets, switched_unrecorded
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs import reopen_failed_tables, resume_switching, update_or_refuse
 from worker.flow.stale import LabelsView, check_on
@@ -233,9 +233,9 @@ def rollback(
             f"({', '.join(flying[:3])}): nothing moved back; run `rotator rollback {run_id}` "
             "again once they have ended"
         )
-    back, unknown = rollback_targets(
-        runs.outcomes(run_id), run.data.get("previous_connections", {})
-    )
+    outcomes = runs.outcomes(run_id)
+    outcomes += switched_unrecorded(admin, outcomes, str(run.target))  # (a worker died)
+    back, unknown = rollback_targets(outcomes, run.data.get("previous_connections", {}))
     result = RolledBack(unknown=list(unknown))
     reachable = _probe_previous(admin, back, result)
     targets = [item for item in back if item[1] in reachable]

@@ -9,6 +9,7 @@ one found already on the target is only validated.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -333,6 +334,27 @@ def estimate(done: int, total: int, started_at: float, now: float) -> tuple[floa
     rate = done / elapsed if done else 0.0
     left = total - done
     return rate, (left / rate if rate else None) if left else 0.0
+
+
+def switched_unrecorded(
+    admin: DatabendAdmin, outcomes: list[TableOutcome], target: str
+) -> list[TableOutcome]:
+    """Objects still pending whose attempt was written ahead (a worker died between its change
+    and its outcome) and that now show the run's target though the plan saw them elsewhere: the
+    migration switched them, and a rollback moves them back too (as VALIDATED copies)."""
+    found = []
+    for o in outcomes:
+        if (
+            o.status.done
+            or o.attempts < 1
+            or not o.previous
+            or objects_.may_show(o.previous, target)
+        ):
+            continue
+        now = objects_.describe(admin, o.table)
+        if now is not None and objects_.may_show(now.storage.fingerprint, target):
+            found.append(dataclasses.replace(o, status=TableStatus.VALIDATED))
+    return found
 
 
 def rollback_targets(

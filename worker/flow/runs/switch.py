@@ -32,6 +32,7 @@ from worker.domain.errors import RetryableError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
+from worker.flow import objects as objects_
 from worker.flow.fencing import DEFAULT_LEASE_SECONDS, admit, admit_on_fresh_labels
 from worker.flow.rotation import RetryPolicy
 from worker.flow.runs.close import close_run, lock_owner
@@ -230,6 +231,17 @@ def _switch(
     outcome.rule = planned.rule
     outcome.previous = outcome.previous or planned.previous
     outcome.attempts = planned.attempts
+    if (
+        not first_attempt
+        and outcome.status is TableStatus.ALREADY_SWITCHED
+        and planned.previous
+        and not objects_.may_show(planned.previous, str(run.target))
+    ):
+        # the plan saw it elsewhere and an attempt of this run was written ahead: that attempt
+        # switched it (its worker died before the outcome was written, or a redelivered copy
+        # ran beside it), so it is this run's switch, with the plan's previous credentials (a
+        # rollback moves it back; counts do not hide it)
+        outcome.status, outcome.previous = TableStatus.VALIDATED, planned.previous
     return outcome
 
 
