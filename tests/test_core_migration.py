@@ -127,6 +127,35 @@ def test_a_rollback_after_a_worker_died_also_moves_what_it_switched_but_never_re
     assert altered == [f"ALTER {a}", f"ALTER {b}"], "db.c was never moved, so it is not moved back"
 
 
+def test_a_rollbacks_moves_run_in_the_callers_context() -> None:
+    """The moves run on a pool's threads; each sees the caller's context (the run id the CLI
+    binds), so its audit row names the run."""
+    import structlog
+
+    seen: list[object] = []
+
+    class Watching(FakeAdmin):
+        def switch_table(self, table: TableName, connection: str) -> None:
+            seen.append(structlog.contextvars.get_contextvars().get("run_id"))
+            super().switch_table(table, connection)
+
+    admin = Watching()
+    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
+    admin.connections["src"] = src
+    tables = [TableName("db", f"t{i}") for i in range(4)]
+    for table in tables:
+        admin.add(table, "DST")
+    runs = MemoryRuns()
+    data = {"previous_connections": {src.fingerprint: "src"}}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SUCCEEDED, data=data))
+    runs.set_plan(
+        "m1", [TableOutcome(t, TableStatus.VALIDATED, previous=src.fingerprint) for t in tables]
+    )
+    with structlog.contextvars.bound_contextvars(run_id="m1"):
+        assert len(rollback(runs, admin, None, "m1", concurrency=4).moved) == 4
+    assert seen == ["m1"] * 4
+
+
 def test_rollback_goes_to_a_connection_with_the_previous_credentials() -> None:
     switched = TableOutcome(TableName("db", "a"), TableStatus.VALIDATED, previous="ak:OLD")
     orphan = TableOutcome(TableName("db", "b"), TableStatus.VALIDATED, previous="ak:ZZZ")

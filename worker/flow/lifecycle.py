@@ -7,6 +7,7 @@ needs no Celery.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -249,8 +250,9 @@ def rollback(
         per_table=per_table,
         retry=retry,
     )
+    caller = contextvars.copy_context()  # each move's audit row names the run, as the caller's
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for table, connection, outcome in pool.map(undo, targets):
+        for table, connection, outcome in pool.map(lambda t: caller.copy().run(undo, t), targets):
             _record_move(runs, run_id, result, table, connection, outcome)
     runs.update(
         run_id,
