@@ -461,3 +461,19 @@ def test_a_run_id_naming_another_key_of_a_run_is_no_run(redis_url: str, unique: 
     for other in (f"{run_id}:tables", f"{run_id}:counts", f"{run_id}:nothing"):
         with pytest.raises(RunNotFound, match="no run with id"):
             store.get(other)
+
+
+def test_a_run_ends_once_later_writes_do_not_move_its_end(redis_url: str, unique: str) -> None:
+    """`runs --json`'s ended_at and rotator_last_success_timestamp_seconds: a key rotation's
+    retirement writes its data for days after the run succeeded; its end stays put."""
+    store = RedisRunStore(redis.Redis.from_url(redis_url))
+    run_id = f"e-{unique}"
+    _fenced_run(store, run_id, f"arn-{unique}")
+    assert store.get(run_id).ended_at == 0.0
+    store.update(run_id, status="succeeded")
+    ended = store.get(run_id).ended_at
+    assert ended > 0
+    time.sleep(0.05)
+    store.update(run_id, data={"deactivated_at": 1.0})
+    after = store.get(run_id)
+    assert after.ended_at == ended and after.updated_at > ended

@@ -180,8 +180,11 @@ class RedisRunStore:
     def _checked_update(
         self, run_id: str, expected: dict[str, Any], fields: dict[str, Any], *, unless_final: bool
     ) -> bool:
-        encoded = _encoded_fields(fields)
         status = fields.get("status")
+        if status is not None and RunStatus(str(status)).final:
+            # when it ended: later writes (a key's retirement, notes) stamp only updated_at
+            fields = {"ended_at": time.time(), **fields}
+        encoded = _encoded_fields(fields)
         args: list[Any] = [
             run_id,
             int(status is not None),

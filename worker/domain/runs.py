@@ -150,4 +150,5 @@ class RunRecord:
     created_at: float = 0.0
     started_at: float = 0.0
     updated_at: float = 0.0
+    ended_at: float = 0.0  # when its status last became final (0: never); set by the run store
     notes: list[str] = field(default_factory=list)

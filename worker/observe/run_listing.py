@@ -78,5 +78,5 @@ def run_summary(runs: RunStore, run: RunRecord) -> dict[str, Any]:
         "status": run.status,
         "counts": run_counts(runs, run),
         "started_at": iso(run.started_at or run.created_at),
-        "ended_at": iso(run.updated_at) if final else None,
+        "ended_at": iso(run.ended_at or run.updated_at) if final else None,
     }

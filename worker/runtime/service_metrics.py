@@ -29,7 +29,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from worker.domain.schedule import ScheduleState
 
 RUNS_LOOKED_AT = 1000
-_FIELDS = ("kind", "status", "binding", "updated_at", "created_at", "parent")
+_FIELDS = ("kind", "status", "binding", "updated_at", "created_at", "parent", "ended_at")
 
 
 def _decode(raw: Any) -> Any:
@@ -100,14 +100,15 @@ class ServiceCollector(Collector):
         for run_id, row in zip(ids, rows, strict=True):
             if row[0] is None:
                 continue  # expired
-            kind, status, binding, updated, created, parent = (_decode(v) for v in row)
+            kind, status, binding, updated, created, parent, ended = (_decode(v) for v in row)
             if run_id in unfinished:
                 oldest = max(oldest, now - float(created or now))
             if parent:
                 continue
             counts[(str(kind), str(status))] += 1
             if status == "succeeded" and binding:
-                last_success[binding] = max(last_success.get(binding, 0.0), float(updated or 0))
+                at = float(ended or updated or 0)  # (runs recorded before ended_at existed)
+                last_success[binding] = max(last_success.get(binding, 0.0), at)
         runs = GaugeMetricFamily(
             "rotator_runs", "Runs on record by kind and status", labels=["kind", "status"]
         )
