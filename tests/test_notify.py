@@ -143,3 +143,35 @@ def test_a_due_rotation_that_cannot_start_is_notified_once_per_reason(redis_url:
     assert queued[-1]["reason"] == "secret databend/lake not found"
     assert queued[-1]["secret_name"] == secrets.name and len(queued) == 2
     assert s.runs.runs == {}
+
+
+def test_a_sweep_on_a_worker_without_a_sink_leaves_the_ended_runs_to_one_with(
+    redis_url: str,
+) -> None:
+    """Two workers share the broker, one with ROTATOR_NOTIFY_URL: a sweep the other one takes
+    must not pop the ended runs (their notices would be lost); the one with the sink sends them."""
+    import redis
+
+    from tests.fakes import MemoryRuns
+    from worker.domain.runs import RunRecord
+    from worker.observe.notify import ENDED_KEY, sweep_ended
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete(ENDED_KEY)
+    runs = MemoryRuns()
+    runs.create(RunRecord("r-failed", "rotation", "databend/lake", "v1", status="failed"))
+    client.lpush(ENDED_KEY, "r-failed")
+    queued: list[dict[str, Any]] = []
+
+    def worker(url: str | None) -> SimpleNamespace:
+        return SimpleNamespace(
+            redis=client,
+            runs=runs,
+            settings=SimpleNamespace(notify_url=url, notify_sns_topic=None, notify_on="failures"),
+            queue_notification=lambda sink, message: queued.append(message),
+        )
+
+    assert sweep_ended(worker(None)) == 0 and client.llen(ENDED_KEY) == 1
+    assert sweep_ended(worker("http://127.0.0.1:9/")) == 1
+    assert [(m["event"], m["run_id"]) for m in queued] == [("run_failed", "r-failed")]
+    client.delete(ENDED_KEY)

@@ -191,7 +191,11 @@ def report_run_end(s: Any, run_id: str) -> str | None:
 
 
 def sweep_ended(s: Any, *, batch: int = 200) -> int:
-    """Turn ended runs into notifications; returns how many runs were looked at."""
+    """Turn ended runs into notifications; returns how many runs were looked at. A worker with
+    no sink configured leaves the list to one that has (the beat sends a sweep every interval to
+    whichever worker takes it; the list keeps its newest 10,000 ids by itself)."""
+    if not configured_sinks(s.settings):
+        return 0
     seen = 0
     while seen < batch:
         raw = s.redis.rpop(ENDED_KEY)
