@@ -129,6 +129,9 @@ def test_a_due_rotation_that_cannot_start_is_notified_once_per_reason(redis_url:
     for _tick in range(2):
         client.delete(f"rotator:schedule:claim:{secrets.arn}")  # the next interval's tick
         assert start_scheduled(s, lake_binding(), seen, interval=300) is None
+    # the claim is held for most of an interval, not all of it: the next tick, a moment early,
+    # tries again
+    assert 0 < client.ttl(f"rotator:schedule:claim:{secrets.arn}") <= 240
     assert [(m["event"], m["binding"], m["reason"]) for m in queued] == [
         ("schedule_refused", "lake-main", refusal)
     ]

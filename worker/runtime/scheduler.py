@@ -152,7 +152,11 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
 
     arn = str(seen.secret_arn)
     claim = f"rotator:schedule:claim:{arn}"
-    if not s.redis.set(claim, str(now_ms()), nx=True, ex=max(1, int(interval))):
+    # held for most of an interval: a second beat's tick in it finds the claim, the next tick of
+    # this one does not (held for the whole interval, a tick a moment early often still found
+    # it, and a refused start was retried every other interval)
+    held = max(1, int(interval * 0.8))
+    if not s.redis.set(claim, str(now_ms()), nx=True, ex=held):
         return None  # another tick claimed this secret within the interval
     if unfinished_key_rotation(s.runs, arn) is not None:
         return None  # as `rotate --commit` refuses: that run is resumed or aborted, not doubled
