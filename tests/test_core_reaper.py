@@ -141,6 +141,36 @@ def test_resume_puts_a_stuck_run_back_where_it_stopped() -> None:
     assert ctx.runs.get("r1").status == RunStatus.FAILED
 
 
+@pytest.mark.parametrize(
+    ("newer_run", "newest_wins", "refused"),
+    [(True, False, True), (False, True, True), (False, False, False)],
+)
+def test_a_run_whose_version_awscurrent_left_is_not_resumed_behind_it(
+    newer_run: bool, newest_wins: bool, refused: bool
+) -> None:
+    """A worker died mid-run of v1; the operator moved AWSCURRENT to v2. Resumed, the run would
+    move objects onto v1 until v2's run moves them again: refused when v2 has a run (or the run
+    applies AWSCURRENT only, as an event's does); an operator's pin of v1 with no newer run
+    resumes."""
+    ctx, _ = world()
+    secrets = FakeSecrets(
+        values={"v1": key_json("AKIAOLDOLDOLDOLD1OLD"), "v2": key_json("AKIANEWNEWNEWNEW2NEW")},
+        stages={"v1": ("AWSPREVIOUS",), "v2": ("AWSCURRENT",)},
+    )
+    ctx.secrets = secrets
+    ctx.runs.create(
+        RunRecord("r1", "rotation", secrets.arn, "v1", status="failed", newest_wins=newest_wins)
+    )
+    if newer_run:
+        ctx.runs.create(RunRecord("r2", "rotation", secrets.arn, "v2", status="queued"))
+    if refused:
+        with pytest.raises(FatalError, match="AWSCURRENT is version v2 now"):
+            resume(ctx, "r1")
+        assert ctx.runs.get("r1").status == RunStatus.FAILED
+    else:
+        assert resume(ctx, "r1").followup == Followup.START_ROTATION
+
+
 def test_reopening_a_failed_run_that_ended_otherwise_meanwhile_changes_nothing() -> None:
     """Step by step: resume reads a failed run and reopens its failed table; a newer run
     supersedes it before the status write. It stays superseded (its objects belong to the

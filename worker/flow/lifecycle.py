@@ -80,11 +80,30 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
         return Resumed(run_id, Followup.ADVANCE_KEY_ROTATION)
     if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED, RunStatus.SUPERSEDED):
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
+    if not run.parent:  # (a key rotation's table run applies AWSPENDING: its parent decides)
+        _refuse_behind_awscurrent(ctx, run)
     reopened = [str(t) for t in reopen_failed_tables(run_id, ctx.runs)]
     status = ctx.runs.get(run_id).status
     if not RunStatus(status).active:  # e.g. its planning gave up: no object was reopened
         resume_switching(run_id, ctx.runs, status)
     return Resumed(run_id, Followup.START_ROTATION, reopened)
+
+
+def _refuse_behind_awscurrent(ctx: KeyRotationContext, run: RunRecord) -> None:
+    """A rotation run whose version AWSCURRENT has left, and which a run of the new AWSCURRENT
+    follows (or which, event-driven, applies AWSCURRENT only), is not resumed: it would move
+    objects behind the secret until that run moves them again."""
+    try:
+        current = ctx.secrets.describe(run.secret).version_with_stage("AWSCURRENT")
+    except FatalError:
+        return  # (a secret gone or unreadable: its run's own planning fails with the reason)
+    if current in (None, run.version_id):
+        return
+    if run.newest_wins or ctx.runs.latest_run(RunKind.ROTATION, run.secret, current) is not None:
+        raise FatalError(
+            f"run {run.run_id} applies version {run.version_id}, but AWSCURRENT is version "
+            f"{current} now, whose run switches the objects: nothing resumed"
+        )
 
 
 def _resume_migration(runs: RunStore, run: RunRecord) -> Resumed:
