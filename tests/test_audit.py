@@ -296,3 +296,34 @@ def test_reading_an_audit_trail_never_written_creates_nothing(
     database = f"never written {unique}"
     assert AuditTable(client, database).events() == []
     assert not client.query(f"SELECT 1 FROM system.databases WHERE name = '{database}'")
+
+
+def test_an_abort_marked_by_a_conditional_write_is_recorded_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abort marks the key rotation with update_if (only while it stands where it was read):
+    that is the run_aborted row of the key rotation itself, not only of its table run."""
+    import uuid
+
+    import redis
+
+    from worker.adapters.audited import AuditedRunStore
+    from worker.domain.ports import RunRecord
+    from worker.observe import audit as audit_module
+
+    events: list[AuditEvent] = []
+
+    class Trail:
+        def record(self, event: AuditEvent) -> None:
+            events.append(event)
+
+    monkeypatch.setattr(audit_module, "_recorder", Trail())
+    store = AuditedRunStore(redis.Redis.from_url(redis_url))
+    run_id = uuid.uuid4().hex
+    store.create(RunRecord(run_id, "key-rotation", "arn", "v", status="switching"))
+    seen = {"status": "switching", "phase": ""}
+    assert store.update_if(run_id, seen, status="aborted", error="aborted")
+    assert not store.update_if(run_id, seen, status="aborted", error="aborted")
+    assert [(e.action, e.object, e.before) for e in events] == [
+        (AuditAction.RUN_ABORTED, run_id, "switching")
+    ]

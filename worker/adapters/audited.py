@@ -162,3 +162,17 @@ class AuditedRunStore(RedisRunStore):
         super().update(run_id, **fields)
         if aborting and before != "aborted":
             audit(AuditAction.RUN_ABORTED, run_id, before=before, after="aborted", run_id=run_id)
+
+    def update_if(self, run_id: str, expected: dict[str, Any], **fields: Any) -> bool:
+        """(An abort marks a key rotation with a conditional write: recorded the same way.)"""
+        written = super().update_if(run_id, expected, **fields)
+        before = str(expected.get("status", ""))
+        if written and str(fields.get("status", "")) == "aborted" and before != "aborted":
+            audit(
+                AuditAction.RUN_ABORTED,
+                run_id,
+                before=before or None,
+                after="aborted",
+                run_id=run_id,
+            )
+        return written
