@@ -327,3 +327,26 @@ def test_an_abort_marked_by_a_conditional_write_is_recorded_once(
     assert [(e.action, e.object, e.before) for e in events] == [
         (AuditAction.RUN_ABORTED, run_id, "switching")
     ]
+
+
+def test_an_operators_command_is_the_actor_of_its_changes_whoever_began_the_run(
+    tmp_path: Path, databend_local: DatabendLocalProcess, redis_url: str, unique: str
+) -> None:
+    """A worker's change names who asked for its run (the schedule); `rotator abort` of that
+    run, typed by alice, names alice."""
+    from worker.domain.ports import RunRecord
+    from worker.observe import actor
+
+    runs = RedisRunStore.from_url(redis_url)
+    run_id = f"run-{unique}"
+    runs.create(RunRecord(run_id, "key-rotation", "arn", "v", data={"actor": "schedule"}))
+    rec = recorder(tmp_path, databend_local.dsn, f"audit_{unique}", redis_url)
+    event = AuditEvent(AuditAction.RUN_ABORTED, run_id, run_id=run_id)
+    process_default = actor.current()  # (importing the CLI makes this process the CLI user's)
+    try:
+        actor.set_default("worker")
+        assert rec._complete(event)["actor"] == "schedule"  # a worker's change
+        actor.set_default("cli:alice")
+        assert rec._complete(event)["actor"] == "cli:alice"
+    finally:
+        actor.set_default(process_default)

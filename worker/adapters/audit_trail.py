@@ -117,7 +117,10 @@ class Recorder:
             row["actor"] = event.actor or run_actor
         else:
             row["secret"] = _secret_name(event.secret)
-        row["actor"] = row["actor"] or actor.current()
+        acting = actor.current()
+        if acting.startswith("cli:") and not event.actor:
+            row["actor"] = acting  # an operator's command acts for them, whoever began the run
+        row["actor"] = row["actor"] or acting
         return row
 
     def _run_facts(self, run_id: str) -> tuple[str | None, str | None, str | None]:
