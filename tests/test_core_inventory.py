@@ -169,6 +169,18 @@ def test_no_drift_once_every_object_is_current_and_the_version_has_a_succeeded_r
     assert not has_drift(reports), reports
 
 
+def test_a_secret_whose_awscurrent_cannot_be_read_is_drift_no_run_can_fix() -> None:
+    """Nothing can be compared: not 'no drift' (reconcile exits 1 and the beat notifies)."""
+    secrets, iam, admin = world()
+    secrets.values[V2] = '{"access_key_id": "AKIANEWNEWNEWNEWXNEW"}'  # secret_access_key missing
+    runs = MemoryRuns()
+    reports = find_drift(inventory(secrets, iam, admin), runs)
+    (report,) = reports
+    assert [(d.problem, d.fixable) for d in report.drift] == [("unreadable", False)]
+    assert "secret_access_key" in report.drift[0].detail and has_drift(reports)
+    assert queue_fix(report, inventory(secrets, iam, admin).views["lake-main"], runs) is None
+
+
 def test_a_run_under_way_makes_the_binding_busy_and_nothing_is_queued() -> None:
     secrets, iam, admin = world()
     runs = MemoryRuns()

@@ -8,7 +8,8 @@ connection after the rotation. Reconcile reads the truth again (the inventory) a
 - ``stranded``: an object is on a deleted key — a table can no longer be switched (Databend writes
   the switch with its old key; see the stranded-table runbook), a stage or a database default still
   can (their switch never touches storage);
-- ``no_run``: AWSCURRENT's version has no rotation run, or its latest did not succeed.
+- ``no_run``: AWSCURRENT's version has no rotation run, or its latest did not succeed;
+- ``unreadable``: the secret or its AWSCURRENT version cannot be read: nothing was compared.
 
 Connections are never drift: they cannot be altered, and a dead one is garbage collection's
 business. Nothing is ever "fixed" by dropping anything: a fix is a rotation run to AWSCURRENT,
@@ -30,7 +31,7 @@ from worker.flow.inventory import BindingView, Inventory, InventoryItem
 class Drift:
     kind: str  # table | stage | database | secret
     name: str
-    problem: str  # not_current | at_risk | stranded | no_run
+    problem: str  # not_current | at_risk | stranded | no_run | unreadable
     detail: str
     fixable: bool  # a rotation run to AWSCURRENT would fix it
 
@@ -96,7 +97,10 @@ def _report(view: BindingView, items: list[InventoryItem], runs: RunStore) -> Bi
         notes=list(view.notes),
     )
     if view.info is None or current is None:
+        why = "; ".join(view.notes) or "no readable AWSCURRENT version"
         report.notes.append("no readable AWSCURRENT version: nothing to compare with")
+        # not "no drift": nothing could be compared (exit 1, notified), and no run can fix it
+        report.drift.append(Drift("secret", view.secret_name, "unreadable", why, False))
         return report
     for item in items:
         if item.kind != "connection":
