@@ -178,3 +178,44 @@ def test_a_sweep_on_a_worker_without_a_sink_leaves_the_ended_runs_to_one_with(
     assert sweep_ended(worker("http://127.0.0.1:9/")) == 1
     assert [(m["event"], m["run_id"]) for m in queued] == [("run_failed", "r-failed")]
     client.delete(ENDED_KEY)
+
+
+def test_a_failed_key_rotation_holds_the_schedule_until_resumed_or_aborted(redis_url: str) -> None:
+    """It failed before moving AWSCURRENT and left its pending key: the schedule starts none
+    (each tick would be refused over that key, with a misleading reason), says once which run
+    to resume or abort, and shows the binding as rotating."""
+    import redis
+
+    from tests.fakes import FakeSecrets, MemoryRuns
+    from tests.test_core_objects import lake_binding
+    from worker.domain.runs import RunRecord
+    from worker.runtime.scheduler import Observation, _blocking_rotation, start_scheduled
+
+    queued: list[dict[str, Any]] = []
+    client = redis.Redis.from_url(redis_url)
+    secrets = FakeSecrets()
+    runs = MemoryRuns()
+    data = {"new_key_id": "AKIANEWNEWNEWNEWXNEW"}
+    runs.create(
+        RunRecord(
+            "k1", "key-rotation", secrets.arn, "t", status="failed", phase="switching", data=data
+        )
+    )
+    planned: list[object] = []
+    s = SimpleNamespace(
+        redis=client,
+        runs=runs,
+        secrets=secrets,
+        plan_key_rotation=lambda *args: planned.append(args),
+        settings=SimpleNamespace(notify_url="http://127.0.0.1:9/", notify_sns_topic=None),
+        queue_notification=lambda sink, message: queued.append(message),
+    )
+    seen = Observation(binding="lake-main", secret=secrets.name, secret_arn=secrets.arn)
+    for _tick in range(2):
+        client.delete(f"rotator:schedule:claim:{secrets.arn}")
+        assert start_scheduled(s, lake_binding(), seen, interval=300) is None
+    assert planned == [] and len(queued) == 1
+    assert "`rotator resume k1` or `rotator abort k1`" in queued[0]["reason"]
+    assert _blocking_rotation(runs, secrets.arn)
+    runs.update("k1", status="aborted")
+    assert _blocking_rotation(runs, secrets.arn) is None

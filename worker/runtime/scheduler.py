@@ -22,7 +22,7 @@ import structlog
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
-from worker.domain.model import RunKind, StoredObject
+from worker.domain.model import RunKind, RunStatus, StoredObject
 from worker.domain.schedule import ScheduleState, decide
 from worker.domain.sql import ObjectName
 from worker.flow import objects as objects_
@@ -84,9 +84,7 @@ def observe(
             seen.key_age_seconds = max(0.0, now - key.created_at)
     except RotatorError as exc:
         seen.problem = str(exc)
-    rotating = bool(
-        seen.secret_arn and unfinished_key_rotation(s.runs, seen.secret_arn) is not None
-    )
+    rotating = bool(seen.secret_arn and _blocking_rotation(s.runs, seen.secret_arn))
     verdict = decide(policy, key_age=seen.key_age_seconds, now=now, rotating=rotating)
     seen.state, seen.next_window_start = verdict.state.value, verdict.next_window_start
     if tables is not None and fingerprint is not None:
@@ -160,6 +158,10 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         return None  # another tick claimed this secret within the interval
     if unfinished_key_rotation(s.runs, arn) is not None:
         return None  # as `rotate --commit` refuses: that run is resumed or aborted, not doubled
+    left = _blocking_rotation(s.runs, arn)
+    if left:  # a failed one waits for the operator: said once, not tried every tick
+        _notify_refused(s, binding, arn, left)
+        return None
     try:
         info = s.secrets.describe(arn)
         plan = s.plan_key_rotation(binding, info)
@@ -194,6 +196,29 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         status="queued",
     )
     return run_id
+
+
+def _blocking_rotation(runs: Any, arn: str) -> str | None:
+    """Why the schedule must not start a key rotation of the secret: one has not ended, or the
+    last one ended before moving AWSCURRENT but left its pending key (failed, or superseded):
+    the operator resumes or aborts it first."""
+    unfinished = unfinished_key_rotation(runs, arn)
+    if unfinished is not None:
+        return unfinished
+    last = runs.latest_run(RunKind.KEY_ROTATION, arn)
+    if last is None or last.status not in (RunStatus.FAILED, RunStatus.SUPERSEDED):
+        return None
+    if last.phase in ("finished", "retired") or not last.data.get("new_key_id"):
+        return None
+    then = (
+        "`rotator resume {0}` or `rotator abort {0}`"
+        if last.status == "failed"
+        else ("`rotator abort {0}` removes its key")
+    )
+    return (
+        f"key rotation {last.run_id} is {last.status} before moving AWSCURRENT and left its "
+        f"pending key: {then.format(last.run_id)}, then the schedule starts the next one"
+    )
 
 
 def _notify_refused(s: Any, binding: Binding, secret: str, reason: str) -> None:
