@@ -659,3 +659,25 @@ def test_an_empty_spool_path_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ROTATOR_AUDIT_SPOOL", " ")
     with pytest.raises(ConfigError, match=r"ROTATOR_AUDIT_SPOOL: .*must name a directory"):
         load_settings()
+
+
+def test_the_doctor_fails_a_webhook_it_cannot_connect_to_without_sending_anything() -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from worker.runtime.doctor import FAIL, PASS, _notify
+
+    def check(url: str) -> Any:
+        settings = SimpleNamespace(notify_url=url, notify_sns_topic=None, notify_on="failures")
+        return next(iter(_notify(settings)))
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listening.getsockname()[1]
+        ok = check(f"http://127.0.0.1:{port}/hooks/T0KEN")
+        assert ok.level == PASS and "T0KEN" not in ok.message
+    finally:
+        listening.close()
+    dead = check(f"http://127.0.0.1:{port}/hooks/T0KEN")
+    assert dead.level == FAIL and f"cannot connect to port {port}" in dead.message
+    assert "T0KEN" not in dead.message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -360,12 +361,20 @@ def _binding_iam_user(binding: Any, settings: Any, credentials: Any) -> Iterator
 def _notify(settings: Any) -> Iterator[Check]:
     if settings.notify_url:
         parts = urlsplit(settings.notify_url)
+        where = f"{parts.scheme}://{parts.hostname}"  # (the path may hold a token: not shown)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        reached = ""
+        if ok:  # a connection only, no request: the check sends no notice
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                socket.create_connection((str(parts.hostname), port), timeout=5).close()
+            except OSError as exc:
+                ok, reached = False, f": cannot connect to port {port} ({exc.strerror or exc})"
         yield Check(
             "notify webhook",
             PASS if ok else FAIL,
-            f"{parts.scheme}://{parts.hostname} (on {settings.notify_on})",
-            "set ROTATOR_NOTIFY_URL to an http(s) URL",
+            f"{where} (on {settings.notify_on}){reached}",
+            "set ROTATOR_NOTIFY_URL to an http(s) URL this worker can reach",
         )
     if settings.notify_sns_topic:
         ok = settings.notify_sns_topic.startswith("arn:")
