@@ -350,3 +350,29 @@ def test_an_operators_command_is_the_actor_of_its_changes_whoever_began_the_run(
         assert rec._complete(event)["actor"] == "cli:alice"
     finally:
         actor.set_default(process_default)
+
+
+def test_a_connection_dropped_by_another_process_than_its_maker_says_what_it_held(
+    databend_local: DatabendLocalProcess, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    """A key is deleted days after its connection was made, by another worker or the CLI: the
+    dropping process looks at the connection first, so the row's ``before`` is not empty."""
+    from worker.adapters.audited import AuditedAdmin
+    from worker.domain.model import AccessKeyCredentials
+    from worker.observe import audit as audit_module
+
+    events: list[AuditEvent] = []
+
+    class Trail:
+        def record(self, event: AuditEvent) -> None:
+            events.append(event)
+
+    monkeypatch.setattr(audit_module, "_recorder", Trail())
+    name = f"gone_{unique}"
+    maker = AuditedAdmin(DatabendClient(databend_local.dsn), runs=None)
+    maker.create_connection(name, AccessKeyCredentials("AKIAEXAMPLEEXAMPLXYZ", "s" * 40))
+    dropper = AuditedAdmin(DatabendClient(databend_local.dsn), runs=None)
+    dropper.drop_connection(name)
+    made, dropped = events
+    assert dropped.action is AuditAction.CONNECTION_DROPPED and dropped.object == name
+    assert dropped.before == made.after == "ak ******XYZ"

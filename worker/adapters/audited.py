@@ -18,6 +18,7 @@ from worker.adapters.databend_admin import DriverDatabendAdmin
 from worker.adapters.run_store import RedisRunStore
 from worker.domain import masking
 from worker.domain.audit import AuditAction
+from worker.domain.errors import RotatorError
 from worker.domain.model import Credentials, DatabaseDefault, ExternalStage
 from worker.domain.sql import ObjectName, TableName, object_label
 from worker.observe.audit import audit, planned_previous
@@ -41,8 +42,15 @@ class AuditedAdmin(DriverDatabendAdmin):
         return True
 
     def drop_connection(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        shown = self._shown.pop(name, None)
+        if shown is None:  # made by another process (or before a restart): look before it goes
+            try:
+                seen = self.connection_fingerprint(name)
+                shown = masking.display(seen, self._form()) if seen else None
+            except RotatorError:
+                shown = None  # (the row then says nothing of it, as before; the drop goes on)
         result = super().drop_connection(name, *args, **kwargs)
-        audit(AuditAction.CONNECTION_DROPPED, name, before=self._shown.pop(name, None))
+        audit(AuditAction.CONNECTION_DROPPED, name, before=shown)
         return result
 
     def switch_table(self, table: TableName, connection: str) -> None:
