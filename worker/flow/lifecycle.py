@@ -56,6 +56,9 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     run = ctx.runs.get(run_id)
     if run.kind == RunKind.MIGRATION:
         _refuse_unresumable_migration(run)  # before any write, the stuck run's below too
+    done = (RunStatus.SUCCEEDED, RunStatus.SKIPPED, RunStatus.SUPERSEDED)
+    if run.kind == RunKind.ROTATION and not run.parent and run.status not in done:
+        _refuse_behind_awscurrent(ctx, run)  # (a key rotation's table run: its parent decides)
     if run.status == RunStatus.STUCK:  # back to where the reaper found it (if still as read)
         back = run.stuck_from or RunStatus.QUEUED
         update_or_refuse(
@@ -78,10 +81,8 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
         if phase == Phase.RETIRED:
             return Resumed(run_id, Followup.RETIRE_DUE)
         return Resumed(run_id, Followup.ADVANCE_KEY_ROTATION)
-    if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED, RunStatus.SUPERSEDED):
+    if run.status in done:
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
-    if not run.parent:  # (a key rotation's table run applies AWSPENDING: its parent decides)
-        _refuse_behind_awscurrent(ctx, run)
     reopened = [str(t) for t in reopen_failed_tables(run_id, ctx.runs)]
     status = ctx.runs.get(run_id).status
     if not RunStatus(status).active:  # e.g. its planning gave up: no object was reopened
