@@ -380,6 +380,7 @@ def test_an_abort_that_must_keep_its_new_key_says_what_it_did_and_goes_on_when_a
     run = ctx.runs.get(run_id)
     assert run.status == RunStatus.ABORTED and "abort_done" not in run.data
     assert "may still use it" in run.data["abort_blocked"]
+    assert run.secret not in ctx.locks.owners, "the secret's lock is released"
     assert new in [k.key_id for k in ctx.iam.list_keys("svc")], "kept: it may be in use"
     info = ctx.secrets.describe(ctx.secrets.name)  # type: ignore[attr-defined]
     assert all("AWSPENDING" not in v.stages for v in info.versions.values())

@@ -64,6 +64,7 @@ def abort(
     try:
         _delete_new_keys(ctx, run, dict(ctx.runs.get(run_id).data), info)
     except (Refused, UnreadableEvidence) as exc:
+        release(ctx, run)  # the rest is done: a newer rotation need not wait for the lock
         _kept_new_key(ctx, run_id, switched_back, str(exc))
     data = dict(ctx.runs.get(run_id).data)  # as the deletions left it (connections dropped)
     data.pop("abort_blocked", None)
