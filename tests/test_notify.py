@@ -184,12 +184,16 @@ def test_a_failed_key_rotation_holds_the_schedule_until_resumed_or_aborted(redis
     """It failed before moving AWSCURRENT and left its pending key: the schedule starts none
     (each tick would be refused over that key, with a misleading reason), says once which run
     to resume or abort, and shows the binding as rotating."""
+    import dataclasses
+    import json
+
     import redis
 
-    from tests.fakes import FakeSecrets, MemoryRuns
+    from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, MemoryRuns
     from tests.test_core_objects import lake_binding
     from worker.domain.runs import RunRecord
-    from worker.runtime.scheduler import Observation, _blocking_rotation, start_scheduled
+    from worker.domain.schedule import SchedulePolicy
+    from worker.runtime.scheduler import Observation, _left_behind, start_scheduled, tick
 
     queued: list[dict[str, Any]] = []
     client = redis.Redis.from_url(redis_url)
@@ -216,6 +220,19 @@ def test_a_failed_key_rotation_holds_the_schedule_until_resumed_or_aborted(redis
         assert start_scheduled(s, lake_binding(), seen, interval=300) is None
     assert planned == [] and len(queued) == 1
     assert "`rotator resume k1` or `rotator abort k1`" in queued[0]["reason"]
-    assert _blocking_rotation(runs, secrets.arn)
-    runs.update("k1", status="aborted")
-    assert _blocking_rotation(runs, secrets.arn) is None
+
+    # what the beat's tick does: the binding is `rotating`, and the notice names the run
+    client.delete(*client.keys("rotator:notified:*"))
+    queued.clear()
+    key_id = "AKIAOLDOLDOLDOLD1OLD"
+    secrets.values = {"v1": json.dumps({"access_key_id": key_id, "secret_access_key": "s"})}
+    secrets.stages = {"v1": ("AWSCURRENT",)}
+    s.admin = FakeAdmin()
+    s.bindings = [dataclasses.replace(lake_binding(), schedule=SchedulePolicy(86400.0))]
+    s.settings.schedule_interval = 300
+    s.iam = FakeIam(keys={"svc": [[key_id, True, 0.0]]})
+    (seen_by_tick,) = tick(s, now=400 * 86400.0)
+    assert seen_by_tick.state == "rotating" and planned == []
+    assert [m["event"] for m in queued] == ["schedule_refused"] and "k1" in queued[0]["reason"]
+    runs.update("k1", status="aborted", data={**data, "abort_done": 1.0})
+    assert _left_behind(runs, secrets.arn) is None

@@ -26,7 +26,7 @@ from worker.domain.model import RunKind, RunStatus, StoredObject
 from worker.domain.schedule import ScheduleState, decide
 from worker.domain.sql import ObjectName
 from worker.flow import objects as objects_
-from worker.flow.key_context import unfinished_key_rotation
+from worker.flow.key_context import Phase, unfinished_key_rotation
 from worker.flow.key_rotation import current_credentials, new_key_rotation
 from worker.flow.rotation import plan_rotation
 from worker.observe import actor
@@ -51,6 +51,8 @@ class Observation:
     drift: int | None = None
     observed_at: float = 0.0
     problem: str | None = None  # why the key's age is unknown (never due then)
+    # a key rotation that ended before moving AWSCURRENT and left its key: why none starts
+    held_by: str | None = None
 
 
 def observe(
@@ -84,7 +86,11 @@ def observe(
             seen.key_age_seconds = max(0.0, now - key.created_at)
     except RotatorError as exc:
         seen.problem = str(exc)
-    rotating = bool(seen.secret_arn and _blocking_rotation(s.runs, seen.secret_arn))
+    if seen.secret_arn:
+        seen.held_by = _left_behind(s.runs, seen.secret_arn)
+    rotating = seen.held_by is not None or bool(
+        seen.secret_arn and unfinished_key_rotation(s.runs, seen.secret_arn)
+    )
     verdict = decide(policy, key_age=seen.key_age_seconds, now=now, rotating=rotating)
     seen.state, seen.next_window_start = verdict.state.value, verdict.next_window_start
     if tables is not None and fingerprint is not None:
@@ -128,6 +134,9 @@ def tick(s: Any, *, now: float | None = None) -> list[Observation]:
         seen.append(observation)
         if observation.state == ScheduleState.DUE:
             start_scheduled(s, binding, observation, interval=s.settings.schedule_interval)
+        elif observation.held_by and observation.secret_arn and binding.schedule.active:
+            # (a binding on a schedule: said once a day, naming the run)
+            _notify_refused(s, binding, observation.secret_arn, observation.held_by)
     record(s.redis, seen)
     return seen
 
@@ -158,8 +167,8 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
         return None  # another tick claimed this secret within the interval
     if unfinished_key_rotation(s.runs, arn) is not None:
         return None  # as `rotate --commit` refuses: that run is resumed or aborted, not doubled
-    left = _blocking_rotation(s.runs, arn)
-    if left:  # a failed one waits for the operator: said once, not tried every tick
+    left = _left_behind(s.runs, arn)
+    if left:  # (ended so since the tick's look) it waits for the operator, not a new rotation
         _notify_refused(s, binding, arn, left)
         return None
     try:
@@ -198,26 +207,24 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
     return run_id
 
 
-def _blocking_rotation(runs: Any, arn: str) -> str | None:
-    """Why the schedule must not start a key rotation of the secret: one has not ended, or the
-    last one ended before moving AWSCURRENT but left its pending key (failed, or superseded):
-    the operator resumes or aborts it first."""
-    unfinished = unfinished_key_rotation(runs, arn)
-    if unfinished is not None:
-        return unfinished
+def _left_behind(runs: Any, arn: str) -> str | None:
+    """The last key rotation of the secret ended before moving AWSCURRENT but left its key
+    (failed or superseded with AWSPENDING still holding it, or aborted keeping a key that may be
+    in use): the operator resumes or aborts it first, or a new one is refused over that key."""
     last = runs.latest_run(RunKind.KEY_ROTATION, arn)
-    if last is None or last.status not in (RunStatus.FAILED, RunStatus.SUPERSEDED):
+    if last is None or last.phase in (Phase.FINISHED, Phase.RETIRED) or last.data.get("abort_done"):
+        return None  # (an abort that finished cleaned up, whatever status it left)
+    if last.status == RunStatus.ABORTED and last.data.get("abort_blocked"):
+        then = "ask `rotator abort {0}` again once nothing uses its new key"
+    elif last.status == RunStatus.FAILED and last.data.get("new_key_id"):
+        then = "`rotator resume {0}` or `rotator abort {0}`"
+    elif last.status == RunStatus.SUPERSEDED and last.data.get("new_key_id"):
+        then = "`rotator abort {0}` removes its key"
+    else:
         return None
-    if last.phase in ("finished", "retired") or not last.data.get("new_key_id"):
-        return None
-    then = (
-        "`rotator resume {0}` or `rotator abort {0}`"
-        if last.status == "failed"
-        else ("`rotator abort {0}` removes its key")
-    )
     return (
-        f"key rotation {last.run_id} is {last.status} before moving AWSCURRENT and left its "
-        f"pending key: {then.format(last.run_id)}, then the schedule starts the next one"
+        f"key rotation {last.run_id} is {last.status} before moving AWSCURRENT and left its new "
+        f"key: {then.format(last.run_id)}, then the schedule starts the next one"
     )
 
 
