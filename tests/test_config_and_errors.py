@@ -446,7 +446,13 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
         ),
         (  # (a notice sent to a target that cannot be one would fail on every delivery)
             "ROTATOR_NOTIFY_URL",
-            ["notaurl", "ftp://h/x", "https:///path", "hooks.example.com/T0K3NVALUE"],
+            [
+                "notaurl",
+                "ftp://h/x",
+                "https:///path",
+                "hooks.example.com/T0K3NVALUE",
+                "http://h:99999/x",
+            ],
             ["https://hooks.example.com/services/T0K3N", "http://127.0.0.1:9/x"],
         ),
         (
@@ -661,7 +667,9 @@ def test_an_empty_spool_path_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
 
 
-def test_the_doctor_fails_a_webhook_it_cannot_connect_to_without_sending_anything() -> None:
+def test_the_doctor_fails_a_webhook_it_cannot_connect_to_without_sending_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import socket
     from types import SimpleNamespace
 
@@ -681,3 +689,7 @@ def test_the_doctor_fails_a_webhook_it_cannot_connect_to_without_sending_anythin
     dead = check(f"http://127.0.0.1:{port}/hooks/T0KEN")
     assert dead.level == FAIL and f"cannot connect to port {port}" in dead.message
     assert "T0KEN" not in dead.message
+    # behind a proxy, delivery (httpx) goes through it: a direct connection proves nothing
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    proxied = check(f"http://127.0.0.1:{port}/hooks/T0KEN")
+    assert proxied.level == PASS and "through a proxy" in proxied.message

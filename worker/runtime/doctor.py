@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import urllib.request
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -364,7 +365,9 @@ def _notify(settings: Any) -> Iterator[Check]:
         where = f"{parts.scheme}://{parts.hostname}"  # (the path may hold a token: not shown)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
         reached = ""
-        if ok:  # a connection only, no request: the check sends no notice
+        if ok and urllib.request.getproxies().get(parts.scheme):
+            reached = " (through a proxy: not probed)"  # delivery goes through it, as httpx does
+        elif ok:  # a connection only, no request: the check sends no notice
             port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
                 socket.create_connection((str(parts.hostname), port), timeout=5).close()

@@ -114,10 +114,7 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             # (the value is not repeated: it may hold a password)
             raise ValueError("must start with redis://, rediss:// or unix://")
-        try:
-            urlsplit(value or "").port  # noqa: B018 (raises on a port out of range)
-        except ValueError:
-            raise ValueError("its port must be a number from 0 to 65535") from None
+        _port_in_range(value)
         return value
 
     @field_validator("audit_spool", mode="before")
@@ -134,6 +131,7 @@ class Settings(BaseSettings):
         if value and not (sep and scheme in ("http", "https") and rest.split("/")[0]):
             # (the value is not repeated: a webhook URL often carries a token)
             raise ValueError("must be an http:// or https:// URL")
+        _port_in_range(value)
         return value or None
 
     @field_validator("notify_sns_topic")
@@ -153,6 +151,13 @@ class Settings(BaseSettings):
         if missing:
             raise ConfigError(f"missing configuration: set {', '.join(missing)}")
         return self
+
+
+def _port_in_range(url: str | None) -> None:
+    try:
+        urlsplit(url or "").port  # noqa: B018 (raises on a port out of range)
+    except ValueError:
+        raise ValueError("its port must be a number from 0 to 65535") from None
 
 
 _SNS_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?\Z")
