@@ -22,7 +22,7 @@ from typing import Any
 
 from worker.domain import masking
 from worker.domain.bindings import Binding, binding_covering, find_binding
-from worker.domain.errors import RotatorError
+from worker.domain.errors import RotatorError, UnreadableEvidence
 from worker.domain.model import (
     AccessKeyCredentials,
     ConnectionInfo,
@@ -289,12 +289,14 @@ def _status(key: AccessKey, now: float) -> tuple[str, float | None]:
 
 def _another_secret(secret_shown: str | None, credentials: Credentials) -> bool:
     """Does a connection that shows its secret as ``secret_shown`` hold another secret than
-    ``credentials``' (so another key, however alike the key ids look)?"""
+    ``credentials``' (so another key, however alike the key ids look)? Unreadable: can't tell."""
     if not secret_shown or not isinstance(credentials, AccessKeyCredentials):
         return False
-    secret = credentials.secret_access_key
-    forms = (masking.MaskForm.LEGACY, masking.MaskForm.CURRENT)
-    return secret_shown not in (masking.mask(secret, form) for form in forms)
+    try:
+        shown = masking.parse_shown(secret_shown)
+    except UnreadableEvidence:
+        return False
+    return shown.match(credentials.secret_access_key) is masking.Match.NO
 
 
 def _may_hold(seen: str | None, holding: str) -> bool:
