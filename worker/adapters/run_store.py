@@ -181,8 +181,9 @@ class RedisRunStore:
         self, run_id: str, expected: dict[str, Any], fields: dict[str, Any], *, unless_final: bool
     ) -> bool:
         status = fields.get("status")
-        if status is not None and RunStatus(str(status)).final:
-            # when it ended: later writes (a key's retirement, notes) stamp only updated_at
+        if status is not None and RunStatus(str(status)).final and not self._ended(run_id):
+            # when it ended, once: later writes (a key's retirement, a rollback of a finished
+            # migration, notes) stamp only updated_at (one read, on a run's last write only)
             fields = {"ended_at": time.time(), **fields}
         encoded = _encoded_fields(fields)
         args: list[Any] = [
@@ -198,6 +199,10 @@ class RedisRunStore:
             args += [key, value]
         keys = [self._key(run_id), f"{PREFIX}unfinished", f"{PREFIX}ended"]
         return bool(_call(self._update_checked, keys=keys, args=args))
+
+    def _ended(self, run_id: str) -> bool:
+        raw = _call(self.redis.hget, self._key(run_id), "status")
+        return raw is not None and RunStatus(json.loads(raw)).final
 
     def set_plan(self, run_id: str, outcomes: list[TableOutcome]) -> None:
         tables_key, pending_key = self._key(run_id, ":tables"), self._key(run_id, ":pending")
