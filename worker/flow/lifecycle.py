@@ -254,8 +254,7 @@ def rollback(
             f"({', '.join(flying[:3])}): nothing moved back; run `rotator rollback {run_id}` "
             "again once they have ended"
         )
-    outcomes = runs.outcomes(run_id)
-    outcomes += switched_unrecorded(admin, outcomes, str(run.target))  # (a worker died)
+    outcomes = switched_unrecorded(admin, runs.outcomes(run_id), str(run.target))
     back, unknown = rollback_targets(outcomes, run.data.get("previous_connections", {}))
     result = RolledBack(unknown=list(unknown))
     reachable = _probe_previous(admin, back, result)

@@ -339,22 +339,27 @@ def estimate(done: int, total: int, started_at: float, now: float) -> tuple[floa
 def switched_unrecorded(
     admin: DatabendAdmin, outcomes: list[TableOutcome], target: str
 ) -> list[TableOutcome]:
-    """Objects still pending whose attempt was written ahead (a worker died between its change
-    and its outcome) and that now show the run's target though the plan saw them elsewhere: the
-    migration switched them, and a rollback moves them back too (as VALIDATED copies)."""
-    found = []
-    for o in outcomes:
-        if (
-            o.status.done
-            or o.attempts < 1
-            or not o.previous
-            or objects_.may_show(o.previous, target)
-        ):
-            continue
-        now = objects_.describe(admin, o.table)
-        if now is not None and objects_.may_show(now.storage.fingerprint, target):
-            found.append(dataclasses.replace(o, status=TableStatus.VALIDATED))
-    return found
+    """The outcomes, each object still pending whose attempt was written ahead (a worker died
+    between its change and its outcome) and that now shows the run's target though the plan saw
+    it elsewhere replaced by a VALIDATED copy: the migration switched it, so a rollback moves it
+    back too. One listing of the objects, not one lookup each."""
+    unsure = {
+        o.table
+        for o in outcomes
+        if not o.status.done
+        and o.attempts >= 1
+        and o.previous
+        and not objects_.may_show(o.previous, target)
+    }
+    if not unsure:
+        return outcomes
+    shown = {o.name: o.storage.fingerprint for o in objects_.list_all(admin) if o.name in unsure}
+    return [
+        dataclasses.replace(o, status=TableStatus.VALIDATED)
+        if o.table in shown and objects_.may_show(shown[o.table], target)
+        else o
+        for o in outcomes
+    ]
 
 
 def rollback_targets(
