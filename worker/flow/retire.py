@@ -61,8 +61,9 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     if action == "deactivate":
         # inactive for as long as the run asked before the delete, also when the deactivation
         # came late (its retirement was blocked): a reversible window, never a few seconds
-        gap = float(data.get("delete_after", 7 * 86400)) - float(data.get("deactivate_after", 0))
-        data["delete_at"] = max(float(data.get("delete_at", 0)), data[done_field] + max(gap, 0))
+        planned_at = float(data.get("deactivate_at", 0))
+        gap = max(0.0, float(data.get("delete_at", planned_at)) - planned_at)  # (_retire set both)
+        data["delete_at"] = max(float(data.get("delete_at", 0)), data[done_field] + gap)
     data.pop("retire_blocked", None)
     ctx.runs.update(run_id, data=data)
     if action == "delete":
@@ -112,11 +113,10 @@ def retire_due(
             held.enter_context(limits.slot(f"retire:{run_id}", 1, wait=0))
         except SlotTimeout:
             return None
-        done = []
-        for action in due_retirements(ctx.runs.get(run_id), now):
-            # asked again after each: a late deactivation moves the delete on (retire_old_key)
-            if action in due_retirements(ctx.runs.get(run_id), now):
-                done.append((action, retire_old_key(ctx, run_id, action)))
+        done: list[tuple[str, str]] = []
+        # asked again after each step: a late deactivation moves the delete on (retire_old_key)
+        while (due := due_retirements(ctx.runs.get(run_id), now)) and due[0] not in dict(done):
+            done.append((due[0], retire_old_key(ctx, run_id, due[0])))
         data = ctx.runs.get(run_id).data
         if data.get("deactivated_at") and data.get("deleted_at"):
             ctx.runs.unmark_retiring(run_id)
