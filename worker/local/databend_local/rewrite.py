@@ -2,9 +2,10 @@
 says how the forms differ and how the tracker learns each value's current form).
 
 Which cells hold masked values: ``storage_param`` (and SHOW CREATE TABLE's text), SHOW
-CONNECTIONS' parameters, a stage's ``storage_params`` JSON, and any other cell that is nothing but
-a masked value, bare or JSON-quoted (a path into ``storage_params`` such as
-``storage_params:access_key_id``, or a value a query copied).
+CONNECTIONS' parameters, a stage's ``storage_params`` JSON, and a path into it
+(``storage_params:access_key_id``, ``storage_params['secret_access_key']``): a cell that is
+nothing but a masked value, bare or JSON-quoted. Other columns (table data read back) are left
+alone.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Rewriter:
                 self._each(index, self._connection_params)
             elif name == "storage_params":
                 self._each(index, self._stage_params)
-            else:
+            elif name.startswith("storage_param"):  # a path into it: storage_params:access_key_id
                 self._each(index, partial(self._masked_cell, name))
 
     def _each(self, index: int, rewrite: Callable[[list[str | None], str], str]) -> None:
@@ -142,15 +143,13 @@ class Rewriter:
         return _JSON_STRING_FIELD.sub(field, text)
 
     def _masked_cell(self, column: str, row: list[str | None], text: str) -> str:
-        """Any other cell that is only a masked value, bare or JSON-quoted: a path into a
-        stage's storage_params (``storage_params:access_key_id``, its field the path's last
-        part), or a value a query copied."""
+        """A cell of a path into a stage's storage_params (``storage_params:access_key_id``, its
+        field the path's last part) that is only a masked value, bare or JSON-quoted."""
         quoted = len(text) > 2 and text[0] == text[-1] == '"'
         shown = text[1:-1] if quoted else text
         if not is_legacy_masked(shown):
             return text
         field = re.split(r"[:.\[\]'\"]+", column.strip("[]'\" "))[-1] or column
-        stage = column.startswith("storage_params") and "name" in self.columns
-        tracked = self.tracker.stage(self._cell(row, "name")) if stage else None
+        tracked = self.tracker.stage(self._cell(row, "name")) if "name" in self.columns else None
         current = self._form(tracked, field, shown, False)
         return json.dumps(current, ensure_ascii=False) if quoted else current
