@@ -118,7 +118,7 @@ class Recorder:
         else:
             row["secret"] = _secret_name(event.secret)
         acting = actor.current()
-        if acting.startswith("cli:") and not event.actor:
+        if actor.is_operator(acting) and not event.actor:
             row["actor"] = acting  # an operator's command acts for them, whoever began the run
         row["actor"] = row["actor"] or acting
         return row

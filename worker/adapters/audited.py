@@ -168,19 +168,17 @@ class AuditedRunStore(RedisRunStore):
         aborting = str(fields.get("status", "")) == "aborted"
         before = self.get(run_id).status if aborting else None
         super().update(run_id, **fields)
-        if aborting and before != "aborted":
-            audit(AuditAction.RUN_ABORTED, run_id, before=before, after="aborted", run_id=run_id)
+        if aborting:
+            _record_abort(run_id, before)
 
     def update_if(self, run_id: str, expected: dict[str, Any], **fields: Any) -> bool:
         """(An abort marks a key rotation with a conditional write: recorded the same way.)"""
         written = super().update_if(run_id, expected, **fields)
-        before = str(expected.get("status", ""))
-        if written and str(fields.get("status", "")) == "aborted" and before != "aborted":
-            audit(
-                AuditAction.RUN_ABORTED,
-                run_id,
-                before=before or None,
-                after="aborted",
-                run_id=run_id,
-            )
+        if written and str(fields.get("status", "")) == "aborted":
+            _record_abort(run_id, str(expected.get("status", "")) or None)
         return written
+
+
+def _record_abort(run_id: str, before: str | None) -> None:
+    if before != "aborted":
+        audit(AuditAction.RUN_ABORTED, run_id, before=before, after="aborted", run_id=run_id)

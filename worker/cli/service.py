@@ -141,7 +141,8 @@ def audit_command(since: str | None, binding: str | None, as_json: bool) -> None
         from worker.domain.bindings import load_bindings
 
         known = {b.name for b in load_bindings(current.bindings_path)}
-        if binding not in known and not trail.events(binding=binding, limit=1):
+        in_trail = cutoff is not None and bool(trail.events(binding=binding, limit=1))
+        if binding not in known and not in_trail:
             raise BadInput(f"no binding {binding!r} in {current.bindings_path}, nor in the trail")
     if as_json:
         _echo_json({"events": events})

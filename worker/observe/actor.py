@@ -42,6 +42,11 @@ def current() -> str:
     return _default
 
 
+def is_operator(name: str) -> bool:
+    """Is ``name`` a person at the command line (``cli:<user>``)?"""
+    return name.startswith("cli:")
+
+
 @contextmanager
 def acting_as(actor: str) -> Iterator[None]:
     token = _explicit.set(actor)
