@@ -150,7 +150,9 @@ def test_generated_hostile_envelopes_never_crash_and_never_rotate_a_bad_name(
 
 
 def test_the_rule_pattern_names_each_shape() -> None:
-    pattern = eventbridge_rule_pattern("arn:aws:secretsmanager:us-east-1:1:secret:databend/")
+    pattern = eventbridge_rule_pattern(
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/"
+    )
     shapes = {tuple(p["detail-type"]) for p in pattern["$or"]}
     assert shapes == {
         ("Secret Label Updated",),
