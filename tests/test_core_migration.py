@@ -127,6 +127,23 @@ def test_a_rollback_after_a_worker_died_also_moves_what_it_switched_but_never_re
     assert altered == [f"ALTER {a}", f"ALTER {b}"], "db.c was never moved, so it is not moved back"
 
 
+def _migrated_off_src(
+    admin: FakeAdmin, tables: list[TableName]
+) -> tuple[MemoryRuns, AccessKeyCredentials]:
+    """A succeeded migration m1 that switched ``tables`` off connection src (key SRC) onto DST."""
+    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
+    admin.connections["src"] = src
+    for table in tables:
+        admin.add(table, "DST")
+    runs = MemoryRuns()
+    data = {"previous_connections": {src.fingerprint: "src"}}
+    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SUCCEEDED, data=data))
+    runs.set_plan(
+        "m1", [TableOutcome(t, TableStatus.VALIDATED, previous=src.fingerprint) for t in tables]
+    )
+    return runs, src
+
+
 def test_a_rollbacks_moves_run_in_the_callers_context() -> None:
     """The moves run on a pool's threads; each sees the caller's context (the run id the CLI
     binds), so its audit row names the run."""
@@ -140,17 +157,7 @@ def test_a_rollbacks_moves_run_in_the_callers_context() -> None:
             super().switch_table(table, connection)
 
     admin = Watching()
-    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
-    admin.connections["src"] = src
-    tables = [TableName("db", f"t{i}") for i in range(4)]
-    for table in tables:
-        admin.add(table, "DST")
-    runs = MemoryRuns()
-    data = {"previous_connections": {src.fingerprint: "src"}}
-    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SUCCEEDED, data=data))
-    runs.set_plan(
-        "m1", [TableOutcome(t, TableStatus.VALIDATED, previous=src.fingerprint) for t in tables]
-    )
+    runs, _src = _migrated_off_src(admin, [TableName("db", f"t{i}") for i in range(4)])
     with structlog.contextvars.bound_contextvars(run_id="m1"):
         assert len(rollback(runs, admin, None, "m1", concurrency=4).moved) == 4
     assert seen == ["m1"] * 4
@@ -169,17 +176,8 @@ def test_a_rollback_moves_each_table_back_inside_its_own_time_limit() -> None:
     """Given a migration that switched two tables off connection src, when it is rolled back,
     then both are on src again, each moved inside one per_table() block (the table time limit)."""
     admin = FakeAdmin()
-    src = AccessKeyCredentials(fake_key("SRC"), "src-secret")
-    admin.connections["src"] = src
     tables = [TableName("db", "a"), TableName("db", "b")]
-    for table in tables:
-        admin.add(table, "DST")
-    runs = MemoryRuns()
-    data = {"previous_connections": {src.fingerprint: "src"}}
-    runs.create(RunRecord("m1", RunKind.MIGRATION, "", "", RunStatus.SUCCEEDED, data=data))
-    runs.set_plan(
-        "m1", [TableOutcome(t, TableStatus.VALIDATED, previous=src.fingerprint) for t in tables]
-    )
+    runs, src = _migrated_off_src(admin, tables)
     blocks: list[str] = []
 
     @contextmanager
