@@ -236,3 +236,36 @@ def test_a_failed_key_rotation_holds_the_schedule_until_resumed_or_aborted(redis
     assert [m["event"] for m in queued] == ["schedule_refused"] and "k1" in queued[0]["reason"]
     runs.update("k1", status="aborted", data={**data, "abort_done": 1.0})
     assert _left_behind(runs, secrets.arn) is None
+
+
+def test_the_drift_metric_counts_objects_as_the_schedule_does(redis_url: str) -> None:
+    """Reconcile's drift rows include the secret's own (no_run, unreadable); the count kept for
+    rotator_drift_objects is of objects only, the measure the schedule's tick writes too (the
+    two writers took turns: 6, 4, 4, 6), while the notice still names every row."""
+    import json
+
+    import redis
+
+    from worker.flow.reconcile import BindingReport, Drift
+    from worker.runtime.jobs import drift_noticed
+
+    client = redis.Redis.from_url(redis_url)
+    queued: list[dict[str, Any]] = []
+    s = SimpleNamespace(
+        redis=client,
+        settings=SimpleNamespace(
+            notify_url="http://127.0.0.1:9/", notify_sns_topic=None, notify_on="failures"
+        ),
+        queue_notification=lambda sink, message: queued.append(message),
+    )
+    report = BindingReport("lake-main", "databend/lake", "v2", None, None)
+    report.drift = [
+        Drift("table", "sales.late", "not_current", "on previous credentials", True),
+        Drift("secret", "databend/lake", "no_run", "AWSCURRENT version v2 has no run", True),
+    ]
+    drift_noticed(s, report)
+    assert json.loads(client.hget("rotator:drift", "lake-main"))["count"] == 1
+    assert {f["object"] for f in queued[0]["failing"]} == {
+        "table sales.late",
+        "secret databend/lake",
+    }

@@ -235,12 +235,18 @@ def retirement_report(s: Any, run_id: str) -> bool:
 
 
 def drift_found(
-    s: Any, *, binding: str, secret: str | None, objects: list[tuple[str, str]]
+    s: Any,
+    *,
+    binding: str,
+    secret: str | None,
+    objects: list[tuple[str, str]],
+    out_of_step: int | None = None,
 ) -> bool:
     """Hook for reconcile: ``objects`` = (object, what is wrong) found out of step with the
-    binding's current credentials. Records the count for ``rotator_drift_objects`` and notifies
-    (once a day per binding and set of objects)."""
-    s.redis.hset("rotator:drift", binding, json.dumps({"count": len(objects), "at": _now()}))
+    binding's current credentials. Records ``out_of_step`` (default: all of them), the objects
+    among them, for ``rotator_drift_objects``, and notifies (once a day per binding and set)."""
+    count = len(objects) if out_of_step is None else out_of_step
+    s.redis.hset("rotator:drift", binding, json.dumps({"count": count, "at": _now()}))
     if not objects:
         return False
     names = ",".join(sorted(o for o, _ in objects))

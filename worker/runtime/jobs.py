@@ -254,6 +254,9 @@ def drift_noticed(s: Any, report: BindingReport) -> None:
         binding=report.binding,
         secret=report.secret,
         objects=[(f"{d.kind} {d.name}", f"{d.problem}: {d.detail}") for d in report.drift],
+        # the metric counts objects, as the schedule's tick does, not the secret's own row
+        # (no_run, unreadable): otherwise the two writers' counts flap
+        out_of_step=sum(d.kind != "secret" for d in report.drift),
     )
 
 
