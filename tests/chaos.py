@@ -60,6 +60,7 @@ from worker.flow import lifecycle as _lifecycle
 from worker.flow import migration as _migration
 from worker.flow import reaper as _reaper
 from worker.flow import retire as _retire
+from worker.flow import rollback as _rollback
 from worker.flow import runs as _runs
 from worker.flow import stale as _stale
 from worker.flow import waves as _waves
@@ -470,7 +471,7 @@ def pause(world: World, run_id: str) -> list[str]:
 def rollback(world: World, run_id: str) -> str:
     """`rotator rollback --timeout 0`: the objects the migration switched moved back; a line
     saying what happened."""
-    result = _lifecycle.rollback(
+    result = _rollback.rollback(
         runs=world.runs,
         admin=world.admin,
         fences=world.fences,

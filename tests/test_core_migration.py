@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
@@ -32,7 +33,7 @@ from worker.domain.model import (
 from worker.domain.ports import Admission, RunRecord
 from worker.domain.sql import TableName
 from worker.flow.key_rotation import KeyRotationContext
-from worker.flow.lifecycle import Followup, Resumed, pause, resume, rollback
+from worker.flow.lifecycle import Followup, Resumed, pause, resume
 from worker.flow.migration import (
     MigrationOptions,
     MigrationRefused,
@@ -47,6 +48,7 @@ from worker.flow.migration import (
     preflight,
     rollback_targets,
 )
+from worker.flow.rollback import rollback
 from worker.flow.stale import RotatedAway
 
 
@@ -628,3 +630,57 @@ def test_the_preflight_refuses_a_target_that_cannot_list_a_bucket_of_the_plan() 
     admin.probe_failures["other"] = StoragePermissionDenied(3002, "403 at list other")
     with pytest.raises(MigrationRefused, match="connection dst cannot reach bucket other: "):
         preflight(admin, plan)
+
+
+def test_a_second_rollback_waits_for_an_object_the_first_is_moving_and_moves_it_once() -> None:
+    """Two operators roll the same migration back at once. The first has looked at db.a (still
+    on DST) and is about to switch it; the second reaches db.a right then. It waits until the
+    first's move has ended, then finds db.a back on SRC and leaves it: db.a is switched once."""
+    admin = FakeAdmin()
+    a, b = TableName("db", "a"), TableName("db", "b")
+    runs, src = _migrated_off_src(admin, [a, b])
+    fences = MemoryFences(runs)
+    first = ThreadPoolExecutor(max_workers=1)  # the first rollback's thread (its own entrant)
+    item = f"rollback:{a}"
+    entered: list[bool] = []
+
+    class FirstRollback:
+        """The first rollback, as the second sees it through its labels check: it enters
+        db.a's move right before the second does, and finishes it while the second waits."""
+
+        def check(self, fingerprint: str | None) -> tuple[str | None, int | None]:
+            if not entered:
+                entered.append(True)
+                admitted = first.submit(
+                    fences.enter, "m1", item, require_active=False, exclusive=True
+                ).result()
+                assert admitted is Admission.ADMITTED
+            return None, None
+
+        def stale(self) -> None: ...
+
+    def first_moves_a() -> None:
+        if item in fences.in_flight("m1"):  # it looked at db.a (on DST) before the second did
+            first.submit(admin.switch_table, a, "src").result()
+            first.submit(fences.leave, "m1", item).result()
+
+    result = rollback(
+        runs,
+        admin,
+        fences,
+        "m1",
+        timeout=0,
+        concurrency=1,
+        behind=FirstRollback(),
+        sleep=lambda _s: first_moves_a(),
+    )
+    first_moves_a()  # (had the second not waited, the first would switch db.a now, again)
+    first.shutdown()
+
+    assert result.complete and sorted(result.moved) == [a, b]
+    assert admin.keys[a] == admin.keys[b] == src.access_key_id
+    assert sorted(s for s in admin.statements if s.startswith("ALTER")) == [
+        f"ALTER {a}",
+        f"ALTER {b}",
+    ], "each object is switched back once"
+    assert fences.in_flight("m1") == []

@@ -223,7 +223,7 @@ def pause(run_id: str) -> None:
 @reports_errors
 def rollback(run_id: str, concurrency: int) -> None:
     """Move the tables a migration switched back to their previous connection."""
-    from worker.flow.lifecycle import rollback as rollback_run
+    from worker.flow.rollback import rollback as rollback_run
 
     structlog_bind_run(run_id)  # the audit trail names the run its changes belong to
     s = cli_services()

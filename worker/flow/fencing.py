@@ -23,6 +23,7 @@ from worker.domain.model import RunStatus
 from worker.domain.ports import Admission, Fences, RunRecord, RunStore
 
 DEFAULT_LEASE_SECONDS = 600.0
+PAUSE_WAIT_SECONDS = 120.0  # how long a pause or a rollback waits for changes in flight
 
 
 def take_fence(run: RunRecord, runs: RunStore, fences: Fences | None) -> int:
@@ -147,4 +148,24 @@ def wait_until_idle(
         flying = [f"{r}:{item}" for r in run_ids for item in fences.in_flight(r)]
         if not flying or clock() >= deadline:
             return flying
+        sleep(0.2)
+
+
+def wait_idle(
+    fences: Fences | None,
+    run_id: str,
+    busy_slots: Callable[[str], int],
+    timeout: float,
+    sleep: Callable[[float], None],
+) -> list[str]:
+    """Wait until nothing of the run is in flight and no concurrency slot is held (a task
+    waiting for one may still be admitted); returns what still is at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        flying = wait_until_idle(fences, [run_id], timeout=0, sleep=sleep)
+        slots = busy_slots(run_id)
+        if not flying and not slots:
+            return []
+        if time.monotonic() >= deadline:
+            return flying + [f"{slots} concurrency slot(s)"] * bool(slots)
         sleep(0.2)
