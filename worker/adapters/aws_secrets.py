@@ -14,31 +14,48 @@ class SecretsManagerStore:
         self.client = client  # boto3's Secrets Manager client (worker/adapters/aws_clients.py)
 
     def describe(self, secret_id: str) -> SecretInfo:
+        """The secret's ARN, name and labelled versions (stages, creation date).
+
+        By ARN, one call: ListSecretVersionIds names the secret too, so an event (which carries
+        the ARN) costs the intake and the worker one round trip each before the first ALTER. By
+        name (or when that call fails), DescribeSecret first resolves the ARN."""
         if not isinstance(secret_id, str) or not secret_id or len(secret_id) > 2048:
             raise UnknownSecretError("secret id must be a non-empty string")
+        if secret_id.startswith("arn:"):
+            try:
+                return self._listed(secret_id, None)
+            except Exception:  # noqa: S110 - DescribeSecret below says what is wrong
+                pass  # moto answers an unknown ARN here with a 500
         try:
             described = self.client.describe_secret(SecretId=secret_id)
-            dates: dict[str, float] = {}
-            token: str | None = None
-            while True:  # boto3 has no paginator for this operation
-                kwargs: dict[str, Any] = {"SecretId": described["ARN"], "IncludeDeprecated": False}
-                if token:
-                    kwargs["NextToken"] = token
-                page = self.client.list_secret_version_ids(**kwargs)
-                for version in page.get("Versions", []):
-                    created = version.get("CreatedDate")
-                    if created is not None:
-                        dates[version["VersionId"]] = created.timestamp()
-                token = page.get("NextToken")
-                if not token:
-                    break
+            return self._listed(described["ARN"], described["Name"])
         except Exception as exc:
             raise _classified(exc, f"secret {secret_id}") from None
-        versions = {
-            vid: VersionInfo(vid, tuple(stages), dates.get(vid))
-            for vid, stages in (described.get("VersionIdsToStages") or {}).items()
-        }
-        return SecretInfo(arn=described["ARN"], name=described["Name"], versions=versions)
+
+    def _listed(self, arn: str, name: str | None) -> SecretInfo:
+        versions: dict[str, VersionInfo] = {}
+        token: str | None = None
+        while True:  # boto3 has no paginator for this operation
+            kwargs: dict[str, Any] = {"SecretId": arn, "IncludeDeprecated": False}
+            if token:
+                kwargs["NextToken"] = token
+            page = self.client.list_secret_version_ids(**kwargs)
+            if name is None:
+                # AWS answers with the full ARN (a partial one names the same secret), moto with
+                # the secret's name
+                full = page.get("ARN")
+                arn, name = full if full and full.startswith("arn:") else arn, page["Name"]
+            for version in page.get("Versions", []):
+                created = version.get("CreatedDate")
+                versions[version["VersionId"]] = VersionInfo(
+                    version["VersionId"],
+                    tuple(version.get("VersionStages") or ()),
+                    created.timestamp() if created is not None else None,
+                )
+            token = page.get("NextToken")
+            if not token:
+                break
+        return SecretInfo(arn=arn, name=name or arn, versions=versions)
 
     def read_version(self, arn: str, version_id: str) -> str | None:
         try:
