@@ -296,10 +296,15 @@ class Refused:
 
 
 def start_key_rotation(
-    world: World, *, deactivate_after: float = 0.0, delete_after: float = 3600.0
+    world: World,
+    *,
+    deactivate_after: float = 0.0,
+    delete_after: float = 3600.0,
+    alone: bool = True,
 ) -> str | Refused:
-    """`rotator rotate --commit` (or Secrets Manager's schedule): plan, then record the run.
-    Returns its run id, or Refused."""
+    """`rotator rotate --commit` (or, ``alone`` False, Secrets Manager's schedule, which does not
+    look for an unfinished rotation): plan, then record the run. Returns its run id, or
+    Refused."""
     info = world.secrets.describe(BINDING.secret)
     try:
         plan = _key_rotation.plan_key_rotation(
@@ -318,6 +323,7 @@ def start_key_rotation(
                 plan=plan,
                 deactivate_after=deactivate_after,
                 delete_after=delete_after,
+                alone=alone,
             )
         )
     except FatalError as exc:

@@ -732,7 +732,10 @@ class Scenario:
 
         def command() -> None:
             result = start_key_rotation(
-                self.world, deactivate_after=deactivate_after, delete_after=delete_after
+                self.world,
+                deactivate_after=deactivate_after,
+                delete_after=delete_after,
+                alone=via == "rotate --commit",
             )
             if isinstance(result, Refused):
                 self.log(f"  refused: {result.reason}")

@@ -543,15 +543,18 @@ class ChaosRuns(MemoryRuns):
             self.env.observer.on_run_written(run_id, fields or {})
         self.env.faults.done("", op, False, fields)
 
-    def create(self, run: Any) -> None:
+    def create(self, run: Any, *, alone: bool = False) -> str | None:
         self.env.faults.call("", "runs.create")
-        super().create(run)
+        blocking = super().create(run, alone=alone)
+        if blocking is not None:
+            return blocking
         if run.parent:  # named for the trace: R0, R1, … / KR0, … / KR0.tables
             self.env.labels[run.run_id] = f"{self.env.label(run.parent)}.tables"
         else:
             prefix = {"key-rotation": "KR", "migration": "M"}.get(str(run.kind), "R")
             self.env.name(run.run_id, prefix)
         self._write("runs.create", run.run_id, {"created": run})
+        return None
 
     def get(self, run_id: str) -> Any:
         self.env.faults.call("", "runs.get")

@@ -256,10 +256,14 @@ class MemoryRuns:
     on_update: Callable[[str, dict[str, object]], None] | None = None
     clock: Callable[[], float] = time.time
 
-    def create(self, run: RunRecord) -> None:
+    def create(self, run: RunRecord, *, alone: bool = False) -> str | None:
+        blocking = self.unfinished_run(run.kind, run.secret, run.version_id) if alone else None
+        if blocking is not None:
+            return blocking.run_id
         run.created_at = run.created_at or self.clock()
         run.updated_at = self.clock()
         self.runs[run.run_id] = run
+        return None
 
     def unfinished(self) -> list[str]:
         return sorted(r for r, run in self.runs.items() if not RunStatus(run.status).final)

@@ -249,3 +249,20 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_a_second_key_rotation_started_while_one_is_unfinished_is_refused_and_records_nothing() -> (
+    None
+):
+    """Two `rotate --commit` of one secret at the same moment both find no unfinished rotation
+    (the CLI's look) and both plan: only the first is recorded; the second is refused naming it,
+    and leaves no run behind. Once the first has ended, a new one starts."""
+    ctx, plan = world()
+    first = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    with pytest.raises(FatalError, match=f"key rotation {first} of this secret has not ended"):
+        new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    assert list(ctx.runs.runs) == [first]
+    drive(ctx, first)
+    assert ctx.runs.get(first).status == RunStatus.SUCCEEDED
+    second = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    assert second != first and ctx.runs.get(second).status == RunStatus.QUEUED

@@ -323,7 +323,7 @@ def test_resuming_a_stale_key_rotation_keeps_the_live_key(
     # and, once its lock expired, a second rotation KR1 (Secrets Manager's schedule, which does
     # not look for unfinished ones) made a newer key current and moved every table to it
     world.clock.now += LOCK_TTL + 1
-    second = start_key_rotation(world, deactivate_after=0, delete_after=3600)
+    second = start_key_rotation(world, deactivate_after=0, delete_after=3600, alone=False)
     assert isinstance(second, str), second
     assert drive_key_rotation(world, second) == "stop"
     live = world.env.label(world.key_of(str(world.version_with("AWSCURRENT"))))

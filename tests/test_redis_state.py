@@ -478,3 +478,37 @@ def test_a_run_ends_once_later_writes_do_not_move_its_end(redis_url: str, unique
     store.update(run_id, status="succeeded", phase="retired")  # a final run written final again
     after = store.get(run_id)
     assert after.ended_at == ended and after.updated_at > ended
+
+
+def test_one_of_many_runs_created_alone_at_once_is_recorded(redis_url: str, unique: str) -> None:
+    """Eight clients create a key rotation of one secret at the same moment, each ``alone``:
+    exactly one is recorded, the others get its id and write nothing; once it has ended, the
+    next one created alone is recorded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.domain.model import RunKind
+    from worker.domain.ports import RunRecord
+
+    store = RedisRunStore.from_url(redis_url)
+    arn = f"arn-alone-{unique}"
+
+    def create(i: int) -> tuple[str, str | None]:
+        run_id = f"alone-{unique}-{i}"
+        return run_id, store.create(
+            RunRecord(run_id, RunKind.KEY_ROTATION, arn, f"v{i}", phase="planned"), alone=True
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(create, range(8)))
+    recorded = [run_id for run_id, blocking in results if blocking is None]
+    assert len(recorded) == 1
+    assert {blocking for _, blocking in results if blocking is not None} == set(recorded)
+    for run_id, blocking in results:
+        assert store.redis.exists(f"rotator:run:{run_id}") == (blocking is None)
+    assert store.unfinished_run(RunKind.KEY_ROTATION, arn).run_id == recorded[0]
+    # a run created without ``alone`` (a rotation's table run, say) is never refused
+    assert store.create(RunRecord(f"other-{unique}", RunKind.ROTATION, arn, "v9")) is None
+
+    store.update(recorded[0], status="succeeded")
+    assert create(9)[1] is None
+    assert create(10)[1] == f"alone-{unique}-9"

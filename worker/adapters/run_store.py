@@ -20,7 +20,12 @@ from typing import Any
 import redis
 
 from worker.adapters.redis_scripts import LuaScript, ThreadConnections
-from worker.adapters.run_store_scripts import BEGIN_ATTEMPTS, RECORD_OUTCOMES, UPDATE_CHECKED
+from worker.adapters.run_store_scripts import (
+    BEGIN_ATTEMPTS,
+    CREATE,
+    RECORD_OUTCOMES,
+    UPDATE_CHECKED,
+)
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord
@@ -93,6 +98,7 @@ class RedisRunStore:
         self._begin = LuaScript(client, BEGIN_ATTEMPTS)
         self._record_script = LuaScript(client, RECORD_OUTCOMES)
         self._update_checked = LuaScript(client, UPDATE_CHECKED)
+        self._create = LuaScript(client, CREATE)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRunStore:
@@ -101,21 +107,18 @@ class RedisRunStore:
     def _key(self, run_id: str, suffix: str = "") -> str:
         return f"{PREFIX}run:{run_id}{suffix}"
 
-    def create(self, run: RunRecord) -> None:
+    def create(self, run: RunRecord, *, alone: bool = False) -> str | None:
         if "actor" not in run.data:  # who asked for it (worker/observe/actor.py)
             run.data["actor"] = self._parent_actor(run.parent) if run.parent else actor.current()
         now = time.time()
         run.created_at = run.created_at or now
         run.updated_at = now
-        fields: dict[Any, str] = {k: json.dumps(v) for k, v in dataclasses.asdict(run).items()}
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self._key(run.run_id), mapping=fields)
-            pipe.expire(self._key(run.run_id), self.ttl)
-            pipe.zadd(f"{PREFIX}runs", {run.run_id: run.created_at})
-            pipe.sadd(f"{PREFIX}unfinished", run.run_id)
-            latest = self._latest_key(run.kind, run.secret, run.version_id)
-            pipe.set(latest, run.run_id, ex=self.ttl)
-            _execute(pipe)
+        fields = [x for k, v in dataclasses.asdict(run).items() for x in (k, json.dumps(v))]
+        keys = [self._key(run.run_id), f"{PREFIX}runs", f"{PREFIX}unfinished"]
+        keys.append(self._latest_key(run.kind, run.secret, run.version_id))
+        args = [run.run_id, run.created_at, self.ttl, int(alone), self._key(""), *fields]
+        blocking = _call(self._create, keys=keys, args=args)
+        return blocking.decode() if blocking else None
 
     def _parent_actor(self, parent: str) -> str:
         try:

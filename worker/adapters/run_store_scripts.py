@@ -1,4 +1,4 @@
-"""The run store's two Lua scripts: each runs atomically on Redis, with a fixed number of
+"""The run store's Lua scripts: each runs atomically on Redis, with a fixed number of
 commands per call however many objects it carries (worker/adapters/run_store.py calls them)."""
 
 from __future__ import annotations
@@ -107,4 +107,27 @@ if #KEYS < 6 then return {pending, 0, 0} end
 redis.call('SADD', KEYS[5], unpack(names))
 redis.call('EXPIRE', KEYS[5], ARGV[1])
 return {pending, redis.call('SCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
+"""
+
+
+# Create a run: its record, its place in the runs index and the unfinished set, and the index of
+# the newest run of its kind for its secret. With ARGV[4] "1" only when that index names no run
+# that is still unfinished (one key rotation of a secret at a time): its id is returned instead
+# and nothing is written.
+#   KEYS: the record, the runs index, the unfinished set, the newest-run index; ARGV: run id,
+#   created at, ttl, "1" for alone, the run key's prefix, then field, value, ... of the record.
+CREATE = f"""
+if ARGV[4] == '1' then
+  local newest = redis.call('GET', KEYS[4])
+  if newest then
+    local raw = redis.call('HGET', ARGV[5] .. newest, 'status')
+    if raw and not ({FINAL})[cjson.decode(raw)] then return newest end
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
+return false
 """

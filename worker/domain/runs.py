@@ -15,7 +15,11 @@ from worker.domain.sql import ObjectName
 class RunStore(Protocol):
     """Durable record of runs and per-table outcomes (Redis in production)."""
 
-    def create(self, run: RunRecord) -> None: ...
+    def create(self, run: RunRecord, *, alone: bool = False) -> str | None:
+        """Record a new run. ``alone``: only if no unfinished run of its kind holds its secret
+        (a key rotation: one per secret at a time), checked and written in one step; else that
+        run's id is returned and nothing is written."""
+        ...
 
     def get(self, run_id: str) -> RunRecord:
         """Raises RunNotFound."""

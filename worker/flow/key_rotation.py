@@ -50,6 +50,7 @@ from worker.flow.key_context import (
     fail,
     masked,
     release,
+    unfinished_key_rotation,
 )
 from worker.flow.key_create import create_and_store_key
 from worker.flow.key_plan import KeyRotationPlan, plan_key_rotation
@@ -82,14 +83,22 @@ __all__ = [
 
 
 def new_key_rotation(
-    runs: RunStore, plan: KeyRotationPlan, *, deactivate_after: float, delete_after: float
+    runs: RunStore,
+    plan: KeyRotationPlan,
+    *,
+    deactivate_after: float,
+    delete_after: float,
+    alone: bool = True,
 ) -> str:
-    """Record a key rotation run (nothing external is changed yet)."""
+    """Record a key rotation run (nothing external is changed yet). ``alone``: refused (nothing
+    recorded) while another key rotation of the secret has not ended, checked and recorded in
+    one step, so two started at the same moment (two operators, a schedule's tick) cannot both
+    be; the models of Secrets Manager's own schedule, which does not look, pass False."""
     if plan.refusal:
         raise KeyInUse(plan.refusal)
     check_retirement_delays(deactivate_after, delete_after)
     run_id = uuid.uuid4().hex
-    runs.create(
+    blocking = runs.create(
         RunRecord(
             run_id=run_id,
             kind=RunKind.KEY_ROTATION,
@@ -105,8 +114,14 @@ def new_key_rotation(
                 "delete_after": delete_after,
                 "allow_empty": plan.allow_empty,
             },
-        )
+        ),
+        alone=alone,  # a second rotation started meanwhile would make a third key behind its back
     )
+    if blocking is not None:
+        raise FatalError(
+            unfinished_key_rotation(runs, plan.secret_arn)
+            or f"key rotation {blocking} of this secret has not ended"
+        )
     return run_id
 
 
