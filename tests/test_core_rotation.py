@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from tests.fakes import FakeAdmin, FakeSecrets, MemoryRuns
+from tests.fakes import FakeAdmin, FakeSecrets, MemoryFences, MemoryRuns
 from worker.domain.bindings import Binding, Selector
 from worker.domain.errors import (
     DatabendQueryError,
     DatabendUnavailable,
     PreflightFailed,
+    Refused,
     SecretFormatError,
     StorageUnavailable,
 )
@@ -301,6 +302,33 @@ def test_a_bad_version_fails_the_run_before_any_change() -> None:
     assert admin.statements == []
     run = runs.get("r1")
     assert run.status == RunStatus.FAILED and "secret_access_key" in (run.error or "")
+
+
+def test_an_operators_run_of_a_version_awscurrent_left_fails_before_it_takes_the_fence() -> None:
+    """`rotate-version --version-id V1` asked for once AWSCURRENT had moved on to V2 (a key
+    rotation made it current and is retiring V1's key): switching objects onto V1 would move them
+    behind the secret, onto a key about to be deactivated and deleted. The run fails with the
+    reason, before it takes the secret's fencing token from the run it would undo; nothing is
+    created or switched."""
+    admin, secrets, runs = _run_setup(key_json(NEW))
+    fences = MemoryFences(runs)
+    runs.create(RunRecord(run_id="kr", kind="key-rotation", secret=secrets.arn, version_id="v2"))
+    token, _ = fences.issue(secrets.arn, "kr")
+    runs.create(RunRecord(run_id="r0", kind="rotation", secret=secrets.arn, version_id="v1"))
+    with pytest.raises(Refused, match="version v1 of databend/lake is not AWSCURRENT"):
+        prepare_rotation(
+            "r0",
+            runs=runs,
+            secrets=secrets,
+            admin=admin,
+            bindings=[binding("sales.*")],
+            fences=fences,
+        )
+    run = runs.get("r0")
+    assert run.status == RunStatus.FAILED and "move AWSCURRENT to it" in str(run.error)
+    assert admin.statements == [] and not run.fence
+    assert fences.newest[secrets.arn] == (token, "kr")
+    assert runs.get("kr").status == RunStatus.QUEUED  # not superseded by the refused run
 
 
 def test_the_connection_name_is_recorded_before_the_connection_exists() -> None:

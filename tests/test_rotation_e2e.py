@@ -243,6 +243,17 @@ def test_rotation_switches_every_bound_table_and_survives_revocation(
     assert scenario.tables_counted("rotation", "already_switched") >= 20
     assert connection_names(databend) == connections
 
+    # Asking for the version AWSCURRENT left (K1's, deleted above) is refused: exit 2, no run
+    stages = aws.client("secretsmanager").describe_secret(SecretId=secret)["VersionIdsToStages"]
+    (v1,) = [v for v, labels in stages.items() if "AWSPREVIOUS" in labels]
+    behind = scenario.stack.cli("rotate-version", secret, "--version-id", v1, "--timeout", "240")
+    assert behind.returncode == 2, behind.stdout + behind.stderr
+    assert f"version {v1} of {secret} is not AWSCURRENT (version {v2} is)" in behind.stderr
+    listed = json.loads(scenario.stack.cli("runs", "--json", "--all", "--limit", "1000").stdout)
+    assert v1 not in {run["version"] for run in listed["runs"]}
+    assert all(storage_tail(databend, table) == tail(k2["AccessKeyId"]) for table in bound)
+    assert connection_names(databend) == connections
+
     # No secret value reached any log line or CLI output
     output = scenario.stack.all_output()
     for key in (k1, k2, other):

@@ -18,6 +18,7 @@ from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, SecretStore
 from worker.flow.inventory import resolve_secret
 from worker.flow.lifecycle import Followup
+from worker.flow.runs.prepare import refuse_behind_awscurrent
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def resolve_version(
             raise UnknownSecretError(f"secret {info.name} has no AWSCURRENT version")
     elif version_id not in info.versions:
         raise UnknownSecretError(f"secret {info.name} has no version {version_id}")
+    else:
+        refuse_behind_awscurrent(info, version_id)
     return ResolvedVersion(info.arn, info.name, version_id, binding)
 
 

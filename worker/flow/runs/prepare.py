@@ -124,12 +124,16 @@ def _skip_or_start(
     newest: IntakeState | None,
     locks: SecretLocks | None,
 ) -> tuple[SecretInfo | None, bool]:
-    """The secret's description (read only for an event-driven run) and whether the run was
-    recorded SKIPPED (see ``_skip_reason``); a FatalError fails the run and propagates."""
+    """The secret's description (read unless the run is a key rotation's) and whether the run
+    was recorded SKIPPED (see ``_skip_reason``); a FatalError (an operator's version that is not
+    AWSCURRENT: ``refuse_behind_awscurrent``) fails the run, before it takes the secret's fence
+    from a run it would only undo, and propagates."""
     info: SecretInfo | None = None
     try:
-        if run.newest_wins:
+        if run.newest_wins or not run.parent:
             info = secrets.describe(run.secret)
+            if not run.newest_wins:  # an operator's run of one version
+                refuse_behind_awscurrent(info, run.version_id)
         skip = _skip_reason(run, info, runs=runs, newest=newest)
     except FatalError as exc:
         _fail(run, runs, locks, exc)
@@ -138,6 +142,20 @@ def _skip_or_start(
         runs.update_unless_final(run.run_id, status=RunStatus.SKIPPED, error=skip)
         release(locks, run)
     return info, skip is not None
+
+
+def refuse_behind_awscurrent(info: SecretInfo, version_id: str) -> None:
+    """A version AWSCURRENT does not hold is not applied: it would move objects behind the
+    secret, onto a key that may be on its way out (a key rotation deactivates and deletes the
+    key it rotated away from). To go back to an older version, move AWSCURRENT to it: that move
+    has a run of its own."""
+    current = info.version_with_stage("AWSCURRENT")
+    if current is not None and current != version_id:
+        raise Refused(
+            f"version {version_id} of {info.name} is not AWSCURRENT (version {current} is): "
+            "applying it would move objects behind the secret, onto a key that may be retired; "
+            "nothing was changed (to go back to it, move AWSCURRENT to it)"
+        )
 
 
 def _fail(run: RunRecord, runs: RunStore, locks: SecretLocks | None, exc: FatalError) -> None:
