@@ -407,13 +407,20 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
     assert aws_client("sts", bounds=bounds, region_name="ap-south-1").meta.region_name == (
         "ap-south-1"
     )
-    monkeypatch.setenv("AWS_REGION", "us-east-1; rm")
-    with pytest.raises(ConfigError, match="bad configuration: AWS_REGION"):
-        aws_client("sts", bounds=bounds)
+    # what botocore takes as a host name but no region is (moon, US-EAST-1) is refused at once
+    # too, not after a request to an endpoint that does not exist
+    for region in ("us-east-1; rm", "moon", "US-EAST-1", "us-east", "eu_west_1"):
+        monkeypatch.setenv("AWS_REGION", region)
+        with pytest.raises(ConfigError, match="bad configuration: AWS_REGION"):
+            aws_client("sts", bounds=bounds)
+    for region in ("us-gov-west-1", "cn-north-1", "ap-southeast-4", "eu-isoe-west-1"):
+        monkeypatch.setenv("AWS_REGION", region)
+        assert aws_client("sts", bounds=bounds).meta.region_name == region
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
-    with pytest.raises(ConfigError, match="bad configuration: AWS_ENDPOINT_URL") as bad:
-        aws_client("sts", bounds=bounds, endpoint_url="notaurl-s3cr3t")
-    assert "s3cr3t" not in str(bad.value)
+    for endpoint in ("notaurl-s3cr3t", "ftp://s3cr3t.example"):
+        with pytest.raises(ConfigError, match="bad configuration: AWS_ENDPOINT_URL") as bad:
+            aws_client("sts", bounds=bounds, endpoint_url=endpoint)
+        assert "s3cr3t" not in str(bad.value)
     env = {
         k: v
         for k, v in os.environ.items()

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from botocore.config import Config
 
 from worker.domain.errors import ConfigError
+from worker.domain.events import is_region_name
 
 
 class AwsBounds(Protocol):
@@ -56,7 +57,12 @@ def aws_client(
     if not kwargs.get("region_name") and os.environ.get("AWS_REGION"):
         kwargs["region_name"] = os.environ["AWS_REGION"]
     try:
-        return boto3.client(service, config=config, **kwargs)
+        client = boto3.client(service, config=config, **kwargs)
+        if not is_region_name(str(client.meta.region_name)):
+            raise InvalidRegionError(region_name=client.meta.region_name)
+        if not str(client.meta.endpoint_url).startswith(("https://", "http://")):
+            raise ValueError("Invalid endpoint")  # (botocore takes ftp://… and fails per call)
+        return client
     except NoRegionError:
         raise ConfigError(
             "missing configuration: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in the "

@@ -200,11 +200,12 @@ def iam_policy_command(
     """Print the least-privilege IAM policy the worker (and intake) needs, as JSON."""
     import re
 
+    from worker.domain.events import is_region_name
     from worker.runtime.deploy_policy import worker_policy
 
     if not re.fullmatch(r"\d{12}", account):
         raise BadInput(f"--account {account!r} must be a 12-digit AWS account id")
-    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+    if not is_region_name(region):
         raise BadInput(f"--region {region!r} is not an AWS region name (e.g. us-east-1)")
     for option, value in (("--secret-prefix", secret_prefix), ("--user-prefix", user_prefix)):
         if not value or "*" in value or "?" in value:
