@@ -123,7 +123,10 @@ def test_a_good_bindings_file() -> None:
             "connection_prefix",
         ),
         (GOOD.replace("discover = false", 'discover = "no"'), 12, "'discover'"),
-        (GOOD.replace('name = "other"', 'name = "lake-main"'), 3, "used twice"),
+        # the second use is named, not the first
+        (GOOD.replace('name = "other"', 'name = "lake-main"'), 9, "used twice"),
+        # a selector found as the string it is, not inside the ARN two lines above it
+        (GOOD.replace('tables = ["db.t"]', 'tables = ["a"]'), 13, "bad table selector: "),
         (
             GOOD.replace('"arn:aws:secretsmanager:us-east-1:1:secret:x"', '"databend/lake-main"'),
             10,

@@ -227,12 +227,13 @@ def parse_bindings(text: str, *, source: str = "<bindings>") -> list[Binding]:
         start = headers[index] if index < len(headers) else 1
         end = headers[index + 1] - 1 if index + 1 < len(headers) else len(text.splitlines())
         bindings.append(_parse_entry(entry, text, (start, end), source))
-    names = [b.name for b in bindings]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(
-                f"{source}, line {_line_of(text, name)}: binding name {name!r} is used twice"
-            )
+    named: set[str] = set()
+    for index, binding in enumerate(bindings):
+        if binding.name in named:  # named where it is used the second time
+            start = headers[index] if index < len(headers) else 1
+            line = _line_of(text, binding.name, start)
+            raise ConfigError(f"{source}, line {line}: binding name {binding.name!r} is used twice")
+        named.add(binding.name)
     seen: dict[str, Binding] = {}
     for index, binding in enumerate(bindings):
         first = seen.setdefault(binding.secret, binding)
@@ -356,13 +357,17 @@ def _parse_schedule(entry: dict[str, Any]) -> SchedulePolicy:
 
 
 def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = None) -> int:
-    """First line in ``start..end`` that mentions ``needle`` (falls back to ``start``)."""
+    """First line in ``start..end`` that mentions ``needle``, written as a TOML string first
+    (a selector "a" is not found in ``name = "lake"``), else as it is (a key); falls back to
+    ``start``."""
     if needle is None:
         return start
     lines = text.splitlines()
-    for number in range(start, min(end or len(lines), len(lines)) + 1):
-        if needle in lines[number - 1]:
-            return number
+    numbers = range(start, min(end or len(lines), len(lines)) + 1)
+    for candidate in (f'"{needle}"', f"'{needle}'", needle):
+        for number in numbers:
+            if candidate in lines[number - 1]:
+                return number
     return start
 
 
