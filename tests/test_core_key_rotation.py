@@ -17,6 +17,7 @@ from tests.test_core_rotation import binding, key_json, no_sleep_policy
 from worker.domain.bindings import Binding
 from worker.domain.errors import ConfigError, FatalError
 from worker.domain.model import RunStatus
+from worker.domain.ports import RunRecord
 from worker.domain.sql import TableName
 from worker.flow.key_rotation import (
     KeyInUse,
@@ -266,3 +267,38 @@ def test_a_second_key_rotation_started_while_one_is_unfinished_is_refused_and_re
     assert ctx.runs.get(first).status == RunStatus.SUCCEEDED
     second = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
     assert second != first and ctx.runs.get(second).status == RunStatus.QUEUED
+
+
+def test_of_two_resumes_of_a_stalled_key_rotation_at_once_one_goes_on() -> None:
+    """A key rotation's worker died while its table run was switching (both still read
+    switching). Two operators resume it at the same moment: both read it, one writes first. The
+    other is refused, so the table run's batches are queued once, not twice (two copies of a
+    batch would switch the same objects side by side)."""
+    import dataclasses
+
+    from worker.flow.runs import prepare_rotation as prepare
+
+    ctx, plan = world()
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    while advance(ctx, run_id) is not Next.START_TABLES:
+        pass
+    table_run = str(ctx.runs.get(run_id).data["table_run"])
+    assert prepare(
+        table_run,
+        runs=ctx.runs,
+        secrets=ctx.secrets,
+        admin=ctx.admin,
+        bindings=[binding("sales.*")],
+    )
+    read = ctx.runs.get
+
+    def first_read_then_the_other_resume(rid: str) -> RunRecord:
+        seen = dataclasses.replace(read(rid))  # what this resume decides on
+        ctx.runs.get = read  # type: ignore[method-assign]
+        resume(ctx, run_id)  # the other operator's resume lands first
+        return seen
+
+    ctx.runs.get = first_read_then_the_other_resume  # type: ignore[method-assign]
+    with pytest.raises(FatalError, match="while it was being resumed: nothing resumed"):
+        resume(ctx, run_id)
+    assert ctx.runs.get(run_id).status == RunStatus.SWITCHING

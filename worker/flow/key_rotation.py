@@ -304,7 +304,9 @@ def resume(ctx: KeyRotationContext, run_id: str) -> list[str]:
     if run.status in (RunStatus.SUCCEEDED, RunStatus.ABORTED, RunStatus.SUPERSEDED):
         hint = f": `rotator abort {run_id}` cleans up its key" if run.status == "superseded" else ""
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume{hint}")
-    resume_switching(run_id, ctx.runs, run.status)  # (an abort meanwhile: its key is going)
+    # (an abort meanwhile: its key is going; a second resume at once would queue every
+    # object's batch twice)
+    resume_switching(run_id, ctx.runs, run.status, since=run.updated_at)
     if run.phase == Phase.SWITCHING and run.data.get("table_run"):
         return [str(t) for t in reopen_failed_tables(str(run.data["table_run"]), ctx.runs)]
     return []

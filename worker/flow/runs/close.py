@@ -90,13 +90,15 @@ def reopen_failed_tables(run_id: str, runs: RunStore) -> list[ObjectName]:
     return [o.table for o in failed]
 
 
-def resume_switching(run_id: str, runs: RunStore, was: str) -> None:
+def resume_switching(run_id: str, runs: RunStore, was: str, since: float | None = None) -> None:
     """A resumed run back to switching, only if its status is still ``was`` (as read before the
-    decision): an abort or a newer run landing meanwhile is not undone, and resume says so."""
+    decision): an abort or a newer run landing meanwhile is not undone, and resume says so.
+    With ``since`` (the run's updated_at as read), only if nothing at all was written since:
+    of two resumes of one run at the same moment, one goes on and the other is refused."""
     update_or_refuse(
         runs,
         run_id,
-        {"status": was},
+        {"status": was} if since is None else {"status": was, "updated_at": since},
         "it was being resumed: nothing resumed",
         status=RunStatus.SWITCHING,
         error=None,
