@@ -32,7 +32,7 @@ from worker.flow.rotation import (
     ensure_connection,
     plan_rotation,
 )
-from worker.flow.runs import finish_table, prepare_rotation
+from worker.flow.runs import finish_table, prepare_rotation, switch_batch
 from worker.flow.runs.prepare import preflight
 from worker.flow.switch import rotate_object
 
@@ -329,6 +329,37 @@ def test_an_operators_run_of_a_version_awscurrent_left_fails_before_it_takes_the
     assert admin.statements == [] and not run.fence
     assert fences.newest[secrets.arn] == (token, "kr")
     assert runs.get("kr").status == RunStatus.QUEUED  # not superseded by the refused run
+
+
+@pytest.mark.parametrize("migrating", [True, False])
+def test_a_rotation_leaves_an_object_a_running_migration_moved_after_the_plan(
+    migrating: bool,
+) -> None:
+    """A migration moves sales.t1 off the secret's key onto dst after the rotation planned it
+    (on OLD). While a migration runs, the rotation looks at each object before switching it:
+    sales.t1 stays on dst (SUPERSEDED, and the run says why), the others move to NEW. With no
+    migration running, the rotation trusts its plan (one lookup fewer per table)."""
+    admin, secrets, runs = _run_setup(key_json(NEW))
+    if migrating:
+        runs.create(RunRecord("m1", "migration", "", "", RunStatus.SWITCHING))
+    pending = prepare_rotation(
+        "r1", runs=runs, secrets=secrets, admin=admin, bindings=[binding("sales.*")]
+    )
+    t0, t1, t2 = (TableName("sales", f"t{i}") for i in range(3))
+    admin.connections["dst"] = AccessKeyCredentials("AKIADSTDSTDSTDSTDDST", "d")
+    admin.switch_table(t1, "dst")  # the migration's switch, after the rotation's plan
+    switch_batch("r1", pending, runs=runs, admin=admin, retry=no_sleep_policy())
+
+    run = runs.get("r1")
+    if migrating:
+        assert admin.keys[t1] == "AKIADSTDSTDSTDSTDDST"
+        assert runs.outcome("r1", t1).status == TableStatus.SUPERSEDED
+        assert "after this run planned it" in str(runs.outcome("r1", t1).reason)
+        assert run.status == RunStatus.SUPERSEDED
+        assert run.error == "1 of 3 tables moved elsewhere by another run after it was planned"
+    else:
+        assert admin.keys[t1] == NEW and run.status == RunStatus.SUCCEEDED
+    assert admin.keys[t0] == admin.keys[t2] == NEW
 
 
 def test_the_connection_name_is_recorded_before_the_connection_exists() -> None:

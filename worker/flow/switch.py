@@ -30,6 +30,7 @@ def rotate_object(
     clock: Callable[[], float] = time.time,
     known_current: str | None = None,
     revert_to: tuple[str, str] | None = None,
+    unless_moved_from: str | None = None,
 ) -> TableOutcome:
     """Switch one object (a table, a stage or a database default) to ``connection`` and validate
     it: a table is read back, a stage listed, a database's new connection lists its path's bucket.
@@ -42,7 +43,10 @@ def rotate_object(
     always looked at first: its switch restates what it shows.) A retry passes None and checks
     before acting. ``revert_to`` = (connection, its credentials' fingerprint): when validation
     fails after a switch and the object was on those credentials, it is switched back (and
-    validated) and recorded REVERTED instead of being left on credentials that fail."""
+    validated) and recorded REVERTED instead of being left on credentials that fail.
+    ``unless_moved_from``: what the plan saw the object on; if it is looked at (a first attempt
+    passes no ``known_current`` then) and shows other credentials now, not the target either,
+    another run moved it meanwhile (a migration): it is left there, SUPERSEDED."""
     retry = retry or RetryPolicy()
     outcome = TableOutcome(table=table)
     try:
@@ -52,6 +56,10 @@ def rotate_object(
             if current is None or not current.storage.kind:
                 return _failed(outcome, _not_switchable(table, current))
             known_current = current.storage.fingerprint
+            if _moved_since(unless_moved_from, known_current, target):
+                outcome.status, outcome.reason = TableStatus.SUPERSEDED, MOVED_MEANWHILE
+                outcome.previous = unless_moved_from
+                return outcome
         outcome.previous = known_current
         on = connection
         if may_skip_switched and objects_.may_show(known_current, target):
@@ -62,6 +70,16 @@ def rotate_object(
         return _validate(admin, outcome, current, on, retry, revert_to)
     except FatalError as exc:
         return _failed(outcome, str(exc))
+
+
+MOVED_MEANWHILE = (
+    "moved onto other credentials after this run planned it (by another run, such as a "
+    "migration); left where it is"
+)
+
+
+def _moved_since(planned: str | None, now: str | None, target: str) -> bool:
+    return planned is not None and now != planned and not objects_.may_show(now, target)
 
 
 def _not_switchable(name: ObjectName, current: StoredObject | None) -> str:

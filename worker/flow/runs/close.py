@@ -9,6 +9,7 @@ from worker.domain.errors import FatalError
 from worker.domain.model import RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, TableName
+from worker.flow.switch import MOVED_MEANWHILE
 
 
 def finish_table(
@@ -48,7 +49,12 @@ def _verdict(runs: RunStore, run_id: str) -> tuple[RunStatus, str | None]:
     if failed:
         return RunStatus.FAILED, f"{len(failed)} {of} failed"
     if left:
-        return RunStatus.SUPERSEDED, f"{len(left)} {of} left to a newer run of the same secret"
+        moved = sum(o.reason == MOVED_MEANWHILE for o in left)
+        newer = f"{len(left) - moved} {of} left to a newer run of the same secret"
+        elsewhere = f"{moved} {of} moved elsewhere by another run after it was planned"
+        return RunStatus.SUPERSEDED, "; ".join(
+            part for part, n in ((newer, len(left) - moved), (elsewhere, moved)) if n
+        )
     return RunStatus.SUCCEEDED, None
 
 

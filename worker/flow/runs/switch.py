@@ -28,8 +28,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from worker.domain.errors import RetryableError
-from worker.domain.model import RunStatus, TableOutcome, TableStatus
+from worker.domain.errors import RetryableError, RunNotFound
+from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
 from worker.flow import objects as objects_
@@ -147,6 +147,9 @@ def switch_batch(
         return result
     if locks is not None:
         locks.renew(run.secret, lock_owner(run))
+    # a rotation beside a running migration looks at each object first: one the migration moved
+    # after this run planned it stays where the migration put it
+    look_first = run.kind == RunKind.ROTATION and _migration_running(runs)
     writer = _Writer(run, runs, fences, locks, wave, result, flush_every=flush_every, clock=clock)
     stopped_by: RetryableError | None = None
     try:
@@ -162,7 +165,7 @@ def switch_batch(
             else:
                 writer.entered.append(label)
                 with each(planned) if each is not None else contextlib.nullcontext():
-                    outcome = _switch(admin, run, name, planned, retry)
+                    outcome = _switch(admin, run, name, planned, retry, look_first)
             if on_outcome is not None:
                 on_outcome(outcome, clock() - started)
             writer.add(outcome)
@@ -213,10 +216,12 @@ def _switch(
     name: ObjectName,
     planned: TableOutcome,
     retry: RetryPolicy | None,
+    look_first: bool = False,
 ) -> TableOutcome:
-    """The object's switch and validation: a first attempt trusts the plan's view of a table, a
-    later one (after a crash or an error) looks at the object before acting."""
-    first_attempt = planned.attempts == 1 and planned.previous is not None
+    """The object's switch and validation: a first attempt trusts the plan's view of a table
+    (unless ``look_first``: then one moved elsewhere since the plan is left there), a later one
+    (after a crash or an error) looks at the object before acting."""
+    first_attempt = planned.attempts == 1 and planned.previous is not None and not look_first
     revert = run.data.get("revert") or {}
     outcome = rotate_object(
         admin,
@@ -227,6 +232,7 @@ def _switch(
         retry=retry,
         known_current=planned.previous if first_attempt else None,
         revert_to=(revert["connection"], revert["target"]) if revert else None,
+        unless_moved_from=planned.previous if look_first else None,
     )
     outcome.rule = planned.rule
     outcome.previous = outcome.previous or planned.previous
@@ -243,6 +249,16 @@ def _switch(
         # rollback moves it back; counts do not hide it)
         outcome.status, outcome.previous = TableStatus.VALIDATED, planned.previous
     return outcome
+
+
+def _migration_running(runs: RunStore) -> bool:
+    for run_id in runs.unfinished():
+        try:
+            if runs.get(run_id).kind == RunKind.MIGRATION:
+                return True
+        except RunNotFound:
+            continue  # ended and expired meanwhile
+    return False
 
 
 def _superseded(name: ObjectName, planned: TableOutcome) -> TableOutcome:
