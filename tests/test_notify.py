@@ -64,13 +64,25 @@ LAKE_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:databend/lake-A
     ("given", "shown"),
     [
         (LAKE_ARN, {"secret": LAKE_ARN, "secret_name": "databend/lake"}),
-        ("databend/lake", {"secret_name": "databend/lake"}),  # a name alone: never "[REDACTED]"
+        # a name alone: never "[REDACTED]"
+        ("databend/lake", {"secret": None, "secret_name": "databend/lake"}),
     ],
 )
-def test_a_message_names_its_secret_readably(given: str, shown: dict[str, str]) -> None:
+def test_a_message_names_its_secret_readably(given: str, shown: dict[str, str | None]) -> None:
     message = build_message("drift", binding="lake", secret=given)
-    assert {k: message[k] for k in ("secret", "secret_name") if k in message} == shown
+    assert {k: message[k] for k in ("secret", "secret_name")} == shown
     assert "secret databend/lake" in message["text"]
+
+
+def test_every_notice_carries_every_documented_key_null_when_unknown() -> None:
+    """README: each notice has text, event, binding, secret, secret_name, run_id, kind, status,
+    counts, failing, reason and at; a drift notice (no run) has them too, as null."""
+    message = build_message("drift", binding="lake", secret="databend/lake", counts={"a": 1})
+    assert set(message) == {
+        "text", "event", "binding", "secret", "secret_name", "run_id", "kind", "status",
+        "counts", "failing", "reason", "at",
+    }  # fmt: skip
+    assert (message["run_id"], message["failing"], message["counts"]) == (None, None, {"a": 1})
 
 
 def test_delivery_says_whether_trying_again_can_help(

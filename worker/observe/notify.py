@@ -93,10 +93,25 @@ def build_message(event: str, **fields: Any) -> dict[str, Any]:
     message = {
         "text": text,
         "event": event,
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        **dict.fromkeys(MESSAGE_KEYS),  # every notice carries every key: null when not known
         **fields,
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
     return dict(redact_value(message))
+
+
+# A notice's keys beside text, event and at (README, Notifications)
+MESSAGE_KEYS = (
+    "binding",
+    "secret",
+    "secret_name",
+    "run_id",
+    "kind",
+    "status",
+    "counts",
+    "failing",
+    "reason",
+)
 
 
 def _naming(secret: str | None) -> dict[str, str]:
