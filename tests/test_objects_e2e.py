@@ -300,6 +300,24 @@ def test_an_event_moves_every_kind_and_reconcile_finds_and_fixes_a_late_table(
     assert done.returncode == 0, done.stderr
     left = connection_names(w.db)
     assert not set(own_old) & left and lake.seed in left
+
+    # each drop is in the audit trail, filed under its binding and secret though no run made it
+    def drops() -> dict[str, tuple[str | None, str | None]]:
+        shown = w.stack.cli("audit", "--json")
+        assert shown.returncode == 0, shown.stderr
+        events = json.loads(shown.stdout)["events"]
+        return {
+            e["object"]: (e["binding"], e["secret"])
+            for e in events
+            if e["action"] == "connection_dropped"
+        }
+
+    deadline = time.monotonic() + 60
+    while not set(own_old) <= set(rows := drops()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert all(rows[c][0] and rows[c][1] for c in own_old), rows
+    event_own = [c for c in own_old if c.startswith(f"obj_{w.token}_event_")]
+    assert {rows[c] for c in event_own} == {(binding, lake.secret)}
     w.secrets_stay_secret(lake.k1, k2)
 
 

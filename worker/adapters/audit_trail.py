@@ -108,15 +108,17 @@ class Recorder:
         """The event's row, with what it left out filled in: the run id, the run's binding,
         secret and actor (the row is built once: no copy of the event)."""
         row = row_of(event)
-        run_id = event.run_id or structlog.contextvars.get_contextvars().get("run_id")
+        context = structlog.contextvars.get_contextvars()
+        run_id = event.run_id or context.get("run_id")
         if run_id:
             run_binding, run_secret, run_actor = self._run_facts(str(run_id))
             row["run_id"] = run_id
             row["binding"] = event.binding or run_binding
             row["secret"] = _secret_name(event.secret) or run_secret
             row["actor"] = event.actor or run_actor
-        else:
-            row["secret"] = _secret_name(event.secret)
+        else:  # a change outside any run (connections prune): the binding the caller is on
+            row["binding"] = event.binding or context.get("audit_binding")
+            row["secret"] = _secret_name(event.secret or context.get("audit_secret"))
         acting = actor.current()
         if actor.is_operator(acting) and not event.actor:
             row["actor"] = acting  # an operator's command acts for them, whoever began the run

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import click
+import structlog
 
 from worker.cli.common import (
     EXIT_FAILED,
@@ -188,7 +189,14 @@ def prune(commit: bool, as_json: bool) -> None:
 
     s = cli_services()
     decisions = plan_prune(s.admin, s.secrets, s.iam, s.bindings, s.runs)
-    dropped = drop(s.admin, decisions) if commit else []
+    secrets = {b.name: b.secret for b in s.bindings}
+    dropped = []
+    for decision in decisions if commit else []:
+        # its audit row files it under its binding and secret, as a run's rows are
+        with structlog.contextvars.bound_contextvars(
+            audit_binding=decision.binding, audit_secret=secrets.get(decision.binding)
+        ):
+            dropped += drop(s.admin, [decision])
     if as_json:
         payload = {
             "committed": commit,
