@@ -302,3 +302,23 @@ def test_of_two_resumes_of_a_stalled_key_rotation_at_once_one_goes_on() -> None:
     with pytest.raises(FatalError, match="while it was being resumed: nothing resumed"):
         resume(ctx, run_id)
     assert ctx.runs.get(run_id).status == RunStatus.SWITCHING
+
+
+def test_a_key_rotation_that_failed_holding_its_new_key_is_named_before_a_new_one_starts() -> None:
+    """A key rotation failed after storing its new key in AWSPENDING: it is final, so no
+    unfinished rotation blocks `rotate --commit`, whose plan would then refuse over that spare
+    key without naming the run. The run is named instead, with what to do (as the schedule
+    does)."""
+    from worker.flow.key_context import left_behind, unfinished_key_rotation
+
+    ctx, plan = world()
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    while not ctx.runs.get(run_id).data.get("new_key_id"):
+        advance(ctx, run_id)
+    ctx.runs.update(run_id, status=RunStatus.FAILED, error="a step failed")
+    arn = ctx.runs.get(run_id).secret
+    assert unfinished_key_rotation(ctx.runs, arn) is None
+    assert left_behind(ctx.runs, arn) == (
+        f"key rotation {run_id} is failed before moving AWSCURRENT and left its new key: "
+        f"`rotator resume {run_id}` or `rotator abort {run_id}`"
+    )

@@ -73,13 +73,14 @@ def rotate(
     ARN or a binding name. Dry run unless --commit.
     """
     from worker.flow.inventory import resolve_secret
-    from worker.flow.key_context import unfinished_key_rotation
+    from worker.flow.key_context import left_behind, unfinished_key_rotation
     from worker.flow.key_rotation import check_retirement_delays
 
     check_retirement_delays(deactivate_after, delete_after)
     s = cli_services()
     binding, info = resolve_secret(secret, secrets=s.secrets, bindings=s.bindings)
-    unfinished = unfinished_key_rotation(s.runs, info.arn)
+    # (one that ended before moving AWSCURRENT and left its key is resumed or aborted first)
+    unfinished = unfinished_key_rotation(s.runs, info.arn) or left_behind(s.runs, info.arn)
     if unfinished and commit:
         raise FatalError(unfinished)
     plan = s.plan_key_rotation(binding, info, allow_empty=allow_empty)

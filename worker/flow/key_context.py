@@ -111,3 +111,24 @@ def unfinished_key_rotation(runs: RunStore, secret_arn: str) -> str | None:
         f"{run.phase}): follow it with `rotator status {run_id}`, or if its worker died, "
         f"`rotator resume {run_id}` (or `rotator abort {run_id}`)"
     )
+
+
+def left_behind(runs: RunStore, secret_arn: str) -> str | None:
+    """The last key rotation of the secret ended before moving AWSCURRENT but left its key
+    (failed or superseded with AWSPENDING still holding it, or aborted keeping a key that may be
+    in use): the operator resumes or aborts it first, or a new one is refused over that key."""
+    last = runs.latest_run(RunKind.KEY_ROTATION, secret_arn)
+    if last is None or last.phase in (Phase.FINISHED, Phase.RETIRED) or last.data.get("abort_done"):
+        return None  # (an abort that finished cleaned up, whatever status it left)
+    if last.status == RunStatus.ABORTED and last.data.get("abort_blocked"):
+        then = "ask `rotator abort {0}` again once nothing uses its new key"
+    elif last.status == RunStatus.FAILED and last.data.get("new_key_id"):
+        then = "`rotator resume {0}` or `rotator abort {0}`"
+    elif last.status == RunStatus.SUPERSEDED and last.data.get("new_key_id"):
+        then = "`rotator abort {0}` removes its key"
+    else:
+        return None
+    return (
+        f"key rotation {last.run_id} is {last.status} before moving AWSCURRENT and left its new "
+        f"key: {then.format(last.run_id)}"
+    )

@@ -22,11 +22,11 @@ import structlog
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
-from worker.domain.model import RunKind, RunStatus, StoredObject
+from worker.domain.model import RunKind, StoredObject
 from worker.domain.schedule import ScheduleState, decide
 from worker.domain.sql import ObjectName
 from worker.flow import objects as objects_
-from worker.flow.key_context import Phase, unfinished_key_rotation
+from worker.flow.key_context import left_behind, unfinished_key_rotation
 from worker.flow.key_rotation import current_credentials, new_key_rotation
 from worker.flow.rotation import plan_rotation
 from worker.observe import actor
@@ -208,24 +208,8 @@ def start_scheduled(s: Any, binding: Binding, seen: Observation, *, interval: fl
 
 
 def _left_behind(runs: Any, arn: str) -> str | None:
-    """The last key rotation of the secret ended before moving AWSCURRENT but left its key
-    (failed or superseded with AWSPENDING still holding it, or aborted keeping a key that may be
-    in use): the operator resumes or aborts it first, or a new one is refused over that key."""
-    last = runs.latest_run(RunKind.KEY_ROTATION, arn)
-    if last is None or last.phase in (Phase.FINISHED, Phase.RETIRED) or last.data.get("abort_done"):
-        return None  # (an abort that finished cleaned up, whatever status it left)
-    if last.status == RunStatus.ABORTED and last.data.get("abort_blocked"):
-        then = "ask `rotator abort {0}` again once nothing uses its new key"
-    elif last.status == RunStatus.FAILED and last.data.get("new_key_id"):
-        then = "`rotator resume {0}` or `rotator abort {0}`"
-    elif last.status == RunStatus.SUPERSEDED and last.data.get("new_key_id"):
-        then = "`rotator abort {0}` removes its key"
-    else:
-        return None
-    return (
-        f"key rotation {last.run_id} is {last.status} before moving AWSCURRENT and left its new "
-        f"key: {then.format(last.run_id)}, then the schedule starts the next one"
-    )
+    left = left_behind(runs, arn)
+    return f"{left}, then the schedule starts the next one" if left else None
 
 
 def _notify_refused(s: Any, binding: Binding, secret: str, reason: str) -> None:
