@@ -116,6 +116,54 @@ def test_every_kind_is_planned_by_selector_and_by_key_plus_a_served_bucket() -> 
     assert plan.refusals == ()
 
 
+def test_discovery_leaves_a_stage_or_database_that_shows_another_secret_key() -> None:
+    """Databend >= 1.2.919 shows 4 characters of a key id: about 1 key in 1,024 looks like the
+    secret's. A stage shows its secret key too, and a database default through the connection it
+    names: one whose secret key cannot be the secret's is another key, and discovery leaves it
+    alone (a table shows no secret key: the key id is all there is). One that shows a secret key
+    that may be the secret's, or none, is discovered as before."""
+    from worker.domain.masking import MaskForm, held, mask
+    from worker.domain.model import DatabaseDefault, ExternalStage, StorageParam
+
+    ours, alike = "AKIAOURSOURSOURS00LE", "AKIATEAMTEAMTEAM11LE"  # both shown AK***LE
+    ours_secret, team_secret, new_secret = "wJalrOURS" + "x" * 31, "ZyTEAM" + "y" * 34, "n" * 40
+
+    def storage(key: str, secret: str | None) -> StorageParam:
+        return StorageParam(
+            kind="s3",
+            bucket="lake",
+            ak=mask(key, MaskForm.CURRENT),
+            secret_shown=mask(secret, MaskForm.CURRENT) if secret else None,
+        )
+
+    objects = [
+        ExternalStage(StageName("theirs"), storage(alike, team_secret), "s3://lake/theirs/"),
+        ExternalStage(StageName("ours"), storage(ours, ours_secret), "s3://lake/ours/"),
+        ExternalStage(StageName("silent"), storage(alike, None), "s3://lake/silent/"),
+        DatabaseDefault(
+            DatabaseName("teamdb"), "team", "s3://lake/t/", storage(alike, team_secret)
+        ),
+        DatabaseDefault(DatabaseName("ourdb"), "c0", "s3://lake/o/", storage(ours, ours_secret)),
+    ]
+    old, new = held("ak", ours), held("ak", "AKIANEWNEWNEWNEWXNEW")
+
+    def planned(secret_keys: dict[str, str] | None) -> set[str]:
+        plan = plan_rotation(
+            lake_binding(buckets=("lake",)),
+            objects,
+            connection="c",
+            target=new,
+            old_fingerprints={old},
+            secret_keys=secret_keys,
+        )
+        return {str(p.table) for p in plan.tables}
+
+    with_secrets = planned({old: ours_secret, new: new_secret})
+    assert with_secrets == {"ours", "silent", "ourdb"}
+    # without the secrets to compare, a look-alike is discovered (may use the key: fail closed)
+    assert planned(None) == with_secrets | {"theirs", "teamdb"}
+
+
 def test_discovery_never_picks_an_object_that_cannot_hold_an_aws_key() -> None:
     admin = lake()
     admin.add_stage("aliyun", OLD, kind="oss")  # shows a key like OLD, in the served bucket

@@ -364,6 +364,7 @@ class DriverDatabendAdmin:
             ak=None if is_role else shown,
             iam_role=shown if is_role else None,
             unreadable=unreadable,
+            secret_shown=info.secret_shown if info is not None else None,
         )
         return DatabaseDefault(name, connection, path, storage, connection_exists=info is not None)
 

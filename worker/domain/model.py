@@ -10,6 +10,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 from worker.domain import masking
+from worker.domain.errors import UnreadableEvidence
 from worker.domain.sql import DatabaseName, ObjectName, StageName, TableName
 
 
@@ -60,6 +61,9 @@ class StorageParam:
     ak: str | None = None
     iam_role: str | None = None
     unreadable: str | None = None
+    # the secret key as Databend shows it, where an object shows it (a stage; a database
+    # default through its connection): the same key id with another secret is another key
+    secret_shown: str | None = None
 
     @property
     def fingerprint(self) -> str | None:
@@ -68,6 +72,16 @@ class StorageParam:
         if self.ak:
             return masking.observed("ak", self.ak)
         return None
+
+    def shows_another_secret(self, secret_access_key: str) -> bool:
+        """Does this object show its secret key, as one that cannot be ``secret_access_key``?"""
+        if not self.secret_shown:
+            return False
+        try:
+            shown = masking.parse_shown(self.secret_shown)
+        except UnreadableEvidence:
+            return False  # (a form not known: no evidence either way)
+        return shown.match(secret_access_key) is masking.Match.NO
 
     def may_hold(self, credentials_fingerprint: str) -> bool:
         """May this object hold those credentials? (True for an unreadable row: fail closed.)"""
@@ -147,6 +161,7 @@ def parse_stage_params(storage_type: str | None, text: str | None) -> StoragePar
         endpoint=str(params.get("endpoint_url") or "") or None,
         ak=str(ak) if ak and kind != "azblob" else None,
         iam_role=str(role) if role else None,
+        secret_shown=str(params.get("secret_access_key") or "") or None,
     )
     for value in (param.ak, param.iam_role):
         if value is not None and not masking.readable(masking.observed("ak", value)):

@@ -34,7 +34,7 @@ from worker.domain.ports import AccessKey, DatabendAdmin, IamKeys, SecretInfo, S
 from worker.domain.secret_value import parse_secret_value
 from worker.domain.sql import ObjectName, display_identifier
 from worker.flow.objects import list_all
-from worker.flow.rotation import plan_rotation
+from worker.flow.rotation import plan_rotation, secret_keys_of
 
 STATES = ("current", "previous", "pending", "unknown")
 _LABELS = (("current", "AWSCURRENT"), ("pending", "AWSPENDING"), ("previous", "AWSPREVIOUS"))
@@ -86,6 +86,10 @@ class BindingView:
 
     def fingerprints(self) -> set[str]:
         return {c.fingerprint for _, c in self.versions.values()}
+
+    def secret_keys(self) -> dict[str, str]:
+        """The secret access key of each version's key, by fingerprint (plan_rotation)."""
+        return secret_keys_of(c for _, c in self.versions.values())
 
     def state_of(self, fingerprint: str | None, secret_shown: str | None = None) -> str:
         """The label of the version whose credentials the object may show; for a connection,
@@ -157,6 +161,7 @@ def take_inventory(
             connection="",
             target=target or "",
             old_fingerprints=fingerprints - {target or ""},
+            secret_keys=view.secret_keys(),
         )
         for planned in plan.tables:
             if planned.problem is None:
@@ -230,7 +235,7 @@ def _object_item(obj: StoredObject, view: BindingView | None, now: float) -> Inv
     key_status: str | None = None
     age: float | None = None
     if view is not None and storage.unreadable is None:
-        state = view.state_of(fingerprint)
+        state = view.state_of(fingerprint, storage.secret_shown)
         key_status, age = view.key_of(fingerprint, state, now)
     return InventoryItem(
         kind=obj.name.kind,

@@ -12,7 +12,7 @@ from worker.domain.model import PlannedTable, RotationPlan, StoredObject
 from worker.domain.ports import AccessKey, DatabendAdmin, IamKeys, SecretInfo, SecretStore
 from worker.flow.evidence import key_usage, refuse_if_used
 from worker.flow.key_context import current_credentials, masked
-from worker.flow.rotation import plan_rotation
+from worker.flow.rotation import plan_rotation, secret_keys_of
 from worker.flow.runs import list_binding_objects
 
 
@@ -59,6 +59,7 @@ def plan_key_rotation(
         connection="",
         target=credentials.fingerprint,
         old_fingerprints={credentials.fingerprint},
+        secret_keys=secret_keys_of([credentials]),
     )
     switchable = [p for p in plan.tables if not p.problem]
     return KeyRotationPlan(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from worker.domain.errors import (
     RetryableError,
 )
 from worker.domain.model import (
+    AccessKeyCredentials,
     Credentials,
     DatabaseDefault,
     PlannedTable,
@@ -119,6 +120,7 @@ def plan_rotation(
     connection: str,
     target: str,
     old_fingerprints: set[str],
+    secret_keys: Mapping[str, str] | None = None,
 ) -> RotationPlan:
     """Which objects (tables, stages, database defaults) this rotation switches, and the rule that
     selected each.
@@ -132,6 +134,10 @@ def plan_rotation(
       connections (``<prefix>_<version>``) on old credentials is affected wherever its path is.
     - An object the binding selects whose storage kind Databend cannot switch (oss, cos, obs,
       hdfs, …) is refused by name (``refusals``): the run must not start.
+    - ``secret_keys``: the secret access key of each credentials looked for, by fingerprint. An
+      object that shows its secret key too (a stage; a database default, through its connection)
+      as none of theirs holds another key, however alike its key id looks (Databend >= 1.2.919
+      shows four characters of each): discovery leaves it alone.
     """
     objects = list(objects)
     planned: dict[ObjectName, PlannedTable] = {}
@@ -146,7 +152,7 @@ def plan_rotation(
                 name, f"selector {text}", None, problem=objects_.missing(name)
             )
     if binding.discover:
-        _discover(binding, objects, planned, notes, old_fingerprints | {target})
+        _discover(binding, objects, planned, notes, old_fingerprints | {target}, secret_keys or {})
     if not all(masking.distinguishable(target, old) for old in old_fingerprints):
         notes.append(
             "the new credentials look like an old version's to Databend; every object "
@@ -168,6 +174,16 @@ def plan_rotation(
     )
 
 
+def secret_keys_of(credentials: Iterable[Credentials]) -> dict[str, str]:
+    """``plan_rotation``'s ``secret_keys``: the secret access key of each access key, by its
+    fingerprint (a role has none)."""
+    return {
+        c.fingerprint: c.secret_access_key
+        for c in credentials
+        if isinstance(c, AccessKeyCredentials)
+    }
+
+
 def _planned(obj: StoredObject, rule: str) -> PlannedTable:
     return PlannedTable(obj.name, rule, obj.storage.fingerprint, bucket=obj.storage.bucket)
 
@@ -178,6 +194,7 @@ def _discover(
     planned: dict[ObjectName, PlannedTable],
     notes: list[str],
     wanted: set[str],
+    secret_keys: Mapping[str, str],
 ) -> None:
     """Discovery by fingerprint + a served bucket (see plan_rotation)."""
     by_name = {obj.name: obj for obj in objects}
@@ -191,7 +208,7 @@ def _discover(
             "discover: no bucket known for this binding (set 'buckets' or name an "
             "object); discovery matched nothing but the binding's own connections"
         )
-    unreadable = []
+    unreadable, others = [], []
     for obj in objects:
         if obj.name in planned:
             continue
@@ -208,10 +225,21 @@ def _discover(
         if obj.storage.unreadable is not None:
             unreadable.append(f"{object_label(obj.name)} ({obj.storage.unreadable})")
             continue
-        if not any(objects_.may_show(fp, w) for w in wanted):
+        alike = [w for w in wanted if objects_.may_show(fp, w)]
+        if not alike:
+            continue
+        if all(
+            w in secret_keys and obj.storage.shows_another_secret(secret_keys[w]) for w in alike
+        ):
+            others.append(object_label(obj.name))
             continue
         planned[obj.name] = _planned(
             obj, f"discovered: {masking.display(fp)} in bucket {obj.storage.bucket}"
+        )
+    if others:
+        notes.append(
+            f"discover: {len(others)} object(s) show a key id like the secret's but another "
+            f"secret key, so another key: left alone: {', '.join(others[:5])}"
         )
     if unreadable:
         notes.append(

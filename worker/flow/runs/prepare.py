@@ -42,7 +42,12 @@ from worker.domain.secret_value import parse_secret_value
 from worker.domain.sql import ObjectName, TableName
 from worker.flow import objects as objects_
 from worker.flow.fencing import admitted, require_drained, take_fence
-from worker.flow.rotation import connection_name_for, ensure_connection, plan_rotation
+from worker.flow.rotation import (
+    connection_name_for,
+    ensure_connection,
+    plan_rotation,
+    secret_keys_of,
+)
 from worker.flow.runs.close import close_run, lock_owner, release
 
 _ROTATION_STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
@@ -240,6 +245,7 @@ def _plan(
         connection=connection,
         target=credentials.fingerprint,
         old_fingerprints={c.fingerprint for c in old.values()},
+        secret_keys=secret_keys_of([*old.values(), credentials]),
     )
     refuse_unswitchable(plan, binding)
     # write-ahead: the connection's name is on record before it exists
