@@ -472,3 +472,26 @@ def test_doctor_passes_on_the_stack_and_names_the_dsn_pointing_nowhere(world: Wo
     assert broken.returncode == 1
     failing = [line for line in broken.stdout.splitlines() if line.startswith("FAIL")]
     assert failing and "DATABEND_DSN" in failing[0]
+
+    # a server that takes the connection and never answers: the check waits as long as
+    # ROTATOR_STATEMENT_TIMEOUT says (10 s at most), and says so
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        env = dict(world.stack.env)
+        world.stack.env["DATABEND_DSN"] = (
+            f"databend://root:@127.0.0.1:{silent.getsockname()[1]}/default?sslmode=disable"
+        )
+        world.stack.env["ROTATOR_STATEMENT_TIMEOUT"] = "2"
+        try:
+            started = time.monotonic()
+            hung = world.stack.cli("doctor", timeout=120)
+        finally:
+            world.stack.env.clear()
+            world.stack.env.update(env)
+    assert hung.returncode == 1
+    (databend,) = [line for line in hung.stdout.splitlines() if line.startswith("FAIL  databend")]
+    assert "did not answer within 2s (ROTATOR_STATEMENT_TIMEOUT)" in databend, databend
+    assert time.monotonic() - started < 60

@@ -96,7 +96,7 @@ def _bindings(settings: Any) -> Generator[Check, None, list[Any]]:
 
 def _databend(settings: Any) -> Iterator[Check]:
     """Databend reachable, its system tables readable, connections creatable; then the audit."""
-    client = yield from _databend_reachable(settings.databend_dsn)
+    client = yield from _databend_reachable(settings.databend_dsn, settings.statement_timeout)
     if client is None:
         return
     for name, sql in (
@@ -116,7 +116,7 @@ def _databend(settings: Any) -> Iterator[Check]:
     yield from _audit(settings, client)
 
 
-def _databend_reachable(dsn: str) -> Generator[Check, None, Any]:
+def _databend_reachable(dsn: str, statement_timeout: float) -> Generator[Check, None, Any]:
     """Connect and read the server's version (which tells how it masks keys); returns the client,
     or None when Databend cannot be reached."""
     from worker.adapters.databend_admin import DriverDatabendAdmin
@@ -128,7 +128,8 @@ def _databend_reachable(dsn: str) -> Generator[Check, None, Any]:
         "reachable Databend server"
     )
     try:
-        client = DatabendClient(dsn, statement_timeout=10)
+        # the configured bound, at most 10 s: a check, not a run (the message names the bound)
+        client = DatabendClient(dsn, statement_timeout=min(statement_timeout, 10))
         admin = DriverDatabendAdmin(client)
         version = admin.server_version()
     except Exception as exc:
