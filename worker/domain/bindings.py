@@ -357,17 +357,14 @@ def _parse_schedule(entry: dict[str, Any]) -> SchedulePolicy:
 
 
 def _line_of(text: str, needle: str | None, start: int = 1, end: int | None = None) -> int:
-    """First line in ``start..end`` that mentions ``needle``, written as a TOML string first
-    (a selector "a" is not found in ``name = "lake"``), else as it is (a key); falls back to
-    ``start``."""
-    if needle is None:
-        return start
+    """First line in ``start..end`` that mentions ``needle`` as a TOML string (a selector "a" is
+    not found in ``name = "lake"``), else as it is (a key); else ``start``."""
     lines = text.splitlines()
     numbers = range(start, min(end or len(lines), len(lines)) + 1)
-    for candidate in (f'"{needle}"', f"'{needle}'", needle):
-        for number in numbers:
-            if candidate in lines[number - 1]:
-                return number
+    for candidate in (f'"{needle}"', f"'{needle}'", needle) if needle is not None else ():
+        found = next((n for n in numbers if candidate in lines[n - 1]), None)
+        if found is not None:
+            return found
     return start
 
 
