@@ -66,7 +66,9 @@ def inventory(binding: str | None, as_json: bool) -> None:
         click.echo(json.dumps(found.to_json(), indent=2, ensure_ascii=False))
         return
     console = plain_console()
-    console.print(f"Databend {found.server_version}: {len(found.items)} object(s)")
+    server = found.server_version  # "Databend Query v1.2.…" names itself
+    server = server if server.startswith("Databend") else f"Databend {server}"
+    console.print(f"{server}: {len(found.items)} object(s)")
     table = Table("binding", "kind", *STATES, "total")
     per_kind: dict[tuple[str | None, str], list[Any]] = {}
     for item in found.items:
