@@ -459,6 +459,10 @@ def test_sigterm_stops_the_intake_cleanly(world: World) -> None:
     intake.send_signal(15)
     assert intake.wait(timeout=30) == 0
     assert "intake stopped" in log.read_text()
+    # this queue has no redrive policy (a rejected message would come back until its retention
+    # ends): the intake said so at start; the module's queue has a dead-letter queue, and no word
+    assert "the queue has no redrive policy" in log.read_text()
+    assert "no redrive policy" not in (world.stack.log_dir / "intake.log").read_text()
 
 
 def test_a_repeated_event_restarts_a_run_a_crashed_worker_cut_short(

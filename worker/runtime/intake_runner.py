@@ -107,9 +107,19 @@ class SqsIntake:
 
     def check_queue(self) -> None:
         """A queue that does not exist is a ConfigError at start, not a receive retried forever;
-        any other failure (AWS unreachable for now) is left to the polling loop."""
+        any other failure (AWS unreachable for now) is left to the polling loop. A queue with no
+        redrive policy is a warning: a rejected message is released at once, so without a
+        dead-letter queue it comes back, and is rejected, until its retention ends."""
         try:
-            self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+            attributes = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["QueueArn", "RedrivePolicy"]
+            ).get("Attributes", {})
+            if not attributes.get("RedrivePolicy"):
+                log.warning(
+                    "the queue has no redrive policy: a rejected message comes back until its "
+                    "retention ends; give it a dead-letter queue (README, Event intake)",
+                    queue_url=self.queue_url,
+                )
         except Exception as exc:
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             if code in _NO_SUCH_QUEUE:
