@@ -204,3 +204,25 @@ def test_reopening_a_failed_run_puts_its_failed_objects_back_and_the_run_to_swit
     assert reopen_failed_tables("r1", runs) == [t0]
     assert runs.get("r1").status == RunStatus.SWITCHING
     assert runs.pending("r1") == [t0]
+
+
+def test_of_two_resumes_of_a_stalled_rotation_at_once_one_queues_its_batches() -> None:
+    """A rotation run whose worker died mid-switch still reads switching. Two operators resume
+    it at the same moment: both have read it when one writes first; the other is refused (exit
+    2), so the run's pending objects are queued once, not as two copies of each batch."""
+    ctx, _ = world()
+    value = key_json("AKIAOLDOLDOLDOLD1OLD")
+    ctx.secrets = FakeSecrets(values={"v": value}, stages={"v": ("AWSCURRENT",)})
+    ctx.runs.create(RunRecord(run_id="r1", kind="rotation", secret=ctx.secrets.arn, version_id="v"))
+    ctx.runs.update("r1", status="switching")
+    write = ctx.runs.update_if
+
+    def the_other_resume_writes_first(run_id: str, expected: dict, **fields: object) -> bool:
+        ctx.runs.update_if = write  # type: ignore[method-assign]
+        assert resume(ctx, "r1").followup is Followup.START_ROTATION  # it read, then wrote
+        return write(run_id, expected, **fields)
+
+    ctx.runs.update_if = the_other_resume_writes_first  # type: ignore[method-assign]
+    with pytest.raises(FatalError, match="while it was being resumed: nothing resumed"):
+        resume(ctx, "r1")
+    assert ctx.runs.get("r1").status == RunStatus.SWITCHING

@@ -21,7 +21,7 @@ from worker.domain.sql import object_label
 from worker.flow import key_rotation
 from worker.flow.fencing import PAUSE_WAIT_SECONDS, wait_idle
 from worker.flow.key_rotation import KeyRotationContext, Phase
-from worker.flow.runs import reopen_failed_tables, resume_switching, update_or_refuse
+from worker.flow.runs import reopen_failed_tables, update_or_refuse
 
 
 class Followup(StrEnum):
@@ -74,9 +74,14 @@ def resume(ctx: KeyRotationContext, run_id: str) -> Resumed:
     if run.status in done:
         raise FatalError(f"run {run_id} is {run.status}: nothing to resume")
     reopened = [str(t) for t in reopen_failed_tables(run_id, ctx.runs)]
-    status = ctx.runs.get(run_id).status
-    if not RunStatus(status).active:  # e.g. its planning gave up: no object was reopened
-        resume_switching(run_id, ctx.runs, status)
+    now = ctx.runs.get(run_id)
+    # back to switching if its planning gave up (else its status stays); either way only if
+    # nothing was written since the read: of two resumes at once one queues the run's batches,
+    # the other exits 2
+    to = now.status if RunStatus(now.status).active else RunStatus.SWITCHING
+    expected = {"status": now.status, "updated_at": now.updated_at}
+    during = "it was being resumed: nothing resumed"
+    update_or_refuse(ctx.runs, run_id, expected, during, status=to, error=None)
     return Resumed(run_id, Followup.START_ROTATION, reopened)
 
 
