@@ -376,3 +376,59 @@ def test_a_connection_dropped_by_another_process_than_its_maker_says_what_it_hel
     made, dropped = events
     assert dropped.action is AuditAction.CONNECTION_DROPPED and dropped.object == name
     assert dropped.before == made.after == "ak ******XYZ"
+
+
+def test_a_switch_recorded_late_shares_the_event_id_of_its_row_and_the_trail_shows_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker dies right after an ALTER: its row may or may not have reached its spool. The
+    redelivered batch finds the object switched by that attempt and writes the row again, under
+    the id the first row had, so the trail lists that switch once either way."""
+    from types import SimpleNamespace
+
+    import structlog
+
+    from worker.adapters.audit_store import AuditTable
+    from worker.adapters.audited import AuditedAdmin
+    from worker.domain.sql import TableName
+    from worker.observe import audit as audit_module
+    from worker.observe.audit import earlier_switch, switching
+
+    events: list[AuditEvent] = []
+
+    class Trail:
+        def record(self, event: AuditEvent) -> None:
+            events.append(event)
+
+    class Client:
+        def execute(self, sql: str) -> None: ...
+
+    monkeypatch.setattr(audit_module, "_recorder", Trail())
+    runs = SimpleNamespace(get=lambda _run_id: SimpleNamespace(connection="c_new"))
+    admin = AuditedAdmin(client=Client(), runs=runs)
+    monkeypatch.setattr(admin, "_connection_shown", lambda _c: "******NEW")
+    with structlog.contextvars.bound_contextvars(run_id="r1"):
+        with switching("db.t", "ak:******OLD", 1):  # the first attempt: its switch's row
+            admin._audit_switch(TableName("db", "t"), "c_new")
+        with switching("db.u", "ak:******OLD", 1):
+            admin._audit_switch(TableName("db", "u"), "c_new")
+    earlier_switch("r1", "db.t", "ak:******OLD", "c_new", attempt=2)  # the second attempt's
+    first, other, again = events
+    assert again.event_id == first.event_id != other.event_id
+    assert (again.action, again.object, again.before) == (first.action, "db.t", first.before)
+
+    # stored twice (the spool of the dead worker and the late row), listed once
+    columns = ("event_id", "at", "run_id", "binding", "secret", "action", "object")
+    rows = [
+        (e.event_id, "2026-11-28 00:00:00", "r1", "b", "s", str(e.action), e.object)
+        for e in (first, other, again)
+    ]
+    table = AuditTable.__new__(AuditTable)
+    table.database, table._ready = "rotator", True
+    table.client = SimpleNamespace(query=lambda _sql: list(reversed(rows)))
+    monkeypatch.setattr("worker.adapters.audit_store.COLUMNS", columns)
+    listed = table.events()
+    assert [(e["object"], e["event_id"]) for e in listed] == [
+        ("db.t", first.event_id),
+        ("db.u", other.event_id),
+    ]

@@ -418,6 +418,24 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
         elif outcome["status"] == "validated":
             assert crashed_at <= changed[table.table] <= outcome["switched_at"] + 0.01, outcome
         assert outcome["attempts"] in (1, 2), outcome
+    assert all("earlier attempt" in outcomes[x.table]["reason"] for x in on_k2)
+
+    # and the audit trail shows every switch once: the dead worker's too (its row, from its spool
+    # or written again by the batch that found the table switched, under the same event id)
+    def switched_rows() -> list[str]:
+        shown = scenario.stack.cli("audit", "--json")
+        assert shown.returncode == 0, shown.stderr
+        events = json.loads(shown.stdout)["events"]
+        return [
+            e["object"]
+            for e in events
+            if e["action"] == "object_switched" and e["run_id"] == run_id_of(again)
+        ]
+
+    deadline = time.monotonic() + 60
+    while len(rows := switched_rows()) < 12 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert sorted(rows) == sorted(str(x) for x in tables), rows
 
 
 def test_status_needs_no_bindings_file(scenario: Scenario, redis_url: str) -> None:

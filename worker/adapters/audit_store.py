@@ -133,12 +133,12 @@ class AuditTable:
             f"SELECT {columns} FROM {table_sql(self.database)}{clause}"
             f" ORDER BY at DESC, event_id DESC LIMIT {int(limit)}"
         )
-        events = []
-        for row in reversed(rows):
+        events: dict[str, dict[str, Any]] = {}
+        for row in reversed(rows):  # (a row written again after a crash, domain/audit.py: once)
             event = dict(zip(COLUMNS, row, strict=True))
             event["at"] = _iso(event["at"])
-            events.append(event)
-        return events
+            events.setdefault(event["event_id"], event)
+        return list(events.values())
 
 
 def _iso(value: Any) -> str:

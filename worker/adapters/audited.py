@@ -17,11 +17,11 @@ from worker.adapters.aws_secrets import SecretsManagerStore
 from worker.adapters.databend_admin import DriverDatabendAdmin
 from worker.adapters.run_store import RedisRunStore
 from worker.domain import masking
-from worker.domain.audit import AuditAction
+from worker.domain.audit import AuditAction, switch_event_id
 from worker.domain.errors import RotatorError
 from worker.domain.model import Credentials, DatabaseDefault, ExternalStage
 from worker.domain.sql import ObjectName, TableName, object_label
-from worker.observe.audit import audit, planned_previous
+from worker.observe.audit import audit, planned_attempt, planned_previous
 
 
 class AuditedAdmin(DriverDatabendAdmin):
@@ -72,7 +72,13 @@ class AuditedAdmin(DriverDatabendAdmin):
             after = f"{connection} ({self._connection_shown(connection)})"
         except Exception:  # the ALTER is done: its row goes in with what is known
             action, before, after = AuditAction.OBJECT_SWITCHED, None, connection
-        audit(action, object_label(name), before=before, after=after)
+        label, ids = object_label(name), {}
+        run_id, attempt = structlog.contextvars.get_contextvars().get("run_id"), None
+        if action is AuditAction.OBJECT_SWITCHED and run_id:
+            attempt = planned_attempt(label)
+        if attempt is not None:  # a run's switch: the id a late copy of its row would have too
+            ids = {"event_id": switch_event_id(str(run_id), label, attempt)}
+        audit(action, label, before=before, after=after, **ids)
 
     def _switch_facts(self, table: ObjectName, connection: str) -> tuple[AuditAction, str | None]:
         """Switched forward to the run's connection, or back (a revert, an abort, a rollback) to

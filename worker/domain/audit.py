@@ -44,6 +44,16 @@ class AuditEvent:
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+_SWITCH_IDS = uuid.UUID("5b0c2f6e-5d0a-4c55-9a1e-7d1f0c6e2a11")
+
+
+def switch_event_id(run_id: str, obj: str, attempt: int) -> str:
+    """The event id of the switch a run's ``attempt`` at ``obj`` made: the row written when it
+    happened and one written later by a redelivered batch that found the switch unrecorded (its
+    worker died right after the ALTER) share it, and the trail shows that switch once."""
+    return uuid.uuid5(_SWITCH_IDS, f"{run_id}\x1f{obj}\x1f{attempt}").hex
+
+
 class Audit(Protocol):
     def record(self, event: AuditEvent) -> None:
         """Keep the event durably (returns quickly, never raises)."""

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker.domain.audit import Audit, AuditAction, AuditEvent
+from worker.domain import masking
+from worker.domain.audit import Audit, AuditAction, AuditEvent, switch_event_id
 
 log = structlog.get_logger("rotator.audit")
 
@@ -72,17 +73,17 @@ def _close_at_exit() -> None:
         _recorder.close()
 
 
-_planned: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
-    "audit_planned", default=None
+_planned: contextvars.ContextVar[tuple[str, str | None, int | None] | None] = (
+    contextvars.ContextVar("audit_planned", default=None)
 )
 
 
 @contextlib.contextmanager
-def switching(obj: str, previous: str | None) -> Iterator[None]:
-    """Inside the block the object ``obj`` is being switched and its run's plan says it showed
-    ``previous`` (a fingerprint): the audited adapter takes a switch row's ``before`` from here
-    instead of reading the plan back from Redis once per object."""
-    token = _planned.set((obj, previous))
+def switching(obj: str, previous: str | None, attempt: int | None = None) -> Iterator[None]:
+    """Inside the block the object ``obj`` is being switched (by its run's ``attempt``) and its
+    run's plan says it showed ``previous`` (a fingerprint): the audited adapter takes a switch
+    row's ``before`` (and event id) from here instead of reading the plan back once per object."""
+    token = _planned.set((obj, previous, attempt))
     try:
         yield
     finally:
@@ -96,6 +97,27 @@ def planned_previous(obj: str) -> tuple[bool, str | None]:
     if current is None or current[0] != obj:
         return False, None
     return True, current[1]
+
+
+def planned_attempt(obj: str) -> int | None:
+    """Which attempt of its run is switching ``obj`` (inside its ``switching`` block)."""
+    current = _planned.get()
+    return current[2] if current is not None and current[0] == obj else None
+
+
+def earlier_switch(
+    run_id: str, obj: str, previous: str | None, connection: str, attempt: int
+) -> None:
+    """The row of a switch an earlier attempt made whose worker died before writing it down (a
+    redelivered batch found the object switched): under that switch's own event id, so if the
+    row was written after all, the trail still shows it once."""
+    audit(
+        AuditAction.OBJECT_SWITCHED,
+        obj,
+        before=masking.display(previous) if previous else None,
+        after=connection,
+        event_id=switch_event_id(run_id, obj, max(1, attempt - 1)),
+    )
 
 
 def audit(action: AuditAction, obj: str, **fields: Any) -> None:

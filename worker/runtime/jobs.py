@@ -32,6 +32,10 @@ from worker.flow.runs import (
     split_batches,
     switch_batch,
 )
+from worker.flow.runs.switch import (
+    SWITCHED_EARLIER,
+)
+from worker.observe.audit import earlier_switch
 from worker.observe.metrics import table_finished
 from worker.observe.notify import drift_found, retirement_report
 from worker.runtime.celery_app import app
@@ -98,7 +102,7 @@ def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
         retry=RetryPolicy(),
         lease_seconds=s.lease_seconds,
         each=s.object_scope,
-        on_outcome=_finished(RunKind.ROTATION, crash_point="rotation-after-table"),
+        on_outcome=_finished(RunKind.ROTATION, run_id, crash_point="rotation-after-table"),
     )
     if result is not None and result.closed:
         wake_parent(run_id)
@@ -158,7 +162,7 @@ def migration_batch(run_id: str, wave: int, names: list[ObjectName]) -> None:
         retry=RetryPolicy(),
         lease_seconds=s.lease_seconds,
         each=s.object_scope,
-        on_outcome=_finished(RunKind.MIGRATION),
+        on_outcome=_finished(RunKind.MIGRATION, run_id),
         behind=s.rotated_away,
     )
     if done.result is None:
@@ -276,12 +280,19 @@ def notification_dropped(sink: str, message: dict[str, Any], reason: str) -> Non
 # --- shared --------------------------------------------------------------------------------------
 
 
-def _finished(kind: RunKind, crash_point: str = "") -> Callable[[TableOutcome, float], None]:
-    """Per object: the metrics, one log line (debug for a migration's many), and (crash tests)
-    the named fault point."""
+def _finished(
+    kind: RunKind, run_id: str, crash_point: str = ""
+) -> Callable[[TableOutcome, float], None]:
+    """Per object: the metrics, one log line (debug for a migration's many), the audit row of a
+    switch an earlier attempt made but could not record, and (crash tests) the named fault
+    point."""
     say = log.debug if kind is RunKind.MIGRATION else log.info
 
     def finished(outcome: TableOutcome, seconds: float) -> None:
+        if outcome.reason == SWITCHED_EARLIER:  # (rare: read the run's connection only then)
+            connection = str(services().runs.get(run_id).connection or "")
+            label = object_label(outcome.table)
+            earlier_switch(run_id, label, outcome.previous, connection, outcome.attempts)
         table_finished(str(kind), str(outcome.status), seconds)
         say(
             "table done",

@@ -180,7 +180,8 @@ def object_scope(planned: TableOutcome, seconds: float) -> Iterator[None]:
     """Around one planned object's switch in a batch: its time limit (``seconds``), and the
     plan's view of it handed to the audit (the switch row's ``before``, without a Redis read
     per object)."""
-    with table_time_limit(seconds), audit_switching(object_label(planned.table), planned.previous):
+    label = object_label(planned.table)
+    with table_time_limit(seconds), audit_switching(label, planned.previous, planned.attempts):
         yield
 
 

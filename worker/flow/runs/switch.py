@@ -42,6 +42,11 @@ from worker.flow.switch import rotate_object
 # commands however many objects it carries, so on a slow engine (half a second per object) a
 # one-second interval cost 5 commands per object; `rotator status` lags by this much at most.
 DEFAULT_FLUSH_SECONDS = 2.0
+# why an object found on the run's target is this run's switch all the same: an earlier attempt
+# of the run made it and its worker stopped before the outcome was written
+SWITCHED_EARLIER = (
+    "switched by an earlier attempt of this run, whose worker stopped before recording it"
+)
 MAX_BATCH = 64  # objects per message at most: a redelivered batch redoes little
 
 
@@ -248,6 +253,7 @@ def _switch(
         # ran beside it), so it is this run's switch, with the plan's previous credentials (a
         # rollback moves it back; counts do not hide it)
         outcome.status, outcome.previous = TableStatus.VALIDATED, planned.previous
+        outcome.reason = SWITCHED_EARLIER  # (its audit row may be missing: the task writes it)
     return outcome
 
 
