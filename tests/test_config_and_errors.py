@@ -419,6 +419,17 @@ def test_the_aws_region_comes_from_aws_region_and_its_absence_is_a_clear_error(
     for region in ("us-gov-west-1", "cn-north-1", "ap-southeast-4", "eu-isoe-west-1"):
         monkeypatch.setenv("AWS_REGION", region)
         assert aws_client("sts", bounds=bounds).meta.region_name == region
+    # IAM's client resolves to the global region (aws-global), against AWS's own endpoint too
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert aws_client("iam", bounds=bounds).meta.region_name == "aws-global"
+    monkeypatch.setenv("AWS_REGION", "eusc-de-east-1")  # (a partition of its own)
+    assert aws_client("sts", bounds=bounds).meta.region_name == "eusc-de-east-1"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "moon")  # botocore's own chain is checked too
+    with pytest.raises(ConfigError, match="bad configuration: AWS_REGION"):
+        aws_client("sts", bounds=bounds)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
     for endpoint in ("notaurl-s3cr3t", "ftp://s3cr3t.example"):
         with pytest.raises(ConfigError, match="bad configuration: AWS_ENDPOINT_URL") as bad:

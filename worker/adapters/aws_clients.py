@@ -57,9 +57,12 @@ def aws_client(
     if not kwargs.get("region_name") and os.environ.get("AWS_REGION"):
         kwargs["region_name"] = os.environ["AWS_REGION"]
     try:
+        # the region asked for (given, AWS_REGION, else botocore's chain: AWS_DEFAULT_REGION, the
+        # profile), not the one the client resolves: IAM's is aws-global
+        asked = kwargs.get("region_name") or boto3.session.Session().region_name
+        if asked and not is_region_name(str(asked)):
+            raise InvalidRegionError(region_name=asked)
         client = boto3.client(service, config=config, **kwargs)
-        if not is_region_name(str(client.meta.region_name)):
-            raise InvalidRegionError(region_name=client.meta.region_name)
         if not str(client.meta.endpoint_url).startswith(("https://", "http://")):
             raise ValueError("Invalid endpoint")  # (botocore takes ftp://… and fails per call)
         return client

@@ -36,7 +36,8 @@ _SECRET_ARN_PREFIX = re.compile(
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}\Z")  # what AWS appends to a secret's name in its ARN
 _VERSION_ID = re.compile(r"[A-Za-z0-9-]{32,64}\Z")
 _EVENT_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}\Z")
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")  # us-east-1, us-gov-west-1, eu-isoe-west-1
+# us-east-1, us-gov-west-1, eu-isoe-west-1, eusc-de-east-1
+_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d{1,2}\Z")
 
 
 def is_region_name(text: str) -> bool:
