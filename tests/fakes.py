@@ -268,6 +268,14 @@ class MemoryRuns:
     def unfinished(self) -> list[str]:
         return sorted(r for r, run in self.runs.items() if not RunStatus(run.status).final)
 
+    def migrating(self, names: list[TableName]) -> set[TableName]:
+        plans = [
+            self.tables.get(r, {})
+            for r, run in self.runs.items()
+            if run.kind == "migration" and not RunStatus(run.status).final
+        ]
+        return {n for n in names if any(n in plan for plan in plans)}
+
     def forget_unfinished(self, run_id: str) -> None:
         pass
 

@@ -322,3 +322,37 @@ def test_a_key_rotation_that_failed_holding_its_new_key_is_named_before_a_new_on
         f"key rotation {run_id} is failed before moving AWSCURRENT and left its new key: "
         f"`rotator resume {run_id}` or `rotator abort {run_id}`"
     )
+
+
+def test_a_key_rotation_finishes_when_a_migration_moved_one_of_its_tables_off_the_old_key() -> None:
+    """A migration (unfinished) moves sales.t1 off K1 onto dst after the key rotation's table run
+    planned it. The table run leaves sales.t1 where the migration put it; the test step asks of
+    it only that it is off the old key; the rotation finishes and retires K1."""
+    from worker.domain.model import AccessKeyCredentials, TableOutcome, TableStatus
+    from worker.flow.runs import prepare_rotation as prepare
+
+    ctx, plan = world()
+    t1 = TableName("sales", "t1")
+    ctx.runs.create(RunRecord("m1", "migration", "", "", RunStatus.SWITCHING))
+    ctx.runs.set_plan("m1", [TableOutcome(t1)])
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    while advance(ctx, run_id) is not Next.START_TABLES:
+        pass
+    table_run = str(ctx.runs.get(run_id).data["table_run"])
+    pending = prepare(
+        table_run,
+        runs=ctx.runs,
+        secrets=ctx.secrets,
+        admin=ctx.admin,
+        bindings=[binding("sales.*")],
+    )
+    ctx.admin.connections["dst"] = AccessKeyCredentials("AKIADSTDSTDSTDSTDDST", "d")
+    ctx.admin.switch_table(t1, "dst")  # the migration's move, after the plan
+    switch_batch(table_run, pending, runs=ctx.runs, admin=ctx.admin, retry=no_sleep_policy())
+    drive(ctx, run_id)
+    run = ctx.runs.get(run_id)
+    assert (run.status, run.phase) == (RunStatus.SUCCEEDED, Phase.RETIRED), run.error
+    assert ctx.admin.keys[t1] == "AKIADSTDSTDSTDSTDDST"
+    assert ctx.runs.outcome(table_run, t1).status == TableStatus.SUPERSEDED
+    assert retire_old_key(ctx, run_id, "delete") == "done"
+    assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]

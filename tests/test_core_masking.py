@@ -124,3 +124,18 @@ def test_a_held_key_is_displayed_as_the_server_shows_keys() -> None:
     assert masking.display(held, MaskForm.CURRENT) == "ak AK***UW"
     assert masking.display("ak:AK***UW", MaskForm.LEGACY) == "ak AK***UW", "shown stays shown"
     assert masking.display(None) == "?"
+
+
+def test_two_views_of_an_object_are_apart_only_when_they_provably_show_other_credentials() -> None:
+    """What the plan saw and what the object shows now: a move only when both are read in the
+    same form and differ (or a key became a role); the same key shown by a server upgraded since
+    (legacy then, current now) is no move, nor is a view that cannot be read."""
+    from worker.domain.masking import shown_apart
+
+    assert shown_apart("ak:******OLD", "ak:******DST")
+    assert shown_apart("ak:AK***LD", "ak:AK***ST")
+    assert shown_apart("ak:******OLD", "role:arn:aws:iam::123456789012:role/r")
+    assert not shown_apart("ak:******OLD", "ak:******OLD")
+    assert not shown_apart("ak:******OLD", "ak:AK***LD")  # one key, two servers' forms
+    assert not shown_apart("ak:******OLD", "ak:??weird??")
+    assert not shown_apart(None, "ak:******OLD") and not shown_apart("ak:******OLD", None)

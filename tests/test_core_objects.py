@@ -12,7 +12,7 @@ import pytest
 from tests.fakes import FakeAdmin, FakeIam, FakeSecrets, FakeWriter, MemoryLocks, MemoryRuns
 from tests.test_core_key_rotation import drive
 from tests.test_core_rotation import NEW, OLD, T_NEW, T_OLD, key_json, no_sleep_policy
-from worker.adapters.run_store import outcome_from_json, outcome_to_json, table_from_key, table_key
+from worker.adapters.run_codec import outcome_from_json, outcome_to_json, table_from_key, table_key
 from worker.domain.bindings import Binding, NameSelector, Selector, parse_bindings
 from worker.domain.errors import (
     ConfigError,

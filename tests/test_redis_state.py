@@ -512,3 +512,25 @@ def test_one_of_many_runs_created_alone_at_once_is_recorded(redis_url: str, uniq
     store.update(recorded[0], status="succeeded")
     assert create(9)[1] is None
     assert create(10)[1] == f"alone-{unique}-9"
+
+
+def test_the_objects_an_unfinished_migration_plans_are_found_in_two_round_trips(
+    redis_url: str, unique: str
+) -> None:
+    """A rotation's batch asks which of its objects an unfinished migration plans too (finished
+    by it or not): those it looks at before switching. Ended migrations and other runs do not
+    count."""
+    from worker.domain.model import RunKind
+    from worker.domain.ports import RunRecord
+
+    store = RedisRunStore.from_url(redis_url)
+    a, b, c, d = (TableName(f"mig_{unique}", n) for n in "abcd")
+    store.create(RunRecord(f"m-{unique}", RunKind.MIGRATION, "", "", status="switching"))
+    store.set_plan(f"m-{unique}", [TableOutcome(a), TableOutcome(b, TableStatus.VALIDATED)])
+    store.create(RunRecord(f"e-{unique}", RunKind.MIGRATION, "", "", status="switching"))
+    store.set_plan(f"e-{unique}", [TableOutcome(c)])
+    store.update(f"e-{unique}", status="succeeded")
+    store.create(RunRecord(f"r-{unique}", RunKind.ROTATION, "arn", "v", status="switching"))
+    store.set_plan(f"r-{unique}", [TableOutcome(d)])
+    assert store.migrating([a, b, c, d]) == {a, b}
+    assert store.migrating([]) == set()

@@ -11,7 +11,6 @@ it is done.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from typing import Any
 import redis
 
 from worker.adapters.redis_scripts import LuaScript, ThreadConnections
+from worker.adapters.run_codec import outcome_from_json, outcome_to_json, table_from_key, table_key
 from worker.adapters.run_store_scripts import (
     BEGIN_ATTEMPTS,
     CREATE,
@@ -27,9 +27,9 @@ from worker.adapters.run_store_scripts import (
     UPDATE_CHECKED,
 )
 from worker.domain.errors import RunNotFound, StateStoreUnavailable
-from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
+from worker.domain.model import RunKind, RunStatus, TableOutcome
 from worker.domain.ports import RunRecord
-from worker.domain.sql import ObjectName, TableName, object_name
+from worker.domain.sql import ObjectName
 from worker.observe import actor
 
 PREFIX = "rotator:"
@@ -41,54 +41,6 @@ def redis_client(url: str) -> redis.Redis:
     return ThreadConnections.from_url(
         url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
     )
-
-
-@functools.lru_cache(maxsize=16_384)  # a batch asks for each object's key several times
-def table_key(name: ObjectName) -> str:
-    """An object's stable key in a run's records: ``["db", "table"]`` for a table (as always), and
-    ``{"stage": "s"}`` / ``{"database": "d"}`` for the other kinds (no table key is an object)."""
-    if isinstance(name, TableName):
-        return json.dumps([name.database, name.table], ensure_ascii=False)
-    return json.dumps({name.kind: name.name}, ensure_ascii=False)
-
-
-def table_from_key(key: str | bytes) -> ObjectName:
-    value = json.loads(key)
-    if isinstance(value, dict):
-        ((kind, name),) = value.items()
-        return object_name(kind, name)
-    database, table = value
-    return TableName(database, table)
-
-
-# An outcome's fields after its name, in the dataclass's order (every field is a plain value)
-_OUTCOME_FIELDS = tuple(f.name for f in dataclasses.fields(TableOutcome) if f.name != "table")
-
-
-def outcome_to_json(outcome: TableOutcome) -> str:
-    """A table's outcome keeps the shape it always had (``"table": [db, table]``); a stage's or a
-    database's names its ``kind`` and ``name`` instead. (Built field by field: dataclasses.asdict
-    deep-copies each value and cost three times as much, once per object and write.)"""
-    name = outcome.table
-    data: dict[str, Any] = (
-        {"table": [name.database, name.table]}
-        if isinstance(name, TableName)
-        else {"kind": name.kind, "name": name.name}
-    )
-    for field in _OUTCOME_FIELDS:
-        data[field] = getattr(outcome, field)
-    data["status"] = str(outcome.status)
-    return json.dumps(data, ensure_ascii=False)
-
-
-def outcome_from_json(text: str | bytes) -> TableOutcome:
-    data = json.loads(text)
-    if "kind" in data:
-        data["table"] = object_name(data.pop("kind"), data.pop("name"))
-    else:
-        data["table"] = TableName(*data["table"])
-    data["status"] = TableStatus(data["status"])
-    return TableOutcome(**data)
 
 
 class RedisRunStore:
@@ -169,6 +121,24 @@ class RedisRunStore:
     def unfinished(self) -> list[str]:
         """Runs not yet final (paused ones included): what the reaper looks at."""
         return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}unfinished"))
+
+    def migrating(self, names: list[ObjectName]) -> set[ObjectName]:
+        """Two round trips whatever the number of runs: the unfinished runs' kinds, then the
+        migrations' plans looked up for these objects."""
+        ids, keys = self.unfinished(), [table_key(n) for n in names]
+        if not ids or not keys:
+            return set()
+        with self.redis.pipeline() as pipe:
+            for run_id in ids:
+                pipe.hget(self._key(run_id), "kind")
+            kinds = _execute(pipe)
+        migration = json.dumps(str(RunKind.MIGRATION)).encode()
+        with self.redis.pipeline() as pipe:
+            for run_id, kind in zip(ids, kinds, strict=True):
+                if kind == migration:
+                    pipe.hmget(self._key(run_id, ":tables"), keys)
+            planned = _execute(pipe)
+        return {n for found in planned for n, v in zip(names, found, strict=True) if v is not None}
 
     def forget_unfinished(self, run_id: str) -> None:
         """Drop a run from the index (its record expired or was flushed)."""

@@ -127,6 +127,22 @@ def observed(kind: str, shown_text: str) -> str:
     return f"{kind}:{shown_text}"
 
 
+def shown_apart(a: str | None, b: str | None) -> bool:
+    """Do two fingerprints of what objects show (``observed``) provably show different
+    credentials? Only when both are read, in the same form, and differ (or are of different
+    kinds): one key shows as ``******XYZ`` on one server and ``AK***YZ`` on a newer one."""
+    if a is None or b is None or a == b:
+        return False
+    kind_a, _, text_a = a.partition(":")
+    kind_b, _, text_b = b.partition(":")
+    if kind_a != kind_b:
+        return True
+    try:
+        return parse_shown(text_a).form is parse_shown(text_b).form
+    except UnreadableEvidence:
+        return False
+
+
 def held(kind: str, value: str) -> str:
     """The fingerprint of credentials we hold: the key id or role ARN itself."""
     return f"{kind}:{value}"

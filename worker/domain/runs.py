@@ -110,6 +110,10 @@ class RunStore(Protocol):
 
     def retiring(self) -> list[str]: ...
 
+    def migrating(self, names: list[ObjectName]) -> set[ObjectName]:
+        """Which of these objects an unfinished migration has in its plan (finished or not)."""
+        ...
+
     def unfinished(self) -> list[str]:
         """Ids of runs not yet final (paused ones included)."""
         ...

@@ -56,6 +56,7 @@ from worker.flow.key_create import create_and_store_key
 from worker.flow.key_plan import KeyRotationPlan, plan_key_rotation
 from worker.flow.retire import due_retirements, retire_old_key
 from worker.flow.runs import reopen_failed_tables, resume_switching
+from worker.flow.switch import MOVED_MEANWHILE
 
 # The story's other steps live beside this module (key_plan, key_context, key_create, retire,
 # abort); their names are exported here too, so callers import one module for a key rotation.
@@ -225,7 +226,9 @@ def _test_tables(ctx: KeyRotationContext, run: RunRecord) -> Next:
         current = ctx.retry.call(partial(objects_.describe, ctx.admin, name))
         if current is None or current.storage.unreadable is not None:
             raise FatalError(f"{object_label(name)} cannot be looked at again in Databend")
-        if not current.storage.may_hold(new) or current.storage.may_hold(old):
+        # (one a migration moved elsewhere since the plan need only be off the old key)
+        moved = outcome.reason == MOVED_MEANWHILE
+        if current.storage.may_hold(old) or not (moved or current.storage.may_hold(new)):
             raise FatalError(f"{object_label(name)} is not on the new key")
         ctx.retry.call(partial(objects_.validate, ctx.admin, name, current))
     ctx.runs.update(run.run_id, phase=Phase.TESTED)

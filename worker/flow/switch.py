@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+from worker.domain import masking
 from worker.domain.errors import FatalError, StoragePermissionDenied
 from worker.domain.model import DatabaseDefault, StoredObject, TableOutcome, TableStatus
 from worker.domain.ports import DatabendAdmin
@@ -79,7 +80,10 @@ MOVED_MEANWHILE = (
 
 
 def _moved_since(planned: str | None, now: str | None, target: str) -> bool:
-    return planned is not None and now != planned and not objects_.may_show(now, target)
+    """Does the object show other credentials than the plan saw (and not the target)? Only
+    when the two views provably differ: the same key shown in another form (a server upgraded
+    since the plan) is not a move."""
+    return masking.shown_apart(planned, now) and not objects_.may_show(now, target)
 
 
 def _not_switchable(name: ObjectName, current: StoredObject | None) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from worker.adapters.run_store import RedisRunStore, outcome_to_json
+from worker.adapters.run_codec import outcome_to_json
+from worker.adapters.run_store import RedisRunStore
 from worker.domain.bindings import Binding
 from worker.domain.errors import UnknownSecretError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus

@@ -44,17 +44,15 @@ def _verdict(runs: RunStore, run_id: str) -> tuple[RunStatus, str | None]:
         return RunStatus.SUCCEEDED, None
     outcomes = runs.outcomes(run_id)
     failed = [o for o in outcomes if o.status.failed]
-    left = [o for o in outcomes if o.status is TableStatus.SUPERSEDED]
+    # (an object a migration moved since the plan is not this run's any more: not left undone)
+    left = [
+        o for o in outcomes if o.status is TableStatus.SUPERSEDED and o.reason != MOVED_MEANWHILE
+    ]
     of = f"of {len(outcomes)} {_objects_word(outcomes)}"
     if failed:
         return RunStatus.FAILED, f"{len(failed)} {of} failed"
     if left:
-        moved = sum(o.reason == MOVED_MEANWHILE for o in left)
-        newer = f"{len(left) - moved} {of} left to a newer run of the same secret"
-        elsewhere = f"{moved} {of} moved elsewhere by another run after it was planned"
-        return RunStatus.SUPERSEDED, "; ".join(
-            part for part, n in ((newer, len(left) - moved), (elsewhere, moved)) if n
-        )
+        return RunStatus.SUPERSEDED, f"{len(left)} {of} left to a newer run of the same secret"
     return RunStatus.SUCCEEDED, None
 
 

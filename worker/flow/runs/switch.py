@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from worker.domain.errors import RetryableError, RunNotFound
+from worker.domain.errors import RetryableError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
@@ -152,9 +152,9 @@ def switch_batch(
         return result
     if locks is not None:
         locks.renew(run.secret, lock_owner(run))
-    # a rotation beside a running migration looks at each object first: one the migration moved
-    # after this run planned it stays where the migration put it
-    look_first = run.kind == RunKind.ROTATION and _migration_running(runs)
+    # a rotation looks first at each object an unfinished migration also plans to move: one the
+    # migration moved after this run planned it stays where the migration put it
+    contended = runs.migrating([n for n, _ in todo]) if run.kind == RunKind.ROTATION else set()
     writer = _Writer(run, runs, fences, locks, wave, result, flush_every=flush_every, clock=clock)
     stopped_by: RetryableError | None = None
     try:
@@ -170,7 +170,7 @@ def switch_batch(
             else:
                 writer.entered.append(label)
                 with each(planned) if each is not None else contextlib.nullcontext():
-                    outcome = _switch(admin, run, name, planned, retry, look_first)
+                    outcome = _switch(admin, run, name, planned, retry, name in contended)
             if on_outcome is not None:
                 on_outcome(outcome, clock() - started)
             writer.add(outcome)
@@ -255,16 +255,6 @@ def _switch(
         outcome.status, outcome.previous = TableStatus.VALIDATED, planned.previous
         outcome.reason = SWITCHED_EARLIER  # (its audit row may be missing: the task writes it)
     return outcome
-
-
-def _migration_running(runs: RunStore) -> bool:
-    for run_id in runs.unfinished():
-        try:
-            if runs.get(run_id).kind == RunKind.MIGRATION:
-                return True
-        except RunNotFound:
-            continue  # ended and expired meanwhile
-    return False
 
 
 def _superseded(name: ObjectName, planned: TableOutcome) -> TableOutcome:
