@@ -59,3 +59,50 @@ def test_describe_of_an_unknown_arn_or_name_is_an_unknown_secret(
     ):
         with pytest.raises(UnknownSecretError, match="not found"):
             store.describe(secret_id)
+
+
+def test_by_arn_a_denied_listing_is_said_as_it_is_not_retried_another_way(
+    aws: LocalAws, unique: str
+) -> None:
+    """The ARN path falls back to DescribeSecret only to tell an unknown secret (moto answers an
+    unknown ARN's listing with a 500): access denied (or throttling) is reported at once, with
+    no second call and no second round of botocore's retries."""
+    import json
+
+    import boto3
+
+    from worker.domain.errors import RotatorError
+
+    sm = aws.client("secretsmanager")
+    arn = sm.create_secret(Name=f"databend/denied-{unique}", SecretString="{}")["ARN"]
+    iam = aws.client("iam")
+    user = f"describe-only-{unique}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="describe-only",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "secretsmanager:DescribeSecret", "Resource": "*"}
+                ],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    client = boto3.client(
+        "secretsmanager",
+        endpoint_url=aws.endpoint_url,
+        region_name=aws.region,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
+    calls: list[str] = []
+    client.meta.events.register(
+        "before-call.secrets-manager", lambda model, **_: calls.append(model.name)
+    )
+    with pytest.raises(RotatorError) as denied:
+        SecretsManagerStore(client).describe(arn)
+    assert not isinstance(denied.value, UnknownSecretError), denied.value
+    assert calls == ["ListSecretVersionIds"]

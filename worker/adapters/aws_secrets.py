@@ -24,8 +24,10 @@ class SecretsManagerStore:
         if secret_id.startswith("arn:"):
             try:
                 return self._listed(secret_id, None)
-            except Exception:  # noqa: S110 - DescribeSecret below says what is wrong
-                pass  # moto answers an unknown ARN here with a 500
+            except Exception as exc:
+                if not _unknown_or_500(exc):  # (throttling, access denied: said as they are)
+                    raise _classified(exc, f"secret {secret_id}") from None
+                # DescribeSecret below says which: moto answers an unknown ARN here with a 500
         try:
             described = self.client.describe_secret(SecretId=secret_id)
             return self._listed(described["ARN"], described["Name"])
@@ -118,3 +120,10 @@ def _classified(exc: Exception, what: str) -> RotatorError:
     if isinstance(error, UnknownSecretError):
         return UnknownSecretError(f"{what} not found in Secrets Manager")
     return error
+
+
+def _unknown_or_500(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code == "ResourceNotFoundException" or status == 500
