@@ -117,7 +117,8 @@ def update_or_refuse(
     what the run became."""
     if not runs.update_if(run_id, expected, **fields):
         now = runs.get(run_id).status
-        raise FatalError(f"run {run_id} became {now} while {during}")
+        what = f"became {now}" if now != expected.get("status") else f"changed (still {now})"
+        raise FatalError(f"run {run_id} {what} while {during}")
 
 
 def lock_owner(run: RunRecord) -> str:
