@@ -63,12 +63,23 @@ class FakeAdmin:
     # database defaults: database -> (the connection it names, its DEFAULT_STORAGE_PATH)
     databases: dict[DatabaseName, tuple[str, str]] = field(default_factory=dict)
 
-    def add_stage(self, name: str, key: str, bucket: str = "lake", kind: str = "s3") -> StageName:
+    def add_stage(
+        self,
+        name: str,
+        key: str,
+        bucket: str = "lake",
+        kind: str = "s3",
+        secret: str | None = None,  # its secret key, shown masked as Databend shows it
+    ) -> StageName:
         stage = StageName(name)
         self.stage_keys[stage] = fake_key(key)
         self.stage_urls[stage] = f"{kind}://{bucket}/{name}/"
         self.stages[stage] = StorageParam(
-            kind=kind, bucket=bucket, root=f"/{name}/", ak=mask(self.stage_keys[stage], self.form)
+            kind=kind,
+            bucket=bucket,
+            root=f"/{name}/",
+            ak=mask(self.stage_keys[stage], self.form),
+            secret_shown=mask(secret, self.form) if secret else None,
         )
         return stage
 

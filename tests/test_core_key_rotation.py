@@ -12,6 +12,7 @@ from tests.fakes import (
     MemoryLimits,
     MemoryLocks,
     MemoryRuns,
+    fake_key,
 )
 from tests.test_core_rotation import binding, key_json, no_sleep_policy
 from worker.domain.bindings import Binding
@@ -356,3 +357,27 @@ def test_a_key_rotation_finishes_when_a_migration_moved_one_of_its_tables_off_th
     assert ctx.runs.outcome(table_run, t1).status == TableStatus.SUPERSEDED
     assert retire_old_key(ctx, run_id, "delete") == "done"
     assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
+
+
+@pytest.mark.parametrize("shows_secret", [True, False])
+def test_another_teams_look_alike_stage_blocks_the_old_keys_retirement_only_without_its_secret(
+    shows_secret: bool,
+) -> None:
+    """Another team's stage, in a bucket the binding does not serve (so no rotation of ours
+    touches it), shows a key id like K1 (the same last characters). When it shows its secret key
+    too, as one K1's cannot be, it holds another key and K1 is retired. When it shows none, the
+    key id is all the evidence there is: it may use K1, so K1 is not even deactivated (fail
+    closed)."""
+    ctx, plan = world()
+    theirs = ctx.admin.add_stage(
+        "theirs", K1[-3:], bucket="far", secret=("t" * 40) if shows_secret else None
+    )
+    run_id = new_key_rotation(ctx.runs, plan, deactivate_after=0, delete_after=60)
+    drive(ctx, run_id)
+    assert ctx.admin.stage_keys[theirs] == fake_key(K1[-3:]), "not touched"
+    if shows_secret:
+        assert retire_old_key(ctx, run_id, "delete") == "done"
+        assert K1 not in [k.key_id for k in ctx.iam.list_keys("svc")]
+    else:
+        assert "stage theirs" in retire_old_key(ctx, run_id, "deactivate")
+        assert (K1, True) in [(k.key_id, k.active) for k in ctx.iam.list_keys("svc")]

@@ -49,13 +49,18 @@ class Usage:
         return not self.users and not self.unreadable
 
 
-def key_usage(admin: DatabendAdmin, key_id: str) -> Usage:
+def key_usage(admin: DatabendAdmin, key_id: str, secret_key: str | None = None) -> Usage:
+    """With the key's ``secret_key``: an object that shows its own secret key (a stage; a
+    database default, through its connection) as one that cannot be it holds another key,
+    however alike the key ids look — an access key has exactly one secret key."""
     holding = masking.held("ak", key_id)
     users, unreadable = [], []
     for obj in objects_.list_all(admin):
         if obj.storage.unreadable is not None:
             unreadable.append(obj)
-        elif masking.may_hold(obj.storage.fingerprint, holding):
+        elif masking.may_hold(obj.storage.fingerprint, holding) and not (
+            secret_key and obj.storage.shows_another_secret(secret_key)
+        ):
             users.append(obj)
     return Usage(users, unreadable)
 
@@ -147,6 +152,7 @@ def refuse_if_used(
     *,
     fences: Fences | None = None,
     runs: RunStore | None = None,
+    secret_key: str | None = None,
 ) -> None:
     """Raise KeyInUse / UnreadableEvidence, naming what blocks, unless ``key_id`` is provably
     unused; ``action`` says what was about to happen ("delete", "deactivate", …).
@@ -165,7 +171,7 @@ def refuse_if_used(
                 f"not going to {action} {shown}: {len(flying)} change(s) checked against the "
                 f"secrets' labels before they last moved still in flight: {', '.join(flying[:5])}"
             )
-    usage = key_usage(admin, key_id)
+    usage = key_usage(admin, key_id, secret_key)  # (``secret_key``: see key_usage)
     if usage.unreadable:
         names = ", ".join(
             f"{object_label(t.name)} ({t.storage.unreadable})" for t in usage.unreadable[:5]

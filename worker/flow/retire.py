@@ -8,7 +8,9 @@ import contextlib
 from functools import partial
 
 from worker.domain.errors import BrownOut, Refused, RotatorError, SlotTimeout, UnreadableEvidence
+from worker.domain.model import AccessKeyCredentials
 from worker.domain.ports import Limits, RunRecord
+from worker.domain.secret_value import parse_secret_value
 from worker.domain.sql import object_label
 from worker.flow import objects as objects_
 from worker.flow.evidence import refuse_if_used
@@ -43,6 +45,7 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
             action,
             fences=ctx.fences,
             runs=ctx.runs,
+            secret_key=_old_secret_key(ctx, run, key),
         )
         if action == "delete":
             _brownout_check(ctx, run)
@@ -69,6 +72,22 @@ def retire_old_key(ctx: KeyRotationContext, run_id: str, action: str) -> str:
     if action == "delete":
         drop_dead_connections(ctx, run_id, user, key)
     return "done"
+
+
+def _old_secret_key(ctx: KeyRotationContext, run: RunRecord, key: str) -> str | None:
+    """The old key's secret key, from the version the rotation started from (None when that
+    version cannot be read or holds another key: the evidence then rests on key ids alone)."""
+    try:
+        version = run.data.get("old_version")
+        if not version:
+            return None
+        value = ctx.secrets.read_version(run.secret, str(version))
+        credentials = parse_secret_value(value, where="the old version")
+    except RotatorError:
+        return None
+    if isinstance(credentials, AccessKeyCredentials) and credentials.access_key_id == key:
+        return credentials.secret_access_key
+    return None
 
 
 def _brownout_check(ctx: KeyRotationContext, run: RunRecord) -> None:
