@@ -444,8 +444,12 @@ def test_the_schedules_object_states_count_stages_and_database_defaults_too() ->
     admin = lake()
     admin.add(TableName("sales", "moved"), NEW)
     binding = lake_binding(stages=("landing", "gone"), databases=("lakehouse",))
-    states = object_states(binding, list_all(admin), creds(OLD).fingerprint)
+    states = object_states(binding, list_all(admin), creds(OLD))
     # on OLD: sales.orders, stage landing, databases lakehouse (through "seed") and
     # ours_anywhere (discovered: it names the binding's connection); sales.moved is on another
     # key; stage gone names nothing
     assert states == {"current": 4, "other": 1, "missing": 1}
+    # another team's stage, in the lake's bucket, on a key id like OLD but showing another
+    # secret key: not discovered, not counted (it would otherwise read as one more current)
+    admin.add_stage("theirs", OLD[-3:], secret="t" * 40)
+    assert object_states(binding, list_all(admin), creds(OLD)) == states

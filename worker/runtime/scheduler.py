@@ -22,13 +22,13 @@ import structlog
 from worker.domain import masking
 from worker.domain.bindings import Binding
 from worker.domain.errors import RotatorError
-from worker.domain.model import RunKind, StoredObject
+from worker.domain.model import Credentials, RunKind, StoredObject
 from worker.domain.schedule import ScheduleState, decide
 from worker.domain.sql import ObjectName
 from worker.flow import objects as objects_
 from worker.flow.key_context import left_behind, unfinished_key_rotation
 from worker.flow.key_rotation import current_credentials, new_key_rotation
-from worker.flow.rotation import plan_rotation
+from worker.flow.rotation import plan_rotation, secret_keys_of
 from worker.observe import actor
 
 log = structlog.get_logger("rotator.schedule")
@@ -67,12 +67,12 @@ def observe(
         rotate_every_seconds=policy.rotate_every,
         observed_at=now,
     )
-    fingerprint = None
+    current: Credentials | None = None
     try:
         info = s.secrets.describe(binding.secret)
         seen.secret, seen.secret_arn = info.name, info.arn
         _version, credentials, _value = current_credentials(s.secrets, info)
-        fingerprint = credentials.fingerprint
+        current = credentials
         user = binding.iam_user or s.iam.owner_of(credentials.access_key_id)
         key = next(
             (k for k in s.iam.list_keys(user) if k.key_id == credentials.access_key_id), None
@@ -93,17 +93,27 @@ def observe(
     )
     verdict = decide(policy, key_age=seen.key_age_seconds, now=now, rotating=rotating)
     seen.state, seen.next_window_start = verdict.state.value, verdict.next_window_start
-    if tables is not None and fingerprint is not None:
-        seen.objects = object_states(binding, tables, fingerprint)
+    if tables is not None and current is not None:
+        seen.objects = object_states(binding, tables, current)
         seen.drift = seen.objects.get("other", 0) + seen.objects.get("missing", 0)
     return seen
 
 
-def object_states(binding: Binding, objects: list[StoredObject], current: str) -> dict[str, int]:
+def object_states(
+    binding: Binding, objects: list[StoredObject], credentials: Credentials
+) -> dict[str, int]:
     """The binding's objects (tables, stages, database defaults) by state: ``current`` (may hold
-    the key AWSCURRENT holds), ``other`` (shows other credentials), ``unreadable``, ``missing``
-    (a selector names no such object)."""
-    plan = plan_rotation(binding, objects, connection="", target=current, old_fingerprints=set())
+    the key AWSCURRENT holds: a look-alike that shows another secret key does not), ``other``
+    (shows other credentials), ``unreadable``, ``missing`` (a selector names no such object)."""
+    current, secret_keys = credentials.fingerprint, secret_keys_of([credentials])
+    plan = plan_rotation(
+        binding,
+        objects,
+        connection="",
+        target=current,
+        old_fingerprints=set(),
+        secret_keys=secret_keys,
+    )
     shown: dict[ObjectName, StoredObject] = {t.name: t for t in objects}
     counts: dict[str, int] = {}
     for planned in plan.tables:
@@ -112,7 +122,9 @@ def object_states(binding: Binding, objects: list[StoredObject], current: str) -
             state = "missing"
         elif table.storage.unreadable is not None:
             state = "unreadable"
-        elif table.storage.may_hold(current):
+        elif table.storage.may_hold(current) and not any(
+            table.storage.shows_another_secret(k) for k in secret_keys.values()
+        ):
             state = "current"
         else:
             state = "other"
