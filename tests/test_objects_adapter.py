@@ -53,6 +53,10 @@ def test_a_stage_is_listed_switched_with_its_url_restated_and_listed_again(
     assert stage.url == f"s3://{bucket}/landing/"
     assert stage.storage.bucket == bucket and stage.storage.kind == "s3"
     assert stage.storage.ak is not None and stage.storage.ak[-2:] == tail(k1["AccessKeyId"])
+    # its secret key shows too (masked as the key id is): evidence against a look-alike key id
+    assert stage.storage.secret_shown is not None
+    assert not stage.storage.shows_another_secret(k1["SecretAccessKey"])
+    assert stage.storage.shows_another_secret(k2["SecretAccessKey"])
     assert stage.name in {s.name for s in admin.list_stages()}
     assert admin.list_stage(stage.name) == 1
 
@@ -135,6 +139,9 @@ def test_a_database_default_shows_its_connections_key_and_switches_keeping_its_p
     assert (found.connection, found.path) == (f"c1_{unique}", path)
     assert found.storage.bucket == bucket and found.connection_exists
     assert found.storage.ak is not None and found.storage.ak[-2:] == tail(k1["AccessKeyId"])
+    # the secret key its connection shows, too
+    assert not found.storage.shows_another_secret(k1["SecretAccessKey"])
+    assert found.storage.shows_another_secret(k2["SecretAccessKey"])
     assert admin.describe_database(DatabaseName(f"plain_{unique}")) is None
     assert admin.describe_database(DatabaseName(f"gone_{unique}")) is None
     listed = {d.name for d in admin.list_database_defaults()}
