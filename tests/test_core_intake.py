@@ -33,6 +33,7 @@ class World:
         self.enqueued: list[str] = []
         self.bindings = [binding("sales.*")]
         self.labels_moved = 0
+        self.in_flight: set[str] = set()  # runs a live worker has changes of in flight
 
     def handle(self, event: dict[str, object]):  # type: ignore[no-untyped-def]
         return handle_event(
@@ -43,6 +44,7 @@ class World:
             runs=self.runs,
             enqueue=self.enqueued.append,
             labels_moved=self._moved,
+            busy=lambda run_id: run_id in self.in_flight,
         )
 
     def _moved(self) -> None:
@@ -88,6 +90,26 @@ def test_a_repeated_event_restarts_a_run_that_has_not_finished(
     assert again.verdict is Verdict.DUPLICATE and again.run_id == run_id
     assert world.enqueued == [run_id] * (2 if queued_again else 1)
     assert len(world.runs.runs) == 1
+
+
+@pytest.mark.parametrize(
+    ("quiet", "in_flight"), [(60.0, True), (2.0, False)], ids=["a change in flight", "just written"]
+)
+def test_a_repeated_event_leaves_a_live_switching_run_alone(quiet: float, in_flight: bool) -> None:
+    """Secrets Manager sends several events about one rotation (PutSecretValue, then the label
+    move, then RotationSucceeded): the later ones must not queue a live run's objects a second
+    time, or two copies of each batch would switch them side by side. A run is live while a
+    worker has a change of it in flight (a dead worker's entries lapse with its heartbeat), or
+    when it was written a moment ago (its batches write outcomes every few seconds)."""
+    world = World()
+    run_id = world.handle(event_for(world, V2)).run_id
+    assert run_id is not None
+    world.runs.update(run_id, status=RunStatus.SWITCHING, updated_at=time.time() - quiet)
+    if in_flight:
+        world.in_flight.add(run_id)
+    again = world.handle(event_for(world, V2))
+    assert again.verdict is Verdict.DUPLICATE and "queued again" not in again.reason
+    assert world.enqueued == [run_id]
 
 
 def test_an_older_version_after_a_newer_one_is_stale() -> None:

@@ -485,6 +485,16 @@ def test_a_repeated_event_restarts_a_run_a_crashed_worker_cut_short(
     assert cut_short.status == "switching"
 
     world.processes[0] = world.stack.start_worker("worker-after-crash", "--concurrency", "8")
+    # the dead worker's change in flight lapses with its heartbeat (15 s): until then the run
+    # may be alive, and a repeated event does not queue its objects a second time
+    from worker.adapters.redis_state import RedisFences
+
+    fences = RedisFences(world.runs.redis)
+    deadline = time.monotonic() + 60
+    while fences.in_flight(accepted["run_id"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not fences.in_flight(accepted["run_id"])
+    time.sleep(max(0.0, world.runs.get(accepted["run_id"]).updated_at + 10.5 - time.time()))
     repeated = label_updated(lake.arn, lake.name, version)  # EventBridge delivers it again
     world.publish([repeated])
     verdict = world.wait_verdict(repeated["id"])

@@ -68,12 +68,15 @@ def handle_event(
     runs: RunStore,
     enqueue: Callable[[str], None],
     labels_moved: Callable[[], object] = lambda: None,
+    busy: Callable[[str], bool] = lambda _run_id: False,
 ) -> IntakeResult:
     """Act on one parsed event. Retryable errors propagate: the message stays in the queue.
 
     An event about a bound secret may mean its labels moved (someone else's rotation):
     ``labels_moved()`` (the fences' labels epoch) makes running migrations check their targets
-    on fresh labels at once instead of within LABELS_MAX_AGE (worker/flow/stale.py)."""
+    on fresh labels at once instead of within LABELS_MAX_AGE (worker/flow/stale.py).
+    ``busy(run_id)``: a live worker has changes of the run in flight (the fences' entries), so a
+    repeated event does not queue its objects a second time beside it."""
     base = {"event_id": decision.event_id, "secret": decision.secret}
     if decision.action is not Action.ROTATE:
         return IntakeResult(_NOT_A_ROTATION[decision.action], decision.reason, **base)
@@ -100,7 +103,7 @@ def handle_event(
     run_id = claim.run_id
     found = {**base, "version_id": version_id, "run_id": run_id}
     if claim.enqueued:
-        return _already_claimed(runs, enqueue, redirected, found)
+        return _already_claimed(runs, enqueue, redirected, found, busy)
     if not claim.mine:
         # another handler is recording this version right now; if it dies, its lease runs out
         # and this message, back from the queue, takes over
@@ -135,7 +138,11 @@ def _bound_secret(
 
 
 def _already_claimed(
-    runs: RunStore, enqueue: Callable[[str], None], redirected: bool, found: dict[str, Any]
+    runs: RunStore,
+    enqueue: Callable[[str], None],
+    redirected: bool,
+    found: dict[str, Any],
+    busy: Callable[[str], bool],
 ) -> IntakeResult:
     """The version already has a run: a redirected event is stale; a repeat is a duplicate,
     and queues its run again if that looks cut short."""
@@ -143,7 +150,7 @@ def _already_claimed(
         why = f"superseded by AWSCURRENT {found['version_id']}, which already has a run"
         return IntakeResult(Verdict.STALE, why, **found)
     why = "this version already has a run"
-    if _restart_if_cut_short(runs, found["run_id"], enqueue):
+    if _restart_if_cut_short(runs, found["run_id"], enqueue, busy):
         why += ", not finished: queued again"
     return IntakeResult(Verdict.DUPLICATE, why, **found)
 
@@ -202,16 +209,20 @@ def _record_run(runs: RunStore, run_id: str, arn: str, version_id: str, binding:
         )
 
 
-# a queued or planning run younger than this is most likely fine: its start task is on its way
+# a run written to more recently than this is most likely alive: a queued or planning run's start
+# task is on its way, a switching run's batches write outcomes every few seconds while they work
 RESTART_QUIET_SECONDS = 10.0
 
 
-def _restart_if_cut_short(runs: RunStore, run_id: str, enqueue: Callable[[str], None]) -> bool:
+def _restart_if_cut_short(
+    runs: RunStore, run_id: str, enqueue: Callable[[str], None], busy: Callable[[str], bool]
+) -> bool:
     """A repeated event for a version whose run has not finished (queued, planning or switching):
     queue it again, in case a crashed worker took it down (redelivery by the broker would take its
-    whole visibility timeout). Harmless when the run is alive: a table already finished is
-    skipped, one in flight is looked at before it is switched again, and every change is fenced;
-    a second planner writes the same plan."""
+    whole visibility timeout) — only once it has been quiet a while and no live worker has a
+    change of it in flight (a dead worker's entries lapse with its heartbeat, within 15 s). A
+    live run's objects queued again would be switched by two copies of their batch side by side
+    (one event of a rotation is often followed by others about the same version)."""
     try:
         run = runs.get(run_id)
     except RunNotFound:
@@ -219,7 +230,7 @@ def _restart_if_cut_short(runs: RunStore, run_id: str, enqueue: Callable[[str], 
     if not RunStatus(run.status).active:
         return False
     quiet = time.time() - (run.updated_at or run.created_at)
-    if run.status != RunStatus.SWITCHING and quiet < RESTART_QUIET_SECONDS:
+    if quiet < RESTART_QUIET_SECONDS or busy(run_id):
         return False
     enqueue(run_id)
     return True

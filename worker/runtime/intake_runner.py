@@ -45,6 +45,7 @@ def make_handler(services: Any, enqueue: Callable[[str], None]) -> Handler:
             runs=services.runs,
             enqueue=enqueue,
             labels_moved=services.fences.labels_moved,
+            busy=lambda run_id: bool(services.fences.in_flight(run_id)),
         )
         EVENTS.labels(result.verdict.value).inc()
         level = log.warning if result.verdict in (Verdict.REJECTED, Verdict.ALERT) else log.info
