@@ -30,13 +30,13 @@ def start_rotation(run_id: str) -> None:
     base=RotatorTask,
     name="rotator.rotation.switch_batch",
     run_kind=RunKind.ROTATION,
-    gave_up=lambda run_id, refs, reason: jobs.rotation_gave_up(
+    gave_up=lambda run_id, refs, reason, dispatch=0: jobs.rotation_gave_up(
         run_id, [object_from_ref(r) for r in refs], reason
     ),
 )
-def switch_batch(run_id: str, refs: list[list[str]]) -> None:
+def switch_batch(run_id: str, refs: list[list[str]], dispatch: int = 0) -> None:
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    jobs.rotation_batch(run_id, [object_from_ref(r) for r in refs])
+    jobs.rotation_batch(run_id, [object_from_ref(r) for r in refs], dispatch)
 
 
 @app.task(

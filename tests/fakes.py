@@ -279,6 +279,10 @@ class MemoryRuns:
     def unfinished(self) -> list[str]:
         return sorted(r for r, run in self.runs.items() if not RunStatus(run.status).final)
 
+    def redispatch(self, run_id: str) -> int:
+        self.runs[run_id].dispatch += 1
+        return self.runs[run_id].dispatch
+
     def migrating(self, names: list[TableName]) -> set[TableName]:
         plans = [
             self.tables.get(r, {})
@@ -607,6 +611,7 @@ class MemoryFences:
         require_active: bool = True,
         exclusive: bool = False,
         labels_epoch: int | None = None,
+        dispatch: int = 0,
     ) -> Admission:
         run = self.runs.runs.get(run_id)
         if run is None:
@@ -618,6 +623,8 @@ class MemoryFences:
             return Admission.ENDED
         if secret_arn and token and self.newest.get(secret_arn, (0, ""))[0] != token:
             return Admission.SUPERSEDED
+        if dispatch and run.dispatch != dispatch:
+            return Admission.REDISPATCHED
         if exclusive and item in self.in_flight(run_id):
             return Admission.BUSY
         moving = self.clock() < self.moving_until

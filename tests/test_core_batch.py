@@ -470,3 +470,26 @@ def test_a_run_closes_from_its_outcomes_unless_its_counts_show_only_successes(
     # Then the outcomes decide, and the message counts them
     run = world.runs.get("r1")
     assert (run.status, run.error) == (RunStatus.FAILED, "1 of 3 tables failed")
+
+
+def test_a_batch_sent_out_again_stops_the_earlier_copy_so_none_is_switched_twice() -> None:
+    """A resume (or a repeated event) sends a switching run's pending objects out again while
+    its first batch still runs (its worker was slow, not dead). The first copy (dispatch 1) has
+    switched t0 when the second sending (dispatch 2) is made: it stops at its next object,
+    leaving the rest pending; the second copy switches them. Each table is ALTERed once."""
+    world = World(names(4))
+    t0, t1, t2, t3 = world.tables
+    first = world.runs.redispatch("r1")
+    sent_again: list[int] = []
+
+    def after(outcome: TableOutcome, _seconds: float) -> None:
+        if outcome.table == t0:  # the second sending is made while the first copy runs
+            sent_again.append(world.runs.redispatch("r1"))
+
+    stopped = world.batch(dispatch=first, on_outcome=after)
+    assert stopped is not None and stopped.stopped is Admission.REDISPATCHED
+    assert [o.table for o in stopped.outcomes] == [t0]
+    assert {world.status(t) for t in (t1, t2, t3)} == {TableStatus.PENDING}
+    again = world.batch(dispatch=sent_again[0])
+    assert again is not None and again.closed and again.finished_before == [t0]
+    assert world.altered() == [str(t) for t in world], "each table once"

@@ -534,3 +534,27 @@ def test_the_objects_an_unfinished_migration_plans_are_found_in_two_round_trips(
     store.set_plan(f"r-{unique}", [TableOutcome(d)])
     assert store.migrating([a, b, c, d]) == {a, b}
     assert store.migrating([]) == set()
+
+
+def test_a_batch_of_an_earlier_sending_of_a_runs_objects_is_not_admitted(
+    redis_url: str, unique: str
+) -> None:
+    """Each sending of a run's pending objects has its number (HINCRBY on the run's record);
+    a change of a batch of an earlier sending is REDISPATCHED, in the same Lua call as the rest
+    of the admission; a change that carries no sending (0) is not checked so."""
+    from worker.adapters.redis_state import RedisFences
+    from worker.domain.ports import Admission
+
+    client = redis.Redis.from_url(redis_url)
+    store, fences = RedisRunStore(client), RedisFences(client)
+    run_id = f"sent-{unique}"
+    _fenced_run(store, run_id, f"arn-{unique}")
+    assert store.get(run_id).dispatch == 0
+    first = store.redispatch(run_id)
+    assert first == 1 and fences.enter(run_id, "t1", dispatch=first) is Admission.ADMITTED
+    second = store.redispatch(run_id)
+    assert store.get(run_id).dispatch == second == 2
+    assert fences.enter(run_id, "t2", dispatch=first) is Admission.REDISPATCHED
+    assert fences.enter(run_id, "t2", dispatch=second) is Admission.ADMITTED
+    assert fences.enter(run_id, "t3") is Admission.ADMITTED
+    assert sorted(fences.in_flight(run_id)) == ["t1", "t2", "t3"]

@@ -95,12 +95,14 @@ return {token, previous or ''}
 #       labels epoch, the labels-moving mark
 # ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
 #       '1' for an exclusive item, now (ms), this process's holder id, the labels epoch the
-#       caller read the labels under ('' when it did not)
+#       caller read the labels under ('' when it did not), the entrant, the run's sending of its
+#       objects the caller's batch belongs to ('0': not checked)
 # An in-flight entry is "<lease end ms>|<holder>|<labels epoch>"; it counts while its lease runs
 # and its holder's heartbeat key (rotator:alive:<holder>) exists, so a killed worker's entries die
 # within seconds.
 _ENTER = f"""
-local raw = redis.call('HGET', KEYS[1], 'status')
+local run = redis.call('HMGET', KEYS[1], 'status', 'dispatch')
+local raw = run[1]
 if not raw then return '{Admission.ENDED}' end
 local status = cjson.decode(raw)
 if ARGV[5] == '1' then
@@ -111,6 +113,9 @@ end
 if tonumber(ARGV[1]) > 0 then
   local newest = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
   if newest ~= tonumber(ARGV[1]) then return '{Admission.SUPERSEDED}' end
+end
+if ARGV[11] ~= '0' and tonumber(run[2] or '0') ~= tonumber(ARGV[11]) then
+  return '{Admission.REDISPATCHED}'
 end
 if ARGV[6] == '1' then
   local entries = redis.call('HGETALL', KEYS[3])
@@ -290,13 +295,14 @@ class RedisFences:
         require_active: bool = True,
         exclusive: bool = False,
         labels_epoch: int | None = None,
+        dispatch: int = 0,
     ) -> Admission:
         self._keep_alive()
         now = time.time()
         fence = self._fence(secret_arn) if secret_arn else f"{PREFIX}fence:-"
         args = [token if secret_arn else 0, item, int((now + lease_seconds) * 1000), self.ttl]
         args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
-        args += ["" if labels_epoch is None else str(labels_epoch), self._entrant()]
+        args += ["" if labels_epoch is None else str(labels_epoch), self._entrant(), dispatch]
         keys = [f"{PREFIX}run:{run_id}", fence, self._inflight(run_id), LABELS_EPOCH_KEY]
         keys.append(LABELS_MOVING_KEY)
         result = _guard(self._enter, keys=keys, args=args)

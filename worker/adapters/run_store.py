@@ -122,6 +122,9 @@ class RedisRunStore:
         """Runs not yet final (paused ones included): what the reaper looks at."""
         return sorted(r.decode() for r in _call(self.redis.smembers, f"{PREFIX}unfinished"))
 
+    def redispatch(self, run_id: str) -> int:
+        return int(_call(self.redis.hincrby, self._key(run_id), "dispatch", 1))
+
     def migrating(self, names: list[ObjectName]) -> set[ObjectName]:
         """Two round trips whatever the number of runs: the unfinished runs' kinds, then the
         migrations' plans looked up for these objects."""

@@ -186,6 +186,7 @@ class Admission(StrEnum):
     BUSY = "busy"  # an exclusive item is in flight in another live process: try again later
     ENDED = "ended"  # the run is final, or unknown (a Redis flush): change nothing
     STALE = "stale"  # a secret's labels moved since the caller read them: read them again first
+    REDISPATCHED = "redispatched"  # the run's pending objects were sent out again: leave them
 
 
 class Fences(Protocol):
@@ -213,11 +214,13 @@ class Fences(Protocol):
         require_active: bool = True,
         exclusive: bool = False,
         labels_epoch: int | None = None,
+        dispatch: int = 0,
     ) -> Admission:
         """Check (run active, unless not ``require_active``: an abort's own changes; ``token``
         still the newest when given; for an ``exclusive`` item, nobody else holding it; with a
         ``labels_epoch``, the secrets' labels unmoved since the caller read them under that
-        epoch, else STALE) and register ``item`` as in flight (with the labels' epoch)."""
+        epoch, else STALE; with a ``dispatch``, the run's objects not sent out again since, else
+        REDISPATCHED) and register ``item`` as in flight (with the labels' epoch)."""
         ...
 
     def leave(self, run_id: str, *items: str) -> None:

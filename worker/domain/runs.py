@@ -110,6 +110,10 @@ class RunStore(Protocol):
 
     def retiring(self) -> list[str]: ...
 
+    def redispatch(self, run_id: str) -> int:
+        """Count one more sending of the run's pending objects; returns its number."""
+        ...
+
     def migrating(self, names: list[ObjectName]) -> set[ObjectName]:
         """Which of these objects an unfinished migration has in its plan (finished or not)."""
         ...
@@ -147,6 +151,9 @@ class RunRecord:
     newest_wins: bool = False  # event-driven runs never apply a version older than the newest
     parent: str | None = None  # the key rotation this table run belongs to
     fence: int = 0  # fencing token taken with the secret's lock (0: none yet); see Fences
+    # how many times its pending objects were sent out in batches: a batch of an earlier sending
+    # stops at its next object (the later one has them), so two never switch side by side
+    dispatch: int = 0
     requeues: int = 0  # times the reaper re-enqueued it without progress in between
     requeued_at: float = 0.0
     stuck_from: str = ""  # the status the reaper found it in when it flagged it stuck

@@ -78,11 +78,13 @@ def admit(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     exclusive: bool = False,
     labels_epoch: int | None = None,
+    dispatch: int = 0,
 ) -> Admission:
     """Check the run and its token right before a change; ADMITTED registers ``item`` as in
     flight, and the caller must ``fences.leave`` it when the change has ended. With the
     ``labels_epoch`` a check of the secrets' labels rested on: STALE once they have moved since
-    (worker/flow/stale.py)."""
+    (worker/flow/stale.py). With the ``dispatch`` (the sending of the run's objects the caller's
+    batch came in): REDISPATCHED once they were sent out again."""
     if fences is None:
         return Admission.ADMITTED
     return fences.enter(
@@ -93,6 +95,7 @@ def admit(
         lease_seconds=lease_seconds,
         exclusive=exclusive,
         labels_epoch=labels_epoch,
+        dispatch=dispatch,
     )
 
 

@@ -69,25 +69,32 @@ def plan_rotation(run_id: str) -> None:
     run = s.runs.get(run_id)
     structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
     log.info("rotation planned", status=run.status, connection=run.connection, tables=len(names))
+    # a new sending of the pending objects: batches of an earlier one (a resume or a repeated
+    # event while they still run) stop at their next object
+    dispatch = s.runs.redispatch(run_id) if names else 0
     for batch in split_batches(names, s.settings.parallel):
-        send_rotation_batch(run_id, batch)
+        send_rotation_batch(run_id, batch, dispatch)
     if not names:
         wake_parent(run_id)
 
 
-def send_rotation_batch(run_id: str, names: list[ObjectName]) -> None:
-    _send_batch(SWITCH_BATCH, [run_id], names)
+def send_rotation_batch(run_id: str, names: list[ObjectName], dispatch: int = 0) -> None:
+    _send_batch(SWITCH_BATCH, [run_id], names, {"dispatch": dispatch} if dispatch else None)
 
 
-def _send_batch(task: str, lead: list[Any], names: list[ObjectName]) -> None:
+def _send_batch(
+    task: str, lead: list[Any], names: list[ObjectName], kwargs: dict[str, Any] | None = None
+) -> None:
     """One batch message. Its args as Celery shows them in logs and events (``argsrepr``) are
     the run and the number of objects: Celery would otherwise render every object's reference
     (CPU on every send, and log lines as long as the batch)."""
     args = [*lead, [object_ref(n) for n in names]]
-    app.send_task(task, args=args, argsrepr=repr((*lead, f"<{len(names)} objects>")))
+    app.send_task(
+        task, args=args, kwargs=kwargs or {}, argsrepr=repr((*lead, f"<{len(names)} objects>"))
+    )
 
 
-def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
+def rotation_batch(run_id: str, names: list[ObjectName], dispatch: int = 0) -> None:
     s = services()
     run = s.runs.get(run_id)
     structlog.contextvars.bind_contextvars(secret=run.secret, version=run.version_id)
@@ -103,6 +110,7 @@ def rotation_batch(run_id: str, names: list[ObjectName]) -> None:
         lease_seconds=s.lease_seconds,
         each=s.object_scope,
         on_outcome=_finished(RunKind.ROTATION, run_id, crash_point="rotation-after-table"),
+        dispatch=dispatch,
     )
     if result is not None and result.closed:
         wake_parent(run_id)

@@ -130,6 +130,7 @@ def switch_batch(
     on_outcome: Callable[[TableOutcome, float], None] | None = None,
     flush_every: float = DEFAULT_FLUSH_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    dispatch: int = 0,
 ) -> BatchResult | None:
     """Switch, validate and record each planned object of ``names`` (see the module docstring).
 
@@ -138,7 +139,10 @@ def switch_batch(
     and its target's check) and returns the labels epoch that check rests on (None: none), which
     the admission carries; when the labels have moved since (STALE) it runs again with True,
     ``each(planned)`` wraps each object's switch (its time limit; the plan's view of it for the
-    audit), ``on_outcome(outcome, seconds)`` sees each one.
+    audit), ``on_outcome(outcome, seconds)`` sees each one. ``dispatch``: the sending of the
+    run's pending objects this batch came in (0: not checked): once they are sent out again (a
+    resume, a repeated event), this batch stops at its next object and leaves the rest to the
+    later batches, so no two switch the same objects side by side.
     """
     run = run or runs.get(run_id)
     if RunStatus(run.status).final:
@@ -161,7 +165,7 @@ def switch_batch(
         for name, planned in todo:
             started = clock()
             label = object_label(name)
-            verdict = _admit(fences, run, label, lease_seconds, before_each)
+            verdict = _admit(fences, run, label, lease_seconds, before_each, dispatch)
             if verdict is Admission.SUPERSEDED:
                 outcome = _superseded(name, planned)
             elif verdict is not Admission.ADMITTED:
@@ -205,14 +209,17 @@ def _admit(
     label: str,
     lease_seconds: float,
     before_each: Callable[[bool], int | None] | None,
+    dispatch: int = 0,
 ) -> Admission:
     """The object's check (``before_each``) and its admission, carrying the labels epoch the
-    check rests on (checked again while the labels move on meanwhile)."""
-    return admit_on_fresh_labels(
-        before_each or (lambda _moved: None),
-        lambda epoch: admit(fences, run, label, lease_seconds=lease_seconds, labels_epoch=epoch),
-        label,
-    )
+    check rests on (checked again while the labels move on meanwhile) and the batch's dispatch."""
+
+    def enter(epoch: int | None) -> Admission:
+        return admit(
+            fences, run, label, lease_seconds=lease_seconds, labels_epoch=epoch, dispatch=dispatch
+        )
+
+    return admit_on_fresh_labels(before_each or (lambda _moved: None), enter, label)
 
 
 def _switch(
