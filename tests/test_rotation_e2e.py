@@ -34,6 +34,7 @@ from tests.stack import (
     tail,
 )
 from worker.adapters.databend_client import DatabendClient
+from worker.adapters.run_store import RedisRunStore
 from worker.domain.sql import TableName, quote_identifier, quote_string
 from worker.local.embedded import DatabendLocalProcess, LocalAws, free_port
 
@@ -98,6 +99,13 @@ name = "crash"
 secret = "databend/crash-{token}"
 connection_prefix = "crash_{token}"
 tables = ["crash_{token}.*"]
+discover = false
+
+[[bindings]]
+name = "resend"
+secret = "databend/resend-{token}"
+connection_prefix = "resend_{token}"
+tables = ["resend_{token}.*"]
 discover = false
 
 [[bindings]]
@@ -436,6 +444,86 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
     while len(rows := switched_rows()) < 12 and time.monotonic() < deadline:
         time.sleep(1)
     assert sorted(rows) == sorted(str(x) for x in tables), rows
+
+
+def test_a_run_sent_out_again_while_its_batches_run_switches_each_table_once(
+    scenario: Scenario, databend: DatabendClient, aws: LocalAws
+) -> None:
+    """Two workers; a run of 100 tables in 2 batches. While they run, the version is asked for
+    again and the run resumed twice, each sending its pending objects out again: the batches
+    of an earlier sending stop at their next table, and every table is switched once (one audit
+    row each), not by two copies of a batch side by side."""
+    t = scenario.token
+    tables = [TableName(f"resend_{t}", f"t{i:03d}") for i in range(100)]
+    k1, secret = _seed_lake(scenario, databend, aws, "resend", tables)
+    k2 = new_key(aws, f"resend-{t}", avoid={k1["AccessKeyId"]})
+    _put_version(aws, secret, key_secret_json(aws, k2))
+    scenario.worker.terminate()
+    scenario.worker.wait(timeout=30)
+    workers = [
+        scenario.stack.start_worker(
+            f"worker-resend-{i}", "--concurrency", "4", ROTATOR_PARALLEL="2"
+        )
+        for i in range(2)
+    ]
+    try:
+        first = scenario.stack.cli("rotate-version", secret, "--no-wait")
+        assert first.returncode == 0, first.stdout + first.stderr
+        run_id = run_id_of(first)
+        again = [
+            subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", *args],
+                env=scenario.stack.env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for args in (
+                ("resume", run_id, "--no-wait"),
+                ("rotate-version", secret, "--no-wait"),
+                ("resume", run_id, "--no-wait"),
+            )
+        ]
+        for process in again:
+            process.wait(timeout=120)
+        done = scenario.stack.cli("status", run_id, "--json")
+        deadline = time.monotonic() + 120
+        while json.loads(done.stdout)["status"] == "switching" and time.monotonic() < deadline:
+            time.sleep(1)
+            done = scenario.stack.cli("status", run_id, "--json")
+        status = json.loads(done.stdout)
+        assert status["status"] == "succeeded", status["status"]
+        resent = RedisRunStore.from_url(scenario.stack.env["REDIS_URL"]).get(run_id).dispatch
+        assert resent >= 2, "sent out again while objects were pending"
+
+        def switched() -> list[str]:
+            events = json.loads(scenario.stack.cli("audit", "--json").stdout)["events"]
+            return [
+                e["object"]
+                for e in events
+                if e["action"] == "object_switched" and e["run_id"] == run_id
+            ]
+
+        deadline = time.monotonic() + 60
+        while len(rows := switched()) < len(tables) and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(3)  # (a second row would be shipped by now too)
+        rows = switched()
+        assert sorted(rows) == sorted(str(x) for x in tables), [
+            r for r in set(rows) if rows.count(r) > 1
+        ]
+        assert all(storage_tail(databend, x) == tail(k2["AccessKeyId"]) for x in tables)
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=30)
+        scenario.worker = scenario.stack.start_worker(
+            "worker-after-resend",
+            "--concurrency",
+            "8",
+            "--metrics-port",
+            str(scenario.metrics_port),
+        )
 
 
 def test_status_needs_no_bindings_file(scenario: Scenario, redis_url: str) -> None:
