@@ -31,7 +31,7 @@ def start_rotation(run_id: str) -> None:
     name="rotator.rotation.switch_batch",
     run_kind=RunKind.ROTATION,
     gave_up=lambda run_id, refs, reason, dispatch=0: jobs.rotation_gave_up(
-        run_id, [object_from_ref(r) for r in refs], reason
+        run_id, [object_from_ref(r) for r in refs], reason, dispatch
     ),
 )
 def switch_batch(run_id: str, refs: list[list[str]], dispatch: int = 0) -> None:

@@ -493,3 +493,23 @@ def test_a_batch_sent_out_again_stops_the_earlier_copy_so_none_is_switched_twice
     again = world.batch(dispatch=sent_again[0])
     assert again is not None and again.closed and again.finished_before == [t0]
     assert world.altered() == [str(t) for t in world], "each table once"
+
+
+def test_a_batch_of_an_earlier_sending_that_gives_up_fails_none_of_its_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of retries, a batch records its unfinished objects failed (the run ends, resumable)
+    — unless its objects were sent out again since: the later batches have them."""
+    from types import SimpleNamespace
+
+    from worker.runtime import jobs
+
+    world = World(names(2))
+    t0, t1 = world.tables
+    old = world.runs.redispatch("r1")
+    monkeypatch.setattr(jobs, "services", lambda: SimpleNamespace(runs=world.runs, locks=None))
+    world.runs.redispatch("r1")  # sent out again: a resume
+    jobs.rotation_gave_up("r1", [t0, t1], "gave up after 9 retries", dispatch=old)
+    assert {world.status(t) for t in (t0, t1)} == {TableStatus.PENDING}
+    jobs.rotation_gave_up("r1", [t0, t1], "gave up after 9 retries", dispatch=old + 1)
+    assert {world.status(t) for t in (t0, t1)} == {TableStatus.FAILED}

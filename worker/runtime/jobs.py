@@ -116,10 +116,16 @@ def rotation_batch(run_id: str, names: list[ObjectName], dispatch: int = 0) -> N
         wake_parent(run_id)
 
 
-def rotation_gave_up(run_id: str, names: list[ObjectName] | None, reason: str) -> None:
+def rotation_gave_up(
+    run_id: str, names: list[ObjectName] | None, reason: str, dispatch: int = 0
+) -> None:
     """A rotation task out of retries, or stopped by a fatal error: planning (``names`` None)
-    fails the run; a batch fails its unfinished objects. Either way the run ends, resumable."""
+    fails the run; a batch fails its unfinished objects. Either way the run ends, resumable. A
+    batch of an earlier sending of the run's objects fails none: the later batches have them."""
     s = services()
+    if dispatch and names is not None and s.runs.get(run_id).dispatch != dispatch:
+        log.warning("a batch of an earlier sending gave up; the later one has its objects")
+        return
     if names is None:
         give_up(run_id, reason, runs=s.runs, locks=s.locks)
         log.error("rotation failed before switching any table", error=reason)
