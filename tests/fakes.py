@@ -612,6 +612,7 @@ class MemoryFences:
         exclusive: bool = False,
         labels_epoch: int | None = None,
         dispatch: int = 0,
+        apart: bool = False,
     ) -> Admission:
         run = self.runs.runs.get(run_id)
         if run is None:
@@ -626,6 +627,8 @@ class MemoryFences:
         if dispatch and run.dispatch != dispatch:
             return Admission.REDISPATCHED
         if exclusive and item in self.in_flight(run_id):
+            return Admission.BUSY
+        if apart and any(i == item and e != self._entry(item) for i, e in self._live(run_id)):
             return Admission.BUSY
         moving = self.clock() < self.moving_until
         if labels_epoch is not None and (labels_epoch != self.epoch or moving):

@@ -513,3 +513,36 @@ def test_a_batch_of_an_earlier_sending_that_gives_up_fails_none_of_its_objects(
     assert {world.status(t) for t in (t0, t1)} == {TableStatus.PENDING}
     jobs.rotation_gave_up("r1", [t0, t1], "gave up after 9 retries", dispatch=old + 1)
     assert {world.status(t) for t in (t0, t1)} == {TableStatus.FAILED}
+
+
+def test_a_later_sendings_batch_waits_for_an_object_an_earlier_one_holds_then_skips_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch of the first sending has t1 in flight (its ALTER not yet written down) when the
+    run's objects are sent out again. The later batch switches t0, then finds t1 held by that
+    batch: it waits until that batch lets it go, sees it finished, and leaves it: t1 is switched
+    once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.flow.runs import switch as switch_module
+
+    world = World(names(3))
+    t0, t1, t2 = world.tables
+    world.runs.redispatch("r1")
+    second = world.runs.redispatch("r1")
+    earlier = ThreadPoolExecutor(max_workers=1)  # the first sending's batch, on its own thread
+    assert earlier.submit(world.fences.enter, "r1", str(t1)).result() is Admission.ADMITTED
+    world.admin.switch_table(t1, "c_new")  # its ALTER, its outcome still buffered
+
+    def earlier_batch_writes_and_lets_go(_seconds: float) -> None:
+        world.runs.record_outcomes(
+            "r1", [TableOutcome(t1, TableStatus.VALIDATED, previous="ak:******OLD", attempts=1)]
+        )
+        earlier.submit(world.fences.leave, "r1", str(t1)).result()
+
+    monkeypatch.setattr(switch_module.time, "sleep", earlier_batch_writes_and_lets_go)
+    result = world.batch(dispatch=second)
+    earlier.shutdown()
+    assert result is not None and result.closed and result.finished_before == [t1]
+    assert world.altered() == [str(t1), str(t0), str(t2)], "t1 once, by the earlier batch"
+    assert world.fences.in_flight("r1") == []

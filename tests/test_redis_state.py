@@ -558,3 +558,30 @@ def test_a_batch_of_an_earlier_sending_of_a_runs_objects_is_not_admitted(
     assert fences.enter(run_id, "t2", dispatch=second) is Admission.ADMITTED
     assert fences.enter(run_id, "t3") is Admission.ADMITTED
     assert sorted(fences.in_flight(run_id)) == ["t1", "t2", "t3"]
+
+
+def test_an_item_held_apart_is_busy_for_every_other_entrant_even_in_the_same_process(
+    redis_url: str, unique: str
+) -> None:
+    """A batch of a later sending enters each object ``apart``: while another entrant (a batch
+    of an earlier sending, on another thread of this very worker too) holds it, BUSY; the
+    holder itself, or anyone once the holder left it, is admitted."""
+    import threading
+
+    from worker.adapters.redis_state import RedisFences
+    from worker.domain.ports import Admission
+
+    client = redis.Redis.from_url(redis_url)
+    store, fences = RedisRunStore(client), RedisFences(client)
+    run_id = f"apart-{unique}"
+    _fenced_run(store, run_id, f"arn-{unique}")
+    verdicts: list[Admission] = []
+    held = threading.Thread(target=lambda: verdicts.append(fences.enter(run_id, "t1")))
+    held.start()
+    held.join()
+    assert verdicts == [Admission.ADMITTED]  # (that thread never leaves it)
+    assert fences.enter(run_id, "t1", apart=True) is Admission.BUSY
+    assert fences.enter(run_id, "t1", exclusive=True) is Admission.ADMITTED  # same process
+    fences.leave(run_id, "t1")
+    assert fences.enter(run_id, "t2", apart=True) is Admission.ADMITTED
+    assert fences.enter(run_id, "t2", apart=True) is Admission.ADMITTED  # its own entry

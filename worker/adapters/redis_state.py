@@ -94,7 +94,8 @@ return {token, previous or ''}
 # KEYS: the run's record, the secret's fence ('' when unfenced), the run's in-flight hash, the
 #       labels epoch, the labels-moving mark
 # ARGV: token (0: no token check), item, lease end (ms), ttl (s), '1' to require an active run,
-#       '1' for an exclusive item, now (ms), this process's holder id, the labels epoch the
+#       '1' for an item exclusive of other processes ('2': of other entrants), now (ms), this
+#       process's holder id, the labels epoch the
 #       caller read the labels under ('' when it did not), the entrant, the run's sending of its
 #       objects the caller's batch belongs to ('0': not checked)
 # An in-flight entry is "<lease end ms>|<holder>|<labels epoch>"; it counts while its lease runs
@@ -117,7 +118,7 @@ end
 if ARGV[11] ~= '0' and tonumber(run[2] or '0') ~= tonumber(ARGV[11]) then
   return '{Admission.REDISPATCHED}'
 end
-if ARGV[6] == '1' then
+if ARGV[6] ~= '0' then
   local entries = redis.call('HGETALL', KEYS[3])
   for i = 1, #entries, 2 do
     local field, held = entries[i], entries[i + 1]
@@ -128,7 +129,9 @@ if ARGV[6] == '1' then
       local holder = string.sub(held, sep + 1)
       local tail = string.find(holder, '|', 1, true)
       if tail then holder = string.sub(holder, 1, tail - 1) end
-      if lease_end > tonumber(ARGV[7]) and holder ~= ARGV[8]
+      local other = holder ~= ARGV[8]
+      if ARGV[6] == '2' then other = not cut or string.sub(field, cut + 1) ~= ARGV[10] end
+      if lease_end > tonumber(ARGV[7]) and other
          and redis.call('EXISTS', '{PREFIX}alive:' .. holder) == 1 then
         return '{Admission.BUSY}'
       end
@@ -296,12 +299,14 @@ class RedisFences:
         exclusive: bool = False,
         labels_epoch: int | None = None,
         dispatch: int = 0,
+        apart: bool = False,
     ) -> Admission:
         self._keep_alive()
         now = time.time()
         fence = self._fence(secret_arn) if secret_arn else f"{PREFIX}fence:-"
         args = [token if secret_arn else 0, item, int((now + lease_seconds) * 1000), self.ttl]
-        args += [int(require_active), int(exclusive), int(now * 1000), self.holder]
+        shared = 1 if exclusive else 2 if apart else 0
+        args += [int(require_active), shared, int(now * 1000), self.holder]
         args += ["" if labels_epoch is None else str(labels_epoch), self._entrant(), dispatch]
         keys = [f"{PREFIX}run:{run_id}", fence, self._inflight(run_id), LABELS_EPOCH_KEY]
         keys.append(LABELS_MOVING_KEY)

@@ -215,9 +215,11 @@ class Fences(Protocol):
         exclusive: bool = False,
         labels_epoch: int | None = None,
         dispatch: int = 0,
+        apart: bool = False,
     ) -> Admission:
         """Check (run active, unless not ``require_active``: an abort's own changes; ``token``
-        still the newest when given; for an ``exclusive`` item, nobody else holding it; with a
+        still the newest when given; for an ``exclusive`` item, no other live process holding
+        it, and with ``apart`` no other entrant (another thread too) holding it; with a
         ``labels_epoch``, the secrets' labels unmoved since the caller read them under that
         epoch, else STALE; with a ``dispatch``, the run's objects not sent out again since, else
         REDISPATCHED) and register ``item`` as in flight (with the labels' epoch)."""

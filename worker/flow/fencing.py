@@ -79,6 +79,7 @@ def admit(
     exclusive: bool = False,
     labels_epoch: int | None = None,
     dispatch: int = 0,
+    apart: bool = False,
 ) -> Admission:
     """Check the run and its token right before a change; ADMITTED registers ``item`` as in
     flight, and the caller must ``fences.leave`` it when the change has ended. With the
@@ -96,6 +97,7 @@ def admit(
         exclusive=exclusive,
         labels_epoch=labels_epoch,
         dispatch=dispatch,
+        apart=apart,
     )
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 
 from worker.domain.errors import RetryableError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
@@ -165,7 +166,14 @@ def switch_batch(
         for name, planned in todo:
             started = clock()
             label = object_label(name)
-            verdict = _admit(fences, run, label, lease_seconds, before_each, dispatch)
+            admit_it = partial(_admit, fences, run, label, lease_seconds, before_each, dispatch)
+            verdict = admit_it()
+            if verdict is Admission.BUSY:  # a batch of an earlier sending has it in flight
+                after = _after_that_batch(fences, runs, run.run_id, name, admit_it)
+                if after is None:  # it finished the object
+                    result.finished_before.append(name)
+                    continue
+                verdict = after
             if verdict is Admission.SUPERSEDED:
                 outcome = _superseded(name, planned)
             elif verdict is not Admission.ADMITTED:
@@ -212,14 +220,46 @@ def _admit(
     dispatch: int = 0,
 ) -> Admission:
     """The object's check (``before_each``) and its admission, carrying the labels epoch the
-    check rests on (checked again while the labels move on meanwhile) and the batch's dispatch."""
+    check rests on (checked again while the labels move on meanwhile) and the batch's dispatch;
+    a batch of a later sending (``dispatch`` > 1) is BUSY while another holds the object."""
 
     def enter(epoch: int | None) -> Admission:
         return admit(
-            fences, run, label, lease_seconds=lease_seconds, labels_epoch=epoch, dispatch=dispatch
+            fences,
+            run,
+            label,
+            lease_seconds=lease_seconds,
+            labels_epoch=epoch,
+            dispatch=dispatch,
+            apart=dispatch > 1,
         )
 
     return admit_on_fresh_labels(before_each or (lambda _moved: None), enter, label)
+
+
+BUSY_WAIT_SECONDS = 0.2  # between looks at an object a batch of an earlier sending holds
+
+
+def _after_that_batch(
+    fences: Fences | None,
+    runs: RunStore,
+    run_id: str,
+    name: ObjectName,
+    admit_it: Callable[[], Admission],
+) -> Admission | None:
+    """Wait until the batch of an earlier sending that holds the object has let it go (it stops
+    at its next object, writing what it did; a dead one's entry lapses with its heartbeat), then
+    the admission; None when that batch finished the object (nothing is left to do)."""
+    verdict = admit_it()
+    while verdict is Admission.BUSY:
+        time.sleep(BUSY_WAIT_SECONDS)
+        verdict = admit_it()
+    now = runs.outcome(run_id, name)
+    if verdict is Admission.ADMITTED and (now is None or now.status.done):
+        if fences is not None:
+            fences.leave(run_id, object_label(name))
+        return None
+    return verdict
 
 
 def _switch(
