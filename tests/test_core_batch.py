@@ -515,16 +515,12 @@ def test_a_batch_of_an_earlier_sending_that_gives_up_fails_none_of_its_objects(
     assert {world.status(t) for t in (t0, t1)} == {TableStatus.FAILED}
 
 
-def test_a_later_sendings_batch_waits_for_an_object_an_earlier_one_holds_then_skips_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_later_sendings_batch_waits_for_an_object_an_earlier_one_holds_then_skips_it() -> None:
     """The batch of the first sending has t1 in flight (its ALTER not yet written down) when the
     run's objects are sent out again. The later batch switches t0, then finds t1 held by that
     batch: it waits until that batch lets it go, sees it finished, and leaves it: t1 is switched
     once."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from worker.flow.runs import switch as switch_module
 
     world = World(names(3))
     t0, t1, t2 = world.tables
@@ -540,9 +536,45 @@ def test_a_later_sendings_batch_waits_for_an_object_an_earlier_one_holds_then_sk
         )
         earlier.submit(world.fences.leave, "r1", str(t1)).result()
 
-    monkeypatch.setattr(switch_module.time, "sleep", earlier_batch_writes_and_lets_go)
-    result = world.batch(dispatch=second)
+    result = world.batch(dispatch=second, sleep=earlier_batch_writes_and_lets_go)
     earlier.shutdown()
     assert result is not None and result.closed and result.finished_before == [t1]
     assert world.altered() == [str(t1), str(t0), str(t2)], "t1 once, by the earlier batch"
     assert world.fences.in_flight("r1") == []
+
+
+def test_a_batch_of_an_earlier_sending_stops_before_writing_anything_ahead() -> None:
+    """Still queued when the run's objects were sent out again, a batch changes nothing at all:
+    no attempt written ahead (the later batch's first attempt keeps trusting its plan)."""
+    world = World(names(3))
+    old = world.runs.redispatch("r1")
+    world.runs.redispatch("r1")
+    result = world.batch(dispatch=old)
+    assert result is not None and result.stopped is Admission.REDISPATCHED
+    assert [o.attempts for o in world.runs.outcomes("r1")] == [0, 0, 0]
+    assert world.altered() == [] and world.writes == []
+
+
+def test_a_wait_for_an_object_an_earlier_batch_never_lets_go_ends_with_its_lease() -> None:
+    """An entry that is never left (its leave failed, its worker hung) is waited for no longer
+    than its lease: then LockBusy, and the task tries again later; what the batch did before is
+    on record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.domain.errors import LockBusy
+
+    world = World(names(2))
+    t0, t1 = world.tables
+    world.runs.redispatch("r1")
+    second = world.runs.redispatch("r1")
+    holder = ThreadPoolExecutor(max_workers=1)
+    assert holder.submit(world.fences.enter, "r1", str(t1)).result() is Admission.ADMITTED
+
+    def wait(seconds: float) -> None:
+        world.clock.now += seconds * 100  # (time passes fast here)
+
+    with pytest.raises(LockBusy, match="still held by a batch of an earlier sending"):
+        world.batch(dispatch=second, sleep=wait, lease_seconds=60)
+    holder.shutdown()
+    assert world.status(t0) is TableStatus.VALIDATED and world.status(t1) is TableStatus.PENDING
+    assert world.altered() == [str(t0)]

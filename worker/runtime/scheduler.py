@@ -122,8 +122,8 @@ def object_states(
             state = "missing"
         elif table.storage.unreadable is not None:
             state = "unreadable"
-        elif table.storage.may_hold(current) and not any(
-            table.storage.shows_another_secret(k) for k in secret_keys.values()
+        elif table.storage.may_hold(current) and not (
+            current in secret_keys and table.storage.shows_another_secret(secret_keys[current])
         ):
             state = "current"
         else:

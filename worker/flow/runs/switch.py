@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 
-from worker.domain.errors import RetryableError
+from worker.domain.errors import LockBusy, RetryableError
 from worker.domain.model import RunKind, RunStatus, TableOutcome, TableStatus
 from worker.domain.ports import Admission, DatabendAdmin, Fences, RunRecord, RunStore, SecretLocks
 from worker.domain.sql import ObjectName, object_label
@@ -132,6 +132,7 @@ def switch_batch(
     flush_every: float = DEFAULT_FLUSH_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     dispatch: int = 0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> BatchResult | None:
     """Switch, validate and record each planned object of ``names`` (see the module docstring).
 
@@ -143,11 +144,14 @@ def switch_batch(
     audit), ``on_outcome(outcome, seconds)`` sees each one. ``dispatch``: the sending of the
     run's pending objects this batch came in (0: not checked): once they are sent out again (a
     resume, a repeated event), this batch stops at its next object and leaves the rest to the
-    later batches, so no two switch the same objects side by side.
+    later batches, so no two switch the same objects side by side; a batch of a later sending
+    waits (``sleep``) for an object an earlier batch still holds, at most ``lease_seconds``.
     """
     run = run or runs.get(run_id)
     if RunStatus(run.status).final:
         return None
+    if dispatch and run.dispatch != dispatch:  # sent out again already: nothing written ahead
+        return BatchResult(stopped=Admission.REDISPATCHED)
     result, todo = _begin(runs, run_id, names)
     if not todo:
         # every object finished already: a worker may have died between the write that left
@@ -167,20 +171,25 @@ def switch_batch(
             started = clock()
             label = object_label(name)
             admit_it = partial(_admit, fences, run, label, lease_seconds, before_each, dispatch)
-            verdict = admit_it()
+            verdict, entered = admit_it(), False
             if verdict is Admission.BUSY:  # a batch of an earlier sending has it in flight
-                after = _after_that_batch(fences, runs, run.run_id, name, admit_it)
-                if after is None:  # it finished the object
+                writer.write()  # what this batch did, on record (its entries left) first
+                verdict = _after_that_batch(admit_it, label, sleep, clock() + lease_seconds, clock)
+                if verdict is Admission.ADMITTED:
+                    writer.entered.append(label)  # (left by the next write, whatever follows)
+                    entered = True
+                now = runs.outcome(run.run_id, name)
+                if now is None or now.status.done:  # that batch finished it
                     result.finished_before.append(name)
                     continue
-                verdict = after
             if verdict is Admission.SUPERSEDED:
                 outcome = _superseded(name, planned)
             elif verdict is not Admission.ADMITTED:
                 result.stopped = verdict
                 break
             else:
-                writer.entered.append(label)
+                if not entered:
+                    writer.entered.append(label)
                 with each(planned) if each is not None else contextlib.nullcontext():
                     outcome = _switch(admin, run, name, planned, retry, name in contended)
             if on_outcome is not None:
@@ -241,24 +250,21 @@ BUSY_WAIT_SECONDS = 0.2  # between looks at an object a batch of an earlier send
 
 
 def _after_that_batch(
-    fences: Fences | None,
-    runs: RunStore,
-    run_id: str,
-    name: ObjectName,
     admit_it: Callable[[], Admission],
-) -> Admission | None:
-    """Wait until the batch of an earlier sending that holds the object has let it go (it stops
-    at its next object, writing what it did; a dead one's entry lapses with its heartbeat), then
-    the admission; None when that batch finished the object (nothing is left to do)."""
-    verdict = admit_it()
+    label: str,
+    sleep: Callable[[float], None],
+    deadline: float,
+    clock: Callable[[], float],
+) -> Admission:
+    """The admission once the batch of an earlier sending that holds the object has let it go
+    (it stops at its next object and writes what it did; a dead one's entry lapses with its
+    heartbeat). Past ``deadline`` (the entry's lease) LockBusy: the task tries again later."""
+    verdict = Admission.BUSY
     while verdict is Admission.BUSY:
-        time.sleep(BUSY_WAIT_SECONDS)
+        if clock() > deadline:
+            raise LockBusy(f"{label} is still held by a batch of an earlier sending of its run")
+        sleep(BUSY_WAIT_SECONDS)
         verdict = admit_it()
-    now = runs.outcome(run_id, name)
-    if verdict is Admission.ADMITTED and (now is None or now.status.done):
-        if fences is not None:
-            fences.leave(run_id, object_label(name))
-        return None
     return verdict
 
 
