@@ -514,9 +514,7 @@ def test_one_of_many_runs_created_alone_at_once_is_recorded(redis_url: str, uniq
     assert create(10)[1] == f"alone-{unique}-9"
 
 
-def test_the_objects_an_unfinished_migration_plans_are_found_in_two_round_trips(
-    redis_url: str, unique: str
-) -> None:
+def test_the_objects_an_unfinished_migration_plans_are_found(redis_url: str, unique: str) -> None:
     """A rotation's batch asks which of its objects an unfinished migration plans too (finished
     by it or not): those it looks at before switching. Ended migrations and other runs do not
     count."""

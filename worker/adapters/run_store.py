@@ -126,8 +126,8 @@ class RedisRunStore:
         return int(_call(self.redis.hincrby, self._key(run_id), "dispatch", 1))
 
     def migrating(self, names: list[ObjectName]) -> set[ObjectName]:
-        """Two round trips whatever the number of runs: the unfinished runs' kinds, then the
-        migrations' plans looked up for these objects."""
+        """At most three round trips whatever the number of runs: the unfinished runs, their
+        kinds, then the migrations' plans looked up for these objects."""
         ids, keys = self.unfinished(), [table_key(n) for n in names]
         if not ids or not keys:
             return set()
