@@ -42,6 +42,16 @@ def make_user(aws: LocalAws, name: str, *buckets: str) -> dict[str, str]:
     return new_key(aws, name)
 
 
+def user_allowed(aws: LocalAws, name: str, *actions: str) -> dict[str, str]:
+    """An IAM user allowed only ``actions`` (on every resource) and an access key of it."""
+    iam = aws.client("iam")
+    iam.create_user(UserName=name)
+    statement = {"Effect": "Allow", "Action": list(actions), "Resource": "*"}
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    iam.put_user_policy(UserName=name, PolicyName="allowed", PolicyDocument=policy)
+    return iam.create_access_key(UserName=name)["AccessKey"]  # type: ignore[no-any-return]
+
+
 def add_user(aws: LocalAws, name: str, *buckets: str) -> None:
     iam = aws.client("iam")
     iam.create_user(UserName=name)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from databend_driver import BlockingDatabendClient
 
+from tests.stack import user_allowed
 from worker.adapters.databend_client import DatabendClient
 from worker.domain.errors import DatabendQueryError, StoragePermissionDenied
 from worker.domain.sql import TableName, connection_name, quote_identifier, quote_string
@@ -164,20 +165,8 @@ def test_external_tables_on_s3_with_connections(
 def test_storage_permission_denied_is_classified(
     databend: DatabendClient, aws: LocalAws, unique: str
 ) -> None:
-    iam = aws.client("iam")
     user = f"u-{unique}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="s3",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    key = user_allowed(aws, user, "s3:*")
     bucket = f"deny-{unique}"
     aws.client("s3").create_bucket(Bucket=bucket)
     conn_name = f"d_{unique}"
@@ -193,7 +182,7 @@ def test_storage_permission_denied_is_classified(
         f" CONNECTION=(connection_name={quote_string(conn_name)})"
     )
     databend.execute(f"INSERT INTO {table.sql} VALUES (1)")
-    iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+    aws.client("iam").delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
     with pytest.raises(StoragePermissionDenied) as denied:
         databend.query(f"SELECT * FROM {table.sql}")
     assert denied.value.code == 3002

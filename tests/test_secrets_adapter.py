@@ -67,30 +67,14 @@ def test_by_arn_a_denied_listing_is_said_as_it_is_not_retried_another_way(
     """The ARN path falls back to DescribeSecret only to tell an unknown secret (moto answers an
     unknown ARN's listing with a 500): access denied (or throttling) is reported at once, with
     no second call and no second round of botocore's retries."""
-    import json
-
     import boto3
 
+    from tests.stack import user_allowed
     from worker.domain.errors import RotatorError
 
     sm = aws.client("secretsmanager")
     arn = sm.create_secret(Name=f"databend/denied-{unique}", SecretString="{}")["ARN"]
-    iam = aws.client("iam")
-    user = f"describe-only-{unique}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="describe-only",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": "secretsmanager:DescribeSecret", "Resource": "*"}
-                ],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    key = user_allowed(aws, f"describe-only-{unique}", "secretsmanager:DescribeSecret")
     client = boto3.client(
         "secretsmanager",
         endpoint_url=aws.endpoint_url,
