@@ -432,3 +432,27 @@ def test_a_switch_recorded_late_shares_the_event_id_of_its_row_and_the_trail_sho
         ("db.t", first.event_id),
         ("db.u", other.event_id),
     ]
+
+
+def test_a_runs_switch_written_twice_under_two_attempts_ids_is_listed_once() -> None:
+    """A batch that finds an object switched by an earlier attempt writes the switch's row
+    again under the id of its own previous attempt; when several sendings each wrote an attempt
+    ahead, that id is not the first row's. The trail lists the switch once all the same, while a
+    switch after a revert (and another run's switch) is listed again."""
+    from worker.domain.audit import listed_once
+
+    def row(event_id: str, run_id: str, obj: str, action: str, after: str) -> dict[str, str]:
+        return {"event_id": event_id, "run_id": run_id, "object": obj, "action": action,
+                "after": after}  # fmt: skip
+
+    rows = [
+        row("a", "r1", "db.t", "object_switched", "c_new (******NEW)"),
+        row("b", "r1", "db.t", "object_switched", "c_new"),  # written again, attempt 2's id
+        row("c", "r1", "db.u", "object_switched", "c_new (******NEW)"),
+        row("c", "r1", "db.u", "object_switched", "c_new (******NEW)"),  # the same row twice
+        row("d", "r1", "db.v", "object_switched", "c_new (******NEW)"),
+        row("e", "r1", "db.v", "object_reverted", "c_old (******OLD)"),
+        row("f", "r1", "db.v", "object_switched", "c_new (******NEW)"),  # after the revert
+        row("g", "r2", "db.t", "object_switched", "c_new (******NEW)"),  # another run's
+    ]
+    assert [r["event_id"] for r in listed_once(rows)] == ["a", "c", "d", "e", "f", "g"]

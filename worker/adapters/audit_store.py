@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from worker.domain.audit import AuditEvent
+from worker.domain.audit import AuditEvent, listed_once
 from worker.domain.sql import quote_identifier, quote_string
 
 TABLE = "audit_events"
@@ -133,12 +133,10 @@ class AuditTable:
             f"SELECT {columns} FROM {table_sql(self.database)}{clause}"
             f" ORDER BY at DESC, event_id DESC LIMIT {int(limit)}"
         )
-        events: dict[str, dict[str, Any]] = {}
-        for row in reversed(rows):  # (a row written again after a crash, domain/audit.py: once)
-            event = dict(zip(COLUMNS, row, strict=True))
+        events = [dict(zip(COLUMNS, row, strict=True)) for row in reversed(rows)]
+        for event in events:
             event["at"] = _iso(event["at"])
-            events.setdefault(event["event_id"], event)
-        return list(events.values())
+        return listed_once(events)  # (a switch's row written again, once: domain/audit.py)
 
 
 def _iso(value: Any) -> str:

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class AuditAction(StrEnum):
@@ -52,6 +52,28 @@ def switch_event_id(run_id: str, obj: str, attempt: int) -> str:
     happened and one written later by a redelivered batch that found the switch unrecorded (its
     worker died right after the ALTER) share it, and the trail shows that switch once."""
     return uuid.uuid5(_SWITCH_IDS, f"{run_id}\x1f{obj}\x1f{attempt}").hex
+
+
+def listed_once(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows (oldest first) as the trail lists them: one per event id, and a run's switch of an
+    object written twice (the batch that found it switched wrote the row again, under the id of
+    its own earlier attempt) once: an ``object_switched`` row whose run's last row for that
+    object is the same switch (onto the same connection) is left out. A switch after a revert is
+    listed again."""
+    seen: set[str] = set()
+    last: dict[tuple[Any, Any], tuple[Any, str]] = {}
+    listed = []
+    for row in rows:
+        if row["event_id"] in seen:
+            continue
+        seen.add(row["event_id"])
+        key = (row.get("run_id"), row.get("object"))
+        what = (row.get("action"), str(row.get("after") or "").split(" (")[0])
+        if key[0] and what[0] == AuditAction.OBJECT_SWITCHED and last.get(key) == what:
+            continue
+        last[key] = what
+        listed.append(row)
+    return listed
 
 
 class Audit(Protocol):
