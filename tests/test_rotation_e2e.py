@@ -158,6 +158,23 @@ def _seed_lake(
     return k1, secret
 
 
+def _switched(scenario: Scenario, run_id: str) -> list[str]:
+    """The objects the audit trail lists as switched by the run (once per row)."""
+    shown = scenario.stack.cli("audit", "--json")
+    assert shown.returncode == 0, shown.stderr
+    events = json.loads(shown.stdout)["events"]
+    return [
+        e["object"] for e in events if e["action"] == "object_switched" and e["run_id"] == run_id
+    ]
+
+
+def _restart_module_worker(scenario: Scenario, name: str) -> None:
+    """The module's worker back, as the fixture started it, after a test replaced it."""
+    scenario.worker = scenario.stack.start_worker(
+        name, "--concurrency", "8", "--metrics-port", str(scenario.metrics_port)
+    )
+
+
 def _rows(db: DatabendClient, table: TableName) -> list[tuple[object, ...]]:
     return db.query(f"SELECT id, label FROM {table.sql} ORDER BY id")
 
@@ -396,9 +413,7 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
     changed_at_crash = last_changed(databend, f"crash_{t}")
 
     # When a worker is back and the same version is asked for again
-    scenario.worker = scenario.stack.start_worker(
-        "worker-after-crash", "--concurrency", "8", "--metrics-port", str(scenario.metrics_port)
-    )
+    _restart_module_worker(scenario, "worker-after-crash")
     started = time.monotonic()
     again = scenario.stack.cli("rotate-version", secret, "--timeout", "120")
 
@@ -430,18 +445,8 @@ def test_a_rotation_cut_short_by_a_crash_completes_when_run_again(
 
     # and the audit trail shows every switch once: the dead worker's too (its row, from its spool
     # or written again by the batch that found the table switched, under the same event id)
-    def switched_rows() -> list[str]:
-        shown = scenario.stack.cli("audit", "--json")
-        assert shown.returncode == 0, shown.stderr
-        events = json.loads(shown.stdout)["events"]
-        return [
-            e["object"]
-            for e in events
-            if e["action"] == "object_switched" and e["run_id"] == run_id_of(again)
-        ]
-
     deadline = time.monotonic() + 60
-    while len(rows := switched_rows()) < 12 and time.monotonic() < deadline:
+    while len(rows := _switched(scenario, run_id_of(again))) < 12 and time.monotonic() < deadline:
         time.sleep(1)
     assert sorted(rows) == sorted(str(x) for x in tables), rows
 
@@ -496,19 +501,13 @@ def test_a_run_sent_out_again_while_its_batches_run_switches_each_table_once(
         resent = RedisRunStore.from_url(scenario.stack.env["REDIS_URL"]).get(run_id).dispatch
         assert resent >= 2, "sent out again while objects were pending"
 
-        def switched() -> list[str]:
-            events = json.loads(scenario.stack.cli("audit", "--json").stdout)["events"]
-            return [
-                e["object"]
-                for e in events
-                if e["action"] == "object_switched" and e["run_id"] == run_id
-            ]
-
         deadline = time.monotonic() + 60
-        while len(rows := switched()) < len(tables) and time.monotonic() < deadline:
+        while (
+            len(rows := _switched(scenario, run_id)) < len(tables) and time.monotonic() < deadline
+        ):
             time.sleep(1)
         time.sleep(3)  # (a second row would be shipped by now too)
-        rows = switched()
+        rows = _switched(scenario, run_id)
         assert sorted(rows) == sorted(str(x) for x in tables), [
             r for r in set(rows) if rows.count(r) > 1
         ]
@@ -517,13 +516,7 @@ def test_a_run_sent_out_again_while_its_batches_run_switches_each_table_once(
         for worker in workers:
             worker.terminate()
             worker.wait(timeout=30)
-        scenario.worker = scenario.stack.start_worker(
-            "worker-after-resend",
-            "--concurrency",
-            "8",
-            "--metrics-port",
-            str(scenario.metrics_port),
-        )
+        _restart_module_worker(scenario, "worker-after-resend")
 
 
 def test_status_needs_no_bindings_file(scenario: Scenario, redis_url: str) -> None:
